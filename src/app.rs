@@ -1,0 +1,131 @@
+//! Builds the store and the router, binds, serves, and shuts down in a
+//! written order. Tests start exactly what production starts, on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ServeConfig;
+use crate::http::{self, AppState};
+use crate::store::handle::WriterThread;
+use crate::store::StoreHandle;
+
+/// Errors that stop the server from starting or running.
+pub type AppError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    store: StoreHandle,
+    writer: WriterThread,
+    state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+    config: ServeConfig,
+}
+
+impl Application {
+    /// Opens the store (recovery included) and binds the listener.
+    pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
+        let (store, writer) = StoreHandle::open(&config.store())?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = AppState::new(store.clone(), &config, shutdown_rx);
+        Ok(Application {
+            listener,
+            store,
+            writer,
+            state,
+            shutdown_tx,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `stop` resolves, then shuts down in order: stop
+    /// accepting, wake long-polls, drain in-flight requests (up to the
+    /// shutdown timeout), let the writer commit what is queued, join it,
+    /// which releases the data directory's lock.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let Application {
+            listener,
+            store,
+            writer,
+            state,
+            shutdown_tx,
+            config,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
+        let router = http::router(state);
+        let mut graceful = shutdown_tx.subscribe();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stopping| *stopping).await;
+        });
+        let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+        let served = tokio::select! {
+            () = stop => None,
+            r = &mut server => Some(r),
+        };
+        let _ = shutdown_tx.send(true);
+        match served {
+            Some(r) => r??,
+            None => {
+                tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining requests");
+                match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
+                    Ok(r) => r??,
+                    Err(_) => {
+                        tracing::warn!("drain timeout reached; closing remaining connections");
+                        server.abort();
+                    }
+                }
+            }
+        }
+        store.close().await;
+        drop(store);
+        writer.join().await;
+        tracing::info!("msgbus stopped");
+        Ok(())
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(config: ServeConfig) -> Result<(), AppError> {
+    let app = Application::build(config).await?;
+    app.run_until(shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

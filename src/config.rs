@@ -1,0 +1,128 @@
+//! Every server setting: its flag, its `MSGBUS_*` environment variable, its
+//! default and why that default. Flags win over variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::store::StoreConfig;
+
+/// Settings of `msgbus serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on. Use `0.0.0.0:8080` in a container; port 0
+    /// picks a free port (tests do this).
+    #[arg(long, env = "MSGBUS_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Data directory: segments, manifest, backups, quarantine, and the LOCK
+    /// that keeps a second instance out. Created if missing.
+    #[arg(long, env = "MSGBUS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Seal the active segment and start a new one once it reaches this size.
+    /// Larger segments mean fewer files; smaller ones mean finer-grained
+    /// retention and backup. Accepts `64MiB`, `512KiB`, `1000000`.
+    #[arg(long, env = "MSGBUS_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub segment_bytes: u64,
+
+    /// Largest event accepted, measured as the stored JSON. Larger ones get 413.
+    #[arg(long, env = "MSGBUS_MAX_EVENT_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_event_bytes: u64,
+
+    /// Most events in one `POST /events/batch`.
+    #[arg(long, env = "MSGBUS_MAX_BATCH_EVENTS", default_value_t = 1000)]
+    pub max_batch_events: usize,
+
+    /// Largest request body of `POST /events/batch`.
+    #[arg(long, env = "MSGBUS_MAX_BATCH_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_batch_bytes: u64,
+
+    /// Commands the writer's queue holds before publishers get 503 with
+    /// `Retry-After`. Bounds memory under overload instead of queueing forever.
+    #[arg(long, env = "MSGBUS_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
+    /// Memory for the newest events' bytes, so readers following the tail
+    /// never touch the disk.
+    #[arg(long, env = "MSGBUS_READ_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub read_cache_bytes: u64,
+
+    /// Longest long-poll a client may ask for with `wait=` (seconds).
+    #[arg(long, env = "MSGBUS_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// Requests (other than long-polls, which end after `wait`) taking longer
+    /// than this are answered 503.
+    #[arg(long, env = "MSGBUS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before their connections are closed. Keep the container stop grace
+    /// period longer than this.
+    #[arg(long, env = "MSGBUS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The store's part of the settings.
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            data_dir: self.data_dir.clone(),
+            segment_bytes: self.segment_bytes,
+            queue_capacity: self.queue_capacity.max(1),
+            read_cache_bytes: self.read_cache_bytes as usize,
+        }
+    }
+}
+
+/// Parses a byte size: a plain number, or one with a `KiB`/`MiB`/`GiB`
+/// (or `KB`/`MB`/`GB`, `K`/`M`/`G`) suffix.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1048576 or 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses a duration: `500ms`, `5s`, `2m`, `7d`, or a bare number of
+/// seconds (fractions allowed, e.g. `0.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a non-negative number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 5s or 500ms: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1").is_err());
+    }
+}

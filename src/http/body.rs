@@ -1,0 +1,135 @@
+//! Request helpers that answer in problem+json: a body reader with a size
+//! limit (413), a JSON parser whose errors name line and column (400), a
+//! content-type check (415) and a strict query-string parser (400).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::error::Problem;
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if over {
+                Err(too_large(limit))
+            } else {
+                Err(Problem::bad_request(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Problem {
+    Problem::too_large(format!(
+        "the request body is larger than the limit of {limit} bytes"
+    ))
+}
+
+/// Parses JSON, answering 400 with the parser's position on failure.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, Problem> {
+    if bytes.is_empty() {
+        return Err(Problem::bad_request(
+            "the request body is empty; send a JSON document",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// The request's media type without parameters, lower-cased.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+/// Answers 415 unless the media type is one of `allowed` (or absent, which
+/// is taken as JSON for the convenience of `curl -d`).
+pub fn require_media_type(headers: &HeaderMap, allowed: &[&str]) -> Result<(), Problem> {
+    match media_type(headers) {
+        None => Ok(()),
+        Some(m) if allowed.contains(&m.as_str()) => Ok(()),
+        Some(m) => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!(
+                "Content-Type {m} is not accepted here; use one of: {}",
+                allowed.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Query parameters, parsed strictly: an unknown or repeated name is a 400
+/// naming it, so a typo (`typ=`) never silently widens a read.
+pub struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    /// Parses `query` allowing only `known` names.
+    pub fn parse(query: Option<&str>, known: &[&str]) -> Result<Self, Problem> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| Problem::bad_request(format!("malformed query string: {e}")))?;
+        let mut map = HashMap::new();
+        for (k, v) in pairs {
+            if !known.contains(&k.as_str()) {
+                return Err(Problem::bad_param(
+                    &k,
+                    format!("unknown parameter; known: {}", known.join(", ")),
+                ));
+            }
+            if map.insert(k.clone(), v).is_some() {
+                return Err(Problem::bad_param(&k, "given more than once"));
+            }
+        }
+        Ok(QueryParams(map))
+    }
+
+    /// A string parameter; empty counts as absent.
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// An unsigned integer parameter within `min..=max`.
+    pub fn u64_in(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, Problem> {
+        let Some(raw) = self.0.get(name) else {
+            return Ok(default);
+        };
+        let n: u64 = raw.parse().map_err(|_| {
+            Problem::bad_param(name, format!("{raw:?} is not a non-negative integer"))
+        })?;
+        if n < min || n > max {
+            return Err(Problem::bad_param(
+                name,
+                format!("must be between {min} and {max}"),
+            ));
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,193 @@
+//! RFC 9457 problem details: the one error format of the API.
+//!
+//! Every rejection, from a malformed body to a full queue, is a [`Problem`]
+//! with `type`, `title`, `status`, `detail` and, for validation, an `errors`
+//! list naming each field. Internal errors are logged with their cause and
+//! answered with a generic detail, never the cause's text.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::event::{EventError, FieldError};
+use crate::store::StoreError;
+
+/// The media type of problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem details object.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `urn:msgbus:problem:invalid-event`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, stable summary of the kind.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Field-level validation errors.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Seconds to wait before retrying (also sent as `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of kind `slug` with `status`, `title` and `detail`.
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("urn:msgbus:problem:{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 400: the body or a parameter cannot be parsed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed request",
+            detail,
+        )
+    }
+
+    /// 400 naming one field (a query or path parameter).
+    pub fn bad_param(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut p = Problem::bad_request(format!("{field}: {message}"));
+        p.errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        });
+        p
+    }
+
+    /// 422: the event (or request) is well-formed but invalid.
+    pub fn invalid(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-event",
+            "Invalid event",
+            detail,
+        );
+        p.errors = errors;
+        p
+    }
+
+    /// 413: the body or one event is over a limit.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            detail,
+        )
+    }
+
+    /// 404: nothing at this path or sequence number.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 503 with a `Retry-After`.
+    pub fn unavailable(
+        slug: &str,
+        title: &str,
+        detail: impl Into<String>,
+        retry_after: u64,
+    ) -> Self {
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, slug, title, detail);
+        p.retry_after = Some(retry_after);
+        p
+    }
+
+    /// 500: logged here with its cause; the client sees a generic detail.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the server failed to handle the request; the cause is in its log",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull => Problem::unavailable(
+                "queue-full",
+                "Writer queue full",
+                "the writer's queue is full; retry shortly",
+                1,
+            ),
+            StoreError::Poisoned(reason) => Problem::unavailable(
+                "read-only",
+                "Store is read-only",
+                format!("the store refuses writes: {reason}"),
+                30,
+            ),
+            StoreError::Stopped => Problem::unavailable(
+                "shutting-down",
+                "Shutting down",
+                "the server is shutting down",
+                5,
+            ),
+            StoreError::Corrupt(reason) => {
+                tracing::error!(reason = %reason, "served a read that failed verification");
+                Problem::unavailable(
+                    "damaged-data",
+                    "Stored data failed verification",
+                    "a stored record failed its checksum; it is not served, and the failure is logged",
+                    5,
+                )
+            }
+            other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
+                Problem::internal(&other)
+            }
+        }
+    }
+}
+
+/// Maps a single event's validation failure; `what` prefixes the detail.
+impl From<EventError> for Problem {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Problem::invalid(detail, errors)
+            }
+            EventError::TooLarge { size, limit } => Problem::too_large(format!(
+                "the event is {size} bytes serialized; the limit is {limit} bytes (--max-event-bytes)"
+            )),
+            EventError::Malformed(why) => Problem::bad_request(format!("malformed JSON: {why}")),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! `/events`: publish one event or a batch, read pages (with long-poll), and
+//! fetch one event by sequence number.
+//!
+//! Reads are answered by splicing the stored event bytes into the response
+//! as they are, so an event reads back byte-identical and is never re-parsed.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::body::{self, QueryParams};
+use super::error::Problem;
+use super::AppState;
+use crate::event::{self, EventError, FieldError};
+use crate::store::handle::StoredEvent;
+use crate::store::{Filter, Outcome, PreparedEvent};
+
+/// Media types accepted for a single structured event.
+const EVENT_TYPES: &[&str] = &["application/json", "application/cloudevents+json"];
+/// Media types accepted for a batch.
+const BATCH_TYPES: &[&str] = &["application/json", "application/cloudevents-batch+json"];
+/// Default page size of `GET /events`.
+pub const DEFAULT_LIMIT: u64 = 100;
+/// Largest page size of `GET /events`.
+pub const MAX_LIMIT: u64 = 1000;
+
+/// The answer to a publish.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishResult {
+    /// Sequence number of the stored event (the original one for a duplicate).
+    pub seq: u64,
+    /// The event's `id` (generated when the request had none).
+    pub id: String,
+    /// The event's `source`.
+    pub source: String,
+    /// The event's `type`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The event's `time` (set by the server when the request had none).
+    pub time: String,
+    /// True when `(source, id)` was already stored and nothing new was written.
+    pub duplicate: bool,
+}
+
+/// The answer to a batch publish: one result per item, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResult {
+    /// Results in the order of the request's items.
+    pub results: Vec<PublishResult>,
+}
+
+/// One stored event as read back.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredEventDoc {
+    /// Sequence number.
+    pub seq: u64,
+    /// The CloudEvent exactly as stored.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPageDoc {
+    /// Matching events in sequence order.
+    pub events: Vec<StoredEventDoc>,
+    /// Pass as `after` to get the next page. It advances past events that
+    /// did not match the filters, so a filtered reader never rescans them.
+    pub next_after: u64,
+    /// Sequence number of the newest stored event.
+    pub last_seq: u64,
+}
+
+/// A CloudEvent in structured mode (only the attributes msgbus checks are
+/// listed; extension attributes are kept as sent).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CloudEventDoc {
+    /// Always "1.0"; filled in when absent.
+    pub specversion: Option<String>,
+    /// Unique within `source`; a UUIDv7 is generated when absent.
+    pub id: Option<String>,
+    /// Who produced the event (URI reference).
+    pub source: String,
+    /// What happened, e.g. `com.example.order.created`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// What the event is about.
+    pub subject: Option<String>,
+    /// RFC 3339 time; set by the server when absent.
+    pub time: Option<String>,
+    /// Media type of `data`.
+    pub datacontenttype: Option<String>,
+    /// Schema of `data`.
+    pub dataschema: Option<String>,
+    /// The payload.
+    #[schema(value_type = Object)]
+    pub data: Option<serde_json::Value>,
+    /// A binary payload, base64-encoded (instead of `data`).
+    pub data_base64: Option<String>,
+}
+
+fn result(ev: &PreparedEvent, o: Outcome) -> PublishResult {
+    PublishResult {
+        seq: o.seq,
+        id: ev.id.clone(),
+        source: ev.source.clone(),
+        ty: o.ty,
+        time: o.time,
+        duplicate: o.duplicate,
+    }
+}
+
+fn location(seq: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("/events/{seq}")).expect("a path is a valid header value")
+}
+
+/// Publish one event.
+#[utoipa::path(
+    post, path = "/events", tag = "events",
+    request_body(content = CloudEventDoc, content_type = "application/json",
+        description = "A CloudEvent in structured mode (`application/json` or `application/cloudevents+json`), \
+                       or binary mode: `ce-type`, `ce-source` (and other `ce-*`) headers with the data as the body."),
+    responses(
+        (status = 201, description = "Stored durably (after fdatasync)", body = PublishResult,
+            headers(("Location" = String, description = "/events/{seq}"))),
+        (status = 200, description = "Duplicate of a stored (source, id): the original seq", body = PublishResult),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Event or body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let limits = state.settings.limits;
+    // The body of one event is bounded by the event limit plus room for the
+    // attributes the server adds (id, time) and JSON whitespace.
+    let bytes = body::read_limited(&headers, body, limits.max_event_bytes * 2 + 4096).await?;
+    let prepared = if event::is_binary(&headers) {
+        event::from_binary(&headers, &bytes, limits)?
+    } else {
+        body::require_media_type(&headers, EVENT_TYPES)?;
+        event::from_structured(body::parse_json(&bytes)?, "", limits)?
+    };
+    let mut outcomes = state.store.append(vec![prepared.clone()]).await?;
+    let outcome = outcomes
+        .pop()
+        .ok_or_else(|| Problem::internal(&"the writer returned no outcome"))?;
+    let status = if outcome.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let seq = outcome.seq;
+    let mut res = (status, axum::Json(result(&prepared, outcome))).into_response();
+    res.headers_mut().insert(header::LOCATION, location(seq));
+    Ok(res)
+}
+
+/// Publish a batch atomically.
+#[utoipa::path(
+    post, path = "/events/batch", tag = "events",
+    request_body(content = Vec<CloudEventDoc>, content_type = "application/json",
+        description = "A JSON array of structured CloudEvents (`application/json` or `application/cloudevents-batch+json`). \
+                       All or nothing: one invalid item stores nothing."),
+    responses(
+        (status = 201, description = "Stored durably with one commit", body = BatchResult),
+        (status = 200, description = "Every item was a duplicate", body = BatchResult),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too many items, or an item or the body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An item is invalid; `errors` names it, e.g. `[3].type`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn publish_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    body::require_media_type(&headers, BATCH_TYPES)?;
+    let settings = &state.settings;
+    let bytes = body::read_limited(&headers, body, settings.max_batch_bytes).await?;
+    let serde_json::Value::Array(items) = body::parse_json(&bytes)? else {
+        return Err(Problem::invalid(
+            "a batch must be a JSON array of events",
+            vec![FieldError {
+                field: "$".into(),
+                message: "must be an array".into(),
+            }],
+        ));
+    };
+    if items.is_empty() {
+        return Err(Problem::invalid(
+            "a batch must hold at least one event",
+            vec![FieldError {
+                field: "$".into(),
+                message: "must not be empty".into(),
+            }],
+        ));
+    }
+    if items.len() > settings.max_batch_events {
+        return Err(Problem::too_large(format!(
+            "the batch holds {} events; the limit is {} (--max-batch-events)",
+            items.len(),
+            settings.max_batch_events
+        )));
+    }
+    let mut prepared = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match event::from_structured(item, &format!("[{i}]."), settings.limits) {
+            Ok(p) => prepared.push(p),
+            Err(EventError::Invalid(e)) => errors.extend(e),
+            Err(EventError::TooLarge { size, limit }) => {
+                return Err(Problem::too_large(format!(
+                    "item [{i}] is {size} bytes serialized; the limit is {limit} bytes (--max-event-bytes); nothing was stored"
+                )))
+            }
+            Err(e @ EventError::Malformed(_)) => return Err(e.into()),
+        }
+    }
+    if !errors.is_empty() {
+        let items: std::collections::BTreeSet<&str> = errors
+            .iter()
+            .map(|e| e.field.split('.').next().unwrap_or(""))
+            .collect();
+        let detail = format!(
+            "invalid item(s) {}; nothing was stored",
+            items.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        return Err(Problem::invalid(detail, errors));
+    }
+    let outcomes = state.store.append(prepared.clone()).await?;
+    let any_new = outcomes.iter().any(|o| !o.duplicate);
+    let results = prepared
+        .iter()
+        .zip(outcomes)
+        .map(|(p, o)| result(p, o))
+        .collect();
+    let status = if any_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(BatchResult { results })).into_response())
+}
+
+/// Read events in sequence order.
+#[utoipa::path(
+    get, path = "/events", tag = "events",
+    params(
+        ("after" = Option<u64>, Query, description = "Return events with seq greater than this (default 0: from the oldest)"),
+        ("limit" = Option<u64>, Query, description = "Most events to return, 1 to 1000 (default 100)"),
+        ("type" = Option<String>, Query, description = "Only events of this exact type"),
+        ("type_prefix" = Option<String>, Query, description = "Only events whose type starts with this"),
+        ("source" = Option<String>, Query, description = "Only events from this source"),
+        ("subject" = Option<String>, Query, description = "Only events with this subject"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: when nothing matches yet, wait up to this many seconds (max 60) for a matching event"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = EventPageDoc),
+        (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let q = QueryParams::parse(
+        query.as_deref(),
+        &[
+            "after",
+            "limit",
+            "type",
+            "type_prefix",
+            "source",
+            "subject",
+            "wait",
+        ],
+    )?;
+    let after = q.u64_in("after", 0, 0, u64::MAX)?;
+    let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
+    let max_wait = state.settings.max_wait.as_secs();
+    let wait = Duration::from_secs(q.u64_in("wait", 0, 0, max_wait)?);
+    let filter = Filter {
+        ty: q.string("type"),
+        type_prefix: q.string("type_prefix"),
+        source: q.string("source"),
+        subject: q.string("subject"),
+    };
+
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut head_rx = state.store.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let mut cursor = after;
+    loop {
+        // Mark the head as seen before reading, so a commit that lands after
+        // the read wakes the wait below instead of being missed.
+        head_rx.borrow_and_update();
+        let page = state.store.read(cursor, &filter, limit).await?;
+        cursor = page.next_after;
+        let waiting = !wait.is_zero() && page.events.is_empty() && !*shutdown.borrow();
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(page_response(&page.events, cursor, state.store.head()));
+        }
+        if cursor < state.store.head() {
+            continue; // more to scan (a filtered read stopped at its scan budget)
+        }
+        tokio::select! {
+            r = head_rx.changed() => if r.is_err() {
+                return Ok(page_response(&[], cursor, state.store.head()));
+            },
+            _ = shutdown.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Builds `{"events":[{"seq":N,"event":<stored bytes>},...],"next_after":N,"last_seq":N}`.
+fn page_response(events: &[StoredEvent], next_after: u64, last_seq: u64) -> Response {
+    let size: usize = events.iter().map(|e| e.bytes.len() + 32).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_stored(&mut out, e);
+    }
+    out.extend_from_slice(
+        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
+    );
+    json_response(StatusCode::OK, out)
+}
+
+/// Appends `{"seq":N,"event":<bytes>}`.
+pub fn write_stored(out: &mut Vec<u8>, e: &StoredEvent) {
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(e.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(&e.bytes);
+    out.push(b'}');
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Read one event by sequence number.
+#[utoipa::path(
+    get, path = "/events/{seq}", tag = "events",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "The event", body = StoredEventDoc),
+        (status = 400, description = "seq is not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No event with this seq", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<Response, Problem> {
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| Problem::bad_param("seq", format!("{seq:?} is not a non-negative integer")))?;
+    match state.store.get(seq).await? {
+        Some(e) => {
+            let mut out = Vec::with_capacity(e.bytes.len() + 32);
+            write_stored(&mut out, &e);
+            Ok(json_response(StatusCode::OK, out))
+        }
+        None => Err(Problem::not_found(format!(
+            "no event with seq {seq}; the newest is {}",
+            state.store.head()
+        ))),
+    }
+}

@@ -1,0 +1,147 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4), rendered from
+//! the same snapshot as `/stats` so the two never disagree.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::stats::snapshot;
+use super::AppState;
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let s = snapshot(&state.store, state.settings.started.elapsed().as_secs_f64());
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP msgbus_{name} {help}\n# TYPE msgbus_{name} {kind}\nmsgbus_{name} {value}"
+        );
+    };
+    metric(
+        "events_stored",
+        "gauge",
+        "Events in the store.",
+        s.events.total as f64,
+    );
+    metric(
+        "last_seq",
+        "gauge",
+        "Newest stored sequence number.",
+        s.events.last_seq as f64,
+    );
+    metric(
+        "store_bytes",
+        "gauge",
+        "Bytes in all segment files.",
+        s.store.bytes as f64,
+    );
+    metric(
+        "segments",
+        "gauge",
+        "Segment files.",
+        s.store.segments as f64,
+    );
+    metric(
+        "read_cache_bytes",
+        "gauge",
+        "Bytes of recent events cached in memory.",
+        s.store.read_cache_bytes as f64,
+    );
+    metric(
+        "writer_queue_depth",
+        "gauge",
+        "Commands waiting for the writer.",
+        s.writer.queue_depth as f64,
+    );
+    metric(
+        "writer_queue_capacity",
+        "gauge",
+        "Capacity of the writer queue.",
+        s.writer.queue_capacity as f64,
+    );
+    metric(
+        "writer_batches_total",
+        "counter",
+        "Group commits written.",
+        s.writer.batches as f64,
+    );
+    metric(
+        "writer_fsyncs_total",
+        "counter",
+        "fdatasync calls.",
+        s.writer.fsyncs as f64,
+    );
+    metric(
+        "writer_events_total",
+        "counter",
+        "Events written.",
+        s.writer.events_written as f64,
+    );
+    metric(
+        "writer_duplicates_total",
+        "counter",
+        "Publishes answered as duplicates.",
+        s.writer.duplicates as f64,
+    );
+    metric(
+        "writer_fsync_seconds_max",
+        "gauge",
+        "Slowest fdatasync since start.",
+        s.writer.fsync_latency_us.max as f64 / 1e6,
+    );
+    metric(
+        "writer_fsync_seconds_avg",
+        "gauge",
+        "Mean fdatasync latency since start.",
+        s.writer.fsync_latency_us.avg / 1e6,
+    );
+    metric(
+        "writer_segments_sealed_total",
+        "counter",
+        "Segments sealed.",
+        s.writer.segments_sealed as f64,
+    );
+    metric(
+        "writer_poisoned",
+        "gauge",
+        "1 when the writer refuses writes after a failed write.",
+        f64::from(u8::from(s.writer.poisoned.is_some())),
+    );
+    metric(
+        "writer_alive",
+        "gauge",
+        "1 while the writer thread runs.",
+        f64::from(u8::from(s.writer.alive)),
+    );
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        s.uptime_seconds,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP msgbus_events_by_type Stored events per type.\n# TYPE msgbus_events_by_type gauge"
+    );
+    for (ty, n) in &s.events.by_type {
+        let _ = writeln!(out, "msgbus_events_by_type{{type=\"{}\"}} {n}", escape(ty));
+    }
+    let mut res = out.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+/// Escapes a label value per the exposition format.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,146 @@
+//! The REST API: one file per resource, one error format ([`error::Problem`]).
+//!
+//! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
+//! - [`stats`]: the `/stats` snapshot
+//! - [`health`]: liveness and readiness probes
+//! - [`metrics`]: Prometheus text exposition
+//! - [`docs`]: the OpenAPI document and Swagger UI
+//! - [`body`]: request-body and query helpers that answer in problem+json
+
+pub mod body;
+pub mod docs;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeConfig;
+use crate::event::Limits;
+use crate::store::StoreHandle;
+use error::Problem;
+
+/// Header carrying the request id (set when the client sends none, echoed back).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: StoreHandle,
+    /// Limits and settings the handlers apply.
+    pub settings: Arc<HttpSettings>,
+    /// Flips to true when shutdown starts, so long-polls return at once.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The settings the HTTP layer uses.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Event validation limits.
+    pub limits: Limits,
+    /// Most items in a batch.
+    pub max_batch_events: usize,
+    /// Largest batch body.
+    pub max_batch_bytes: usize,
+    /// Longest long-poll.
+    pub max_wait: Duration,
+    /// Timeout for ordinary requests.
+    pub request_timeout: Duration,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// State for a server with `config`.
+    pub fn new(store: StoreHandle, config: &ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
+        AppState {
+            store,
+            settings: Arc::new(HttpSettings {
+                limits: Limits {
+                    max_event_bytes: config.max_event_bytes as usize,
+                },
+                max_batch_events: config.max_batch_events,
+                max_batch_bytes: config.max_batch_bytes as usize,
+                max_wait: config.max_wait,
+                request_timeout: config.request_timeout,
+                started: Instant::now(),
+            }),
+            shutdown,
+        }
+    }
+}
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/events", post(events::publish).get(events::list))
+        .route("/events/batch", post(events::publish_batch))
+        .route("/events/{seq}", get(events::get_one))
+        .route("/stats", get(stats::stats))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    api.merge(docs::router())
+        .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Bounds every request by the request timeout, except long-polls, whose
+/// own `wait` (capped by `--max-wait`) is added to it.
+async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut limit = state.settings.request_timeout;
+    if req.uri().path() == "/events" {
+        limit += state.settings.max_wait;
+    }
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => Problem::unavailable(
+            "timeout",
+            "Request timed out",
+            format!("the request took longer than {} ms", limit.as_millis()),
+            1,
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Problem {
+    Problem::not_found(format!("no resource at {}", req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}

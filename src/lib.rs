@@ -1,0 +1,21 @@
+//! msgbus: a durable HTTP message bus for software agents.
+//!
+//! Crate map:
+//! - [`cli`]: the command line (`serve`, `verify`, `openapi`)
+//! - [`config`]: every server setting with its flag, `MSGBUS_*` variable and default
+//! - [`telemetry`]: the tracing subscriber (pretty or JSON)
+//! - [`app`]: builds the store and router, binds, serves, shuts down in order
+//! - [`event`]: the CloudEvents model and its validation
+//! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
+//! - [`http`]: the REST API, one file per resource, RFC 9457 errors
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod store;
+pub mod telemetry;

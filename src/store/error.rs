@@ -1,0 +1,48 @@
+//! Errors at the store boundary. Cloneable, because one poisoning or one
+//! failed commit is reported to every caller in the batch.
+
+use std::path::PathBuf;
+
+/// Everything the store can refuse or fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory's `LOCK`.
+    #[error("data directory {} is held by another msgbus instance (lock file {})", dir.display(), dir.join("LOCK").display())]
+    Locked {
+        /// The contested data directory.
+        dir: PathBuf,
+    },
+    /// An I/O operation failed; `context` names the file and the operation.
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done, and to which path.
+        context: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// The files are damaged in a way that cannot be repaired safely.
+    #[error("store damaged: {0}")]
+    Corrupt(String),
+    /// A write or fsync failed earlier; the writer refuses all writes.
+    #[error("store is read-only after a failed write: {0}")]
+    Poisoned(String),
+    /// The writer's queue is full; retry shortly.
+    #[error("the writer's queue is full")]
+    QueueFull,
+    /// The writer has shut down.
+    #[error("the store is shutting down")]
+    Stopped,
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

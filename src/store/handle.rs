@@ -1,0 +1,203 @@
+//! [`StoreHandle`]: the clonable front of the store. Writes go to the writer
+//! thread over a bounded queue; reads go straight to the committed index and
+//! the segment files, so they never wait behind a commit.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::error::{Result, StoreError};
+use super::index::{self, Filter, Hit};
+use super::recovery::{self, RecoveryReport};
+use super::writer::{Command, Writer};
+use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
+
+/// A stored event: its sequence number and its exact stored bytes.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// The event JSON as stored.
+    pub bytes: Bytes,
+}
+
+/// A page of a read.
+#[derive(Debug, Default)]
+pub struct EventPage {
+    /// Matching events in sequence order.
+    pub events: Vec<StoredEvent>,
+    /// Cursor for the next page: the last sequence number examined.
+    pub next_after: u64,
+}
+
+/// Clonable access to an open store. Dropping every handle, or calling
+/// [`StoreHandle::close`], stops the writer after it has committed what is
+/// queued.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+/// The writer thread; await [`WriterThread::join`] after closing the store
+/// to know the last commit is done and the lock released.
+#[derive(Debug)]
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the writer thread to finish.
+    pub async fn join(self) {
+        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
+    }
+}
+
+/// Most index entries one read examines before it returns a partial page
+/// with a cursor, so a rare filter over millions of events cannot hold the
+/// index lock for long.
+const MAX_SCAN: usize = 100_000;
+
+impl StoreHandle {
+    /// Opens the store: recovery, then the writer thread.
+    pub fn open(config: &StoreConfig) -> Result<(StoreHandle, WriterThread)> {
+        let rec = recovery::open(&config.data_dir, config.read_cache_bytes)?;
+        let report = rec.report.clone();
+        let last = rec.next_seq - 1;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            events = report.events,
+            last_seq = last,
+            sealed_segments = report.sealed_segments,
+            torn_tail = report.torn_tail.is_some(),
+            "store recovered"
+        );
+        let (head, _) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index::Index::new(1, 0)),
+            metrics: WriterMetrics::default(),
+            head,
+            poisoned: Mutex::new(None),
+            writer_alive: AtomicBool::new(true),
+            data_dir: config.data_dir.clone(),
+            opened_at: Instant::now(),
+            recovery: report,
+            queue_capacity: config.queue_capacity,
+        });
+        let (writer, index) = Writer::new(rec, shared.clone(), config.segment_bytes);
+        *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let thread = std::thread::Builder::new()
+            .name("msgbus-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawn the writer thread", e))?;
+        Ok((StoreHandle { tx, shared }, WriterThread(thread)))
+    }
+
+    /// Stores `events` atomically with one durable commit. Returns one
+    /// outcome per event, in order, once they are on disk.
+    pub async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>> {
+        if let Some(reason) = self.shared.poison_reason() {
+            return Err(StoreError::Poisoned(reason));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Append { events, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
+            })?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Asks the writer to stop after what is already queued.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    /// Events after `after` matching `filter`, at most `limit`.
+    pub async fn read(&self, after: u64, filter: &Filter, limit: usize) -> Result<EventPage> {
+        let page = self.shared.index().query(after, filter, limit, MAX_SCAN);
+        let events = self.load(page.hits).await?;
+        Ok(EventPage {
+            events,
+            next_after: page.scanned_to,
+        })
+    }
+
+    /// The event stored at `seq`, if any.
+    pub async fn get(&self, seq: u64) -> Result<Option<StoredEvent>> {
+        let Some(hit) = self.shared.index().get(seq) else {
+            return Ok(None);
+        };
+        Ok(self.load(vec![hit]).await?.pop())
+    }
+
+    /// Fetches the bytes of `hits`, from the recent cache or the segment
+    /// files (off the async workers), verifying each CRC.
+    async fn load(&self, hits: Vec<Hit>) -> Result<Vec<StoredEvent>> {
+        if hits.iter().all(|h| h.cached.is_some()) {
+            return Ok(hits
+                .into_iter()
+                .map(|h| StoredEvent {
+                    seq: h.seq,
+                    bytes: h.cached.unwrap_or_default(),
+                })
+                .collect());
+        }
+        let files: Vec<(Arc<std::fs::File>, PathBuf)> = {
+            let idx = self.shared.index();
+            idx.segments
+                .iter()
+                .map(|s| (s.file.clone(), s.path.clone()))
+                .collect()
+        };
+        tokio::task::spawn_blocking(move || {
+            hits.into_iter()
+                .map(|h| {
+                    let (file, path) = &files[h.entry.segment as usize];
+                    index::load(file, path, &h)
+                        .map(|bytes| StoredEvent { seq: h.seq, bytes })
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "stored event failed verification on read");
+                            StoreError::Corrupt(e)
+                        })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?
+    }
+
+    /// A receiver of the newest committed sequence number.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    /// The newest committed sequence number.
+    pub fn head(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    /// Commands waiting in the writer's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Shared committed state (index, counters, health).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// True when the writer thread is running.
+    pub fn writer_alive(&self) -> bool {
+        self.shared.writer_alive.load(Ordering::SeqCst) && !self.tx.is_closed()
+    }
+
+    /// What startup recovery found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared.recovery
+    }
+}

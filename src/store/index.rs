@@ -1,0 +1,439 @@
+//! The in-memory index the writer publishes after every commit and readers
+//! query without touching the writer: where each event sits on disk, its
+//! type/source/subject for filtering, per-type and per-source counts, and a
+//! bounded cache of the most recent events' bytes so tail reads never hit disk.
+//!
+//! About 32 bytes per event plus the distinct strings, so a million events
+//! cost tens of megabytes, not the events themselves.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Marker for "no subject".
+const NO_SUBJECT: u32 = u32::MAX;
+
+/// Where one event is stored and what it is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// Offset of the event bytes (not the line) in its segment file.
+    pub offset: u64,
+    /// Length of the event bytes.
+    pub len: u32,
+    /// CRC32C of the event bytes, checked on every read from disk.
+    pub crc: u32,
+    /// Position of the segment in [`Index::segments`].
+    pub segment: u32,
+    ty: u32,
+    source: u32,
+    subject: u32,
+}
+
+/// A segment file readers can `pread` from.
+#[derive(Debug)]
+pub struct SegmentReader {
+    /// First sequence number in the segment.
+    pub first_seq: u64,
+    /// Path, for error messages.
+    pub path: PathBuf,
+    /// Read-only handle shared by all readers.
+    pub file: Arc<File>,
+    /// Bytes committed to this segment.
+    pub bytes: u64,
+}
+
+/// String interner: filters compare small integers instead of strings.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(s);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The id of `s`, if any stored event has used it.
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The string behind an id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Ids of every string starting with `prefix`.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<u32> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.starts_with(prefix))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// Number of distinct strings.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing has been interned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// An event being added to the index.
+pub struct NewEntry<'a> {
+    /// Sequence number (must be the next one).
+    pub seq: u64,
+    /// Segment position.
+    pub segment: u32,
+    /// Offset of the event bytes in the segment.
+    pub offset: u64,
+    /// Length of the event bytes.
+    pub len: u32,
+    /// CRC32C of the event bytes.
+    pub crc: u32,
+    /// `type` attribute.
+    pub ty: &'a str,
+    /// `source` attribute.
+    pub source: &'a str,
+    /// `subject` attribute.
+    pub subject: Option<&'a str>,
+    /// The event bytes, for the recent-events cache (None during recovery).
+    pub bytes: Option<Bytes>,
+}
+
+/// What to select in a read.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Exact `type`.
+    pub ty: Option<String>,
+    /// `type` prefix.
+    pub type_prefix: Option<String>,
+    /// Exact `source`.
+    pub source: Option<String>,
+    /// Exact `subject`.
+    pub subject: Option<String>,
+}
+
+/// A filter resolved against the interners at query time.
+enum Resolved {
+    /// Some filtered string has never been stored: nothing can match yet.
+    Nothing,
+    Ids {
+        ty: Option<Vec<u32>>,
+        source: Option<u32>,
+        subject: Option<u32>,
+    },
+}
+
+/// One event selected by a query: its bytes if cached, else where to read them.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Sequence number.
+    pub seq: u64,
+    /// Location on disk.
+    pub entry: Entry,
+    /// Cached bytes of the event, when still in the recent cache.
+    pub cached: Option<Bytes>,
+}
+
+/// Result of a query: the hits and how far the scan got.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Matching events, in sequence order.
+    pub hits: Vec<Hit>,
+    /// Last sequence number examined; the next page starts after it.
+    pub scanned_to: u64,
+}
+
+/// The committed state of the log, as readers see it.
+#[derive(Debug)]
+pub struct Index {
+    first_seq: u64,
+    entries: Vec<Entry>,
+    /// Segment files, oldest first.
+    pub segments: Vec<SegmentReader>,
+    types: Interner,
+    sources: Interner,
+    subjects: Interner,
+    type_counts: Vec<u64>,
+    source_counts: Vec<u64>,
+    recent: VecDeque<(u64, Bytes)>,
+    recent_bytes: usize,
+    recent_capacity: usize,
+}
+
+impl Index {
+    /// An empty index whose first event will be `first_seq`.
+    pub fn new(first_seq: u64, recent_capacity: usize) -> Self {
+        Index {
+            first_seq,
+            entries: Vec::new(),
+            segments: Vec::new(),
+            types: Interner::default(),
+            sources: Interner::default(),
+            subjects: Interner::default(),
+            type_counts: Vec::new(),
+            source_counts: Vec::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_capacity,
+        }
+    }
+
+    /// Sequence number of the oldest stored event.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Sequence number of the newest committed event (first_seq - 1 if empty).
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.entries.len() as u64 - 1
+    }
+
+    /// Number of stored events.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no event is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total bytes of all segment files.
+    pub fn store_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Adds a segment file and returns its position.
+    pub fn add_segment(&mut self, reader: SegmentReader) -> u32 {
+        self.segments.push(reader);
+        (self.segments.len() - 1) as u32
+    }
+
+    /// Records that `segment` now holds `bytes` committed bytes.
+    pub fn set_segment_bytes(&mut self, segment: u32, bytes: u64) {
+        self.segments[segment as usize].bytes = bytes;
+    }
+
+    /// Appends an entry. Sequence numbers must be gapless.
+    pub fn push(&mut self, e: NewEntry<'_>) {
+        debug_assert_eq!(e.seq, self.last_seq() + 1);
+        let ty = self.types.intern(e.ty);
+        let source = self.sources.intern(e.source);
+        let subject = e
+            .subject
+            .map(|s| self.subjects.intern(s))
+            .unwrap_or(NO_SUBJECT);
+        bump(&mut self.type_counts, ty);
+        bump(&mut self.source_counts, source);
+        self.entries.push(Entry {
+            offset: e.offset,
+            len: e.len,
+            crc: e.crc,
+            segment: e.segment,
+            ty,
+            source,
+            subject,
+        });
+        if let Some(bytes) = e.bytes {
+            self.recent_bytes += bytes.len();
+            self.recent.push_back((e.seq, bytes));
+            while self.recent_bytes > self.recent_capacity {
+                match self.recent.pop_front() {
+                    Some((_, b)) => self.recent_bytes -= b.len(),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// The entry of `seq`, if stored.
+    pub fn get(&self, seq: u64) -> Option<Hit> {
+        if seq < self.first_seq || seq > self.last_seq() {
+            return None;
+        }
+        Some(self.hit(seq))
+    }
+
+    fn hit(&self, seq: u64) -> Hit {
+        let entry = self.entries[(seq - self.first_seq) as usize];
+        Hit {
+            seq,
+            entry,
+            cached: self.cached(seq),
+        }
+    }
+
+    fn cached(&self, seq: u64) -> Option<Bytes> {
+        let (front, _) = self.recent.front()?;
+        if seq < *front {
+            return None;
+        }
+        self.recent
+            .get((seq - front) as usize)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Events after `after` that match `filter`, at most `limit` of them,
+    /// examining at most `max_scan` entries so one request cannot hold the
+    /// index for long; the caller continues from [`Page::scanned_to`].
+    pub fn query(&self, after: u64, filter: &Filter, limit: usize, max_scan: usize) -> Page {
+        let start = after.max(self.first_seq.saturating_sub(1)) + 1;
+        let last = self.last_seq();
+        let mut page = Page {
+            hits: Vec::new(),
+            scanned_to: after.max(start - 1),
+        };
+        if start > last || limit == 0 {
+            return page;
+        }
+        let ids = match self.resolve(filter) {
+            Resolved::Nothing => {
+                page.scanned_to = last;
+                return page;
+            }
+            Resolved::Ids {
+                ty,
+                source,
+                subject,
+            } => (ty, source, subject),
+        };
+        let (ty, source, subject) = ids;
+        let end = last.min(start.saturating_add(max_scan as u64 - 1));
+        for seq in start..=end {
+            let e = &self.entries[(seq - self.first_seq) as usize];
+            let matches = ty.as_ref().is_none_or(|t| t.contains(&e.ty))
+                && source.is_none_or(|s| s == e.source)
+                && subject.is_none_or(|s| s == e.subject);
+            page.scanned_to = seq;
+            if matches {
+                page.hits.push(self.hit(seq));
+                if page.hits.len() == limit {
+                    break;
+                }
+            }
+        }
+        page
+    }
+
+    fn resolve(&self, f: &Filter) -> Resolved {
+        let mut ty: Option<Vec<u32>> = None;
+        if let Some(t) = &f.ty {
+            match self.types.get(t) {
+                Some(id) => ty = Some(vec![id]),
+                None => return Resolved::Nothing,
+            }
+        }
+        if let Some(p) = &f.type_prefix {
+            let ids = self.types.with_prefix(p);
+            ty = Some(match ty {
+                Some(exact) => exact.into_iter().filter(|id| ids.contains(id)).collect(),
+                None => ids,
+            });
+            if ty.as_ref().is_some_and(|t| t.is_empty()) {
+                return Resolved::Nothing;
+            }
+        }
+        let source = match &f.source {
+            Some(s) => match self.sources.get(s) {
+                Some(id) => Some(id),
+                None => return Resolved::Nothing,
+            },
+            None => None,
+        };
+        let subject = match &f.subject {
+            Some(s) => match self.subjects.get(s) {
+                Some(id) => Some(id),
+                None => return Resolved::Nothing,
+            },
+            None => None,
+        };
+        Resolved::Ids {
+            ty,
+            source,
+            subject,
+        }
+    }
+
+    /// Event counts per type, for `/stats`.
+    pub fn type_counts(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.type_counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (self.types.name(i as u32), *c))
+    }
+
+    /// Event counts per source, for `/stats`.
+    pub fn source_counts(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.source_counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (self.sources.name(i as u32), *c))
+    }
+
+    /// The `source` of a stored event (for duplicate checks).
+    pub fn source_of(&self, seq: u64) -> Option<&str> {
+        self.get(seq).map(|h| self.sources.name(h.entry.source))
+    }
+
+    /// Bytes held by the recent-events cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.recent_bytes
+    }
+}
+
+fn bump(counts: &mut Vec<u64>, id: u32) {
+    let i = id as usize;
+    if counts.len() <= i {
+        counts.resize(i + 1, 0);
+    }
+    counts[i] += 1;
+}
+
+/// Reads the stored bytes of `hit` from memory or disk and checks their CRC.
+/// Errors name the file and offset, so an operator can find the damage.
+pub fn load(segments_file: &Arc<File>, path: &std::path::Path, hit: &Hit) -> Result<Bytes, String> {
+    if let Some(b) = &hit.cached {
+        return Ok(b.clone());
+    }
+    let mut buf = vec![0u8; hit.entry.len as usize];
+    segments_file
+        .read_exact_at(&mut buf, hit.entry.offset)
+        .map_err(|e| {
+            format!(
+                "read {} at offset {}: {e}",
+                path.display(),
+                hit.entry.offset
+            )
+        })?;
+    let crc = crc32c::crc32c(&buf);
+    if crc != hit.entry.crc {
+        return Err(format!(
+            "CRC mismatch for seq {} in {} at offset {}: stored {:08x}, read {:08x}",
+            hit.seq,
+            path.display(),
+            hit.entry.offset,
+            hit.entry.crc,
+            crc
+        ));
+    }
+    Ok(Bytes::from(buf))
+}

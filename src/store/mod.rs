@@ -1,0 +1,152 @@
+//! The durable log. One writer thread owns every file; everything else talks
+//! to it through a [`StoreHandle`] and reads the committed state it publishes.
+//!
+//! - [`handle`]: the clonable API (append, read, stats, health)
+//! - [`writer`]: the actor: group commit, segment roll, poisoning
+//! - [`segment`]: record framing, scanning, torn tails
+//! - [`manifest`]: the sealed-segment table, replaced atomically
+//! - [`recovery`]: startup: lock, verify, cut torn tails, rebuild the index
+//! - [`index`]: the in-memory index and recent-events cache readers use
+//! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`lock`], [`fsutil`], [`error`]: the lock file, durable file helpers, errors
+
+pub mod dedup;
+pub mod error;
+pub mod fsutil;
+pub mod handle;
+pub mod index;
+pub mod lock;
+pub mod manifest;
+pub mod recovery;
+pub mod segment;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use error::StoreError;
+pub use handle::StoreHandle;
+pub use index::Filter;
+
+/// Settings the store needs (a subset of the server's configuration).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Seal the active segment once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Capacity of the writer's command queue.
+    pub queue_capacity: usize,
+    /// Bytes of recent events kept in memory for tail reads.
+    pub read_cache_bytes: usize,
+}
+
+/// An event validated and serialized by a handler, ready for the writer.
+/// Serialization happens on the async workers so the single writer thread
+/// only frames, writes and syncs.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    /// The exact bytes to store.
+    pub bytes: Bytes,
+    /// `id`.
+    pub id: String,
+    /// `source`.
+    pub source: String,
+    /// `type`.
+    pub ty: String,
+    /// `subject`.
+    pub subject: Option<String>,
+    /// `time`.
+    pub time: String,
+}
+
+/// What happened to one published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its sequence number (the original one for a duplicate).
+    pub seq: u64,
+    /// True when `(source, id)` was already stored; nothing new was written.
+    pub duplicate: bool,
+    /// `type` of the stored event.
+    pub ty: String,
+    /// `time` of the stored event.
+    pub time: String,
+}
+
+/// Counters the writer keeps; read lock-free by `/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterMetrics {
+    /// Commit batches written.
+    pub batches: AtomicU64,
+    /// fdatasync calls.
+    pub fsyncs: AtomicU64,
+    /// Events appended (not counting duplicates).
+    pub events: AtomicU64,
+    /// Publishes answered as duplicates.
+    pub duplicates: AtomicU64,
+    /// Bytes appended to segments.
+    pub bytes: AtomicU64,
+    /// Sum of fsync latencies, microseconds.
+    pub fsync_micros_total: AtomicU64,
+    /// Slowest fsync, microseconds.
+    pub fsync_micros_max: AtomicU64,
+    /// Latest fsync, microseconds.
+    pub fsync_micros_last: AtomicU64,
+    /// Segments sealed since start.
+    pub segments_sealed: AtomicU64,
+    /// Largest number of events in one commit.
+    pub max_batch_events: AtomicU64,
+}
+
+/// State the writer publishes and everyone else reads.
+#[derive(Debug)]
+pub struct Shared {
+    /// The committed index.
+    pub index: RwLock<index::Index>,
+    /// Writer counters.
+    pub metrics: WriterMetrics,
+    /// The newest committed sequence number; long-polls and streams wait on it.
+    pub head: watch::Sender<u64>,
+    /// Why the writer refuses writes, if it does.
+    pub poisoned: Mutex<Option<String>>,
+    /// False once the writer thread has exited.
+    pub writer_alive: AtomicBool,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// When the store was opened.
+    pub opened_at: Instant,
+    /// What startup recovery found.
+    pub recovery: recovery::RecoveryReport,
+    /// Writer queue capacity, for stats.
+    pub queue_capacity: usize,
+}
+
+impl Shared {
+    /// Read access to the index. A panicked writer cannot leave the index
+    /// half-updated (it is only mutated under the lock by whole entries), so
+    /// a poisoned lock is still safe to read.
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, index::Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The poisoning reason, if any.
+    pub fn poison_reason(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record_fsync(&self, micros: u64) {
+        let m = &self.metrics;
+        m.fsyncs.fetch_add(1, Ordering::Relaxed);
+        m.fsync_micros_total.fetch_add(micros, Ordering::Relaxed);
+        m.fsync_micros_last.store(micros, Ordering::Relaxed);
+        m.fsync_micros_max.fetch_max(micros, Ordering::Relaxed);
+    }
+}

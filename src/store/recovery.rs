@@ -1,0 +1,417 @@
+//! Startup recovery: take the lock, clear temp files, load (or rebuild) the
+//! manifest, verify sealed segments against their SHA-256, scan the active
+//! segment record by record, cut away a torn tail (after copying it to
+//! `quarantine/`), and rebuild the index and the idempotency set.
+//!
+//! Damage that is followed by valid records is never truncated: recovery
+//! stops with a report naming the file, the offset and what follows.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::dedup::DedupIndex;
+use super::error::{Result, StoreError};
+use super::fsutil;
+use super::index::{Index, NewEntry, SegmentReader};
+use super::lock::DirLock;
+use super::manifest::{Manifest, SealedSegment};
+use super::segment::{self, Scan};
+
+/// Sub-directory holding segment files.
+pub const SEGMENTS_DIR: &str = "segments";
+/// Sub-directory where damaged bytes are moved aside.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// What recovery found and did, for the log and for `msgbus verify`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RecoveryReport {
+    /// Stale temp files removed.
+    pub removed_temp_files: usize,
+    /// True when the manifest was missing and rebuilt from the segments.
+    pub manifest_rebuilt: bool,
+    /// Sealed segments verified.
+    pub sealed_segments: usize,
+    /// Events recovered.
+    pub events: u64,
+    /// A torn tail that was cut away, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Empty segment files left by a crash during a roll, removed.
+    pub removed_empty_segments: Vec<String>,
+}
+
+/// A torn last record cut away at startup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TornTail {
+    /// Segment file.
+    pub file: String,
+    /// Offset where the valid prefix ends.
+    pub offset: u64,
+    /// Bytes removed.
+    pub bytes: u64,
+    /// Where the removed bytes were copied.
+    pub quarantined_to: String,
+}
+
+/// The active segment as the writer takes it over.
+#[derive(Debug)]
+pub struct ActiveSegment {
+    /// Read-write handle.
+    pub file: File,
+    /// Path.
+    pub path: PathBuf,
+    /// First sequence number.
+    pub first_seq: u64,
+    /// Durable length.
+    pub len: u64,
+    /// Records in it.
+    pub count: u64,
+    /// Running SHA-256 of its bytes, finalized when it is sealed.
+    pub hasher: Sha256,
+    /// Its position in the index's segment list.
+    pub index_pos: u32,
+}
+
+/// Everything the writer needs to take over an opened store.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The held directory lock.
+    pub lock: DirLock,
+    /// The manifest as now on disk.
+    pub manifest: Manifest,
+    /// The active segment.
+    pub active: ActiveSegment,
+    /// The rebuilt index.
+    pub index: Index,
+    /// The rebuilt idempotency set.
+    pub dedup: DedupIndex,
+    /// Next sequence number to assign.
+    pub next_seq: u64,
+    /// What was found and done.
+    pub report: RecoveryReport,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::io(context, e)
+}
+
+/// Opens (creating if needed) the store in `data_dir` and recovers it.
+pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
+    fsutil::create_dir_durable(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
+    let lock = DirLock::acquire(data_dir)?;
+    let seg_dir = data_dir.join(SEGMENTS_DIR);
+    for d in [&seg_dir, &data_dir.join(QUARANTINE_DIR)] {
+        fsutil::create_dir_durable(d).map_err(io(format!("create {}", d.display())))?;
+    }
+    let mut report = RecoveryReport::default();
+    for d in [data_dir, &seg_dir] {
+        report.removed_temp_files += fsutil::remove_stale_temp_files(d)
+            .map_err(io(format!("clean temp files in {}", d.display())))?;
+    }
+
+    let files = segment::list(&seg_dir).map_err(io(format!("list {}", seg_dir.display())))?;
+    let manifest = match Manifest::load(data_dir).map_err(StoreError::Corrupt)? {
+        Some(m) => m,
+        None if files.is_empty() => {
+            let m = Manifest::empty();
+            create_segment_file(&seg_dir, m.active_first_seq)?;
+            store_manifest(&m, data_dir)?;
+            m
+        }
+        None => {
+            report.manifest_rebuilt = true;
+            let m = rebuild_manifest(&files)?;
+            store_manifest(&m, data_dir)?;
+            m
+        }
+    };
+
+    // Files the manifest does not know: an empty one past the active segment
+    // is a crash between creating a segment and naming it; anything else is
+    // damage we will not guess about.
+    for f in &files {
+        let name = f
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let known = f.first_seq == manifest.active_first_seq
+            || manifest.sealed.iter().any(|s| s.file == name);
+        if known {
+            continue;
+        }
+        let len = std::fs::metadata(&f.path)
+            .map_err(io(format!("stat {}", f.path.display())))?
+            .len();
+        if f.first_seq > manifest.active_first_seq && len == 0 {
+            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
+            fsutil::fsync_dir(&seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+            report.removed_empty_segments.push(name);
+        } else {
+            return Err(StoreError::Corrupt(format!(
+                "{} ({len} bytes) is not listed in {}; move it aside or restore a backup",
+                f.path.display(),
+                super::manifest::FILE_NAME
+            )));
+        }
+    }
+
+    let first_seq = manifest
+        .sealed
+        .first()
+        .map(|s| s.first_seq)
+        .unwrap_or(manifest.active_first_seq);
+    let mut index = Index::new(first_seq, recent_cache_bytes);
+    let mut dedup = DedupIndex::default();
+    let mut expect = first_seq;
+
+    for sealed in &manifest.sealed {
+        let path = seg_dir.join(&sealed.file);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "sealed segment {} cannot be read: {e}",
+                path.display()
+            ))
+        })?;
+        check_sealed(&path, sealed, &bytes, expect)?;
+        let scan = segment::scan(&bytes, expect);
+        if let Some(d) = &scan.damage {
+            return Err(StoreError::Corrupt(format!(
+                "sealed segment {} has a bad record at offset {}: {}",
+                path.display(),
+                d.offset,
+                d.problem
+            )));
+        }
+        let pos = index.add_segment(reader(&path, sealed.first_seq, bytes.len() as u64)?);
+        add_records(&mut index, &mut dedup, pos, &scan);
+        expect = sealed.last_seq + 1;
+        report.sealed_segments += 1;
+    }
+
+    if manifest.active_first_seq != expect {
+        return Err(StoreError::Corrupt(format!(
+            "manifest says the active segment starts at seq {}, but the sealed segments end at {}",
+            manifest.active_first_seq,
+            expect - 1
+        )));
+    }
+    let active_path = seg_dir.join(segment::file_name(expect));
+    let mut bytes = match std::fs::read(&active_path) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(StoreError::Corrupt(format!(
+                "active segment {} cannot be read: {e}",
+                active_path.display()
+            )))
+        }
+    };
+    let scan = segment::scan(&bytes, expect);
+    if let Some(d) = &scan.damage {
+        if d.valid_after > 0 {
+            let (a, b) = d.seq_after.unwrap_or_default();
+            return Err(StoreError::Corrupt(format!(
+                "active segment {} is damaged at offset {} ({}) and {} valid record(s) follow (seq {a}..={b}); \
+                 refusing to truncate acknowledged events: restore a backup or move the damaged bytes aside",
+                active_path.display(),
+                d.offset,
+                d.problem,
+                d.valid_after
+            )));
+        }
+        let tail = &bytes[scan.valid_len as usize..];
+        let quarantined = quarantine(data_dir, &active_path, scan.valid_len, tail)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&active_path)
+            .map_err(io(format!("open {}", active_path.display())))?;
+        f.set_len(scan.valid_len)
+            .map_err(io(format!("truncate {}", active_path.display())))?;
+        f.sync_all()
+            .map_err(io(format!("fsync {}", active_path.display())))?;
+        tracing::warn!(
+            file = %active_path.display(),
+            offset = scan.valid_len,
+            bytes = tail.len(),
+            quarantined_to = %quarantined.display(),
+            problem = %d.problem,
+            "torn tail cut away"
+        );
+        report.torn_tail = Some(TornTail {
+            file: active_path.display().to_string(),
+            offset: scan.valid_len,
+            bytes: tail.len() as u64,
+            quarantined_to: quarantined.display().to_string(),
+        });
+        bytes.truncate(scan.valid_len as usize);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&active_path)
+        .map_err(io(format!("open {}", active_path.display())))?;
+    let pos = index.add_segment(reader(&active_path, expect, bytes.len() as u64)?);
+    add_records(&mut index, &mut dedup, pos, &scan);
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    let count = scan.records.len() as u64;
+    let next_seq = expect + count;
+    report.events = index.len() as u64;
+
+    Ok(Recovered {
+        lock,
+        manifest,
+        active: ActiveSegment {
+            file,
+            path: active_path,
+            first_seq: expect,
+            len: bytes.len() as u64,
+            count,
+            hasher,
+            index_pos: pos,
+        },
+        index,
+        dedup,
+        next_seq,
+        report,
+    })
+}
+
+fn store_manifest(m: &Manifest, data_dir: &Path) -> Result<()> {
+    m.store(data_dir).map_err(io(format!(
+        "write {}",
+        data_dir.join(super::manifest::FILE_NAME).display()
+    )))
+}
+
+/// Creates an empty segment file and makes its directory entry durable.
+pub fn create_segment_file(seg_dir: &Path, first_seq: u64) -> Result<(File, PathBuf)> {
+    let path = seg_dir.join(segment::file_name(first_seq));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(format!("create {}", path.display())))?;
+    fsutil::fsync_dir(seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+    Ok((file, path))
+}
+
+/// A read-only handle for readers.
+pub fn reader(path: &Path, first_seq: u64, bytes: u64) -> Result<SegmentReader> {
+    let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
+    Ok(SegmentReader {
+        first_seq,
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        bytes,
+    })
+}
+
+fn check_sealed(path: &Path, s: &SealedSegment, bytes: &[u8], expect: u64) -> Result<()> {
+    if s.first_seq != expect {
+        return Err(StoreError::Corrupt(format!(
+            "sealed segment {} starts at seq {}, expected {expect}",
+            path.display(),
+            s.first_seq
+        )));
+    }
+    if bytes.len() as u64 != s.bytes {
+        return Err(StoreError::Corrupt(format!(
+            "sealed segment {} is {} bytes, the manifest says {}",
+            path.display(),
+            bytes.len(),
+            s.bytes
+        )));
+    }
+    let sha = hex::encode(Sha256::digest(bytes));
+    if sha != s.sha256 {
+        return Err(StoreError::Corrupt(format!(
+            "sealed segment {} has SHA-256 {sha}, the manifest says {}",
+            path.display(),
+            s.sha256
+        )));
+    }
+    Ok(())
+}
+
+fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan) {
+    for r in &scan.records {
+        index.push(NewEntry {
+            seq: r.seq,
+            segment: pos,
+            offset: r.offset + r.framed.event_offset as u64,
+            len: r.framed.event_len,
+            crc: r.framed.crc,
+            ty: &r.keys.ty,
+            source: &r.keys.source,
+            subject: r.keys.subject.as_deref(),
+            bytes: None,
+        });
+        // Stored events are unique by construction, so a hash hit during
+        // recovery can only be a hash collision: keep both exactly.
+        dedup.insert(&r.keys.source, &r.keys.id, r.seq);
+    }
+}
+
+/// Rebuilds a manifest from the segment files alone: every file but the
+/// last is sealed (and must scan clean); the last is active.
+fn rebuild_manifest(files: &[segment::SegmentFile]) -> Result<Manifest> {
+    let mut m = Manifest::empty();
+    let Some((last, sealed)) = files.split_last() else {
+        return Ok(m);
+    };
+    let mut expect = files[0].first_seq;
+    for f in sealed {
+        let bytes = std::fs::read(&f.path).map_err(io(format!("read {}", f.path.display())))?;
+        let scan = segment::scan(&bytes, expect);
+        if let Some(d) = scan.damage {
+            return Err(StoreError::Corrupt(format!(
+                "rebuilding the manifest: {} has a bad record at offset {}: {}",
+                f.path.display(),
+                d.offset,
+                d.problem
+            )));
+        }
+        if f.first_seq != expect || scan.records.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "rebuilding the manifest: {} does not continue the sequence at {expect}",
+                f.path.display()
+            )));
+        }
+        let count = scan.records.len() as u64;
+        m.sealed.push(SealedSegment {
+            file: f
+                .path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string(),
+            first_seq: expect,
+            last_seq: expect + count - 1,
+            count,
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+        expect += count;
+    }
+    m.active_first_seq = last.first_seq;
+    Ok(m)
+}
+
+/// Copies damaged bytes to `quarantine/` (fsynced) before anything is cut.
+pub fn quarantine(data_dir: &Path, file: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf> {
+    let dir = data_dir.join(QUARANTINE_DIR);
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let name = format!(
+        "{}.{offset}.{stamp}.bad",
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let path = dir.join(name);
+    fsutil::write_atomic(&path, bytes).map_err(io(format!("write {}", path.display())))?;
+    Ok(path)
+}

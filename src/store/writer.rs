@@ -1,0 +1,384 @@
+//! The writer: the only code that touches the data directory after startup.
+//!
+//! It runs on its own thread, drains every waiting command at once, frames
+//! all their events into one buffer, writes it with one `pwrite`, calls
+//! `fdatasync` once, publishes the new entries to the index and only then
+//! answers every caller. An answer therefore means "on disk".
+//!
+//! After a failed write or fsync the writer is poisoned: it cuts the file
+//! back to its last durable length and refuses every later write. It never
+//! retries an fsync, because after a failed fsync the kernel may already
+//! have dropped the dirty pages it was asked to write.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::dedup::DedupIndex;
+use super::error::{Result, StoreError};
+use super::index::{self, NewEntry};
+use super::manifest::{Manifest, SealedSegment};
+use super::recovery::{self, ActiveSegment, Recovered};
+use super::segment::{self, Framed};
+use super::{Outcome, PreparedEvent, Shared};
+
+/// The reply to an append: one outcome per event, in order, or why none
+/// of them was stored.
+pub type AppendReply = oneshot::Sender<Result<Vec<Outcome>>>;
+
+/// What the writer can be asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Store these events atomically (all or none) and say where they went.
+    Append {
+        /// Events in publish order.
+        events: Vec<PreparedEvent>,
+        /// Where to send the outcome.
+        reply: AppendReply,
+    },
+    /// Finish what is queued before this command, then stop.
+    Shutdown,
+}
+
+/// Stop draining once a commit holds this many bytes, so one fsync never
+/// waits behind an unbounded write.
+const MAX_COMMIT_BYTES: usize = 16 << 20;
+
+/// The writer's state. Built from a [`Recovered`] store.
+pub struct Writer {
+    shared: Arc<Shared>,
+    manifest: Manifest,
+    active: ActiveSegment,
+    next_seq: u64,
+    dedup: DedupIndex,
+    segment_bytes: u64,
+    buf: Vec<u8>,
+    _lock: super::lock::DirLock,
+}
+
+/// One event accepted into the current commit.
+struct Accepted {
+    seq: u64,
+    line_start: usize,
+    framed: Framed,
+    event: PreparedEvent,
+}
+
+#[derive(Deserialize)]
+struct StoredAttrs {
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    time: String,
+}
+
+impl Writer {
+    /// Takes over a recovered store.
+    pub fn new(rec: Recovered, shared: Arc<Shared>, segment_bytes: u64) -> (Self, index::Index) {
+        let w = Writer {
+            shared,
+            manifest: rec.manifest,
+            active: rec.active,
+            next_seq: rec.next_seq,
+            dedup: rec.dedup,
+            segment_bytes,
+            buf: Vec::with_capacity(1 << 20),
+            _lock: rec.lock,
+        };
+        (w, rec.index)
+    }
+
+    /// Runs until a [`Command::Shutdown`] or until every handle is dropped.
+    /// Blocking: call it on a dedicated thread.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::new();
+        let mut stop = false;
+        while !stop {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut bytes = command_bytes(&first);
+            batch.push(first);
+            while bytes < MAX_COMMIT_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        bytes += command_bytes(&cmd);
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut appends = Vec::with_capacity(batch.len());
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Append { events, reply } => appends.push((events, reply)),
+                    Command::Shutdown => stop = true,
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+        }
+        tracing::info!(last_seq = self.next_seq - 1, "writer stopped");
+        self.shared.writer_alive.store(false, Ordering::SeqCst);
+    }
+
+    #[tracing::instrument(skip_all, fields(commands = appends.len()))]
+    fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
+        if let Some(reason) = self.shared.poison_reason() {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        if self.active.len >= self.segment_bytes && self.active.count > 0 {
+            if let Err(e) = self.seal_and_roll() {
+                self.poison(format!(
+                    "sealing segment {} failed: {e}",
+                    self.active.path.display()
+                ));
+                return self.commit(appends);
+            }
+        }
+
+        self.buf.clear();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut in_commit: HashMap<(String, String), Outcome> = HashMap::new();
+        let mut replies = Vec::with_capacity(appends.len());
+        let mut duplicates = 0u64;
+        for (events, reply) in appends {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                if let Some(o) = self.find_duplicate(&event, &in_commit) {
+                    duplicates += 1;
+                    outcomes.push(o);
+                    continue;
+                }
+                let seq = self.next_seq + accepted.len() as u64;
+                let line_start = self.buf.len();
+                let framed = segment::encode_record(&mut self.buf, seq, &event.bytes);
+                let outcome = Outcome {
+                    seq,
+                    duplicate: false,
+                    ty: event.ty.clone(),
+                    time: event.time.clone(),
+                };
+                in_commit.insert(
+                    (event.source.clone(), event.id.clone()),
+                    Outcome {
+                        duplicate: true,
+                        ..outcome.clone()
+                    },
+                );
+                outcomes.push(outcome);
+                accepted.push(Accepted {
+                    seq,
+                    line_start,
+                    framed,
+                    event,
+                });
+            }
+            replies.push((reply, outcomes));
+        }
+
+        if !self.buf.is_empty() {
+            if let Err(reason) = self.write_and_sync() {
+                self.poison(reason.clone());
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                }
+                return;
+            }
+            self.publish(&accepted);
+        }
+        let m = &self.shared.metrics;
+        m.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        for (reply, outcomes) in replies {
+            let _ = reply.send(Ok(outcomes));
+        }
+    }
+
+    /// Appends the buffer at the durable end of the active segment and
+    /// syncs it. On failure, cuts the file back so the log stays valid.
+    fn write_and_sync(&mut self) -> std::result::Result<(), String> {
+        let path = self.active.path.display().to_string();
+        let result = self
+            .active
+            .file
+            .write_all_at(&self.buf, self.active.len)
+            .map_err(|e| format!("write to {path} at offset {} failed: {e}", self.active.len))
+            .and_then(|()| {
+                let started = Instant::now();
+                let r = self
+                    .active
+                    .file
+                    .sync_data()
+                    .map_err(|e| format!("fdatasync of {path} failed: {e}"));
+                self.shared
+                    .record_fsync(started.elapsed().as_micros() as u64);
+                r
+            });
+        if result.is_err() {
+            if let Err(e) = self.active.file.set_len(self.active.len) {
+                tracing::error!(error = %e, path = %path, "could not cut the active segment back after a failed write");
+            }
+        }
+        result
+    }
+
+    /// Makes a durable commit visible: index entries, head, dedup, counters.
+    fn publish(&mut self, accepted: &[Accepted]) {
+        let base = self.active.len;
+        self.active.hasher.update(&self.buf);
+        self.active.len += self.buf.len() as u64;
+        self.active.count += accepted.len() as u64;
+        {
+            let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
+            for a in accepted {
+                idx.push(NewEntry {
+                    seq: a.seq,
+                    segment: self.active.index_pos,
+                    offset: base + a.line_start as u64 + a.framed.event_offset as u64,
+                    len: a.framed.event_len,
+                    crc: a.framed.crc,
+                    ty: &a.event.ty,
+                    source: &a.event.source,
+                    subject: a.event.subject.as_deref(),
+                    bytes: Some(a.event.bytes.clone()),
+                });
+            }
+            idx.set_segment_bytes(self.active.index_pos, self.active.len);
+        }
+        for a in accepted {
+            self.dedup.insert(&a.event.source, &a.event.id, a.seq);
+        }
+        self.next_seq += accepted.len() as u64;
+        self.shared.head.send_replace(self.next_seq - 1);
+        let m = &self.shared.metrics;
+        m.batches.fetch_add(1, Ordering::Relaxed);
+        m.events.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+        m.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        m.max_batch_events
+            .fetch_max(accepted.len() as u64, Ordering::Relaxed);
+    }
+
+    fn find_duplicate(
+        &self,
+        ev: &PreparedEvent,
+        in_commit: &HashMap<(String, String), Outcome>,
+    ) -> Option<Outcome> {
+        if !in_commit.is_empty() {
+            if let Some(o) = in_commit.get(&(ev.source.clone(), ev.id.clone())) {
+                return Some(o.clone());
+            }
+        }
+        let mut found = None;
+        let seq = self
+            .dedup
+            .lookup(&ev.source, &ev.id, |seq| match self.stored_attrs(seq) {
+                Some(a) if a.source == ev.source && a.id == ev.id => {
+                    found = Some(a);
+                    true
+                }
+                _ => false,
+            })?;
+        let a = found?;
+        Some(Outcome {
+            seq,
+            duplicate: true,
+            ty: a.ty,
+            time: a.time,
+        })
+    }
+
+    fn stored_attrs(&self, seq: u64) -> Option<StoredAttrs> {
+        let (hit, file, path) = {
+            let idx = self.shared.index();
+            let hit = idx.get(seq)?;
+            let seg = &idx.segments[hit.entry.segment as usize];
+            (hit, seg.file.clone(), seg.path.clone())
+        };
+        let bytes = match index::load(&file, &path, &hit) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, seq, "cannot read a stored event for a duplicate check");
+                return None;
+            }
+        };
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn seal_and_roll(&mut self) -> Result<()> {
+        let data_dir = self.shared.data_dir.clone();
+        let seg_dir = data_dir.join(recovery::SEGMENTS_DIR);
+        let new_first = self.next_seq;
+        let (file, path) = recovery::create_segment_file(&seg_dir, new_first)?;
+        let sha256 = hex::encode(self.active.hasher.clone().finalize());
+        let mut manifest = self.manifest.clone();
+        manifest.sealed.push(SealedSegment {
+            file: segment::file_name(self.active.first_seq),
+            first_seq: self.active.first_seq,
+            last_seq: new_first - 1,
+            count: self.active.count,
+            bytes: self.active.len,
+            sha256,
+        });
+        manifest.active_first_seq = new_first;
+        manifest.store(&data_dir).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "write {}",
+                    data_dir.join(super::manifest::FILE_NAME).display()
+                ),
+                e,
+            )
+        })?;
+        self.manifest = manifest;
+        let reader = recovery::reader(&path, new_first, 0)?;
+        let index_pos = self
+            .shared
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_segment(reader);
+        tracing::info!(sealed = %self.active.path.display(), events = self.active.count, bytes = self.active.len, "segment sealed");
+        self.active = ActiveSegment {
+            file,
+            path,
+            first_seq: new_first,
+            len: 0,
+            count: 0,
+            hasher: Sha256::new(),
+            index_pos,
+        };
+        self.shared
+            .metrics
+            .segments_sealed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(reason = %reason, "writer poisoned: refusing further writes");
+        *self
+            .shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+}
+
+fn command_bytes(cmd: &Command) -> usize {
+    match cmd {
+        Command::Append { events, .. } => events.iter().map(|e| e.bytes.len() + 64).sum(),
+        Command::Shutdown => 0,
+    }
+}
