@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     msgbus::telemetry::init(cli.log_format);
     let result = match cli.command {
         Some(Command::Openapi) => {
-            println!("{}", msgbus::http::docs::openapi_json());
+            print!("{}", msgbus::http::docs::openapi_json());
             Ok(())
         }
         Some(Command::Serve(config)) => msgbus::app::serve(config).await,
