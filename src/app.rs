@@ -4,10 +4,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::alerts::Alerts;
 use crate::config::ServeConfig;
+use crate::monitor::{self, MonitorSettings};
 use crate::http::{self, AppState};
 use crate::store::handle::WriterThread;
 use crate::store::StoreHandle;
@@ -28,7 +32,8 @@ pub struct Application {
 impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
-        let (store, writer) = StoreHandle::open(&config.store())?;
+        let alerts = Arc::new(Alerts::new(config.alert_capacity, config.alert_webhook.clone()));
+        let (store, writer) = StoreHandle::open(&config.store(), alerts)?;
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
@@ -52,9 +57,10 @@ impl Application {
     }
 
     /// Serves until `stop` resolves, then shuts down in order: stop
-    /// accepting, wake long-polls, drain in-flight requests (up to the
-    /// shutdown timeout), let the writer commit what is queued, join it,
-    /// which releases the data directory's lock.
+    /// accepting, wake long-polls and streams, drain in-flight requests (up
+    /// to the shutdown timeout), stop the monitor and the backup timer, let
+    /// the writer commit what is queued and finish a running backup, join
+    /// it, which releases the data directory's lock.
     pub async fn run_until(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -70,6 +76,17 @@ impl Application {
         let addr = listener.local_addr()?;
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
         let router = http::router(state);
+        let jobs = [
+            monitor::spawn(
+                store.clone(),
+                MonitorSettings {
+                    interval: config.monitor_interval,
+                    min_free_bytes: config.min_free_bytes,
+                },
+                shutdown_tx.subscribe(),
+            ),
+            crate::backup_timer::spawn(store.clone(), config.backup_interval, shutdown_tx.subscribe()),
+        ];
         let mut graceful = shutdown_tx.subscribe();
         let server = axum::serve(
             listener,
@@ -96,6 +113,9 @@ impl Application {
                     }
                 }
             }
+        }
+        for job in jobs {
+            let _ = job.await;
         }
         store.close().await;
         drop(store);

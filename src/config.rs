@@ -59,11 +59,71 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// Seconds between integrity checks (fractions allowed, e.g. `0.5`).
+    /// Each check stats every file, re-verifies every byte of the active
+    /// segment against the writer's CRC, scrubs one sealed segment's SHA-256
+    /// and one file of the newest backup, and checks free space.
+    #[arg(long, env = "MSGBUS_MONITOR_INTERVAL", default_value = "5", value_parser = parse_duration)]
+    pub monitor_interval: Duration,
+
+    /// Take a backup this often when events were stored since the last
+    /// one. Backups are also taken whenever a segment is sealed and on
+    /// `POST /admin/backups`.
+    #[arg(long, env = "MSGBUS_BACKUP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub backup_interval: Duration,
+
+    /// Backups to keep. The newest verified backup is never deleted, and an
+    /// old one only once a newer one has verified. Each backup is a full
+    /// copy, so budget `backup-keep` times the store size on disk.
+    #[arg(long, env = "MSGBUS_BACKUP_KEEP", default_value_t = 10)]
+    pub backup_keep: usize,
+
+    /// Below this much free space on the data directory's filesystem,
+    /// publishing answers 507 before anything is written; it resumes by
+    /// itself when space returns.
+    #[arg(long, env = "MSGBUS_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub min_free_bytes: u64,
+
+    /// URL to POST alerts to (Slack-compatible `{"text": ...}` body plus the
+    /// structured alert), retried with backoff. Empty: no webhook.
+    #[arg(long, env = "MSGBUS_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+
+    /// Alerts kept in memory for `GET /alerts` (oldest dropped first).
+    #[arg(long, env = "MSGBUS_ALERT_CAPACITY", default_value_t = 1000)]
+    pub alert_capacity: usize,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
     /// before their connections are closed. Keep the container stop grace
     /// period longer than this.
     #[arg(long, env = "MSGBUS_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Comment line sent on an idle `GET /events/stream` this often, so
+    /// proxies and load balancers keep the connection open.
+    #[arg(long, env = "MSGBUS_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
+
+    /// Most concurrent `GET /events/stream` subscribers; more get 503 with
+    /// `Retry-After`. Each holds at most one page (about 1 MiB) of events.
+    #[arg(long, env = "MSGBUS_MAX_SUBSCRIBERS", default_value_t = 1024)]
+    pub max_subscribers: usize,
+
+    /// Retention: keep at most about this many of the newest events. Whole
+    /// sealed segments are deleted once every event in them is older, so
+    /// up to one segment more is kept. Off by default.
+    #[arg(long, env = "MSGBUS_RETENTION_MAX_EVENTS")]
+    pub retention_max_events: Option<u64>,
+
+    /// Retention: delete sealed segments whose newest event was written
+    /// longer ago than this (e.g. `7d`, `12h`). Off by default.
+    #[arg(long, env = "MSGBUS_RETENTION_MAX_AGE", value_parser = parse_duration)]
+    pub retention_max_age: Option<Duration>,
+
+    /// Retention: keep at most about this many bytes of segments (e.g.
+    /// `10GiB`); up to one segment more is kept. Off by default.
+    #[arg(long, env = "MSGBUS_RETENTION_MAX_BYTES", value_parser = parse_bytes)]
+    pub retention_max_bytes: Option<u64>,
 }
 
 impl ServeConfig {
@@ -74,6 +134,12 @@ impl ServeConfig {
             segment_bytes: self.segment_bytes,
             queue_capacity: self.queue_capacity.max(1),
             read_cache_bytes: self.read_cache_bytes as usize,
+            backup_keep: self.backup_keep,
+            retention: crate::store::retention::RetentionPolicy {
+                max_events: self.retention_max_events,
+                max_age: self.retention_max_age,
+                max_bytes: self.retention_max_bytes,
+            },
         }
     }
 }

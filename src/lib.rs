@@ -8,14 +8,22 @@
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
+//! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
+//! - [`backup_timer`]: periodic backups when something changed
+//! - [`alerts`]: the alert list, its counters and the webhook sender
+//! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod alerts;
 pub mod app;
+pub mod backup_timer;
 pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod monitor;
+pub mod offline;
 pub mod store;
 pub mod telemetry;

@@ -33,6 +33,10 @@ pub struct Problem {
     /// Seconds to wait before retrying (also sent as `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// For 410 Gone: the oldest event still stored; resume from there
+    /// (`after` = this - 1) if skipping the deleted range is acceptable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_seq: Option<u64>,
 }
 
 impl Problem {
@@ -45,7 +49,25 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            oldest_seq: None,
         }
+    }
+
+    /// 410: the position asked for was deleted by retention. Names the
+    /// oldest event still stored instead of silently jumping to it.
+    pub fn gone(oldest: u64) -> Self {
+        let mut p = Problem::new(
+            StatusCode::GONE,
+            "gone",
+            "Events deleted by retention",
+            format!(
+                "the events before seq {oldest} were deleted by retention; the oldest available is {oldest}: \
+                 resume with after={} to skip the deleted range",
+                oldest - 1
+            ),
+        );
+        p.oldest_seq = Some(oldest);
+        p
     }
 
     /// 400: the body or a parameter cannot be parsed.
@@ -165,6 +187,19 @@ impl From<StoreError> for Problem {
                     5,
                 )
             }
+            StoreError::Gone { oldest } => Problem::gone(oldest),
+            StoreError::ReadOnly(reason) => Problem::unavailable(
+                "read-only",
+                "Store is read-only",
+                format!("the store refuses writes until a repair succeeds: {reason}"),
+                10,
+            ),
+            StoreError::LowDisk(reason) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "Not enough free disk space",
+                format!("nothing was written: {reason}"),
+            ),
             other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
                 Problem::internal(&other)
             }

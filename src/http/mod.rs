@@ -7,6 +7,7 @@
 //! - [`docs`]: the OpenAPI document and Swagger UI
 //! - [`body`]: request-body and query helpers that answer in problem+json
 
+pub mod admin;
 pub mod body;
 pub mod docs;
 pub mod error;
@@ -63,6 +64,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// When the server started.
     pub started: Instant,
+    /// Free space below which publishing answers 507 (for on-demand checks).
+    pub min_free_bytes: u64,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
                 max_wait: config.max_wait,
                 request_timeout: config.request_timeout,
                 started: Instant::now(),
+                min_free_bytes: config.min_free_bytes,
             }),
             shutdown,
         }
@@ -96,6 +100,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
+        .route("/alerts", get(admin::alerts))
+        .route("/admin/backups", get(admin::list_backups).post(admin::take_backup))
+        .route("/admin/verify", post(admin::verify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,

@@ -115,7 +115,7 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64) -> Stats {
             StoreStats {
                 data_dir: shared.data_dir.display().to_string(),
                 bytes: idx.store_bytes(),
-                segments: idx.segments.len() as u64,
+                segments: idx.segment_count() as u64,
                 read_cache_bytes: idx.cache_bytes() as u64,
                 recovered_torn_tail: shared.recovery.torn_tail.is_some(),
             },

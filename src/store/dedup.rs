@@ -46,6 +46,13 @@ impl DedupIndex {
         is_same(seq).then_some(seq)
     }
 
+    /// Forgets every key stored before `first_seq` (retention deleted those
+    /// events, so the idempotency window shrinks with them).
+    pub fn forget_before(&mut self, first_seq: u64) {
+        self.by_hash.retain(|_, seq| *seq >= first_seq);
+        self.overflow.retain(|_, seq| *seq >= first_seq);
+    }
+
     /// Records `(source, id)` at `seq`. Call only after `lookup` found nothing.
     pub fn insert(&mut self, source: &str, id: &str, seq: u64) {
         match self.by_hash.entry(key_hash(source, id)) {

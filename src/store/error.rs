@@ -26,12 +26,26 @@ pub enum StoreError {
     /// A write or fsync failed earlier; the writer refuses all writes.
     #[error("store is read-only after a failed write: {0}")]
     Poisoned(String),
+    /// Damage that could not be repaired yet; writes wait for a repair.
+    #[error("store is read-only until a repair succeeds: {0}")]
+    ReadOnly(String),
+    /// Free disk space is below the configured minimum.
+    #[error("not enough free disk space: {0}")]
+    LowDisk(String),
     /// The writer's queue is full; retry shortly.
     #[error("the writer's queue is full")]
     QueueFull,
     /// The writer has shut down.
     #[error("the store is shutting down")]
     Stopped,
+    /// The requested position lies before the oldest retained event:
+    /// retention deleted it. Never answered with a silent jump forward.
+    #[error("events before seq {oldest} were deleted by retention")]
+    Gone {
+        /// The oldest event still stored (the next one to be written when
+        /// the store holds none).
+        oldest: u64,
+    },
 }
 
 impl StoreError {

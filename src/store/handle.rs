@@ -62,7 +62,10 @@ const MAX_SCAN: usize = 100_000;
 
 impl StoreHandle {
     /// Opens the store: recovery, then the writer thread.
-    pub fn open(config: &StoreConfig) -> Result<(StoreHandle, WriterThread)> {
+    pub fn open(
+        config: &StoreConfig,
+        alerts: Arc<crate::alerts::Alerts>,
+    ) -> Result<(StoreHandle, WriterThread)> {
         let rec = recovery::open(&config.data_dir, config.read_cache_bytes)?;
         let report = rec.report.clone();
         let last = rec.next_seq - 1;
@@ -85,22 +88,55 @@ impl StoreHandle {
             opened_at: Instant::now(),
             recovery: report,
             queue_capacity: config.queue_capacity,
+            files: RwLock::new(super::integrity::FileState {
+                manifest: rec.manifest.clone(),
+                active_len: rec.active.len,
+                active_crc: rec.active.crc,
+            }),
+            read_only: Mutex::new(None),
+            low_disk: Mutex::new(None),
+            alerts,
+            backups: Mutex::new(Vec::new()),
+            integrity: Mutex::new(super::IntegrityState {
+                status: "unchecked".into(),
+                ..Default::default()
+            }),
+            consumers: super::consumers::load(&config.data_dir)?,
+            retention: super::retention::Retention::new(config.retention),
         });
-        let (writer, index) = Writer::new(rec, shared.clone(), config.segment_bytes);
+        let (writer, index) = Writer::new(
+            rec,
+            shared.clone(),
+            config.segment_bytes,
+            config.backup_keep,
+        );
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let thread = std::thread::Builder::new()
             .name("msgbus-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("spawn the writer thread", e))?;
+        super::retention::spawn_ticker(&config.retention, &tx);
         Ok((StoreHandle { tx, shared }, WriterThread(thread)))
+    }
+
+    /// Queues `cmd` for the writer without waiting; a full queue is
+    /// [`StoreError::QueueFull`] (503), never an unbounded wait.
+    pub(super) fn try_send(&self, cmd: Command) -> Result<()> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
+        })
     }
 
     /// Stores `events` atomically with one durable commit. Returns one
     /// outcome per event, in order, once they are on disk.
     pub async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>> {
-        if let Some(reason) = self.shared.poison_reason() {
-            return Err(StoreError::Poisoned(reason));
+        if let Some(refusal) = self.shared.write_refusal() {
+            return Err(refusal);
+        }
+        if let Some(reason) = super::lock(&self.shared.low_disk).clone() {
+            return Err(StoreError::LowDisk(reason));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -112,14 +148,77 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Hands the integrity monitor's findings to the writer, which checks
+    /// each again and repairs what is still wrong.
+    pub async fn repair(
+        &self,
+        findings: Vec<super::integrity::Finding>,
+    ) -> Result<Vec<super::writer::RepairOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Repair { findings, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Takes a verified backup now and waits for it.
+    pub async fn backup(&self) -> Result<std::result::Result<super::backup::BackupInfo, String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Backup { reply: Some(reply) })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Asks for a backup without waiting for it.
+    pub fn request_backup(&self) {
+        let _ = self.tx.try_send(Command::Backup { reply: None });
+    }
+
     /// Asks the writer to stop after what is already queued.
     pub async fn close(&self) {
         let _ = self.tx.send(Command::Shutdown).await;
     }
 
     /// Events after `after` matching `filter`, at most `limit`.
+    /// `after = 0` means from the oldest retained event; any other `after`
+    /// before it is [`StoreError::Gone`].
     pub async fn read(&self, after: u64, filter: &Filter, limit: usize) -> Result<EventPage> {
-        let page = self.shared.index().query(after, filter, limit, MAX_SCAN);
+        self.read_bounded(after, filter, limit, usize::MAX).await
+    }
+
+    /// Like [`StoreHandle::read`], but stops once the page holds `max_bytes`
+    /// of events (always at least one), so a streaming reader's memory is
+    /// bounded whatever the event sizes.
+    pub async fn read_bounded(
+        &self,
+        after: u64,
+        filter: &Filter,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<EventPage> {
+        let page = {
+            let idx = self.shared.index();
+            if after != 0 && after < idx.first_seq() - 1 {
+                return Err(StoreError::Gone {
+                    oldest: idx.first_seq(),
+                });
+            }
+            let mut page = idx.query(after, filter, limit, MAX_SCAN);
+            let mut bytes = 0usize;
+            if let Some(cut) = page.hits.iter().position(|h| {
+                bytes += h.entry.len as usize;
+                bytes >= max_bytes
+            }) {
+                if cut + 1 < page.hits.len() {
+                    page.hits.truncate(cut + 1);
+                    page.scanned_to = page.hits[cut].seq;
+                }
+            }
+            page
+        };
         let events = self.load(page.hits).await?;
         Ok(EventPage {
             events,
@@ -127,9 +226,19 @@ impl StoreHandle {
         })
     }
 
-    /// The event stored at `seq`, if any.
+    /// The event stored at `seq`, if any; [`StoreError::Gone`] when
+    /// retention deleted it.
     pub async fn get(&self, seq: u64) -> Result<Option<StoredEvent>> {
-        let Some(hit) = self.shared.index().get(seq) else {
+        let hit = {
+            let idx = self.shared.index();
+            if seq != 0 && seq < idx.first_seq() {
+                return Err(StoreError::Gone {
+                    oldest: idx.first_seq(),
+                });
+            }
+            idx.get(seq)
+        };
+        let Some(hit) = hit else {
             return Ok(None);
         };
         Ok(self.load(vec![hit]).await?.pop())
@@ -147,18 +256,33 @@ impl StoreHandle {
                 })
                 .collect());
         }
-        let files: Vec<(Arc<std::fs::File>, PathBuf)> = {
+        // A segment retention deleted after the query is gone; an open
+        // handle taken here keeps reading the unlinked file safely.
+        let files: Vec<Option<(Arc<std::fs::File>, PathBuf)>> = {
             let idx = self.shared.index();
-            idx.segments
-                .iter()
-                .map(|s| (s.file.clone(), s.path.clone()))
-                .collect()
+            let oldest = idx.first_seq();
+            hits.iter()
+                .map(|h| {
+                    if h.cached.is_some() {
+                        return Ok(None);
+                    }
+                    idx.segment(h.entry.segment)
+                        .map(|s| Some((s.file.clone(), s.path.clone())))
+                        .ok_or(StoreError::Gone { oldest })
+                })
+                .collect::<Result<_>>()?
         };
         tokio::task::spawn_blocking(move || {
             hits.into_iter()
-                .map(|h| {
-                    let (file, path) = &files[h.entry.segment as usize];
-                    index::load(file, path, &h)
+                .zip(files)
+                .map(|(h, f)| {
+                    let Some((file, path)) = f else {
+                        return Ok(StoredEvent {
+                            seq: h.seq,
+                            bytes: h.cached.unwrap_or_default(),
+                        });
+                    };
+                    index::load(&file, &path, &h)
                         .map(|bytes| StoredEvent { seq: h.seq, bytes })
                         .map_err(|e| {
                             tracing::error!(error = %e, "stored event failed verification on read");
@@ -189,6 +313,11 @@ impl StoreHandle {
     /// Shared committed state (index, counters, health).
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The shared state as an `Arc`, for blocking work off the async workers.
+    pub fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// True when the writer thread is running.

@@ -163,12 +163,18 @@ pub struct Page {
 }
 
 /// The committed state of the log, as readers see it.
+///
+/// Retention drops a prefix of events and the segments that held them, so
+/// entries are a deque indexed by `seq - first_seq`, and segment positions
+/// ([`Entry::segment`]) are absolute: the oldest live segment has position
+/// `segment_base`. Look segments up with [`Index::segment`]; a position
+/// below the base belongs to a segment retention has deleted.
 #[derive(Debug)]
 pub struct Index {
     first_seq: u64,
-    entries: Vec<Entry>,
-    /// Segment files, oldest first.
-    pub segments: Vec<SegmentReader>,
+    entries: VecDeque<Entry>,
+    segments: VecDeque<SegmentReader>,
+    segment_base: u32,
     types: Interner,
     sources: Interner,
     subjects: Interner,
@@ -184,8 +190,9 @@ impl Index {
     pub fn new(first_seq: u64, recent_capacity: usize) -> Self {
         Index {
             first_seq,
-            entries: Vec::new(),
-            segments: Vec::new(),
+            entries: VecDeque::new(),
+            segments: VecDeque::new(),
+            segment_base: 0,
             types: Interner::default(),
             sources: Interner::default(),
             subjects: Interner::default(),
@@ -224,13 +231,61 @@ impl Index {
 
     /// Adds a segment file and returns its position.
     pub fn add_segment(&mut self, reader: SegmentReader) -> u32 {
-        self.segments.push(reader);
-        (self.segments.len() - 1) as u32
+        self.segments.push_back(reader);
+        self.segment_base + (self.segments.len() - 1) as u32
+    }
+
+    /// The segment at position `pos`; `None` once retention has deleted it.
+    pub fn segment(&self, pos: u32) -> Option<&SegmentReader> {
+        self.segments.get(pos.checked_sub(self.segment_base)? as usize)
+    }
+
+    /// The live segment files, oldest first.
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = &SegmentReader> {
+        self.segments.iter()
+    }
+
+    /// Number of live segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Points readers of the segment starting at `first_seq` at a new file
+    /// handle (after a repair replaced the file).
+    pub fn replace_segment_file(&mut self, first_seq: u64, file: Arc<File>) {
+        if let Some(s) = self.segments.iter_mut().find(|s| s.first_seq == first_seq) {
+            s.file = file;
+        }
     }
 
     /// Records that `segment` now holds `bytes` committed bytes.
     pub fn set_segment_bytes(&mut self, segment: u32, bytes: u64) {
-        self.segments[segment as usize].bytes = bytes;
+        let i = (segment - self.segment_base) as usize;
+        self.segments[i].bytes = bytes;
+    }
+
+    /// Forgets every event before `new_first` and every segment that held
+    /// only such events (retention). The newest segment is always kept.
+    /// Per-type and per-source counts shrink with the dropped events.
+    pub fn drop_before(&mut self, new_first: u64) {
+        if new_first <= self.first_seq {
+            return;
+        }
+        let n = ((new_first - self.first_seq) as usize).min(self.entries.len());
+        for e in self.entries.drain(..n) {
+            self.type_counts[e.ty as usize] -= 1;
+            self.source_counts[e.source as usize] -= 1;
+        }
+        self.first_seq = new_first;
+        while self.recent.front().is_some_and(|(s, _)| *s < new_first) {
+            if let Some((_, b)) = self.recent.pop_front() {
+                self.recent_bytes -= b.len();
+            }
+        }
+        while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
+            self.segments.pop_front();
+            self.segment_base += 1;
+        }
     }
 
     /// Appends an entry. Sequence numbers must be gapless.
@@ -244,7 +299,7 @@ impl Index {
             .unwrap_or(NO_SUBJECT);
         bump(&mut self.type_counts, ty);
         bump(&mut self.source_counts, source);
-        self.entries.push(Entry {
+        self.entries.push_back(Entry {
             offset: e.offset,
             len: e.len,
             crc: e.crc,
@@ -378,6 +433,7 @@ impl Index {
         self.type_counts
             .iter()
             .enumerate()
+            .filter(|(_, c)| **c > 0)
             .map(|(i, c)| (self.types.name(i as u32), *c))
     }
 
@@ -386,6 +442,7 @@ impl Index {
         self.source_counts
             .iter()
             .enumerate()
+            .filter(|(_, c)| **c > 0)
             .map(|(i, c)| (self.sources.name(i as u32), *c))
     }
 

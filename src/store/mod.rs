@@ -8,16 +8,24 @@
 //! - [`recovery`]: startup: lock, verify, cut torn tails, rebuild the index
 //! - [`index`]: the in-memory index and recent-events cache readers use
 //! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`backup`]: verified backups and restoring segments from them
+//! - [`integrity`]: checks of the files against what the writer left
+//! - [`consumers`]: durable named cursors (`consumers.json`)
+//! - [`retention`]: deleting sealed segments outside the retention limits
 //! - [`lock`], [`fsutil`], [`error`]: the lock file, durable file helpers, errors
 
+pub mod backup;
+pub mod consumers;
 pub mod dedup;
 pub mod error;
 pub mod fsutil;
 pub mod handle;
 pub mod index;
+pub mod integrity;
 pub mod lock;
 pub mod manifest;
 pub mod recovery;
+pub mod retention;
 pub mod segment;
 pub mod writer;
 
@@ -44,6 +52,10 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Bytes of recent events kept in memory for tail reads.
     pub read_cache_bytes: usize,
+    /// Backups to keep (the newest verified one is always kept).
+    pub backup_keep: usize,
+    /// Retention limits (all off by default).
+    pub retention: retention::RetentionPolicy,
 }
 
 /// An event validated and serialized by a handler, ready for the writer.
@@ -124,6 +136,44 @@ pub struct Shared {
     pub recovery: recovery::RecoveryReport,
     /// Writer queue capacity, for stats.
     pub queue_capacity: usize,
+    /// What the writer last left on disk, for the integrity monitor.
+    pub files: RwLock<integrity::FileState>,
+    /// Why writes are refused until a repair succeeds (damage that could
+    /// not be repaired yet), if they are.
+    pub read_only: Mutex<Option<String>>,
+    /// Why publishing answers 507 (free space below the minimum), if it does.
+    pub low_disk: Mutex<Option<String>>,
+    /// The alert list and webhook.
+    pub alerts: std::sync::Arc<crate::alerts::Alerts>,
+    /// Backups known to this process, oldest first.
+    pub backups: Mutex<Vec<backup::BackupInfo>>,
+    /// Integrity monitor counters and state.
+    pub integrity: Mutex<IntegrityState>,
+    /// Durable consumers, as last committed by the writer.
+    pub consumers: consumers::Consumers,
+    /// Retention limits and what retention has deleted.
+    pub retention: retention::Retention,
+}
+
+/// The integrity monitor's state, shown in `/stats` and `/health`.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct IntegrityState {
+    /// `ok`, `repaired`, `read_only` or `unchecked`.
+    pub status: String,
+    /// When the last check finished (RFC 3339).
+    pub last_check: Option<String>,
+    /// How long it took, milliseconds.
+    pub last_check_ms: f64,
+    /// Checks run since start.
+    pub checks: u64,
+    /// Problems detected since start.
+    pub detections: u64,
+    /// Problems repaired since start.
+    pub repairs: u64,
+    /// Repairs that failed since start.
+    pub failures: u64,
+    /// Findings of the last check that are not repaired.
+    pub open_findings: Vec<String>,
 }
 
 impl Shared {
@@ -142,6 +192,19 @@ impl Shared {
             .clone()
     }
 
+    /// Why writes are refused, if they are: poisoned or read-only.
+    pub fn write_refusal(&self) -> Option<StoreError> {
+        if let Some(p) = self.poison_reason() {
+            return Some(StoreError::Poisoned(p));
+        }
+        lock(&self.read_only).clone().map(StoreError::ReadOnly)
+    }
+
+    /// What the writer last left on disk.
+    pub fn file_state(&self) -> integrity::FileState {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn record_fsync(&self, micros: u64) {
         let m = &self.metrics;
         m.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -149,4 +212,10 @@ impl Shared {
         m.fsync_micros_last.store(micros, Ordering::Relaxed);
         m.fsync_micros_max.fetch_max(micros, Ordering::Relaxed);
     }
+}
+
+/// Locks a mutex, ignoring poisoning: every value behind these mutexes is
+/// replaced whole, so a panic cannot leave one half-written.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -72,6 +72,11 @@ pub struct ActiveSegment {
     pub hasher: Sha256,
     /// Its position in the index's segment list.
     pub index_pos: u32,
+    /// The writer's own copy of the durable bytes, to rewrite the file from
+    /// if it is damaged, truncated or deleted.
+    pub bytes: Vec<u8>,
+    /// CRC32C of `bytes`, which the integrity monitor compares the file with.
+    pub crc: u32,
 }
 
 /// Everything the writer needs to take over an opened store.
@@ -150,6 +155,12 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
             fsutil::fsync_dir(&seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
             report.removed_empty_segments.push(name);
+        } else if super::retention::is_leftover(&manifest, f.first_seq) {
+            // Retention took it out of the manifest, then stopped before
+            // removing the file: finish the deletion.
+            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
+            fsutil::fsync_dir(&seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+            tracing::info!(file = %f.path.display(), "removed a segment left by an interrupted retention pass");
         } else {
             return Err(StoreError::Corrupt(format!(
                 "{} ({len} bytes) is not listed in {}; move it aside or restore a backup",
@@ -272,6 +283,8 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             count,
             hasher,
             index_pos: pos,
+            crc: crc32c::crc32c(&bytes),
+            bytes,
         },
         index,
         dedup,

@@ -9,6 +9,16 @@
 //! back to its last durable length and refuses every later write. It never
 //! retries an fsync, because after a failed fsync the kernel may already
 //! have dropped the dirty pages it was asked to write.
+//!
+//! The writer keeps its own copy of the active segment's bytes, so that when
+//! the file is damaged, truncated or deleted under it, it can rewrite it
+//! without losing an acknowledged event ([`repair`]). Backups are copied by
+//! a worker thread it feeds ([`backups`]), off the commit path.
+
+mod backups;
+mod repair;
+
+pub use repair::RepairOutcome;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -42,6 +52,24 @@ pub enum Command {
         /// Where to send the outcome.
         reply: AppendReply,
     },
+    /// Check these findings of the integrity monitor again and repair what
+    /// is still wrong. An empty list clears read-only mode.
+    Repair {
+        /// What the monitor found.
+        findings: Vec<super::integrity::Finding>,
+        /// One outcome per finding.
+        reply: oneshot::Sender<Vec<RepairOutcome>>,
+    },
+    /// Take a verified backup (copied off the commit path).
+    Backup {
+        /// Where to send the result, if anyone waits for it.
+        reply: Option<oneshot::Sender<std::result::Result<super::backup::BackupInfo, String>>>,
+    },
+    /// Create, update or delete a consumer, or commit its cursor (see
+    /// [`super::consumers`]); requests in one batch share one file write.
+    Consumer(super::consumers::Request),
+    /// Run a retention pass now (one also runs after every batch).
+    EnforceRetention,
     /// Finish what is queued before this command, then stop.
     Shutdown,
 }
@@ -59,6 +87,7 @@ pub struct Writer {
     dedup: DedupIndex,
     segment_bytes: u64,
     buf: Vec<u8>,
+    backups: backups::BackupWorker,
     _lock: super::lock::DirLock,
 }
 
@@ -82,8 +111,14 @@ struct StoredAttrs {
 
 impl Writer {
     /// Takes over a recovered store.
-    pub fn new(rec: Recovered, shared: Arc<Shared>, segment_bytes: u64) -> (Self, index::Index) {
+    pub fn new(
+        rec: Recovered,
+        shared: Arc<Shared>,
+        segment_bytes: u64,
+        backup_keep: usize,
+    ) -> (Self, index::Index) {
         let w = Writer {
+            backups: backups::BackupWorker::spawn(shared.clone(), backup_keep),
             shared,
             manifest: rec.manifest,
             active: rec.active,
@@ -93,6 +128,7 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             _lock: rec.lock,
         };
+        w.publish_file_state();
         (w, rec.index)
     }
 
@@ -117,25 +153,72 @@ impl Writer {
                 }
             }
             let mut appends = Vec::with_capacity(batch.len());
+            let mut others = Vec::new();
+            let mut consumer_requests = Vec::new();
             for cmd in batch.drain(..) {
                 match cmd {
                     Command::Append { events, reply } => appends.push((events, reply)),
                     Command::Shutdown => stop = true,
+                    Command::Consumer(r) => consumer_requests.push(r),
+                    other => others.push(other),
                 }
             }
             if !appends.is_empty() {
                 self.commit(appends);
             }
+            for cmd in others {
+                self.handle(cmd);
+            }
+            if !consumer_requests.is_empty() {
+                super::consumers::apply(&self.shared, consumer_requests, self.next_seq - 1);
+            }
+            self.enforce_retention();
         }
         tracing::info!(last_seq = self.next_seq - 1, "writer stopped");
+        self.backups.finish();
         self.shared.writer_alive.store(false, Ordering::SeqCst);
+    }
+
+    /// Commands other than appends, in arrival order after the commit.
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Repair { findings, reply } => {
+                let outcomes = self.repair(findings);
+                let _ = reply.send(outcomes);
+            }
+            Command::Backup { reply } => self.request_backup(reply),
+            Command::Append { .. }
+            | Command::Shutdown
+            | Command::Consumer(_)
+            | Command::EnforceRetention => {}
+        }
+    }
+
+    /// Deletes sealed segments outside the retention limits.
+    fn enforce_retention(&mut self) {
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        let head = self.next_seq - 1;
+        let active_len = self.active.len;
+        match super::retention::enforce(
+            &self.shared,
+            &mut self.manifest,
+            &mut self.dedup,
+            head,
+            active_len,
+        ) {
+            Ok(Some(_)) => self.publish_file_state(),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "retention pass failed; the next batch retries"),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(commands = appends.len()))]
     fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
-        if let Some(reason) = self.shared.poison_reason() {
+        if let Some(refusal) = self.shared.write_refusal() {
             for (_, reply) in appends {
-                let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                let _ = reply.send(Err(refusal.clone()));
             }
             return;
         }
@@ -198,6 +281,9 @@ impl Writer {
                 return;
             }
             self.publish(&accepted);
+            // A file deleted or cut under the writer would silently swallow
+            // this commit; rewrite it from memory before anyone is answered.
+            self.verify_active_file_after_commit();
         }
         let m = &self.shared.metrics;
         m.duplicates.fetch_add(duplicates, Ordering::Relaxed);
@@ -237,6 +323,8 @@ impl Writer {
     /// Makes a durable commit visible: index entries, head, dedup, counters.
     fn publish(&mut self, accepted: &[Accepted]) {
         let base = self.active.len;
+        self.active.bytes.extend_from_slice(&self.buf);
+        self.active.crc = crc32c::crc32c_append(self.active.crc, &self.buf);
         self.active.hasher.update(&self.buf);
         self.active.len += self.buf.len() as u64;
         self.active.count += accepted.len() as u64;
@@ -261,6 +349,7 @@ impl Writer {
             self.dedup.insert(&a.event.source, &a.event.id, a.seq);
         }
         self.next_seq += accepted.len() as u64;
+        self.publish_file_state();
         self.shared.head.send_replace(self.next_seq - 1);
         let m = &self.shared.metrics;
         m.batches.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +392,7 @@ impl Writer {
         let (hit, file, path) = {
             let idx = self.shared.index();
             let hit = idx.get(seq)?;
-            let seg = &idx.segments[hit.entry.segment as usize];
+            let seg = idx.segment(hit.entry.segment)?;
             (hit, seg.file.clone(), seg.path.clone())
         };
         let bytes = match index::load(&file, &path, &hit) {
@@ -358,16 +447,27 @@ impl Writer {
             count: 0,
             hasher: Sha256::new(),
             index_pos,
+            bytes: Vec::new(),
+            crc: 0,
         };
+        self.publish_file_state();
         self.shared
             .metrics
             .segments_sealed
             .fetch_add(1, Ordering::Relaxed);
+        // Every seal is followed by a backup, so each sealed segment has a
+        // verified copy soon after it becomes immutable.
+        self.request_backup(None);
         Ok(())
     }
 
     fn poison(&self, reason: String) {
-        tracing::error!(reason = %reason, "writer poisoned: refusing further writes");
+        self.shared.alerts.raise(
+            crate::alerts::Severity::Error,
+            "poisoned",
+            Some(self.active.path.display().to_string()),
+            format!("writes refused until restart: {reason}"),
+        );
         *self
             .shared
             .poisoned
@@ -379,6 +479,6 @@ impl Writer {
 fn command_bytes(cmd: &Command) -> usize {
     match cmd {
         Command::Append { events, .. } => events.iter().map(|e| e.bytes.len() + 64).sum(),
-        Command::Shutdown => 0,
+        _ => 0,
     }
 }

@@ -1,0 +1,31 @@
+//! Periodic backups: every `--backup-interval`, if events were stored since
+//! the newest backup, ask the writer for one. (Backups are also taken at
+//! every segment seal and on `POST /admin/backups`.)
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{lock, StoreHandle};
+
+/// Starts the timer; it stops when `shutdown` turns true.
+pub fn spawn(store: StoreHandle, interval: Duration, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tracing::info!(interval = ?interval, "backup timer started");
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate; skip it
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            let newest = lock(&store.shared().backups).last().map(|b| b.manifest.last_seq);
+            if newest != Some(store.head()) && store.head() > 0 {
+                store.request_backup();
+            }
+        }
+        tracing::info!("backup timer stopped");
+    })
+}

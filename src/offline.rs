@@ -1,0 +1,1 @@
+//! Offline tools for a stopped store (placeholder; filled in below).

@@ -1,0 +1,322 @@
+//! Backups: verified real copies of the manifest and segments under
+//! `backups/<UTC time>/`, each with `backup.json` listing every file's
+//! SHA-256. Hard links are never used: a link shares the very blocks whose
+//! damage a backup exists to survive.
+//!
+//! A backup is assembled in `backups/.tmp-<name>/`, every file fsynced and
+//! then re-read and checked against its SHA-256, and only then renamed into
+//! place, so a listed backup is always complete and verified once.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::fsutil;
+use super::manifest::{self, Manifest};
+use super::recovery::SEGMENTS_DIR;
+use super::segment;
+
+/// Sub-directory of the data directory holding backups.
+pub const BACKUPS_DIR: &str = "backups";
+/// The backup's own manifest inside each backup directory.
+pub const BACKUP_FILE: &str = "backup.json";
+/// Prefix of a backup being assembled.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// `backup.json`: what a backup holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupManifest {
+    /// Directory name (its UTC creation time).
+    pub name: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// First sequence number held (0 when empty).
+    pub first_seq: u64,
+    /// Last sequence number held (0 when empty).
+    pub last_seq: u64,
+    /// Total bytes of the files.
+    pub bytes: u64,
+    /// Every file with its SHA-256, paths relative to the backup directory.
+    pub files: Vec<BackupFile>,
+}
+
+/// One file in a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupFile {
+    /// Path relative to the backup directory.
+    pub path: String,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// A backup as listed by the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BackupInfo {
+    /// What it holds.
+    #[serde(flatten)]
+    pub manifest: BackupManifest,
+    /// Whether its files matched their SHA-256 at the last verification.
+    pub verified: bool,
+    /// When it was last verified.
+    pub verified_at: Option<String>,
+    /// What failed verification, if anything.
+    pub error: Option<String>,
+}
+
+/// What the writer hands over for a backup: its manifest and the active
+/// segment's durable length and CRC. Segments are append-only, so that
+/// prefix of the file never changes while it is copied.
+#[derive(Debug, Clone)]
+pub struct BackupSource {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The store manifest at the time of the request.
+    pub manifest: Manifest,
+    /// Durable length of the active segment.
+    pub active_len: u64,
+    /// CRC32C of that prefix, as the writer computed it.
+    pub active_crc: u32,
+    /// Last sequence number stored.
+    pub last_seq: u64,
+}
+
+fn backups_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(BACKUPS_DIR)
+}
+
+fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+/// Copies `from` to `to`, returning the SHA-256 of what was read.
+fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), String> {
+    let mut src = File::open(from).map_err(|e| err(format!("open {}", from.display()), e))?;
+    let mut dst = File::create(to).map_err(|e| err(format!("create {}", to.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = src.read(&mut buf).map_err(|e| err(format!("read {}", from.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n]).map_err(|e| err(format!("write {}", to.display()), e))?;
+        total += n as u64;
+    }
+    dst.sync_all().map_err(|e| err(format!("fsync {}", to.display()), e))?;
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
+/// SHA-256 and length of a file.
+pub fn sha256_file(path: &Path) -> Result<(u64, String), String> {
+    let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| err(format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
+/// Takes a verified backup of `src`. Blocking; run it off the commit path.
+pub fn take(src: &BackupSource) -> Result<BackupInfo, String> {
+    let root = backups_dir(&src.data_dir);
+    fsutil::create_dir_durable(&root).map_err(|e| err(format!("create {}", root.display()), e))?;
+    let now = chrono::Utc::now();
+    let mut name = now.format("%Y%m%dT%H%M%S%.6fZ").to_string();
+    while root.join(&name).exists() {
+        name.push('x');
+    }
+    let tmp = root.join(format!("{TMP_PREFIX}{name}"));
+    let tmp_segments = tmp.join(SEGMENTS_DIR);
+    fs::create_dir_all(&tmp_segments).map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
+    let result = assemble(src, &name, &now.to_rfc3339(), &tmp);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+        return result;
+    }
+    let final_dir = root.join(&name);
+    fs::rename(&tmp, &final_dir).map_err(|e| err(format!("rename {}", tmp.display()), e))?;
+    fsutil::fsync_dir(&root).map_err(|e| err(format!("fsync {}", root.display()), e))?;
+    result
+}
+
+fn assemble(src: &BackupSource, name: &str, created_at: &str, tmp: &Path) -> Result<BackupInfo, String> {
+    let seg_dir = src.data_dir.join(SEGMENTS_DIR);
+    let mut files = Vec::new();
+    for sealed in &src.manifest.sealed {
+        let rel = format!("{SEGMENTS_DIR}/{}", sealed.file);
+        let (bytes, sha) = copy_hashed(&seg_dir.join(&sealed.file), &tmp.join(&rel))?;
+        if sha != sealed.sha256 || bytes != sealed.bytes {
+            return Err(format!(
+                "sealed segment {} does not match its manifest entry (SHA-256 {sha}, expected {}); not backed up",
+                sealed.file, sealed.sha256
+            ));
+        }
+        files.push(BackupFile { path: rel, bytes, sha256: sha });
+    }
+    let active_name = segment::file_name(src.manifest.active_first_seq);
+    let active_rel = format!("{SEGMENTS_DIR}/{active_name}");
+    let active = read_prefix(&seg_dir.join(&active_name), src.active_len)?;
+    if crc32c::crc32c(&active) != src.active_crc {
+        return Err(format!(
+            "the active segment {active_name} differs from what was written; not backed up until it is repaired"
+        ));
+    }
+    write_synced(&tmp.join(&active_rel), &active)?;
+    files.push(BackupFile {
+        path: active_rel,
+        bytes: active.len() as u64,
+        sha256: hex::encode(Sha256::digest(&active)),
+    });
+    let manifest_bytes = serde_json::to_vec_pretty(&src.manifest).expect("manifest serializes");
+    write_synced(&tmp.join(manifest::FILE_NAME), &manifest_bytes)?;
+    files.push(BackupFile {
+        path: manifest::FILE_NAME.to_string(),
+        bytes: manifest_bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&manifest_bytes)),
+    });
+    for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {
+        fsutil::fsync_dir(&d).map_err(|e| err(format!("fsync {}", d.display()), e))?;
+    }
+    let first_seq = src.manifest.sealed.first().map(|s| s.first_seq).unwrap_or(src.manifest.active_first_seq);
+    let bm = BackupManifest {
+        name: name.to_string(),
+        created_at: created_at.to_string(),
+        first_seq: if src.last_seq >= first_seq { first_seq } else { 0 },
+        last_seq: src.last_seq,
+        bytes: files.iter().map(|f| f.bytes).sum(),
+        files,
+    };
+    // Verify what is now on disk before the backup is declared.
+    verify_files(tmp, &bm)?;
+    let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
+    json.push(b'\n');
+    fsutil::write_atomic(&tmp.join(BACKUP_FILE), &json).map_err(|e| err("write backup.json", e))?;
+    Ok(BackupInfo { manifest: bm, verified: true, verified_at: Some(crate::event::now_rfc3339()), error: None })
+}
+
+fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, String> {
+    let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).map_err(|e| err(format!("read {}", path.display()), e))?;
+    Ok(buf)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut f = File::create(path).map_err(|e| err(format!("create {}", path.display()), e))?;
+    f.write_all(bytes).map_err(|e| err(format!("write {}", path.display()), e))?;
+    f.sync_all().map_err(|e| err(format!("fsync {}", path.display()), e))
+}
+
+fn verify_files(dir: &Path, bm: &BackupManifest) -> Result<(), String> {
+    for f in &bm.files {
+        let path = dir.join(&f.path);
+        let (bytes, sha) = sha256_file(&path)?;
+        if bytes != f.bytes || sha != f.sha256 {
+            return Err(format!(
+                "{} fails verification: {bytes} bytes with SHA-256 {sha}, expected {} bytes with {}",
+                path.display(),
+                f.bytes,
+                f.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a backup's manifest.
+pub fn read_manifest(dir: &Path) -> Result<BackupManifest, String> {
+    let path = dir.join(BACKUP_FILE);
+    let bytes = fs::read(&path).map_err(|e| err(format!("read {}", path.display()), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| err(format!("parse {}", path.display()), e))
+}
+
+/// Verifies every file of the backup `dir` against its SHA-256.
+pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
+    let bm = read_manifest(dir)?;
+    verify_files(dir, &bm)?;
+    Ok(bm)
+}
+
+/// Backup directories, oldest first (names are UTC times, so lexical order
+/// is time order). Half-assembled `.tmp-*` directories are not listed.
+pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Removes half-assembled backups left by a crash.
+pub fn remove_incomplete(data_dir: &Path) {
+    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Finds `file` (a segment name) in the newest backup that holds it with a
+/// matching SHA-256 (any SHA when `want_sha` is None), verifies the copy,
+/// and returns its bytes and the backup's name. Backups whose copy fails
+/// verification are skipped, falling back to older ones.
+pub fn find_segment(data_dir: &Path, file: &str, want_sha: Option<&str>) -> Option<(Vec<u8>, String)> {
+    let rel = format!("{SEGMENTS_DIR}/{file}");
+    for dir in list_dirs(data_dir).into_iter().rev() {
+        let Ok(bm) = read_manifest(&dir) else { continue };
+        let Some(entry) = bm.files.iter().find(|f| f.path == rel) else { continue };
+        if want_sha.is_some_and(|w| w != entry.sha256) {
+            continue;
+        }
+        let Ok(bytes) = fs::read(dir.join(&rel)) else { continue };
+        if hex::encode(Sha256::digest(&bytes)) == entry.sha256 {
+            return Some((bytes, bm.name));
+        }
+        tracing::warn!(backup = %dir.display(), file, "backup copy fails its SHA-256; trying an older backup");
+    }
+    None
+}
+
+/// Deletes old backups beyond `keep`, oldest first, but never the newest
+/// verified one, and an old one only when a newer verified one exists.
+/// `verified(name)` says whether a backup verified.
+pub fn prune(data_dir: &Path, keep: usize, verified: impl Fn(&str) -> bool) -> Vec<String> {
+    let dirs = list_dirs(data_dir);
+    let names: Vec<String> =
+        dirs.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().to_string()).collect();
+    let Some(newest_verified) = names.iter().rposition(|n| verified(n)) else { return Vec::new() };
+    let excess = names.len().saturating_sub(keep.max(1));
+    let mut removed = Vec::new();
+    for (i, name) in names.iter().enumerate().take(excess) {
+        if i >= newest_verified {
+            break;
+        }
+        if fs::remove_dir_all(&dirs[i]).is_ok() {
+            removed.push(name.clone());
+        }
+    }
+    if !removed.is_empty() {
+        let _ = fsutil::fsync_dir(&backups_dir(data_dir));
+    }
+    removed
+}

@@ -1,0 +1,161 @@
+//! Integrity checks of the files on disk against what the writer last left
+//! there. Detection only: the monitor runs these checks and hands what it
+//! finds to the writer, which alone repairs.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::backup;
+use super::manifest::{self, Manifest};
+use super::recovery::SEGMENTS_DIR;
+use super::segment;
+use super::Shared;
+
+/// What the writer last left on disk, published after every change.
+#[derive(Debug, Clone)]
+pub struct FileState {
+    /// The manifest as the writer wrote it.
+    pub manifest: Manifest,
+    /// Durable length of the active segment.
+    pub active_len: u64,
+    /// CRC32C of the active segment's first `active_len` bytes.
+    pub active_crc: u32,
+}
+
+/// Something wrong with one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "target", rename_all = "snake_case")]
+pub enum Finding {
+    /// The active segment is missing, shorter than written, or its bytes differ.
+    ActiveSegment {
+        /// File name under `segments/`.
+        file: String,
+        /// What is wrong, with the offset where known.
+        detail: String,
+    },
+    /// A sealed segment is missing, has the wrong length or the wrong SHA-256.
+    SealedSegment {
+        /// File name under `segments/`.
+        file: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// `manifest.json` is missing, unreadable or differs from the writer's.
+    Manifest {
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Finding {
+    /// The file concerned, relative to the data directory.
+    pub fn file(&self) -> String {
+        match self {
+            Finding::ActiveSegment { file, .. } | Finding::SealedSegment { file, .. } => {
+                format!("{SEGMENTS_DIR}/{file}")
+            }
+            Finding::Manifest { .. } => manifest::FILE_NAME.to_string(),
+        }
+    }
+
+    /// What is wrong.
+    pub fn detail(&self) -> &str {
+        match self {
+            Finding::ActiveSegment { detail, .. }
+            | Finding::SealedSegment { detail, .. }
+            | Finding::Manifest { detail } => detail,
+        }
+    }
+}
+
+/// How much to check.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// Every tick: existence and lengths of all files, the manifest, every
+    /// byte of the active segment (CRC32C against the writer's), and the
+    /// SHA-256 of the sealed segment at this position (round robin).
+    Tick {
+        /// Which sealed segment to scrub.
+        scrub: usize,
+    },
+    /// On demand: as a tick, scrubbing every sealed segment.
+    Full,
+}
+
+/// Checks the store's files. Blocking (reads files).
+pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
+    let state = shared.file_state();
+    let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
+    let mut findings = Vec::new();
+
+    match Manifest::load(&shared.data_dir) {
+        Ok(Some(m)) if m == state.manifest => {}
+        Ok(Some(_)) => findings.push(Finding::Manifest { detail: "differs from the writer's manifest".into() }),
+        Ok(None) => findings.push(Finding::Manifest { detail: "missing".into() }),
+        Err(e) => findings.push(Finding::Manifest { detail: e }),
+    }
+
+    let sealed = &state.manifest.sealed;
+    for (i, s) in sealed.iter().enumerate() {
+        let path = seg_dir.join(&s.file);
+        let scrub = match scope {
+            Scope::Full => true,
+            Scope::Tick { scrub } => !sealed.is_empty() && scrub % sealed.len() == i,
+        };
+        match std::fs::metadata(&path) {
+            Err(e) => findings.push(Finding::SealedSegment { file: s.file.clone(), detail: format!("cannot be read: {e}") }),
+            Ok(md) if md.len() != s.bytes => findings.push(Finding::SealedSegment {
+                file: s.file.clone(),
+                detail: format!("is {} bytes, the manifest says {}", md.len(), s.bytes),
+            }),
+            Ok(_) if scrub => match backup::sha256_file(&path) {
+                Ok((_, sha)) if sha == s.sha256 => {}
+                Ok((_, sha)) => findings.push(Finding::SealedSegment {
+                    file: s.file.clone(),
+                    detail: format!("SHA-256 is {sha}, the manifest says {}", s.sha256),
+                }),
+                Err(e) => findings.push(Finding::SealedSegment { file: s.file.clone(), detail: e }),
+            },
+            Ok(_) => {}
+        }
+    }
+
+    let active = segment::file_name(state.manifest.active_first_seq);
+    if let Some(detail) = check_active(&seg_dir.join(&active), &state) {
+        findings.push(Finding::ActiveSegment { file: active, detail });
+    }
+    findings
+}
+
+/// Compares the active segment's durable prefix with the writer's CRC;
+/// on a mismatch, scans the records to name the first bad offset.
+fn check_active(path: &Path, state: &FileState) -> Option<String> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("cannot be opened: {e}")),
+    };
+    let len = match f.metadata() {
+        Ok(md) => md.len(),
+        Err(e) => return Some(format!("cannot be read: {e}")),
+    };
+    if len < state.active_len {
+        return Some(format!("is {len} bytes, but {} bytes were written", state.active_len));
+    }
+    let mut buf = vec![0u8; state.active_len as usize];
+    if let Err(e) = f.read_exact(&mut buf) {
+        return Some(format!("cannot be read: {e}"));
+    }
+    if crc32c::crc32c(&buf) == state.active_crc {
+        return None;
+    }
+    let first = state.manifest.active_first_seq;
+    let scan = segment::scan(&buf, first);
+    Some(match scan.damage {
+        Some(d) => format!("bytes differ from what was written: first bad record at offset {} ({})", d.offset, d.problem),
+        None => "bytes differ from what was written".to_string(),
+    })
+}

@@ -1,0 +1,137 @@
+//! The backup worker: a thread the writer feeds with backup requests, so
+//! copying never stalls a commit. It coalesces queued requests into one
+//! backup, records the result in [`Shared::backups`], prunes old backups
+//! and raises an alert when a backup fails.
+
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::Writer;
+use crate::alerts::Severity;
+use crate::store::backup::{self, BackupInfo, BackupSource};
+use crate::store::{lock, Shared};
+
+type Reply = oneshot::Sender<Result<BackupInfo, String>>;
+
+struct Job {
+    source: BackupSource,
+    reply: Option<Reply>,
+}
+
+/// Handle to the backup thread.
+pub(super) struct BackupWorker {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackupWorker {
+    /// Starts the thread. It first lists the backups already on disk and
+    /// verifies the newest one.
+    pub(super) fn spawn(shared: Arc<Shared>, keep: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("msgbus-backup".into())
+            .spawn(move || run(shared, keep, rx))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the backup thread; backups are off"))
+            .ok();
+        BackupWorker { tx: thread.as_ref().map(|_| tx), thread }
+    }
+
+    fn request(&self, job: Job) {
+        let Some(tx) = &self.tx else {
+            if let Some(r) = job.reply {
+                let _ = r.send(Err("the backup thread is not running".into()));
+            }
+            return;
+        };
+        if let Err(mpsc::SendError(job)) = tx.send(job) {
+            if let Some(r) = job.reply {
+                let _ = r.send(Err("the backup thread has stopped".into()));
+            }
+        }
+    }
+
+    /// Lets a running backup finish, then stops the thread.
+    pub(super) fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Writer {
+    /// Asks the backup thread for a backup of what is durable now. The
+    /// thread copies sealed segments and the active segment's durable prefix
+    /// (checked against the CRC the writer keeps) from disk.
+    pub(super) fn request_backup(&mut self, reply: Option<Reply>) {
+        let source = BackupSource {
+            data_dir: self.shared.data_dir.clone(),
+            manifest: self.manifest.clone(),
+            active_len: self.active.len,
+            active_crc: self.active.crc,
+            last_seq: self.next_seq - 1,
+        };
+        self.backups.request(Job { source, reply });
+    }
+}
+
+fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
+    backup::remove_incomplete(&shared.data_dir);
+    let mut known: Vec<BackupInfo> = Vec::new();
+    let dirs = backup::list_dirs(&shared.data_dir);
+    for (i, dir) in dirs.iter().enumerate() {
+        let newest = i + 1 == dirs.len();
+        let info = if newest {
+            match backup::verify(dir) {
+                Ok(m) => BackupInfo { manifest: m, verified: true, verified_at: Some(crate::event::now_rfc3339()), error: None },
+                Err(e) => match backup::read_manifest(dir) {
+                    Ok(m) => BackupInfo { manifest: m, verified: false, verified_at: None, error: Some(e) },
+                    Err(_) => continue,
+                },
+            }
+        } else {
+            match backup::read_manifest(dir) {
+                // Verified when it was taken; re-verified when it is needed.
+                Ok(m) => BackupInfo { manifest: m, verified: true, verified_at: None, error: None },
+                Err(_) => continue,
+            }
+        };
+        known.push(info);
+    }
+    *lock(&shared.backups) = known;
+
+    while let Ok(first) = rx.recv() {
+        // Coalesce: one backup of the newest state answers every request.
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let source = jobs.last().map(|j| j.source.clone()).expect("at least one job");
+        let result = backup::take(&source);
+        match &result {
+            Ok(info) => {
+                tracing::info!(backup = %info.manifest.name, last_seq = info.manifest.last_seq, bytes = info.manifest.bytes, "backup taken and verified");
+                lock(&shared.backups).push(info.clone());
+                let removed = {
+                    let list = lock(&shared.backups).clone();
+                    backup::prune(&shared.data_dir, keep, |name| {
+                        list.iter().any(|b| b.manifest.name == name && b.verified)
+                    })
+                };
+                lock(&shared.backups).retain(|b| !removed.contains(&b.manifest.name));
+                shared.alerts.resolve(&["backup_failed"], None);
+            }
+            Err(e) => {
+                shared.alerts.raise(Severity::Error, "backup_failed", None, format!("backup failed: {e}"));
+            }
+        }
+        for job in jobs {
+            if let Some(r) = job.reply {
+                let _ = r.send(result.clone());
+            }
+        }
+    }
+}

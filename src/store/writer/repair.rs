@@ -1,0 +1,194 @@
+//! Repairs, done by the writer because it alone writes the data directory.
+//! Damaged bytes are always copied to `quarantine/` before anything is
+//! overwritten; every repair writes a temp file, fsyncs it, renames it over
+//! the damaged one and fsyncs the directory.
+//!
+//! - active segment: rewritten from the writer's own copy of its bytes;
+//! - sealed segment: restored from the newest verified backup holding it,
+//!   checked against the manifest's SHA-256;
+//! - manifest: rewritten from the writer's copy of it (the same table a
+//!   rebuild from the segments gives).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::Writer;
+use crate::alerts::Severity;
+use crate::store::backup;
+use crate::store::fsutil;
+use crate::store::integrity::{FileState, Finding};
+use crate::store::manifest::Manifest;
+use crate::store::recovery::{self, SEGMENTS_DIR};
+
+/// What a repair did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RepairOutcome {
+    /// What was found.
+    pub finding: Finding,
+    /// Whether the file is now intact.
+    pub repaired: bool,
+    /// What was done, or why it could not be.
+    pub detail: String,
+}
+
+impl Writer {
+    /// Publishes what is now on disk, for the integrity monitor.
+    pub(super) fn publish_file_state(&self) {
+        let state = FileState {
+            manifest: self.manifest.clone(),
+            active_len: self.active.len,
+            active_crc: self.active.crc,
+        };
+        *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Checks findings again and repairs what is still wrong. Read-only
+    /// mode is set while anything stays unrepaired and cleared otherwise.
+    pub(super) fn repair(&mut self, findings: Vec<Finding>) -> Vec<RepairOutcome> {
+        let outcomes: Vec<RepairOutcome> = findings
+            .into_iter()
+            .map(|finding| {
+                let result = match &finding {
+                    Finding::ActiveSegment { .. } => self.repair_active(),
+                    Finding::SealedSegment { file, .. } => self.repair_sealed(file),
+                    Finding::Manifest { .. } => self.repair_manifest(),
+                };
+                match result {
+                    Ok(detail) => RepairOutcome { finding, repaired: true, detail },
+                    Err(detail) => RepairOutcome { finding, repaired: false, detail },
+                }
+            })
+            .collect();
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|o| !o.repaired)
+            .map(|o| format!("{} ({}): {}", o.finding.file(), o.finding.detail(), o.detail))
+            .collect();
+        *crate::store::lock(&self.shared.read_only) = (!failed.is_empty()).then(|| failed.join("; "));
+        self.publish_file_state();
+        outcomes
+    }
+
+    /// After each commit: if the active file was deleted or cut under the
+    /// writer, the commit went to a file nobody will find again. Rewrite it
+    /// from memory now, before the commit is acknowledged.
+    pub(super) fn verify_active_file_after_commit(&mut self) {
+        let problem = match self.active.file.metadata() {
+            Ok(md) if md.nlink() == 0 => Some("was deleted".to_string()),
+            Ok(md) if md.len() != self.active.len => {
+                Some(format!("is {} bytes, but {} were written", md.len(), self.active.len))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot be inspected: {e}")),
+        };
+        let Some(detail) = problem else { return };
+        let finding = Finding::ActiveSegment { file: file_name(&self.active.path), detail };
+        let alerts = self.shared.alerts.clone();
+        alerts.raise(Severity::Warning, "detection", Some(finding.file()), finding.detail());
+        let outcome = self.repair(vec![finding]).remove(0);
+        if outcome.repaired {
+            alerts.raise(Severity::Warning, "repair", Some(outcome.finding.file()), &outcome.detail);
+            alerts.resolve(&["detection"], Some(&outcome.finding.file()));
+        } else {
+            alerts.raise(Severity::Error, "repair_failed", Some(outcome.finding.file()), &outcome.detail);
+        }
+    }
+
+    fn repair_active(&mut self) -> Result<String, String> {
+        let path = self.active.path.clone();
+        let on_disk = std::fs::read(&path).ok();
+        let same_inode = match (self.active.file.metadata(), std::fs::metadata(&path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev() && a.nlink() > 0,
+            _ => false,
+        };
+        if same_inode && on_disk.as_deref() == Some(&self.active.bytes[..]) {
+            return Ok("the file is intact".into());
+        }
+        if let Some(bytes) = on_disk.filter(|b| !b.is_empty()) {
+            recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes).map_err(|e| e.to_string())?;
+        }
+        let bytes = std::mem::take(&mut self.active.bytes);
+        let written = replace_file(&path, &bytes);
+        self.active.bytes = bytes;
+        written?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("reopen {}: {e}", path.display()))?;
+        self.active.file = file;
+        self.refresh_reader(self.active.first_seq, &path)?;
+        Ok(format!("rewrote {} bytes from the writer's copy", self.active.len))
+    }
+
+    fn repair_sealed(&mut self, file: &str) -> Result<String, String> {
+        let Some(sealed) = self.manifest.sealed.iter().find(|s| s.file == file).cloned() else {
+            return Ok(format!("{file} is no longer part of the store"));
+        };
+        let path = self.shared.data_dir.join(SEGMENTS_DIR).join(file);
+        if let Ok((len, sha)) = backup::sha256_file(&path) {
+            if len == sealed.bytes && sha == sealed.sha256 {
+                self.refresh_reader(sealed.first_seq, &path)?;
+                return Ok("the file is intact".into());
+            }
+        }
+        let (bytes, from) = backup::find_segment(&self.shared.data_dir, file, Some(&sealed.sha256))
+            .ok_or_else(|| format!("no verified backup holds {file} with SHA-256 {}", sealed.sha256))?;
+        if let Ok(old) = std::fs::read(&path) {
+            recovery::quarantine(&self.shared.data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
+        }
+        replace_file(&path, &bytes)?;
+        self.refresh_reader(sealed.first_seq, &path)?;
+        Ok(format!("restored from backup {from}"))
+    }
+
+    fn repair_manifest(&mut self) -> Result<String, String> {
+        let data_dir = self.shared.data_dir.clone();
+        if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == self.manifest) {
+            return Ok("the file is intact".into());
+        }
+        let path = data_dir.join(crate::store::manifest::FILE_NAME);
+        if let Ok(old) = std::fs::read(&path) {
+            recovery::quarantine(&data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
+        }
+        self.manifest.store(&data_dir).map_err(|e| format!("write {}: {e}", path.display()))?;
+        Ok("rewrote the manifest from the writer's copy".into())
+    }
+
+    /// Points readers at the (new) file at `path`.
+    fn refresh_reader(&self, first_seq: u64, path: &Path) -> Result<(), String> {
+        let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        self.shared
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace_segment_file(first_seq, Arc::new(file));
+        Ok(())
+    }
+}
+
+/// Replaces `path` with `bytes` atomically (temp, fsync, rename, fsync dir).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(fsutil::TMP_SUFFIX);
+    let tmp = dir.join(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsutil::fsync_dir(dir)
+    };
+    write().map_err(|e| format!("rewrite {}: {e}", path.display()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap_or_default().to_string_lossy().to_string()
+}
