@@ -66,16 +66,33 @@ impl Alerts {
             tokio::spawn(send_webhooks(url, rx));
             tx
         });
-        Alerts { inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }), webhook, capacity: capacity.max(1) }
+        Alerts {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            webhook,
+            capacity: capacity.max(1),
+        }
     }
 
     /// Raises an alert. Never blocks: a full webhook queue drops the POST
     /// (the alert is still listed, logged and counted).
-    pub fn raise(&self, severity: Severity, kind: &str, file: Option<String>, detail: impl Into<String>) -> Alert {
+    pub fn raise(
+        &self,
+        severity: Severity,
+        kind: &str,
+        file: Option<String>,
+        detail: impl Into<String>,
+    ) -> Alert {
         let detail = detail.into();
         match severity {
-            Severity::Warning => tracing::warn!(kind, file = file.as_deref().unwrap_or("-"), detail = %detail, "alert"),
-            Severity::Error => tracing::error!(kind, file = file.as_deref().unwrap_or("-"), detail = %detail, "alert"),
+            Severity::Warning => {
+                tracing::warn!(kind, file = file.as_deref().unwrap_or("-"), detail = %detail, "alert")
+            }
+            Severity::Error => {
+                tracing::error!(kind, file = file.as_deref().unwrap_or("-"), detail = %detail, "alert")
+            }
         }
         let alert = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,7 +115,10 @@ impl Alerts {
         };
         if let Some(tx) = &self.webhook {
             if tx.try_send(alert.clone()).is_err() {
-                tracing::warn!(id = alert.id, "alert webhook queue full; this alert is not posted");
+                tracing::warn!(
+                    id = alert.id,
+                    "alert webhook queue full; this alert is not posted"
+                );
             }
         }
         alert
@@ -108,7 +128,10 @@ impl Alerts {
     pub fn resolve(&self, kinds: &[&str], file: Option<&str>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for a in inner.list.iter_mut() {
-            if !a.resolved && kinds.contains(&a.kind.as_str()) && (file.is_none() || a.file.as_deref() == file) {
+            if !a.resolved
+                && kinds.contains(&a.kind.as_str())
+                && (file.is_none() || a.file.as_deref() == file)
+            {
                 a.resolved = true;
             }
         }
@@ -116,19 +139,32 @@ impl Alerts {
 
     /// The listed alerts, newest last.
     pub fn list(&self) -> Vec<Alert> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).list.iter().cloned().collect()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Alerts raised since start, per kind.
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).counts.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .clone()
     }
 }
 
 /// Posts alerts to the webhook one by one, retrying each with exponential
 /// backoff (1 s, 2 s, 4 s, 8 s, 16 s) before giving up on it.
 async fn send_webhooks(url: String, mut rx: mpsc::Receiver<Alert>) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook client; alerts are not posted");
@@ -150,11 +186,16 @@ async fn send_webhooks(url: String, mut rx: mpsc::Receiver<Alert>) {
         for attempt in 1..=6 {
             match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => break,
-                Ok(r) => tracing::warn!(status = %r.status(), attempt, "alert webhook refused the alert"),
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), attempt, "alert webhook refused the alert")
+                }
                 Err(e) => tracing::warn!(error = %e, attempt, "alert webhook unreachable"),
             }
             if attempt == 6 {
-                tracing::error!(id = alert.id, "alert webhook failed 6 times; giving up on this alert");
+                tracing::error!(
+                    id = alert.id,
+                    "alert webhook failed 6 times; giving up on this alert"
+                );
                 break;
             }
             tokio::time::sleep(delay).await;

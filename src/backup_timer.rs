@@ -10,7 +10,11 @@ use tokio::task::JoinHandle;
 use crate::store::{lock, StoreHandle};
 
 /// Starts the timer; it stops when `shutdown` turns true.
-pub fn spawn(store: StoreHandle, interval: Duration, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    store: StoreHandle,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         tracing::info!(interval = ?interval, "backup timer started");
         let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
@@ -21,7 +25,9 @@ pub fn spawn(store: StoreHandle, interval: Duration, mut shutdown: watch::Receiv
                 _ = ticker.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
-            let newest = lock(&store.shared().backups).last().map(|b| b.manifest.last_seq);
+            let newest = lock(&store.shared().backups)
+                .last()
+                .map(|b| b.manifest.last_seq);
             if newest != Some(store.head()) && store.head() > 0 {
                 store.request_backup();
             }

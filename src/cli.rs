@@ -28,12 +28,37 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start; boxing the server settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeConfig),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Check every file of a stopped store without changing it. Exit 0:
+    /// healthy; 2: only a torn last record (the next start cuts it); 1: damage.
+    Verify(OfflineArgs),
+    /// Take a verified backup of a stopped store.
+    Backup(OfflineArgs),
+    /// Replace a stopped store's manifest and segments with a verified
+    /// backup (the replaced files are moved to quarantine/, not deleted).
+    Restore {
+        /// The store.
+        #[command(flatten)]
+        store: OfflineArgs,
+        /// Backup directory, or the name of one under DATA_DIR/backups.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
+}
+
+/// The data directory an offline tool works on.
+#[derive(Debug, clap::Args)]
+pub struct OfflineArgs {
+    /// The data directory of a stopped msgbus.
+    #[arg(long, env = "MSGBUS_DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Log output format.

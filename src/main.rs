@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use msgbus::cli::{Cli, Command};
+use msgbus::offline::Verdict;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,6 +16,29 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Serve(config)) => msgbus::app::serve(config).await,
+        Some(Command::Verify(args)) => {
+            return match msgbus::offline::verify(&args.data_dir, &mut std::io::stdout()) {
+                Ok(Verdict::Healthy) => ExitCode::SUCCESS,
+                Ok(Verdict::TornTail) => ExitCode::from(2),
+                Ok(Verdict::Damaged) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("msgbus: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Backup(args)) => msgbus::offline::backup(&args.data_dir)
+            .map(|dir| println!("verified backup {}", dir.display()))
+            .map_err(Into::into),
+        Some(Command::Restore { store, from }) => msgbus::offline::restore(&store.data_dir, &from)
+            .map(|last| {
+                println!(
+                    "restored {} from {}; last seq {last}",
+                    store.data_dir.display(),
+                    from.display()
+                )
+            })
+            .map_err(Into::into),
         None => msgbus::app::serve(cli.serve).await,
     };
     match result {

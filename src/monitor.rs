@@ -49,7 +49,11 @@ pub struct CheckReport {
 }
 
 /// Starts the monitor loop; it stops when `shutdown` turns true.
-pub fn spawn(store: StoreHandle, settings: MonitorSettings, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    store: StoreHandle,
+    settings: MonitorSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         tracing::info!(interval = ?settings.interval, min_free_bytes = settings.min_free_bytes, "integrity monitor started");
         let mut ticker = tokio::time::interval(settings.interval.max(Duration::from_millis(10)));
@@ -106,7 +110,12 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
         } else {
             failed += 1;
             if !previously_open.contains(&file) {
-                alerts.raise(Severity::Error, "repair_failed", Some(file.clone()), &o.detail);
+                alerts.raise(
+                    Severity::Error,
+                    "repair_failed",
+                    Some(file.clone()),
+                    &o.detail,
+                );
             }
             still_open.push(file);
         }
@@ -114,11 +123,21 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
     let read_only = lock(&shared.read_only).clone();
     match (&read_only, was_read_only) {
         (Some(reason), false) => {
-            alerts.raise(Severity::Error, "read_only", None, format!("writes refused until repaired: {reason}"));
+            alerts.raise(
+                Severity::Error,
+                "read_only",
+                None,
+                format!("writes refused until repaired: {reason}"),
+            );
         }
         (None, true) => {
             alerts.resolve(&["read_only"], None);
-            alerts.raise(Severity::Warning, "read_write", None, "repairs succeeded; writes accepted again");
+            alerts.raise(
+                Severity::Warning,
+                "read_write",
+                None,
+                "repairs succeeded; writes accepted again",
+            );
         }
         _ => {}
     }
@@ -165,7 +184,10 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
     let mut checked = 0;
     let mut problems = Vec::new();
     for b in targets {
-        let dir = shared.data_dir.join(backup::BACKUPS_DIR).join(&b.manifest.name);
+        let dir = shared
+            .data_dir
+            .join(backup::BACKUPS_DIR)
+            .join(&b.manifest.name);
         let files: Vec<_> = match scope {
             Scope::Full => b.manifest.files.iter().collect(),
             Scope::Tick { scrub } if !b.manifest.files.is_empty() => {
@@ -179,7 +201,10 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
             match backup::sha256_file(&dir.join(&f.path)) {
                 Ok((len, sha)) if len == f.bytes && sha == f.sha256 => {}
                 Ok((len, sha)) => {
-                    error = Some(format!("{}: {len} bytes with SHA-256 {sha}, expected {} bytes with {}", f.path, f.bytes, f.sha256));
+                    error = Some(format!(
+                        "{}: {len} bytes with SHA-256 {sha}, expected {} bytes with {}",
+                        f.path, f.bytes, f.sha256
+                    ));
                 }
                 Err(e) => error = Some(e),
             }
@@ -199,7 +224,9 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
                     entry.verified = false;
                     entry.error = Some(e.clone());
                 }
-                None if entry.error.is_none() => entry.verified_at = Some(crate::event::now_rfc3339()),
+                None if entry.error.is_none() => {
+                    entry.verified_at = Some(crate::event::now_rfc3339())
+                }
                 None => {}
             }
         }
@@ -223,13 +250,23 @@ fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
     if free < min_free_bytes {
         if low.is_none() {
             let reason = format!("{free} bytes free on the data directory's filesystem, below the minimum of {min_free_bytes} (--min-free-bytes)");
-            shared.alerts.raise(Severity::Error, "low_disk", Some(shared.data_dir.display().to_string()), &reason);
+            shared.alerts.raise(
+                Severity::Error,
+                "low_disk",
+                Some(shared.data_dir.display().to_string()),
+                &reason,
+            );
             *low = Some(reason);
         }
     } else if low.is_some() {
         *low = None;
         shared.alerts.resolve(&["low_disk"], None);
-        shared.alerts.raise(Severity::Warning, "disk_ok", None, format!("{free} bytes free again; publishing resumed"));
+        shared.alerts.raise(
+            Severity::Warning,
+            "disk_ok",
+            None,
+            format!("{free} bytes free again; publishing resumed"),
+        );
     }
     Some(free)
 }

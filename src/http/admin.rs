@@ -37,14 +37,19 @@ pub struct BackupList {
     responses((status = 200, description = "Alerts, oldest first", body = AlertList)))]
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
     let alerts = &state.store.shared().alerts;
-    Json(AlertList { alerts: alerts.list(), counts: alerts.counts() })
+    Json(AlertList {
+        alerts: alerts.list(),
+        counts: alerts.counts(),
+    })
 }
 
 /// List backups with their event range, size and verification state.
 #[utoipa::path(get, path = "/admin/backups", tag = "operations",
     responses((status = 200, description = "Backups, oldest first", body = BackupList)))]
 pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
-    Json(BackupList { backups: lock(&state.store.shared().backups).clone() })
+    Json(BackupList {
+        backups: lock(&state.store.shared().backups).clone(),
+    })
 }
 
 /// Take a verified backup now.
@@ -57,7 +62,12 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
     match state.store.backup().await? {
         Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
-        Err(reason) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "backup-failed", "Backup failed", reason)),
+        Err(reason) => Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup-failed",
+            "Backup failed",
+            reason,
+        )),
     }
 }
 

@@ -19,10 +19,12 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem, e.g. `urn:msgbus:problem:invalid-event`.
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", serialize_with = "problem_type")]
+    #[schema(value_type = String)]
+    pub kind: &'static str,
     /// Short, stable summary of the kind.
-    pub title: String,
+    #[schema(value_type = String)]
+    pub title: &'static str,
     /// HTTP status code.
     pub status: u16,
     /// What went wrong with this request.
@@ -41,10 +43,15 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of kind `slug` with `status`, `title` and `detail`.
-    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
-            kind: format!("urn:msgbus:problem:{slug}"),
-            title: title.to_string(),
+            kind: slug,
+            title,
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
@@ -120,8 +127,8 @@ impl Problem {
 
     /// 503 with a `Retry-After`.
     pub fn unavailable(
-        slug: &str,
-        title: &str,
+        slug: &'static str,
+        title: &'static str,
         detail: impl Into<String>,
         retry_after: u64,
     ) -> Self {
@@ -225,4 +232,9 @@ impl From<EventError> for Problem {
             EventError::Malformed(why) => Problem::bad_request(format!("malformed JSON: {why}")),
         }
     }
+}
+
+/// Serializes a problem slug as its URI.
+fn problem_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("urn:msgbus:problem:{slug}"))
 }

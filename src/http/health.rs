@@ -37,6 +37,9 @@ fn unready_reasons(state: &AppState) -> Vec<String> {
     if let Some(p) = state.store.shared().poison_reason() {
         reasons.push(format!("the store is read-only: {p}"));
     }
+    if let Some(r) = crate::store::lock(&state.store.shared().read_only).clone() {
+        reasons.push(format!("damaged data could not be repaired yet: {r}"));
+    }
     if *state.shutdown.borrow() {
         reasons.push("the server is shutting down".to_string());
     }

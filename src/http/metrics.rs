@@ -124,6 +124,59 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Seconds since start.",
         s.uptime_seconds,
     );
+    let i = &s.integrity;
+    metric(
+        "integrity_checks_total",
+        "counter",
+        "Integrity checks run.",
+        i.monitor.checks as f64,
+    );
+    metric(
+        "integrity_detections_total",
+        "counter",
+        "Problems the integrity monitor detected.",
+        i.monitor.detections as f64,
+    );
+    metric(
+        "integrity_repairs_total",
+        "counter",
+        "Problems repaired.",
+        i.monitor.repairs as f64,
+    );
+    metric(
+        "integrity_repair_failures_total",
+        "counter",
+        "Repairs that failed.",
+        i.monitor.failures as f64,
+    );
+    metric(
+        "integrity_last_check_seconds",
+        "gauge",
+        "Duration of the last integrity check.",
+        i.monitor.last_check_ms / 1e3,
+    );
+    metric(
+        "read_only",
+        "gauge",
+        "1 while damage that could not be repaired makes the store refuse writes.",
+        f64::from(u8::from(i.read_only.is_some())),
+    );
+    metric(
+        "low_disk",
+        "gauge",
+        "1 while free space is below --min-free-bytes.",
+        f64::from(u8::from(i.low_disk.is_some())),
+    );
+    metric(
+        "backups",
+        "gauge",
+        "Backups on disk.",
+        i.backups.count as f64,
+    );
+    let _ = writeln!(out, "# HELP msgbus_alerts_total Alerts raised since start, per kind.\n# TYPE msgbus_alerts_total counter");
+    for (kind, n) in &i.alerts {
+        let _ = writeln!(out, "msgbus_alerts_total{{kind=\"{}\"}} {n}", escape(kind));
+    }
     let _ = writeln!(
         out,
         "# HELP msgbus_events_by_type Stored events per type.\n# TYPE msgbus_events_by_type gauge"

@@ -1,6 +1,8 @@
 //! The REST API: one file per resource, one error format ([`error::Problem`]).
 //!
 //! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
+//! - [`stream`]: the live Server-Sent Events stream
+//! - [`consumers`]: durable named cursors (create, read, ack)
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
@@ -9,12 +11,14 @@
 
 pub mod admin;
 pub mod body;
+pub mod consumers;
 pub mod docs;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod stats;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +51,8 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// Flips to true when shutdown starts, so long-polls return at once.
     pub shutdown: watch::Receiver<bool>,
+    /// Open SSE streams, capped by `--max-subscribers`.
+    pub subscribers: Arc<stream::Subscribers>,
 }
 
 /// The settings the HTTP layer uses.
@@ -64,6 +70,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// When the server started.
     pub started: Instant,
+    /// Idle time after which an SSE stream gets a heartbeat comment.
+    pub sse_heartbeat: Duration,
     /// Free space below which publishing answers 507 (for on-demand checks).
     pub min_free_bytes: u64,
 }
@@ -82,9 +90,11 @@ impl AppState {
                 max_wait: config.max_wait,
                 request_timeout: config.request_timeout,
                 started: Instant::now(),
+                sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
             }),
             shutdown,
+            subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
         }
     }
 }
@@ -94,7 +104,17 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/events", post(events::publish).get(events::list))
         .route("/events/batch", post(events::publish_batch))
+        .route("/events/stream", get(stream::stream))
         .route("/events/{seq}", get(events::get_one))
+        .route("/consumers", get(consumers::list))
+        .route(
+            "/consumers/{name}",
+            get(consumers::get_one)
+                .put(consumers::put)
+                .delete(consumers::delete),
+        )
+        .route("/consumers/{name}/events", get(consumers::events))
+        .route("/consumers/{name}/ack", post(consumers::ack))
         .route("/stats", get(stats::stats))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
@@ -124,7 +144,8 @@ pub fn router(state: AppState) -> Router {
 /// own `wait` (capped by `--max-wait`) is added to it.
 async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut limit = state.settings.request_timeout;
-    if req.uri().path() == "/events" {
+    let path = req.uri().path();
+    if path == "/events" || (path.starts_with("/consumers/") && path.ends_with("/events")) {
         limit += state.settings.max_wait;
     }
     match tokio::time::timeout(limit, next.run(req)).await {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::store::StoreHandle;
+use crate::store::{lock, IntegrityState, StoreHandle};
 
 /// The whole snapshot.
 #[derive(Debug, Serialize, ToSchema)]
@@ -21,8 +21,43 @@ pub struct Stats {
     pub store: StoreStats,
     /// The writer and its group commit.
     pub writer: WriterStats,
+    /// Self-healing: monitor state, backups, alerts.
+    pub integrity: IntegrityStats,
+    /// Retention limits, the oldest retained seq and what was deleted.
+    pub retention: crate::store::retention::RetentionStats,
+    /// Durable consumers and their lag.
+    pub consumers: crate::store::consumers::ConsumerStats,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
+}
+
+/// Self-healing state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrityStats {
+    /// The monitor's state and counters.
+    #[serde(flatten)]
+    pub monitor: IntegrityState,
+    /// Why writes are refused until a repair succeeds, if they are.
+    pub read_only: Option<String>,
+    /// Why publishing answers 507, if it does.
+    pub low_disk: Option<String>,
+    /// Backups.
+    pub backups: BackupStats,
+    /// Alerts raised since start, per kind.
+    pub alerts: BTreeMap<String, u64>,
+}
+
+/// Backup summary.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupStats {
+    /// Backups on disk.
+    pub count: u64,
+    /// Creation time of the newest.
+    pub newest: Option<String>,
+    /// Creation time of the newest that verified.
+    pub newest_verified: Option<String>,
+    /// Last seq held by the newest verified backup.
+    pub newest_verified_last_seq: Option<u64>,
 }
 
 /// Event totals.
@@ -131,9 +166,26 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64) -> Stats {
             x as f64 / fsyncs as f64
         }
     };
+    let backups = lock(&shared.backups).clone();
+    let newest_verified = backups.iter().rev().find(|b| b.verified);
+    let integrity = IntegrityStats {
+        monitor: lock(&shared.integrity).clone(),
+        read_only: lock(&shared.read_only).clone(),
+        low_disk: lock(&shared.low_disk).clone(),
+        backups: BackupStats {
+            count: backups.len() as u64,
+            newest: backups.last().map(|b| b.manifest.created_at.clone()),
+            newest_verified: newest_verified.map(|b| b.manifest.created_at.clone()),
+            newest_verified_last_seq: newest_verified.map(|b| b.manifest.last_seq),
+        },
+        alerts: shared.alerts.counts(),
+    };
     Stats {
         events,
         store: store_stats,
+        integrity,
+        retention: shared.retention.stats(shared.index().first_seq()),
+        consumers: shared.consumers.stats(store.head()),
         writer: WriterStats {
             queue_depth: store.queue_depth() as u64,
             queue_capacity: shared.queue_capacity as u64,

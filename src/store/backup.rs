@@ -102,15 +102,19 @@ fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String), String> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = src.read(&mut buf).map_err(|e| err(format!("read {}", from.display()), e))?;
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| err(format!("read {}", from.display()), e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(|e| err(format!("write {}", to.display()), e))?;
+        dst.write_all(&buf[..n])
+            .map_err(|e| err(format!("write {}", to.display()), e))?;
         total += n as u64;
     }
-    dst.sync_all().map_err(|e| err(format!("fsync {}", to.display()), e))?;
+    dst.sync_all()
+        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
     Ok((total, hex::encode(hasher.finalize())))
 }
 
@@ -121,7 +125,9 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String), String> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| err(format!("read {}", path.display()), e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| err(format!("read {}", path.display()), e))?;
         if n == 0 {
             break;
         }
@@ -142,7 +148,8 @@ pub fn take(src: &BackupSource) -> Result<BackupInfo, String> {
     }
     let tmp = root.join(format!("{TMP_PREFIX}{name}"));
     let tmp_segments = tmp.join(SEGMENTS_DIR);
-    fs::create_dir_all(&tmp_segments).map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
+    fs::create_dir_all(&tmp_segments)
+        .map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
     let result = assemble(src, &name, &now.to_rfc3339(), &tmp);
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -154,7 +161,12 @@ pub fn take(src: &BackupSource) -> Result<BackupInfo, String> {
     result
 }
 
-fn assemble(src: &BackupSource, name: &str, created_at: &str, tmp: &Path) -> Result<BackupInfo, String> {
+fn assemble(
+    src: &BackupSource,
+    name: &str,
+    created_at: &str,
+    tmp: &Path,
+) -> Result<BackupInfo, String> {
     let seg_dir = src.data_dir.join(SEGMENTS_DIR);
     let mut files = Vec::new();
     for sealed in &src.manifest.sealed {
@@ -166,7 +178,11 @@ fn assemble(src: &BackupSource, name: &str, created_at: &str, tmp: &Path) -> Res
                 sealed.file, sealed.sha256
             ));
         }
-        files.push(BackupFile { path: rel, bytes, sha256: sha });
+        files.push(BackupFile {
+            path: rel,
+            bytes,
+            sha256: sha,
+        });
     }
     let active_name = segment::file_name(src.manifest.active_first_seq);
     let active_rel = format!("{SEGMENTS_DIR}/{active_name}");
@@ -192,11 +208,20 @@ fn assemble(src: &BackupSource, name: &str, created_at: &str, tmp: &Path) -> Res
     for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {
         fsutil::fsync_dir(&d).map_err(|e| err(format!("fsync {}", d.display()), e))?;
     }
-    let first_seq = src.manifest.sealed.first().map(|s| s.first_seq).unwrap_or(src.manifest.active_first_seq);
+    let first_seq = src
+        .manifest
+        .sealed
+        .first()
+        .map(|s| s.first_seq)
+        .unwrap_or(src.manifest.active_first_seq);
     let bm = BackupManifest {
         name: name.to_string(),
         created_at: created_at.to_string(),
-        first_seq: if src.last_seq >= first_seq { first_seq } else { 0 },
+        first_seq: if src.last_seq >= first_seq {
+            first_seq
+        } else {
+            0
+        },
         last_seq: src.last_seq,
         bytes: files.iter().map(|f| f.bytes).sum(),
         files,
@@ -206,20 +231,28 @@ fn assemble(src: &BackupSource, name: &str, created_at: &str, tmp: &Path) -> Res
     let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
     json.push(b'\n');
     fsutil::write_atomic(&tmp.join(BACKUP_FILE), &json).map_err(|e| err("write backup.json", e))?;
-    Ok(BackupInfo { manifest: bm, verified: true, verified_at: Some(crate::event::now_rfc3339()), error: None })
+    Ok(BackupInfo {
+        manifest: bm,
+        verified: true,
+        verified_at: Some(crate::event::now_rfc3339()),
+        error: None,
+    })
 }
 
 fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, String> {
     let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
     let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).map_err(|e| err(format!("read {}", path.display()), e))?;
+    f.read_exact(&mut buf)
+        .map_err(|e| err(format!("read {}", path.display()), e))?;
     Ok(buf)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut f = File::create(path).map_err(|e| err(format!("create {}", path.display()), e))?;
-    f.write_all(bytes).map_err(|e| err(format!("write {}", path.display()), e))?;
-    f.sync_all().map_err(|e| err(format!("fsync {}", path.display()), e))
+    f.write_all(bytes)
+        .map_err(|e| err(format!("write {}", path.display()), e))?;
+    f.sync_all()
+        .map_err(|e| err(format!("fsync {}", path.display()), e))
 }
 
 fn verify_files(dir: &Path, bm: &BackupManifest) -> Result<(), String> {
@@ -255,7 +288,9 @@ pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
 /// Backup directories, oldest first (names are UTC times, so lexical order
 /// is time order). Half-assembled `.tmp-*` directories are not listed.
 pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+        return Vec::new();
+    };
     let mut dirs: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -268,7 +303,9 @@ pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Removes half-assembled backups left by a crash.
 pub fn remove_incomplete(data_dir: &Path) {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else { return };
+    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+        return;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
             let _ = fs::remove_dir_all(e.path());
@@ -280,15 +317,25 @@ pub fn remove_incomplete(data_dir: &Path) {
 /// matching SHA-256 (any SHA when `want_sha` is None), verifies the copy,
 /// and returns its bytes and the backup's name. Backups whose copy fails
 /// verification are skipped, falling back to older ones.
-pub fn find_segment(data_dir: &Path, file: &str, want_sha: Option<&str>) -> Option<(Vec<u8>, String)> {
+pub fn find_segment(
+    data_dir: &Path,
+    file: &str,
+    want_sha: Option<&str>,
+) -> Option<(Vec<u8>, String)> {
     let rel = format!("{SEGMENTS_DIR}/{file}");
     for dir in list_dirs(data_dir).into_iter().rev() {
-        let Ok(bm) = read_manifest(&dir) else { continue };
-        let Some(entry) = bm.files.iter().find(|f| f.path == rel) else { continue };
+        let Ok(bm) = read_manifest(&dir) else {
+            continue;
+        };
+        let Some(entry) = bm.files.iter().find(|f| f.path == rel) else {
+            continue;
+        };
         if want_sha.is_some_and(|w| w != entry.sha256) {
             continue;
         }
-        let Ok(bytes) = fs::read(dir.join(&rel)) else { continue };
+        let Ok(bytes) = fs::read(dir.join(&rel)) else {
+            continue;
+        };
         if hex::encode(Sha256::digest(&bytes)) == entry.sha256 {
             return Some((bytes, bm.name));
         }
@@ -302,9 +349,18 @@ pub fn find_segment(data_dir: &Path, file: &str, want_sha: Option<&str>) -> Opti
 /// `verified(name)` says whether a backup verified.
 pub fn prune(data_dir: &Path, keep: usize, verified: impl Fn(&str) -> bool) -> Vec<String> {
     let dirs = list_dirs(data_dir);
-    let names: Vec<String> =
-        dirs.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().to_string()).collect();
-    let Some(newest_verified) = names.iter().rposition(|n| verified(n)) else { return Vec::new() };
+    let names: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    let Some(newest_verified) = names.iter().rposition(|n| verified(n)) else {
+        return Vec::new();
+    };
     let excess = names.len().saturating_sub(keep.max(1));
     let mut removed = Vec::new();
     for (i, name) in names.iter().enumerate().take(excess) {

@@ -94,8 +94,12 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
 
     match Manifest::load(&shared.data_dir) {
         Ok(Some(m)) if m == state.manifest => {}
-        Ok(Some(_)) => findings.push(Finding::Manifest { detail: "differs from the writer's manifest".into() }),
-        Ok(None) => findings.push(Finding::Manifest { detail: "missing".into() }),
+        Ok(Some(_)) => findings.push(Finding::Manifest {
+            detail: "differs from the writer's manifest".into(),
+        }),
+        Ok(None) => findings.push(Finding::Manifest {
+            detail: "missing".into(),
+        }),
         Err(e) => findings.push(Finding::Manifest { detail: e }),
     }
 
@@ -107,7 +111,10 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
             Scope::Tick { scrub } => !sealed.is_empty() && scrub % sealed.len() == i,
         };
         match std::fs::metadata(&path) {
-            Err(e) => findings.push(Finding::SealedSegment { file: s.file.clone(), detail: format!("cannot be read: {e}") }),
+            Err(e) => findings.push(Finding::SealedSegment {
+                file: s.file.clone(),
+                detail: format!("cannot be read: {e}"),
+            }),
             Ok(md) if md.len() != s.bytes => findings.push(Finding::SealedSegment {
                 file: s.file.clone(),
                 detail: format!("is {} bytes, the manifest says {}", md.len(), s.bytes),
@@ -118,7 +125,10 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
                     file: s.file.clone(),
                     detail: format!("SHA-256 is {sha}, the manifest says {}", s.sha256),
                 }),
-                Err(e) => findings.push(Finding::SealedSegment { file: s.file.clone(), detail: e }),
+                Err(e) => findings.push(Finding::SealedSegment {
+                    file: s.file.clone(),
+                    detail: e,
+                }),
             },
             Ok(_) => {}
         }
@@ -126,7 +136,10 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
 
     let active = segment::file_name(state.manifest.active_first_seq);
     if let Some(detail) = check_active(&seg_dir.join(&active), &state) {
-        findings.push(Finding::ActiveSegment { file: active, detail });
+        findings.push(Finding::ActiveSegment {
+            file: active,
+            detail,
+        });
     }
     findings
 }
@@ -143,7 +156,10 @@ fn check_active(path: &Path, state: &FileState) -> Option<String> {
         Err(e) => return Some(format!("cannot be read: {e}")),
     };
     if len < state.active_len {
-        return Some(format!("is {len} bytes, but {} bytes were written", state.active_len));
+        return Some(format!(
+            "is {len} bytes, but {} bytes were written",
+            state.active_len
+        ));
     }
     let mut buf = vec![0u8; state.active_len as usize];
     if let Err(e) = f.read_exact(&mut buf) {
@@ -155,7 +171,10 @@ fn check_active(path: &Path, state: &FileState) -> Option<String> {
     let first = state.manifest.active_first_seq;
     let scan = segment::scan(&buf, first);
     Some(match scan.damage {
-        Some(d) => format!("bytes differ from what was written: first bad record at offset {} ({})", d.offset, d.problem),
+        Some(d) => format!(
+            "bytes differ from what was written: first bad record at offset {} ({})",
+            d.offset, d.problem
+        ),
         None => "bytes differ from what was written".to_string(),
     })
 }

@@ -40,6 +40,10 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Empty segment files left by a crash during a roll, removed.
     pub removed_empty_segments: Vec<String>,
+    /// Segments that were damaged and repaired from a verified backup.
+    pub repaired_from_backup: Vec<String>,
+    /// A damaged manifest moved to quarantine before it was rebuilt.
+    pub quarantined_manifest: Option<String>,
 }
 
 /// A torn last record cut away at startup.
@@ -117,7 +121,21 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     }
 
     let files = segment::list(&seg_dir).map_err(io(format!("list {}", seg_dir.display())))?;
-    let manifest = match Manifest::load(data_dir).map_err(StoreError::Corrupt)? {
+    let loaded = match Manifest::load(data_dir) {
+        Ok(m) => m,
+        Err(why) => {
+            // A damaged manifest is rebuilt from the segments, like a missing
+            // one, after its bytes are moved aside.
+            let path = data_dir.join(super::manifest::FILE_NAME);
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let q = quarantine(data_dir, &path, 0, &bytes)?;
+            std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
+            tracing::warn!(problem = %why, quarantined_to = %q.display(), "damaged manifest moved aside; rebuilding it");
+            report.quarantined_manifest = Some(q.display().to_string());
+            None
+        }
+    };
+    let manifest = match loaded {
         Some(m) => m,
         None if files.is_empty() => {
             let m = Manifest::empty();
@@ -181,13 +199,24 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
 
     for sealed in &manifest.sealed {
         let path = seg_dir.join(&sealed.file);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "sealed segment {} cannot be read: {e}",
-                path.display()
-            ))
-        })?;
-        check_sealed(&path, sealed, &bytes, expect)?;
+        let checked = std::fs::read(&path)
+            .map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "sealed segment {} cannot be read: {e}",
+                    path.display()
+                ))
+            })
+            .and_then(|bytes| check_sealed(&path, sealed, &bytes, expect).map(|()| bytes));
+        // The same repair the running writer does: a verified backup copy
+        // whose SHA-256 matches the manifest replaces the damaged file.
+        let bytes = match checked {
+            Ok(bytes) => bytes,
+            Err(damage) => {
+                let bytes = restore_sealed_from_backup(data_dir, &path, sealed, &damage)?;
+                report.repaired_from_backup.push(sealed.file.clone());
+                bytes
+            }
+        };
         let scan = segment::scan(&bytes, expect);
         if let Some(d) = &scan.damage {
             return Err(StoreError::Corrupt(format!(
@@ -220,7 +249,26 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             )))
         }
     };
-    let scan = segment::scan(&bytes, expect);
+    let mut scan = segment::scan(&bytes, expect);
+    if scan.damage.as_ref().is_some_and(|d| d.valid_after > 0) {
+        if let Some(repaired) =
+            splice_active_from_backup(data_dir, &active_path, &bytes, expect, &scan)
+        {
+            quarantine(data_dir, &active_path, 0, &bytes)?;
+            super::fsutil::write_atomic(&active_path, &repaired)
+                .map_err(io(format!("rewrite {}", active_path.display())))?;
+            tracing::warn!(file = %active_path.display(), "damaged active segment repaired from a verified backup");
+            report.repaired_from_backup.push(
+                active_path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
+            );
+            bytes = repaired;
+            scan = segment::scan(&bytes, expect);
+        }
+    }
     if let Some(d) = &scan.damage {
         if d.valid_after > 0 {
             let (a, b) = d.seq_after.unwrap_or_default();
@@ -427,4 +475,57 @@ pub fn quarantine(data_dir: &Path, file: &Path, offset: u64, bytes: &[u8]) -> Re
     let path = dir.join(name);
     fsutil::write_atomic(&path, bytes).map_err(io(format!("write {}", path.display())))?;
     Ok(path)
+}
+
+/// Restores a damaged or missing sealed segment at startup from the newest
+/// verified backup whose copy matches the manifest's SHA-256.
+fn restore_sealed_from_backup(
+    data_dir: &Path,
+    path: &Path,
+    sealed: &SealedSegment,
+    damage: &StoreError,
+) -> Result<Vec<u8>> {
+    let Some((bytes, from)) =
+        super::backup::find_segment(data_dir, &sealed.file, Some(&sealed.sha256))
+    else {
+        return Err(StoreError::Corrupt(format!(
+            "{damage}; no verified backup holds {} with SHA-256 {}: restore one with `msgbus restore`",
+            sealed.file, sealed.sha256
+        )));
+    };
+    if let Ok(old) = std::fs::read(path) {
+        quarantine(data_dir, path, 0, &old)?;
+    }
+    fsutil::write_atomic(path, &bytes).map_err(io(format!("rewrite {}", path.display())))?;
+    tracing::warn!(file = %path.display(), backup = %from, problem = %damage, "sealed segment restored from backup");
+    Ok(bytes)
+}
+
+/// Mid-log damage in the active segment: segments are append-only, so a
+/// backup's copy is a byte-exact prefix of the live file. Take the damaged
+/// region from the backup and the rest from the live file; accept the
+/// result only if it keeps every valid record the live file has.
+fn splice_active_from_backup(
+    data_dir: &Path,
+    path: &Path,
+    live: &[u8],
+    first_seq: u64,
+    live_scan: &Scan,
+) -> Option<Vec<u8>> {
+    let name = path.file_name()?.to_string_lossy().to_string();
+    let damage = live_scan.damage.as_ref()?;
+    let (_, last_valid) = damage.seq_after?;
+    let (copy, from) = super::backup::find_segment(data_dir, &name, None)?;
+    if (copy.len() as u64) <= damage.offset {
+        tracing::warn!(backup = %from, "the newest backup of the active segment ends before the damage");
+        return None;
+    }
+    let mut candidate = copy.clone();
+    if live.len() > copy.len() {
+        candidate.extend_from_slice(&live[copy.len()..]);
+    }
+    let scan = segment::scan(&candidate, first_seq);
+    let complete = scan.damage.as_ref().is_none_or(|d| d.valid_after == 0);
+    let last = scan.records.last().map(|r| r.seq).unwrap_or(0);
+    (complete && last >= last_valid).then_some(candidate)
 }

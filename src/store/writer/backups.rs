@@ -34,9 +34,14 @@ impl BackupWorker {
         let thread = std::thread::Builder::new()
             .name("msgbus-backup".into())
             .spawn(move || run(shared, keep, rx))
-            .map_err(|e| tracing::error!(error = %e, "cannot start the backup thread; backups are off"))
+            .map_err(
+                |e| tracing::error!(error = %e, "cannot start the backup thread; backups are off"),
+            )
             .ok();
-        BackupWorker { tx: thread.as_ref().map(|_| tx), thread }
+        BackupWorker {
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+        }
     }
 
     fn request(&self, job: Job) {
@@ -86,16 +91,31 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         let newest = i + 1 == dirs.len();
         let info = if newest {
             match backup::verify(dir) {
-                Ok(m) => BackupInfo { manifest: m, verified: true, verified_at: Some(crate::event::now_rfc3339()), error: None },
+                Ok(m) => BackupInfo {
+                    manifest: m,
+                    verified: true,
+                    verified_at: Some(crate::event::now_rfc3339()),
+                    error: None,
+                },
                 Err(e) => match backup::read_manifest(dir) {
-                    Ok(m) => BackupInfo { manifest: m, verified: false, verified_at: None, error: Some(e) },
+                    Ok(m) => BackupInfo {
+                        manifest: m,
+                        verified: false,
+                        verified_at: None,
+                        error: Some(e),
+                    },
                     Err(_) => continue,
                 },
             }
         } else {
             match backup::read_manifest(dir) {
                 // Verified when it was taken; re-verified when it is needed.
-                Ok(m) => BackupInfo { manifest: m, verified: true, verified_at: None, error: None },
+                Ok(m) => BackupInfo {
+                    manifest: m,
+                    verified: true,
+                    verified_at: None,
+                    error: None,
+                },
                 Err(_) => continue,
             }
         };
@@ -109,7 +129,10 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        let source = jobs.last().map(|j| j.source.clone()).expect("at least one job");
+        let source = jobs
+            .last()
+            .map(|j| j.source.clone())
+            .expect("at least one job");
         let result = backup::take(&source);
         match &result {
             Ok(info) => {
@@ -125,7 +148,12 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 shared.alerts.resolve(&["backup_failed"], None);
             }
             Err(e) => {
-                shared.alerts.raise(Severity::Error, "backup_failed", None, format!("backup failed: {e}"));
+                shared.alerts.raise(
+                    Severity::Error,
+                    "backup_failed",
+                    None,
+                    format!("backup failed: {e}"),
+                );
             }
         }
         for job in jobs {

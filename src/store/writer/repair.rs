@@ -60,17 +60,33 @@ impl Writer {
                     Finding::Manifest { .. } => self.repair_manifest(),
                 };
                 match result {
-                    Ok(detail) => RepairOutcome { finding, repaired: true, detail },
-                    Err(detail) => RepairOutcome { finding, repaired: false, detail },
+                    Ok(detail) => RepairOutcome {
+                        finding,
+                        repaired: true,
+                        detail,
+                    },
+                    Err(detail) => RepairOutcome {
+                        finding,
+                        repaired: false,
+                        detail,
+                    },
                 }
             })
             .collect();
         let failed: Vec<String> = outcomes
             .iter()
             .filter(|o| !o.repaired)
-            .map(|o| format!("{} ({}): {}", o.finding.file(), o.finding.detail(), o.detail))
+            .map(|o| {
+                format!(
+                    "{} ({}): {}",
+                    o.finding.file(),
+                    o.finding.detail(),
+                    o.detail
+                )
+            })
             .collect();
-        *crate::store::lock(&self.shared.read_only) = (!failed.is_empty()).then(|| failed.join("; "));
+        *crate::store::lock(&self.shared.read_only) =
+            (!failed.is_empty()).then(|| failed.join("; "));
         self.publish_file_state();
         outcomes
     }
@@ -81,22 +97,42 @@ impl Writer {
     pub(super) fn verify_active_file_after_commit(&mut self) {
         let problem = match self.active.file.metadata() {
             Ok(md) if md.nlink() == 0 => Some("was deleted".to_string()),
-            Ok(md) if md.len() != self.active.len => {
-                Some(format!("is {} bytes, but {} were written", md.len(), self.active.len))
-            }
+            Ok(md) if md.len() != self.active.len => Some(format!(
+                "is {} bytes, but {} were written",
+                md.len(),
+                self.active.len
+            )),
             Ok(_) => None,
             Err(e) => Some(format!("cannot be inspected: {e}")),
         };
         let Some(detail) = problem else { return };
-        let finding = Finding::ActiveSegment { file: file_name(&self.active.path), detail };
+        let finding = Finding::ActiveSegment {
+            file: file_name(&self.active.path),
+            detail,
+        };
         let alerts = self.shared.alerts.clone();
-        alerts.raise(Severity::Warning, "detection", Some(finding.file()), finding.detail());
+        alerts.raise(
+            Severity::Warning,
+            "detection",
+            Some(finding.file()),
+            finding.detail(),
+        );
         let outcome = self.repair(vec![finding]).remove(0);
         if outcome.repaired {
-            alerts.raise(Severity::Warning, "repair", Some(outcome.finding.file()), &outcome.detail);
+            alerts.raise(
+                Severity::Warning,
+                "repair",
+                Some(outcome.finding.file()),
+                &outcome.detail,
+            );
             alerts.resolve(&["detection"], Some(&outcome.finding.file()));
         } else {
-            alerts.raise(Severity::Error, "repair_failed", Some(outcome.finding.file()), &outcome.detail);
+            alerts.raise(
+                Severity::Error,
+                "repair_failed",
+                Some(outcome.finding.file()),
+                &outcome.detail,
+            );
         }
     }
 
@@ -111,7 +147,8 @@ impl Writer {
             return Ok("the file is intact".into());
         }
         if let Some(bytes) = on_disk.filter(|b| !b.is_empty()) {
-            recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes).map_err(|e| e.to_string())?;
+            recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes)
+                .map_err(|e| e.to_string())?;
         }
         let bytes = std::mem::take(&mut self.active.bytes);
         let written = replace_file(&path, &bytes);
@@ -124,11 +161,20 @@ impl Writer {
             .map_err(|e| format!("reopen {}: {e}", path.display()))?;
         self.active.file = file;
         self.refresh_reader(self.active.first_seq, &path)?;
-        Ok(format!("rewrote {} bytes from the writer's copy", self.active.len))
+        Ok(format!(
+            "rewrote {} bytes from the writer's copy",
+            self.active.len
+        ))
     }
 
     fn repair_sealed(&mut self, file: &str) -> Result<String, String> {
-        let Some(sealed) = self.manifest.sealed.iter().find(|s| s.file == file).cloned() else {
+        let Some(sealed) = self
+            .manifest
+            .sealed
+            .iter()
+            .find(|s| s.file == file)
+            .cloned()
+        else {
             return Ok(format!("{file} is no longer part of the store"));
         };
         let path = self.shared.data_dir.join(SEGMENTS_DIR).join(file);
@@ -139,9 +185,15 @@ impl Writer {
             }
         }
         let (bytes, from) = backup::find_segment(&self.shared.data_dir, file, Some(&sealed.sha256))
-            .ok_or_else(|| format!("no verified backup holds {file} with SHA-256 {}", sealed.sha256))?;
+            .ok_or_else(|| {
+                format!(
+                    "no verified backup holds {file} with SHA-256 {}",
+                    sealed.sha256
+                )
+            })?;
         if let Ok(old) = std::fs::read(&path) {
-            recovery::quarantine(&self.shared.data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
+            recovery::quarantine(&self.shared.data_dir, &path, 0, &old)
+                .map_err(|e| e.to_string())?;
         }
         replace_file(&path, &bytes)?;
         self.refresh_reader(sealed.first_seq, &path)?;
@@ -157,7 +209,9 @@ impl Writer {
         if let Ok(old) = std::fs::read(&path) {
             recovery::quarantine(&data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
         }
-        self.manifest.store(&data_dir).map_err(|e| format!("write {}: {e}", path.display()))?;
+        self.manifest
+            .store(&data_dir)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
         Ok("rewrote the manifest from the writer's copy".into())
     }
 
@@ -190,5 +244,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().unwrap_or_default().to_string_lossy().to_string()
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string()
 }
