@@ -81,7 +81,7 @@ pub struct ServeConfig {
     /// Below this much free space on the data directory's filesystem,
     /// publishing answers 507 before anything is written; it resumes by
     /// itself when space returns.
-    #[arg(long, env = "MSGBUS_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "MSGBUS_MIN_FREE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub min_free_bytes: u64,
 
     /// URL to POST alerts to (Slack-compatible `{"text": ...}` body plus the
