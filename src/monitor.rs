@@ -91,11 +91,6 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
 
     let alerts = &shared.alerts;
     let previously_open = lock(&shared.integrity).open_findings.clone();
-    for f in &findings {
-        if !previously_open.contains(&f.file()) {
-            alerts.raise(Severity::Warning, "detection", Some(f.file()), f.detail());
-        }
-    }
     let was_read_only = lock(&shared.read_only).is_some();
     let repairs = store.repair(findings.clone()).await.unwrap_or_default();
     let mut repaired = 0;
@@ -103,6 +98,13 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
     let mut still_open = Vec::new();
     for o in &repairs {
         let file = o.finding.file();
+        if o.already_intact {
+            // The finding raced a change the writer made; not a detection.
+            continue;
+        }
+        if !previously_open.contains(&file) {
+            alerts.raise(Severity::Warning, "detection", Some(file.clone()), o.finding.detail());
+        }
         if o.repaired {
             repaired += 1;
             alerts.raise(Severity::Warning, "repair", Some(file.clone()), &o.detail);
@@ -157,7 +159,7 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
         st.last_check = Some(crate::event::now_rfc3339());
         st.last_check_ms = duration_ms;
         st.checks += 1;
-        st.detections += findings.len() as u64;
+        st.detections += repairs.iter().filter(|o| !o.already_intact).count() as u64;
         st.repairs += repaired;
         st.failures += failed;
         st.open_findings = still_open;

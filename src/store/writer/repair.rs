@@ -33,9 +33,15 @@ pub struct RepairOutcome {
     pub finding: Finding,
     /// Whether the file is now intact.
     pub repaired: bool,
+    /// True when the file turned out intact on a second look (the finding
+    /// raced a change the writer made), so nothing was done.
+    pub already_intact: bool,
     /// What was done, or why it could not be.
     pub detail: String,
 }
+
+/// What a repair answers when a second look finds the file intact.
+const INTACT: &str = "the file is intact";
 
 impl Writer {
     /// Publishes what is now on disk, for the integrity monitor.
@@ -61,6 +67,7 @@ impl Writer {
                 };
                 match result {
                     Ok(detail) => RepairOutcome {
+                        already_intact: detail == INTACT,
                         finding,
                         repaired: true,
                         detail,
@@ -68,6 +75,7 @@ impl Writer {
                     Err(detail) => RepairOutcome {
                         finding,
                         repaired: false,
+                        already_intact: false,
                         detail,
                     },
                 }
@@ -144,7 +152,7 @@ impl Writer {
             _ => false,
         };
         if same_inode && on_disk.as_deref() == Some(&self.active.bytes[..]) {
-            return Ok("the file is intact".into());
+            return Ok(INTACT.into());
         }
         if let Some(bytes) = on_disk.filter(|b| !b.is_empty()) {
             recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes)
@@ -181,7 +189,7 @@ impl Writer {
         if let Ok((len, sha)) = backup::sha256_file(&path) {
             if len == sealed.bytes && sha == sealed.sha256 {
                 self.refresh_reader(sealed.first_seq, &path)?;
-                return Ok("the file is intact".into());
+                return Ok(INTACT.into());
             }
         }
         let (bytes, from) = backup::find_segment(&self.shared.data_dir, file, Some(&sealed.sha256))
@@ -203,7 +211,7 @@ impl Writer {
     fn repair_manifest(&mut self) -> Result<String, String> {
         let data_dir = self.shared.data_dir.clone();
         if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == self.manifest) {
-            return Ok("the file is intact".into());
+            return Ok(INTACT.into());
         }
         let path = data_dir.join(crate::store::manifest::FILE_NAME);
         if let Ok(old) = std::fs::read(&path) {
