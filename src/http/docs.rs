@@ -5,7 +5,7 @@ use axum::Router;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{error, events, health, metrics, stats};
+use super::{consumers, error, events, health, metrics, stats, stream};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -16,11 +16,15 @@ use super::{error, events, health, metrics, stats};
     ),
     paths(
         events::publish, events::publish_batch, events::list, events::get_one,
+        stream::stream,
+        consumers::list, consumers::put, consumers::get_one, consumers::delete,
+        consumers::events, consumers::ack,
         stats::stats, health::live, health::ready, health::health, metrics::metrics,
     ),
     components(schemas(error::Problem, crate::event::FieldError)),
     tags(
         (name = "events", description = "Publish and read events"),
+        (name = "consumers", description = "Durable named cursors: read after the cursor, ack to move it (at-least-once)"),
         (name = "operations", description = "Stats, health and metrics"),
     )
 )]

@@ -270,6 +270,7 @@ pub async fn publish_batch(
     responses(
         (status = 200, description = "A page of events", body = EventPageDoc),
         (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`after` is before the oldest retained event (deleted by retention); `oldest_seq` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(
@@ -369,6 +370,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         (status = 200, description = "The event", body = StoredEventDoc),
         (status = 400, description = "seq is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No event with this seq", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Deleted by retention; `oldest_seq` names the oldest retained event", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_one(

@@ -184,6 +184,55 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     for (ty, n) in &s.events.by_type {
         let _ = writeln!(out, "msgbus_events_by_type{{type=\"{}\"}} {n}", escape(ty));
     }
+    let r = &s.retention;
+    for (name, kind, help, value) in [
+        (
+            "oldest_seq",
+            "gauge",
+            "Oldest retained sequence number.",
+            r.oldest_seq,
+        ),
+        (
+            "retention_segments_deleted_total",
+            "counter",
+            "Segments deleted by retention.",
+            r.segments_deleted,
+        ),
+        (
+            "retention_events_deleted_total",
+            "counter",
+            "Events deleted by retention.",
+            r.events_deleted,
+        ),
+        (
+            "retention_bytes_reclaimed_total",
+            "counter",
+            "Bytes deleted by retention.",
+            r.bytes_reclaimed,
+        ),
+        (
+            "sse_subscribers",
+            "gauge",
+            "Open GET /events/stream connections.",
+            state.subscribers.open() as u64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP msgbus_{name} {help}\n# TYPE msgbus_{name} {kind}\nmsgbus_{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP msgbus_consumer_lag Events stored after a consumer's committed cursor.\n# TYPE msgbus_consumer_lag gauge"
+    );
+    for (name, lag) in &s.consumers.lag {
+        let _ = writeln!(
+            out,
+            "msgbus_consumer_lag{{consumer=\"{}\"}} {lag}",
+            escape(name)
+        );
+    }
     let mut res = out.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -97,13 +97,30 @@ impl Consumers {
         self.read().values().cloned().collect()
     }
 
-    /// `(name, cursor)` of every consumer, for stats.
-    pub fn cursors(&self) -> Vec<(String, u64)> {
-        self.read()
+    /// The `/stats` view, with lag measured against `head`.
+    pub fn stats(&self, head: u64) -> ConsumerStats {
+        let lag: BTreeMap<String, u64> = self
+            .read()
             .values()
-            .map(|c| (c.name.clone(), c.cursor))
-            .collect()
+            .map(|c| (c.name.clone(), head.saturating_sub(c.cursor)))
+            .collect();
+        ConsumerStats {
+            count: lag.len() as u64,
+            max_lag: lag.values().copied().max().unwrap_or(0),
+            lag,
+        }
     }
+}
+
+/// Consumers as `/stats` shows them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConsumerStats {
+    /// Durable consumers.
+    pub count: u64,
+    /// The largest lag.
+    pub max_lag: u64,
+    /// Per consumer: events stored after its committed cursor.
+    pub lag: BTreeMap<String, u64>,
 }
 
 /// Loads `consumers.json` (none yet is an empty set). Called at startup,
@@ -304,7 +321,11 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     let failure = if changed {
         match store(&shared.data_dir, &map) {
             Ok(()) => {
-                *shared.consumers.0.write().unwrap_or_else(|e| e.into_inner()) = map;
+                *shared
+                    .consumers
+                    .0
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = map;
                 None
             }
             Err(e) => {

@@ -237,7 +237,8 @@ impl Index {
 
     /// The segment at position `pos`; `None` once retention has deleted it.
     pub fn segment(&self, pos: u32) -> Option<&SegmentReader> {
-        self.segments.get(pos.checked_sub(self.segment_base)? as usize)
+        self.segments
+            .get(pos.checked_sub(self.segment_base)? as usize)
     }
 
     /// The live segment files, oldest first.

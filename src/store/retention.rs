@@ -70,6 +70,39 @@ impl Retention {
             ..Retention::default()
         }
     }
+
+    /// The `/stats` view; `oldest_seq` is the index's first seq.
+    pub fn stats(&self, oldest_seq: u64) -> RetentionStats {
+        RetentionStats {
+            oldest_seq,
+            max_events: self.policy.max_events,
+            max_age_seconds: self.policy.max_age.map(|d| d.as_secs_f64()),
+            max_bytes: self.policy.max_bytes,
+            segments_deleted: self.segments_deleted.load(Ordering::Relaxed),
+            events_deleted: self.events_deleted.load(Ordering::Relaxed),
+            bytes_reclaimed: self.bytes_reclaimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Retention as `/stats` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RetentionStats {
+    /// The oldest retained seq: reads and cursors before it get 410 Gone
+    /// (the next seq to be written when the store holds no event).
+    pub oldest_seq: u64,
+    /// `--retention-max-events`, if set.
+    pub max_events: Option<u64>,
+    /// `--retention-max-age` in seconds, if set.
+    pub max_age_seconds: Option<f64>,
+    /// `--retention-max-bytes`, if set.
+    pub max_bytes: Option<u64>,
+    /// Sealed segments deleted since start.
+    pub segments_deleted: u64,
+    /// Events deleted since start.
+    pub events_deleted: u64,
+    /// Bytes of segment files deleted since start.
+    pub bytes_reclaimed: u64,
 }
 
 /// How many of the oldest sealed segments lie entirely outside a limit.
@@ -202,8 +235,10 @@ pub fn enforce(
     let r = &shared.retention;
     r.segments_deleted
         .fetch_add(deleted.segments as u64, Ordering::Relaxed);
-    r.events_deleted.fetch_add(deleted.events, Ordering::Relaxed);
-    r.bytes_reclaimed.fetch_add(deleted.bytes, Ordering::Relaxed);
+    r.events_deleted
+        .fetch_add(deleted.events, Ordering::Relaxed);
+    r.bytes_reclaimed
+        .fetch_add(deleted.bytes, Ordering::Relaxed);
     tracing::info!(
         segments = deleted.segments,
         events = deleted.events,
@@ -291,12 +326,14 @@ mod tests {
         assert_eq!(expired_prefix(&p, &sealed(), 350, 500, |_| None), 2);
         // head 349: seq 200 is still among the newest 150.
         assert_eq!(expired_prefix(&p, &sealed(), 349, 500, |_| None), 1);
-        // Never the active segment, however small the limit.
+        // The segment holding the newest events stays, however small the
+        // limit (and the active segment is never even considered).
         let p = RetentionPolicy {
             max_events: Some(1),
             ..Default::default()
         };
-        assert_eq!(expired_prefix(&p, &sealed(), 300, 0, |_| None), 3);
+        assert_eq!(expired_prefix(&p, &sealed(), 300, 0, |_| None), 2);
+        assert_eq!(expired_prefix(&p, &sealed(), 301, 0, |_| None), 3);
     }
 
     #[test]
@@ -322,6 +359,59 @@ mod tests {
             _ => Some(Duration::from_secs(500)),
         };
         assert_eq!(expired_prefix(&p, &sealed(), 350, 0, ages), 1);
+    }
+
+    #[test]
+    fn the_index_forgets_a_prefix_and_its_segments() {
+        use super::super::index::{Index, NewEntry, SegmentReader};
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::new(1, 1 << 20);
+        for first in [1u64, 11, 21] {
+            let path = dir.path().join(super::super::segment::file_name(first));
+            std::fs::write(&path, b"").unwrap();
+            let pos = idx.add_segment(SegmentReader {
+                first_seq: first,
+                file: std::sync::Arc::new(std::fs::File::open(&path).unwrap()),
+                path,
+                bytes: 100,
+            });
+            for seq in first..first + 10 {
+                idx.push(NewEntry {
+                    seq,
+                    segment: pos,
+                    offset: 0,
+                    len: 1,
+                    crc: 0,
+                    ty: if seq % 2 == 0 { "even" } else { "odd" },
+                    source: "/s",
+                    subject: None,
+                    bytes: Some(bytes::Bytes::from_static(b"x")),
+                });
+            }
+        }
+        let last_pos = 2;
+        idx.drop_before(21);
+        assert_eq!((idx.first_seq(), idx.last_seq(), idx.len()), (21, 30, 10));
+        assert_eq!(idx.segment_count(), 1);
+        assert!(idx.segment(0).is_none() && idx.segment(1).is_none());
+        assert_eq!(idx.segment(last_pos).unwrap().first_seq, 21);
+        assert!(idx.get(20).is_none());
+        assert_eq!(idx.get(21).unwrap().entry.segment, last_pos);
+        assert_eq!(idx.cache_bytes(), 10);
+        let counts: Vec<(&str, u64)> = idx.type_counts().collect();
+        assert_eq!(counts, vec![("odd", 5), ("even", 5)]);
+        let page = idx.query(0, &Default::default(), 100, 1000);
+        assert_eq!(page.hits.first().map(|h| h.seq), Some(21));
+        // The newest (active) segment is kept even when all events go.
+        idx.drop_before(31);
+        assert_eq!((idx.len(), idx.last_seq(), idx.segment_count()), (0, 30, 1));
+        let pos = idx.add_segment(SegmentReader {
+            first_seq: 31,
+            file: std::sync::Arc::new(std::fs::File::open(dir.path()).unwrap()),
+            path: dir.path().to_path_buf(),
+            bytes: 0,
+        });
+        assert_eq!(pos, 3, "positions stay absolute");
     }
 
     #[test]

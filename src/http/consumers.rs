@@ -1,0 +1,466 @@
+//! `/consumers`: durable named cursors kept by the server.
+//!
+//! A consumer reads the events after its committed cursor
+//! (`GET /consumers/{name}/events`, long-poll like `GET /events`) and moves
+//! the cursor with `POST /consumers/{name}/ack`. The ack is written through
+//! the writer and fsynced before the 200, so after it a crash never moves
+//! the cursor back. Delivery is at-least-once: what was read but not acked
+//! is delivered again, after a crash too.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::body::{self, QueryParams};
+use super::error::Problem;
+use super::events::{write_stored, DEFAULT_LIMIT, MAX_LIMIT};
+use super::AppState;
+use crate::event::FieldError;
+use crate::store::consumers::{Consumer, ConsumerError, ConsumerFilter, Start};
+use crate::store::StoreHandle;
+
+/// Longest consumer name.
+const MAX_NAME: usize = 128;
+/// Largest request body accepted here.
+const MAX_BODY: usize = 64 << 10;
+
+/// A consumer as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerView {
+    /// Its name.
+    pub name: String,
+    /// What it selects.
+    pub filter: ConsumerFilter,
+    /// The committed cursor: reads return events after this seq.
+    pub cursor: u64,
+    /// Events stored after the cursor (of any type: filters are not
+    /// applied; ack `next_after` of a read to skip non-matching ones).
+    pub lag: u64,
+    /// Newest stored seq.
+    pub last_seq: u64,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When its filters or cursor last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl ConsumerView {
+    fn new(c: Consumer, head: u64) -> Self {
+        ConsumerView {
+            lag: head.saturating_sub(c.cursor),
+            last_seq: head,
+            name: c.name,
+            filter: c.filter,
+            cursor: c.cursor,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// All consumers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerList {
+    /// By name.
+    pub consumers: Vec<ConsumerView>,
+}
+
+/// `PUT /consumers/{name}` body (every field optional).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerSpecDoc {
+    /// Only events of this exact type.
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// Only events whose type starts with this.
+    pub type_prefix: Option<String>,
+    /// Only events from this source.
+    pub source: Option<String>,
+    /// Only events with this subject.
+    pub subject: Option<String>,
+    /// `"earliest"` (the oldest retained event; the default on creation),
+    /// `"latest"` (only events stored from now on) or a seq to start at.
+    /// On an existing consumer it moves the cursor (also backwards);
+    /// absent, the cursor stays.
+    #[schema(value_type = Option<Object>, example = "earliest")]
+    pub start: Option<Value>,
+}
+
+/// `POST /consumers/{name}/ack` body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AckDoc {
+    /// The seq processed up to and including (usually the last event read,
+    /// or `next_after` to also skip events the filters did not match).
+    pub seq: u64,
+}
+
+/// A page of a consumer's events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerPageDoc {
+    /// The consumer.
+    pub consumer: String,
+    /// Its committed cursor; the events are after it.
+    pub cursor: u64,
+    /// Matching events in sequence order.
+    pub events: Vec<super::events::StoredEventDoc>,
+    /// Last seq examined: ack it once these events are processed.
+    pub next_after: u64,
+    /// Newest stored seq.
+    pub last_seq: u64,
+}
+
+fn consumer_problem(e: ConsumerError) -> Problem {
+    match e {
+        ConsumerError::NotFound(name) => Problem::not_found(format!(
+            "no consumer named {name:?}; create it with PUT /consumers/{name}"
+        )),
+        e @ ConsumerError::Backwards { .. } => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "ack-backwards",
+                "Ack behind the cursor",
+                e.to_string(),
+            );
+            p.errors.push(FieldError {
+                field: "seq".into(),
+                message: "is behind the committed cursor".into(),
+            });
+            p
+        }
+        e @ ConsumerError::PastHead { .. } => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "past-head",
+                "Seq past the newest event",
+                e.to_string(),
+            );
+            p.errors.push(FieldError {
+                field: "seq".into(),
+                message: "is past the newest stored event".into(),
+            });
+            p
+        }
+        ConsumerError::Store(e) => e.into(),
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Problem {
+    let message = message.into();
+    let mut p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-consumer",
+        "Invalid consumer request",
+        format!("{field}: {message}"),
+    );
+    p.errors.push(FieldError {
+        field: field.into(),
+        message,
+    });
+    p
+}
+
+fn check_name(name: &str) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME} characters of A-Z, a-z, 0-9, '-', '_' and '.'"),
+        ))
+    }
+}
+
+/// Reads an optional JSON object body; an empty body is an empty object.
+async fn object_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, Problem> {
+    body::require_media_type(headers, &["application/json"])?;
+    let bytes = body::read_limited(headers, body, MAX_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match body::parse_json(&bytes)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(invalid("$", "must be a JSON object")),
+    }
+}
+
+fn parse_spec(body: Map<String, Value>) -> Result<(ConsumerFilter, Option<Start>), Problem> {
+    let mut filter = ConsumerFilter::default();
+    let mut start = None;
+    for (k, v) in body {
+        let slot = match k.as_str() {
+            "type" => &mut filter.ty,
+            "type_prefix" => &mut filter.type_prefix,
+            "source" => &mut filter.source,
+            "subject" => &mut filter.subject,
+            "start" => {
+                start = match &v {
+                    Value::Null => None,
+                    Value::String(s) if s == "earliest" => Some(Start::Earliest),
+                    Value::String(s) if s == "latest" => Some(Start::Latest),
+                    Value::Number(n) if n.as_u64().is_some_and(|s| s >= 1) => {
+                        Some(Start::Seq(n.as_u64().unwrap_or(1)))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "start",
+                            "must be \"earliest\", \"latest\" or a seq of at least 1",
+                        ))
+                    }
+                };
+                continue;
+            }
+            _ => {
+                return Err(invalid(
+                    &k,
+                    "unknown field; known: type, type_prefix, source, subject, start",
+                ))
+            }
+        };
+        *slot = match v {
+            Value::Null => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) => Some(s),
+            _ => return Err(invalid(&k, "must be a string")),
+        };
+    }
+    Ok((filter, start))
+}
+
+fn location(name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/consumers/{name}")).expect("a checked name is a valid header")
+}
+
+/// Create or update a consumer.
+#[utoipa::path(
+    put, path = "/consumers/{name}", tag = "consumers",
+    params(("name" = String, Path, description = "1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.'")),
+    request_body(content = ConsumerSpecDoc, content_type = "application/json",
+        description = "Filters and an optional start position; an empty body is a consumer of every event from the oldest."),
+    responses(
+        (status = 201, description = "Created (durably)", body = ConsumerView,
+            headers(("Location" = String, description = "/consumers/{name}"))),
+        (status = 200, description = "Updated (durably)", body = ConsumerView),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or field, or `start` past the next event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    check_name(&name)?;
+    let (filter, start) = parse_spec(object_body(&headers, body).await?)?;
+    let (c, created) = state
+        .store
+        .put_consumer(name.clone(), filter, start)
+        .await
+        .map_err(consumer_problem)?;
+    let view = ConsumerView::new(c, state.store.head());
+    if created {
+        let mut res = (StatusCode::CREATED, Json(view)).into_response();
+        res.headers_mut().insert(header::LOCATION, location(&name));
+        Ok(res)
+    } else {
+        Ok(Json(view).into_response())
+    }
+}
+
+/// List consumers with their cursor and lag.
+#[utoipa::path(
+    get, path = "/consumers", tag = "consumers",
+    responses((status = 200, description = "Every consumer, by name", body = ConsumerList))
+)]
+pub async fn list(State(state): State<AppState>) -> Json<ConsumerList> {
+    let head = state.store.head();
+    Json(ConsumerList {
+        consumers: state
+            .store
+            .consumers()
+            .list()
+            .into_iter()
+            .map(|c| ConsumerView::new(c, head))
+            .collect(),
+    })
+}
+
+fn find(store: &StoreHandle, name: &str) -> Result<Consumer, Problem> {
+    store
+        .consumers()
+        .get(name)
+        .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))
+}
+
+/// One consumer.
+#[utoipa::path(
+    get, path = "/consumers/{name}", tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name")),
+    responses(
+        (status = 200, description = "The consumer", body = ConsumerView),
+        (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ConsumerView>, Problem> {
+    let c = find(&state.store, &name)?;
+    Ok(Json(ConsumerView::new(c, state.store.head())))
+}
+
+/// Delete a consumer.
+#[utoipa::path(
+    delete, path = "/consumers/{name}", tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name")),
+    responses(
+        (status = 204, description = "Deleted (durably)"),
+        (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    state
+        .store
+        .delete_consumer(name)
+        .await
+        .map_err(consumer_problem)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Read the events after a consumer's committed cursor.
+#[utoipa::path(
+    get, path = "/consumers/{name}/events", tag = "consumers",
+    params(
+        ("name" = String, Path, description = "Consumer name"),
+        ("limit" = Option<u64>, Query, description = "Most events to return, 1 to 1000 (default 100)"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: when nothing matches yet, wait up to this many seconds (max --max-wait)"),
+    ),
+    responses(
+        (status = 200, description = "The next events; the cursor does not move until an ack", body = ConsumerPageDoc),
+        (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Retention deleted events after the cursor; `oldest_seq` names the oldest available. \
+            Ack `oldest_seq - 1` (or PUT a new start) to accept the loss and go on.",
+            body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let q = QueryParams::parse(query.as_deref(), &["limit", "wait"])?;
+    let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
+    let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
+    let c = find(&state.store, &name)?;
+    let filter = c.filter.to_filter();
+    // A cursor of 0 would read as "from the oldest retained"; a consumer's
+    // cursor is a real position, so check it against the horizon here.
+    let oldest = state.store.shared().index().first_seq();
+    if c.cursor + 1 < oldest {
+        return Err(Problem::gone(oldest));
+    }
+
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut head_rx = state.store.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let mut scanned = c.cursor;
+    loop {
+        head_rx.borrow_and_update();
+        let page = state.store.read(scanned, &filter, limit).await?;
+        scanned = page.next_after;
+        let waiting = !wait.is_zero() && page.events.is_empty() && !*shutdown.borrow();
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(page_response(&c, &page.events, scanned, state.store.head()));
+        }
+        if scanned < state.store.head() {
+            continue;
+        }
+        tokio::select! {
+            r = head_rx.changed() => if r.is_err() {
+                return Ok(page_response(&c, &[], scanned, state.store.head()));
+            },
+            _ = shutdown.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+fn page_response(
+    c: &Consumer,
+    events: &[crate::store::handle::StoredEvent],
+    next_after: u64,
+    last_seq: u64,
+) -> Response {
+    let size: usize = events.iter().map(|e| e.bytes.len() + 32).sum();
+    let mut out = Vec::with_capacity(size + 128);
+    out.extend_from_slice(b"{\"consumer\":");
+    out.extend_from_slice(&serde_json::to_vec(&c.name).unwrap_or_default());
+    out.extend_from_slice(format!(",\"cursor\":{},\"events\":[", c.cursor).as_bytes());
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_stored(&mut out, e);
+    }
+    out.extend_from_slice(
+        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
+    );
+    let mut res = (StatusCode::OK, out).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Commit a consumer's cursor.
+#[utoipa::path(
+    post, path = "/consumers/{name}/ack", tag = "consumers",
+    params(("name" = String, Path, description = "Consumer name")),
+    request_body(content = AckDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back", body = ConsumerView),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`seq` is behind the committed cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`seq` is missing, not a number, or past the newest stored event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn ack(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ConsumerView>, Problem> {
+    let mut obj = object_body(&headers, body).await?;
+    let seq = obj.remove("seq").and_then(|v| v.as_u64()).ok_or_else(|| {
+        invalid(
+            "seq",
+            "is required: the seq processed up to, a non-negative integer",
+        )
+    })?;
+    if let Some(k) = obj.keys().next() {
+        return Err(invalid(k, "unknown field; known: seq"));
+    }
+    let c = state.store.ack(name, seq).await.map_err(consumer_problem)?;
+    Ok(Json(ConsumerView::new(c, state.store.head())))
+}
