@@ -1,0 +1,126 @@
+//! Test 12: The offline tools on a stopped store — `msgbus verify` (exit 0 when
+//! healthy, non-zero naming the file and offset on damage), `msgbus backup`
+//! (a verified backup, its name printed), `msgbus restore --from` — and
+//! their refusal to touch a directory a running server holds.
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_backup_and_restore_a_stopped_store() {
+    let app = start(DataDir::temp(), &[]).await;
+    let acked = acked();
+    let n = fill_until_sealed(&app, app.path(), "off", 2, 200, &acked).await;
+    prefill(&app, "off", n, 3, 200, &acked).await;
+    let dir = app.stop().await;
+    let d = dir.path.display().to_string();
+
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "verify of a healthy store:\n{out}\n{err}");
+    assert!(!out.contains("DAMAGED"), "{out}");
+
+    let (code, out, err) = run_msgbus(&["backup", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "backup of a stopped store:\n{out}\n{err}");
+    let name = std::fs::read_dir(dir.path.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .max()
+        .expect("a backup directory");
+    assert!(
+        out.contains(&name),
+        "backup prints the backup's name {name}: {out}"
+    );
+    assert!(dir
+        .path
+        .join("backups")
+        .join(&name)
+        .join("backup.json")
+        .is_file());
+
+    // Damage a sealed segment: verify names the file and the record's offset.
+    let seg = sealed_segments(&dir.path)[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    let (pos, seq) = flip_pad(&seg, bytes.len() as u64 / 2);
+    let line = bytes[..pos as usize]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    note(format!(
+        "verify of the damaged store (seq {seq} at offset {line}) exits {code}:\n{out}{err}"
+    ));
+    assert_ne!(code, 0, "verify must fail on damage:\n{out}\n{err}");
+    let report = format!("{out}{err}");
+    assert!(
+        report.contains(&rel(&seg)),
+        "verify names {}:\n{report}",
+        rel(&seg)
+    );
+    assert!(
+        report.contains(&format!("offset {line}")),
+        "verify names the damaged record's offset {line}:\n{report}"
+    );
+
+    let (code, out, err) = run_msgbus(&["restore", "--data-dir", &d, "--from", &name]).await;
+    assert_eq!(code, 0, "restore from {name}:\n{out}\n{err}");
+    assert!(
+        quarantined(&dir.path)
+            .iter()
+            .any(|p| p.ends_with(rel(&seg))),
+        "the replaced files are kept in quarantine/: {:?}",
+        quarantined(&dir.path)
+    );
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "verify after the restore:\n{out}\n{err}");
+
+    let app = start(dir, &[]).await;
+    assert_all_intact(&app, &acked).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_tools_refuse_a_directory_a_server_holds() {
+    let app = start(DataDir::temp(), &[]).await;
+    let acked = acked();
+    prefill(&app, "lck", 1, 5, 100, &acked).await;
+    let r = app.post("/admin/backups", None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let name = r.json()["name"].as_str().unwrap().to_string();
+    let d = app.path().display().to_string();
+    let backup_dir = app.path().join("backups").join(&name).display().to_string();
+    let manifest = std::fs::read(app.path().join("manifest.json")).unwrap();
+    let backups_before = std::fs::read_dir(app.path().join("backups"))
+        .unwrap()
+        .count();
+
+    for args in [
+        vec!["verify", "--data-dir", &d],
+        vec!["backup", "--data-dir", &d],
+        vec!["restore", "--data-dir", &d, "--from", &name],
+        vec!["restore", "--data-dir", &d, "--from", &backup_dir],
+    ] {
+        let (code, out, err) = run_msgbus(&args).await;
+        assert_ne!(
+            code, 0,
+            "msgbus {args:?} must refuse a held directory:\n{out}\n{err}"
+        );
+        assert!(
+            err.contains("LOCK") && err.to_lowercase().contains("held"),
+            "msgbus {args:?} names the lock:\n{out}\n{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(app.path().join("manifest.json")).unwrap(),
+        manifest
+    );
+    assert_eq!(
+        std::fs::read_dir(app.path().join("backups"))
+            .unwrap()
+            .count(),
+        backups_before,
+        "no backup was taken"
+    );
+    assert!(!app.path().join("quarantine").exists() || quarantined(app.path()).is_empty());
+    assert_all_intact(&app, &acked).await;
+    app.stop().await;
+}
