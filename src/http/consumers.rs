@@ -269,7 +269,16 @@ pub async fn put(
         .store
         .put_consumer(name.clone(), filter, start)
         .await
-        .map_err(consumer_problem)?;
+        .map_err(|e| match e {
+            ConsumerError::PastHead { seq, head } => invalid(
+                "start",
+                format!(
+                    "seq {seq} is past the next event to be stored ({})",
+                    head + 1
+                ),
+            ),
+            e => consumer_problem(e),
+        })?;
     let view = ConsumerView::new(c, state.store.head());
     if created {
         let mut res = (StatusCode::CREATED, Json(view)).into_response();
@@ -371,12 +380,6 @@ pub async fn events(
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
     let c = find(&state.store, &name)?;
     let filter = c.filter.to_filter();
-    // A cursor of 0 would read as "from the oldest retained"; a consumer's
-    // cursor is a real position, so check it against the horizon here.
-    let oldest = state.store.shared().index().first_seq();
-    if c.cursor + 1 < oldest {
-        return Err(Problem::gone(oldest));
-    }
 
     let deadline = tokio::time::Instant::now() + wait;
     let mut head_rx = state.store.subscribe();
@@ -384,7 +387,12 @@ pub async fn events(
     let mut scanned = c.cursor;
     loop {
         head_rx.borrow_and_update();
-        let page = state.store.read(scanned, &filter, limit).await?;
+        // A consumer's cursor is a real position (0 too): reading it once
+        // retention passed it is 410, never a jump to the oldest event.
+        let page = state
+            .store
+            .read_cursor(scanned, &filter, limit, usize::MAX)
+            .await?;
         scanned = page.next_after;
         let waiting = !wait.is_zero() && page.events.is_empty() && !*shutdown.borrow();
         if !waiting || tokio::time::Instant::now() >= deadline {

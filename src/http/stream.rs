@@ -145,7 +145,7 @@ pub async fn stream(
     head.borrow_and_update();
     let first = state
         .store
-        .read_bounded(after, &filter, PAGE_EVENTS, PAGE_BYTES)
+        .read_cursor(after, &filter, PAGE_EVENTS, PAGE_BYTES)
         .await?;
     let sub = Subscription {
         store: state.store.clone(),
@@ -175,7 +175,10 @@ pub async fn stream(
     Ok(res)
 }
 
-/// Where to start: `Last-Event-ID` (a reconnect) wins over `after`.
+/// Where to start: `Last-Event-ID` (a reconnect) wins over `after`. The
+/// default, 0, becomes the position before the oldest retained event, so
+/// the cursor is concrete from the start: should retention later delete
+/// events this stream has not sent, it says `gone` instead of jumping.
 fn resume_position(
     headers: &HeaderMap,
     q: &QueryParams,
@@ -189,7 +192,10 @@ fn resume_position(
     }
     match q.string("after").as_deref() {
         Some("latest") => Ok(store.head()),
-        _ => q.u64_in("after", 0, 0, u64::MAX),
+        _ => match q.u64_in("after", 0, 0, u64::MAX)? {
+            0 => Ok(store.shared().index().first_seq() - 1),
+            after => Ok(after),
+        },
     }
 }
 
@@ -231,7 +237,7 @@ impl Subscription {
                     // the read wakes the wait below instead of being missed.
                     self.head.borrow_and_update();
                     self.store
-                        .read_bounded(self.cursor, &self.filter, PAGE_EVENTS, PAGE_BYTES)
+                        .read_cursor(self.cursor, &self.filter, PAGE_EVENTS, PAGE_BYTES)
                         .await
                 }
             };
@@ -267,7 +273,10 @@ impl Subscription {
                 return Some(out.into());
             }
             if self.cursor < self.store.head() {
-                continue; // a filtered read stopped at its scan budget
+                // A filtered read stopped at its scan budget: go on, but let
+                // other tasks run between budgets.
+                tokio::task::yield_now().await;
+                continue;
             }
             tokio::select! {
                 r = self.head.changed() => if r.is_err() {

@@ -186,22 +186,36 @@ impl StoreHandle {
     /// `after = 0` means from the oldest retained event; any other `after`
     /// before it is [`StoreError::Gone`].
     pub async fn read(&self, after: u64, filter: &Filter, limit: usize) -> Result<EventPage> {
-        self.read_bounded(after, filter, limit, usize::MAX).await
+        self.read_page(after, filter, limit, usize::MAX, false)
+            .await
     }
 
-    /// Like [`StoreHandle::read`], but stops once the page holds `max_bytes`
-    /// of events (always at least one), so a streaming reader's memory is
-    /// bounded whatever the event sizes.
-    pub async fn read_bounded(
+    /// Like [`StoreHandle::read`] for a reader that has reached `cursor`
+    /// (a stream, a consumer): 0 is a position too, so once retention has
+    /// deleted seq 1 it is [`StoreError::Gone`] rather than a silent jump.
+    /// Stops once the page holds `max_bytes` of events (always at least
+    /// one), so a streaming reader's memory is bounded whatever the sizes.
+    pub async fn read_cursor(
+        &self,
+        cursor: u64,
+        filter: &Filter,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<EventPage> {
+        self.read_page(cursor, filter, limit, max_bytes, true).await
+    }
+
+    async fn read_page(
         &self,
         after: u64,
         filter: &Filter,
         limit: usize,
         max_bytes: usize,
+        cursor: bool,
     ) -> Result<EventPage> {
         let page = {
             let idx = self.shared.index();
-            if after != 0 && after < idx.first_seq() - 1 {
+            if (cursor || after != 0) && after < idx.first_seq() - 1 {
                 return Err(StoreError::Gone {
                     oldest: idx.first_seq(),
                 });
