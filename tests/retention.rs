@@ -135,8 +135,14 @@ async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
     assert_eq!(page["events"][0]["seq"], oldest);
     s.stop().await;
 
+    // A crash between the manifest update and the file removal leaves a
+    // segment the manifest no longer lists: the next start removes it.
+    let leftover = dir.path().join("segments/00000000000000000001.jsonl");
+    std::fs::write(&leftover, b"{\"seq\":1}\n").unwrap();
+
     // After a restart the horizon holds and reads still work.
     let s = Server::start(dir.path(), SMALL).await;
+    assert!(!leftover.exists(), "the leftover segment was removed");
     let (_, stats) = s.get("/stats").await;
     assert_eq!(stats["retention"]["oldest_seq"], oldest);
     let (status, p) = s.get("/events?after=5").await;
