@@ -1,0 +1,144 @@
+//! `POST /events/batch`: all or nothing, in order, bounded.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, error_fields, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn batch_stores_every_item_in_order_with_one_result_each() {
+    let app = spawn_app().await;
+    app.publish_ok(&json!({"type": "t.single", "source": "/s"}))
+        .await;
+    let items: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "t.batch", "source": "/b", "id": format!("b{i}"), "data": i}))
+        .collect();
+    let res = app
+        .client
+        .post(app.url("/events/batch"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::to_vec(&items).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 2, "results in request order: {r}");
+        assert_eq!(r["id"], format!("b{i}"));
+        assert_eq!(r["type"], "t.batch");
+        assert_eq!(r["source"], "/b");
+        assert_eq!(r["duplicate"], false);
+        assert!(r["time"].is_string());
+    }
+    let all = app.read_all().await;
+    assert_eq!(all.len(), 6);
+    for (i, (seq, ev)) in all[1..].iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 2);
+        assert_eq!(ev["data"], i);
+    }
+}
+
+#[tokio::test]
+async fn one_bad_item_stores_nothing_and_is_named() {
+    let app = spawn_app().await;
+    let res = app
+        .batch(&json!([
+            {"type": "t.ok", "source": "/b", "id": "1"},
+            {"type": "t.bad", "id": "2"},
+            {"type": "t.ok", "source": "/b", "id": "3"},
+            {"source": "/b", "id": "4", "time": "not a time"}
+        ]))
+        .await;
+    let problem = assert_problem(res, 422).await;
+    let fields = error_fields(&problem);
+    assert!(
+        fields.contains(&"[1].source".to_string()),
+        "names the item and field: {problem}"
+    );
+    assert!(fields.contains(&"[3].type".to_string()), "{problem}");
+    assert!(fields.contains(&"[3].time".to_string()), "{problem}");
+    assert!(
+        !fields
+            .iter()
+            .any(|f| f.starts_with("[0]") || f.starts_with("[2]")),
+        "valid items are not blamed: {problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("[1]") && detail.contains("[3]"), "{detail}");
+
+    let page = app.get_json("/events").await;
+    assert_eq!(page["events"], json!([]), "nothing was stored");
+    assert_eq!(page["last_seq"], 0);
+
+    // The valid items were not half-remembered either: they store now.
+    let res = app
+        .batch(&json!([
+            {"type": "t.ok", "source": "/b", "id": "1"},
+            {"type": "t.ok", "source": "/b", "id": "3"}
+        ]))
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(app.read_all().await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_oversized_item_stores_nothing() {
+    let app = spawn_app_with(&["--max-event-bytes", "512"]).await;
+    let res = app
+        .batch(&json!([
+            {"type": "t.ok", "source": "/b"},
+            {"type": "t.big", "source": "/b", "data": "x".repeat(600)}
+        ]))
+        .await;
+    let problem = assert_problem(res, 413).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("[1]"),
+        "{problem}"
+    );
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn empty_non_array_and_too_many_items_are_refused() {
+    let app = spawn_app_with(&["--max-batch-events", "3"]).await;
+
+    let problem = assert_problem(app.batch(&json!([])).await, 422).await;
+    assert_eq!(error_fields(&problem), vec!["$"]);
+
+    let problem = assert_problem(app.batch(&json!({"type": "t", "source": "/s"})).await, 422).await;
+    assert_eq!(error_fields(&problem), vec!["$"]);
+
+    let problem = assert_problem(
+        app.batch(&json!([1, {"type": "t", "source": "/s"}])).await,
+        422,
+    )
+    .await;
+    assert_eq!(error_fields(&problem), vec!["[0]"]);
+
+    let four: Vec<Value> = (0..4)
+        .map(|i| json!({"type": "t", "source": "/s", "id": format!("{i}")}))
+        .collect();
+    let problem = assert_problem(app.batch(&json!(four)).await, 413).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains('3'),
+        "the limit is named: {problem}"
+    );
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+
+    // Exactly the limit is fine.
+    let res = app.batch(&json!(four[..3])).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(app.read_all().await.len(), 3);
+}
+
+#[tokio::test]
+async fn oversized_batch_body_is_413() {
+    let app = spawn_app_with(&["--max-batch-bytes", "2KiB"]).await;
+    let items: Vec<Value> = (0..20)
+        .map(|i| json!({"type": "t", "source": "/s", "data": format!("{i:0>200}")}))
+        .collect();
+    assert_problem(app.batch(&json!(items)).await, 413).await;
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}

@@ -1,0 +1,287 @@
+//! Every error path answers RFC 9457 problem+json with the right status,
+//! names the field when it is a validation error, and is never a 5xx.
+
+use serde_json::json;
+
+use crate::helpers::{assert_problem, error_fields, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let app = spawn_app().await;
+    for body in ["{not json", "{\"type\": \"t\",", "", "nul"] {
+        let res = app
+            .client
+            .post(app.url("/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400).await;
+    }
+    let res = app
+        .client
+        .post(app.url("/events/batch"))
+        .header("content-type", "application/json")
+        .body("[{\"type\":")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400).await;
+
+    // Binary mode with a JSON content type and a body that is not JSON.
+    let res = app
+        .client
+        .post(app.url("/events"))
+        .header("ce-type", "t")
+        .header("ce-source", "/s")
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400).await;
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn invalid_events_are_422_naming_the_field() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({"source": "/s"}), "type"),
+        (json!({"type": "t"}), "source"),
+        (json!({"type": "", "source": "/s"}), "type"),
+        (json!({"type": 5, "source": "/s"}), "type"),
+        (json!({"type": "t", "source": "/s", "id": ""}), "id"),
+        (
+            json!({"type": "t", "source": "/s", "specversion": "0.3"}),
+            "specversion",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "time": "yesterday"}),
+            "time",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "datacontenttype": "json"}),
+            "datacontenttype",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "data_base64": "!!"}),
+            "data_base64",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "data": 1, "data_base64": "AA=="}),
+            "data_base64",
+        ),
+        (
+            json!({"type": "t", "source": "/s", "Bad_Ext": "x"}),
+            "Bad_Ext",
+        ),
+        (json!({"type": "t", "source": "/s", "ext": 1.5}), "ext"),
+        (
+            json!({"type": "t", "source": "/s", "subject": "a\u{0}b"}),
+            "subject",
+        ),
+        (json!({"type": "t".repeat(300), "source": "/s"}), "type"),
+        (json!([1, 2]), "$"),
+        (json!("event"), "$"),
+    ];
+    for (event, field) in cases {
+        let problem = assert_problem(app.publish(&event).await, 422).await;
+        assert!(
+            error_fields(&problem).contains(&field.to_string()),
+            "{event} should name {field}: {problem}"
+        );
+        assert!(
+            problem["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{problem}"
+        );
+    }
+
+    // Binary mode names the header.
+    let res = app
+        .client
+        .post(app.url("/events"))
+        .header("ce-source", "/s")
+        .header("ce-time", "noon")
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 422).await;
+    let fields = error_fields(&problem);
+    assert!(fields.contains(&"ce-type".to_string()), "{problem}");
+    assert!(fields.contains(&"ce-time".to_string()), "{problem}");
+
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn oversized_event_and_body_are_413() {
+    let app = spawn_app_with(&["--max-event-bytes", "1KiB"]).await;
+
+    // Under the limit: fine.
+    app.publish_ok(&json!({"type": "t", "source": "/s", "data": "x".repeat(800)}))
+        .await;
+    // The serialized event is over 1 KiB, the body under the body limit.
+    let problem = assert_problem(
+        app.publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(1500)}))
+            .await,
+        413,
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1024"),
+        "{problem}"
+    );
+    // The body itself is far over any limit (declared length).
+    assert_problem(
+        app.publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(100_000)}))
+            .await,
+        413,
+    )
+    .await;
+    // Over the limit without a declared length (chunked).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        std::iter::once(Ok(br#"{"type":"t","source":"/s","data":""#.to_vec()))
+            .chain((0..100).map(|_| Ok(vec![b'y'; 1000])))
+            .chain(std::iter::once(Ok(br#""}"#.to_vec())))
+            .collect();
+    let res = app
+        .client
+        .post(app.url("/events"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 413).await;
+    // Binary mode data over the limit.
+    let res = app
+        .client
+        .post(app.url("/events"))
+        .header("ce-type", "t")
+        .header("ce-source", "/s")
+        .header("content-type", "text/plain")
+        .body("z".repeat(2000))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 413).await;
+
+    assert_eq!(app.get_json("/events").await["last_seq"], 1);
+}
+
+#[tokio::test]
+async fn max_event_bytes_is_exact() {
+    let app = spawn_app_with(&["--max-event-bytes", "1000"]).await;
+    // With every attribute given, the stored event is the body as sent.
+    let event = |pad: usize| {
+        json!({
+            "specversion": "1.0",
+            "id": "padded",
+            "source": "/s",
+            "type": "t",
+            "time": "2026-01-31T12:00:00Z",
+            "data": "x".repeat(pad)
+        })
+    };
+    let base = serde_json::to_vec(&event(0)).unwrap().len();
+    let exactly = event(1000 - base);
+    assert_eq!(serde_json::to_vec(&exactly).unwrap().len(), 1000);
+    let res = app.publish_ok(&exactly).await;
+    let stored = app
+        .get(&format!("/events/{}", res["seq"]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(stored.contains(&serde_json::to_string(&exactly).unwrap()));
+    let problem = assert_problem(app.publish(&event(1001 - base)).await, 413).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1001"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_seq_is_404_and_bad_seq_is_400() {
+    let app = spawn_app().await;
+    assert_problem(app.get("/events/1").await, 404).await;
+    app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+    assert_eq!(app.get("/events/1").await.status(), 200);
+    assert_problem(app.get("/events/2").await, 404).await;
+    assert_problem(app.get("/events/0").await, 404).await;
+    assert_problem(app.get("/events/18446744073709551615").await, 404).await;
+    for bad in ["abc", "-1", "1.5", "18446744073709551616"] {
+        let problem = assert_problem(app.get(&format!("/events/{bad}")).await, 400).await;
+        assert_eq!(error_fields(&problem), vec!["seq"], "{bad}: {problem}");
+    }
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_400_naming_them() {
+    let app = spawn_app().await;
+    for (query, field) in [
+        ("typ=t", "typ"),
+        ("after=1&after=2", "after"),
+        ("limit=abc", "limit"),
+        ("wait=-1", "wait"),
+        ("wait=61", "wait"),
+    ] {
+        let problem = assert_problem(app.get(&format!("/events?{query}")).await, 400).await;
+        assert_eq!(error_fields(&problem), vec![field], "{query}: {problem}");
+    }
+}
+
+#[tokio::test]
+async fn unsupported_content_type_is_415() {
+    let app = spawn_app().await;
+    for (path, ct) in [
+        ("/events", "text/plain"),
+        ("/events", "application/xml"),
+        ("/events", "application/x-www-form-urlencoded"),
+        ("/events/batch", "text/plain"),
+        ("/events/batch", "application/cloudevents+json"),
+    ] {
+        let res = app
+            .client
+            .post(app.url(path))
+            .header("content-type", ct)
+            .body(r#"{"type":"t","source":"/s"}"#)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(res, 415).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(ct),
+            "{path} {ct}: {problem}"
+        );
+    }
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_is_405() {
+    let app = spawn_app().await;
+    for path in ["/nope", "/events/1/extra", "/eventsx", "/health/deep"] {
+        assert_problem(app.get(path).await, 404).await;
+    }
+    let c = &app.client;
+    for req in [
+        c.delete(app.url("/events")),
+        c.put(app.url("/events")),
+        c.post(app.url("/events/1")),
+        c.delete(app.url("/events/1")),
+        c.get(app.url("/events/batch")),
+        c.post(app.url("/stats")),
+        c.post(app.url("/health/ready")),
+        c.put(app.url("/metrics")),
+    ] {
+        let res = req.send().await.unwrap();
+        assert_problem(res, 405).await;
+    }
+}
