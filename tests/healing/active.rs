@@ -12,6 +12,9 @@ enum Damage {
     Flip,
     Truncate,
     Delete,
+    /// Garbage appended after the last record: the file is no longer "as
+    /// long as the writer left it".
+    Append,
 }
 
 /// Damages the active segment while a client publishes (or, with
@@ -60,6 +63,22 @@ async fn damage_active(damage: Damage, publishing: bool) {
         Damage::Delete => {
             std::fs::remove_file(&path).unwrap();
             note(format!("{damage:?}: deleted {file} ({len} bytes)"));
+        }
+        Damage::Append => {
+            // Longer than any one commit, so the next commit cannot simply
+            // overwrite it all.
+            let mut junk = b"{\"seq\":999999,\"crc\":\"00000000\",\"event\":\"".to_vec();
+            junk.extend(std::iter::repeat_n(b'g', 4000));
+            junk.extend_from_slice(b"\"}\n");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, &junk).unwrap();
+            note(format!(
+                "{damage:?}: appended {} bytes of garbage to {file} ({len} bytes)",
+                junk.len()
+            ));
         }
     }
     let (repair, _) = expect_repair(
@@ -157,6 +176,20 @@ async fn a_deleted_active_segment_is_repaired_on_an_idle_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_active_segment_is_repaired_on_an_idle_store() {
     damage_active(Damage::Truncate, false).await;
+}
+
+/// Garbage appended to the active segment while publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_appended_to_the_active_segment_is_removed_while_publishing() {
+    damage_active(Damage::Append, true).await;
+}
+
+/// Garbage appended to the active segment of an idle store: the monitor
+/// checks that files are as long as the writer left them, so it must
+/// notice a longer file too, not only a shorter one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_appended_to_the_active_segment_is_removed_on_an_idle_store() {
+    damage_active(Damage::Append, false).await;
 }
 
 /// Bytes flipped in the active segment just before the writer seals it

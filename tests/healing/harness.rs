@@ -785,22 +785,34 @@ pub struct Webhook {
     /// Its URL, for `--alert-webhook`.
     pub url: String,
     bodies: Arc<Mutex<Vec<Value>>>,
+    attempts: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
 impl Webhook {
     /// Starts it on 127.0.0.1:0.
     pub async fn start() -> Webhook {
+        Webhook::start_failing(0).await
+    }
+
+    /// Starts one that answers the first `failures` POSTs with 500 (and
+    /// does not keep their bodies).
+    pub async fn start_failing(failures: u64) -> Webhook {
+        use axum::http::StatusCode;
         use axum::routing::post;
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = bodies.clone();
+        let attempts = Arc::new(AtomicU64::new(0));
+        let (sink, count) = (bodies.clone(), attempts.clone());
         let router = axum::Router::new().route(
             "/hook",
             post(move |axum::Json(v): axum::Json<Value>| {
-                let sink = sink.clone();
+                let (sink, count) = (sink.clone(), count.clone());
                 async move {
+                    if count.fetch_add(1, Ordering::SeqCst) < failures {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
                     sink.lock().unwrap().push(v);
-                    "ok"
+                    StatusCode::OK
                 }
             }),
         );
@@ -811,7 +823,17 @@ impl Webhook {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Webhook { url, bodies, task }
+        Webhook {
+            url,
+            bodies,
+            attempts,
+            task,
+        }
+    }
+
+    /// POSTs received so far, refused ones included.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     /// Waits (at most `deadline`) for a POST whose alert matches `pred`;
@@ -1064,4 +1086,108 @@ pub async fn run_msgbus(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// A running `msgbus` child process (the real binary, JSON logs).
+pub struct Process {
+    /// A client for it.
+    pub api: Api,
+    child: tokio::process::Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Process {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Process {
+    /// Starts `msgbus --log-format json` on `data_dir` with the base
+    /// settings plus `args`, and waits (at most 20 s) for its "msgbus
+    /// listening" line. Killed if dropped.
+    pub async fn spawn(data_dir: &Path, args: &[(&str, &str)]) -> Process {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_msgbus"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("MSGBUS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info")
+            .arg("--log-format")
+            .arg("json")
+            .args(argv(data_dir, args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn msgbus");
+        let pipe = child.stderr.take().expect("piped stderr");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel::<SocketAddr>();
+        {
+            let stderr = stderr.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut tx = Some(tx);
+                let mut lines = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if test_log() {
+                        eprintln!("[msgbus child] {line}");
+                    }
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["message"] == "msgbus listening" {
+                            if let (Some(tx), Some(addr)) =
+                                (tx.take(), v["addr"].as_str().and_then(|a| a.parse().ok()))
+                            {
+                                let _ = tx.send(addr);
+                            }
+                        }
+                    }
+                    stderr.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!(
+                "msgbus did not start listening; stderr:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ),
+        };
+        Process {
+            api: Api::new(addr),
+            child,
+            stderr,
+        }
+    }
+
+    /// The JSON log lines so far.
+    pub fn log(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then waits (at most 15 s) for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("still running") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("msgbus exits within 15 s of SIGTERM")
+            .expect("wait for msgbus");
+        assert!(
+            status.success(),
+            "msgbus exits cleanly on SIGTERM: {status}"
+        );
+    }
 }

@@ -11,9 +11,11 @@
 mod harness;
 
 mod active;
+mod alerts;
 mod disk;
 mod manifest;
 mod must_show;
 mod offline;
+mod process;
 mod quiet;
 mod sealed;
