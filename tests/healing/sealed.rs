@@ -285,6 +285,13 @@ async fn damage_without_a_backup(put_back: PutBack) {
         p["detail"].as_str().unwrap_or("").contains(&file),
         "readiness names the damaged file: {p}"
     );
+    let health = app.get("/health").await;
+    note(format!(
+        "GET /health while read-only: {} {}",
+        health.status,
+        health.text()
+    ));
+    assert_eq!(health.status, 503, "/health is red too: {}", health.text());
     // Writes are refused.
     let w = app.post("/events", Some(&event("nob", n, 200))).await;
     w.assert_problem(503, "read-only", "a publish in read-only mode");
