@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::alerts::Alerts;
 use crate::config::ServeConfig;
-use crate::monitor::{self, MonitorSettings};
 use crate::http::{self, AppState};
+use crate::monitor::{self, MonitorSettings};
 use crate::store::handle::WriterThread;
 use crate::store::StoreHandle;
 
@@ -32,8 +32,14 @@ pub struct Application {
 impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
-        let alerts = Arc::new(Alerts::new(config.alert_capacity, config.alert_webhook.clone()));
+        let alerts = Arc::new(Alerts::new(
+            config.alert_capacity,
+            config.alert_webhook.clone(),
+        ));
         let (store, writer) = StoreHandle::open(&config.store(), alerts)?;
+        // Before the first request: a server started on a full disk must
+        // refuse the very first publish, not the one after the first tick.
+        monitor::check_disk(store.shared(), config.min_free_bytes);
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
@@ -85,7 +91,11 @@ impl Application {
                 },
                 shutdown_tx.subscribe(),
             ),
-            crate::backup_timer::spawn(store.clone(), config.backup_interval, shutdown_tx.subscribe()),
+            crate::backup_timer::spawn(
+                store.clone(),
+                config.backup_interval,
+                shutdown_tx.subscribe(),
+            ),
         ];
         let mut graceful = shutdown_tx.subscribe();
         let server = axum::serve(

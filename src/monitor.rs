@@ -77,15 +77,15 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
     let started = Instant::now();
     let shared = store.shared_arc();
     let s = shared.clone();
-    let (findings, backup_checked, backup_problems) = tokio::task::spawn_blocking(move || {
-        let findings = integrity::check(&s, scope);
-        let (checked, problems) = verify_backups(&s, scope);
-        (findings, checked, problems)
-    })
-    .await
-    .unwrap_or_default();
-    if !backup_problems.is_empty() {
-        // The newest backup is damaged: take a fresh one so a good copy exists.
+    let (findings, (backup_checked, backup_problems, newly_damaged)) =
+        tokio::task::spawn_blocking(move || {
+            let findings = integrity::check(&s, scope);
+            (findings, verify_backups(&s, scope))
+        })
+        .await
+        .unwrap_or_default();
+    if newly_damaged {
+        // A backup just failed verification: take a fresh one so a good copy exists.
         store.request_backup();
     }
 
@@ -103,7 +103,12 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
             continue;
         }
         if !previously_open.contains(&file) {
-            alerts.raise(Severity::Warning, "detection", Some(file.clone()), o.finding.detail());
+            alerts.raise(
+                Severity::Warning,
+                "detection",
+                Some(file.clone()),
+                o.finding.detail(),
+            );
         }
         if o.repaired {
             repaired += 1;
@@ -177,7 +182,10 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
 
 /// Verifies one file of the newest backup per tick (every file of every
 /// backup on a full check); marks a backup that fails as unverified.
-fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
+/// Returns the files checked, the problems found, and whether a backup
+/// that had verified failed just now.
+fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>, bool) {
+    let mut newly_damaged = false;
     let list = lock(&shared.backups).clone();
     let targets: Vec<_> = match scope {
         Scope::Full => list.iter().collect(),
@@ -216,6 +224,7 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
             match &error {
                 Some(e) => {
                     if entry.verified {
+                        newly_damaged = true;
                         shared.alerts.raise(
                             Severity::Error,
                             "backup_damaged",
@@ -236,11 +245,12 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>) {
             problems.push(format!("backup {}: {e}", b.manifest.name));
         }
     }
-    (checked, problems)
+    (checked, problems, newly_damaged)
 }
 
-/// Sets or clears low-disk mode; returns the free bytes.
-fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
+/// Sets or clears low-disk mode; returns the free bytes. Also run once
+/// before the server accepts its first request.
+pub fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
     let free = match fs2::available_space(&shared.data_dir) {
         Ok(f) => f,
         Err(e) => {

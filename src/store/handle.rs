@@ -92,6 +92,7 @@ impl StoreHandle {
                 manifest: rec.manifest.clone(),
                 active_len: rec.active.len,
                 active_crc: rec.active.crc,
+                last_seq: rec.next_seq - 1,
             }),
             read_only: Mutex::new(None),
             low_disk: Mutex::new(None),

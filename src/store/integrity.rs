@@ -24,6 +24,8 @@ pub struct FileState {
     pub active_len: u64,
     /// CRC32C of the active segment's first `active_len` bytes.
     pub active_crc: u32,
+    /// Newest sequence number in those bytes.
+    pub last_seq: u64,
 }
 
 /// Something wrong with one file.
@@ -136,8 +138,25 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
         }
     }
 
+    // Retention may have deleted a segment since the snapshot: a finding
+    // about a file the writer's latest manifest no longer lists is none.
+    if findings
+        .iter()
+        .any(|f| matches!(f, Finding::SealedSegment { .. }))
+    {
+        let latest = shared.file_state().manifest;
+        findings.retain(|f| match f {
+            Finding::SealedSegment { file, .. } => latest.sealed.iter().any(|s| &s.file == file),
+            _ => true,
+        });
+    }
+
     let active = segment::file_name(state.manifest.active_first_seq);
-    if let Some(detail) = check_active(&seg_dir.join(&active), &state) {
+    if let Some(detail) = check_active(&seg_dir.join(&active), &state, || {
+        let latest = shared.file_state();
+        (latest.manifest.active_first_seq == state.manifest.active_first_seq)
+            .then_some(latest.active_len)
+    }) {
         findings.push(Finding::ActiveSegment {
             file: active,
             detail,
@@ -148,7 +167,11 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
 
 /// Compares the active segment's durable prefix with the writer's CRC;
 /// on a mismatch, scans the records to name the first bad offset.
-fn check_active(path: &Path, state: &FileState) -> Option<String> {
+fn check_active(
+    path: &Path,
+    state: &FileState,
+    latest_active_len: impl Fn() -> Option<u64>,
+) -> Option<String> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) => return Some(format!("cannot be opened: {e}")),
@@ -160,6 +183,16 @@ fn check_active(path: &Path, state: &FileState) -> Option<String> {
     if len < state.active_len {
         return Some(format!(
             "is {len} bytes, but {} bytes were written",
+            state.active_len
+        ));
+    }
+    if len > state.active_len && latest_active_len() == Some(state.active_len) {
+        // Longer than the writer left it, and no commit happened meanwhile:
+        // bytes were appended by someone else.
+        return Some(format!(
+            "is {len} bytes, but only {} bytes were written: {} unknown bytes at offset {}",
+            state.active_len,
+            len - state.active_len,
             state.active_len
         ));
     }

@@ -88,6 +88,8 @@ pub struct Writer {
     segment_bytes: u64,
     buf: Vec<u8>,
     backups: backups::BackupWorker,
+    /// Findings whose repair failed, checked again on every repair command.
+    unrepaired: Vec<super::integrity::Finding>,
     _lock: super::lock::DirLock,
 }
 
@@ -119,6 +121,7 @@ impl Writer {
     ) -> (Self, index::Index) {
         let w = Writer {
             backups: backups::BackupWorker::spawn(shared.clone(), backup_keep),
+            unrepaired: Vec::new(),
             shared,
             manifest: rec.manifest,
             active: rec.active,
@@ -406,6 +409,7 @@ impl Writer {
     }
 
     fn seal_and_roll(&mut self) -> Result<()> {
+        self.verify_active_file_before_seal();
         let data_dir = self.shared.data_dir.clone();
         let seg_dir = data_dir.join(recovery::SEGMENTS_DIR);
         let new_first = self.next_seq;

@@ -16,7 +16,6 @@ use crate::store::{lock, Shared};
 type Reply = oneshot::Sender<Result<BackupInfo, String>>;
 
 struct Job {
-    source: BackupSource,
     reply: Option<Reply>,
 }
 
@@ -68,18 +67,13 @@ impl BackupWorker {
 }
 
 impl Writer {
-    /// Asks the backup thread for a backup of what is durable now. The
-    /// thread copies sealed segments and the active segment's durable prefix
-    /// (checked against the CRC the writer keeps) from disk.
+    /// Asks the backup thread for a backup. When it starts copying, the
+    /// thread takes what is durable then (the writer's published
+    /// [`FileState`](crate::store::integrity::FileState)): sealed segments
+    /// and the active segment's durable prefix, checked against the CRC the
+    /// writer keeps.
     pub(super) fn request_backup(&mut self, reply: Option<Reply>) {
-        let source = BackupSource {
-            data_dir: self.shared.data_dir.clone(),
-            manifest: self.manifest.clone(),
-            active_len: self.active.len,
-            active_crc: self.active.crc,
-            last_seq: self.next_seq - 1,
-        };
-        self.backups.request(Job { source, reply });
+        self.backups.request(Job { reply });
     }
 }
 
@@ -123,17 +117,20 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
     }
     *lock(&shared.backups) = known;
 
+    let mut last_error: Option<String> = None;
     while let Ok(first) = rx.recv() {
         // Coalesce: one backup of the newest state answers every request.
         let mut jobs = vec![first];
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        let source = jobs
-            .last()
-            .map(|j| j.source.clone())
-            .expect("at least one job");
-        let result = backup::take(&source);
+        let source = source(&shared);
+        let mut result = backup::take(&source);
+        if result.is_err() && shared.file_state().manifest != source.manifest {
+            // Retention or a seal changed the segments while they were being
+            // copied; copy the new state once more before calling it a failure.
+            result = backup::take(&self::source(&shared));
+        }
         match &result {
             Ok(info) => {
                 tracing::info!(backup = %info.manifest.name, last_seq = info.manifest.last_seq, bytes = info.manifest.bytes, "backup taken and verified");
@@ -146,6 +143,11 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 };
                 lock(&shared.backups).retain(|b| !removed.contains(&b.manifest.name));
                 shared.alerts.resolve(&["backup_failed"], None);
+                last_error = None;
+            }
+            // The same failure again (the store is still damaged) is not news.
+            Err(e) if last_error.as_ref() == Some(e) => {
+                tracing::warn!(error = %e, "backup failed again");
             }
             Err(e) => {
                 shared.alerts.raise(
@@ -154,6 +156,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                     None,
                     format!("backup failed: {e}"),
                 );
+                last_error = Some(e.clone());
             }
         }
         for job in jobs {
@@ -161,5 +164,17 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 let _ = r.send(result.clone());
             }
         }
+    }
+}
+
+/// What to back up: the writer's latest published state.
+fn source(shared: &Shared) -> BackupSource {
+    let state = shared.file_state();
+    BackupSource {
+        data_dir: shared.data_dir.clone(),
+        manifest: state.manifest,
+        active_len: state.active_len,
+        active_crc: state.active_crc,
+        last_seq: state.last_seq,
     }
 }

@@ -50,13 +50,24 @@ impl Writer {
             manifest: self.manifest.clone(),
             active_len: self.active.len,
             active_crc: self.active.crc,
+            last_seq: self.next_seq - 1,
         };
         *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Checks findings again and repairs what is still wrong. Read-only
     /// mode is set while anything stays unrepaired and cleared otherwise.
-    pub(super) fn repair(&mut self, findings: Vec<Finding>) -> Vec<RepairOutcome> {
+    ///
+    /// Files whose repair failed earlier are checked again every time, even
+    /// when the monitor's rotation did not look at them this tick: read-only
+    /// mode lasts exactly as long as the damage, and once a good copy is put
+    /// back (even renamed over the damaged file), readers are pointed at it.
+    pub(super) fn repair(&mut self, mut findings: Vec<Finding>) -> Vec<RepairOutcome> {
+        for old in std::mem::take(&mut self.unrepaired) {
+            if !findings.iter().any(|f| f.file() == old.file()) {
+                findings.push(old);
+            }
+        }
         let outcomes: Vec<RepairOutcome> = findings
             .into_iter()
             .map(|finding| {
@@ -80,6 +91,11 @@ impl Writer {
                     },
                 }
             })
+            .collect();
+        self.unrepaired = outcomes
+            .iter()
+            .filter(|o| !o.repaired)
+            .map(|o| o.finding.clone())
             .collect();
         let failed: Vec<String> = outcomes
             .iter()
@@ -114,10 +130,37 @@ impl Writer {
             Err(e) => Some(format!("cannot be inspected: {e}")),
         };
         let Some(detail) = problem else { return };
-        let finding = Finding::ActiveSegment {
+        self.repair_and_alert(Finding::ActiveSegment {
             file: file_name(&self.active.path),
             detail,
+        });
+    }
+
+    /// Before sealing: a sealed segment's SHA-256 is computed from the
+    /// writer's copy, so the file must hold exactly that copy. If it was
+    /// damaged since the last check, rewrite it first; otherwise the damage
+    /// would be sealed in with no backup able to undo it.
+    pub(super) fn verify_active_file_before_seal(&mut self) {
+        let on_disk = std::fs::read(&self.active.path);
+        if on_disk.as_ref().ok().map(Vec::as_slice) == Some(&self.active.bytes[..]) {
+            return;
+        }
+        let detail = match on_disk {
+            Ok(b) => format!(
+                "differs from what was written ({} bytes on disk, {} written), found before sealing",
+                b.len(),
+                self.active.len
+            ),
+            Err(e) => format!("cannot be read before sealing: {e}"),
         };
+        self.repair_and_alert(Finding::ActiveSegment {
+            file: file_name(&self.active.path),
+            detail,
+        });
+    }
+
+    /// A repair the writer starts itself, with the alerts the monitor would raise.
+    fn repair_and_alert(&mut self, finding: Finding) {
         let alerts = self.shared.alerts.clone();
         alerts.raise(
             Severity::Warning,
