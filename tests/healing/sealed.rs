@@ -455,3 +455,91 @@ async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
     );
     app.stop().await;
 }
+
+/// Every backup's copy of a sealed segment is corrupt and the segment is
+/// damaged too: read-only, and the fresh backup the monitor asks for when it
+/// finds the newest backup damaged fails (the segment is still damaged).
+/// Once a good copy of the segment is put back, the store must not go on
+/// without any good backup: a fresh verified one must follow within a few
+/// ticks (the newest backup is known to be damaged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_backup_is_taken_once_the_store_is_healthy_again() {
+    let app = start(DataDir::temp(), &[("--segment-bytes", "16KiB")]).await;
+    let acked = acked();
+    let n = fill_until_sealed(&app, app.path(), "rbk", 1, 200, &acked).await;
+    let seg = sealed_segments(app.path())[0].clone();
+    let file = rel(&seg);
+    wait_backup_holding(&app, &seg).await;
+    publish_one(&app, &event("rbk", n, 200), &acked)
+        .await
+        .unwrap();
+    let r = app.post("/admin/backups", None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let newest = r.json()["name"].as_str().unwrap().to_string();
+    let original = std::fs::read(&seg).unwrap();
+
+    let before = app.last_alert_id().await;
+    let t0 = Instant::now();
+    for b in app.backups().await {
+        let copy = app
+            .path()
+            .join("backups")
+            .join(b["name"].as_str().unwrap())
+            .join(&file);
+        if copy.exists() {
+            flip_pad(&copy, 100);
+        }
+    }
+    flip_pad(&seg, original.len() as u64 / 2);
+    let deadline = Duration::from_secs(3);
+    for kind in ["read_only", "backup_damaged"] {
+        let found = wait_alert(&app, before, t0, deadline, |a| a["kind"] == kind).await;
+        assert!(
+            found.is_some(),
+            "no {kind} alert within {deadline:?}: {:#}",
+            Value::from(app.alerts().await)
+        );
+    }
+    // Let the fresh backup the monitor asked for run (and fail).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A good copy goes back: healthy again.
+    std::fs::write(&seg, &original).unwrap();
+    let took = wait_ready(&app, 200, REPAIR_DEADLINE).await;
+    note(format!(
+        "ready again {} ms after the good copy was put back",
+        took.as_millis()
+    ));
+
+    let t1 = Instant::now();
+    loop {
+        let fresh =
+            app.backups().await.into_iter().find(|b| {
+                b["name"].as_str().unwrap_or("") > newest.as_str() && b["verified"] == true
+            });
+        if let Some(b) = fresh {
+            note(format!(
+                "fresh verified backup {} {} ms after recovery",
+                b["name"],
+                t1.elapsed().as_millis()
+            ));
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(3),
+            "no verified backup newer than the damaged {newest} 3 s after the store became healthy \
+             again: the only backups hold corrupt copies of {file}. Backups: {:#}\nalerts: {:#}",
+            Value::from(app.backups().await),
+            Value::from(
+                app.alerts()
+                    .await
+                    .iter()
+                    .map(|a| format!("{} {} {}", a["kind"], a["file"], a["detail"]))
+                    .collect::<Vec<_>>()
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_all_intact(&app, &acked).await;
+    app.stop().await;
+}
