@@ -149,6 +149,12 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
         _ => {}
     }
     let free_bytes = check_disk(&shared, min_free_bytes);
+    // Healthy again (or never damaged) but without a verified newest backup,
+    // e.g. after a backup failed while the store was damaged: take one now.
+    let newest_unverified = lock(&shared.backups).last().is_some_and(|b| !b.verified);
+    if read_only.is_none() && still_open.is_empty() && newest_unverified {
+        store.request_backup();
+    }
 
     let status = if read_only.is_some() {
         "read_only"
