@@ -111,6 +111,17 @@ impl QueryParams {
         Ok(QueryParams(map))
     }
 
+    /// The event filter parameters shared by every read:
+    /// `type`, `type_prefix`, `source`, `subject`.
+    pub fn filter(&self) -> crate::store::Filter {
+        crate::store::Filter {
+            ty: self.string("type"),
+            type_prefix: self.string("type_prefix"),
+            source: self.string("source"),
+            subject: self.string("subject"),
+        }
+    }
+
     /// A string parameter; empty counts as absent.
     pub fn string(&self, name: &str) -> Option<String> {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()

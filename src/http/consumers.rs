@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::body::{self, QueryParams};
 use super::error::Problem;
-use super::events::{write_stored, DEFAULT_LIMIT, MAX_LIMIT};
+use super::events::{json_response, long_poll, write_page, Position, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
 use crate::event::FieldError;
 use crate::store::consumers::{Consumer, ConsumerError, ConsumerFilter, Start};
@@ -380,63 +380,15 @@ pub async fn events(
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
     let c = find(&state.store, &name)?;
     let filter = c.filter.to_filter();
-
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut head_rx = state.store.subscribe();
-    let mut shutdown = state.shutdown.clone();
-    let mut scanned = c.cursor;
-    loop {
-        head_rx.borrow_and_update();
-        // A consumer's cursor is a real position (0 too): reading it once
-        // retention passed it is 410, never a jump to the oldest event.
-        let page = state
-            .store
-            .read_cursor(scanned, &filter, limit, usize::MAX)
-            .await?;
-        scanned = page.next_after;
-        let waiting = !wait.is_zero() && page.events.is_empty() && !*shutdown.borrow();
-        if !waiting || tokio::time::Instant::now() >= deadline {
-            return Ok(page_response(&c, &page.events, scanned, state.store.head()));
-        }
-        if scanned < state.store.head() {
-            continue;
-        }
-        tokio::select! {
-            r = head_rx.changed() => if r.is_err() {
-                return Ok(page_response(&c, &[], scanned, state.store.head()));
-            },
-            _ = shutdown.changed() => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-fn page_response(
-    c: &Consumer,
-    events: &[crate::store::handle::StoredEvent],
-    next_after: u64,
-    last_seq: u64,
-) -> Response {
-    let size: usize = events.iter().map(|e| e.bytes.len() + 32).sum();
-    let mut out = Vec::with_capacity(size + 128);
+    let (page, last_seq) =
+        long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
+    let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"consumer\":");
     out.extend_from_slice(&serde_json::to_vec(&c.name).unwrap_or_default());
-    out.extend_from_slice(format!(",\"cursor\":{},\"events\":[", c.cursor).as_bytes());
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_stored(&mut out, e);
-    }
-    out.extend_from_slice(
-        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
-    );
-    let mut res = (StatusCode::OK, out).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
+    out.extend_from_slice(format!(",\"cursor\":{},", c.cursor).as_bytes());
+    write_page(&mut out, &page.events, page.next_after, last_seq);
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
 }
 
 /// Commit a consumer's cursor.

@@ -17,7 +17,7 @@ use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::AppState;
 use crate::event::{self, EventError, FieldError};
-use crate::store::handle::StoredEvent;
+use crate::store::handle::{EventPage, StoredEvent};
 use crate::store::{Filter, Outcome, PreparedEvent};
 
 /// Media types accepted for a single structured event.
@@ -293,33 +293,66 @@ pub async fn list(
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let max_wait = state.settings.max_wait.as_secs();
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, max_wait)?);
-    let filter = Filter {
-        ty: q.string("type"),
-        type_prefix: q.string("type_prefix"),
-        source: q.string("source"),
-        subject: q.string("subject"),
-    };
+    let filter = q.filter();
+    let (page, last_seq) = long_poll(&state, Position::After(after), &filter, limit, wait).await?;
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    write_page(&mut out, &page.events, page.next_after, last_seq);
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
+}
 
+/// Where a read starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Position {
+    /// After this seq; 0 means from the oldest retained event.
+    After(u64),
+    /// A consumer's committed cursor: a real position even at 0, so one
+    /// that retention passed is 410, never a jump to the oldest event.
+    Cursor(u64),
+}
+
+/// Reads a page; when it is empty and `wait` is not zero, waits (up to
+/// `wait`, or until shutdown) for a matching event. Returns the page and
+/// the newest stored seq.
+pub async fn long_poll(
+    state: &AppState,
+    from: Position,
+    filter: &Filter,
+    limit: usize,
+    wait: Duration,
+) -> Result<(EventPage, u64), Problem> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut head_rx = state.store.subscribe();
     let mut shutdown = state.shutdown.clone();
-    let mut cursor = after;
+    let mut from = from;
     loop {
         // Mark the head as seen before reading, so a commit that lands after
         // the read wakes the wait below instead of being missed.
         head_rx.borrow_and_update();
-        let page = state.store.read(cursor, &filter, limit).await?;
-        cursor = page.next_after;
+        let page = match from {
+            Position::After(after) => state.store.read(after, filter, limit).await?,
+            Position::Cursor(c) => {
+                state
+                    .store
+                    .read_cursor(c, filter, limit, usize::MAX)
+                    .await?
+            }
+        };
+        from = match from {
+            Position::After(_) => Position::After(page.next_after),
+            Position::Cursor(_) => Position::Cursor(page.next_after),
+        };
         let waiting = !wait.is_zero() && page.events.is_empty() && !*shutdown.borrow();
         if !waiting || tokio::time::Instant::now() >= deadline {
-            return Ok(page_response(&page.events, cursor, state.store.head()));
+            return Ok((page, state.store.head()));
         }
-        if cursor < state.store.head() {
+        if page.next_after < state.store.head() {
             continue; // more to scan (a filtered read stopped at its scan budget)
         }
         tokio::select! {
             r = head_rx.changed() => if r.is_err() {
-                return Ok(page_response(&[], cursor, state.store.head()));
+                return Ok((page, state.store.head()));
             },
             _ = shutdown.changed() => {}
             () = tokio::time::sleep_until(deadline) => {}
@@ -327,21 +360,20 @@ pub async fn list(
     }
 }
 
-/// Builds `{"events":[{"seq":N,"event":<stored bytes>},...],"next_after":N,"last_seq":N}`.
-fn page_response(events: &[StoredEvent], next_after: u64, last_seq: u64) -> Response {
-    let size: usize = events.iter().map(|e| e.bytes.len() + 32).sum();
-    let mut out = Vec::with_capacity(size + 64);
-    out.extend_from_slice(b"{\"events\":[");
+/// Appends `"events":[{"seq":N,"event":<stored bytes>},...],"next_after":N,"last_seq":N`
+/// (the members of a page object, without braces).
+pub fn write_page(out: &mut Vec<u8>, events: &[StoredEvent], next_after: u64, last_seq: u64) {
+    out.reserve(events.iter().map(|e| e.bytes.len() + 32).sum::<usize>() + 64);
+    out.extend_from_slice(b"\"events\":[");
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_stored(&mut out, e);
+        write_stored(out, e);
     }
     out.extend_from_slice(
-        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
+        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}").as_bytes(),
     );
-    json_response(StatusCode::OK, out)
 }
 
 /// Appends `{"seq":N,"event":<bytes>}`.
@@ -353,7 +385,8 @@ pub fn write_stored(out: &mut Vec<u8>, e: &StoredEvent) {
     out.push(b'}');
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+/// A response with a JSON body built by hand.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -121,12 +121,7 @@ pub async fn stream(
         &["after", "type", "type_prefix", "source", "subject"],
     )?;
     let after = resume_position(&headers, &q, &state.store)?;
-    let filter = Filter {
-        ty: q.string("type"),
-        type_prefix: q.string("type_prefix"),
-        source: q.string("source"),
-        subject: q.string("subject"),
-    };
+    let filter = q.filter();
     let guard = state.subscribers.try_acquire().ok_or_else(|| {
         Problem::unavailable(
             "too-many-subscribers",
