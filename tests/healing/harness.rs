@@ -391,24 +391,46 @@ struct PageRaw<'a> {
 }
 
 /// Reads back event `seq` and checks it is the event `sent`; records the
-/// exact body in `acked`.
+/// exact body in `acked`. Damage injected between the 201 and this read can
+/// hit the new record itself (a truncation cuts the newest records): then
+/// the read must be refused (503 damaged-data, never wrong bytes) and
+/// served again, exactly as published, once repaired (at most 3 s).
 async fn read_back(api: &Api, seq: u64, sent: &Value, acked: &Acked) -> Result<(), String> {
-    let r = api.get(&format!("/events/{seq}")).await;
-    if r.status != 200 {
-        return Err(format!(
-            "GET /events/{seq} right after its 201 -> {} {}",
-            r.status,
-            r.text()
-        ));
+    let t0 = Instant::now();
+    let mut refused = false;
+    loop {
+        let r = api.get(&format!("/events/{seq}")).await;
+        if r.status == 503
+            && t0.elapsed() < Duration::from_secs(3)
+            && r.json()["type"] == "urn:msgbus:problem:damaged-data"
+        {
+            refused = true;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        if r.status != 200 {
+            return Err(format!(
+                "GET /events/{seq} after its 201 -> {} {} (after {} ms)",
+                r.status,
+                r.text(),
+                t0.elapsed().as_millis()
+            ));
+        }
+        let v = r.json();
+        if v["seq"] != seq || v["event"]["id"] != sent["id"] || v["event"]["data"] != sent["data"] {
+            return Err(format!(
+                "GET /events/{seq} right after publishing {sent} served {v}"
+            ));
+        }
+        if refused {
+            note(format!(
+                "seq {seq}: read back after {} ms (refused as damaged until repaired)",
+                t0.elapsed().as_millis()
+            ));
+        }
+        acked.lock().unwrap().insert(seq, r.body);
+        return Ok(());
     }
-    let v = r.json();
-    if v["seq"] != seq || v["event"]["id"] != sent["id"] || v["event"]["data"] != sent["data"] {
-        return Err(format!(
-            "GET /events/{seq} right after publishing {sent} served {v}"
-        ));
-    }
-    acked.lock().unwrap().insert(seq, r.body);
-    Ok(())
 }
 
 /// Publishes one event, expects 201, reads it back and records it.
@@ -973,6 +995,37 @@ pub async fn wait_backup_holding(api: &Api, seg: &Path) -> String {
             Value::from(api.backups().await)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes `backups/` entirely, waiting (at most 5 s) for a backup being
+/// assembled to finish first, so nothing is written there afterwards.
+pub async fn remove_backups(data_dir: &Path) {
+    let dir = data_dir.join("backups");
+    let t0 = Instant::now();
+    loop {
+        let assembling = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            })
+            .unwrap_or(false);
+        if !assembling {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) => assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "cannot delete {}: {e}",
+                    dir.display()
+                ),
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "a backup was still being assembled after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

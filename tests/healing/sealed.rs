@@ -249,7 +249,7 @@ async fn damage_without_a_backup(put_back: PutBack) {
     let original = std::fs::read(&seg).unwrap();
 
     let before = app.last_alert_id().await;
-    std::fs::remove_dir_all(app.path().join("backups")).unwrap();
+    remove_backups(app.path()).await;
     let t0 = Instant::now();
     let (offset, bad_seq) = flip_pad(&seg, original.len() as u64 / 2);
     note(format!(
@@ -396,7 +396,7 @@ async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
     let len = std::fs::metadata(&seg).unwrap().len();
 
     let before = app.last_alert_id().await;
-    std::fs::remove_dir_all(app.path().join("backups")).unwrap();
+    remove_backups(app.path()).await;
     let t0 = Instant::now();
     let (_, bad_seq) = flip_pad(&seg, len / 2);
     // Found when its turn to be scrubbed comes: within one tick per sealed segment.
