@@ -25,8 +25,12 @@ pub fn spawn(
                 _ = ticker.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
+            // Compared with the newest *verified* backup: one that failed
+            // verification does not count as covering the head.
             let newest = lock(&store.shared().backups)
-                .last()
+                .iter()
+                .rev()
+                .find(|b| b.verified)
                 .map(|b| b.manifest.last_seq);
             if newest != Some(store.head()) && store.head() > 0 {
                 store.request_backup();

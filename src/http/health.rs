@@ -18,8 +18,12 @@ pub struct HealthReport {
     pub status: String,
     /// Whether the writer thread runs.
     pub writer_alive: bool,
-    /// Why writes are refused, if they are.
+    /// Why writes are refused after a failed write, if they are.
     pub poisoned: Option<String>,
+    /// Why writes are refused until damaged data is repaired, if they are.
+    pub read_only: Option<String>,
+    /// Every reason the server is not ready (empty when ready).
+    pub reasons: Vec<String>,
     /// Newest stored seq.
     pub last_seq: u64,
     /// Commands waiting for the writer.
@@ -84,6 +88,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         },
         writer_alive: state.store.writer_alive(),
         poisoned: state.store.shared().poison_reason(),
+        read_only: crate::store::lock(&state.store.shared().read_only).clone(),
+        reasons: reasons.clone(),
         last_seq: state.store.head(),
         queue_depth: state.store.queue_depth() as u64,
         uptime_seconds: state.settings.started.elapsed().as_secs_f64(),
