@@ -1,0 +1,229 @@
+//! `msgbus-bench`: runs every scenario against real processes, prints the
+//! table and writes the JSON. `bench/run` builds everything and calls it;
+//! every setting is a flag with a `BENCH_*` environment variable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use msgbus_bench::report;
+use msgbus_bench::scenarios::{self, BenchConfig};
+use msgbus_bench::servers::Launcher;
+
+/// The msgbus performance benchmark.
+#[derive(Parser, Debug)]
+#[command(name = "msgbus-bench")]
+struct Args {
+    /// Smoke mode: every scenario for about a second, 10,000 prefilled events.
+    #[arg(long, env = "BENCH_SMOKE")]
+    smoke: bool,
+    /// The msgbus binary (release build).
+    #[arg(long, env = "BENCH_MSGBUS", default_value = "target/release/msgbus")]
+    msgbus: PathBuf,
+    /// The ceiling binary.
+    #[arg(
+        long,
+        env = "BENCH_CEILING",
+        default_value = "target/release/bench-ceiling"
+    )]
+    ceiling: PathBuf,
+    /// Where to write the JSON [default: bench/results/latest.json, or smoke.json in smoke mode].
+    #[arg(long, env = "BENCH_OUT")]
+    out: Option<PathBuf>,
+    /// Data directories and server logs go under here, in a fresh
+    /// directory per run. Must be a real disk (fsync is part of the figures).
+    #[arg(long, env = "BENCH_WORK_DIR", default_value = "target/bench-work")]
+    work_dir: PathBuf,
+    /// Keep the data directories and logs after the run.
+    #[arg(long, env = "BENCH_KEEP_DATA")]
+    keep_data: bool,
+    /// Measured seconds per run [default: 10, smoke 0.8].
+    #[arg(long, env = "BENCH_DURATION")]
+    duration: Option<f64>,
+    /// Warm-up seconds before each measured run [default: 1, smoke 0.2].
+    #[arg(long, env = "BENCH_WARMUP")]
+    warmup: Option<f64>,
+    /// Connection counts for single events, comma-separated [default: 1,16,64].
+    #[arg(long, env = "BENCH_CONNECTIONS", value_delimiter = ',')]
+    connections: Option<Vec<usize>>,
+    /// Connections for the batch scenario [default: 16].
+    #[arg(long, env = "BENCH_BATCH_CONNECTIONS")]
+    batch_connections: Option<usize>,
+    /// Events stored before the store-size, start-up and read scenarios
+    /// [default: 1000000, smoke 10000].
+    #[arg(long, env = "BENCH_PREFILL")]
+    prefill: Option<u64>,
+    /// Background publish rate during the read scenarios, events/s [default: 10000].
+    #[arg(long, env = "BENCH_WRITE_RATE")]
+    write_rate: Option<f64>,
+    /// Connections for each read scenario [default: 16].
+    #[arg(long, env = "BENCH_READ_CONNECTIONS")]
+    read_connections: Option<usize>,
+    /// Start-ups to measure; the median is reported [default: 3, smoke 1].
+    #[arg(long, env = "BENCH_STARTUP_RUNS")]
+    startup_runs: Option<usize>,
+    /// Worker threads of the load generator [default: the number of cores].
+    #[arg(long, env = "BENCH_CLIENT_THREADS")]
+    client_threads: Option<usize>,
+    /// Ad-hoc mode (for profiling): start no server, run one closed loop of
+    /// `--load-work` against this address for the warm-up and duration, and
+    /// print its result as JSON.
+    #[arg(long)]
+    load: Option<std::net::SocketAddr>,
+    /// With `--load`: single, batch, page or stats.
+    #[arg(long, default_value = "single")]
+    load_work: String,
+    /// With `--load`: connections.
+    #[arg(long, default_value_t = 64)]
+    load_connections: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args.client_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("msgbus-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
+    if let Some(addr) = args.load {
+        return load(addr, &args).await;
+    }
+    for (what, path) in [("msgbus", &args.msgbus), ("ceiling", &args.ceiling)] {
+        if !path.exists() {
+            return Err(format!(
+                "the {what} binary {} does not exist; run bench/run (it builds it)",
+                path.display()
+            )
+            .into());
+        }
+    }
+    std::fs::create_dir_all(&args.work_dir)?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&args.work_dir)?;
+    let mut cfg = if args.smoke {
+        BenchConfig::smoke(run_dir.path().to_path_buf())
+    } else {
+        BenchConfig::full(run_dir.path().to_path_buf())
+    };
+    if let Some(d) = args.duration {
+        cfg.duration = Duration::from_secs_f64(d);
+    }
+    if let Some(w) = args.warmup {
+        cfg.warmup = Duration::from_secs_f64(w);
+    }
+    if let Some(c) = args.connections {
+        cfg.connections = c;
+    }
+    if let Some(c) = args.batch_connections {
+        cfg.batch_connections = c;
+    }
+    if let Some(p) = args.prefill {
+        cfg.prefill = p;
+    }
+    if let Some(r) = args.write_rate {
+        cfg.write_rate = r;
+    }
+    if let Some(c) = args.read_connections {
+        cfg.read_connections = c;
+    }
+    if let Some(n) = args.startup_runs {
+        cfg.startup_runs = n;
+    }
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from(if args.smoke {
+            "bench/results/smoke.json"
+        } else {
+            "bench/results/latest.json"
+        })
+    });
+    let launcher = Launcher::Processes {
+        msgbus: args.msgbus.clone(),
+        ceiling: args.ceiling.clone(),
+        logs: run_dir.path().to_path_buf(),
+    };
+    eprintln!(
+        "[bench] {} mode; data and logs in {}",
+        cfg.mode,
+        run_dir.path().display()
+    );
+    let result = scenarios::run_all(&cfg, &launcher).await;
+    if args.keep_data {
+        let kept = run_dir.keep();
+        eprintln!("[bench] kept {}", kept.display());
+    }
+    let rep = result?;
+
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = out.with_extension("json.tmp");
+    let mut json = serde_json::to_vec_pretty(&rep)?;
+    json.push(b'\n');
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, &out)?;
+    print!("{}", report::render(&rep));
+    println!("JSON: {}", out.display());
+
+    if !rep.checks.consistent {
+        eprintln!("msgbus-bench: the events stored do not match the 201s counted");
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.smoke && rep.checks.errors > 0 {
+        eprintln!(
+            "msgbus-bench: smoke run had {} failed requests",
+            rep.checks.errors
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--load`: one closed loop against a running server.
+async fn load(addr: std::net::SocketAddr, args: &Args) -> msgbus_bench::client::Result<ExitCode> {
+    use msgbus_bench::loadgen::{self, ClosedLoop, Work};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    let tag: Arc<str> = format!("load-{}", std::process::id()).into();
+    let work = match args.load_work.as_str() {
+        "single" => Work::Single { tag, head: None },
+        "batch" => Work::Batch { tag, size: 100 },
+        "page" => {
+            let stats = msgbus_bench::client::get_json(addr, "/stats").await?;
+            let last = stats["events"]["last_seq"].as_u64().unwrap_or(0);
+            Work::RecentPage {
+                head: Arc::new(AtomicU64::new(last)),
+                limit: 100,
+            }
+        }
+        "stats" => Work::Get {
+            path: "/stats".into(),
+        },
+        other => return Err(format!("unknown --load-work {other:?}").into()),
+    };
+    let spec = ClosedLoop {
+        connections: args.load_connections,
+        warmup: Duration::from_secs_f64(args.warmup.unwrap_or(1.0)),
+        duration: Duration::from_secs_f64(args.duration.unwrap_or(10.0)),
+        max_requests: None,
+    };
+    let r = loadgen::closed_loop(addr, &work, &spec).await?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,462 @@
+//! The machine description, the targets of issue 4 (met, or the
+//! shortfall), and the table printed at the end of a run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::scenarios::Report;
+
+/// The machine the run was on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Cores available to the benchmark.
+    pub nproc: usize,
+    /// `model name` from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: String,
+    /// When the run started (UTC, RFC 3339).
+    pub date: String,
+    /// Filesystem type of the data directories (`stat -f`); fsync cost depends on it.
+    pub data_fs: String,
+    /// `/proc/loadavg` when the run started: other work on the machine makes figures noisy.
+    pub loadavg_start: String,
+    /// `/proc/loadavg` when the run ended.
+    pub loadavg_end: String,
+    /// `git rev-parse HEAD` of the tree benchmarked, when known
+    /// (`BENCH_GIT_COMMIT` overrides it).
+    pub git_commit: String,
+}
+
+fn cmd(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `/proc/loadavg`, first three fields.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Describes this machine; `data_dir` is where the stores are.
+pub fn machine(data_dir: &Path) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        data_fs: cmd("stat", &["-f", "-c", "%T", &data_dir.display().to_string()]),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+        git_commit: std::env::var("BENCH_GIT_COMMIT")
+            .unwrap_or_else(|_| cmd("git", &["rev-parse", "--short=12", "HEAD"])),
+    }
+}
+
+/// One target of the issue.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub name: String,
+    /// `>=` or `<=`.
+    pub op: &'static str,
+    /// The threshold.
+    pub threshold: f64,
+    /// The measured value.
+    pub value: f64,
+    /// Unit of both.
+    pub unit: &'static str,
+    /// Whether it is met.
+    pub met: bool,
+    /// `met` with the margin, or the shortfall.
+    pub verdict: String,
+}
+
+fn at_least(name: String, value: f64, threshold: f64, unit: &'static str) -> Target {
+    let met = value >= threshold;
+    let verdict = if met {
+        format!("met ({:.0}% of target)", 100.0 * value / threshold)
+    } else {
+        format!(
+            "MISSED: short by {} {unit} ({:.0}% of target)",
+            num(threshold - value),
+            100.0 * value / threshold
+        )
+    };
+    Target {
+        name,
+        op: ">=",
+        threshold,
+        value,
+        unit,
+        met,
+        verdict,
+    }
+}
+
+fn at_most(name: String, value: f64, threshold: f64, unit: &'static str) -> Target {
+    let met = value <= threshold;
+    let verdict = if met {
+        format!("met ({:.0}% of limit)", 100.0 * value / threshold)
+    } else {
+        format!(
+            "MISSED: over by {} {unit} ({:.1}x the limit)",
+            num(value - threshold),
+            value / threshold
+        )
+    };
+    Target {
+        name,
+        op: "<=",
+        threshold,
+        value,
+        unit,
+        met,
+        verdict,
+    }
+}
+
+/// Evaluates every target of issue 4 against a report.
+pub fn targets(r: &Report) -> Vec<Target> {
+    let mut t = Vec::new();
+    let top = r.single.iter().max_by_key(|row| row.connections);
+    if let Some(row) = top {
+        let c = row.connections;
+        t.push(at_least(
+            format!("single events @{c} conns: req/s ÷ ceiling req/s"),
+            row.ratio_to_ceiling,
+            0.6,
+            "x",
+        ));
+        t.push(at_most(
+            format!("single events @{c} conns: p99 latency"),
+            row.msgbus.latency.p99_ms,
+            5.0,
+            "ms",
+        ));
+    }
+    t.push(at_least(
+        format!("batches of {}: durable events/s", r.batch.batch_size),
+        r.batch.result.events_per_s,
+        300_000.0,
+        "events/s",
+    ));
+    if let Some(row) = top {
+        t.push(at_least(
+            format!("events per fsync @{} conns", row.connections),
+            row.fsync.events_per_fsync,
+            20.0,
+            "events",
+        ));
+    }
+    t.push(at_least(
+        format!(
+            "{} stored: single req/s ÷ empty-store req/s @{} conns",
+            count(r.store_size.stored_events),
+            r.store_size.result.connections
+        ),
+        r.store_size.ratio_to_empty,
+        0.9,
+        "x",
+    ));
+    let p = &r.reads_under_load.publisher;
+    let load_ok = p.achieved_per_s >= 0.95 * p.target_per_s;
+    let load_note = |mut target: Target| {
+        if !load_ok {
+            target.met = false;
+            target.verdict = format!(
+                "{}; NOT VALID: the write load reached only {:.0} of {:.0} events/s",
+                target.verdict, p.achieved_per_s, p.target_per_s
+            );
+        }
+        target
+    };
+    t.push(load_note(at_least(
+        format!(
+            "GET /events pages (limit {}) under {:.0} events/s of writes",
+            r.config.read_limit, p.target_per_s
+        ),
+        r.reads_under_load.events_page.requests_per_s,
+        20_000.0,
+        "req/s",
+    )));
+    t.push(load_note(at_least(
+        format!("GET /stats under {:.0} events/s of writes", p.target_per_s),
+        r.reads_under_load.stats.requests_per_s,
+        50_000.0,
+        "req/s",
+    )));
+    t.push(at_most(
+        format!(
+            "start-up with {} events: launch to ready",
+            count(r.startup.stored_events)
+        ),
+        r.startup.ready_s,
+        3.0,
+        "s",
+    ));
+    if let Some(m) = r.startup.memory_at_ready {
+        // VmHWM (the peak) is never below VmRSS; 1 MB = 10^6 bytes.
+        let mut target = at_most(
+            format!(
+                "start-up with {} events: peak RSS (VmHWM)",
+                count(r.startup.stored_events)
+            ),
+            m.vm_hwm_mib * 1.048_576,
+            250.0,
+            "MB",
+        );
+        if r.startup.in_process {
+            target.verdict = format!("{} (in-process: whole test process)", target.verdict);
+        }
+        t.push(target);
+    }
+    t
+}
+
+/// `1234567` → `1,234,567`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A number with sensible precision and thousands separators.
+pub fn num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        count(x.round() as u64)
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// The human-readable table.
+pub fn render(r: &Report) -> String {
+    let m = &r.machine;
+    let cfg = &r.config;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "msgbus benchmark ({} mode), {}, commit {}",
+        r.mode, m.date, m.git_commit
+    );
+    let _ = writeln!(
+        s,
+        "machine: {} x {}, kernel {}, data on {}, load avg {} at start / {} at end",
+        m.nproc, m.cpu_model, m.kernel, m.data_fs, m.loadavg_start, m.loadavg_end
+    );
+    let _ = writeln!(
+        s,
+        "load generator on the same machine; {:.1} s warm-up + {:.1} s measured per run; total {:.0} s",
+        cfg.warmup.as_secs_f64(),
+        cfg.duration.as_secs_f64(),
+        r.total_seconds
+    );
+    if r.mode != "full" {
+        let _ = writeln!(
+            s,
+            "NOTE: {} mode: short runs and a small store; figures are not meaningful.",
+            r.mode
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Single events: POST /events, ~300-byte CloudEvents, unique ids, closed loop"
+    );
+    let _ = writeln!(
+        s,
+        "{:>6} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6} | {:>9} | {:>6}",
+        "conns",
+        "ceiling/s",
+        "p50 ms",
+        "p99 ms",
+        "msgbus/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "ev/fsync",
+        "errors"
+    );
+    for row in &r.single {
+        let _ = writeln!(
+            s,
+            "{:>6} | {:>10} {:>8.2} {:>8.2} | {:>10} {:>8.2} {:>8.2} | {:>6.2} | {:>9.1} | {:>6}",
+            row.connections,
+            num(row.ceiling.requests_per_s),
+            row.ceiling.latency.p50_ms,
+            row.ceiling.latency.p99_ms,
+            num(row.msgbus.requests_per_s),
+            row.msgbus.latency.p50_ms,
+            row.msgbus.latency.p99_ms,
+            row.ratio_to_ceiling,
+            row.fsync.events_per_fsync,
+            row.ceiling.errors + row.msgbus.errors
+        );
+    }
+    if let Some(row) = r.single.iter().max_by_key(|row| row.connections) {
+        let f = &row.fsync;
+        let _ = writeln!(
+            s,
+            "events per fsync @{} conns (from /stats): {} events / {} fsyncs = {:.1}; writer.events_per_fsync since start {:.1}; avg fsync {:.0} us",
+            row.connections,
+            count(f.events_written),
+            count(f.fsyncs),
+            f.events_per_fsync,
+            f.events_per_fsync_since_start,
+            f.fsync_avg_us
+        );
+    }
+    let b = &r.batch;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Batches: POST /events/batch of {} events, {} conns: {} req/s = {} durable events/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+        b.batch_size,
+        b.result.connections,
+        num(b.result.requests_per_s),
+        num(b.result.events_per_s),
+        b.result.latency.p50_ms,
+        b.result.latency.p99_ms,
+        b.fsync.events_per_fsync,
+        b.result.errors
+    );
+    let _ = writeln!(
+        s,
+        "Check: {} events acknowledged with 201, {} stored (/stats events.total): {}",
+        count(r.checks.events_acknowledged),
+        count(r.checks.events_stored),
+        if r.checks.consistent {
+            "consistent"
+        } else {
+            "MISMATCH"
+        }
+    );
+    let _ = writeln!(s);
+    let p = &r.prefill;
+    let _ = writeln!(
+        s,
+        "Prefill: {} events ({:.0} MB of segments) in {:.1} s = {} events/s (batches of {}, {} conns)",
+        count(p.events),
+        p.store_bytes as f64 / 1e6,
+        p.seconds,
+        num(p.events_per_s),
+        cfg.prefill_batch,
+        cfg.prefill_connections
+    );
+    let st = &r.startup;
+    let runs: Vec<String> = st.runs_s.iter().map(|x| format!("{x:.3}")).collect();
+    let mem = |m: &Option<crate::servers::Memory>| match m {
+        Some(m) => format!(
+            "VmRSS {:.0} MiB, VmHWM {:.0} MiB",
+            m.vm_rss_mib, m.vm_hwm_mib
+        ),
+        None => "unknown".into(),
+    };
+    let _ = writeln!(
+        s,
+        "Start-up with {} events: ready in {:.3} s (median of [{}] s); at ready {}; after the load below {}{}",
+        count(st.stored_events),
+        st.ready_s,
+        runs.join(", "),
+        mem(&st.memory_at_ready),
+        mem(&st.memory_after_load),
+        if st.in_process { " (in-process: whole test process)" } else { "" }
+    );
+    let z = &r.store_size;
+    let _ = writeln!(
+        s,
+        "Store size: {} stored, single events @{} conns: {} req/s (empty store {} req/s, ratio {:.2}), p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+        count(z.stored_events),
+        z.result.connections,
+        num(z.result.requests_per_s),
+        num(z.empty_requests_per_s),
+        z.ratio_to_empty,
+        z.result.latency.p50_ms,
+        z.result.latency.p99_ms,
+        z.fsync.events_per_fsync,
+        z.result.errors
+    );
+    let rd = &r.reads_under_load;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Reads under write load: publisher {:.0} of {:.0} events/s ({} conns, open loop; p50 {:.2} ms, p99 {:.2} ms from due time; {} late; errors {})",
+        rd.publisher.achieved_per_s,
+        rd.publisher.target_per_s,
+        rd.publisher.connections,
+        rd.publisher.latency.p50_ms,
+        rd.publisher.latency.p99_ms,
+        rd.publisher.late,
+        rd.publisher.errors
+    );
+    for (name, l) in [
+        (
+            format!(
+                "GET /events?after=<head-{}>&limit={}",
+                2 * cfg.read_limit,
+                cfg.read_limit
+            ),
+            &rd.events_page,
+        ),
+        ("GET /stats".to_string(), &rd.stats),
+    ] {
+        let _ = writeln!(
+            s,
+            "  {:<40} {:>3} conns: {:>8} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            name,
+            l.connections,
+            num(l.requests_per_s),
+            l.latency.p50_ms,
+            l.latency.p99_ms,
+            l.errors
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Targets (issue 4):");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "  {:<4} {:<66} {:>10} {} {:<9} {} {}",
+            if t.met { "ok" } else { "MISS" },
+            t.name,
+            num(t.value),
+            t.op,
+            num(t.threshold),
+            t.unit,
+            t.verdict
+        );
+    }
+    let met = r.targets.iter().filter(|t| t.met).count();
+    let _ = writeln!(s, "{met} of {} targets met", r.targets.len());
+    s
+}
