@@ -137,25 +137,23 @@ impl Application {
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), AppError> {
+    // Install the handlers before the store opens and the port answers, so
+    // a SIGTERM that arrives as soon as the server is ready still drains.
+    let stop = shutdown_signal()?;
     let app = Application::build(config).await?;
-    app.run_until(shutdown_signal()).await
+    app.run_until(stop).await
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs SIGTERM and SIGINT handlers now; the returned future resolves
+/// on the first of them.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }

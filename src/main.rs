@@ -6,6 +6,9 @@ use clap::Parser;
 use msgbus::cli::{Cli, Command};
 use msgbus::offline::Verdict;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

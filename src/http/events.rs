@@ -105,13 +105,18 @@ pub struct CloudEventDoc {
 }
 
 fn result(ev: &PreparedEvent, o: Outcome) -> PublishResult {
+    let duplicate = o.is_duplicate();
+    let (ty, time) = match o.original {
+        Some(orig) => (orig.ty, orig.time),
+        None => (ev.ty.clone(), ev.time.clone()),
+    };
     PublishResult {
         seq: o.seq,
         id: ev.id.clone(),
         source: ev.source.clone(),
-        ty: o.ty,
-        time: o.time,
-        duplicate: o.duplicate,
+        ty,
+        time,
+        duplicate,
     }
 }
 
@@ -155,7 +160,7 @@ pub async fn publish(
     let outcome = outcomes
         .pop()
         .ok_or_else(|| Problem::internal(&"the writer returned no outcome"))?;
-    let status = if outcome.duplicate {
+    let status = if outcome.is_duplicate() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
@@ -241,7 +246,7 @@ pub async fn publish_batch(
         return Err(Problem::invalid(detail, errors));
     }
     let outcomes = state.store.append(prepared.clone()).await?;
-    let any_new = outcomes.iter().any(|o| !o.duplicate);
+    let any_new = outcomes.iter().any(|o| !o.is_duplicate());
     let results = prepared
         .iter()
         .zip(outcomes)

@@ -121,7 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
         .route("/alerts", get(admin::alerts))
-        .route("/admin/backups", get(admin::list_backups).post(admin::take_backup))
+        .route(
+            "/admin/backups",
+            get(admin::list_backups).post(admin::take_backup),
+        )
         .route("/admin/verify", post(admin::verify))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -135,7 +138,9 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            // DEBUG: at the default INFO level the span costs nothing per
+            // request; `RUST_LOG=msgbus=debug,tower_http=debug` traces each one.
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

@@ -166,18 +166,23 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64) -> Stats {
             x as f64 / fsyncs as f64
         }
     };
-    let backups = lock(&shared.backups).clone();
-    let newest_verified = backups.iter().rev().find(|b| b.verified);
+    // Summarised under the lock: the list holds every backup's file list,
+    // far too much to copy on each scrape.
+    let backups = {
+        let list = lock(&shared.backups);
+        let newest_verified = list.iter().rev().find(|b| b.verified);
+        BackupStats {
+            count: list.len() as u64,
+            newest: list.last().map(|b| b.manifest.created_at.clone()),
+            newest_verified: newest_verified.map(|b| b.manifest.created_at.clone()),
+            newest_verified_last_seq: newest_verified.map(|b| b.manifest.last_seq),
+        }
+    };
     let integrity = IntegrityStats {
         monitor: lock(&shared.integrity).clone(),
         read_only: lock(&shared.read_only).clone(),
         low_disk: lock(&shared.low_disk).clone(),
-        backups: BackupStats {
-            count: backups.len() as u64,
-            newest: backups.last().map(|b| b.manifest.created_at.clone()),
-            newest_verified: newest_verified.map(|b| b.manifest.created_at.clone()),
-            newest_verified_last_seq: newest_verified.map(|b| b.manifest.last_seq),
-        },
+        backups,
         alerts: shared.alerts.counts(),
     };
     Stats {

@@ -7,20 +7,39 @@
 //! small exact-key side table.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 /// `(source, id)` to `seq`.
 #[derive(Debug, Default)]
 pub struct DedupIndex {
-    by_hash: HashMap<u64, u64>,
+    by_hash: HashMap<u64, u64, BuildHasherDefault<PreHashed>>,
     overflow: HashMap<(Box<str>, Box<str>), u64>,
 }
 
-fn key_hash(source: &str, id: &str) -> u64 {
+/// The hash of a `(source, id)` pair; computed once per event and reused.
+pub fn key_hash(source: &str, id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     source.hash(&mut h);
     id.hash(&mut h);
     h.finish()
+}
+
+/// The map's keys are already SipHash outputs: hashing them again is waste.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl DedupIndex {
@@ -37,12 +56,23 @@ impl DedupIndex {
     /// The `seq` stored for `(source, id)`. `is_same(seq)` must say whether
     /// the event stored at `seq` really has this source and id.
     pub fn lookup(&self, source: &str, id: &str, is_same: impl FnOnce(u64) -> bool) -> Option<u64> {
+        self.lookup_hashed(key_hash(source, id), source, id, is_same)
+    }
+
+    /// [`DedupIndex::lookup`] with the pair's [`key_hash`] already computed.
+    pub fn lookup_hashed(
+        &self,
+        hash: u64,
+        source: &str,
+        id: &str,
+        is_same: impl FnOnce(u64) -> bool,
+    ) -> Option<u64> {
         if !self.overflow.is_empty() {
             if let Some(&seq) = self.overflow.get(&(Box::from(source), Box::from(id))) {
                 return Some(seq);
             }
         }
-        let seq = *self.by_hash.get(&key_hash(source, id))?;
+        let seq = *self.by_hash.get(&hash)?;
         is_same(seq).then_some(seq)
     }
 
@@ -55,7 +85,12 @@ impl DedupIndex {
 
     /// Records `(source, id)` at `seq`. Call only after `lookup` found nothing.
     pub fn insert(&mut self, source: &str, id: &str, seq: u64) {
-        match self.by_hash.entry(key_hash(source, id)) {
+        self.insert_hashed(key_hash(source, id), source, id, seq);
+    }
+
+    /// [`DedupIndex::insert`] with the pair's [`key_hash`] already computed.
+    pub fn insert_hashed(&mut self, hash: u64, source: &str, id: &str, seq: u64) {
+        match self.by_hash.entry(hash) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(seq);
             }

@@ -82,12 +82,25 @@ pub struct PreparedEvent {
 pub struct Outcome {
     /// Its sequence number (the original one for a duplicate).
     pub seq: u64,
-    /// True when `(source, id)` was already stored; nothing new was written.
-    pub duplicate: bool,
+    /// For a duplicate (its `(source, id)` was already stored, nothing new
+    /// was written): the stored original's attributes.
+    pub original: Option<Original>,
+}
+
+/// The attributes of a stored event a duplicate publish is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
     /// `type` of the stored event.
     pub ty: String,
     /// `time` of the stored event.
     pub time: String,
+}
+
+impl Outcome {
+    /// True when nothing new was written.
+    pub fn is_duplicate(&self) -> bool {
+        self.original.is_some()
+    }
 }
 
 /// Counters the writer keeps; read lock-free by `/stats` and `/metrics`.

@@ -45,10 +45,9 @@ pub struct Framed {
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, event: &[u8]) -> Framed {
     let crc = crc32c::crc32c(event);
     let start = out.len();
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"crc\":\"");
-    out.extend_from_slice(format!("{crc:08x}").as_bytes());
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{{\"seq\":{seq},\"crc\":\"{crc:08x}");
     out.extend_from_slice(b"\",\"event\":");
     let event_offset = (out.len() - start) as u32;
     out.extend_from_slice(event);

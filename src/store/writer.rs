@@ -21,6 +21,7 @@ mod repair;
 pub use repair::RepairOutcome;
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,12 +32,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
+use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError};
 use super::index::{self, NewEntry};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
-use super::{Outcome, PreparedEvent, Shared};
+use super::{Original, Outcome, PreparedEvent, Shared};
 
 /// The reply to an append: one outcome per event, in order, or why none
 /// of them was stored.
@@ -96,6 +98,8 @@ pub struct Writer {
 /// One event accepted into the current commit.
 struct Accepted {
     seq: u64,
+    /// [`dedup::key_hash`] of its `(source, id)`.
+    key: u64,
     line_start: usize,
     framed: Framed,
     event: PreparedEvent,
@@ -237,13 +241,15 @@ impl Writer {
 
         self.buf.clear();
         let mut accepted: Vec<Accepted> = Vec::new();
-        let mut in_commit: HashMap<(String, String), Outcome> = HashMap::new();
+        // (source, id) hash -> position in `accepted`, for repeats within one commit.
+        let mut in_commit: HashMap<u64, usize, BuildHasherDefault<PreHashed>> = HashMap::default();
         let mut replies = Vec::with_capacity(appends.len());
         let mut duplicates = 0u64;
         for (events, reply) in appends {
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
-                if let Some(o) = self.find_duplicate(&event, &in_commit) {
+                let key = dedup::key_hash(&event.source, &event.id);
+                if let Some(o) = self.find_duplicate(&event, key, &in_commit, &accepted) {
                     duplicates += 1;
                     outcomes.push(o);
                     continue;
@@ -251,22 +257,14 @@ impl Writer {
                 let seq = self.next_seq + accepted.len() as u64;
                 let line_start = self.buf.len();
                 let framed = segment::encode_record(&mut self.buf, seq, &event.bytes);
-                let outcome = Outcome {
+                in_commit.entry(key).or_insert(accepted.len());
+                outcomes.push(Outcome {
                     seq,
-                    duplicate: false,
-                    ty: event.ty.clone(),
-                    time: event.time.clone(),
-                };
-                in_commit.insert(
-                    (event.source.clone(), event.id.clone()),
-                    Outcome {
-                        duplicate: true,
-                        ..outcome.clone()
-                    },
-                );
-                outcomes.push(outcome);
+                    original: None,
+                });
                 accepted.push(Accepted {
                     seq,
+                    key,
                     line_start,
                     framed,
                     event,
@@ -349,7 +347,8 @@ impl Writer {
             idx.set_segment_bytes(self.active.index_pos, self.active.len);
         }
         for a in accepted {
-            self.dedup.insert(&a.event.source, &a.event.id, a.seq);
+            self.dedup
+                .insert_hashed(a.key, &a.event.source, &a.event.id, a.seq);
         }
         self.next_seq += accepted.len() as u64;
         self.publish_file_state();
@@ -362,32 +361,50 @@ impl Writer {
             .fetch_max(accepted.len() as u64, Ordering::Relaxed);
     }
 
+    /// The outcome for `ev` if its `(source, id)` is stored already or
+    /// earlier in this commit; `key` is the pair's hash.
     fn find_duplicate(
         &self,
         ev: &PreparedEvent,
-        in_commit: &HashMap<(String, String), Outcome>,
+        key: u64,
+        in_commit: &HashMap<u64, usize, BuildHasherDefault<PreHashed>>,
+        accepted: &[Accepted],
     ) -> Option<Outcome> {
-        if !in_commit.is_empty() {
-            if let Some(o) = in_commit.get(&(ev.source.clone(), ev.id.clone())) {
-                return Some(o.clone());
+        if let Some(&i) = in_commit.get(&key) {
+            let same = |a: &Accepted| a.event.source == ev.source && a.event.id == ev.id;
+            // A hash collision inside one commit is astronomically rare; the
+            // linear search keeps it exact anyway.
+            let first = Some(i)
+                .filter(|&i| same(&accepted[i]))
+                .or_else(|| accepted.iter().position(same));
+            if let Some(a) = first.map(|i| &accepted[i]) {
+                let original = Original {
+                    ty: a.event.ty.clone(),
+                    time: a.event.time.clone(),
+                };
+                return Some(Outcome {
+                    seq: a.seq,
+                    original: Some(original),
+                });
             }
         }
         let mut found = None;
-        let seq = self
-            .dedup
-            .lookup(&ev.source, &ev.id, |seq| match self.stored_attrs(seq) {
+        let seq = self.dedup.lookup_hashed(key, &ev.source, &ev.id, |seq| {
+            match self.stored_attrs(seq) {
                 Some(a) if a.source == ev.source && a.id == ev.id => {
                     found = Some(a);
                     true
                 }
                 _ => false,
-            })?;
+            }
+        })?;
         let a = found?;
         Some(Outcome {
             seq,
-            duplicate: true,
-            ty: a.ty,
-            time: a.time,
+            original: Some(Original {
+                ty: a.ty,
+                time: a.time,
+            }),
         })
     }
 
