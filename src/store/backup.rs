@@ -168,9 +168,27 @@ fn assemble(
     tmp: &Path,
 ) -> Result<BackupInfo, String> {
     let seg_dir = src.data_dir.join(SEGMENTS_DIR);
+    let previous: Vec<(PathBuf, BackupManifest)> = list_dirs(&src.data_dir)
+        .into_iter()
+        .rev()
+        .filter_map(|d| read_manifest(&d).ok().map(|m| (d, m)))
+        .collect();
     let mut files = Vec::new();
+    // Files copied now, which are re-read and checked before the backup is
+    // declared; shared copies were checked just before they were linked.
+    let mut copied = Vec::new();
     for sealed in &src.manifest.sealed {
         let rel = format!("{SEGMENTS_DIR}/{}", sealed.file);
+        if let Some(prev) = verified_copy(&previous, &rel, &sealed.sha256, sealed.bytes) {
+            fs::hard_link(&prev, tmp.join(&rel))
+                .map_err(|e| err(format!("link {}", prev.display()), e))?;
+            files.push(BackupFile {
+                path: rel,
+                bytes: sealed.bytes,
+                sha256: sealed.sha256.clone(),
+            });
+            continue;
+        }
         let (bytes, sha) = copy_hashed(&seg_dir.join(&sealed.file), &tmp.join(&rel))?;
         if sha != sealed.sha256 || bytes != sealed.bytes {
             return Err(format!(
@@ -178,6 +196,7 @@ fn assemble(
                 sealed.file, sealed.sha256
             ));
         }
+        copied.push(files.len());
         files.push(BackupFile {
             path: rel,
             bytes,
@@ -186,20 +205,25 @@ fn assemble(
     }
     let active_name = segment::file_name(src.manifest.active_first_seq);
     let active_rel = format!("{SEGMENTS_DIR}/{active_name}");
-    let active = read_prefix(&seg_dir.join(&active_name), src.active_len)?;
-    if crc32c::crc32c(&active) != src.active_crc {
+    let (crc, sha) = copy_prefix(
+        &seg_dir.join(&active_name),
+        &tmp.join(&active_rel),
+        src.active_len,
+    )?;
+    if crc != src.active_crc {
         return Err(format!(
             "the active segment {active_name} differs from what was written; not backed up until it is repaired"
         ));
     }
-    write_synced(&tmp.join(&active_rel), &active)?;
+    copied.push(files.len());
     files.push(BackupFile {
         path: active_rel,
-        bytes: active.len() as u64,
-        sha256: hex::encode(Sha256::digest(&active)),
+        bytes: src.active_len,
+        sha256: sha,
     });
     let manifest_bytes = serde_json::to_vec_pretty(&src.manifest).expect("manifest serializes");
     write_synced(&tmp.join(manifest::FILE_NAME), &manifest_bytes)?;
+    copied.push(files.len());
     files.push(BackupFile {
         path: manifest::FILE_NAME.to_string(),
         bytes: manifest_bytes.len() as u64,
@@ -227,7 +251,7 @@ fn assemble(
         files,
     };
     // Verify what is now on disk before the backup is declared.
-    verify_files(tmp, &bm)?;
+    verify_files(tmp, copied.iter().map(|&i| &bm.files[i]))?;
     let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
     json.push(b'\n');
     fsutil::write_atomic(&tmp.join(BACKUP_FILE), &json).map_err(|e| err("write backup.json", e))?;
@@ -239,12 +263,67 @@ fn assemble(
     })
 }
 
-fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, String> {
-    let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf)
-        .map_err(|e| err(format!("read {}", path.display()), e))?;
-    Ok(buf)
+/// Copies the first `len` bytes of `from` (the active segment's durable
+/// prefix, which never changes) in chunks, returning their CRC32C and SHA-256.
+fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(u32, String), String> {
+    let mut src = File::open(from).map_err(|e| err(format!("open {}", from.display()), e))?;
+    let mut dst = File::create(to).map_err(|e| err(format!("create {}", to.display()), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut crc, mut hasher, mut left) = (0u32, Sha256::new(), len);
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n])
+            .map_err(|e| err(format!("read {}", from.display()), e))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| err(format!("write {}", to.display()), e))?;
+        left -= n as u64;
+    }
+    dst.sync_all()
+        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
+    Ok((crc, hex::encode(hasher.finalize())))
+}
+
+/// A previous backup's copy of a sealed segment to share instead of
+/// copying it again, if sharing keeps two independent copies.
+///
+/// Sealed segments never change, so a later backup may hard-link an
+/// earlier backup's verified copy: backups then cost the new data, not the
+/// whole store, each time. But a linked copy is one set of blocks for every
+/// backup that links it, so sharing happens only once the retained backups
+/// hold at least two physically distinct copies (different inodes) of the
+/// segment; until then the segment is copied afresh. One damaged backup copy
+/// therefore always leaves another. The chosen copy is hashed again before
+/// it is linked. Live segment files are never linked.
+fn verified_copy(
+    previous: &[(PathBuf, BackupManifest)],
+    rel: &str,
+    sha256: &str,
+    bytes: u64,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let candidates: Vec<PathBuf> = previous
+        .iter()
+        .filter(|(_, m)| {
+            m.files
+                .iter()
+                .any(|f| f.path == rel && f.sha256 == sha256 && f.bytes == bytes)
+        })
+        .map(|(dir, _)| dir.join(rel))
+        .collect();
+    let mut inodes: Vec<(u64, u64)> = candidates
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    if inodes.len() < 2 {
+        return None;
+    }
+    candidates
+        .into_iter()
+        .find(|path| matches!(sha256_file(path), Ok((n, sha)) if n == bytes && sha == sha256))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -255,8 +334,11 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| err(format!("fsync {}", path.display()), e))
 }
 
-fn verify_files(dir: &Path, bm: &BackupManifest) -> Result<(), String> {
-    for f in &bm.files {
+fn verify_files<'a>(
+    dir: &Path,
+    files: impl IntoIterator<Item = &'a BackupFile>,
+) -> Result<(), String> {
+    for f in files {
         let path = dir.join(&f.path);
         let (bytes, sha) = sha256_file(&path)?;
         if bytes != f.bytes || sha != f.sha256 {
@@ -281,7 +363,7 @@ pub fn read_manifest(dir: &Path) -> Result<BackupManifest, String> {
 /// Verifies every file of the backup `dir` against its SHA-256.
 pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
     let bm = read_manifest(dir)?;
-    verify_files(dir, &bm)?;
+    verify_files(dir, &bm.files)?;
     Ok(bm)
 }
 
