@@ -59,6 +59,11 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// A client that takes longer than this to send a request body gets
+    /// 408 (its slowness is not a server error).
+    #[arg(long, env = "MSGBUS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// Seconds between integrity checks (fractions allowed, e.g. `0.5`).
     /// Each check stats every file, re-verifies every byte of the active
     /// segment against the writer's CRC, scrubs one sealed segment's SHA-256

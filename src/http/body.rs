@@ -1,5 +1,5 @@
 //! Request helpers that answer in problem+json: a body reader with a size
-//! limit (413), a JSON parser whose errors name line and column (400), a
+//! limit (413) and a time limit (408), path parameters (400), a JSON parser whose errors name line and column (400), a
 //! content-type check (415) and a strict query-string parser (400).
 
 use std::collections::HashMap;
@@ -9,11 +9,24 @@ use axum::http::{header, HeaderMap, StatusCode};
 
 use super::error::Problem;
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
+/// Parses a path parameter, answering 400 problem+json (axum's own
+/// rejection is plain text) naming `field`.
+pub fn path_param(
+    param: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    field: &str,
+) -> Result<String, Problem> {
+    param
+        .map(|axum::extract::Path(v)| v)
+        .map_err(|e| Problem::bad_param(field, e.body_text()))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413 and a
+/// body that takes longer than `timeout` (`--body-timeout`) with 408.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -22,7 +35,20 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    match axum::body::to_bytes(body, limit).await {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        // The client's slowness, not the server's: a 4xx, not a 5xx.
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!(
+                "the request body did not arrive within {} ms (--body-timeout)",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b),
         Err(e) => {
             let over = std::error::Error::source(&e)

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -182,9 +183,13 @@ fn check_name(name: &str) -> Result<(), Problem> {
 }
 
 /// Reads an optional JSON object body; an empty body is an empty object.
-async fn object_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, Problem> {
+async fn object_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<Map<String, Value>, Problem> {
     body::require_media_type(headers, &["application/json"])?;
-    let bytes = body::read_limited(headers, body, MAX_BODY).await?;
+    let bytes = body::read_limited(headers, body, MAX_BODY, timeout).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -259,12 +264,14 @@ fn location(name: &str) -> HeaderValue {
 )]
 pub async fn put(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let name = body::path_param(name, "name")?;
     check_name(&name)?;
-    let (filter, start) = parse_spec(object_body(&headers, body).await?)?;
+    let (filter, start) =
+        parse_spec(object_body(&headers, body, state.settings.body_timeout).await?)?;
     let (c, created) = state
         .store
         .put_consumer(name.clone(), filter, start)
@@ -325,8 +332,9 @@ fn find(store: &StoreHandle, name: &str) -> Result<Consumer, Problem> {
 )]
 pub async fn get_one(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConsumerView>, Problem> {
+    let name = body::path_param(name, "name")?;
     let c = find(&state.store, &name)?;
     Ok(Json(ConsumerView::new(c, state.store.head())))
 }
@@ -343,8 +351,9 @@ pub async fn get_one(
 )]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
+    let name = body::path_param(name, "name")?;
     state
         .store
         .delete_consumer(name)
@@ -372,9 +381,10 @@ pub async fn delete(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
+    let name = body::path_param(name, "name")?;
     let q = QueryParams::parse(query.as_deref(), &["limit", "wait"])?;
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
@@ -407,11 +417,12 @@ pub async fn events(
 )]
 pub async fn ack(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ConsumerView>, Problem> {
-    let mut obj = object_body(&headers, body).await?;
+    let name = body::path_param(name, "name")?;
+    let mut obj = object_body(&headers, body, state.settings.body_timeout).await?;
     let seq = obj.remove("seq").and_then(|v| v.as_u64()).ok_or_else(|| {
         invalid(
             "seq",

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -149,7 +150,13 @@ pub async fn publish(
     let limits = state.settings.limits;
     // The body of one event is bounded by the event limit plus room for the
     // attributes the server adds (id, time) and JSON whitespace.
-    let bytes = body::read_limited(&headers, body, limits.max_event_bytes * 2 + 4096).await?;
+    let bytes = body::read_limited(
+        &headers,
+        body,
+        limits.max_event_bytes * 2 + 4096,
+        state.settings.body_timeout,
+    )
+    .await?;
     let prepared = if event::is_binary(&headers) {
         event::from_binary(&headers, &bytes, limits)?
     } else {
@@ -194,7 +201,13 @@ pub async fn publish_batch(
 ) -> Result<Response, Problem> {
     body::require_media_type(&headers, BATCH_TYPES)?;
     let settings = &state.settings;
-    let bytes = body::read_limited(&headers, body, settings.max_batch_bytes).await?;
+    let bytes = body::read_limited(
+        &headers,
+        body,
+        settings.max_batch_bytes,
+        settings.body_timeout,
+    )
+    .await?;
     let serde_json::Value::Array(items) = body::parse_json(&bytes)? else {
         return Err(Problem::invalid(
             "a batch must be a JSON array of events",
@@ -413,8 +426,9 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 )]
 pub async fn get_one(
     State(state): State<AppState>,
-    Path(seq): Path<String>,
+    seq: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
+    let seq = body::path_param(seq, "seq")?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| Problem::bad_param("seq", format!("{seq:?} is not a non-negative integer")))?;

@@ -68,6 +68,8 @@ pub struct HttpSettings {
     pub max_wait: Duration,
     /// Timeout for ordinary requests.
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request body.
+    pub body_timeout: Duration,
     /// When the server started.
     pub started: Instant,
     /// Idle time after which an SSE stream gets a heartbeat comment.
@@ -89,6 +91,7 @@ impl AppState {
                 max_batch_bytes: config.max_batch_bytes as usize,
                 max_wait: config.max_wait,
                 request_timeout: config.request_timeout,
+                body_timeout: config.body_timeout,
                 started: Instant::now(),
                 sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
@@ -150,7 +153,9 @@ pub fn router(state: AppState) -> Router {
 async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut limit = state.settings.request_timeout;
     let path = req.uri().path();
-    if path == "/events" || (path.starts_with("/consumers/") && path.ends_with("/events")) {
+    let long_poll =
+        path == "/events" || (path.starts_with("/consumers/") && path.ends_with("/events"));
+    if req.method() == axum::http::Method::GET && long_poll {
         limit += state.settings.max_wait;
     }
     match tokio::time::timeout(limit, next.run(req)).await {

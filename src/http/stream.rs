@@ -89,6 +89,20 @@ impl Drop for SubscriberGuard {
     }
 }
 
+/// One Server-Sent Event of the stream, as an SSE client parses it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SseEventDoc {
+    /// For `message`: `{"seq":N,"event":{...}}`, as `GET /events/{seq}`;
+    /// for `gone`: the 410 problem.
+    pub data: String,
+    /// `message` (an event) or `gone` (retention deleted events not yet sent).
+    pub event: String,
+    /// The event's seq (resume with it as `Last-Event-ID`).
+    pub id: Option<String>,
+    /// Reconnection delay in milliseconds (sent once, first).
+    pub retry: Option<u64>,
+}
+
 /// Follow events live as Server-Sent Events.
 #[utoipa::path(
     get, path = "/events/stream", tag = "events",
@@ -105,7 +119,7 @@ impl Drop for SubscriberGuard {
             `data: {\"seq\":N,\"event\":{...}}`; `: heartbeat` comments when idle (--sse-heartbeat); \
             `event: gone` with a 410 problem as data, then the end, if retention deletes events before they are sent. \
             Ends cleanly when the server shuts down.",
-            body = String, content_type = "text/event-stream"),
+            body = SseEventDoc, content_type = "text/event-stream"),
         (status = 400, description = "Bad parameter or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The position was deleted by retention; `oldest_seq` names the oldest available", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many subscribers (--max-subscribers)", body = Problem, content_type = "application/problem+json"),

@@ -352,7 +352,13 @@ impl Index {
     /// examining at most `max_scan` entries so one request cannot hold the
     /// index for long; the caller continues from [`Page::scanned_to`].
     pub fn query(&self, after: u64, filter: &Filter, limit: usize, max_scan: usize) -> Page {
-        let start = after.max(self.first_seq.saturating_sub(1)) + 1;
+        // `after` comes from clients: u64::MAX must be an empty page, not an overflow.
+        let Some(start) = after.max(self.first_seq.saturating_sub(1)).checked_add(1) else {
+            return Page {
+                hits: Vec::new(),
+                scanned_to: after,
+            };
+        };
         let last = self.last_seq();
         let mut page = Page {
             hits: Vec::new(),

@@ -285,3 +285,60 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
         assert_problem(res, 405).await;
     }
 }
+
+/// Found by API fuzzing: a cursor of u64::MAX overflowed the index's scan
+/// start and answered 500. It is an empty page, and the stream likewise
+/// starts (and stays) empty.
+#[tokio::test]
+async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500() {
+    let app = spawn_app().await;
+    app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+    let max = u64::MAX;
+    let page = app.get_json(&format!("/events?after={max}")).await;
+    assert_eq!(page["events"], json!([]));
+    assert_eq!(page["next_after"], json!(max));
+    let res = app
+        .client
+        .get(app.url("/events/stream"))
+        .header("last-event-id", max.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// Found by API fuzzing: axum's own path rejection was plain text.
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_problem_json() {
+    let app = spawn_app().await;
+    for path in ["/events/%FF", "/consumers/%FF", "/consumers/%FF/events"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        let problem = assert_problem(res, 400).await;
+        assert!(!error_fields(&problem).is_empty(), "{path}: {problem}");
+    }
+}
+
+/// Found by API fuzzing: a client that stops sending its body got a 503
+/// after the request timeout. Its own slowness is a 408, after --body-timeout.
+#[tokio::test]
+async fn a_stalled_request_body_is_408_not_a_server_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&["--body-timeout", "0.5"]).await;
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(
+        b"POST /events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":\"t\"",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(app.get_json("/stats").await["events"]["total"], 0);
+}
