@@ -177,8 +177,8 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(data_dir.join(backup::BACKUPS_DIR).join(info.manifest.name))
 }
 
-/// Replaces a stopped store's manifest and segments with a verified
-/// backup's. The replaced files are moved to `quarantine/restore-<time>/`,
+/// Replaces a stopped store's manifest, segments and consumer cursors with
+/// a verified backup's. The replaced files are moved to `quarantine/restore-<time>/`,
 /// never deleted. `from` is a backup directory or a backup name.
 pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     let src = if from.is_dir() {
@@ -201,6 +201,11 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
         if manifest_path.exists() {
             std::fs::rename(&manifest_path, aside.join(manifest::FILE_NAME))
                 .map_err(io(format!("move {} aside", manifest_path.display())))?;
+        }
+        let consumers = data_dir.join(crate::store::consumers::FILE_NAME);
+        if consumers.exists() {
+            std::fs::rename(&consumers, aside.join(crate::store::consumers::FILE_NAME))
+                .map_err(io(format!("move {} aside", consumers.display())))?;
         }
         if seg_dir.exists() {
             std::fs::rename(&seg_dir, aside.join(SEGMENTS_DIR))

@@ -229,6 +229,19 @@ fn assemble(
         bytes: manifest_bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&manifest_bytes)),
     });
+    // Consumer cursors go with the events they point into, so a restore
+    // does not leave a cursor past the restored head. (Replaced atomically
+    // by the writer, so reading it whole gives one consistent version.)
+    let consumers = src.data_dir.join(super::consumers::FILE_NAME);
+    if let Ok(bytes) = fs::read(&consumers) {
+        write_synced(&tmp.join(super::consumers::FILE_NAME), &bytes)?;
+        copied.push(files.len());
+        files.push(BackupFile {
+            path: super::consumers::FILE_NAME.to_string(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+    }
     for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {
         fsutil::fsync_dir(&d).map_err(|e| err(format!("fsync {}", d.display()), e))?;
     }
