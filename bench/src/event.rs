@@ -23,6 +23,19 @@ pub fn event_id(tag: &str, conn: usize, n: u64) -> String {
 /// Appends one event as JSON to `out`, padded (inside `data.note`) so that
 /// it is exactly [`EVENT_BYTES`] long whenever the id leaves room.
 pub fn write_event(out: &mut Vec<u8>, tag: &str, conn: usize, n: u64) {
+    write_event_stamped(out, tag, conn, n, None);
+}
+
+/// Like [`write_event`], with `data.sent_ns` set to `sent_ns` when given
+/// (the fan-out scenario's send timestamp, in place of `data.amount` and
+/// `data.currency`; the same size).
+pub fn write_event_stamped(
+    out: &mut Vec<u8>,
+    tag: &str,
+    conn: usize,
+    n: u64,
+    sent_ns: Option<u64>,
+) {
     let start = out.len();
     let id = event_id(tag, conn, n);
     let head = format!(
@@ -39,6 +52,13 @@ pub fn write_event(out: &mut Vec<u8>, tag: &str, conn: usize, n: u64) {
         c = conn % 10_000,
     );
     out.extend_from_slice(head.as_bytes());
+    if let Some(ns) = sent_ns {
+        // In place of `amount` and `currency` (longer than it for any
+        // timestamp below ~3 hours), so a stamped event is no longer.
+        const REPLACED: &[u8] = br#""amount":12345,"currency":"EUR","note":""#;
+        out.truncate(out.len() - REPLACED.len());
+        out.extend_from_slice(format!(r#""{SENT_NS}":{ns},"note":""#).as_bytes());
+    }
     const TAIL: &[u8] = b"\"}}";
     let used = out.len() - start + TAIL.len();
     let pad = EVENT_BYTES.saturating_sub(used).min(PAD.len());
@@ -50,6 +70,16 @@ pub fn write_event(out: &mut Vec<u8>, tag: &str, conn: usize, n: u64) {
 pub fn single(tag: &str, conn: usize, n: u64) -> Bytes {
     let mut out = Vec::with_capacity(EVENT_BYTES + 16);
     write_event(&mut out, tag, conn, n);
+    Bytes::from(out)
+}
+
+/// The field of `data` that carries the send timestamp of a stamped event.
+pub const SENT_NS: &str = "sent_ns";
+
+/// One event whose `data.sent_ns` is `sent_ns`, as a request body.
+pub fn stamped(tag: &str, conn: usize, n: u64, sent_ns: u64) -> Bytes {
+    let mut out = Vec::with_capacity(EVENT_BYTES + 16);
+    write_event_stamped(&mut out, tag, conn, n, Some(sent_ns));
     Bytes::from(out)
 }
 
@@ -85,5 +115,9 @@ mod tests {
         // Long ids still produce valid JSON (no room left for padding).
         let long = single(&"z".repeat(400), 1, 1);
         serde_json::from_slice::<serde_json::Value>(&long).unwrap();
+        let s = stamped("t1", 3, 9, 123_456_789_012);
+        assert_eq!(s.len(), EVENT_BYTES);
+        let vs: serde_json::Value = serde_json::from_slice(&s).unwrap();
+        assert_eq!(vs["data"][SENT_NS], 123_456_789_012u64);
     }
 }

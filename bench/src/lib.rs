@@ -3,6 +3,7 @@
 //! - [`event`]: the CloudEvents the load generator sends (~300 bytes, unique ids)
 //! - [`client`]: a minimal HTTP/1.1 client on hyper (persistent keep-alive connections)
 //! - [`loadgen`]: closed-loop and open-loop (rate-limited) load with HDR latency histograms
+//! - [`fanout`]: SSE subscribers that check every event arrives in order and time its delivery
 //! - [`ceiling`]: the minimal axum server the figures are compared to
 //! - [`servers`]: starting msgbus and the ceiling as processes or in-process
 //! - [`scenarios`]: every measured scenario and the orchestration of a whole run
@@ -14,6 +15,7 @@
 pub mod ceiling;
 pub mod client;
 pub mod event;
+pub mod fanout;
 pub mod loadgen;
 pub mod report;
 pub mod scenarios;

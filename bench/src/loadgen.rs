@@ -37,6 +37,15 @@ pub enum Work {
         /// When set, raised to the `seq` of every stored event (from `Location`).
         head: Option<Arc<AtomicU64>>,
     },
+    /// Like [`Work::Single`], but each event carries `data.sent_ns`: the
+    /// time ([`crate::fanout::clock_ns`]) its request was built, just before
+    /// it is sent (the fan-out scenario measures delivery from it).
+    Stamped {
+        /// Makes ids unique across runs and scenarios.
+        tag: Arc<str>,
+        /// When set, raised to the `seq` of every stored event (from `Location`).
+        head: Option<Arc<AtomicU64>>,
+    },
     /// `POST /events/batch` with `size` events; 201 expected.
     Batch {
         /// Makes ids unique across runs and scenarios.
@@ -68,6 +77,12 @@ impl Work {
                 Some("application/json"),
                 event::single(tag, conn, n),
             ),
+            Work::Stamped { tag, .. } => (
+                Method::POST,
+                Cow::Borrowed("/events"),
+                Some("application/json"),
+                event::stamped(tag, conn, n, crate::fanout::clock_ns()),
+            ),
             Work::Batch { tag, size } => (
                 Method::POST,
                 Cow::Borrowed("/events/batch"),
@@ -90,7 +105,7 @@ impl Work {
     /// The status a successful answer has.
     pub fn expected(&self) -> StatusCode {
         match self {
-            Work::Single { .. } | Work::Batch { .. } => StatusCode::CREATED,
+            Work::Single { .. } | Work::Stamped { .. } | Work::Batch { .. } => StatusCode::CREATED,
             Work::RecentPage { .. } | Work::Get { .. } => StatusCode::OK,
         }
     }
@@ -98,7 +113,7 @@ impl Work {
     /// Durable events one successful request stands for.
     pub fn events_per_request(&self) -> u64 {
         match self {
-            Work::Single { .. } => 1,
+            Work::Single { .. } | Work::Stamped { .. } => 1,
             Work::Batch { size, .. } => *size as u64,
             Work::RecentPage { .. } | Work::Get { .. } => 0,
         }
@@ -106,6 +121,9 @@ impl Work {
 
     fn on_success(&self, res: &Response) {
         if let Work::Single {
+            head: Some(head), ..
+        }
+        | Work::Stamped {
             head: Some(head), ..
         } = self
         {
@@ -140,7 +158,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    /// Summarises a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency::default();
         }
@@ -156,7 +175,8 @@ impl Latency {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty latency histogram: microseconds, 1 µs to 120 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -257,7 +277,7 @@ async fn one(
 
 fn work_method(w: &Work) -> &'static str {
     match w {
-        Work::Single { .. } | Work::Batch { .. } => "POST",
+        Work::Single { .. } | Work::Stamped { .. } | Work::Batch { .. } => "POST",
         _ => "GET",
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use msgbus_bench::report;
-use msgbus_bench::scenarios::{self, BenchConfig};
+use msgbus_bench::scenarios::{self, BenchConfig, Scenario};
 use msgbus_bench::servers::Launcher;
 
 /// The msgbus performance benchmark.
@@ -63,6 +63,21 @@ struct Args {
     /// Start-ups to measure; the median is reported [default: 3, smoke 1].
     #[arg(long, env = "BENCH_STARTUP_RUNS")]
     startup_runs: Option<usize>,
+    /// Run only these groups of scenarios, comma-separated: single (single
+    /// events, batches, check), stored (prefill, start-up, store size,
+    /// reads under load), fanout (SSE fan-out) [default: all]. The JSON then
+    /// goes to bench/results/only-<groups>.json unless --out says otherwise.
+    #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]
+    only: Option<Vec<Scenario>>,
+    /// SSE subscribers of the fan-out scenario [default: 1000, smoke 50].
+    #[arg(long, env = "BENCH_FANOUT_SUBSCRIBERS")]
+    fanout_subscribers: Option<usize>,
+    /// Publish rate of the fan-out scenario, events/s [default: 5000, smoke 500].
+    #[arg(long, env = "BENCH_FANOUT_RATE")]
+    fanout_rate: Option<f64>,
+    /// Publisher connections of the fan-out scenario [default: 64, smoke 8].
+    #[arg(long, env = "BENCH_FANOUT_PUBLISHERS")]
+    fanout_publishers: Option<usize>,
     /// Worker threads of the load generator [default: the number of cores].
     #[arg(long, env = "BENCH_CLIENT_THREADS")]
     client_threads: Option<usize>,
@@ -146,11 +161,43 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     if let Some(n) = args.startup_runs {
         cfg.startup_runs = n;
     }
+    if let Some(n) = args.fanout_subscribers {
+        cfg.fanout_subscribers = n;
+    }
+    if let Some(r) = args.fanout_rate {
+        cfg.fanout_rate = r;
+    }
+    if let Some(n) = args.fanout_publishers {
+        cfg.fanout_publishers = n.max(1);
+    }
+    if cfg.fanout_rate <= 0.0 || cfg.write_rate <= 0.0 {
+        return Err("--fanout-rate and --write-rate must be above 0".into());
+    }
+    let mut partial = None;
+    if let Some(only) = &args.only {
+        // Always in the fixed order, each once.
+        cfg.scenarios = Scenario::ALL
+            .into_iter()
+            .filter(|s| only.contains(s))
+            .collect();
+        if cfg.scenarios != Scenario::ALL {
+            let names: Vec<String> = cfg
+                .scenarios
+                .iter()
+                .map(|s| format!("{s:?}").to_lowercase())
+                .collect();
+            partial = Some(names.join("-"));
+        }
+    }
+    if cfg.runs(Scenario::Fanout) {
+        raise_fd_limit(cfg.fanout_subscribers + cfg.fanout_publishers + 512);
+    }
     let out = args.out.unwrap_or_else(|| {
-        PathBuf::from(if args.smoke {
-            "bench/results/smoke.json"
-        } else {
-            "bench/results/latest.json"
+        PathBuf::from(match (&partial, args.smoke) {
+            (None, false) => "bench/results/latest.json".to_string(),
+            (None, true) => "bench/results/smoke.json".to_string(),
+            (Some(p), false) => format!("bench/results/only-{p}.json"),
+            (Some(p), true) => format!("bench/results/smoke-only-{p}.json"),
         })
     });
     let launcher = Launcher::Processes {
@@ -181,18 +228,57 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     print!("{}", report::render(&rep));
     println!("JSON: {}", out.display());
 
-    if !rep.checks.consistent {
+    let mut failed = false;
+    if rep.checks.as_ref().is_some_and(|c| !c.consistent) {
         eprintln!("msgbus-bench: the events stored do not match the 201s counted");
-        return Ok(ExitCode::FAILURE);
+        failed = true;
     }
-    if args.smoke && rep.checks.errors > 0 {
+    if let Some(f) = &rep.fanout {
+        if f.subscribers_incomplete > 0 {
+            eprintln!(
+                "msgbus-bench: {} of {} SSE subscribers did not receive every event in order; first: {}",
+                f.subscribers_incomplete,
+                f.subscribers,
+                f.first_failure.as_deref().unwrap_or("?")
+            );
+            failed = true;
+        }
+    }
+    if args.smoke {
+        let errors = rep.checks.as_ref().map_or(0, |c| c.errors)
+            + rep
+                .fanout
+                .as_ref()
+                .map_or(0, |f| f.baseline.errors + f.publisher.errors);
+        if errors > 0 {
+            eprintln!("msgbus-bench: smoke run had {errors} failed requests");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Raises this process's open-file limit (which msgbus, started from it,
+/// inherits) to the hard limit: the fan-out scenario holds one socket per
+/// subscriber on each side. Warns when even that is below `needed`.
+fn raise_fd_limit(needed: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut now = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        now = hard;
+    }
+    if now < needed as u64 {
         eprintln!(
-            "msgbus-bench: smoke run had {} failed requests",
-            rep.checks.errors
+            "[bench] warning: the open-file limit is {now} (hard {hard}); the fan-out scenario needs about {needed}: raise it (ulimit -n) or lower --fanout-subscribers"
         );
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `--load`: one closed loop against a running server.

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::scenarios::Report;
+use crate::loadgen::OpenLoopResult;
+use crate::scenarios::{FanoutDoc, Report};
+use crate::servers::Memory;
 
 /// The machine the run was on.
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +139,20 @@ fn at_most(name: String, value: f64, threshold: f64, unit: &'static str) -> Targ
     }
 }
 
-/// Evaluates every target of issue 4 against a report.
+/// A target measured under an open-loop write load is not valid when that
+/// load reached less than 95% of its rate.
+fn not_valid_unless_rate(mut target: Target, p: &OpenLoopResult) -> Target {
+    if p.achieved_per_s < 0.95 * p.target_per_s {
+        target.met = false;
+        target.verdict = format!(
+            "{}; NOT VALID: the write load reached only {:.0} of {:.0} events/s",
+            target.verdict, p.achieved_per_s, p.target_per_s
+        );
+    }
+    target
+}
+
+/// Evaluates every target against a report (those of the scenarios that ran).
 pub fn targets(r: &Report) -> Vec<Target> {
     let mut t = Vec::new();
     let top = r.single.iter().max_by_key(|row| row.connections);
@@ -156,12 +171,14 @@ pub fn targets(r: &Report) -> Vec<Target> {
             "ms",
         ));
     }
-    t.push(at_least(
-        format!("batches of {}: durable events/s", r.batch.batch_size),
-        r.batch.result.events_per_s,
-        300_000.0,
-        "events/s",
-    ));
+    if let Some(b) = &r.batch {
+        t.push(at_least(
+            format!("batches of {}: durable events/s", b.batch_size),
+            b.result.events_per_s,
+            300_000.0,
+            "events/s",
+        ));
+    }
     if let Some(row) = top {
         t.push(at_least(
             format!("events per fsync @{} conns", row.connections),
@@ -170,65 +187,89 @@ pub fn targets(r: &Report) -> Vec<Target> {
             "events",
         ));
     }
-    t.push(at_least(
-        format!(
-            "{} stored: single req/s ÷ empty-store req/s @{} conns",
-            count(r.store_size.stored_events),
-            r.store_size.result.connections
-        ),
-        r.store_size.ratio_to_empty,
-        0.9,
-        "x",
-    ));
-    let p = &r.reads_under_load.publisher;
-    let load_ok = p.achieved_per_s >= 0.95 * p.target_per_s;
-    let load_note = |mut target: Target| {
-        if !load_ok {
+    // Without the empty-store run there is nothing to compare to.
+    if let Some(z) = r
+        .store_size
+        .as_ref()
+        .filter(|z| z.empty_requests_per_s > 0.0)
+    {
+        t.push(at_least(
+            format!(
+                "{} stored: single req/s ÷ empty-store req/s @{} conns",
+                count(z.stored_events),
+                z.result.connections
+            ),
+            z.ratio_to_empty,
+            0.9,
+            "x",
+        ));
+    }
+    if let Some(rd) = &r.reads_under_load {
+        let p = &rd.publisher;
+        let load_note = |target: Target| not_valid_unless_rate(target, p);
+        t.push(load_note(at_least(
+            format!(
+                "GET /events pages (limit {}) under {:.0} events/s of writes",
+                r.config.read_limit, p.target_per_s
+            ),
+            rd.events_page.requests_per_s,
+            20_000.0,
+            "req/s",
+        )));
+        t.push(load_note(at_least(
+            format!("GET /stats under {:.0} events/s of writes", p.target_per_s),
+            rd.stats.requests_per_s,
+            50_000.0,
+            "req/s",
+        )));
+    }
+    if let Some(st) = &r.startup {
+        t.push(at_most(
+            format!(
+                "start-up with {} events: launch to ready",
+                count(st.stored_events)
+            ),
+            st.ready_s,
+            3.0,
+            "s",
+        ));
+        if let Some(m) = st.memory_at_ready {
+            // VmHWM (the peak) is never below VmRSS; 1 MB = 10^6 bytes.
+            let mut target = at_most(
+                format!(
+                    "start-up with {} events: peak RSS (VmHWM)",
+                    count(st.stored_events)
+                ),
+                m.vm_hwm_mib * 1.048_576,
+                250.0,
+                "MB",
+            );
+            if st.in_process {
+                target.verdict = format!("{} (in-process: whole test process)", target.verdict);
+            }
+            t.push(target);
+        }
+    }
+    if let Some(f) = &r.fanout {
+        let mut target = not_valid_unless_rate(
+            at_most(
+                format!(
+                    "fan-out, {} SSE subscribers at {:.0} events/s: p99 delivery",
+                    count(f.subscribers as u64),
+                    f.publisher.target_per_s
+                ),
+                f.latency.p99_ms,
+                50.0,
+                "ms",
+            ),
+            &f.publisher,
+        );
+        if f.subscribers_incomplete > 0 {
             target.met = false;
             target.verdict = format!(
-                "{}; NOT VALID: the write load reached only {:.0} of {:.0} events/s",
-                target.verdict, p.achieved_per_s, p.target_per_s
+                "{}; NOT VALID: {} subscribers missed events or got them out of order",
+                target.verdict, f.subscribers_incomplete
             );
-        }
-        target
-    };
-    t.push(load_note(at_least(
-        format!(
-            "GET /events pages (limit {}) under {:.0} events/s of writes",
-            r.config.read_limit, p.target_per_s
-        ),
-        r.reads_under_load.events_page.requests_per_s,
-        20_000.0,
-        "req/s",
-    )));
-    t.push(load_note(at_least(
-        format!("GET /stats under {:.0} events/s of writes", p.target_per_s),
-        r.reads_under_load.stats.requests_per_s,
-        50_000.0,
-        "req/s",
-    )));
-    t.push(at_most(
-        format!(
-            "start-up with {} events: launch to ready",
-            count(r.startup.stored_events)
-        ),
-        r.startup.ready_s,
-        3.0,
-        "s",
-    ));
-    if let Some(m) = r.startup.memory_at_ready {
-        // VmHWM (the peak) is never below VmRSS; 1 MB = 10^6 bytes.
-        let mut target = at_most(
-            format!(
-                "start-up with {} events: peak RSS (VmHWM)",
-                count(r.startup.stored_events)
-            ),
-            m.vm_hwm_mib * 1.048_576,
-            250.0,
-            "MB",
-        );
-        if r.startup.in_process {
-            target.verdict = format!("{} (in-process: whole test process)", target.verdict);
         }
         t.push(target);
     }
@@ -288,6 +329,62 @@ pub fn render(r: &Report) -> String {
             r.mode
         );
     }
+    if !r.single.is_empty() {
+        render_single(&mut s, r);
+    }
+    if let Some(b) = &r.batch {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Batches: POST /events/batch of {} events, {} conns: {} req/s = {} durable events/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            b.batch_size,
+            b.result.connections,
+            num(b.result.requests_per_s),
+            num(b.result.events_per_s),
+            b.result.latency.p50_ms,
+            b.result.latency.p99_ms,
+            b.fsync.events_per_fsync,
+            b.result.errors
+        );
+    }
+    if let Some(c) = &r.checks {
+        let _ = writeln!(
+            s,
+            "Check: {} events acknowledged with 201, {} stored (/stats events.total): {}",
+            count(c.events_acknowledged),
+            count(c.events_stored),
+            if c.consistent {
+                "consistent"
+            } else {
+                "MISMATCH"
+            }
+        );
+    }
+    render_stored(&mut s, r);
+    if let Some(f) = &r.fanout {
+        render_fanout(&mut s, f);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Targets:");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "  {:<4} {:<66} {:>10} {} {:<9} {} {}",
+            if t.met { "ok" } else { "MISS" },
+            t.name,
+            num(t.value),
+            t.op,
+            num(t.threshold),
+            t.unit,
+            t.verdict
+        );
+    }
+    let met = r.targets.iter().filter(|t| t.met).count();
+    let _ = writeln!(s, "{met} of {} targets met", r.targets.len());
+    s
+}
+
+fn render_single(s: &mut String, r: &Report) {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -336,127 +433,179 @@ pub fn render(r: &Report) -> String {
             f.fsync_avg_us
         );
     }
-    let b = &r.batch;
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "Batches: POST /events/batch of {} events, {} conns: {} req/s = {} durable events/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
-        b.batch_size,
-        b.result.connections,
-        num(b.result.requests_per_s),
-        num(b.result.events_per_s),
-        b.result.latency.p50_ms,
-        b.result.latency.p99_ms,
-        b.fsync.events_per_fsync,
-        b.result.errors
-    );
-    let _ = writeln!(
-        s,
-        "Check: {} events acknowledged with 201, {} stored (/stats events.total): {}",
-        count(r.checks.events_acknowledged),
-        count(r.checks.events_stored),
-        if r.checks.consistent {
-            "consistent"
-        } else {
-            "MISMATCH"
-        }
-    );
-    let _ = writeln!(s);
-    let p = &r.prefill;
-    let _ = writeln!(
-        s,
-        "Prefill: {} events ({:.0} MB of segments) in {:.1} s = {} events/s (batches of {}, {} conns)",
-        count(p.events),
-        p.store_bytes as f64 / 1e6,
-        p.seconds,
-        num(p.events_per_s),
-        cfg.prefill_batch,
-        cfg.prefill_connections
-    );
-    let st = &r.startup;
-    let runs: Vec<String> = st.runs_s.iter().map(|x| format!("{x:.3}")).collect();
-    let mem = |m: &Option<crate::servers::Memory>| match m {
+}
+
+fn mem(m: &Option<Memory>) -> String {
+    match m {
         Some(m) => format!(
             "VmRSS {:.0} MiB, VmHWM {:.0} MiB",
             m.vm_rss_mib, m.vm_hwm_mib
         ),
         None => "unknown".into(),
-    };
-    let _ = writeln!(
-        s,
-        "Start-up with {} events: ready in {:.3} s (median of [{}] s); at ready {}; after the load below {}{}",
-        count(st.stored_events),
-        st.ready_s,
-        runs.join(", "),
-        mem(&st.memory_at_ready),
-        mem(&st.memory_after_load),
-        if st.in_process { " (in-process: whole test process)" } else { "" }
-    );
-    let z = &r.store_size;
-    let _ = writeln!(
-        s,
-        "Store size: {} stored, single events @{} conns: {} req/s (empty store {} req/s, ratio {:.2}), p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
-        count(z.stored_events),
-        z.result.connections,
-        num(z.result.requests_per_s),
-        num(z.empty_requests_per_s),
-        z.ratio_to_empty,
-        z.result.latency.p50_ms,
-        z.result.latency.p99_ms,
-        z.fsync.events_per_fsync,
-        z.result.errors
-    );
-    let rd = &r.reads_under_load;
+    }
+}
+
+fn render_stored(s: &mut String, r: &Report) {
+    let cfg = &r.config;
+    if let Some(p) = &r.prefill {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Prefill: {} events ({:.0} MB of segments) in {:.1} s = {} events/s (batches of {}, {} conns)",
+            count(p.events),
+            p.store_bytes as f64 / 1e6,
+            p.seconds,
+            num(p.events_per_s),
+            cfg.prefill_batch,
+            cfg.prefill_connections
+        );
+    }
+    if let Some(st) = &r.startup {
+        let runs: Vec<String> = st.runs_s.iter().map(|x| format!("{x:.3}")).collect();
+        let _ = writeln!(
+            s,
+            "Start-up with {} events: ready in {:.3} s (median of [{}] s); at ready {}; after the load below {}{}",
+            count(st.stored_events),
+            st.ready_s,
+            runs.join(", "),
+            mem(&st.memory_at_ready),
+            mem(&st.memory_after_load),
+            if st.in_process { " (in-process: whole test process)" } else { "" }
+        );
+    }
+    if let Some(z) = &r.store_size {
+        let empty = if z.empty_requests_per_s > 0.0 {
+            format!(
+                "empty store {} req/s, ratio {:.2}",
+                num(z.empty_requests_per_s),
+                z.ratio_to_empty
+            )
+        } else {
+            "empty store not measured in this run".to_string()
+        };
+        let _ = writeln!(
+            s,
+            "Store size: {} stored, single events @{} conns: {} req/s ({empty}), p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            count(z.stored_events),
+            z.result.connections,
+            num(z.result.requests_per_s),
+            z.result.latency.p50_ms,
+            z.result.latency.p99_ms,
+            z.fsync.events_per_fsync,
+            z.result.errors
+        );
+    }
+    if let Some(rd) = &r.reads_under_load {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Reads under write load: publisher {:.0} of {:.0} events/s ({} conns, open loop; p50 {:.2} ms, p99 {:.2} ms from due time; {} late; errors {})",
+            rd.publisher.achieved_per_s,
+            rd.publisher.target_per_s,
+            rd.publisher.connections,
+            rd.publisher.latency.p50_ms,
+            rd.publisher.latency.p99_ms,
+            rd.publisher.late,
+            rd.publisher.errors
+        );
+        for (name, l) in [
+            (
+                format!(
+                    "GET /events?after=<head-{}>&limit={}",
+                    2 * cfg.read_limit,
+                    cfg.read_limit
+                ),
+                &rd.events_page,
+            ),
+            ("GET /stats".to_string(), &rd.stats),
+        ] {
+            let _ = writeln!(
+                s,
+                "  {:<40} {:>3} conns: {:>8} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                name,
+                l.connections,
+                num(l.requests_per_s),
+                l.latency.p50_ms,
+                l.latency.p99_ms,
+                l.errors
+            );
+        }
+    }
+}
+
+fn render_fanout(s: &mut String, f: &FanoutDoc) {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "Reads under write load: publisher {:.0} of {:.0} events/s ({} conns, open loop; p50 {:.2} ms, p99 {:.2} ms from due time; {} late; errors {})",
-        rd.publisher.achieved_per_s,
-        rd.publisher.target_per_s,
-        rd.publisher.connections,
-        rd.publisher.latency.p50_ms,
-        rd.publisher.latency.p99_ms,
-        rd.publisher.late,
-        rd.publisher.errors
+        "Fan-out: {} SSE subscribers (GET /events/stream; {} seen by msgbus), connected in {:.2} s",
+        count(f.subscribers as u64),
+        f.server_subscribers.map_or_else(|| "?".to_string(), count),
+        f.connect_s
     );
-    for (name, l) in [
-        (
-            format!(
-                "GET /events?after=<head-{}>&limit={}",
-                2 * cfg.read_limit,
-                cfg.read_limit
-            ),
-            &rd.events_page,
-        ),
-        ("GET /stats".to_string(), &rd.stats),
+    for (name, p) in [
+        ("no subscriber", &f.baseline),
+        ("with subscribers", &f.publisher),
     ] {
         let _ = writeln!(
             s,
-            "  {:<40} {:>3} conns: {:>8} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            "  publish, {:<16} {:>7} of {:>7} events/s ({} conns, open loop; p50 {:.2} ms, p99 {:.2} ms from due time; {} late; errors {})",
             name,
-            l.connections,
-            num(l.requests_per_s),
-            l.latency.p50_ms,
-            l.latency.p99_ms,
-            l.errors
+            num(p.achieved_per_s),
+            num(p.target_per_s),
+            p.connections,
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.late,
+            p.errors
         );
     }
-    let _ = writeln!(s);
-    let _ = writeln!(s, "Targets (issue 4):");
-    for t in &r.targets {
+    let _ = writeln!(
+        s,
+        "  publish rate with subscribers ÷ without: {:.2}",
+        f.rate_ratio_to_baseline
+    );
+    let l = &f.latency;
+    let _ = writeln!(
+        s,
+        "  delivery (receive − send): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms over {} deliveries after the warm-up",
+        l.p50_ms,
+        l.p99_ms,
+        l.p999_ms,
+        l.max_ms,
+        count(f.latency_samples)
+    );
+    let _ = writeln!(
+        s,
+        "  {} events published (seq {}..={}), {} deliveries ({} /s); last event reached every subscriber {} after the publisher stopped",
+        count(f.events_published),
+        f.after_seq + 1,
+        f.last_seq,
+        count(f.deliveries),
+        num(f.deliveries_per_s),
+        f.drain_ms
+            .map_or_else(|| "(not all did)".to_string(), |ms| format!("{ms:.1} ms"))
+    );
+    if let Some(c) = f.cpu_cores {
         let _ = writeln!(
             s,
-            "  {:<4} {:<66} {:>10} {} {:<9} {} {}",
-            if t.met { "ok" } else { "MISS" },
-            t.name,
-            num(t.value),
-            t.op,
-            num(t.threshold),
-            t.unit,
-            t.verdict
+            "  CPU while publishing with subscribers: msgbus {:.2} cores, this benchmark process (publisher + subscribers) {:.2} cores",
+            c.msgbus, c.bench
         );
     }
-    let met = r.targets.iter().filter(|t| t.met).count();
-    let _ = writeln!(s, "{met} of {} targets met", r.targets.len());
-    s
+    let _ = writeln!(
+        s,
+        "  every event, in order: {} of {} subscribers{}; msgbus after the run: {}{}",
+        count(f.subscribers_complete as u64),
+        count(f.subscribers as u64),
+        match &f.first_failure {
+            Some(e) => format!(" (MISSED; first: {e})"),
+            None => String::new(),
+        },
+        mem(&f.memory_after),
+        if f.in_process {
+            " (in-process: whole test process)"
+        } else {
+            ""
+        }
+    );
 }

@@ -12,7 +12,16 @@
 //! 5. **store size**: single events at the largest connection count on it;
 //! 6. **reads under write load**: `GET /events?after=<recent>&limit=100`,
 //!    then `GET /stats`, while an open-loop publisher sends `write_rate`
-//!    events/s.
+//!    events/s;
+//! 7. **fan-out**: on a third, fresh store, an open-loop publisher sends
+//!    `fanout_rate` events/s with no subscriber; then `fanout_subscribers`
+//!    SSE subscribers (`GET /events/stream`) connect and the same publisher
+//!    runs again: every subscriber must receive every event in order, and
+//!    each delivery's latency is recorded.
+//!
+//! `scenarios` selects groups: [`Scenario::Single`] is 1-3,
+//! [`Scenario::Stored`] 4-6, [`Scenario::Fanout`] 7. A group not run is
+//! absent (`null`) in the report, and so are its targets.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -22,15 +31,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::client::{self, Result};
-use crate::loadgen::{self, ClosedLoop, LoadResult, OpenLoop, OpenLoopResult, Work};
+use crate::fanout::{self, Subscribers};
+use crate::loadgen::{self, ClosedLoop, Latency, LoadResult, OpenLoop, OpenLoopResult, Work};
 use crate::report::{self, Machine, Target};
-use crate::servers::{Launcher, Memory, Server};
+use crate::servers::{self, Launcher, Memory, Server};
+
+/// A group of scenarios that runs on its own server(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Single events (ceiling and msgbus), batches and the consistency
+    /// check, on an empty store.
+    Single,
+    /// Prefill, start-up, store size and reads under write load.
+    Stored,
+    /// SSE fan-out: many subscribers while events are published.
+    Fanout,
+}
+
+impl Scenario {
+    /// Every group, in the order they run.
+    pub const ALL: [Scenario; 3] = [Scenario::Single, Scenario::Stored, Scenario::Fanout];
+}
 
 /// Settings of one benchmark run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
     /// `full`, `smoke` or `test`.
     pub mode: String,
+    /// The groups of scenarios to run (always in their fixed order).
+    pub scenarios: Vec<Scenario>,
     /// Discarded load before each measured period.
     #[serde(with = "secs")]
     pub warmup: Duration,
@@ -59,6 +89,12 @@ pub struct BenchConfig {
     pub read_limit: u64,
     /// Start-ups measured (the median is reported).
     pub startup_runs: usize,
+    /// SSE subscribers of the fan-out scenario.
+    pub fanout_subscribers: usize,
+    /// Publish rate of the fan-out scenario, events/s (open loop).
+    pub fanout_rate: f64,
+    /// Connections of the fan-out publisher.
+    pub fanout_publishers: usize,
     /// Where data directories and logs go (must be a real disk: fsync is measured).
     pub work_dir: PathBuf,
 }
@@ -88,6 +124,10 @@ impl BenchConfig {
             read_connections: 16,
             read_limit: 100,
             startup_runs: 3,
+            scenarios: Scenario::ALL.to_vec(),
+            fanout_subscribers: 1000,
+            fanout_rate: 5000.0,
+            fanout_publishers: 64,
             work_dir,
         }
     }
@@ -100,8 +140,16 @@ impl BenchConfig {
             duration: Duration::from_millis(800),
             prefill: 10_000,
             startup_runs: 1,
+            fanout_subscribers: 50,
+            fanout_rate: 500.0,
+            fanout_publishers: 8,
             ..BenchConfig::full(work_dir)
         }
+    }
+
+    /// True when `s` is to run.
+    pub fn runs(&self, s: Scenario) -> bool {
+        self.scenarios.contains(&s)
     }
 
     fn max_connections(&self) -> usize {
@@ -244,6 +292,67 @@ pub struct ReadsDoc {
     pub stats: LoadResult,
 }
 
+/// SSE fan-out: subscribers while events are published.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutDoc {
+    /// Subscribers (`GET /events/stream?after=<head>`), all connected before publishing.
+    pub subscribers: usize,
+    /// `msgbus_sse_subscribers` from `/metrics` once they were connected.
+    pub server_subscribers: Option<u64>,
+    /// Seconds to connect them all (until each had its `retry:` line).
+    pub connect_s: f64,
+    /// The publisher with no subscriber, first, at the same offered load.
+    pub baseline: OpenLoopResult,
+    /// The publisher while the subscribers read.
+    pub publisher: OpenLoopResult,
+    /// `publisher.achieved_per_s ÷ baseline.achieved_per_s`.
+    pub rate_ratio_to_baseline: f64,
+    /// The subscribers' `after=`: the newest seq before the run.
+    pub after_seq: u64,
+    /// The newest seq when the publisher stopped.
+    pub last_seq: u64,
+    /// Events stored by the run (`last_seq - after_seq`): each subscriber must receive all.
+    pub events_published: u64,
+    /// Events received, all subscribers together.
+    pub deliveries: u64,
+    /// `deliveries` per second of the publisher's run.
+    pub deliveries_per_s: f64,
+    /// Delivery latency (receive − send, one clock) of every event sent
+    /// after the warm-up, at every subscriber.
+    pub latency: Latency,
+    /// Deliveries in `latency`.
+    pub latency_samples: u64,
+    /// From the publisher's stop until the last subscriber had the last
+    /// event, ms (when all completed).
+    pub drain_ms: Option<f64>,
+    /// Subscribers that got every event from `after_seq + 1` to `last_seq`,
+    /// in order, nothing else.
+    pub subscribers_complete: usize,
+    /// The others.
+    pub subscribers_incomplete: usize,
+    /// What the first incomplete subscriber saw.
+    pub first_failure: Option<String>,
+    /// Events without a `sent_ns` (none expected).
+    pub unstamped: u64,
+    /// CPU used during the publisher's run with subscribers, in cores
+    /// (CPU seconds ÷ wall seconds): msgbus, and this benchmark process
+    /// (publisher and subscribers). `None` when msgbus ran in-process.
+    pub cpu_cores: Option<CpuCores>,
+    /// msgbus's memory after the run.
+    pub memory_after: Option<Memory>,
+    /// True when msgbus ran inside the benchmark process.
+    pub in_process: bool,
+}
+
+/// CPU used over a period, in cores (CPU seconds ÷ wall seconds).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuCores {
+    /// The msgbus process.
+    pub msgbus: f64,
+    /// The benchmark process (the load generator and the subscribers).
+    pub bench: f64,
+}
+
 /// Cross-checks of what the load generator counted.
 #[derive(Debug, Clone, Serialize)]
 pub struct Checks {
@@ -268,20 +377,22 @@ pub struct Report {
     pub config: BenchConfig,
     /// Wall-clock length of the run, seconds.
     pub total_seconds: f64,
-    /// Single events per connection count.
+    /// Single events per connection count (empty unless [`Scenario::Single`] ran).
     pub single: Vec<SingleRow>,
-    /// Batches.
-    pub batch: BatchDoc,
-    /// Prefill.
-    pub prefill: PrefillDoc,
-    /// Start-up.
-    pub startup: StartupDoc,
-    /// Store size.
-    pub store_size: StoreSizeDoc,
-    /// Reads under write load.
-    pub reads_under_load: ReadsDoc,
-    /// Consistency checks.
-    pub checks: Checks,
+    /// Batches ([`Scenario::Single`]).
+    pub batch: Option<BatchDoc>,
+    /// Prefill ([`Scenario::Stored`]).
+    pub prefill: Option<PrefillDoc>,
+    /// Start-up ([`Scenario::Stored`]).
+    pub startup: Option<StartupDoc>,
+    /// Store size ([`Scenario::Stored`]).
+    pub store_size: Option<StoreSizeDoc>,
+    /// Reads under write load ([`Scenario::Stored`]).
+    pub reads_under_load: Option<ReadsDoc>,
+    /// SSE fan-out ([`Scenario::Fanout`]).
+    pub fanout: Option<FanoutDoc>,
+    /// Consistency checks ([`Scenario::Single`]).
+    pub checks: Option<Checks>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -320,11 +431,53 @@ fn say(cfg: &BenchConfig, msg: &str) {
     }
 }
 
-/// Runs every scenario and evaluates the targets.
+/// Runs the selected scenarios and evaluates the targets.
 pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     let began = std::time::Instant::now();
     std::fs::create_dir_all(&cfg.work_dir)?;
     let machine = report::machine(&cfg.work_dir);
+    let mut rep = Report {
+        mode: cfg.mode.clone(),
+        machine,
+        config: cfg.clone(),
+        total_seconds: 0.0,
+        single: Vec::new(),
+        batch: None,
+        prefill: None,
+        startup: None,
+        store_size: None,
+        reads_under_load: None,
+        fanout: None,
+        checks: None,
+        targets: Vec::new(),
+    };
+    if cfg.runs(Scenario::Single) {
+        let (single, batch, checks) = run_single(cfg, launcher).await?;
+        rep.single = single;
+        rep.batch = Some(batch);
+        rep.checks = Some(checks);
+    }
+    if cfg.runs(Scenario::Stored) {
+        let s = run_stored(cfg, launcher, &rep.single).await?;
+        rep.prefill = Some(s.prefill);
+        rep.startup = Some(s.startup);
+        rep.store_size = Some(s.store_size);
+        rep.reads_under_load = Some(s.reads);
+    }
+    if cfg.runs(Scenario::Fanout) {
+        rep.fanout = Some(run_fanout(cfg, launcher).await?);
+    }
+    rep.targets = report::targets(&rep);
+    rep.machine.loadavg_end = report::loadavg();
+    rep.total_seconds = began.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// 1-3: single events, batches and the check, on an empty store.
+async fn run_single(
+    cfg: &BenchConfig,
+    launcher: &Launcher,
+) -> Result<(Vec<SingleRow>, BatchDoc, Checks)> {
     let mut errors = 0;
 
     // 1. Single events, ceiling and msgbus interleaved per connection count.
@@ -384,7 +537,25 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         errors,
     };
     empty.stop().await?;
+    Ok((single, batch, checks))
+}
 
+/// What [`run_stored`] measured.
+struct Stored {
+    prefill: PrefillDoc,
+    startup: StartupDoc,
+    store_size: StoreSizeDoc,
+    reads: ReadsDoc,
+}
+
+/// 4-6: prefill, start-up, store size, reads under write load. `single`
+/// gives the empty-store figure the store-size run is compared to (none
+/// when [`Scenario::Single`] did not run).
+async fn run_stored(
+    cfg: &BenchConfig,
+    launcher: &Launcher,
+    single: &[SingleRow],
+) -> Result<Stored> {
     // 4. Prefill, then start-up on the full store.
     let filled_dir = cfg.work_dir.join("filled");
     let filler = launcher.msgbus(&filled_dir).await?;
@@ -487,7 +658,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     };
     let st = loadgen::closed_loop(full.addr, &stats_work, &cfg.closed(cfg.read_connections)).await;
     let publisher = running.stop().await?;
-    let reads_under_load = ReadsDoc {
+    let reads = ReadsDoc {
         stored_events: store_size.stored_events + store_size.result.events_total,
         publisher,
         events_page: page?,
@@ -505,24 +676,138 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         memory_after_load,
         in_process,
     };
-    let mut rep = Report {
-        mode: cfg.mode.clone(),
-        machine,
-        config: cfg.clone(),
-        total_seconds: 0.0,
-        single,
-        batch,
+    Ok(Stored {
         prefill,
         startup,
         store_size,
-        reads_under_load,
-        checks,
-        targets: Vec::new(),
+        reads,
+    })
+}
+
+/// The `msgbus_sse_subscribers` gauge of `/metrics`.
+async fn sse_subscribers(server: &Server) -> Option<u64> {
+    let res = client::get(server.addr, "/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(&res.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("msgbus_sse_subscribers "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// 7: the publisher alone, then with `fanout_subscribers` SSE subscribers.
+async fn run_fanout(cfg: &BenchConfig, launcher: &Launcher) -> Result<FanoutDoc> {
+    let n = cfg.fanout_subscribers;
+    // Room for every subscriber, and for a stray reconnect.
+    let max_subscribers = (n + 64).max(1024);
+    let server = launcher
+        .msgbus_with(
+            &cfg.work_dir.join("fanout"),
+            &["--max-subscribers".to_string(), max_subscribers.to_string()],
+        )
+        .await?;
+    let publisher = OpenLoop {
+        rate: cfg.fanout_rate,
+        connections: cfg.fanout_publishers,
     };
-    rep.targets = report::targets(&rep);
-    rep.machine.loadavg_end = report::loadavg();
-    rep.total_seconds = began.elapsed().as_secs_f64();
-    Ok(rep)
+    let run = cfg.warmup + cfg.duration;
+    let bound = run * 2 + Duration::from_secs(60);
+
+    say(
+        cfg,
+        &format!(
+            "fan-out: {} events/s, {} publisher connections, no subscriber",
+            cfg.fanout_rate, cfg.fanout_publishers
+        ),
+    );
+    let work = Work::Stamped {
+        tag: run_tag("fanout-base"),
+        head: None,
+    };
+    let running = publisher.start(server.addr, &work, bound).await?;
+    tokio::time::sleep(run).await;
+    let baseline = running.stop().await?;
+
+    let after = stats(&server).await?["events"]["last_seq"]
+        .as_u64()
+        .unwrap_or(0);
+    say(cfg, &format!("fan-out: connecting {n} SSE subscribers"));
+    let subs = Subscribers::connect(server.addr, after, n).await?;
+    let server_subscribers = sse_subscribers(&server).await;
+    let connect_s = subs.connect_s;
+    say(
+        cfg,
+        &format!(
+            "fan-out: {n} subscribers connected in {connect_s:.2} s; {} events/s",
+            cfg.fanout_rate
+        ),
+    );
+    let work = Work::Stamped {
+        tag: run_tag("fanout"),
+        head: None,
+    };
+    subs.measure_from(fanout::clock_ns() + cfg.warmup.as_nanos() as u64);
+    let cpu = || {
+        Some((
+            servers::cpu_seconds_of(server.pid)?,
+            servers::cpu_seconds_of(std::process::id())?,
+            std::time::Instant::now(),
+        ))
+    };
+    let cpu_before = cpu();
+    let running = publisher.start(server.addr, &work, bound).await?;
+    tokio::time::sleep(run).await;
+    let cpu_after = cpu();
+    let published = running.stop().await?;
+    let cpu_cores = match (cpu_before, cpu_after) {
+        (Some((m0, b0, t0)), Some((m1, b1, t1))) if !server.in_process => {
+            let wall = t1.duration_since(t0).as_secs_f64().max(1e-9);
+            Some(CpuCores {
+                msgbus: (m1 - m0) / wall,
+                bench: (b1 - b0) / wall,
+            })
+        }
+        _ => None,
+    };
+    let stopped_ns = fanout::clock_ns();
+    let last = stats(&server).await?["events"]["last_seq"]
+        .as_u64()
+        .unwrap_or(0);
+    let grace = Duration::from_secs(30) + cfg.duration;
+    let outcome = subs.finish(last, grace).await?;
+    let memory_after = server.memory();
+    let in_process = server.in_process;
+    server.stop().await?;
+
+    let complete = outcome.subscribers.iter().filter(|s| s.complete).count();
+    let deliveries: u64 = outcome.subscribers.iter().map(|s| s.received).sum();
+    Ok(FanoutDoc {
+        subscribers: n,
+        server_subscribers,
+        connect_s,
+        rate_ratio_to_baseline: ratio(published.achieved_per_s, baseline.achieved_per_s),
+        deliveries_per_s: deliveries as f64 / published.seconds.max(1e-9),
+        baseline,
+        publisher: published,
+        after_seq: after,
+        last_seq: last,
+        events_published: last.saturating_sub(after),
+        deliveries,
+        latency: outcome.latency_summary(),
+        latency_samples: outcome.latency.len(),
+        drain_ms: outcome
+            .all_done_ns
+            .map(|d| d.saturating_sub(stopped_ns) as f64 / 1e6),
+        subscribers_complete: complete,
+        subscribers_incomplete: n - complete,
+        first_failure: outcome
+            .subscribers
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.failure.as_ref().map(|f| format!("subscriber {i}: {f}"))),
+        unstamped: outcome.subscribers.iter().map(|s| s.unstamped).sum(),
+        cpu_cores,
+        memory_after,
+        in_process,
+    })
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

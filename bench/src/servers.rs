@@ -69,6 +69,19 @@ pub fn memory_of(pid: u32) -> Option<Memory> {
     })
 }
 
+/// CPU time (user + system) `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's `USER_HZ`).
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it don't.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 enum Inner {
     Child {
         child: Box<tokio::process::Child>,
@@ -152,6 +165,13 @@ impl Launcher {
     /// Starts msgbus on `data_dir` with its default settings and waits until
     /// it is ready.
     pub async fn msgbus(&self, data_dir: &Path) -> Result<Server> {
+        self.msgbus_with(data_dir, &[]).await
+    }
+
+    /// Starts msgbus on `data_dir` with these extra `serve` flags (e.g.
+    /// `--max-subscribers 1064`), everything else at its defaults, and waits
+    /// until it is ready.
+    pub async fn msgbus_with(&self, data_dir: &Path, flags: &[String]) -> Result<Server> {
         match self {
             Launcher::Processes { msgbus, logs, .. } => {
                 let addr = free_port()?;
@@ -173,6 +193,7 @@ impl Launcher {
                     .arg(data_dir)
                     .arg("--addr")
                     .arg(addr.to_string())
+                    .args(flags)
                     .stdin(Stdio::null())
                     .stdout(out.try_clone()?)
                     .stderr(out)
@@ -195,13 +216,11 @@ impl Launcher {
             }
             Launcher::InProcess => {
                 let dir = data_dir.to_str().ok_or("data dir is not UTF-8")?;
-                let cli = msgbus::cli::Cli::parse_from([
-                    "msgbus",
-                    "--data-dir",
-                    dir,
-                    "--addr",
-                    "127.0.0.1:0",
-                ]);
+                let cli = msgbus::cli::Cli::parse_from(
+                    ["msgbus", "--data-dir", dir, "--addr", "127.0.0.1:0"]
+                        .into_iter()
+                        .chain(flags.iter().map(String::as_str)),
+                );
                 let started = Instant::now();
                 let app = msgbus::app::Application::build(cli.serve).await?;
                 let addr = app.local_addr();
@@ -336,5 +355,21 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let cpu = cpu_seconds_of(std::process::id()).expect("/proc/<pid>/stat");
+        assert!(cpu > 0.0 && cpu < 3600.0, "{cpu}");
+        assert!(memory_of(std::process::id()).is_some());
     }
 }

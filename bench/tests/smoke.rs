@@ -2,13 +2,14 @@
 //! ceiling started in-process, so `cargo test --workspace` keeps the
 //! benchmark from rotting without wrk or a release build. It checks that
 //! the load generator really got 201s and counted them: the count must
-//! equal what msgbus says it stored.
+//! equal what msgbus says it stored; and that every SSE subscriber of the
+//! fan-out scenario received every event published, in order.
 
 use std::time::Duration;
 
 use msgbus_bench::loadgen::{self, ClosedLoop, Work};
 use msgbus_bench::report;
-use msgbus_bench::scenarios::{run_all, BenchConfig};
+use msgbus_bench::scenarios::{run_all, BenchConfig, FanoutDoc, Scenario};
 use msgbus_bench::servers::Launcher;
 
 fn test_config(work_dir: std::path::PathBuf) -> BenchConfig {
@@ -27,8 +28,48 @@ fn test_config(work_dir: std::path::PathBuf) -> BenchConfig {
         read_connections: 4,
         read_limit: 100,
         startup_runs: 1,
+        scenarios: Scenario::ALL.to_vec(),
+        fanout_subscribers: 20,
+        fanout_rate: 200.0,
+        fanout_publishers: 4,
         work_dir,
     }
+}
+
+/// Every subscriber received every event of the run, in order: the
+/// per-subscriber checks all passed and the counts add up.
+fn assert_fanout_delivered_everything(f: &FanoutDoc, subscribers: usize) {
+    assert_eq!(f.subscribers, subscribers);
+    assert_eq!(
+        f.server_subscribers,
+        Some(subscribers as u64),
+        "msgbus's own count of open streams"
+    );
+    assert!(
+        f.baseline.requests > 0 && f.baseline.errors == 0,
+        "{:?}",
+        f.baseline
+    );
+    assert!(
+        f.publisher.requests > 0 && f.publisher.errors == 0,
+        "{:?}",
+        f.publisher
+    );
+    // Every 201 of the run is one seq after the subscribers' starting point.
+    assert_eq!(f.events_published, f.publisher.requests, "{f:?}");
+    assert_eq!(f.last_seq, f.after_seq + f.events_published);
+    assert_eq!(
+        (f.subscribers_complete, f.subscribers_incomplete),
+        (subscribers, 0),
+        "not every subscriber received every event in order; first failure: {:?}",
+        f.first_failure
+    );
+    assert!(f.first_failure.is_none(), "{:?}", f.first_failure);
+    assert_eq!(f.deliveries, f.events_published * subscribers as u64);
+    assert_eq!(f.unstamped, 0);
+    assert!(f.latency_samples > 0 && f.latency_samples <= f.deliveries);
+    assert!(f.latency.p50_ms > 0.0 && f.latency.p99_ms >= f.latency.p50_ms);
+    assert!(f.drain_ms.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,26 +89,30 @@ async fn every_scenario_runs_and_the_201s_counted_are_the_events_stored() {
         assert_eq!(row.fsync.events_written, row.msgbus.events_total);
         assert!(row.fsync.fsyncs > 0 && row.fsync.events_per_fsync >= 1.0);
     }
-    let b = &rep.batch.result;
+    let b = &rep.batch.as_ref().unwrap().result;
     assert!(b.requests > 0 && b.errors == 0, "{b:?}");
     assert_eq!(b.events_total, b.requests_total * 100);
     assert!(b.events_per_s > b.requests_per_s);
 
     // The load generator's count of 201s is exactly what msgbus stored.
-    assert!(rep.checks.consistent, "{:?}", rep.checks);
-    assert!(rep.checks.events_acknowledged > 0);
-    assert_eq!(rep.checks.events_stored, rep.checks.events_acknowledged);
-    assert_eq!(rep.checks.errors, 0);
+    let checks = rep.checks.as_ref().unwrap();
+    assert!(checks.consistent, "{checks:?}");
+    assert!(checks.events_acknowledged > 0);
+    assert_eq!(checks.events_stored, checks.events_acknowledged);
+    assert_eq!(checks.errors, 0);
 
-    assert_eq!(rep.prefill.events, 3000);
-    assert!(rep.prefill.store_bytes > 3000 * 250);
-    assert_eq!(rep.startup.runs_s.len(), 1);
-    assert!(rep.startup.ready_s > 0.0 && rep.startup.ready_s < 60.0);
-    assert!(rep.startup.memory_at_ready.is_some());
-    assert_eq!(rep.store_size.stored_events, 3000);
-    assert!(rep.store_size.result.requests > 0 && rep.store_size.result.errors == 0);
+    let prefill = rep.prefill.as_ref().unwrap();
+    assert_eq!(prefill.events, 3000);
+    assert!(prefill.store_bytes > 3000 * 250);
+    let startup = rep.startup.as_ref().unwrap();
+    assert_eq!(startup.runs_s.len(), 1);
+    assert!(startup.ready_s > 0.0 && startup.ready_s < 60.0);
+    assert!(startup.memory_at_ready.is_some());
+    let store_size = rep.store_size.as_ref().unwrap();
+    assert_eq!(store_size.stored_events, 3000);
+    assert!(store_size.result.requests > 0 && store_size.result.errors == 0);
 
-    let rd = &rep.reads_under_load;
+    let rd = rep.reads_under_load.as_ref().unwrap();
     assert!(
         rd.publisher.requests > 0 && rd.publisher.errors == 0,
         "{:?}",
@@ -84,12 +129,38 @@ async fn every_scenario_runs_and_the_201s_counted_are_the_events_stored() {
         rd.stats
     );
 
-    assert_eq!(rep.targets.len(), 9, "{:?}", rep.targets);
+    assert_fanout_delivered_everything(rep.fanout.as_ref().unwrap(), 20);
+
+    assert_eq!(rep.targets.len(), 10, "{:?}", rep.targets);
     let json = serde_json::to_value(&rep).unwrap();
-    assert_eq!(json["targets"].as_array().unwrap().len(), 9);
+    assert_eq!(json["targets"].as_array().unwrap().len(), 10);
     assert!(json["machine"]["nproc"].as_u64().unwrap() >= 1);
+    assert_eq!(json["fanout"]["subscribers_complete"], 20);
     let table = report::render(&rep);
-    assert!(table.contains("Targets (issue 4)"), "{table}");
+    assert!(table.contains("Targets:"), "{table}");
+    assert!(
+        table.contains("every event, in order: 20 of 20 subscribers"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_fanout_scenario_runs_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BenchConfig {
+        scenarios: vec![Scenario::Fanout],
+        fanout_subscribers: 30,
+        ..test_config(dir.path().join("run"))
+    };
+    let rep = run_all(&cfg, &Launcher::InProcess).await.unwrap();
+    assert!(rep.single.is_empty() && rep.batch.is_none() && rep.checks.is_none());
+    assert!(rep.startup.is_none() && rep.reads_under_load.is_none());
+    assert_fanout_delivered_everything(rep.fanout.as_ref().unwrap(), 30);
+    assert_eq!(rep.targets.len(), 1, "{:?}", rep.targets);
+    let json = serde_json::to_value(&rep).unwrap();
+    assert!(json["batch"].is_null());
+    assert_eq!(json["config"]["scenarios"], serde_json::json!(["fanout"]));
+    assert!(report::render(&rep).contains("Fan-out: 30 SSE subscribers"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
