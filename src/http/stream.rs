@@ -253,15 +253,27 @@ impl Subscription {
             match page {
                 Ok(page) => {
                     self.cursor = self.cursor.max(page.next_after);
+                    if let [only] = &page.events[..] {
+                        // The common case of a subscriber at the tail: one
+                        // new event, sent as the shared cached message.
+                        if let (Some(frame), true) = (&only.frame, out.is_empty()) {
+                            return Some(frame.clone());
+                        }
+                    }
                     if !page.events.is_empty() {
                         let size: usize = page.events.iter().map(|e| e.bytes.len() + 48).sum();
                         out.reserve(size);
                         for e in &page.events {
-                            out.extend_from_slice(b"id: ");
-                            out.extend_from_slice(e.seq.to_string().as_bytes());
-                            out.extend_from_slice(b"\ndata: ");
-                            write_stored(&mut out, e);
-                            out.extend_from_slice(b"\n\n");
+                            match &e.frame {
+                                Some(frame) => out.extend_from_slice(frame),
+                                None => {
+                                    out.extend_from_slice(
+                                        format!("id: {}\ndata: ", e.seq).as_bytes(),
+                                    );
+                                    write_stored(&mut out, e);
+                                    out.extend_from_slice(b"\n\n");
+                                }
+                            }
                         }
                         return Some(out.into());
                     }

@@ -23,6 +23,8 @@ pub struct StoredEvent {
     pub seq: u64,
     /// The event JSON as stored.
     pub bytes: Bytes,
+    /// Its Server-Sent Events message, when it came from the recent cache.
+    pub frame: Option<Bytes>,
 }
 
 /// A page of a read.
@@ -268,6 +270,7 @@ impl StoreHandle {
                 .map(|h| StoredEvent {
                     seq: h.seq,
                     bytes: h.cached.unwrap_or_default(),
+                    frame: h.frame,
                 })
                 .collect());
         }
@@ -295,10 +298,15 @@ impl StoreHandle {
                         return Ok(StoredEvent {
                             seq: h.seq,
                             bytes: h.cached.unwrap_or_default(),
+                            frame: h.frame,
                         });
                     };
                     index::load(&file, &path, &h)
-                        .map(|bytes| StoredEvent { seq: h.seq, bytes })
+                        .map(|bytes| StoredEvent {
+                            seq: h.seq,
+                            bytes,
+                            frame: None,
+                        })
                         .map_err(|e| {
                             tracing::error!(error = %e, "stored event failed verification on read");
                             StoreError::Corrupt(e)

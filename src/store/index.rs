@@ -142,6 +142,40 @@ enum Resolved {
     },
 }
 
+/// A recent event, kept as the Server-Sent Events message every live
+/// subscriber sends (`id: N`, `data: {"seq":N,"event":...}`): built once
+/// per event instead of once per subscriber. The event's own bytes are a
+/// zero-copy slice of it.
+#[derive(Debug)]
+struct Recent {
+    seq: u64,
+    frame: Bytes,
+    event_start: u32,
+}
+
+impl Recent {
+    fn new(seq: u64, event: &[u8]) -> Self {
+        use std::io::Write as _;
+        let mut frame = Vec::with_capacity(event.len() + 64);
+        // Writing into a Vec cannot fail.
+        let _ = write!(frame, "id: {seq}\ndata: {{\"seq\":{seq},\"event\":");
+        let event_start = frame.len() as u32;
+        frame.extend_from_slice(event);
+        frame.extend_from_slice(b"}\n\n");
+        Recent {
+            seq,
+            frame: Bytes::from(frame),
+            event_start,
+        }
+    }
+
+    /// The event bytes as stored.
+    fn event(&self) -> Bytes {
+        self.frame
+            .slice(self.event_start as usize..self.frame.len() - 3)
+    }
+}
+
 /// One event selected by a query: its bytes if cached, else where to read them.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -151,6 +185,8 @@ pub struct Hit {
     pub entry: Entry,
     /// Cached bytes of the event, when still in the recent cache.
     pub cached: Option<Bytes>,
+    /// The event's Server-Sent Events message, when still in the recent cache.
+    pub frame: Option<Bytes>,
 }
 
 /// Result of a query: the hits and how far the scan got.
@@ -180,7 +216,7 @@ pub struct Index {
     subjects: Interner,
     type_counts: Vec<u64>,
     source_counts: Vec<u64>,
-    recent: VecDeque<(u64, Bytes)>,
+    recent: VecDeque<Recent>,
     recent_bytes: usize,
     recent_capacity: usize,
 }
@@ -278,9 +314,9 @@ impl Index {
             self.source_counts[e.source as usize] -= 1;
         }
         self.first_seq = new_first;
-        while self.recent.front().is_some_and(|(s, _)| *s < new_first) {
-            if let Some((_, b)) = self.recent.pop_front() {
-                self.recent_bytes -= b.len();
+        while self.recent.front().is_some_and(|r| r.seq < new_first) {
+            if let Some(r) = self.recent.pop_front() {
+                self.recent_bytes -= r.frame.len();
             }
         }
         while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
@@ -310,11 +346,12 @@ impl Index {
             subject,
         });
         if let Some(bytes) = e.bytes {
-            self.recent_bytes += bytes.len();
-            self.recent.push_back((e.seq, bytes));
+            let recent = Recent::new(e.seq, &bytes);
+            self.recent_bytes += recent.frame.len();
+            self.recent.push_back(recent);
             while self.recent_bytes > self.recent_capacity {
                 match self.recent.pop_front() {
-                    Some((_, b)) => self.recent_bytes -= b.len(),
+                    Some(r) => self.recent_bytes -= r.frame.len(),
                     None => break,
                 }
             }
@@ -331,21 +368,21 @@ impl Index {
 
     fn hit(&self, seq: u64) -> Hit {
         let entry = self.entries[(seq - self.first_seq) as usize];
+        let recent = self.recent(seq);
         Hit {
             seq,
             entry,
-            cached: self.cached(seq),
+            cached: recent.map(Recent::event),
+            frame: recent.map(|r| r.frame.clone()),
         }
     }
 
-    fn cached(&self, seq: u64) -> Option<Bytes> {
-        let (front, _) = self.recent.front()?;
-        if seq < *front {
+    fn recent(&self, seq: u64) -> Option<&Recent> {
+        let front = self.recent.front()?.seq;
+        if seq < front {
             return None;
         }
-        self.recent
-            .get((seq - front) as usize)
-            .map(|(_, b)| b.clone())
+        self.recent.get((seq - front) as usize)
     }
 
     /// Events after `after` that match `filter`, at most `limit` of them,

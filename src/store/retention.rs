@@ -397,7 +397,9 @@ mod tests {
         assert_eq!(idx.segment(last_pos).unwrap().first_seq, 21);
         assert!(idx.get(20).is_none());
         assert_eq!(idx.get(21).unwrap().entry.segment, last_pos);
-        assert_eq!(idx.cache_bytes(), 10);
+        // Ten cached SSE messages `id: NN\ndata: {"seq":NN,"event":x}\n\n` of 35 bytes.
+        assert_eq!(idx.cache_bytes(), 350);
+        assert_eq!(idx.get(21).unwrap().cached.as_deref(), Some(&b"x"[..]));
         let counts: Vec<(&str, u64)> = idx.type_counts().collect();
         assert_eq!(counts, vec![("odd", 5), ("even", 5)]);
         let page = idx.query(0, &Default::default(), 100, 1000);
