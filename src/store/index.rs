@@ -8,11 +8,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
+use std::hash::BuildHasherDefault;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use super::dedup::PreHashed;
 
 /// Marker for "no subject".
 const NO_SUBJECT: u32 = u32::MAX;
@@ -49,50 +52,75 @@ pub struct SegmentReader {
 /// String interner: filters compare small integers instead of strings.
 #[derive(Debug, Default)]
 pub struct Interner {
-    ids: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    /// Hash of a string -> id of the first string seen with that hash.
+    ids: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
+    /// Strings whose hash collided with an earlier string's, by exact key.
+    collided: HashMap<Box<str>, u32>,
+    /// Every string, back to back: one allocation instead of one per
+    /// string, since `subject` is often unique per event.
+    arena: String,
+    /// (start, length) of each id's string in `arena`.
+    spans: Vec<(u64, u32)>,
+}
+
+fn string_hash(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 impl Interner {
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
+        let hash = string_hash(s);
+        if let Some(id) = self.lookup(hash, s) {
             return id;
         }
-        let id = self.names.len() as u32;
-        let name: Arc<str> = Arc::from(s);
-        self.names.push(name.clone());
-        self.ids.insert(name, id);
+        let id = self.spans.len() as u32;
+        self.spans.push((self.arena.len() as u64, s.len() as u32));
+        self.arena.push_str(s);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.ids.entry(hash) {
+            v.insert(id);
+        } else {
+            self.collided.insert(Box::from(s), id);
+        }
         id
+    }
+
+    fn lookup(&self, hash: u64, s: &str) -> Option<u32> {
+        let id = *self.ids.get(&hash)?;
+        if self.name(id) == s {
+            return Some(id);
+        }
+        self.collided.get(s).copied()
     }
 
     /// The id of `s`, if any stored event has used it.
     pub fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+        self.lookup(string_hash(s), s)
     }
 
     /// The string behind an id.
     pub fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+        let (start, len) = self.spans[id as usize];
+        &self.arena[start as usize..start as usize + len as usize]
     }
 
     /// Ids of every string starting with `prefix`.
     pub fn with_prefix(&self, prefix: &str) -> Vec<u32> {
-        self.names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.starts_with(prefix))
-            .map(|(i, _)| i as u32)
+        (0..self.spans.len() as u32)
+            .filter(|&id| self.name(id).starts_with(prefix))
             .collect()
     }
 
     /// Number of distinct strings.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.spans.len()
     }
 
     /// True when nothing has been interned.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.spans.is_empty()
     }
 }
 
@@ -537,4 +565,26 @@ pub fn load(segments_file: &Arc<File>, path: &std::path::Path, hit: &Hit) -> Res
         ));
     }
     Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Interner;
+
+    #[test]
+    fn interner_round_trips_and_finds_prefixes() {
+        let mut i = Interner::default();
+        let names: Vec<String> = (0..10_000).map(|n| format!("order-{n}")).collect();
+        let ids: Vec<u32> = names.iter().map(|n| i.intern(n)).collect();
+        assert_eq!(i.len(), 10_000);
+        for (n, id) in names.iter().zip(&ids) {
+            assert_eq!(i.intern(n), *id, "interning again gives the same id");
+            assert_eq!(i.get(n), Some(*id));
+            assert_eq!(i.name(*id), n);
+        }
+        assert_eq!(i.get("order-10000"), None);
+        assert_eq!(i.with_prefix("order-999").len(), 11);
+        assert_eq!(i.intern(""), 10_000);
+        assert_eq!(i.name(10_000), "");
+    }
 }
