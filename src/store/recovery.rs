@@ -217,7 +217,12 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
                 bytes
             }
         };
-        let scan = segment::scan(&bytes, expect);
+        // Indexed record by record as the scan goes: a 64 MiB segment's
+        // records are never all held in memory at once.
+        let pos = index.add_segment(reader(&path, sealed.first_seq, bytes.len() as u64)?);
+        let scan = segment::scan_with(&bytes, expect, |r| {
+            add_record(&mut index, &mut dedup, pos, &r)
+        });
         if let Some(d) = &scan.damage {
             return Err(StoreError::Corrupt(format!(
                 "sealed segment {} has a bad record at offset {}: {}",
@@ -226,8 +231,6 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
                 d.problem
             )));
         }
-        let pos = index.add_segment(reader(&path, sealed.first_seq, bytes.len() as u64)?);
-        add_records(&mut index, &mut dedup, pos, &scan);
         expect = sealed.last_seq + 1;
         report.sealed_segments += 1;
     }
@@ -402,21 +405,25 @@ fn check_sealed(path: &Path, s: &SealedSegment, bytes: &[u8], expect: u64) -> Re
 
 fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan) {
     for r in &scan.records {
-        index.push(NewEntry {
-            seq: r.seq,
-            segment: pos,
-            offset: r.offset + r.framed.event_offset as u64,
-            len: r.framed.event_len,
-            crc: r.framed.crc,
-            ty: &r.keys.ty,
-            source: &r.keys.source,
-            subject: r.keys.subject.as_deref(),
-            bytes: None,
-        });
-        // Stored events are unique by construction, so a hash hit during
-        // recovery can only be a hash collision: keep both exactly.
-        dedup.insert(&r.keys.source, &r.keys.id, r.seq);
+        add_record(index, dedup, pos, r);
     }
+}
+
+fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::ScannedRecord) {
+    index.push(NewEntry {
+        seq: r.seq,
+        segment: pos,
+        offset: r.offset + r.framed.event_offset as u64,
+        len: r.framed.event_len,
+        crc: r.framed.crc,
+        ty: &r.keys.ty,
+        source: &r.keys.source,
+        subject: r.keys.subject.as_deref(),
+        bytes: None,
+    });
+    // Stored events are unique by construction, so a hash hit during
+    // recovery can only be a hash collision: keep both exactly.
+    dedup.insert(&r.keys.source, &r.keys.id, r.seq);
 }
 
 /// Rebuilds a manifest from the segment files alone: every file but the

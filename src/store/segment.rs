@@ -185,6 +185,20 @@ pub struct Scan {
 /// numbers run gaplessly from `expected_first`.
 pub fn scan(bytes: &[u8], expected_first: u64) -> Scan {
     let mut records = Vec::new();
+    let mut scan = scan_with(bytes, expected_first, |r| records.push(r));
+    scan.records = records;
+    scan
+}
+
+/// Like [`scan`], but hands each valid record to `on_record` instead of
+/// collecting them (the returned `records` is empty), so recovery indexes
+/// a segment without holding all its records at once.
+pub fn scan_with(
+    bytes: &[u8],
+    expected_first: u64,
+    mut on_record: impl FnMut(ScannedRecord),
+) -> Scan {
+    let records = Vec::new();
     let mut pos = 0usize;
     let mut expect = expected_first;
     while pos < bytes.len() {
@@ -194,7 +208,7 @@ pub fn scan(bytes: &[u8], expected_first: u64) -> Scan {
         let line = &bytes[pos..end];
         let problem = match decode_line(line) {
             Ok((seq, framed, keys)) if seq == expect => {
-                records.push(ScannedRecord {
+                on_record(ScannedRecord {
                     seq,
                     offset: pos as u64,
                     framed,
