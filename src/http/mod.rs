@@ -42,9 +42,20 @@ use error::Problem;
 /// Header carrying the request id (set when the client sends none, echoed back).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request (by axum's
+/// `State`), so it is one `Arc`: a clone is one increment, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateParts;
+    fn deref(&self) -> &AppStateParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppStateParts {
     /// The store.
     pub store: StoreHandle,
     /// Limits and settings the handlers apply.
@@ -81,7 +92,7 @@ pub struct HttpSettings {
 impl AppState {
     /// State for a server with `config`.
     pub fn new(store: StoreHandle, config: &ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
-        AppState {
+        AppState(Arc::new(AppStateParts {
             store,
             settings: Arc::new(HttpSettings {
                 limits: Limits {
@@ -98,7 +109,7 @@ impl AppState {
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
-        }
+        }))
     }
 }
 
