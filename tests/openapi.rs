@@ -51,7 +51,11 @@ async fn served_document_equals_the_checked_in_one() {
         serde_json::from_str(&std::fs::read_to_string(checked_in_path()).unwrap()).unwrap();
     assert_eq!(served, on_disk);
     let docs = reqwest::get(format!("http://{addr}/docs/")).await.unwrap();
-    assert_eq!(docs.status(), 200, "Swagger UI is served without any download");
+    assert_eq!(
+        docs.status(),
+        200,
+        "Swagger UI is served without any download"
+    );
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }

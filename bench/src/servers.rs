@@ -113,6 +113,43 @@ fn libc_sigterm() -> i32 {
     nix::sys::signal::Signal::SIGTERM as i32
 }
 
+/// Starts `cmd` as a child process logging to `log`, and waits until it
+/// answers on `addr`. `graceful`: stop it with SIGTERM (msgbus) rather than
+/// SIGKILL (the ceiling).
+async fn start_child(
+    mut cmd: tokio::process::Command,
+    addr: SocketAddr,
+    log: PathBuf,
+    graceful: bool,
+) -> Result<Server> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let started = Instant::now();
+    let program = cmd.as_std().get_program().to_string_lossy().to_string();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    let ready_after = wait_ready(addr, started, Some(&mut child), Some(&log)).await?;
+    Ok(Server {
+        addr,
+        ready_after,
+        pid,
+        in_process: false,
+        inner: Inner::Child {
+            child: Box::new(child),
+            log,
+            graceful,
+        },
+    })
+}
+
 fn free_port() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
@@ -182,37 +219,14 @@ impl Launcher {
                         .and_then(|s| s.to_str())
                         .unwrap_or("data")
                 ));
-                let out = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?;
-                let started = Instant::now();
-                let mut child = tokio::process::Command::new(msgbus)
-                    .arg("serve")
+                let mut cmd = tokio::process::Command::new(msgbus);
+                cmd.arg("serve")
                     .arg("--data-dir")
                     .arg(data_dir)
                     .arg("--addr")
                     .arg(addr.to_string())
-                    .args(flags)
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone()?)
-                    .stderr(out)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot start {}: {e}", msgbus.display()))?;
-                let pid = child.id().unwrap_or(0);
-                let ready_after = wait_ready(addr, started, Some(&mut child), Some(&log)).await?;
-                Ok(Server {
-                    addr,
-                    ready_after,
-                    pid,
-                    in_process: false,
-                    inner: Inner::Child {
-                        child: Box::new(child),
-                        log,
-                        graceful: true,
-                    },
-                })
+                    .args(flags);
+                start_child(cmd, addr, log, true).await
             }
             Launcher::InProcess => {
                 let dir = data_dir.to_str().ok_or("data dir is not UTF-8")?;
@@ -246,33 +260,9 @@ impl Launcher {
             Launcher::Processes { ceiling, logs, .. } => {
                 let addr = free_port()?;
                 let log = logs.join("ceiling.log");
-                let out = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?;
-                let started = Instant::now();
-                let mut child = tokio::process::Command::new(ceiling)
-                    .arg("--addr")
-                    .arg(addr.to_string())
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone()?)
-                    .stderr(out)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot start {}: {e}", ceiling.display()))?;
-                let pid = child.id().unwrap_or(0);
-                let ready_after = wait_ready(addr, started, Some(&mut child), Some(&log)).await?;
-                Ok(Server {
-                    addr,
-                    ready_after,
-                    pid,
-                    in_process: false,
-                    inner: Inner::Child {
-                        child: Box::new(child),
-                        log,
-                        graceful: false,
-                    },
-                })
+                let mut cmd = tokio::process::Command::new(ceiling);
+                cmd.arg("--addr").arg(addr.to_string());
+                start_child(cmd, addr, log, false).await
             }
             Launcher::InProcess => {
                 let started = Instant::now();
