@@ -367,7 +367,7 @@ pub async fn delete(
     get, path = "/consumers/{name}/events", tag = "consumers",
     params(
         ("name" = String, Path, description = "Consumer name"),
-        ("limit" = Option<u64>, Query, description = "Most events to return, 1 to 1000 (default 100)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Most events to return, 1 to 1000 (default 100)"),
         ("wait" = Option<u64>, Query, description = "Long-poll: when nothing matches yet, wait up to this many seconds (max --max-wait)"),
     ),
     responses(
