@@ -53,14 +53,10 @@ impl DedupIndex {
         self.len() == 0
     }
 
-    /// The `seq` stored for `(source, id)`. `is_same(seq)` must say whether
-    /// the event stored at `seq` really has this source and id.
-    pub fn lookup(&self, source: &str, id: &str, is_same: impl FnOnce(u64) -> bool) -> Option<u64> {
-        self.lookup_hashed(key_hash(source, id), source, id, is_same)
-    }
-
-    /// [`DedupIndex::lookup`] with the pair's [`key_hash`] already computed.
-    pub fn lookup_hashed(
+    /// The `seq` stored for `(source, id)`, whose [`key_hash`] is `hash`.
+    /// `is_same(seq)` must say whether the event stored at `seq` really has
+    /// this source and id.
+    pub fn lookup(
         &self,
         hash: u64,
         source: &str,
@@ -83,7 +79,7 @@ impl DedupIndex {
         self.overflow.retain(|_, seq| *seq >= first_seq);
     }
 
-    /// Records `(source, id)` at `seq`. Call only after `lookup` found nothing.
+    /// Records `(source, id)` at `seq`. Call only after [`DedupIndex::lookup`] found nothing.
     pub fn insert(&mut self, source: &str, id: &str, seq: u64) {
         self.insert_hashed(key_hash(source, id), source, id, seq);
     }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{Result, StoreError};
 use super::index::{self, Filter, Hit};
-use super::recovery::{self, RecoveryReport};
+use super::recovery;
 use super::writer::{Command, Writer};
 use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
 
@@ -346,10 +346,5 @@ impl StoreHandle {
     /// True when the writer thread is running.
     pub fn writer_alive(&self) -> bool {
         self.shared.writer_alive.load(Ordering::SeqCst) && !self.tx.is_closed()
-    }
-
-    /// What startup recovery found.
-    pub fn recovery_report(&self) -> &RecoveryReport {
-        &self.shared.recovery
     }
 }

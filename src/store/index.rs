@@ -518,11 +518,6 @@ impl Index {
             .map(|(i, c)| (self.sources.name(i as u32), *c))
     }
 
-    /// The `source` of a stored event (for duplicate checks).
-    pub fn source_of(&self, seq: u64) -> Option<&str> {
-        self.get(seq).map(|h| self.sources.name(h.entry.source))
-    }
-
     /// Bytes held by the recent-events cache.
     pub fn cache_bytes(&self) -> usize {
         self.recent_bytes

@@ -389,7 +389,7 @@ impl Writer {
             }
         }
         let mut found = None;
-        let seq = self.dedup.lookup_hashed(key, &ev.source, &ev.id, |seq| {
+        let seq = self.dedup.lookup(key, &ev.source, &ev.id, |seq| {
             match self.stored_attrs(seq) {
                 Some(a) if a.source == ev.source && a.id == ev.id => {
                     found = Some(a);
