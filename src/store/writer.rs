@@ -123,12 +123,15 @@ impl Writer {
         segment_bytes: u64,
         backup_keep: usize,
     ) -> (Self, index::Index) {
+        let mut active = rec.active;
+        let room = buffer_room(segment_bytes).saturating_sub(active.bytes.len());
+        active.bytes.reserve_exact(room);
         let w = Writer {
             backups: backups::BackupWorker::spawn(shared.clone(), backup_keep),
             unrepaired: Vec::new(),
             shared,
             manifest: rec.manifest,
-            active: rec.active,
+            active,
             next_seq: rec.next_seq,
             dedup: rec.dedup,
             segment_bytes,
@@ -468,7 +471,10 @@ impl Writer {
             count: 0,
             hasher: Sha256::new(),
             index_pos,
-            bytes: Vec::new(),
+            // The sealed segment's buffer is reused: growing a fresh one
+            // to tens of MiB re-copied it at every doubling and faulted in
+            // new zeroed pages, 13% of the server's CPU in batch profiles.
+            bytes: reuse_buffer(std::mem::take(&mut self.active.bytes), self.segment_bytes),
             crc: 0,
         };
         self.publish_file_state();
@@ -495,6 +501,24 @@ impl Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
+}
+
+/// Empties `buf` and makes room for a whole segment plus one commit, so the
+/// active segment's in-memory copy does not reallocate while it fills.
+fn reuse_buffer(mut buf: Vec<u8>, segment_bytes: u64) -> Vec<u8> {
+    buf.clear();
+    buf.reserve_exact(buffer_room(segment_bytes));
+    buf
+}
+
+/// The capacity reserved for the active segment's in-memory copy: a whole
+/// segment plus one commit, at most 1 GiB (larger segments grow the buffer
+/// as they fill). Untouched capacity is address space, not memory.
+fn buffer_room(segment_bytes: u64) -> usize {
+    usize::try_from(segment_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(MAX_COMMIT_BYTES)
+        .min(1 << 30)
 }
 
 fn command_bytes(cmd: &Command) -> usize {

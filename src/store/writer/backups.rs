@@ -118,18 +118,24 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
     *lock(&shared.backups) = known;
 
     let mut last_error: Option<String> = None;
+    let mut hashed = backup::HashedCopies::default();
     while let Ok(first) = rx.recv() {
         // Coalesce: one backup of the newest state answers every request.
         let mut jobs = vec![first];
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
+        // A backup that failed verification (the monitor's scrub) may share
+        // a damaged copy: check every copy again before linking any.
+        if lock(&shared.backups).iter().any(|b| !b.verified) {
+            hashed = backup::HashedCopies::default();
+        }
         let source = source(&shared);
-        let mut result = backup::take(&source);
+        let mut result = backup::take(&source, &mut hashed);
         if result.is_err() && shared.file_state().manifest != source.manifest {
             // Retention or a seal changed the segments while they were being
             // copied; copy the new state once more before calling it a failure.
-            result = backup::take(&self::source(&shared));
+            result = backup::take(&self::source(&shared), &mut hashed);
         }
         match &result {
             Ok(info) => {
