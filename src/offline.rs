@@ -173,8 +173,12 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
         active_crc: rec.active.crc,
         last_seq: rec.next_seq - 1,
     };
-    let info =
-        backup::take(&src, &mut backup::HashedCopies::default()).map_err(StoreError::Corrupt)?;
+    let info = backup::take(
+        &src,
+        backup::Copies::Two,
+        &mut backup::HashedCopies::default(),
+    )
+    .map_err(StoreError::Corrupt)?;
     Ok(data_dir.join(backup::BACKUPS_DIR).join(info.manifest.name))
 }
 

@@ -86,7 +86,7 @@ struct Args {
     /// print its result as JSON.
     #[arg(long)]
     load: Option<std::net::SocketAddr>,
-    /// With `--load`: single, batch, page or stats.
+    /// With `--load`: single, batch, page, stats or get:PATH (any GET).
     #[arg(long, default_value = "single")]
     load_work: String,
     /// With `--load`: connections.
@@ -300,6 +300,9 @@ async fn load(addr: std::net::SocketAddr, args: &Args) -> msgbus_bench::client::
         }
         "stats" => Work::Get {
             path: "/stats".into(),
+        },
+        other if other.starts_with("get:") => Work::Get {
+            path: other["get:".len()..].into(),
         },
         other => return Err(format!("unknown --load-work {other:?}").into()),
     };

@@ -3,13 +3,14 @@
 //! finds to the writer, which alone repairs.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::backup;
+use super::fsutil;
 use super::manifest::{self, Manifest};
 use super::recovery::SEGMENTS_DIR;
 use super::segment;
@@ -196,12 +197,18 @@ fn check_active(
             state.active_len
         ));
     }
-    let mut buf = vec![0u8; state.active_len as usize];
-    if let Err(e) = f.read_exact(&mut buf) {
-        return Some(format!("cannot be read: {e}"));
+    match fsutil::crc32c_prefix(&mut f, state.active_len) {
+        Ok(crc) if crc == state.active_crc => return None,
+        Ok(_) => {}
+        Err(e) => return Some(format!("cannot be read: {e}")),
     }
-    if crc32c::crc32c(&buf) == state.active_crc {
-        return None;
+    // Damaged: read the prefix whole to name the first bad record.
+    let mut buf = vec![0u8; state.active_len as usize];
+    if let Err(e) = f
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_exact(&mut buf))
+    {
+        return Some(format!("cannot be read: {e}"));
     }
     let first = state.manifest.active_first_seq;
     let scan = segment::scan(&buf, first);

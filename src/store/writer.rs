@@ -196,7 +196,7 @@ impl Writer {
                 let outcomes = self.repair(findings);
                 let _ = reply.send(outcomes);
             }
-            Command::Backup { reply } => self.request_backup(reply),
+            Command::Backup { reply } => self.request_backup(reply, backups::Trigger::Requested),
             Command::Append { .. }
             | Command::Shutdown
             | Command::Consumer(_)
@@ -484,7 +484,7 @@ impl Writer {
             .fetch_add(1, Ordering::Relaxed);
         // Every seal is followed by a backup, so each sealed segment has a
         // verified copy soon after it becomes immutable.
-        self.request_backup(None);
+        self.request_backup(None, backups::Trigger::Seal);
         Ok(())
     }
 

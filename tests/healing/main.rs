@@ -19,3 +19,4 @@ mod offline;
 mod process;
 mod quiet;
 mod sealed;
+mod sharing;

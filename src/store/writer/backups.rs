@@ -17,6 +17,17 @@ type Reply = oneshot::Sender<Result<BackupInfo, String>>;
 
 struct Job {
     reply: Option<Reply>,
+    /// Why the backup is taken, which decides how many copies it makes.
+    trigger: Trigger,
+}
+
+/// What asked for a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trigger {
+    /// A segment was just sealed.
+    Seal,
+    /// The timer, the monitor or `POST /admin/backups`.
+    Requested,
 }
 
 /// Handle to the backup thread.
@@ -72,8 +83,8 @@ impl Writer {
     /// [`FileState`](crate::store::integrity::FileState)): sealed segments
     /// and the active segment's durable prefix, checked against the CRC the
     /// writer keeps.
-    pub(super) fn request_backup(&mut self, reply: Option<Reply>) {
-        self.backups.request(Job { reply });
+    pub(super) fn request_backup(&mut self, reply: Option<Reply>, trigger: Trigger) {
+        self.backups.request(Job { reply, trigger });
     }
 }
 
@@ -130,12 +141,20 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         if lock(&shared.backups).iter().any(|b| !b.verified) {
             hashed = backup::HashedCopies::default();
         }
+        // Seal-time backups share any verified earlier copy of an older
+        // sealed segment; the others also make sure two distinct copies of
+        // each exist (see `backup::Copies`).
+        let copies = if jobs.iter().all(|j| j.trigger == Trigger::Seal) {
+            backup::Copies::One
+        } else {
+            backup::Copies::Two
+        };
         let source = source(&shared);
-        let mut result = backup::take(&source, &mut hashed);
+        let mut result = backup::take(&source, copies, &mut hashed);
         if result.is_err() && shared.file_state().manifest != source.manifest {
             // Retention or a seal changed the segments while they were being
             // copied; copy the new state once more before calling it a failure.
-            result = backup::take(&self::source(&shared), &mut hashed);
+            result = backup::take(&self::source(&shared), copies, &mut hashed);
         }
         match &result {
             Ok(info) => {

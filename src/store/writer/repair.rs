@@ -141,14 +141,11 @@ impl Writer {
     /// damaged since the last check, rewrite it first; otherwise the damage
     /// would be sealed in with no backup able to undo it.
     pub(super) fn verify_active_file_before_seal(&mut self) {
-        let on_disk = std::fs::read(&self.active.path);
-        if on_disk.as_ref().ok().map(Vec::as_slice) == Some(&self.active.bytes[..]) {
-            return;
-        }
-        let detail = match on_disk {
-            Ok(b) => format!(
+        let detail = match fsutil::file_equals(&self.active.path, &self.active.bytes) {
+            Ok(true) => return,
+            Ok(false) => format!(
                 "differs from what was written ({} bytes on disk, {} written), found before sealing",
-                b.len(),
+                std::fs::metadata(&self.active.path).map_or(0, |m| m.len()),
                 self.active.len
             ),
             Err(e) => format!("cannot be read before sealing: {e}"),
@@ -189,15 +186,14 @@ impl Writer {
 
     fn repair_active(&mut self) -> Result<String, String> {
         let path = self.active.path.clone();
-        let on_disk = std::fs::read(&path).ok();
         let same_inode = match (self.active.file.metadata(), std::fs::metadata(&path)) {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev() && a.nlink() > 0,
             _ => false,
         };
-        if same_inode && on_disk.as_deref() == Some(&self.active.bytes[..]) {
+        if same_inode && fsutil::file_equals(&path, &self.active.bytes).unwrap_or(false) {
             return Ok(INTACT.into());
         }
-        if let Some(bytes) = on_disk.filter(|b| !b.is_empty()) {
+        if let Some(bytes) = std::fs::read(&path).ok().filter(|b| !b.is_empty()) {
             recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes)
                 .map_err(|e| e.to_string())?;
         }
