@@ -72,13 +72,19 @@ fn too_large(limit: usize) -> Problem {
 }
 
 /// Parses JSON, answering 400 with the parser's position on failure.
-pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, Problem> {
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Problem> {
+    require_body(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// Answers 400 for an empty body, where a JSON document is required.
+pub fn require_body(bytes: &[u8]) -> Result<(), Problem> {
     if bytes.is_empty() {
         return Err(Problem::bad_request(
             "the request body is empty; send a JSON document",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))
+    Ok(())
 }
 
 /// The request's media type without parameters, lower-cased.

@@ -12,6 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::body::{self, QueryParams};
@@ -161,7 +162,8 @@ pub async fn publish(
         event::from_binary(&headers, &bytes, limits)?
     } else {
         body::require_media_type(&headers, EVENT_TYPES)?;
-        event::from_structured(body::parse_json(&bytes)?, "", limits)?
+        body::require_body(&bytes)?;
+        event::from_json(&bytes, "", limits)?
     };
     let mut outcomes = state.store.append(vec![prepared.clone()]).await?;
     let outcome = outcomes
@@ -208,14 +210,21 @@ pub async fn publish_batch(
         settings.body_timeout,
     )
     .await?;
-    let serde_json::Value::Array(items) = body::parse_json(&bytes)? else {
-        return Err(Problem::invalid(
-            "a batch must be a JSON array of events",
-            vec![FieldError {
-                field: "$".into(),
-                message: "must be an array".into(),
-            }],
-        ));
+    body::require_body(&bytes)?;
+    // Each item is kept as its JSON text and parsed once, by event::from_json.
+    let items: Vec<&RawValue> = match serde_json::from_slice(&bytes) {
+        Ok(items) => items,
+        // Valid JSON of another kind.
+        Err(e) if e.is_data() => {
+            return Err(Problem::invalid(
+                "a batch must be a JSON array of events",
+                vec![FieldError {
+                    field: "$".into(),
+                    message: "must be an array".into(),
+                }],
+            ))
+        }
+        Err(e) => return Err(Problem::bad_request(format!("malformed JSON: {e}"))),
     };
     if items.is_empty() {
         return Err(Problem::invalid(
@@ -236,7 +245,7 @@ pub async fn publish_batch(
     let mut prepared = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
-        match event::from_structured(item, &format!("[{i}]."), settings.limits) {
+        match event::from_json(item.get().as_bytes(), &format!("[{i}]."), settings.limits) {
             Ok(p) => prepared.push(p),
             Err(EventError::Invalid(e)) => errors.extend(e),
             Err(EventError::TooLarge { size, limit }) => {
