@@ -106,20 +106,61 @@ pub struct CloudEventDoc {
     pub data_base64: Option<String>,
 }
 
-fn result(ev: &PreparedEvent, o: Outcome) -> PublishResult {
-    let duplicate = o.is_duplicate();
-    let (ty, time) = match o.original {
-        Some(orig) => (orig.ty, orig.time),
-        None => (ev.ty.clone(), ev.time.clone()),
-    };
-    PublishResult {
-        seq: o.seq,
-        id: ev.id.clone(),
-        source: ev.source.clone(),
-        ty,
-        time,
-        duplicate,
+/// A [`PublishResult`] serialized before the event goes to the writer, so
+/// the event moves there instead of being cloned to answer afterwards;
+/// [`Answer::finish`] adds what the writer decided. Writes the same JSON as
+/// serializing a `PublishResult` (a unit test compares them).
+struct Answer {
+    /// `"id":…,"source":…`
+    id_source: Vec<u8>,
+    /// `,"type":…,"time":…` of the event sent (a duplicate answers with the
+    /// stored event's instead).
+    type_time: Vec<u8>,
+}
+
+impl Answer {
+    fn new(ev: &PreparedEvent) -> Self {
+        let mut id_source = Vec::with_capacity(ev.id.len() + ev.source.len() + 24);
+        id_source.extend_from_slice(b"\"id\":");
+        json_str(&mut id_source, &ev.id);
+        id_source.extend_from_slice(b",\"source\":");
+        json_str(&mut id_source, &ev.source);
+        Answer {
+            id_source,
+            type_time: type_time(&ev.ty, &ev.time),
+        }
     }
+
+    /// Appends the result's JSON object to `out`.
+    fn finish(self, o: &Outcome, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(o.seq.to_string().as_bytes());
+        out.push(b',');
+        out.extend_from_slice(&self.id_source);
+        match &o.original {
+            None => {
+                out.extend_from_slice(&self.type_time);
+                out.extend_from_slice(b",\"duplicate\":false}");
+            }
+            Some(orig) => {
+                out.extend_from_slice(&type_time(&orig.ty, &orig.time));
+                out.extend_from_slice(b",\"duplicate\":true}");
+            }
+        }
+    }
+}
+
+fn type_time(ty: &str, time: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ty.len() + time.len() + 24);
+    out.extend_from_slice(b",\"type\":");
+    json_str(&mut out, ty);
+    out.extend_from_slice(b",\"time\":");
+    json_str(&mut out, time);
+    out
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
 fn location(seq: u64) -> HeaderValue {
@@ -165,7 +206,8 @@ pub async fn publish(
         body::require_body(&bytes)?;
         event::from_json(&bytes, "", limits)?
     };
-    let mut outcomes = state.store.append(vec![prepared.clone()]).await?;
+    let answer = Answer::new(&prepared);
+    let mut outcomes = state.store.append(vec![prepared]).await?;
     let outcome = outcomes
         .pop()
         .ok_or_else(|| Problem::internal(&"the writer returned no outcome"))?;
@@ -174,9 +216,11 @@ pub async fn publish(
     } else {
         StatusCode::CREATED
     };
-    let seq = outcome.seq;
-    let mut res = (status, axum::Json(result(&prepared, outcome))).into_response();
-    res.headers_mut().insert(header::LOCATION, location(seq));
+    let mut body = Vec::with_capacity(256);
+    answer.finish(&outcome, &mut body);
+    let mut res = json_response(status, body);
+    res.headers_mut()
+        .insert(header::LOCATION, location(outcome.seq));
     Ok(res)
 }
 
@@ -267,19 +311,25 @@ pub async fn publish_batch(
         );
         return Err(Problem::invalid(detail, errors));
     }
-    let outcomes = state.store.append(prepared.clone()).await?;
+    let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
+    let outcomes = state.store.append(prepared).await?;
     let any_new = outcomes.iter().any(|o| !o.is_duplicate());
-    let results = prepared
-        .iter()
-        .zip(outcomes)
-        .map(|(p, o)| result(p, o))
-        .collect();
+    // Serialized as a BatchResult would be.
+    let mut body = Vec::with_capacity(32 + outcomes.len() * 200);
+    body.extend_from_slice(b"{\"results\":[");
+    for (i, (answer, o)) in answers.into_iter().zip(&outcomes).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        answer.finish(o, &mut body);
+    }
+    body.extend_from_slice(b"]}");
     let status = if any_new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(BatchResult { results })).into_response())
+    Ok(json_response(status, body))
 }
 
 /// Read events in sequence order.
@@ -451,5 +501,59 @@ pub async fn get_one(
             "no event with seq {seq}; the newest is {}",
             state.store.head()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Original;
+
+    fn event(id: &str, source: &str) -> PreparedEvent {
+        PreparedEvent {
+            bytes: bytes::Bytes::new(),
+            id: id.into(),
+            source: source.into(),
+            ty: "t.\"quoted\"".into(),
+            subject: None,
+            time: "2026-01-31T12:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn answers_are_the_json_of_a_publish_result() {
+        let ev = event("id \\ 1", "/s\u{e9}\n");
+        let new = Outcome {
+            seq: 42,
+            original: None,
+        };
+        let dup = Outcome {
+            seq: 7,
+            original: Some(Original {
+                ty: "t.orig".into(),
+                time: "2026-01-01T00:00:00Z".into(),
+            }),
+        };
+        for o in [new, dup] {
+            let mut written = Vec::new();
+            Answer::new(&ev).finish(&o, &mut written);
+            let (ty, time) = match &o.original {
+                Some(orig) => (orig.ty.clone(), orig.time.clone()),
+                None => (ev.ty.clone(), ev.time.clone()),
+            };
+            let expected = serde_json::to_vec(&PublishResult {
+                seq: o.seq,
+                id: ev.id.clone(),
+                source: ev.source.clone(),
+                ty,
+                time,
+                duplicate: o.is_duplicate(),
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 }
