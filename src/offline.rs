@@ -168,7 +168,7 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
     let rec = recovery::open(data_dir, 0)?;
     let src = BackupSource {
         data_dir: data_dir.to_path_buf(),
-        manifest: rec.manifest.clone(),
+        manifest: std::sync::Arc::new(rec.manifest.clone()),
         active_len: rec.active.len,
         active_crc: rec.active.crc,
         last_seq: rec.next_seq - 1,

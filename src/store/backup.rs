@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,7 @@ pub struct BackupSource {
     /// The data directory.
     pub data_dir: PathBuf,
     /// The store manifest at the time of the request.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// Durable length of the active segment.
     pub active_len: u64,
     /// CRC32C of that prefix, as the writer computed it.
@@ -327,7 +328,7 @@ fn assemble(
         bytes: src.active_len,
         sha256: sha,
     });
-    let manifest_bytes = serde_json::to_vec_pretty(&src.manifest).expect("manifest serializes");
+    let manifest_bytes = serde_json::to_vec_pretty(&*src.manifest).expect("manifest serializes");
     write_synced(&tmp.join(manifest::FILE_NAME), &manifest_bytes)?;
     copied.push(files.len());
     files.push(BackupFile {

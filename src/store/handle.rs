@@ -91,7 +91,7 @@ impl StoreHandle {
             recovery: report,
             queue_capacity: config.queue_capacity,
             files: RwLock::new(super::integrity::FileState {
-                manifest: rec.manifest.clone(),
+                manifest: Arc::new(rec.manifest.clone()),
                 active_len: rec.active.len,
                 active_crc: rec.active.crc,
                 last_seq: rec.next_seq - 1,

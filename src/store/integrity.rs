@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -19,8 +20,9 @@ use super::Shared;
 /// What the writer last left on disk, published after every change.
 #[derive(Debug, Clone)]
 pub struct FileState {
-    /// The manifest as the writer wrote it.
-    pub manifest: Manifest,
+    /// The manifest as the writer wrote it (shared: it changes only at a
+    /// seal, a retention pass or a repair, and this is published per commit).
+    pub manifest: Arc<Manifest>,
     /// Durable length of the active segment.
     pub active_len: u64,
     /// CRC32C of the active segment's first `active_len` bytes.
@@ -96,9 +98,9 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
     let mut findings = Vec::new();
 
     match Manifest::load(&shared.data_dir) {
-        Ok(Some(m)) if m == state.manifest => {}
+        Ok(Some(m)) if m == *state.manifest => {}
         // A seal may have replaced the manifest since the snapshot was taken.
-        Ok(Some(m)) if m == shared.file_state().manifest => {}
+        Ok(Some(m)) if m == *shared.file_state().manifest => {}
         Ok(Some(_)) => findings.push(Finding::Manifest {
             detail: "differs from the writer's manifest".into(),
         }),

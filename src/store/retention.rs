@@ -19,6 +19,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -171,7 +172,7 @@ pub struct Deleted {
 /// the next pass tries again.
 pub fn enforce(
     shared: &Shared,
-    manifest: &mut Manifest,
+    manifest: &mut Arc<Manifest>,
     dedup: &mut DedupIndex,
     head: u64,
     active_bytes: u64,
@@ -189,7 +190,7 @@ pub fn enforce(
         return Ok(None);
     }
 
-    let mut next = manifest.clone();
+    let mut next = (**manifest).clone();
     let gone: Vec<SealedSegment> = next.sealed.drain(..n).collect();
     let oldest = next
         .sealed
@@ -205,7 +206,7 @@ pub fn enforce(
             e,
         )
     })?;
-    *manifest = next;
+    *manifest = Arc::new(next);
 
     shared
         .index

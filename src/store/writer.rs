@@ -83,7 +83,7 @@ const MAX_COMMIT_BYTES: usize = 16 << 20;
 /// The writer's state. Built from a [`Recovered`] store.
 pub struct Writer {
     shared: Arc<Shared>,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     active: ActiveSegment,
     next_seq: u64,
     dedup: DedupIndex,
@@ -130,7 +130,7 @@ impl Writer {
             backups: backups::BackupWorker::spawn(shared.clone(), backup_keep),
             unrepaired: Vec::new(),
             shared,
-            manifest: rec.manifest,
+            manifest: Arc::new(rec.manifest),
             active,
             next_seq: rec.next_seq,
             dedup: rec.dedup,
@@ -224,7 +224,8 @@ impl Writer {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(commands = appends.len()))]
+    // DEBUG: at the default INFO level the span costs nothing per commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(commands = appends.len()))]
     fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
         if let Some(refusal) = self.shared.write_refusal() {
             for (_, reply) in appends {
@@ -435,7 +436,7 @@ impl Writer {
         let new_first = self.next_seq;
         let (file, path) = recovery::create_segment_file(&seg_dir, new_first)?;
         let sha256 = hex::encode(self.active.hasher.clone().finalize());
-        let mut manifest = self.manifest.clone();
+        let mut manifest = (*self.manifest).clone();
         manifest.sealed.push(SealedSegment {
             file: segment::file_name(self.active.first_seq),
             first_seq: self.active.first_seq,
@@ -454,7 +455,7 @@ impl Writer {
                 e,
             )
         })?;
-        self.manifest = manifest;
+        self.manifest = Arc::new(manifest);
         let reader = recovery::reader(&path, new_first, 0)?;
         let index_pos = self
             .shared

@@ -47,7 +47,7 @@ impl Writer {
     /// Publishes what is now on disk, for the integrity monitor.
     pub(super) fn publish_file_state(&self) {
         let state = FileState {
-            manifest: self.manifest.clone(),
+            manifest: Arc::clone(&self.manifest),
             active_len: self.active.len,
             active_crc: self.active.crc,
             last_seq: self.next_seq - 1,
@@ -249,7 +249,7 @@ impl Writer {
 
     fn repair_manifest(&mut self) -> Result<String, String> {
         let data_dir = self.shared.data_dir.clone();
-        if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == self.manifest) {
+        if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == *self.manifest) {
             return Ok(INTACT.into());
         }
         let path = data_dir.join(crate::store::manifest::FILE_NAME);
