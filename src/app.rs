@@ -98,6 +98,14 @@ impl Application {
             ),
         ];
         let mut graceful = shutdown_tx.subscribe();
+        // TCP_NODELAY: an SSE stream writes many small frames, and over a
+        // real network Nagle's algorithm can hold one behind a delayed
+        // acknowledgement of the last. (On loopback no difference shows.)
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
