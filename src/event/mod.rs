@@ -1,0 +1,340 @@
+//! The event model: CloudEvents 1.0, structured (a JSON object) or binary
+//! (`ce-*` headers with the body as `data`). Parsing produces a
+//! [`PreparedEvent`] (the exact bytes to store plus the attributes the index
+//! needs) or every problem found, each naming its field.
+//!
+//! - [`from_json`] (this file): structured events from JSON text, the
+//!   publish path; [`from_structured`] for an already parsed `Value`
+//! - `raw`: reading an object member by member, values kept as JSON text
+//! - `validate`: the attribute checks shared by every path
+//! - `binary`: binary mode (`ce-*` headers)
+
+mod binary;
+mod raw;
+mod validate;
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+pub use binary::{from_binary, is_binary};
+use raw::raw_members;
+use validate::{validate, Attr};
+
+use crate::store::PreparedEvent;
+
+/// A validation problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `type`, `[3].source`, `ce-type`.
+    pub field: String,
+    /// Why it was rejected.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    /// One or more attributes are invalid (HTTP 422).
+    Invalid(Vec<FieldError>),
+    /// The serialized event is larger than the limit (HTTP 413).
+    TooLarge {
+        /// Serialized size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body is not valid JSON where JSON is required (HTTP 400).
+    Malformed(String),
+}
+
+/// Limits applied while validating.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest serialized event accepted, in bytes.
+    pub max_event_bytes: usize,
+}
+
+/// Maximum lengths, in bytes, of the context attributes. Generous for real
+/// use, small enough that the in-memory index stays small.
+pub const MAX_ID_LEN: usize = 256;
+/// Maximum length of `source`.
+pub const MAX_SOURCE_LEN: usize = 1024;
+/// Maximum length of `type`.
+pub const MAX_TYPE_LEN: usize = 256;
+/// Maximum length of `subject`.
+pub const MAX_SUBJECT_LEN: usize = 1024;
+/// Maximum length of `datacontenttype` and `dataschema`.
+pub const MAX_META_LEN: usize = 1024;
+/// Maximum length of an extension attribute's name (the spec's SHOULD).
+pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+/// Maximum length of a string extension value.
+pub const MAX_EXTENSION_VALUE_LEN: usize = 4096;
+/// Maximum number of extension attributes on one event.
+pub const MAX_EXTENSIONS: usize = 64;
+
+const KNOWN: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// Parses a structured-mode event from its JSON text (a request body or one
+/// item of a batch), filling in `id` (UUIDv7), `time` (now) and
+/// `specversion` when absent. `path` prefixes field names (e.g. `[3].`).
+///
+/// The usual case is parsed once, without building a tree: each member's
+/// value is kept as the JSON text it was sent as, the attributes are
+/// checked from that text, and the stored event is those members in the
+/// order sent (plus the filled-in ones), so `data` is neither parsed into a
+/// `Value` nor serialized again. (Parsing into a `Value` and serializing it
+/// back was most of the JSON work per event in profiles.) Anything unusual
+/// (not an object, a repeated member name, line breaks inside a value, which
+/// a JSON Lines record cannot hold, or a body that is not valid JSON) takes
+/// the `Value` path of [`from_structured`], which also words the errors.
+pub fn from_json(text: &[u8], path: &str, limits: Limits) -> Result<PreparedEvent, EventError> {
+    match raw_members(text) {
+        Some(members) => from_members(&members, path, limits),
+        None => {
+            let value: Value =
+                serde_json::from_slice(text).map_err(|e| EventError::Malformed(e.to_string()))?;
+            from_structured(value, path, limits)
+        }
+    }
+}
+
+fn from_members(
+    members: &[(Cow<'_, str>, &RawValue)],
+    path: &str,
+    limits: Limits,
+) -> Result<PreparedEvent, EventError> {
+    let attrs: Vec<(&str, Attr<'_>)> = members
+        .iter()
+        .map(|(name, raw)| (name.as_ref(), Attr::from_raw(raw)))
+        .collect();
+    let checked = validate(&attrs, path)?;
+    let mut out = Vec::with_capacity(
+        members
+            .iter()
+            .map(|(n, v)| n.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 128,
+    );
+    out.push(b'{');
+    for (i, (name, raw)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name.as_ref()).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        out.extend_from_slice(raw.get().as_bytes());
+    }
+    for (name, value) in checked.filled() {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).expect("writing to a Vec cannot fail");
+    }
+    out.push(b'}');
+    checked.prepare(out, limits)
+}
+
+/// Parses a structured-mode event already parsed into a `Value` (binary
+/// mode builds one from headers), filling in `id`, `time` and `specversion`
+/// when absent. `path` prefixes field names (e.g. `[3].` inside a batch).
+pub fn from_structured(
+    value: Value,
+    path: &str,
+    limits: Limits,
+) -> Result<PreparedEvent, EventError> {
+    let Value::Object(mut obj) = value else {
+        return Err(EventError::Invalid(vec![FieldError::new(
+            whole(path),
+            "an event must be a JSON object",
+        )]));
+    };
+    let checked = {
+        let attrs: Vec<(&str, Attr<'_>)> = obj
+            .iter()
+            .map(|(name, v)| (name.as_str(), Attr::from_value(v)))
+            .collect();
+        validate(&attrs, path)?
+    };
+    for (name, value) in checked.filled() {
+        obj.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    let bytes = serde_json::to_vec(&Value::Object(obj)).expect("a JSON value serializes");
+    checked.prepare(bytes, limits)
+}
+
+/// The field name for the event as a whole.
+fn whole(path: &str) -> String {
+    if path.is_empty() {
+        "$".to_string()
+    } else {
+        path.trim_end_matches('.').to_string()
+    }
+}
+
+/// The current time as RFC 3339 with microseconds, in UTC.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+    use serde_json::json;
+
+    const L: Limits = Limits {
+        max_event_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn fills_id_time_and_specversion() {
+        let ev = from_structured(json!({"type": "t", "source": "/s"}), "", L).unwrap();
+        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], ev.id.as_str());
+        assert!(chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        let err = from_structured(
+            json!({"type": "", "specversion": "0.3", "time": "yesterday", "Bad_Name": 1, "ok": 1.5}),
+            "[2].",
+            L,
+        )
+        .unwrap_err();
+        let EventError::Invalid(errs) = err else {
+            panic!("{err:?}")
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "[2].type",
+            "[2].source",
+            "[2].specversion",
+            "[2].time",
+            "[2].Bad_Name",
+            "[2].ok",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn json_text_is_stored_member_by_member_in_the_order_sent() {
+        let sent = br#"{"type":"t.x","source":"/s","data":{"n":12345678901234567890123,"f":1.50,"s":"\u00e9"},"ext":7}"#;
+        let ev = from_json(sent, "", L).unwrap();
+        let stored = std::str::from_utf8(&ev.bytes).unwrap();
+        // data exactly as sent (no f64 rounding, no re-escaping), then the
+        // attributes the server fills in, in the order the Value path uses.
+        let prefix = r#"{"type":"t.x","source":"/s","data":{"n":12345678901234567890123,"f":1.50,"s":"\u00e9"},"ext":7,"specversion":"1.0","id":""#;
+        assert!(stored.starts_with(prefix), "{stored}");
+        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        assert_eq!(v["id"], ev.id.as_str());
+        assert_eq!(v["time"], ev.time.as_str());
+        assert_eq!((ev.ty.as_str(), ev.source.as_str()), ("t.x", "/s"));
+    }
+
+    #[test]
+    fn json_text_and_value_paths_store_the_same_bytes_for_plain_json() {
+        let sent = br#"{"specversion":"1.0","id":"a1","source":"/s","type":"t","time":"2026-01-31T12:00:00Z","subject":"x","data":{"k":[1,"two",true,null]}}"#;
+        let raw = from_json(sent, "", L).unwrap();
+        let tree = from_structured(serde_json::from_slice(sent).unwrap(), "", L).unwrap();
+        assert_eq!(raw.bytes, tree.bytes);
+        assert_eq!(&raw.bytes[..], &sent[..]);
+        assert_eq!(raw.subject.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn unusual_json_takes_the_value_path() {
+        // A repeated member: the last one wins, as with the Value path.
+        let ev = from_json(br#"{"type":"a","source":"/s","type":"b","id":"1"}"#, "", L).unwrap();
+        assert_eq!(ev.ty, "b");
+        // Line breaks inside a value: stored on one line.
+        let ev = from_json(
+            b"{\"type\":\"t\",\"source\":\"/s\",\"id\":\"1\",\"data\":{\n  \"k\": 1\n}}",
+            "",
+            L,
+        )
+        .unwrap();
+        assert!(!ev.bytes.contains(&b'\n'));
+        // Escaped member names are the names they spell.
+        let ev = from_json(br#"{"\u0074ype":"t","source":"/s","id":"1"}"#, "", L).unwrap();
+        assert_eq!(ev.ty, "t");
+        // Not an object, not JSON.
+        let err = from_json(b"[1]", "[4].", L).unwrap_err();
+        assert_eq!(
+            err,
+            EventError::Invalid(vec![FieldError::new(
+                "[4]",
+                "an event must be a JSON object"
+            )])
+        );
+        assert!(matches!(
+            from_json(b"{\"type\":", "", L),
+            Err(EventError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn both_paths_report_the_same_problems() {
+        let sent = br#"{"type":"","specversion":"0.3","time":"yesterday","Bad_Name":1,"ok":1.5,"big":4294967296,"id":7}"#;
+        let raw = from_json(sent, "[2].", L).unwrap_err();
+        let tree = from_structured(serde_json::from_slice(sent).unwrap(), "[2].", L).unwrap_err();
+        assert_eq!(raw, tree);
+    }
+
+    #[test]
+    fn too_large_is_its_own_error() {
+        let big = "x".repeat(2000);
+        let err = from_structured(
+            json!({"type": "t", "source": "/s", "data": big}),
+            "",
+            Limits {
+                max_event_bytes: 1000,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, EventError::TooLarge { limit: 1000, .. }));
+    }
+
+    #[test]
+    fn binary_mode_keeps_json_data_and_encodes_bytes() {
+        let mut h = HeaderMap::new();
+        h.insert("ce-type", "t.x".parse().unwrap());
+        h.insert("ce-source", "/s".parse().unwrap());
+        h.insert("ce-id", "a%20b".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        let ev = from_binary(&h, br#"{"k":1}"#, L).unwrap();
+        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        assert_eq!(v["data"], json!({"k": 1}));
+        assert_eq!(ev.id, "a b");
+        h.insert("content-type", "application/octet-stream".parse().unwrap());
+        let ev = from_binary(&h, &[0, 159, 146, 150], L).unwrap();
+        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        assert_eq!(v["data_base64"], "AJ+Slg==");
+    }
+}

@@ -1,0 +1,81 @@
+//! Reading an event's JSON text member by member, each value kept as the
+//! text it was sent as (see [`super::from_json`]).
+
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{KNOWN, MAX_EXTENSIONS};
+
+/// The members of a JSON object with their values' JSON text, if `text` is
+/// an object that can be stored member by member (see [`from_json`]).
+pub(super) fn raw_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    let RawMembers(members) = serde_json::from_slice(text).ok()?;
+    // More members than an event may have: the Value path reports it (and a
+    // quadratic duplicate check never runs on a huge object).
+    if members.len() > KNOWN.len() + MAX_EXTENSIONS {
+        return None;
+    }
+    for (i, (name, value)) in members.iter().enumerate() {
+        if members[..i].iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        if value.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+            return None;
+        }
+    }
+    Some(members)
+}
+
+/// An object's members with each value kept as its JSON text. Member names
+/// without escapes borrow from the input.
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(CowStr(name)) = map.next_key()? {
+                    out.push((name, map.next_value()?));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+pub(super) struct CowStr<'a>(pub(super) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
