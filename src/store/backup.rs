@@ -3,7 +3,7 @@
 //! SHA-256. Live files are never hard-linked (a link would share the very
 //! blocks whose damage a backup exists to survive); a later backup may link
 //! an earlier backup's copy of a sealed segment once two distinct copies
-//! exist (see [`verified_copy`]).
+//! exist (see `verified_copy`).
 //!
 //! A backup is assembled in `backups/.tmp-<name>/`, every file fsynced and
 //! then re-read and checked against its SHA-256, and only then renamed into

@@ -12,7 +12,7 @@
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`consumers`]: durable named cursors (`consumers.json`)
 //! - [`retention`]: deleting sealed segments outside the retention limits
-//! - [`lock`], [`fsutil`], [`error`]: the lock file, durable file helpers, errors
+//! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file helpers, errors
 
 pub mod backup;
 pub mod consumers;

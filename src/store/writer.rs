@@ -12,8 +12,8 @@
 //!
 //! The writer keeps its own copy of the active segment's bytes, so that when
 //! the file is damaged, truncated or deleted under it, it can rewrite it
-//! without losing an acknowledged event ([`repair`]). Backups are copied by
-//! a worker thread it feeds ([`backups`]), off the commit path.
+//! without losing an acknowledged event (`repair`). Backups are copied by
+//! a worker thread it feeds (`backups`), off the commit path.
 
 mod backups;
 mod repair;
