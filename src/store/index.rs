@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
 
 /// Marker for "no subject".
@@ -236,7 +237,7 @@ pub struct Page {
 #[derive(Debug)]
 pub struct Index {
     first_seq: u64,
-    entries: VecDeque<Entry>,
+    entries: ChunkedDeque<Entry>,
     segments: VecDeque<SegmentReader>,
     segment_base: u32,
     types: Interner,
@@ -254,7 +255,7 @@ impl Index {
     pub fn new(first_seq: u64, recent_capacity: usize) -> Self {
         Index {
             first_seq,
-            entries: VecDeque::new(),
+            entries: ChunkedDeque::default(),
             segments: VecDeque::new(),
             segment_base: 0,
             types: Interner::default(),
@@ -337,10 +338,11 @@ impl Index {
             return;
         }
         let n = ((new_first - self.first_seq) as usize).min(self.entries.len());
-        for e in self.entries.drain(..n) {
-            self.type_counts[e.ty as usize] -= 1;
-            self.source_counts[e.source as usize] -= 1;
-        }
+        let (type_counts, source_counts) = (&mut self.type_counts, &mut self.source_counts);
+        self.entries.drop_front(n, |e| {
+            type_counts[e.ty as usize] -= 1;
+            source_counts[e.source as usize] -= 1;
+        });
         self.first_seq = new_first;
         while self.recent.front().is_some_and(|r| r.seq < new_first) {
             if let Some(r) = self.recent.pop_front() {

@@ -7,6 +7,7 @@
 //! - [`manifest`]: the sealed-segment table, replaced atomically
 //! - [`recovery`]: startup: lock, verify, cut torn tails, rebuild the index
 //! - [`index`]: the in-memory index and recent-events cache readers use
+//!   ([`chunked`]: its per-event table, which never moves as it grows)
 //! - [`dedup`]: the `(source, id)` idempotency set
 //! - [`backup`]: verified backups and restoring segments from them
 //! - [`integrity`]: checks of the files against what the writer left
@@ -15,6 +16,7 @@
 //! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file helpers, errors
 
 pub mod backup;
+pub mod chunked;
 pub mod consumers;
 pub mod dedup;
 pub mod error;
