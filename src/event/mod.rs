@@ -300,6 +300,37 @@ mod tests {
     }
 
     #[test]
+    fn json_a_value_parse_refuses_is_refused_on_both_paths() {
+        for sent in [
+            &br#"{"type":"t","source":"/s","data":"\ud800"}"#[..],
+            br#"{"type":"t","source":"/s","data":{"a":["\udc00x"]}}"#,
+            br#"{"type":"t","source":"/s","data":[1e999]}"#,
+            br#"{"type":"t","source":"/s","ext":"\ud800"}"#,
+            b"{\"type\":\"t\",\"source\":\"/s\",\"data\":\"a\tb\"}",
+        ] {
+            let tree = serde_json::from_slice::<Value>(sent);
+            assert!(tree.is_err(), "{}", String::from_utf8_lossy(sent));
+            assert!(
+                matches!(from_json(sent, "", L), Err(EventError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
+        // What a Value parse accepts stays accepted: a valid surrogate pair,
+        // a number beyond u64 (kept as sent), escapes in member names.
+        for sent in [
+            &br#"{"type":"t","source":"/s","data":"\ud83d\ude00"}"#[..],
+            br#"{"type":"t","source":"/s","data":[18446744073709551616, -0, 1.5e300]}"#,
+        ] {
+            assert!(
+                from_json(sent, "", L).is_ok(),
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
+    }
+
+    #[test]
     fn both_paths_report_the_same_problems() {
         let sent = br#"{"type":"","specversion":"0.3","time":"yesterday","Bad_Name":1,"ok":1.5,"big":4294967296,"id":7}"#;
         let raw = from_json(sent, "[2].", L).unwrap_err();

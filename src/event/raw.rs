@@ -24,8 +24,73 @@ pub(super) fn raw_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>>
         if value.get().bytes().any(|b| b == b'\n' || b == b'\r') {
             return None;
         }
+        if needs_strict_check(value.get()) && !is_strict_json(value.get()) {
+            return None;
+        }
     }
     Some(members)
+}
+
+/// Whether a value's text may hold something only a full parse rejects:
+/// an escape (a lone UTF-16 surrogate such as `\ud800`) or a number (out of
+/// range, such as `1e999`). Reading a value as raw text skips it without
+/// those checks; the `Value` path refuses both as malformed JSON, and so
+/// must this one: many JSON parsers cannot read such an event back.
+fn needs_strict_check(text: &str) -> bool {
+    let string = text.starts_with('"');
+    text.bytes()
+        .any(|b| b == b'\\' || (!string && b.is_ascii_digit()))
+}
+
+/// True when `text` parses as JSON the way a `Value` parse would accept it,
+/// without building anything.
+fn is_strict_json(text: &str) -> bool {
+    serde_json::from_str::<Strict>(text).is_ok()
+}
+
+/// Parses any JSON value completely (every string unescaped, every number
+/// converted) and keeps nothing.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
+    }
 }
 
 /// An object's members with each value kept as its JSON text. Member names
