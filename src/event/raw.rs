@@ -32,14 +32,28 @@ pub(super) fn raw_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>>
 }
 
 /// Whether a value's text may hold something only a full parse rejects:
-/// an escape (a lone UTF-16 surrogate such as `\ud800`) or a number (out of
-/// range, such as `1e999`). Reading a value as raw text skips it without
-/// those checks; the `Value` path refuses both as malformed JSON, and so
-/// must this one: many JSON parsers cannot read such an event back.
+/// an escape (a lone UTF-16 surrogate such as `\ud800`) or a number out of
+/// range (`1e999`; one needs an exponent or over 300 digits). Reading a
+/// value as raw text skips it without those checks; the `Value` path
+/// refuses both as malformed JSON, and so must this one: many JSON parsers
+/// cannot read such an event back. (A digit before an `e` inside a string
+/// also triggers the check; it only costs the check.)
 fn needs_strict_check(text: &str) -> bool {
-    let string = text.starts_with('"');
-    text.bytes()
-        .any(|b| b == b'\\' || (!string && b.is_ascii_digit()))
+    let mut digits = 0usize;
+    for b in text.bytes() {
+        match b {
+            b'\\' => return true,
+            b'e' | b'E' if digits > 0 => return true,
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 300 {
+                    return true;
+                }
+            }
+            _ => digits = 0,
+        }
+    }
+    false
 }
 
 /// True when `text` parses as JSON the way a `Value` parse would accept it,
