@@ -60,7 +60,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
 
     /// A client that takes longer than this to send a request body gets
-    /// 408 (its slowness is not a server error).
+    /// 408 (its slowness is not a server error). Capped at 90% of
+    /// --request-timeout, which would otherwise answer first, with 503.
     #[arg(long, env = "MSGBUS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 

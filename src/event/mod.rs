@@ -307,6 +307,13 @@ mod tests {
             br#"{"type":"t","source":"/s","data":[1e999]}"#,
             br#"{"type":"t","source":"/s","ext":"\ud800"}"#,
             b"{\"type\":\"t\",\"source\":\"/s\",\"data\":\"a\tb\"}",
+            &[
+                &br#"{"type":"t","source":"/s","data":"#[..],
+                &b"[".repeat(200),
+                &b"]".repeat(200),
+                b"}",
+            ]
+            .concat(),
         ] {
             let tree = serde_json::from_slice::<Value>(sent);
             assert!(tree.is_err(), "{}", String::from_utf8_lossy(sent));

@@ -32,14 +32,15 @@ pub(super) fn raw_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>>
 }
 
 /// Whether a value's text may hold something only a full parse rejects:
-/// an escape (a lone UTF-16 surrogate such as `\ud800`) or a number out of
-/// range (`1e999`; one needs an exponent or over 300 digits). Reading a
+/// an escape (a lone UTF-16 surrogate such as `\ud800`), a number out of
+/// range (`1e999`; one needs an exponent or over 300 digits) or nesting
+/// deeper than a full parse allows. Reading a
 /// value as raw text skips it without those checks; the `Value` path
 /// refuses both as malformed JSON, and so must this one: many JSON parsers
 /// cannot read such an event back. (A digit before an `e` inside a string
 /// also triggers the check; it only costs the check.)
 fn needs_strict_check(text: &str) -> bool {
-    let mut digits = 0usize;
+    let (mut digits, mut depth) = (0usize, 0usize);
     for b in text.bytes() {
         match b {
             b'\\' => return true,
@@ -49,9 +50,20 @@ fn needs_strict_check(text: &str) -> bool {
                 if digits > 300 {
                     return true;
                 }
+                continue;
             }
-            _ => digits = 0,
+            // Nesting a full parse refuses (over 128 levels); brackets inside
+            // strings count too, which only costs the check.
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > 64 {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
+        digits = 0;
     }
     false
 }

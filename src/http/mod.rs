@@ -102,7 +102,10 @@ impl AppState {
                 max_batch_bytes: config.max_batch_bytes as usize,
                 max_wait: config.max_wait,
                 request_timeout: config.request_timeout,
-                body_timeout: config.body_timeout,
+                // Kept below the request timeout, so a stalled upload is
+                // answered as the client's 408, not as the server's 503
+                // (the request timeout would fire first otherwise).
+                body_timeout: config.body_timeout.min(config.request_timeout * 9 / 10),
                 started: Instant::now(),
                 sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
