@@ -133,45 +133,56 @@ pub struct HashedCopies {
     checked: HashMap<(u64, u64), Checked>,
 }
 
-/// When a copy was hashed, what it hashed to, and its length and
-/// modification time then.
+/// When a copy was hashed, what it hashed to, and which file it was then.
 #[derive(Debug)]
 struct Checked {
     at: Instant,
     sha256: String,
+    file: FileId,
+}
+
+/// A file's identity and the metadata a write changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    /// Device and inode.
+    inode: (u64, u64),
     len: u64,
     mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        Some(FileId {
+            inode: (m.dev(), m.ino()),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
 }
 
 impl HashedCopies {
     /// True when the copy at `path` was checked recently against `sha256`
     /// and has not been written to since.
     fn is_fresh(&self, path: &Path, sha256: &str) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = fs::metadata(path) else {
+        let Some(file) = FileId::of(path) else {
             return false;
         };
-        self.checked
-            .get(&(meta.dev(), meta.ino()))
-            .is_some_and(|c| {
-                c.sha256 == sha256
-                    && c.at.elapsed() < REHASH_SHARED_AFTER
-                    && c.len == meta.len()
-                    && c.mtime == (meta.mtime(), meta.mtime_nsec())
-            })
+        self.checked.get(&file.inode).is_some_and(|c| {
+            c.sha256 == sha256 && c.at.elapsed() < REHASH_SHARED_AFTER && c.file == file
+        })
     }
 
     /// Records that the copy at `path` hashed to `sha256` just now.
     fn record(&mut self, path: &Path, sha256: &str) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = fs::metadata(path) {
+        if let Some(file) = FileId::of(path) {
             self.checked.insert(
-                (meta.dev(), meta.ino()),
+                file.inode,
                 Checked {
                     at: Instant::now(),
                     sha256: sha256.to_string(),
-                    len: meta.len(),
-                    mtime: (meta.mtime(), meta.mtime_nsec()),
+                    file,
                 },
             );
         }
@@ -182,11 +193,6 @@ impl HashedCopies {
         self.checked
             .retain(|_, c| c.at.elapsed() < REHASH_SHARED_AFTER * 2);
     }
-}
-
-fn inode(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn backups_dir(data_dir: &Path) -> PathBuf {
@@ -439,7 +445,10 @@ fn verified_copy(
         })
         .map(|(dir, _)| dir.join(rel))
         .collect();
-    let mut inodes: Vec<(u64, u64)> = candidates.iter().filter_map(|p| inode(p)).collect();
+    let mut inodes: Vec<(u64, u64)> = candidates
+        .iter()
+        .filter_map(|p| FileId::of(p).map(|f| f.inode))
+        .collect();
     inodes.sort_unstable();
     inodes.dedup();
     let needed = match copies {

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 /// Elements per chunk (2 MiB of 32-byte index entries).
 const CHUNK: usize = 1 << 16;
 
-/// A FIFO sequence indexed from the front, in chunks of [`CHUNK`].
+/// A FIFO sequence indexed from the front, in chunks of 65,536 elements.
 #[derive(Debug)]
 pub struct ChunkedDeque<T> {
     /// Every chunk but the last is full.

@@ -110,6 +110,18 @@ impl Api {
             .expect("POST /events/batch")
     }
 
+    /// `POST path` with `body` sent as is, labelled `application/json`
+    /// (for bodies that are not valid JSON).
+    pub async fn post_json_text(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
