@@ -21,51 +21,61 @@ pub(super) fn raw_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>>
         if members[..i].iter().any(|(n, _)| n == name) {
             return None;
         }
-        if value.get().bytes().any(|b| b == b'\n' || b == b'\r') {
-            return None;
-        }
-        if needs_strict_check(value.get()) && !is_strict_json(value.get()) {
-            return None;
+        match classify(value.get()) {
+            Text::AsSent => {}
+            Text::CheckFirst if is_strict_json(value.get()) => {}
+            Text::CheckFirst | Text::HasLineBreak => return None,
         }
     }
     Some(members)
 }
 
-/// Whether a value's text may hold something only a full parse rejects:
-/// an escape (a lone UTF-16 surrogate such as `\ud800`), a number out of
-/// range (`1e999`; one needs an exponent or over 300 digits) or nesting
-/// deeper than a full parse allows. Reading a
-/// value as raw text skips it without those checks; the `Value` path
-/// refuses both as malformed JSON, and so must this one: many JSON parsers
-/// cannot read such an event back. (A digit before an `e` inside a string
-/// also triggers the check; it only costs the check.)
-fn needs_strict_check(text: &str) -> bool {
-    let (mut digits, mut depth) = (0usize, 0usize);
+/// What storing a value's JSON text as sent needs.
+enum Text {
+    /// Nothing: store it.
+    AsSent,
+    /// A full parse first (see [`classify`]).
+    CheckFirst,
+    /// A line break (whitespace inside an array or object): a JSON Lines
+    /// record cannot hold it, so the Value path re-serializes the event.
+    HasLineBreak,
+}
+
+/// Scans a value's text once. A value may hold something only a full parse
+/// rejects: an escape (a lone UTF-16 surrogate such as `\ud800`), a number
+/// out of range (`1e999`; one needs an exponent or over 300 digits) or
+/// nesting deeper than a full parse allows. Reading a value as raw text
+/// skips it without those checks; the `Value` path refuses them as
+/// malformed JSON, and so must this one: many JSON parsers cannot read such
+/// an event back. (A digit before an `e`, or brackets, inside a string also
+/// ask for the check; that only costs the check.)
+fn classify(text: &str) -> Text {
+    let (mut digits, mut depth, mut check) = (0usize, 0usize, false);
     for b in text.bytes() {
         match b {
-            b'\\' => return true,
-            b'e' | b'E' if digits > 0 => return true,
+            b'\n' | b'\r' => return Text::HasLineBreak,
+            b'\\' => check = true,
+            b'e' | b'E' if digits > 0 => check = true,
             b'0'..=b'9' => {
                 digits += 1;
-                if digits > 300 {
-                    return true;
-                }
+                check |= digits > 300;
                 continue;
             }
-            // Nesting a full parse refuses (over 128 levels); brackets inside
-            // strings count too, which only costs the check.
+            // A full parse refuses over 128 levels.
             b'[' | b'{' => {
                 depth += 1;
-                if depth > 64 {
-                    return true;
-                }
+                check |= depth > 64;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
         digits = 0;
     }
-    false
+    if check {
+        Text::CheckFirst
+    } else {
+        Text::AsSent
+    }
 }
 
 /// True when `text` parses as JSON the way a `Value` parse would accept it,
