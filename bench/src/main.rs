@@ -44,6 +44,13 @@ struct Args {
     /// Warm-up seconds before each measured run [default: 1, smoke 0.2].
     #[arg(long, env = "BENCH_WARMUP")]
     warmup: Option<f64>,
+    /// Runs of each single-event figure (interleaved pairs: ceiling, then
+    /// msgbus), of the batches and of the store size; the run with the
+    /// median figure is reported and every run is in the JSON. Run-to-run
+    /// spread on a shared 2-core machine is about ±20%, so one run is not
+    /// enough to judge a target [default: 3, smoke 1].
+    #[arg(long, env = "BENCH_REPEAT")]
+    repeat: Option<usize>,
     /// Connection counts for single events, comma-separated [default: 1,16,64].
     #[arg(long, env = "BENCH_CONNECTIONS", value_delimiter = ',')]
     connections: Option<Vec<usize>>,
@@ -142,6 +149,15 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     }
     if let Some(w) = args.warmup {
         cfg.warmup = Duration::from_secs_f64(w);
+    }
+    if let Some(n) = args.repeat {
+        if n == 0 {
+            return Err(
+                "--repeat (BENCH_REPEAT) must be at least 1: each figure is the median of that many runs"
+                    .into(),
+            );
+        }
+        cfg.repeat = n;
     }
     if let Some(c) = args.connections {
         cfg.connections = c;

@@ -336,7 +336,8 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "Batches: POST /events/batch of {} events, {} conns: {} req/s = {} durable events/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            "Batches{}: POST /events/batch of {} events, {} conns: {} req/s = {} durable events/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            median_of(b.runs_events_per_s.len()),
             b.batch_size,
             b.result.connections,
             num(b.result.requests_per_s),
@@ -344,8 +345,15 @@ pub fn render(r: &Report) -> String {
             b.result.latency.p50_ms,
             b.result.latency.p99_ms,
             b.fsync.events_per_fsync,
-            b.result.errors
+            b.errors_all_runs
         );
+        if b.runs_events_per_s.len() > 1 {
+            let _ = writeln!(
+                s,
+                "  durable events/s per run: {}",
+                per_run(&b.runs_events_per_s, b.median_run, num)
+            );
+        }
     }
     if let Some(c) = &r.checks {
         let _ = writeln!(
@@ -384,11 +392,45 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+/// `" (median of 3 runs)"`, or nothing for one run.
+fn median_of(runs: usize) -> String {
+    if runs > 1 {
+        format!(" (median of {runs} runs)")
+    } else {
+        String::new()
+    }
+}
+
+/// Each run's figure in the order they ran, the reported one starred, and
+/// the range: `0.41 0.47 0.45* (0.41-0.47; * reported)`. The spread says
+/// how far to trust the reported figure.
+fn per_run(values: &[f64], reported: usize, fmt: impl Fn(f64) -> String) -> String {
+    let list: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let star = if i == reported { "*" } else { "" };
+            format!("{}{star}", fmt(v))
+        })
+        .collect();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} ({}-{}; * reported)", list.join(" "), fmt(min), fmt(max))
+}
+
 fn render_single(s: &mut String, r: &Report) {
     let _ = writeln!(s);
+    let repeat = r.single.iter().map(|row| row.runs.len()).max().unwrap_or(1);
     let _ = writeln!(
         s,
-        "Single events: POST /events, ~300-byte CloudEvents, unique ids, closed loop"
+        "Single events: POST /events, ~300-byte CloudEvents, unique ids, closed loop{}",
+        if repeat > 1 {
+            format!(
+                "; median of {repeat} runs: each row is the pair (ceiling run, then msgbus run) with the median ratio; errors of all runs"
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         s,
@@ -417,8 +459,19 @@ fn render_single(s: &mut String, r: &Report) {
             row.msgbus.latency.p99_ms,
             row.ratio_to_ceiling,
             row.fsync.events_per_fsync,
-            row.ceiling.errors + row.msgbus.errors
+            row.errors_all_runs()
         );
+    }
+    if repeat > 1 {
+        for row in &r.single {
+            let ratios: Vec<f64> = row.runs.iter().map(|p| p.ratio).collect();
+            let _ = writeln!(
+                s,
+                "ratio per run @{} conns: {}",
+                row.connections,
+                per_run(&ratios, row.median_run, |x| format!("{x:.2}"))
+            );
+        }
     }
     if let Some(row) = r.single.iter().max_by_key(|row| row.connections) {
         let f = &row.fsync;
@@ -485,15 +538,23 @@ fn render_stored(s: &mut String, r: &Report) {
         };
         let _ = writeln!(
             s,
-            "Store size: {} stored, single events @{} conns: {} req/s ({empty}), p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            "Store size{}: {} stored, single events @{} conns: {} req/s ({empty}), p50 {:.2} ms, p99 {:.2} ms, {:.1} events/fsync, errors {}",
+            median_of(z.runs_requests_per_s.len()),
             count(z.stored_events),
             z.result.connections,
             num(z.result.requests_per_s),
             z.result.latency.p50_ms,
             z.result.latency.p99_ms,
             z.fsync.events_per_fsync,
-            z.result.errors
+            z.errors_all_runs
         );
+        if z.runs_requests_per_s.len() > 1 {
+            let _ = writeln!(
+                s,
+                "  req/s per run: {}",
+                per_run(&z.runs_requests_per_s, z.median_run, num)
+            );
+        }
     }
     if let Some(rd) = &r.reads_under_load {
         let _ = writeln!(s);

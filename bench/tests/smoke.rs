@@ -17,6 +17,7 @@ fn test_config(work_dir: std::path::PathBuf) -> BenchConfig {
         mode: "test".into(),
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(300),
+        repeat: 1,
         connections: vec![1, 8],
         batch_size: 100,
         batch_connections: 4,
@@ -142,6 +143,78 @@ async fn every_scenario_runs_and_the_201s_counted_are_the_events_stored() {
         table.contains("every event, in order: 20 of 20 subscribers"),
         "{table}"
     );
+}
+
+/// With `repeat`, each row is one of its runs (the median one), every run
+/// is kept, and the check still counts the 201s of every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_runs_report_the_median_run_and_count_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BenchConfig {
+        scenarios: vec![Scenario::Single, Scenario::Stored],
+        repeat: 2,
+        ..test_config(dir.path().join("run"))
+    };
+    let rep = run_all(&cfg, &Launcher::InProcess).await.unwrap();
+
+    assert_eq!(rep.single.len(), 2);
+    for row in &rep.single {
+        assert_eq!(row.runs.len(), 2, "{row:?}");
+        // Of two, the lower: the reported pair is the one with the lower ratio.
+        let lower = if row.runs[0].ratio <= row.runs[1].ratio {
+            0
+        } else {
+            1
+        };
+        assert_eq!(row.median_run, lower, "{:?}", row.runs);
+        let reported = &row.runs[row.median_run];
+        assert_eq!(row.ratio_to_ceiling, reported.ratio);
+        assert_eq!(row.ceiling.requests_per_s, reported.ceiling_requests_per_s);
+        assert_eq!(row.msgbus.requests_per_s, reported.msgbus_requests_per_s);
+        assert_eq!(row.msgbus.latency.p99_ms, reported.msgbus_p99_ms);
+        assert_eq!(row.fsync.events_per_fsync, reported.events_per_fsync);
+        assert!(row.runs.iter().all(|r| r.ratio > 0.0 && r.errors == 0));
+    }
+    let b = rep.batch.as_ref().unwrap();
+    assert_eq!(b.runs_events_per_s.len(), 2);
+    assert_eq!(b.result.events_per_s, b.runs_events_per_s[b.median_run]);
+    assert_eq!(
+        b.result.events_per_s,
+        b.runs_events_per_s
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    );
+
+    // Every 201 of both runs of everything is counted, not only the
+    // reported runs': otherwise this would not match.
+    let checks = rep.checks.as_ref().unwrap();
+    assert!(checks.consistent, "{checks:?}");
+    let reported: u64 = rep
+        .single
+        .iter()
+        .map(|r| r.msgbus.events_total)
+        .sum::<u64>()
+        + b.result.events_total;
+    assert!(checks.events_acknowledged > reported, "{checks:?}");
+    assert_eq!(checks.errors, 0);
+
+    let z = rep.store_size.as_ref().unwrap();
+    assert_eq!(z.stored_events, 3000);
+    assert_eq!(z.runs_requests_per_s.len(), 2);
+    assert_eq!(z.result.requests_per_s, z.runs_requests_per_s[z.median_run]);
+    let top = rep.single.iter().find(|r| r.connections == 8).unwrap();
+    assert_eq!(z.empty_requests_per_s, top.msgbus.requests_per_s);
+    assert_eq!(z.errors_all_runs, 0);
+    // The reads started after both store-size runs.
+    assert!(rep.reads_under_load.as_ref().unwrap().stored_events > 3000 + z.result.events_total);
+
+    let json = serde_json::to_value(&rep).unwrap();
+    assert_eq!(json["config"]["repeat"], 2);
+    assert_eq!(json["single"][0]["runs"].as_array().unwrap().len(), 2);
+    let table = report::render(&rep);
+    assert!(table.contains("median of 2 runs"), "{table}");
+    assert!(table.contains("ratio per run @8 conns:"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
