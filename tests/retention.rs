@@ -2,21 +2,26 @@
 //! positions before the horizon answer 410 naming the oldest seq (reads,
 //! streams, consumers), and nothing inside the horizon is lost.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{events, segment_files, Server, SseReader};
+use common::events::events;
+use common::files::segment_files;
+use common::http::{Api, Reply};
+use common::server::{spawn_app_with, start_app};
+use common::sse::SseReader;
+use serde_json::json;
 
 const SMALL: &[&str] = &["--segment-bytes", "4KiB", "--retention-max-events", "1000"];
 
 /// Reads every event after `after` page by page; returns their seqs.
-async fn read_all(s: &Server, mut after: u64) -> Vec<u64> {
+async fn read_all(s: &Api, mut after: u64) -> Vec<u64> {
     let mut out = Vec::new();
     loop {
-        let (status, page) = s.get(&format!("/events?after={after}&limit=1000")).await;
-        assert_eq!(status, 200, "{page}");
+        let page = s
+            .get_json(&format!("/events?after={after}&limit=1000"))
+            .await;
         let evs = page["events"].as_array().unwrap();
         if evs.is_empty() {
             return out;
@@ -28,42 +33,30 @@ async fn read_all(s: &Server, mut after: u64) -> Vec<u64> {
 
 /// Returns once the writer has run the retention pass that follows every
 /// publish answered so far (publishes are answered before it runs).
-async fn writer_barrier(s: &Server) {
+async fn writer_barrier(s: &Api) {
     let res = s
-        .client
-        .put(s.url("/consumers/barrier"))
-        .json(&json!({"start": "latest"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success());
+        .put("/consumers/barrier", &json!({"start": "latest"}))
+        .await;
+    assert!((200..300).contains(&res.status), "{}", res.text());
 }
 
-fn assert_gone(status: u16, p: &Value, oldest: u64) {
-    assert_eq!(status, 410, "{p}");
-    assert_eq!(p["type"], "urn:msgbus:problem:gone");
+/// A 410 gone problem naming `oldest` as the oldest retained seq.
+fn assert_gone(res: &Reply, oldest: u64) {
+    let p = res.assert_problem_type(410, "gone", "a position before the horizon");
     assert_eq!(p["oldest_seq"], oldest, "{p}");
 }
 
 #[tokio::test]
 async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), SMALL).await;
+    let s = spawn_app_with(SMALL).await;
     // A consumer that never acks, from before any event.
-    let res = s
-        .client
-        .put(s.url("/consumers/sleepy"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    assert_eq!(s.put("/consumers/sleepy", &json!({})).await.status, 201);
 
     for i in 0..50 {
-        s.publish(&events(i * 100 + 1, 100, 40)).await;
+        s.publish_batch(&events(i * 100 + 1, 100, 40)).await;
     }
     writer_barrier(&s).await;
-    let (_, stats) = s.get("/stats").await;
+    let stats = s.get_json("/stats").await;
     let oldest = stats["retention"]["oldest_seq"].as_u64().unwrap();
     assert!(oldest > 1, "{stats}");
     assert_eq!(stats["events"]["first_seq"], oldest);
@@ -84,7 +77,7 @@ async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
         reclaimed > 3 * bytes,
         "kept {bytes} bytes, reclaimed {reclaimed}"
     );
-    let on_disk: u64 = segment_files(dir.path())
+    let on_disk: u64 = segment_files(s.data_dir())
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
@@ -95,23 +88,25 @@ async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
     );
 
     // Before the horizon: 410 naming the oldest seq, never a silent jump.
-    let (status, p) = s.get("/events?after=5").await;
-    assert_gone(status, &p, oldest);
-    let (status, p) = s.get("/events/3").await;
-    assert_gone(status, &p, oldest);
-    let res = SseReader::request(&s.client, &s.url("/events/stream?after=5"), None).await;
-    assert_eq!(res.status(), 410);
-    let res = SseReader::request(&s.client, &s.url("/events/stream"), Some(5)).await;
-    assert_eq!(res.status(), 410);
-    let (status, p) = s.get("/consumers/sleepy/events").await;
-    assert_gone(status, &p, oldest);
+    assert_gone(&s.get("/events?after=5").await, oldest);
+    assert_gone(&s.get("/events/3").await, oldest);
+    for (path, last_event_id) in [
+        ("/events/stream?after=5", None),
+        ("/events/stream", Some(5)),
+    ] {
+        let Err(res) = SseReader::connect(&s, path, last_event_id).await else {
+            panic!("{path} with Last-Event-ID {last_event_id:?} opened a stream");
+        };
+        assert_gone(&res, oldest);
+    }
+    assert_gone(&s.get("/consumers/sleepy/events").await, oldest);
 
     // after=0 (or none) means "from the oldest retained event".
-    let (_, page) = s.get("/events?after=0&limit=1").await;
+    let page = s.get_json("/events?after=0&limit=1").await;
     assert_eq!(page["events"][0]["seq"], oldest);
-    let (_, page) = s.get("/events?limit=1").await;
+    let page = s.get_json("/events?limit=1").await;
     assert_eq!(page["events"][0]["seq"], oldest);
-    let mut sse = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert_eq!(sse.take_seqs(1).await, vec![oldest]);
 
     // Nothing inside the horizon is lost.
@@ -124,16 +119,12 @@ async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
 
     // The consumer accepts the loss by acking oldest - 1, then reads on.
     let res = s
-        .client
-        .post(s.url("/consumers/sleepy/ack"))
-        .json(&json!({"seq": oldest - 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let (_, page) = s.get("/consumers/sleepy/events?limit=1").await;
+        .post("/consumers/sleepy/ack", Some(&json!({"seq": oldest - 1})))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let page = s.get_json("/consumers/sleepy/events?limit=1").await;
     assert_eq!(page["events"][0]["seq"], oldest);
-    s.stop().await;
+    let dir = s.stop().await;
 
     // A crash between the manifest update and the file removal leaves a
     // segment the manifest no longer lists: the next start removes it.
@@ -141,23 +132,21 @@ async fn max_events_bounds_the_store_and_answers_410_before_the_horizon() {
     std::fs::write(&leftover, b"{\"seq\":1}\n").unwrap();
 
     // After a restart the horizon holds and reads still work.
-    let s = Server::start(dir.path(), SMALL).await;
+    let s = start_app(dir, SMALL).await;
     assert!(!leftover.exists(), "the leftover segment was removed");
-    let (_, stats) = s.get("/stats").await;
+    let stats = s.get_json("/stats").await;
     assert_eq!(stats["retention"]["oldest_seq"], oldest);
-    let (status, p) = s.get("/events?after=5").await;
-    assert_gone(status, &p, oldest);
+    assert_gone(&s.get("/events?after=5").await, oldest);
     assert_eq!(read_all(&s, 0).await, (oldest..=5000).collect::<Vec<u64>>());
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_lagging_stream_gets_gone_instead_of_a_silent_jump() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), SMALL).await;
-    s.publish(&events(1, 10, 40)).await;
+    let s = spawn_app_with(SMALL).await;
+    s.publish_batch(&events(1, 10, 40)).await;
     // Connected at seq 0, then stalled while retention deletes far past it.
-    let mut sse = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert!(sse
         .next(Duration::from_secs(5))
         .await
@@ -166,7 +155,7 @@ async fn a_lagging_stream_gets_gone_instead_of_a_silent_jump() {
         .is_some());
     // 12 MB: more than the socket buffers can hold for the stalled client.
     for i in 0..30 {
-        s.publish(&events(i * 100 + 100, 100, 4000)).await;
+        s.publish_batch(&events(i * 100 + 100, 100, 4000)).await;
     }
     // Whatever it still receives is gapless from 1, and if it cannot go on
     // it is told where the store now starts, then the stream ends.
@@ -197,19 +186,14 @@ async fn a_lagging_stream_gets_gone_instead_of_a_silent_jump() {
 
 #[tokio::test]
 async fn max_bytes_and_max_age_delete_old_segments() {
-    let dir = support::tempdir();
-    let s = Server::start(
-        dir.path(),
-        &["--segment-bytes", "4KiB", "--retention-max-bytes", "32KiB"],
-    )
-    .await;
+    let s = spawn_app_with(&["--segment-bytes", "4KiB", "--retention-max-bytes", "32KiB"]).await;
     for i in 0..10 {
-        s.publish(&events(i * 100 + 1, 100, 40)).await;
+        s.publish_batch(&events(i * 100 + 1, 100, 40)).await;
     }
     writer_barrier(&s).await;
-    let (_, stats) = s.get("/stats").await;
+    let stats = s.get_json("/stats").await;
     let bytes = stats["store"]["bytes"].as_u64().unwrap();
-    let largest = segment_files(dir.path())
+    let largest = segment_files(s.data_dir())
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .max()
@@ -223,20 +207,15 @@ async fn max_bytes_and_max_age_delete_old_segments() {
 
     // An idle store: segments older than the age limit go without any
     // new publish (the writer is ticked).
-    let dir = support::tempdir();
-    let s = Server::start(
-        dir.path(),
-        &["--segment-bytes", "4KiB", "--retention-max-age", "1s"],
-    )
-    .await;
+    let s = spawn_app_with(&["--segment-bytes", "4KiB", "--retention-max-age", "1s"]).await;
     for i in 0..10 {
-        s.publish(&events(i * 10 + 1, 10, 40)).await;
+        s.publish_batch(&events(i * 10 + 1, 10, 40)).await;
     }
-    let files = segment_files(dir.path()).len();
+    let files = segment_files(s.data_dir()).len();
     assert!(files > 2);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, stats) = s.get("/stats").await;
+        let stats = s.get_json("/stats").await;
         if stats["retention"]["segments_deleted"].as_u64().unwrap() as usize == files - 1 {
             assert_eq!(stats["retention"]["max_age_seconds"], 1.0);
             break;
@@ -245,7 +224,7 @@ async fn max_bytes_and_max_age_delete_old_segments() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        segment_files(dir.path()).len(),
+        segment_files(s.data_dir()).len(),
         1,
         "only the active segment remains"
     );

@@ -2,29 +2,30 @@
 //! resuming with Last-Event-ID (also across a restart), a stalled
 //! subscriber, heartbeats, the subscriber limit and shutdown.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{event, events, publish, Server, SseReader};
+use common::events::{event, events};
+use common::http::Api;
+use common::server::{spawn_app, spawn_app_with};
+use common::sse::SseReader;
 
 const SEC: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn round_trip_with_filters_sends_the_stored_json_live() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &[]).await;
+    let s = spawn_app().await;
     let mut batch = Vec::new();
     for n in 1..=30u64 {
         let ty = ["agent.task.created", "agent.task.done", "audit.login"][(n % 3) as usize];
         let source = if n % 2 == 0 { "/a" } else { "/b" };
         batch.push(event(n, ty, source, 10));
     }
-    s.publish(&batch).await;
+    s.publish_batch(&batch).await;
 
-    let url = s.url("/events/stream?type_prefix=agent.task.&source=/a");
-    let mut sse = SseReader::open(&s.client, &url, None).await;
+    let url = "/events/stream?type_prefix=agent.task.&source=/a";
+    let mut sse = SseReader::open(&s, url, None).await;
     let first = sse.next(5 * SEC).await.unwrap();
     assert_eq!(first.retry, Some(1000), "retry: comes first, once");
 
@@ -33,14 +34,14 @@ async fn round_trip_with_filters_sends_the_stored_json_live() {
     assert_eq!(got, expected);
 
     // data: is exactly the JSON of GET /events/{seq}.
-    let (_, one) = s.get(&format!("/events/{}", expected[0])).await;
-    let mut again = SseReader::open(&s.client, &url, None).await;
+    let one = s.get_json(&format!("/events/{}", expected[0])).await;
+    let mut again = SseReader::open(&s, url, None).await;
     let m = again.next_event(5 * SEC).await.unwrap();
     assert_eq!(m.json(), one);
     assert_eq!(m.json()["event"]["source"], "/a");
 
     // Live: an event published now arrives; one the filter rejects does not.
-    s.publish(&[
+    s.publish_batch(&[
         event(100, "audit.login", "/a", 0),
         event(101, "agent.task.done", "/b", 0),
         event(102, "agent.task.done", "/a", 0),
@@ -51,15 +52,15 @@ async fn round_trip_with_filters_sends_the_stored_json_live() {
     assert_eq!(live.json()["event"]["id"], "e-102");
 
     // Exact type and subject filters, and after=.
-    let url = s.url("/events/stream?type=audit.login&subject=s2&after=5");
-    let mut sse = SseReader::open(&s.client, &url, None).await;
+    let url = "/events/stream?type=audit.login&subject=s2&after=5";
+    let mut sse = SseReader::open(&s, url, None).await;
     let got = sse.take_seqs(8).await;
     assert_eq!(got, vec![8, 11, 14, 17, 20, 23, 26, 29]);
     assert!(sse.next_event(Duration::from_millis(300)).await.is_none());
 
     // after=latest: only what is published from now on.
-    let mut tail = SseReader::open(&s.client, &s.url("/events/stream?after=latest"), None).await;
-    s.publish(&events(200, 1, 0)).await;
+    let mut tail = SseReader::open(&s, "/events/stream?after=latest", None).await;
+    s.publish_batch(&events(200, 1, 0)).await;
     assert_eq!(tail.take_seqs(1).await, vec![34]);
 
     // Bad parameters are 400 problems.
@@ -68,35 +69,32 @@ async fn round_trip_with_filters_sends_the_stored_json_live() {
         if let Some(id) = id {
             req = req.header("Last-Event-ID", id);
         }
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status(), 400, "{q} {id:?}");
-        assert_eq!(
-            res.headers()["content-type"].to_str().unwrap(),
-            "application/problem+json"
-        );
+        let res = s.send(req).await;
+        assert_eq!(res.status, 400, "{q} {id:?}");
+        assert_eq!(res.header("content-type"), Some("application/problem+json"));
+        res.assert_problem(400);
     }
     s.stop().await;
 }
 
 /// Reads `n` seqs, then drops the connection.
-async fn read_then_cut(s: &Server, last: Option<u64>, n: usize) -> Vec<u64> {
-    let mut sse = SseReader::open(&s.client, &s.url("/events/stream"), last).await;
+async fn read_then_cut(s: &Api, last: Option<u64>, n: usize) -> Vec<u64> {
+    let mut sse = SseReader::open(s, "/events/stream", last).await;
     sse.take_seqs(n).await
 }
 
 #[tokio::test]
 async fn reconnect_with_last_event_id_gets_every_event_once_across_a_restart() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &[]).await;
+    let s = spawn_app().await;
     let mut received = Vec::new();
 
     // Publish 1..=300 in the background while a client follows the stream
     // and is cut off three times, once with a server restart in between.
     let publisher = {
-        let (c, base) = (s.client.clone(), s.base.clone());
+        let api = s.api.clone();
         tokio::spawn(async move {
             for i in 0..30 {
-                publish(&c, &base, &events(i * 10 + 1, 10, 50)).await;
+                api.publish_batch(&events(i * 10 + 1, 10, 50)).await;
             }
         })
     };
@@ -104,20 +102,18 @@ async fn reconnect_with_last_event_id_gets_every_event_once_across_a_restart() {
     received.extend(read_then_cut(&s, received.last().copied(), 80).await);
     publisher.await.unwrap();
     received.extend(read_then_cut(&s, received.last().copied(), 50).await);
-    s.stop().await;
-
-    let s = Server::start(dir.path(), &[]).await;
+    let s = s.restart(&[]).await;
     let publisher = {
-        let (c, base) = (s.client.clone(), s.base.clone());
+        let api = s.api.clone();
         tokio::spawn(async move {
             for i in 30..40 {
-                publish(&c, &base, &events(i * 10 + 1, 10, 50)).await;
+                api.publish_batch(&events(i * 10 + 1, 10, 50)).await;
             }
         })
     };
     let mut sse = SseReader::open(
-        &s.client,
-        &s.url("/events/stream?after=1"), // Last-Event-ID wins over after=
+        &s,
+        "/events/stream?after=1", // Last-Event-ID wins over after=
         received.last().copied(),
     )
     .await;
@@ -134,14 +130,13 @@ async fn reconnect_with_last_event_id_gets_every_event_once_across_a_restart() {
 
 #[tokio::test]
 async fn a_stalled_subscriber_never_slows_publishing_and_catches_up_completely() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &["--segment-bytes", "1MiB"]).await;
+    let s = spawn_app_with(&["--segment-bytes", "1MiB"]).await;
     const TOTAL: u64 = 4000;
 
     // The stalled one reads its first message, then nothing for a while.
-    let mut stalled = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let mut stalled = SseReader::open(&s, "/events/stream", None).await;
     assert!(stalled.next(5 * SEC).await.unwrap().retry.is_some());
-    let mut active = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let mut active = SseReader::open(&s, "/events/stream", None).await;
     let follower = tokio::spawn(async move { active.take_seqs(TOTAL as usize).await });
 
     // ~8 MB of events: far more than the socket buffers of the stalled one.
@@ -149,7 +144,7 @@ async fn a_stalled_subscriber_never_slows_publishing_and_catches_up_completely()
     let mut slowest = Duration::ZERO;
     for i in 0..(TOTAL / 100) {
         let t = Instant::now();
-        publish(&s.client, &s.base, &events(i * 100 + 1, 100, 2000)).await;
+        s.publish_batch(&events(i * 100 + 1, 100, 2000)).await;
         slowest = slowest.max(t.elapsed());
     }
     let publishing = started.elapsed();
@@ -157,7 +152,7 @@ async fn a_stalled_subscriber_never_slows_publishing_and_catches_up_completely()
         slowest < Duration::from_secs(5),
         "a batch took {slowest:?} while a subscriber was stalled"
     );
-    let (_, stats) = s.get("/stats").await;
+    let stats = s.get_json("/stats").await;
     assert_eq!(stats["events"]["last_seq"], TOTAL);
 
     let followed = follower.await.unwrap();
@@ -172,9 +167,8 @@ async fn a_stalled_subscriber_never_slows_publishing_and_catches_up_completely()
 
 #[tokio::test]
 async fn idle_streams_get_heartbeats() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &["--sse-heartbeat", "200ms"]).await;
-    let mut sse = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let s = spawn_app_with(&["--sse-heartbeat", "200ms"]).await;
+    let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert!(sse.next(5 * SEC).await.unwrap().retry.is_some());
     assert!(sse.next(Duration::from_millis(900)).await.is_none());
     assert!(sse.comments >= 2, "saw {} heartbeats", sse.comments);
@@ -184,23 +178,21 @@ async fn idle_streams_get_heartbeats() {
 
 #[tokio::test]
 async fn subscribers_are_capped_with_a_503_problem() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &["--max-subscribers", "2"]).await;
-    let url = s.url("/events/stream");
-    let a = SseReader::open(&s.client, &url, None).await;
-    let _b = SseReader::open(&s.client, &url, None).await;
-    let res = SseReader::request(&s.client, &url, None).await;
-    assert_eq!(res.status(), 503);
-    assert!(res.headers().contains_key("retry-after"));
-    let p: Value = res.json().await.unwrap();
-    assert_eq!(p["type"], "urn:msgbus:problem:too-many-subscribers");
+    let s = spawn_app_with(&["--max-subscribers", "2"]).await;
+    let url = "/events/stream";
+    let a = SseReader::open(&s, url, None).await;
+    let _b = SseReader::open(&s, url, None).await;
+    let Err(res) = SseReader::connect(&s, url, None).await else {
+        panic!("a third subscriber was let in");
+    };
+    assert!(res.headers.contains_key("retry-after"));
+    res.assert_problem_type(503, "too-many-subscribers", "a third subscriber");
 
     // A closed stream frees its place.
     drop(a);
     let deadline = Instant::now() + 5 * SEC;
     loop {
-        let res = SseReader::request(&s.client, &url, None).await;
-        if res.status() == 200 {
+        if SseReader::connect(&s, url, None).await.is_ok() {
             break;
         }
         assert!(Instant::now() < deadline, "the place was never freed");
@@ -211,10 +203,9 @@ async fn subscribers_are_capped_with_a_503_problem() {
 
 #[tokio::test]
 async fn streams_end_cleanly_on_shutdown() {
-    let dir = support::tempdir();
-    let s = Server::start(dir.path(), &["--shutdown-timeout", "20s"]).await;
-    s.publish(&events(1, 3, 0)).await;
-    let mut sse = SseReader::open(&s.client, &s.url("/events/stream"), None).await;
+    let s = spawn_app_with(&["--shutdown-timeout", "20s"]).await;
+    s.publish_batch(&events(1, 3, 0)).await;
+    let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert_eq!(sse.take_seqs(3).await, vec![1, 2, 3]);
     let started = Instant::now();
     s.stop().await;

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, error_fields, spawn_app, spawn_app_with};
+use crate::common::http::error_fields;
+use crate::common::server::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn batch_stores_every_item_in_order_with_one_result_each() {
@@ -13,15 +14,15 @@ async fn batch_stores_every_item_in_order_with_one_result_each() {
         .map(|i| json!({"type": "t.batch", "source": "/b", "id": format!("b{i}"), "data": i}))
         .collect();
     let res = app
-        .client
-        .post(app.url("/events/batch"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(serde_json::to_vec(&items).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
+        .send(
+            app.client
+                .post(app.url("/events/batch"))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(serde_json::to_vec(&items).unwrap()),
+        )
+        .await;
+    assert_eq!(res.status, 201);
+    let body: Value = res.json();
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 5);
     for (i, r) in results.iter().enumerate() {
@@ -51,7 +52,7 @@ async fn one_bad_item_stores_nothing_and_is_named() {
             {"source": "/b", "id": "4", "time": "not a time"}
         ]))
         .await;
-    let problem = assert_problem(res, 422).await;
+    let problem = res.assert_problem(422);
     let fields = error_fields(&problem);
     assert!(
         fields.contains(&"[1].source".to_string()),
@@ -79,7 +80,7 @@ async fn one_bad_item_stores_nothing_and_is_named() {
             {"type": "t.ok", "source": "/b", "id": "3"}
         ]))
         .await;
-    assert_eq!(res.status(), 201);
+    assert_eq!(res.status, 201);
     assert_eq!(app.read_all().await.len(), 2);
 }
 
@@ -92,7 +93,7 @@ async fn an_oversized_item_stores_nothing() {
             {"type": "t.big", "source": "/b", "data": "x".repeat(600)}
         ]))
         .await;
-    let problem = assert_problem(res, 413).await;
+    let problem = res.assert_problem(413);
     assert!(
         problem["detail"].as_str().unwrap().contains("[1]"),
         "{problem}"
@@ -104,23 +105,25 @@ async fn an_oversized_item_stores_nothing() {
 async fn empty_non_array_and_too_many_items_are_refused() {
     let app = spawn_app_with(&["--max-batch-events", "3"]).await;
 
-    let problem = assert_problem(app.batch(&json!([])).await, 422).await;
+    let problem = app.batch(&json!([])).await.assert_problem(422);
     assert_eq!(error_fields(&problem), vec!["$"]);
 
-    let problem = assert_problem(app.batch(&json!({"type": "t", "source": "/s"})).await, 422).await;
+    let problem = app
+        .batch(&json!({"type": "t", "source": "/s"}))
+        .await
+        .assert_problem(422);
     assert_eq!(error_fields(&problem), vec!["$"]);
 
-    let problem = assert_problem(
-        app.batch(&json!([1, {"type": "t", "source": "/s"}])).await,
-        422,
-    )
-    .await;
+    let problem = app
+        .batch(&json!([1, {"type": "t", "source": "/s"}]))
+        .await
+        .assert_problem(422);
     assert_eq!(error_fields(&problem), vec!["[0]"]);
 
     let four: Vec<Value> = (0..4)
         .map(|i| json!({"type": "t", "source": "/s", "id": format!("{i}")}))
         .collect();
-    let problem = assert_problem(app.batch(&json!(four)).await, 413).await;
+    let problem = app.batch(&json!(four)).await.assert_problem(413);
     assert!(
         problem["detail"].as_str().unwrap().contains('3'),
         "the limit is named: {problem}"
@@ -129,7 +132,7 @@ async fn empty_non_array_and_too_many_items_are_refused() {
 
     // Exactly the limit is fine.
     let res = app.batch(&json!(four[..3])).await;
-    assert_eq!(res.status(), 201);
+    assert_eq!(res.status, 201);
     assert_eq!(app.read_all().await.len(), 3);
 }
 
@@ -139,6 +142,6 @@ async fn oversized_batch_body_is_413() {
     let items: Vec<Value> = (0..20)
         .map(|i| json!({"type": "t", "source": "/s", "data": format!("{i:0>200}")}))
         .collect();
-    assert_problem(app.batch(&json!(items)).await, 413).await;
+    app.batch(&json!(items)).await.assert_problem(413);
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }

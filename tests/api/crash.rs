@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_process, tempdir, Api};
+use crate::common::files::{segment_files, DataDir};
+use crate::common::http::Api;
+use crate::common::process::spawn_process;
 
 const ITERATIONS: u64 = 20;
 const CLIENTS: u64 = 64;
@@ -115,7 +117,7 @@ async fn acknowledged_events_survive_repeated_sigkill() {
     // Small segments, so that segments are sealed (and backed up) under the
     // load and the kills land in the middle of that too.
     let args = ["--segment-bytes", "256KiB"];
-    let dir = tempdir();
+    let dir = DataDir::temp();
     let mut acked: BTreeMap<u64, Value> = BTreeMap::new();
     let mut sent: HashMap<String, Value> = HashMap::new();
     let started = Instant::now();
@@ -127,8 +129,8 @@ async fn acknowledged_events_survive_repeated_sigkill() {
         // An acknowledged event is still a duplicate after the crash.
         if let Some((seq, ev)) = acked.iter().next_back() {
             let res = proc_.publish(ev).await;
-            assert_eq!(res.status(), 200, "round {iter}: a repeat is a duplicate");
-            let body: Value = res.json().await.unwrap();
+            assert_eq!(res.status, 200, "round {iter}: a repeat is a duplicate");
+            let body: Value = res.json();
             assert_eq!(&body["seq"], seq);
             assert_eq!(body["duplicate"], true);
         }
@@ -140,9 +142,7 @@ async fn acknowledged_events_survive_repeated_sigkill() {
                 started.elapsed()
             );
             proc_.kill().await;
-            let segments = std::fs::read_dir(dir.path().join("segments"))
-                .unwrap()
-                .count();
+            let segments = segment_files(dir.path()).len();
             assert!(segments > 1, "segments were sealed during the test");
             break;
         }

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{first_segment, open_store, quarantine_files, run_expecting_exit, spawn_app};
+use crate::common::files::{first_segment, quarantined, remove_backups, DataDir};
+use crate::common::process::run_expecting_exit;
+use crate::common::server::{open_store, spawn_app};
 
 /// A stopped store of three records; returns it with the segment bytes and
 /// the offset where the middle record starts.
-async fn three_records() -> (tempfile::TempDir, Vec<u8>, usize) {
+async fn three_records() -> (DataDir, Vec<u8>, usize) {
     let app = spawn_app().await;
     for (i, payload) in ["first-record", "middle-record-payload", "last-record"]
         .iter()
@@ -26,15 +28,13 @@ async fn three_records() -> (tempfile::TempDir, Vec<u8>, usize) {
     }
     let dir = app.stop().await;
     // No backup to repair from: this is the case where msgbus must refuse.
-    if dir.path().join("backups").exists() {
-        std::fs::remove_dir_all(dir.path().join("backups")).unwrap();
-    }
+    remove_backups(dir.path()).await;
     let bytes = std::fs::read(first_segment(dir.path())).unwrap();
     let middle = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     (dir, bytes, middle)
 }
 
-async fn assert_refused(damaged: &[u8], dir: &tempfile::TempDir, middle: usize) {
+async fn assert_refused(damaged: &[u8], dir: &DataDir, middle: usize) {
     let segment = first_segment(dir.path());
     std::fs::write(&segment, damaged).unwrap();
 
@@ -60,7 +60,7 @@ async fn assert_refused(damaged: &[u8], dir: &tempfile::TempDir, middle: usize) 
         "the damaged file must not be truncated or changed"
     );
     assert!(
-        quarantine_files(dir.path()).is_empty(),
+        quarantined(dir.path()).is_empty(),
         "nothing was cut, so nothing is quarantined"
     );
 

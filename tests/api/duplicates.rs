@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::common::http::Reply;
+use crate::common::server::spawn_app;
 
 #[tokio::test]
 async fn repeat_of_source_and_id_answers_200_with_the_original_seq() {
@@ -15,10 +16,10 @@ async fn repeat_of_source_and_id_answers_200_with_the_original_seq() {
         .await;
     assert_eq!(first["seq"], 2);
 
-    let check_dup = |res: reqwest::Response| async move {
-        assert_eq!(res.status(), 200, "a duplicate answers 200");
-        assert_eq!(res.headers()["location"], "/events/2");
-        let body: Value = res.json().await.unwrap();
+    let check_dup = |res: Reply| async move {
+        assert_eq!(res.status, 200, "a duplicate answers 200");
+        assert_eq!(res.headers["location"], "/events/2");
+        let body: Value = res.json();
         assert_eq!(body["seq"], 2);
         assert_eq!(body["duplicate"], true);
         assert_eq!(body["id"], "same");
@@ -61,8 +62,8 @@ async fn repeat_of_source_and_id_answers_200_with_the_original_seq() {
     let res = app
         .publish(&json!({"type": "t.dup", "source": "/dup2", "id": "same"}))
         .await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["seq"], 3);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["seq"], 3);
     let next = app
         .publish_ok(&json!({"type": "t.dup", "source": "/dup", "id": "new"}))
         .await;
@@ -82,8 +83,8 @@ async fn duplicates_inside_one_batch_and_against_the_store() {
             {"type": "t.b", "source": "/b", "id": "x", "data": "again"}
         ]))
         .await;
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
+    assert_eq!(res.status, 201);
+    let body: Value = res.json();
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert_eq!(results[0]["seq"], 1);
@@ -107,8 +108,8 @@ async fn duplicates_inside_one_batch_and_against_the_store() {
             {"type": "t.b", "source": "/b", "id": "x"}
         ]))
         .await;
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
+    assert_eq!(res.status, 200);
+    let body: Value = res.json();
     let seqs: Vec<&Value> = body["results"]
         .as_array()
         .unwrap()
@@ -134,8 +135,8 @@ async fn concurrent_repeats_store_one_event() {
         let ev = ev.clone();
         tasks.push(tokio::spawn(async move {
             let res = api.publish(&ev).await;
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
+            let status = res.status;
+            let body: Value = res.json();
             (status, body["seq"].as_u64().unwrap())
         }));
     }

@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{assert_problem, error_fields, spawn_app, spawn_app_with};
+use crate::common::http::error_fields;
+use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::sse::SseReader;
 
 #[tokio::test]
 async fn malformed_json_is_400() {
@@ -28,7 +30,7 @@ async fn malformed_json_is_400() {
             r#"[{"type":"t","source":"/s","id":"ok"},{"type":"t","source":"/s","data":"\udfff"}]"#,
         ),
     ] {
-        assert_problem(app.post_json_text(path, body).await, 400).await;
+        app.post_json_text(path, body).await.assert_problem(400);
     }
     assert_eq!(
         app.get_json("/events").await["events"],
@@ -38,16 +40,16 @@ async fn malformed_json_is_400() {
 
     // Binary mode with a JSON content type and a body that is not JSON.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-type", "t")
-        .header("ce-source", "/s")
-        .header("content-type", "application/json")
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 400).await;
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-type", "t")
+                .header("ce-source", "/s")
+                .header("content-type", "application/json")
+                .body("{oops"),
+        )
+        .await;
+    res.assert_problem(400);
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
 
@@ -94,7 +96,7 @@ async fn invalid_events_are_422_naming_the_field() {
         (json!("event"), "$"),
     ];
     for (event, field) in cases {
-        let problem = assert_problem(app.publish(&event).await, 422).await;
+        let problem = app.publish(&event).await.assert_problem(422);
         assert!(
             error_fields(&problem).contains(&field.to_string()),
             "{event} should name {field}: {problem}"
@@ -109,14 +111,14 @@ async fn invalid_events_are_422_naming_the_field() {
 
     // Binary mode names the header.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-source", "/s")
-        .header("ce-time", "noon")
-        .send()
-        .await
-        .unwrap();
-    let problem = assert_problem(res, 422).await;
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-source", "/s")
+                .header("ce-time", "noon"),
+        )
+        .await;
+    let problem = res.assert_problem(422);
     let fields = error_fields(&problem);
     assert!(fields.contains(&"ce-type".to_string()), "{problem}");
     assert!(fields.contains(&"ce-time".to_string()), "{problem}");
@@ -132,23 +134,18 @@ async fn oversized_event_and_body_are_413() {
     app.publish_ok(&json!({"type": "t", "source": "/s", "data": "x".repeat(800)}))
         .await;
     // The serialized event is over 1 KiB, the body under the body limit.
-    let problem = assert_problem(
-        app.publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(1500)}))
-            .await,
-        413,
-    )
-    .await;
+    let problem = app
+        .publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(1500)}))
+        .await
+        .assert_problem(413);
     assert!(
         problem["detail"].as_str().unwrap().contains("1024"),
         "{problem}"
     );
     // The body itself is far over any limit (declared length).
-    assert_problem(
-        app.publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(100_000)}))
-            .await,
-        413,
-    )
-    .await;
+    app.publish(&json!({"type": "t", "source": "/s", "data": "x".repeat(100_000)}))
+        .await
+        .assert_problem(413);
     // Over the limit without a declared length (chunked).
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         std::iter::once(Ok(br#"{"type":"t","source":"/s","data":""#.to_vec()))
@@ -156,28 +153,28 @@ async fn oversized_event_and_body_are_413() {
             .chain(std::iter::once(Ok(br#""}"#.to_vec())))
             .collect();
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 413).await;
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks,
+                ))),
+        )
+        .await;
+    res.assert_problem(413);
     // Binary mode data over the limit.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-type", "t")
-        .header("ce-source", "/s")
-        .header("content-type", "text/plain")
-        .body("z".repeat(2000))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 413).await;
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-type", "t")
+                .header("ce-source", "/s")
+                .header("content-type", "text/plain")
+                .body("z".repeat(2000)),
+        )
+        .await;
+    res.assert_problem(413);
 
     assert_eq!(app.get_json("/events").await["last_seq"], 1);
 }
@@ -200,14 +197,9 @@ async fn max_event_bytes_is_exact() {
     let exactly = event(1000 - base);
     assert_eq!(serde_json::to_vec(&exactly).unwrap().len(), 1000);
     let res = app.publish_ok(&exactly).await;
-    let stored = app
-        .get(&format!("/events/{}", res["seq"]))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let stored = app.get(&format!("/events/{}", res["seq"])).await.text();
     assert!(stored.contains(&serde_json::to_string(&exactly).unwrap()));
-    let problem = assert_problem(app.publish(&event(1001 - base)).await, 413).await;
+    let problem = app.publish(&event(1001 - base)).await.assert_problem(413);
     assert!(
         problem["detail"].as_str().unwrap().contains("1001"),
         "{problem}"
@@ -217,14 +209,16 @@ async fn max_event_bytes_is_exact() {
 #[tokio::test]
 async fn unknown_seq_is_404_and_bad_seq_is_400() {
     let app = spawn_app().await;
-    assert_problem(app.get("/events/1").await, 404).await;
+    app.get("/events/1").await.assert_problem(404);
     app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
-    assert_eq!(app.get("/events/1").await.status(), 200);
-    assert_problem(app.get("/events/2").await, 404).await;
-    assert_problem(app.get("/events/0").await, 404).await;
-    assert_problem(app.get("/events/18446744073709551615").await, 404).await;
+    assert_eq!(app.get("/events/1").await.status, 200);
+    app.get("/events/2").await.assert_problem(404);
+    app.get("/events/0").await.assert_problem(404);
+    app.get("/events/18446744073709551615")
+        .await
+        .assert_problem(404);
     for bad in ["abc", "-1", "1.5", "18446744073709551616"] {
-        let problem = assert_problem(app.get(&format!("/events/{bad}")).await, 400).await;
+        let problem = app.get(&format!("/events/{bad}")).await.assert_problem(400);
         assert_eq!(error_fields(&problem), vec!["seq"], "{bad}: {problem}");
     }
 }
@@ -239,7 +233,10 @@ async fn bad_query_parameters_are_400_naming_them() {
         ("wait=-1", "wait"),
         ("wait=61", "wait"),
     ] {
-        let problem = assert_problem(app.get(&format!("/events?{query}")).await, 400).await;
+        let problem = app
+            .get(&format!("/events?{query}"))
+            .await
+            .assert_problem(400);
         assert_eq!(error_fields(&problem), vec![field], "{query}: {problem}");
     }
 }
@@ -255,14 +252,14 @@ async fn unsupported_content_type_is_415() {
         ("/events/batch", "application/cloudevents+json"),
     ] {
         let res = app
-            .client
-            .post(app.url(path))
-            .header("content-type", ct)
-            .body(r#"{"type":"t","source":"/s"}"#)
-            .send()
-            .await
-            .unwrap();
-        let problem = assert_problem(res, 415).await;
+            .send(
+                app.client
+                    .post(app.url(path))
+                    .header("content-type", ct)
+                    .body(r#"{"type":"t","source":"/s"}"#),
+            )
+            .await;
+        let problem = res.assert_problem(415);
         assert!(
             problem["detail"].as_str().unwrap().contains(ct),
             "{path} {ct}: {problem}"
@@ -275,7 +272,7 @@ async fn unsupported_content_type_is_415() {
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let app = spawn_app().await;
     for path in ["/nope", "/events/1/extra", "/eventsx", "/health/deep"] {
-        assert_problem(app.get(path).await, 404).await;
+        app.get(path).await.assert_problem(404);
     }
     let c = &app.client;
     for req in [
@@ -288,8 +285,8 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
         c.post(app.url("/health/ready")),
         c.put(app.url("/metrics")),
     ] {
-        let res = req.send().await.unwrap();
-        assert_problem(res, 405).await;
+        let res = app.send(req).await;
+        res.assert_problem(405);
     }
 }
 
@@ -304,14 +301,8 @@ async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500() {
     let page = app.get_json(&format!("/events?after={max}")).await;
     assert_eq!(page["events"], json!([]));
     assert_eq!(page["next_after"], json!(max));
-    let res = app
-        .client
-        .get(app.url("/events/stream"))
-        .header("last-event-id", max.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    // Opens (200, an event stream); it is never read whole, it never ends.
+    SseReader::open(&app, "/events/stream", Some(max)).await;
 }
 
 /// Found by API fuzzing: axum's own path rejection was plain text.
@@ -319,8 +310,8 @@ async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500() {
 async fn a_path_parameter_that_is_not_utf8_is_problem_json() {
     let app = spawn_app().await;
     for path in ["/events/%FF", "/consumers/%FF", "/consumers/%FF/events"] {
-        let res = app.client.get(app.url(path)).send().await.unwrap();
-        let problem = assert_problem(res, 400).await;
+        let res = app.get(path).await;
+        let problem = res.assert_problem(400);
         assert!(!error_fields(&problem).is_empty(), "{path}: {problem}");
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::common::http::error_fields;
+use crate::common::server::{spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_returns_as_soon_as_an_event_is_published() {
@@ -107,7 +108,7 @@ async fn long_poll_with_nothing_new_returns_empty_after_the_wait() {
 #[tokio::test]
 async fn wait_is_bounded_by_max_wait() {
     let app = spawn_app_with(&["--max-wait", "2s"]).await;
-    let problem = assert_problem(app.get("/events?wait=3").await, 400).await;
-    assert_eq!(crate::helpers::error_fields(&problem), vec!["wait"]);
-    assert_problem(app.get("/events?wait=soon").await, 400).await;
+    let problem = app.get("/events?wait=3").await.assert_problem(400);
+    assert_eq!(error_fields(&problem), vec!["wait"]);
+    app.get("/events?wait=soon").await.assert_problem(400);
 }

@@ -3,7 +3,8 @@
 //!
 //! Set `TEST_LOG=1` to see the servers' logs.
 
-mod helpers;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod batch;
 mod crash;

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::common::files::first_segment;
+use crate::common::server::spawn_app;
 
 #[tokio::test]
 async fn stats_reflect_published_events() {
@@ -20,12 +21,12 @@ async fn stats_reflect_published_events() {
             {"type": "t.a", "source": "/z", "id": "2"}
         ]))
         .await;
-    assert_eq!(res.status(), 201);
+    assert_eq!(res.status, 201);
     // A duplicate is counted as such, not stored.
     assert_eq!(
         app.publish(&json!({"type": "t.c", "source": "/z", "id": "1"}))
             .await
-            .status(),
+            .status,
         200
     );
 
@@ -64,7 +65,7 @@ async fn stats_reflect_published_events() {
         "{stats}"
     );
     assert_eq!(store["recovered_torn_tail"], false);
-    let on_disk = std::fs::metadata(crate::helpers::first_segment(app.data_dir()))
+    let on_disk = std::fs::metadata(first_segment(app.data_dir()))
         .unwrap()
         .len();
     assert_eq!(
@@ -99,12 +100,12 @@ async fn metrics_are_prometheus_text() {
     app.publish_ok(&json!({"type": "t.m", "source": "/s"}))
         .await;
     let res = app.get("/metrics").await;
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"]
+    assert_eq!(res.status, 200);
+    assert!(res.headers["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    let text = res.text().await.unwrap();
+    let text = res.text();
     let value = |name: &str| -> f64 {
         let line = text
             .lines()
@@ -144,7 +145,7 @@ async fn openapi_and_docs_are_served() {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
     let res = app.get("/docs/").await;
-    assert_eq!(res.status(), 200);
-    let html = res.text().await.unwrap();
+    assert_eq!(res.status, 200);
+    let html = res.text();
     assert!(html.to_lowercase().contains("swagger"), "{html}");
 }

@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{run_expecting_exit, spawn_process, tempdir};
+use crate::common::files::DataDir;
+use crate::common::process::{run_expecting_exit, spawn_process};
 
 #[tokio::test]
 async fn a_second_instance_on_the_same_data_dir_is_refused() {
-    let dir = tempdir();
+    let dir = DataDir::temp();
     let first = spawn_process(dir.path(), &[]).await;
     assert!(
         first.addr.port() != 0,
@@ -48,7 +49,7 @@ async fn a_second_instance_on_the_same_data_dir_is_refused() {
     );
 
     // The first instance is unharmed.
-    assert_eq!(first.get("/health/ready").await.status(), 200);
+    assert_eq!(first.get("/health/ready").await.status, 200);
     first
         .publish_ok(&json!({"type": "t.lock", "source": "/lock"}))
         .await;
@@ -63,7 +64,7 @@ async fn a_second_instance_on_the_same_data_dir_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_ends_long_polls() {
-    let dir = tempdir();
+    let dir = DataDir::temp();
     // A drain timeout longer than the 10 s we allow: if the long-poll held
     // the drain, the exit would come too late.
     let mut proc_ = spawn_process(dir.path(), &["--shutdown-timeout", "30s"]).await;

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{first_segment, spawn_app};
+use crate::common::files::first_segment;
+use crate::common::server::spawn_app;
 
 /// The raw bytes of the `event` member of a `{"seq":N,"event":...}` object,
 /// as it appears in a response body (which msgbus splices from storage).
@@ -60,18 +61,18 @@ async fn structured_event_reads_back_exactly_as_stored() {
 
     // By seq: the event equals what was sent.
     let one = app.get("/events/1").await;
-    assert_eq!(one.status(), 200);
-    assert!(one.headers()["content-type"]
+    assert_eq!(one.status, 200);
+    assert!(one.headers["content-type"]
         .to_str()
         .unwrap()
         .starts_with("application/json"));
-    let one_text = one.text().await.unwrap();
+    let one_text = one.text();
     let one_doc: Value = serde_json::from_str(&one_text).unwrap();
     assert_eq!(one_doc["seq"], 1);
     assert_eq!(one_doc["event"], sent);
 
     // In a page: byte-identical to the single read.
-    let page_text = app.get("/events").await.text().await.unwrap();
+    let page_text = app.get("/events").await.text();
     let page: Value = serde_json::from_str(&page_text).unwrap();
     assert_eq!(page["last_seq"], 1);
     assert_eq!(page["next_after"], 1);
@@ -137,18 +138,18 @@ async fn id_specversion_and_time_are_filled_in_when_absent() {
 async fn cloudevents_json_media_type_is_accepted() {
     let app = spawn_app().await;
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header(
-            "content-type",
-            "application/cloudevents+json; charset=utf-8",
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header(
+                    "content-type",
+                    "application/cloudevents+json; charset=utf-8",
+                )
+                .body(r#"{"type":"t.ce","source":"/ce","id":"x1"}"#),
         )
-        .body(r#"{"type":"t.ce","source":"/ce","id":"x1"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    assert_eq!(res.headers()["location"], "/events/1");
+        .await;
+    assert_eq!(res.status, 201);
+    assert_eq!(res.headers["location"], "/events/1");
     let stored = app.get_json("/events/1").await;
     assert_eq!(stored["event"]["id"], "x1");
 }
@@ -159,22 +160,22 @@ async fn binary_mode_stores_json_text_and_bytes() {
 
     // JSON data stays JSON.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-specversion", "1.0")
-        .header("ce-type", "com.example.bin")
-        .header("ce-source", "/bin")
-        .header("ce-id", "b1")
-        .header("ce-subject", "thing%2F1")
-        .header("ce-myext", "hello")
-        .header("content-type", "application/json")
-        .body(r#"{"n": 1, "s": "x"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    assert_eq!(res.headers()["location"], "/events/1");
-    let body: Value = res.json().await.unwrap();
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-specversion", "1.0")
+                .header("ce-type", "com.example.bin")
+                .header("ce-source", "/bin")
+                .header("ce-id", "b1")
+                .header("ce-subject", "thing%2F1")
+                .header("ce-myext", "hello")
+                .header("content-type", "application/json")
+                .body(r#"{"n": 1, "s": "x"}"#),
+        )
+        .await;
+    assert_eq!(res.status, 201);
+    assert_eq!(res.headers["location"], "/events/1");
+    let body: Value = res.json();
     assert_eq!(body["id"], "b1");
     assert_eq!(body["type"], "com.example.bin");
     let ev = &app.get_json("/events/1").await["event"];
@@ -190,17 +191,17 @@ async fn binary_mode_stores_json_text_and_bytes() {
 
     // Text stays a string.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-type", "com.example.text")
-        .header("ce-source", "/bin")
-        .header("ce-id", "b2")
-        .header("content-type", "text/plain; charset=utf-8")
-        .body("hello, world\nline two")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-type", "com.example.text")
+                .header("ce-source", "/bin")
+                .header("ce-id", "b2")
+                .header("content-type", "text/plain; charset=utf-8")
+                .body("hello, world\nline two"),
+        )
+        .await;
+    assert_eq!(res.status, 201);
     let ev = &app.get_json("/events/2").await["event"];
     assert_eq!(ev["data"], "hello, world\nline two");
     assert_eq!(ev["datacontenttype"], "text/plain; charset=utf-8");
@@ -209,17 +210,17 @@ async fn binary_mode_stores_json_text_and_bytes() {
     // Anything else is base64.
     let bytes: Vec<u8> = vec![0, 1, 2, 0xfe, 0xff, b'\n'];
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-type", "com.example.blob")
-        .header("ce-source", "/bin")
-        .header("ce-id", "b3")
-        .header("content-type", "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-type", "com.example.blob")
+                .header("ce-source", "/bin")
+                .header("ce-id", "b3")
+                .header("content-type", "application/octet-stream")
+                .body(bytes),
+        )
+        .await;
+    assert_eq!(res.status, 201);
     let ev = &app.get_json("/events/3").await["event"];
     assert_eq!(ev["data_base64"], "AAEC/v8K");
     assert_eq!(ev["datacontenttype"], "application/octet-stream");
@@ -227,15 +228,15 @@ async fn binary_mode_stores_json_text_and_bytes() {
 
     // Binary mode without an id gets a generated one.
     let res = app
-        .client
-        .post(app.url("/events"))
-        .header("ce-type", "com.example.noid")
-        .header("ce-source", "/bin")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
+        .send(
+            app.client
+                .post(app.url("/events"))
+                .header("ce-type", "com.example.noid")
+                .header("ce-source", "/bin"),
+        )
+        .await;
+    assert_eq!(res.status, 201);
+    let body: Value = res.json();
     let id = body["id"].as_str().unwrap();
     assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
 }

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, error_fields, spawn_app, Api};
+use crate::common::http::{error_fields, Api};
+use crate::common::server::spawn_app;
 
 fn seqs(page: &Value) -> Vec<u64> {
     page["events"]
@@ -59,7 +60,7 @@ async fn seed(api: &Api) -> Vec<Value> {
         .collect();
     // Half as a batch, half one by one.
     let res = api.batch(&json!(events[..15])).await;
-    assert_eq!(res.status(), 201);
+    assert_eq!(res.status, 201);
     for ev in &events[15..] {
         api.publish_ok(ev).await;
     }
@@ -170,8 +171,8 @@ async fn limit_defaults_and_bounds() {
         .map(|i| json!({"type": "t.many", "source": "/m", "id": format!("{i}")}))
         .collect();
     // The most one batch may hold, then the rest.
-    assert_eq!(app.batch(&json!(items[..1000])).await.status(), 201);
-    assert_eq!(app.batch(&json!(items[1000..])).await.status(), 201);
+    assert_eq!(app.batch(&json!(items[..1000])).await.status, 201);
+    assert_eq!(app.batch(&json!(items[1000..])).await.status, 201);
 
     let page = app.get_json("/events").await;
     assert_eq!(
@@ -199,7 +200,7 @@ async fn limit_defaults_and_bounds() {
         "after=-1",
         "after=x",
     ] {
-        let problem = assert_problem(app.get(&format!("/events?{bad}")).await, 400).await;
+        let problem = app.get(&format!("/events?{bad}")).await.assert_problem(400);
         let name = bad.split('=').next().unwrap();
         assert_eq!(error_fields(&problem), vec![name], "{bad}: {problem}");
     }

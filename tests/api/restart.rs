@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::common::files::segment_files;
+use crate::common::server::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn events_survive_a_restart_byte_for_byte() {
@@ -18,13 +19,13 @@ async fn events_survive_a_restart_byte_for_byte() {
             .await;
         assert_eq!(res["seq"], i);
     }
-    let before = app.get("/events").await.text().await.unwrap();
-    let one_before = app.get("/events/3").await.text().await.unwrap();
+    let before = app.get("/events").await.body;
+    let one_before = app.get("/events/3").await.body;
 
     let app = app.restart(&[]).await;
-    let after = app.get("/events").await.text().await.unwrap();
+    let after = app.get("/events").await.body;
     assert_eq!(after, before, "the page reads back byte-identical");
-    assert_eq!(app.get("/events/3").await.text().await.unwrap(), one_before);
+    assert_eq!(app.get("/events/3").await.body, one_before);
 
     // Filters work on the rebuilt index, and numbering continues.
     let page = app.get_json("/events?type=t.0").await;
@@ -58,9 +59,7 @@ async fn sealed_segments_survive_restarts() {
     }
     let before = app.read_all().await;
     assert_eq!(before.len(), 40);
-    let segments_on_disk = std::fs::read_dir(app.data_dir().join("segments"))
-        .unwrap()
-        .count();
+    let segments_on_disk = segment_files(app.data_dir()).len();
     assert!(
         segments_on_disk > 2,
         "with 1 KiB segments, 40 events need several files; found {segments_on_disk}"
@@ -88,8 +87,8 @@ async fn sealed_segments_survive_restarts() {
         let res = app
             .publish(&json!({"type": "t.seg", "source": "/seg", "id": format!("e{i}")}))
             .await;
-        assert_eq!(res.status(), 200, "e{i} is stored already");
-        assert_eq!(res.json::<serde_json::Value>().await.unwrap()["seq"], i);
+        assert_eq!(res.status, 200, "e{i} is stored already");
+        assert_eq!(res.json()["seq"], i);
     }
     app.publish_ok(&json!({"type": "t.seg", "source": "/seg", "id": "e41"}))
         .await;

@@ -7,7 +7,8 @@ use std::path::Path;
 use msgbus::store::recovery;
 use serde_json::json;
 
-use crate::helpers::{first_segment, open_store, quarantine_files, spawn_app, start_app, tempdir};
+use crate::common::files::{first_segment, quarantined, DataDir};
+use crate::common::server::{open_store, spawn_app, start_app};
 
 /// A stopped store holding `n` records, one commit each; returns its
 /// manifest and active segment bytes.
@@ -88,7 +89,7 @@ async fn torn_tail_at_every_byte_offset_is_cut_and_quarantined() {
     assert_eq!(ends.len(), 3);
     assert_eq!(*ends.last().unwrap(), full.len());
 
-    let dir = tempdir();
+    let dir = DataDir::temp();
     let data = dir.path();
     std::fs::write(data.join("manifest.json"), &manifest).unwrap();
     std::fs::create_dir_all(data.join("segments")).unwrap();
@@ -106,10 +107,10 @@ async fn torn_tail_at_every_byte_offset_is_cut_and_quarantined() {
 
         let rec = open_store(data).unwrap_or_else(|e| panic!("{what}: {e}"));
         check_recovered(&rec, &events, complete, &what);
-        let quarantined = quarantine_files(data);
+        let in_quarantine = quarantined(data);
         if cut == valid_len {
             assert!(rec.report.torn_tail.is_none(), "{what}: nothing torn");
-            assert!(quarantined.is_empty(), "{what}: {quarantined:?}");
+            assert!(in_quarantine.is_empty(), "{what}: {in_quarantine:?}");
         } else {
             let torn = rec
                 .report
@@ -119,14 +120,14 @@ async fn torn_tail_at_every_byte_offset_is_cut_and_quarantined() {
             assert_eq!(torn.offset, valid_len as u64, "{what}");
             assert_eq!(torn.bytes, (cut - valid_len) as u64, "{what}");
             assert!(torn.file.ends_with("00000000000000000001.jsonl"), "{what}");
-            assert_eq!(quarantined.len(), 1, "{what}: {quarantined:?}");
+            assert_eq!(in_quarantine.len(), 1, "{what}: {in_quarantine:?}");
             assert_eq!(
                 Path::new(&torn.quarantined_to),
-                quarantined[0].as_path(),
+                in_quarantine[0].as_path(),
                 "{what}"
             );
             assert_eq!(
-                std::fs::read(&quarantined[0]).unwrap(),
+                std::fs::read(&in_quarantine[0]).unwrap(),
                 &full[valid_len..cut],
                 "{what}: the quarantine holds exactly the cut bytes"
             );
@@ -153,8 +154,8 @@ async fn torn_tail_at_every_byte_offset_is_cut_and_quarantined() {
             "{what}: unchanged"
         );
         assert_eq!(
-            quarantine_files(data),
-            quarantined,
+            quarantined(data),
+            in_quarantine,
             "{what}: no new quarantine file"
         );
     }
@@ -182,7 +183,7 @@ async fn server_starts_after_a_torn_tail_and_appends_after_the_cut() {
     assert_eq!(ids, vec!["r1", "r2"]);
     let stats = app.get_json("/stats").await;
     assert_eq!(stats["store"]["recovered_torn_tail"], true, "{stats}");
-    assert_eq!(quarantine_files(app.data_dir()).len(), 1);
+    assert_eq!(quarantined(app.data_dir()).len(), 1);
 
     // The next event takes seq 3 and lands right after the valid prefix.
     let res = app

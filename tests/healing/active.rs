@@ -5,7 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use crate::common::events::checkable_event;
+use crate::common::files::{
+    active_segment, flip_pad, quarantined, rel, sealed_segments, truncate, DataDir,
+};
+use crate::common::integrity::{
+    acked, assert_all_intact, prefill, publish_one, Acked, Publisher, Watchdog,
+};
+use crate::common::monitor::{expect_repair, start_monitored, Webhook, REPAIR_DEADLINE};
+use crate::common::note;
+use crate::common::process::run_msgbus;
+use crate::common::server::TestApp;
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -22,9 +32,9 @@ enum Damage {
 async fn damage_active(damage: Damage, publishing: bool) {
     let hook = Webhook::start().await;
     // Large segments: the damaged file stays the active one for the test.
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
-        &[("--segment-bytes", "1MiB"), ("--alert-webhook", &hook.url)],
+        &["--segment-bytes", "1MiB", "--alert-webhook", &hook.url],
     )
     .await;
     let acked = acked();
@@ -36,7 +46,7 @@ async fn damage_active(damage: Damage, publishing: bool) {
         p.wait_for_more(10).await;
     }
 
-    let path = active_segment(app.path());
+    let path = active_segment(app.data_dir());
     let file = rel(&path);
     let len = std::fs::metadata(&path).unwrap().len();
     let before = app.last_alert_id().await;
@@ -49,12 +59,7 @@ async fn damage_active(damage: Damage, publishing: bool) {
             ));
         }
         Damage::Truncate => {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(len / 2)
-                .unwrap();
+            truncate(&path, len / 2);
             note(format!(
                 "{damage:?}: cut {file} from {len} to {} bytes",
                 len / 2
@@ -105,7 +110,7 @@ async fn damage_active(damage: Damage, publishing: bool) {
             "{damage:?}: {published} events published during the test"
         ));
     } else {
-        publish_one(&app, &event("act", n, 120), &acked)
+        publish_one(&app, &checkable_event("act", n, 120), &acked)
             .await
             .unwrap();
     }
@@ -120,7 +125,7 @@ async fn damage_active(damage: Damage, publishing: bool) {
     assert_all_intact(&app, &acked).await;
     if !matches!(damage, Damage::Delete) {
         assert!(
-            !quarantined(app.path()).is_empty(),
+            !quarantined(app.data_dir()).is_empty(),
             "the damaged bytes are kept in quarantine/"
         );
     }
@@ -140,9 +145,9 @@ async fn damage_active(damage: Damage, publishing: bool) {
 async fn restart_and_check(app: TestApp, acked: &Acked) {
     let dir = app.stop().await;
     let (code, out, err) =
-        run_msgbus(&["verify", "--data-dir", &dir.path.display().to_string()]).await;
+        run_msgbus(&["verify", "--data-dir", &dir.path().display().to_string()]).await;
     assert_eq!(code, 0, "msgbus verify after the repair:\n{out}\n{err}");
-    let app = start(dir, &[("--segment-bytes", "1MiB")]).await;
+    let app = start_monitored(dir, &["--segment-bytes", "1MiB"]).await;
     assert_all_intact(&app, acked).await;
     app.stop().await;
 }
@@ -199,11 +204,11 @@ async fn garbage_appended_to_the_active_segment_is_removed_on_an_idle_store() {
 /// event intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_just_before_a_seal_is_not_sealed_in() {
-    let app = start(DataDir::temp(), &[("--segment-bytes", "8KiB")]).await;
+    let app = start_monitored(DataDir::temp(), &["--segment-bytes", "8KiB"]).await;
     let acked = acked();
     // About 5 KiB in the active segment, well under the seal size.
     prefill(&app, "seal", 1, 15, 200, &acked).await;
-    let path = active_segment(app.path());
+    let path = active_segment(app.data_dir());
     let file = rel(&path);
     let before = app.last_alert_id().await;
     let t0 = Instant::now();
@@ -211,10 +216,10 @@ async fn damage_just_before_a_seal_is_not_sealed_in() {
     // Now push it over the seal size and trigger the seal at once, well
     // within the monitor interval.
     prefill(&app, "seal", 16, 15, 200, &acked).await;
-    publish_one(&app, &event("seal", 31, 200), &acked)
+    publish_one(&app, &checkable_event("seal", 31, 200), &acked)
         .await
         .unwrap();
-    let sealed_now = sealed_segments(app.path()).iter().any(|p| p == &path);
+    let sealed_now = sealed_segments(app.data_dir()).iter().any(|p| p == &path);
     note(format!(
         "flipped offset {offset} (seq {seq}) of {file}, then sealed it after {} ms (sealed: {sealed_now})",
         t0.elapsed().as_millis()
@@ -238,7 +243,7 @@ async fn damage_just_before_a_seal_is_not_sealed_in() {
         ready.text(),
         new.join("\n  ")
     );
-    let r = app.post("/events", Some(&event("seal", 32, 200))).await;
+    let r = app.publish(&checkable_event("seal", 32, 200)).await;
     assert_eq!(r.status, 201, "writes must be accepted: {}", r.text());
     assert_all_intact(&app, &acked).await;
     app.stop().await;

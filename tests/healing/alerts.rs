@@ -4,18 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use crate::common::files::DataDir;
+use crate::common::integrity::{acked, assert_all_intact, prefill};
+use crate::common::monitor::{expect_repair, start_monitored, Webhook};
+use crate::common::note;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_webhook_post_is_retried_and_repaired_alerts_are_resolved() {
     // The first POST is answered 500.
     let hook = Webhook::start_failing(1).await;
-    let app = start(DataDir::temp(), &[("--alert-webhook", &hook.url)]).await;
+    let app = start_monitored(DataDir::temp(), &["--alert-webhook", &hook.url]).await;
     let acked = acked();
     prefill(&app, "hok", 1, 5, 50, &acked).await;
 
     let t0 = Instant::now();
-    std::fs::remove_file(app.path().join("manifest.json")).unwrap();
+    std::fs::remove_file(app.data_dir().join("manifest.json")).unwrap();
     expect_repair(&app, 0, t0, "manifest.json", "deleted manifest (idle)").await;
     // The detection's first POST failed; it is retried (after about 1 s),
     // and the repair follows it.

@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::common::events::checkable_event;
+use crate::common::files::{DataDir, Tmpfs};
+use crate::common::integrity::{acked, assert_all_intact, prefill, publish_one};
+use crate::common::monitor::{start_monitored, wait_alert, Webhook, REPAIR_DEADLINE};
+use crate::common::note;
+use crate::common::process::run_msgbus;
 
 /// More free space than any disk has.
 const TOO_MUCH: &str = "1000000000000000";
@@ -16,7 +21,7 @@ const TOO_MUCH: &str = "1000000000000000";
 /// after a restart with a normal minimum, publishing works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_min_free_bytes_publishing_answers_507_and_stores_nothing() {
-    let app = start(DataDir::temp(), &[("--min-free-bytes", TOO_MUCH)]).await;
+    let app = start_monitored(DataDir::temp(), &["--min-free-bytes", TOO_MUCH]).await;
     let t0 = Instant::now();
     let Some((alert, took)) =
         wait_alert(&app, 0, t0, REPAIR_DEADLINE, |a| a["kind"] == "low_disk").await
@@ -32,8 +37,8 @@ async fn below_min_free_bytes_publishing_answers_507_and_stores_nothing() {
         alert["detail"]
     ));
     for i in 1..4 {
-        let r = app.post("/events", Some(&event("low", i, 100))).await;
-        let p = r.assert_problem(507, "insufficient-storage", "a publish on a too-full disk");
+        let r = app.publish(&checkable_event("low", i, 100)).await;
+        let p = r.assert_problem_type(507, "insufficient-storage", "a publish on a too-full disk");
         assert!(
             p["detail"].as_str().unwrap().contains("min-free-bytes"),
             "{p}"
@@ -42,10 +47,10 @@ async fn below_min_free_bytes_publishing_answers_507_and_stores_nothing() {
     let batch = app
         .post(
             "/events/batch",
-            Some(&Value::from(vec![event("low", 9, 100)])),
+            Some(&Value::from(vec![checkable_event("low", 9, 100)])),
         )
         .await;
-    batch.assert_problem(507, "insufficient-storage", "a batch on a too-full disk");
+    batch.assert_problem_type(507, "insufficient-storage", "a batch on a too-full disk");
     let page = app.get_json("/events?after=0").await;
     assert_eq!(
         page["events"],
@@ -54,11 +59,11 @@ async fn below_min_free_bytes_publishing_answers_507_and_stores_nothing() {
     );
     app.get("/events/1")
         .await
-        .assert_problem(404, "not-found", "nothing was stored");
+        .assert_problem_type(404, "not-found", "nothing was stored");
 
-    let app = start(app.stop().await, &[("--min-free-bytes", "0")]).await;
+    let app = start_monitored(app.stop().await, &["--min-free-bytes", "0"]).await;
     let acked = acked();
-    let seq = publish_one(&app, &event("low", 10, 100), &acked)
+    let seq = publish_one(&app, &checkable_event("low", 10, 100), &acked)
         .await
         .unwrap();
     assert_eq!(seq, 1, "nothing was stored while the disk was too full");
@@ -75,8 +80,8 @@ async fn a_server_started_on_a_too_full_disk_refuses_the_very_first_publish() {
     let mut accepted = Vec::new();
     let attempts = 8;
     for i in 0..attempts {
-        let app = start(DataDir::temp(), &[("--min-free-bytes", TOO_MUCH)]).await;
-        let r = app.post("/events", Some(&event("early", i, 10))).await;
+        let app = start_monitored(DataDir::temp(), &["--min-free-bytes", TOO_MUCH]).await;
+        let r = app.publish(&checkable_event("early", i, 10)).await;
         if r.status != 507 {
             accepted.push(format!("start {i}: {} {}", r.status, r.text()));
         }
@@ -99,9 +104,9 @@ async fn publishing_stops_when_space_runs_low_and_resumes_when_it_returns() {
     let hook = Webhook::start().await;
     let data = fs.path.join("data");
     std::fs::create_dir(&data).unwrap();
-    let app = start(
+    let app = start_monitored(
         DataDir::at(data),
-        &[("--min-free-bytes", "2MiB"), ("--alert-webhook", &hook.url)],
+        &["--min-free-bytes", "2MiB", "--alert-webhook", &hook.url],
     )
     .await;
     let acked = acked();
@@ -122,15 +127,15 @@ async fn publishing_stops_when_space_runs_low_and_resumes_when_it_returns() {
         );
     };
     note(format!("low disk noticed after {} ms", took.as_millis()));
-    let r = app.post("/events", Some(&event("spc", 100, 100))).await;
-    r.assert_problem(
+    let r = app.publish(&checkable_event("spc", 100, 100)).await;
+    r.assert_problem_type(
         507,
         "insufficient-storage",
         "a publish with too little space",
     );
     app.get(&format!("/events/{}", last + 1))
         .await
-        .assert_problem(404, "not-found", "the refused event was not stored");
+        .assert_problem_type(404, "not-found", "the refused event was not stored");
     // Reads go on.
     assert_all_intact(&app, &acked).await;
 
@@ -146,7 +151,7 @@ async fn publishing_stops_when_space_runs_low_and_resumes_when_it_returns() {
         );
     };
     note(format!("space back noticed after {} ms", took.as_millis()));
-    let seq = publish_one(&app, &event("spc", 101, 100), &acked)
+    let seq = publish_one(&app, &checkable_event("spc", 101, 100), &acked)
         .await
         .unwrap_or_else(|e| panic!("publishing resumes: {e}"));
     assert_eq!(seq, last + 1);
@@ -174,17 +179,17 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
     std::fs::write(&ballast, vec![0u8; 512 << 10]).unwrap();
     let data = fs.path.join("data");
     std::fs::create_dir(&data).unwrap();
-    let args = [("--segment-bytes", "64MiB"), ("--min-free-bytes", "0")];
-    let app = start(
+    let args = ["--segment-bytes", "64MiB", "--min-free-bytes", "0"];
+    let app = start_monitored(
         DataDir::at(data.clone()),
-        &[args[0], args[1], ("--alert-webhook", &hook.url)],
+        &[&args[..], &["--alert-webhook", &hook.url]].concat(),
     )
     .await;
     let acked = acked();
     let mut failed = None;
     for n in 1..2000 {
-        let ev = event("full", n, 7000);
-        let r = app.post("/events", Some(&ev)).await;
+        let ev = checkable_event("full", n, 7000);
+        let r = app.publish(&ev).await;
         if r.status == 201 {
             let seq = r.json()["seq"].as_u64().unwrap();
             // Read back to record the acknowledged bytes.
@@ -202,10 +207,10 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
         acked.lock().unwrap().len(),
         fs.free()
     ));
-    let p = failed.assert_problem(503, "read-only", "the publish that hit ENOSPC");
+    let p = failed.assert_problem_type(503, "read-only", "the publish that hit ENOSPC");
     note(format!("failing publish: {}", p["detail"]));
     let ready = app.get("/health/ready").await;
-    ready.assert_problem(503, "not-ready", "/health/ready once poisoned");
+    ready.assert_problem_type(503, "not-ready", "/health/ready once poisoned");
     let Some((poisoned, _)) = wait_alert(&app, 0, Instant::now(), Duration::from_secs(1), |a| {
         a["kind"] == "poisoned"
     })
@@ -214,9 +219,9 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
         panic!("no poisoned alert: {:#}", Value::from(app.alerts().await));
     };
     assert_eq!(poisoned["severity"], "error", "{poisoned}");
-    app.post("/events", Some(&event("full", 9999, 10)))
+    app.publish(&checkable_event("full", 9999, 10))
         .await
-        .assert_problem(503, "read-only", "a later publish");
+        .assert_problem_type(503, "read-only", "a later publish");
     // Acknowledged events are still served.
     assert_all_intact(&app, &acked).await;
     hook.expect("poisoned", Duration::from_secs(3), |a| {
@@ -232,10 +237,10 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
         code, 0,
         "the segment is valid after ENOSPC (no torn garbage):\n{out}\n{err}"
     );
-    let app = start(dir, &args).await;
+    let app = start_monitored(dir, &args).await;
     assert_all_intact(&app, &acked).await;
     let n = acked.lock().unwrap().len() as u64;
-    let seq = publish_one(&app, &event("full", 10_000, 100), &acked)
+    let seq = publish_one(&app, &checkable_event("full", 10_000, 100), &acked)
         .await
         .unwrap_or_else(|e| panic!("writes work after the restart: {e}"));
     assert_eq!(seq, n + 1, "nothing unacknowledged was kept");

@@ -8,7 +8,8 @@
 //! repair times; `TEST_LOG=1` shows the servers' logs. The tmpfs tests
 //! need root (they print SKIPPED and pass otherwise).
 
-mod harness;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod active;
 mod alerts;

@@ -7,7 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use crate::common::files::{active_segment, flip_pad, rel, sealed_segments, truncate, DataDir};
+use crate::common::integrity::{acked, assert_all_intact, fill_until_sealed, Publisher, Watchdog};
+use crate::common::monitor::{expect_repair, start_monitored, wait_backup_holding, Webhook};
+use crate::common::note;
+use crate::common::process::run_msgbus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_flip_sealed_delete_and_manifest_truncation_are_each_repaired_within_2s() {
@@ -15,14 +19,14 @@ async fn active_flip_sealed_delete_and_manifest_truncation_are_each_repaired_wit
     // One sealed segment up front; 64 KiB segments and a publisher at about
     // 30 events/s do not seal another during the test, so each damage is
     // the monitor's to find.
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
-        &[("--segment-bytes", "64KiB"), ("--alert-webhook", &hook.url)],
+        &["--segment-bytes", "64KiB", "--alert-webhook", &hook.url],
     )
     .await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "must", 1, 1000, &acked).await;
-    let sealed = sealed_segments(app.path())[0].clone();
+    let n = fill_until_sealed(&app, app.data_dir(), "must", 1, 1000, &acked).await;
+    let sealed = sealed_segments(app.data_dir())[0].clone();
     wait_backup_holding(&app, &sealed).await;
     let sealed_bytes = std::fs::read(&sealed).unwrap();
     let publisher = Publisher::start(&app, "must", n, Duration::from_millis(30), &acked);
@@ -31,7 +35,7 @@ async fn active_flip_sealed_delete_and_manifest_truncation_are_each_repaired_wit
     let mut times = Vec::new();
 
     // Bytes flipped in the middle of the active segment.
-    let active = active_segment(app.path());
+    let active = active_segment(app.data_dir());
     let len = std::fs::metadata(&active).unwrap().len();
     let before = app.last_alert_id().await;
     let t0 = Instant::now();
@@ -50,16 +54,11 @@ async fn active_flip_sealed_delete_and_manifest_truncation_are_each_repaired_wit
     publisher.wait_for_more(5).await;
 
     // The manifest truncated.
-    let manifest = app.path().join("manifest.json");
+    let manifest = app.data_dir().join("manifest.json");
     let mlen = std::fs::metadata(&manifest).unwrap().len();
     let before = app.last_alert_id().await;
     let t0 = Instant::now();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&manifest)
-        .unwrap()
-        .set_len(mlen / 2)
-        .unwrap();
+    truncate(&manifest, mlen / 2);
     let (_, took) = expect_repair(&app, before, t0, "manifest.json", "manifest truncated").await;
     times.push(("manifest truncated", "manifest.json".to_string(), took));
     publisher.wait_for_more(5).await;
@@ -95,9 +94,9 @@ async fn active_flip_sealed_delete_and_manifest_truncation_are_each_repaired_wit
     // serves every acknowledged event after a restart.
     let dir = app.stop().await;
     let (code, out, err) =
-        run_msgbus(&["verify", "--data-dir", &dir.path.display().to_string()]).await;
+        run_msgbus(&["verify", "--data-dir", &dir.path().display().to_string()]).await;
     assert_eq!(code, 0, "msgbus verify after the repairs:\n{out}\n{err}");
-    let app = start(dir, &[("--segment-bytes", "64KiB")]).await;
+    let app = start_monitored(dir, &["--segment-bytes", "64KiB"]).await;
     assert_all_intact(&app, &acked).await;
     app.stop().await;
 }

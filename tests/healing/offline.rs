@@ -3,16 +3,20 @@
 //! (a verified backup, its name printed), `msgbus restore --from` — and
 //! their refusal to touch a directory a running server holds.
 
-use crate::harness::*;
+use crate::common::files::{flip_pad, quarantined, rel, sealed_segments, DataDir};
+use crate::common::integrity::{acked, assert_all_intact, fill_until_sealed, prefill};
+use crate::common::monitor::start_monitored;
+use crate::common::note;
+use crate::common::process::run_msgbus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_backup_and_restore_a_stopped_store() {
-    let app = start(DataDir::temp(), &[]).await;
+    let app = start_monitored(DataDir::temp(), &[]).await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "off", 2, 200, &acked).await;
+    let n = fill_until_sealed(&app, app.data_dir(), "off", 2, 200, &acked).await;
     prefill(&app, "off", n, 3, 200, &acked).await;
     let dir = app.stop().await;
-    let d = dir.path.display().to_string();
+    let d = dir.path().display().to_string();
 
     let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
     assert_eq!(code, 0, "verify of a healthy store:\n{out}\n{err}");
@@ -20,7 +24,7 @@ async fn verify_backup_and_restore_a_stopped_store() {
 
     let (code, out, err) = run_msgbus(&["backup", "--data-dir", &d]).await;
     assert_eq!(code, 0, "backup of a stopped store:\n{out}\n{err}");
-    let name = std::fs::read_dir(dir.path.join("backups"))
+    let name = std::fs::read_dir(dir.path().join("backups"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| !n.starts_with('.'))
@@ -31,14 +35,14 @@ async fn verify_backup_and_restore_a_stopped_store() {
         "backup prints the backup's name {name}: {out}"
     );
     assert!(dir
-        .path
+        .path()
         .join("backups")
         .join(&name)
         .join("backup.json")
         .is_file());
 
     // Damage a sealed segment: verify names the file and the record's offset.
-    let seg = sealed_segments(&dir.path)[0].clone();
+    let seg = sealed_segments(dir.path())[0].clone();
     let bytes = std::fs::read(&seg).unwrap();
     let (pos, seq) = flip_pad(&seg, bytes.len() as u64 / 2);
     let line = bytes[..pos as usize]
@@ -64,32 +68,37 @@ async fn verify_backup_and_restore_a_stopped_store() {
     let (code, out, err) = run_msgbus(&["restore", "--data-dir", &d, "--from", &name]).await;
     assert_eq!(code, 0, "restore from {name}:\n{out}\n{err}");
     assert!(
-        quarantined(&dir.path)
+        quarantined(dir.path())
             .iter()
             .any(|p| p.ends_with(rel(&seg))),
         "the replaced files are kept in quarantine/: {:?}",
-        quarantined(&dir.path)
+        quarantined(dir.path())
     );
     let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
     assert_eq!(code, 0, "verify after the restore:\n{out}\n{err}");
 
-    let app = start(dir, &[]).await;
+    let app = start_monitored(dir, &[]).await;
     assert_all_intact(&app, &acked).await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_offline_tools_refuse_a_directory_a_server_holds() {
-    let app = start(DataDir::temp(), &[]).await;
+    let app = start_monitored(DataDir::temp(), &[]).await;
     let acked = acked();
     prefill(&app, "lck", 1, 5, 100, &acked).await;
     let r = app.post("/admin/backups", None).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let name = r.json()["name"].as_str().unwrap().to_string();
-    let d = app.path().display().to_string();
-    let backup_dir = app.path().join("backups").join(&name).display().to_string();
-    let manifest = std::fs::read(app.path().join("manifest.json")).unwrap();
-    let backups_before = std::fs::read_dir(app.path().join("backups"))
+    let d = app.data_dir().display().to_string();
+    let backup_dir = app
+        .data_dir()
+        .join("backups")
+        .join(&name)
+        .display()
+        .to_string();
+    let manifest = std::fs::read(app.data_dir().join("manifest.json")).unwrap();
+    let backups_before = std::fs::read_dir(app.data_dir().join("backups"))
         .unwrap()
         .count();
 
@@ -110,17 +119,17 @@ async fn the_offline_tools_refuse_a_directory_a_server_holds() {
         );
     }
     assert_eq!(
-        std::fs::read(app.path().join("manifest.json")).unwrap(),
+        std::fs::read(app.data_dir().join("manifest.json")).unwrap(),
         manifest
     );
     assert_eq!(
-        std::fs::read_dir(app.path().join("backups"))
+        std::fs::read_dir(app.data_dir().join("backups"))
             .unwrap()
             .count(),
         backups_before,
         "no backup was taken"
     );
-    assert!(!app.path().join("quarantine").exists() || quarantined(app.path()).is_empty());
+    assert!(!app.data_dir().join("quarantine").exists() || quarantined(app.data_dir()).is_empty());
     assert_all_intact(&app, &acked).await;
     app.stop().await;
 }

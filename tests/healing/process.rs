@@ -6,25 +6,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::common::files::{active_segment, flip_pad, rel, sealed_segments, truncate, DataDir};
+use crate::common::integrity::{acked, assert_all_intact, fill_until_sealed, Publisher};
+use crate::common::monitor::{
+    expect_repair, spawn_monitored_process, wait_backup_holding, Webhook,
+};
+use crate::common::process::run_msgbus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_repairs_damage_and_logs_each_alert_as_json() {
     let hook = Webhook::start().await;
     let dir = DataDir::temp();
-    let args = [
-        ("--segment-bytes", "64KiB"),
-        ("--alert-webhook", hook.url.as_str()),
-    ];
-    let proc = Process::spawn(&dir.path, &args).await;
+    let args = ["--segment-bytes", "64KiB", "--alert-webhook", &hook.url];
+    let proc = spawn_monitored_process(dir.path(), &args).await;
     let acked = acked();
-    let n = fill_until_sealed(&proc, &dir.path, "bin", 1, 1000, &acked).await;
-    let sealed = sealed_segments(&dir.path)[0].clone();
+    let n = fill_until_sealed(&proc, dir.path(), "bin", 1, 1000, &acked).await;
+    let sealed = sealed_segments(dir.path())[0].clone();
     wait_backup_holding(&proc, &sealed).await;
     let publisher = Publisher::start(&proc, "bin", n, Duration::from_millis(30), &acked);
     publisher.wait_for_more(20).await;
 
-    let active = active_segment(&dir.path);
+    let active = active_segment(dir.path());
     let len = std::fs::metadata(&active).unwrap().len();
     let mut files = Vec::new();
     for step in 0..3 {
@@ -40,14 +42,9 @@ async fn the_binary_repairs_damage_and_logs_each_alert_as_json() {
                 rel(&sealed)
             }
             _ => {
-                let m = dir.path.join("manifest.json");
+                let m = dir.path().join("manifest.json");
                 let mlen = std::fs::metadata(&m).unwrap().len();
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&m)
-                    .unwrap()
-                    .set_len(mlen / 2)
-                    .unwrap();
+                truncate(&m, mlen / 2);
                 "manifest.json".to_string()
             }
         };
@@ -87,6 +84,6 @@ async fn the_binary_repairs_damage_and_logs_each_alert_as_json() {
     proc.stop().await;
 
     let (code, out, err) =
-        run_msgbus(&["verify", "--data-dir", &dir.path.display().to_string()]).await;
+        run_msgbus(&["verify", "--data-dir", &dir.path().display().to_string()]).await;
     assert_eq!(code, 0, "msgbus verify after the repairs:\n{out}\n{err}");
 }

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::common::files::{sealed_segments, DataDir};
+use crate::common::integrity::{acked, assert_all_intact, Publisher};
+use crate::common::monitor::start_monitored;
+use crate::common::note;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_undamaged_store_raises_no_alerts() {
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
-        &[("--segment-bytes", "1KiB"), ("--monitor-interval", "0.02")],
+        &["--segment-bytes", "1KiB", "--monitor-interval", "0.02"],
     )
     .await;
     let acked = acked();
@@ -23,7 +26,7 @@ async fn a_busy_undamaged_store_raises_no_alerts() {
     let stats = app.get_json("/stats").await;
     note(format!(
         "{published} events, {} sealed segments, integrity {}",
-        sealed_segments(app.path()).len(),
+        sealed_segments(app.data_dir()).len(),
         stats["integrity"]
     ));
     let alerts: Vec<Value> = app.alerts().await;

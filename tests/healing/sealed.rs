@@ -7,7 +7,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::common::events::{check_served, checkable_event};
+use crate::common::files::{flip_pad, rel, remove_backups, sealed_segments, DataDir};
+use crate::common::integrity::{
+    acked, assert_all_intact, fill_until_sealed, prefill, publish_one, Publisher, Watchdog,
+};
+use crate::common::monitor::{
+    expect_repair, start_monitored, wait_alert, wait_backup_holding, wait_ready, Webhook,
+    INTERVAL_SECS, REPAIR_DEADLINE,
+};
+use crate::common::note;
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -26,17 +35,19 @@ async fn damage_sealed_while_publishing(damage: Damage) {
         // up) new segments all along.
         Damage::Delete => ("4KiB", Duration::from_millis(5)),
     };
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
         &[
-            ("--segment-bytes", segment_bytes),
-            ("--alert-webhook", &hook.url),
+            "--segment-bytes",
+            segment_bytes,
+            "--alert-webhook",
+            &hook.url,
         ],
     )
     .await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "sld", 1, 200, &acked).await;
-    let seg = sealed_segments(app.path())[0].clone();
+    let n = fill_until_sealed(&app, app.data_dir(), "sld", 1, 200, &acked).await;
+    let seg = sealed_segments(app.data_dir())[0].clone();
     let file = rel(&seg);
     let backup = wait_backup_holding(&app, &seg).await;
     let original = std::fs::read(&seg).unwrap();
@@ -112,17 +123,17 @@ async fn a_deleted_sealed_segment_is_restored_from_a_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_newest_backup_falls_back_to_an_older_one() {
     let hook = Webhook::start().await;
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
-        &[("--segment-bytes", "16KiB"), ("--alert-webhook", &hook.url)],
+        &["--segment-bytes", "16KiB", "--alert-webhook", &hook.url],
     )
     .await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "bak", 1, 200, &acked).await;
-    let seg = sealed_segments(app.path())[0].clone();
+    let n = fill_until_sealed(&app, app.data_dir(), "bak", 1, 200, &acked).await;
+    let seg = sealed_segments(app.data_dir())[0].clone();
     let file = rel(&seg);
     let older = wait_backup_holding(&app, &seg).await;
-    publish_one(&app, &event("bak", n, 200), &acked)
+    publish_one(&app, &checkable_event("bak", n, 200), &acked)
         .await
         .unwrap();
     let r = app.post("/admin/backups", None).await;
@@ -136,7 +147,7 @@ async fn a_damaged_newest_backup_falls_back_to_an_older_one() {
 
     let before = app.last_alert_id().await;
     let t0 = Instant::now();
-    let copy = app.path().join("backups").join(&newest).join(&file);
+    let copy = app.data_dir().join("backups").join(&newest).join(&file);
     let (offset, _) = flip_pad(&copy, original.len() as u64 / 3);
     let (seg_offset, seq) = flip_pad(&seg, original.len() as u64 / 2);
     note(format!(
@@ -234,22 +245,22 @@ enum PutBack {
 /// damaged record refused; recovery once a good copy is put back.
 async fn damage_without_a_backup(put_back: PutBack) {
     let hook = Webhook::start().await;
-    let app = start(
+    let app = start_monitored(
         DataDir::temp(),
-        &[("--segment-bytes", "16KiB"), ("--alert-webhook", &hook.url)],
+        &["--segment-bytes", "16KiB", "--alert-webhook", &hook.url],
     )
     .await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "nob", 1, 200, &acked).await;
+    let n = fill_until_sealed(&app, app.data_dir(), "nob", 1, 200, &acked).await;
     let n = 1 + prefill(&app, "nob", n, 5, 200, &acked).await;
-    let seg = sealed_segments(app.path())[0].clone();
+    let seg = sealed_segments(app.data_dir())[0].clone();
     let file = rel(&seg);
     // Let the seal's backup finish before backups/ goes away.
     wait_backup_holding(&app, &seg).await;
     let original = std::fs::read(&seg).unwrap();
 
     let before = app.last_alert_id().await;
-    remove_backups(app.path()).await;
+    remove_backups(app.data_dir()).await;
     let t0 = Instant::now();
     let (offset, bad_seq) = flip_pad(&seg, original.len() as u64 / 2);
     note(format!(
@@ -280,7 +291,7 @@ async fn damage_without_a_backup(put_back: PutBack) {
 
     // Readiness is red and says why.
     let ready = app.get("/health/ready").await;
-    let p = ready.assert_problem(503, "not-ready", "/health/ready in read-only mode");
+    let p = ready.assert_problem_type(503, "not-ready", "/health/ready in read-only mode");
     assert!(
         p["detail"].as_str().unwrap_or("").contains(&file),
         "readiness names the damaged file: {p}"
@@ -293,11 +304,11 @@ async fn damage_without_a_backup(put_back: PutBack) {
     ));
     assert_eq!(health.status, 503, "/health is red too: {}", health.text());
     // Writes are refused.
-    let w = app.post("/events", Some(&event("nob", n, 200))).await;
-    w.assert_problem(503, "read-only", "a publish in read-only mode");
+    let w = app.publish(&checkable_event("nob", n, 200)).await;
+    w.assert_problem_type(503, "read-only", "a publish in read-only mode");
     // The damaged record is refused, never served.
     let r = app.get(&format!("/events/{bad_seq}")).await;
-    r.assert_problem(503, "damaged-data", "reading the damaged record");
+    r.assert_problem_type(503, "damaged-data", "reading the damaged record");
     assert!(!r.text().contains("XXXXXXXX"), "{}", r.text());
     let page = app.get("/events?after=0&limit=1000").await;
     if page.status == 200 {
@@ -306,7 +317,7 @@ async fn damage_without_a_backup(put_back: PutBack) {
                 .unwrap_or_else(|why| panic!("served corrupt in a page: {why}"));
         }
     } else {
-        page.assert_problem(503, "damaged-data", "a page holding the damaged record");
+        page.assert_problem_type(503, "damaged-data", "a page holding the damaged record");
     }
     // Every other event, in the damaged segment or not, is still served.
     let intact: Vec<(u64, Vec<u8>)> = acked
@@ -341,7 +352,7 @@ async fn damage_without_a_backup(put_back: PutBack) {
     match put_back {
         PutBack::InPlace => std::fs::write(&seg, &original).unwrap(),
         PutBack::Rename => {
-            let tmp = app.path().join("restored-segment");
+            let tmp = app.data_dir().join("restored-segment");
             std::fs::write(&tmp, &original).unwrap();
             std::fs::rename(&tmp, &seg).unwrap();
         }
@@ -361,7 +372,7 @@ async fn damage_without_a_backup(put_back: PutBack) {
             Value::from(app.alerts().await)
         );
     };
-    publish_one(&app, &event("nob", n + 1, 200), &acked)
+    publish_one(&app, &checkable_event("nob", n + 1, 200), &acked)
         .await
         .unwrap_or_else(|e| panic!("writes are accepted again: {e}"));
     // Including the once-damaged record, now that its good copy is back.
@@ -387,16 +398,16 @@ async fn no_good_backup_means_read_only_until_a_good_copy_is_moved_back() {
 /// refused, and the damaged record must never be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
-    let app = start(DataDir::temp(), &[("--segment-bytes", "4KiB")]).await;
+    let app = start_monitored(DataDir::temp(), &["--segment-bytes", "4KiB"]).await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "flp", 3, 200, &acked).await;
-    let sealed = sealed_segments(app.path());
+    let n = fill_until_sealed(&app, app.data_dir(), "flp", 3, 200, &acked).await;
+    let sealed = sealed_segments(app.data_dir());
     wait_backup_holding(&app, sealed.last().unwrap()).await;
     let seg = sealed[1].clone();
     let len = std::fs::metadata(&seg).unwrap().len();
 
     let before = app.last_alert_id().await;
-    remove_backups(app.path()).await;
+    remove_backups(app.data_dir()).await;
     let t0 = Instant::now();
     let (_, bad_seq) = flip_pad(&seg, len / 2);
     // Found when its turn to be scrubbed comes: within one tick per sealed segment.
@@ -426,7 +437,7 @@ async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
                 t1.elapsed().as_millis()
             ));
         }
-        let w = app.post("/events", Some(&event("flp", k, 200))).await;
+        let w = app.publish(&checkable_event("flp", k, 200)).await;
         if w.status != 503 {
             flaps.push(format!(
                 "+{} ms: a publish answered {}",
@@ -464,13 +475,13 @@ async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
 /// ticks (the newest backup is known to be damaged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_backup_is_taken_once_the_store_is_healthy_again() {
-    let app = start(DataDir::temp(), &[("--segment-bytes", "16KiB")]).await;
+    let app = start_monitored(DataDir::temp(), &["--segment-bytes", "16KiB"]).await;
     let acked = acked();
-    let n = fill_until_sealed(&app, app.path(), "rbk", 1, 200, &acked).await;
-    let seg = sealed_segments(app.path())[0].clone();
+    let n = fill_until_sealed(&app, app.data_dir(), "rbk", 1, 200, &acked).await;
+    let seg = sealed_segments(app.data_dir())[0].clone();
     let file = rel(&seg);
     wait_backup_holding(&app, &seg).await;
-    publish_one(&app, &event("rbk", n, 200), &acked)
+    publish_one(&app, &checkable_event("rbk", n, 200), &acked)
         .await
         .unwrap();
     let r = app.post("/admin/backups", None).await;
@@ -482,7 +493,7 @@ async fn a_good_backup_is_taken_once_the_store_is_healthy_again() {
     let t0 = Instant::now();
     for b in app.backups().await {
         let copy = app
-            .path()
+            .data_dir()
             .join("backups")
             .join(b["name"].as_str().unwrap())
             .join(&file);

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::*;
+use crate::common::files::{flip_pad, rel, sealed_segments, DataDir};
+use crate::common::integrity::{acked, fill_until_sealed};
+use crate::common::monitor::start_monitored;
+use crate::common::note;
+use crate::common::server::TestApp;
 
 /// For each sealed segment (by file name), the distinct inodes holding a
 /// copy of it across every backup on disk. (A backup also holds a prefix of
@@ -71,7 +75,10 @@ fn assert_backup_intact(data_dir: &Path, name: &str) {
 async fn wait_newest_holds_all(app: &TestApp) -> String {
     let t0 = Instant::now();
     loop {
-        let sealed: Vec<String> = sealed_segments(app.path()).iter().map(|p| rel(p)).collect();
+        let sealed: Vec<String> = sealed_segments(app.data_dir())
+            .iter()
+            .map(|p| rel(p))
+            .collect();
         let backups = app.backups().await;
         if let Some(newest) = backups.last().filter(|b| b["verified"] == true) {
             let files: Vec<&str> = newest["files"]
@@ -101,16 +108,16 @@ async fn take_backup(app: &TestApp) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
-    let app = start(DataDir::temp(), &[("--segment-bytes", "8KiB")]).await;
+    let app = start_monitored(DataDir::temp(), &["--segment-bytes", "8KiB"]).await;
     let acked = acked();
-    fill_until_sealed(&app, app.path(), "shr", 6, 200, &acked).await;
+    fill_until_sealed(&app, app.data_dir(), "shr", 6, 200, &acked).await;
     let newest = wait_newest_holds_all(&app).await;
-    assert_backup_intact(app.path(), &newest);
+    assert_backup_intact(app.data_dir(), &newest);
 
     // Seal-time backups: one copy of each sealed segment, shared by every
     // later backup (each of them copied only the segment sealed just before).
-    let copies = copies_per_segment(app.path());
-    let sealed: Vec<String> = sealed_segments(app.path())
+    let copies = copies_per_segment(app.data_dir());
+    let sealed: Vec<String> = sealed_segments(app.data_dir())
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
         .collect();
@@ -127,14 +134,14 @@ async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
     // A requested backup adds a second, physically distinct copy of each;
     // the next one links those two and copies nothing sealed again.
     let second = take_backup(&app).await;
-    assert_backup_intact(app.path(), &second);
-    let copies = copies_per_segment(app.path());
+    assert_backup_intact(app.data_dir(), &second);
+    let copies = copies_per_segment(app.data_dir());
     for s in &sealed {
         assert_eq!(copies[s].len(), 2, "two distinct copies of {s}: {copies:?}");
     }
     let third = take_backup(&app).await;
-    assert_backup_intact(app.path(), &third);
-    let after = copies_per_segment(app.path());
+    assert_backup_intact(app.data_dir(), &third);
+    let after = copies_per_segment(app.data_dir());
     for s in &sealed {
         assert_eq!(after[s], copies[s], "{s} linked, not copied again");
     }
@@ -143,7 +150,7 @@ async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
     // the next backup must not link it, however recently it was checked.
     let target = &sealed[0];
     let damaged = app
-        .path()
+        .data_dir()
         .join("backups")
         .join(&third)
         .join("segments")
@@ -156,7 +163,7 @@ async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
     ));
     let fourth = take_backup(&app).await;
     let linked = app
-        .path()
+        .data_dir()
         .join("backups")
         .join(&fourth)
         .join("segments")
@@ -166,6 +173,6 @@ async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
         damaged_ino,
         "the damaged copy was linked into a new backup"
     );
-    assert_backup_intact(app.path(), &fourth);
+    assert_backup_intact(app.data_dir(), &fourth);
     app.stop().await;
 }
