@@ -97,6 +97,7 @@ impl Checked {
 pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked, EventError> {
     let get = |name: &str| attrs.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
     let mut errors = Vec::new();
+    // Field names are formatted only for errors: this runs for every event.
     let f = |name: &str| format!("{path}{name}");
 
     let add_specversion = match get("specversion") {
@@ -109,28 +110,28 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
     };
     let (id, add_id) = match get("id") {
         None => (Some(uuid::Uuid::now_v7().to_string()), true),
-        Some(v) => (check_string(v, &f("id"), MAX_ID_LEN, &mut errors), false),
+        Some(v) => (check_string(v, f, "id", MAX_ID_LEN, &mut errors), false),
     };
     let source = match get("source") {
         None => {
             errors.push(FieldError::new(f("source"), "is required"));
             None
         }
-        Some(v) => check_string(v, &f("source"), MAX_SOURCE_LEN, &mut errors),
+        Some(v) => check_string(v, f, "source", MAX_SOURCE_LEN, &mut errors),
     };
     let ty = match get("type") {
         None => {
             errors.push(FieldError::new(f("type"), "is required"));
             None
         }
-        Some(v) => check_string(v, &f("type"), MAX_TYPE_LEN, &mut errors),
+        Some(v) => check_string(v, f, "type", MAX_TYPE_LEN, &mut errors),
     };
     let subject =
-        get("subject").and_then(|v| check_string(v, &f("subject"), MAX_SUBJECT_LEN, &mut errors));
+        get("subject").and_then(|v| check_string(v, f, "subject", MAX_SUBJECT_LEN, &mut errors));
     let (time, add_time) = match get("time") {
         None => (Some(now_rfc3339()), true),
         Some(v) => (
-            check_string(v, &f("time"), 64, &mut errors).and_then(|t| {
+            check_string(v, f, "time", 64, &mut errors).and_then(|t| {
                 if chrono::DateTime::parse_from_rfc3339(&t).is_ok() {
                     Some(t)
                 } else {
@@ -145,7 +146,7 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
         ),
     };
     if let Some(v) = get("datacontenttype") {
-        if let Some(ct) = check_string(v, &f("datacontenttype"), MAX_META_LEN, &mut errors) {
+        if let Some(ct) = check_string(v, f, "datacontenttype", MAX_META_LEN, &mut errors) {
             if !ct.contains('/') {
                 errors.push(FieldError::new(
                     f("datacontenttype"),
@@ -155,7 +156,7 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
         }
     }
     if let Some(v) = get("dataschema") {
-        check_string(v, &f("dataschema"), MAX_META_LEN, &mut errors);
+        check_string(v, f, "dataschema", MAX_META_LEN, &mut errors);
     }
     if get("data").is_some() && get("data_base64").is_some() {
         errors.push(FieldError::new(
@@ -175,7 +176,7 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
             continue;
         }
         extensions += 1;
-        let field = f(name);
+        let field = || f(name);
         if name.is_empty()
             || name.len() > MAX_EXTENSION_NAME_LEN
             || !name
@@ -183,7 +184,7 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             errors.push(FieldError::new(
-                field,
+                field(),
                 format!(
                     "extension attribute names must be 1 to {MAX_EXTENSION_NAME_LEN} lower-case letters or digits (CloudEvents 1.0)"
                 ),
@@ -192,13 +193,13 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
         }
         match v {
             Attr::Str(s) if s.len() > MAX_EXTENSION_VALUE_LEN => errors.push(FieldError::new(
-                field,
+                field(),
                 format!("must be at most {MAX_EXTENSION_VALUE_LEN} bytes"),
             )),
             Attr::Str(_) | Attr::Bool => {}
             Attr::Int(i) if i32::try_from(*i).is_ok() => {}
             _ => errors.push(FieldError::new(
-                field,
+                field(),
                 "extension values must be a string, a boolean or a 32-bit integer",
             )),
         }
@@ -228,28 +229,30 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
 /// control characters. Records problems in `errors`.
 fn check_string(
     v: &Attr<'_>,
-    field: &str,
+    field_path: impl Fn(&str) -> String,
+    name: &str,
     max: usize,
     errors: &mut Vec<FieldError>,
 ) -> Option<String> {
+    let field = || field_path(name);
     let Attr::Str(s) = v else {
-        errors.push(FieldError::new(field, "must be a string"));
+        errors.push(FieldError::new(field(), "must be a string"));
         return None;
     };
     if s.is_empty() {
-        errors.push(FieldError::new(field, "must not be empty"));
+        errors.push(FieldError::new(field(), "must not be empty"));
         return None;
     }
     if s.len() > max {
         errors.push(FieldError::new(
-            field,
+            field(),
             format!("must be at most {max} bytes"),
         ));
         return None;
     }
     if s.chars().any(char::is_control) {
         errors.push(FieldError::new(
-            field,
+            field(),
             "must not contain control characters",
         ));
         return None;
