@@ -72,8 +72,6 @@ pub struct ActiveSegment {
     pub len: u64,
     /// Records in it.
     pub count: u64,
-    /// Running SHA-256 of its bytes, finalized when it is sealed.
-    pub hasher: Sha256,
     /// Its position in the index's segment list.
     pub index_pos: u32,
     /// The writer's own copy of the durable bytes, to rewrite the file from
@@ -92,6 +90,9 @@ pub struct Recovered {
     pub manifest: Manifest,
     /// The active segment.
     pub active: ActiveSegment,
+    /// Running SHA-256 of the active segment's bytes, finalized when the
+    /// writer seals it.
+    pub active_sha256: Sha256,
     /// The rebuilt index.
     pub index: Index,
     /// The rebuilt idempotency set.
@@ -332,11 +333,11 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             first_seq: expect,
             len: bytes.len() as u64,
             count,
-            hasher,
             index_pos: pos,
             crc: crc32c::crc32c(&bytes),
             bytes,
         },
+        active_sha256: hasher,
         index,
         dedup,
         next_seq,
