@@ -25,8 +25,10 @@ async fn a_second_instance_on_the_same_data_dir_is_refused() {
         "the second instance must fail; stderr:\n{}",
         second.stderr
     );
+    // "At once" means it does not wait for the lock; 3 s leaves room for
+    // starting a debug build on a busy 2-core machine.
     assert!(
-        second.elapsed < Duration::from_secs(1),
+        second.elapsed < Duration::from_secs(3),
         "the second instance must exit at once, took {:?}",
         second.elapsed
     );

@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use msgbus::app::{AppError, Application};
 use msgbus::cli::Cli;
 use tokio::sync::oneshot;
@@ -55,7 +55,9 @@ pub async fn spawn_app_with(args: &[&str]) -> TestApp {
 }
 
 /// The `serve` settings for `dir` plus `args`, parsed as the binary would
-/// (port 0: the kernel picks a free port, so tests never collide).
+/// (port 0: the kernel picks a free port, so tests never collide), except
+/// that `MSGBUS_*` variables in the developer's environment are ignored:
+/// a test sees only the flags it passes.
 pub fn serve_config(dir: &Path, args: &[&str]) -> msgbus::config::ServeConfig {
     let mut argv: Vec<String> = vec![
         "msgbus".into(),
@@ -65,7 +67,10 @@ pub fn serve_config(dir: &Path, args: &[&str]) -> msgbus::config::ServeConfig {
         "127.0.0.1:0".into(),
     ];
     argv.extend(args.iter().map(|s| s.to_string()));
-    Cli::try_parse_from(argv)
+    let without_env = Cli::command().mut_args(|a| a.env(None::<&'static str>));
+    without_env
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
         .unwrap_or_else(|e| panic!("invalid test flags {args:?}: {e}"))
         .serve
 }
