@@ -130,13 +130,14 @@ fn from_members(
         .map(|(name, raw)| (name.as_ref(), Attr::from_raw(raw)))
         .collect();
     let checked = validate(&attrs, path)?;
-    let mut out = Vec::with_capacity(
+    let mut out = PreparedEvent::buffer(
         members
             .iter()
             .map(|(n, v)| n.len() + v.get().len() + 4)
             .sum::<usize>()
             + 128,
     );
+    let empty = out.len() + 1;
     out.push(b'{');
     for (i, (name, raw)) in members.iter().enumerate() {
         if i > 0 {
@@ -147,7 +148,7 @@ fn from_members(
         out.extend_from_slice(raw.get().as_bytes());
     }
     for (name, value) in checked.filled() {
-        if out.len() > 1 {
+        if out.len() > empty {
             out.push(b',');
         }
         serde_json::to_writer(&mut out, name).expect("writing to a Vec cannot fail");
@@ -182,8 +183,9 @@ pub fn from_structured(
     for (name, value) in checked.filled() {
         obj.insert(name.to_string(), Value::String(value.to_string()));
     }
-    let bytes = serde_json::to_vec(&Value::Object(obj)).expect("a JSON value serializes");
-    checked.prepare(bytes, limits)
+    let mut buf = PreparedEvent::buffer(0);
+    serde_json::to_writer(&mut buf, &Value::Object(obj)).expect("a JSON value serializes");
+    checked.prepare(buf, limits)
 }
 
 /// The field name for the event as a whole.
@@ -213,7 +215,7 @@ mod tests {
     #[test]
     fn fills_id_time_and_specversion() {
         let ev = from_structured(json!({"type": "t", "source": "/s"}), "", L).unwrap();
-        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        let v: Value = serde_json::from_slice(ev.bytes()).unwrap();
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["id"], ev.id.as_str());
         assert!(chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).is_ok());
@@ -247,12 +249,12 @@ mod tests {
     fn json_text_is_stored_member_by_member_in_the_order_sent() {
         let sent = br#"{"type":"t.x","source":"/s","data":{"n":12345678901234567890123,"f":1.50,"s":"\u00e9"},"ext":7}"#;
         let ev = from_json(sent, "", L).unwrap();
-        let stored = std::str::from_utf8(&ev.bytes).unwrap();
+        let stored = std::str::from_utf8(ev.bytes()).unwrap();
         // data exactly as sent (no f64 rounding, no re-escaping), then the
         // attributes the server fills in, in the order the Value path uses.
         let prefix = r#"{"type":"t.x","source":"/s","data":{"n":12345678901234567890123,"f":1.50,"s":"\u00e9"},"ext":7,"specversion":"1.0","id":""#;
         assert!(stored.starts_with(prefix), "{stored}");
-        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        let v: Value = serde_json::from_slice(ev.bytes()).unwrap();
         assert_eq!(v["id"], ev.id.as_str());
         assert_eq!(v["time"], ev.time.as_str());
         assert_eq!((ev.ty.as_str(), ev.source.as_str()), ("t.x", "/s"));
@@ -263,8 +265,8 @@ mod tests {
         let sent = br#"{"specversion":"1.0","id":"a1","source":"/s","type":"t","time":"2026-01-31T12:00:00Z","subject":"x","data":{"k":[1,"two",true,null]}}"#;
         let raw = from_json(sent, "", L).unwrap();
         let tree = from_structured(serde_json::from_slice(sent).unwrap(), "", L).unwrap();
-        assert_eq!(raw.bytes, tree.bytes);
-        assert_eq!(&raw.bytes[..], &sent[..]);
+        assert_eq!(raw.bytes(), tree.bytes());
+        assert_eq!(raw.bytes(), &sent[..]);
         assert_eq!(raw.subject.as_deref(), Some("x"));
     }
 
@@ -280,7 +282,7 @@ mod tests {
             L,
         )
         .unwrap();
-        assert!(!ev.bytes.contains(&b'\n'));
+        assert!(!ev.bytes().contains(&b'\n'));
         // Escaped member names are the names they spell.
         let ev = from_json(br#"{"\u0074ype":"t","source":"/s","id":"1"}"#, "", L).unwrap();
         assert_eq!(ev.ty, "t");
@@ -372,8 +374,8 @@ mod tests {
             let shown = String::from_utf8_lossy(&text).to_string();
             match (&raw, &tree) {
                 (Ok(a), Ok(b)) => {
-                    let mut va: Value = serde_json::from_slice(&a.bytes).unwrap();
-                    let mut vb: Value = serde_json::from_slice(&b.bytes).unwrap();
+                    let mut va: Value = serde_json::from_slice(a.bytes()).unwrap();
+                    let mut vb: Value = serde_json::from_slice(b.bytes()).unwrap();
                     for generated in ["id", "time"] {
                         if va[generated] != vb[generated] {
                             va[generated] = Value::Null;
@@ -427,12 +429,12 @@ mod tests {
         h.insert("ce-id", "a%20b".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
         let ev = from_binary(&h, br#"{"k":1}"#, L).unwrap();
-        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        let v: Value = serde_json::from_slice(ev.bytes()).unwrap();
         assert_eq!(v["data"], json!({"k": 1}));
         assert_eq!(ev.id, "a b");
         h.insert("content-type", "application/octet-stream".parse().unwrap());
         let ev = from_binary(&h, &[0, 159, 146, 150], L).unwrap();
-        let v: Value = serde_json::from_slice(&ev.bytes).unwrap();
+        let v: Value = serde_json::from_slice(ev.bytes()).unwrap();
         assert_eq!(v["data_base64"], "AJ+Slg==");
     }
 }

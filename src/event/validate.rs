@@ -3,13 +3,12 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::raw::CowStr;
 use super::*;
-use crate::store::PreparedEvent;
+use crate::store::{PreparedEvent, FRAME_HEADROOM};
 
 /// A member's value as validation sees it.
 pub(super) enum Attr<'a> {
@@ -70,19 +69,18 @@ impl Checked {
         .map(|(_, name, value)| (name, value))
     }
 
-    pub(super) fn prepare(
-        self,
-        bytes: Vec<u8>,
-        limits: Limits,
-    ) -> Result<PreparedEvent, EventError> {
-        if bytes.len() > limits.max_event_bytes {
+    /// The event for the writer; `buf` is a [`PreparedEvent::buffer`]
+    /// holding the serialized event.
+    pub(super) fn prepare(self, buf: Vec<u8>, limits: Limits) -> Result<PreparedEvent, EventError> {
+        let size = buf.len() - FRAME_HEADROOM;
+        if size > limits.max_event_bytes {
             return Err(EventError::TooLarge {
-                size: bytes.len(),
+                size,
                 limit: limits.max_event_bytes,
             });
         }
         Ok(PreparedEvent {
-            bytes: Bytes::from(bytes),
+            buf,
             id: self.id,
             source: self.source,
             ty: self.ty,

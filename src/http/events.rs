@@ -511,7 +511,7 @@ mod tests {
 
     fn event(id: &str, source: &str) -> PreparedEvent {
         PreparedEvent {
-            bytes: bytes::Bytes::new(),
+            buf: PreparedEvent::buffer(0),
             id: id.into(),
             source: source.into(),
             ty: "t.\"quoted\"".into(),

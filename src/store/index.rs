@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
+use super::FRAME_HEADROOM;
 
 /// Marker for "no subject".
 const NO_SUBJECT: u32 = u32::MAX;
@@ -143,8 +144,8 @@ pub struct NewEntry<'a> {
     pub source: &'a str,
     /// `subject` attribute.
     pub subject: Option<&'a str>,
-    /// The event bytes, for the recent-events cache (None during recovery).
-    pub bytes: Option<Bytes>,
+    /// The event's message, for the recent-events cache (None during recovery).
+    pub frame: Option<SseFrame>,
 }
 
 /// What to select in a read.
@@ -178,30 +179,62 @@ enum Resolved {
 #[derive(Debug)]
 struct Recent {
     seq: u64,
+    frame: SseFrame,
+}
+
+/// What ends every event's Server-Sent Events message (after the event).
+pub const FRAME_END: &[u8] = b"}\n\n";
+
+/// An event's Server-Sent Events message,
+/// `id: <seq>\ndata: {"seq":<seq>,"event":<event>}\n\n`, with the event
+/// inside it (so the cache holds each event once).
+#[derive(Debug, Clone)]
+pub struct SseFrame {
     frame: Bytes,
     event_start: u32,
 }
 
-impl Recent {
-    fn new(seq: u64, event: &[u8]) -> Self {
+impl SseFrame {
+    /// The message for `event` at `seq`, built in place: `buf` is
+    /// [`FRAME_HEADROOM`] bytes of room followed by the event, as a
+    /// [`PreparedEvent`](super::PreparedEvent) holds it. The prefix is
+    /// written into the room and the event is not copied.
+    pub fn in_place(seq: u64, mut buf: Vec<u8>) -> Self {
         use std::io::Write as _;
-        let mut frame = Vec::with_capacity(event.len() + 64);
-        // Writing into a Vec cannot fail.
-        let _ = write!(frame, "id: {seq}\ndata: {{\"seq\":{seq},\"event\":");
-        let event_start = frame.len() as u32;
-        frame.extend_from_slice(event);
-        frame.extend_from_slice(b"}\n\n");
-        Recent {
-            seq,
-            frame: Bytes::from(frame),
-            event_start,
+        let mut prefix = [0u8; FRAME_HEADROOM];
+        let mut room = &mut prefix[..];
+        write!(room, "id: {seq}\ndata: {{\"seq\":{seq},\"event\":")
+            .expect("FRAME_HEADROOM fits two u64s");
+        let len = FRAME_HEADROOM - room.len();
+        let start = FRAME_HEADROOM - len;
+        buf[start..FRAME_HEADROOM].copy_from_slice(&prefix[..len]);
+        buf.extend_from_slice(FRAME_END);
+        let mut frame = Bytes::from(buf);
+        // `advance` moves the start; `slice` would clone the handle, which
+        // for a `Bytes` made from a `Vec` allocates a shared header.
+        bytes::Buf::advance(&mut frame, start);
+        SseFrame {
+            frame,
+            event_start: len as u32,
         }
     }
 
+    /// The message for `event` at `seq`, copying the event.
+    pub fn copied(seq: u64, event: &[u8]) -> Self {
+        let mut buf = super::PreparedEvent::buffer(event.len());
+        buf.extend_from_slice(event);
+        Self::in_place(seq, buf)
+    }
+
+    /// The whole message.
+    pub fn message(&self) -> &Bytes {
+        &self.frame
+    }
+
     /// The event bytes as stored.
-    fn event(&self) -> Bytes {
+    pub fn event(&self) -> Bytes {
         self.frame
-            .slice(self.event_start as usize..self.frame.len() - 3)
+            .slice(self.event_start as usize..self.frame.len() - FRAME_END.len())
     }
 }
 
@@ -346,7 +379,7 @@ impl Index {
         self.first_seq = new_first;
         while self.recent.front().is_some_and(|r| r.seq < new_first) {
             if let Some(r) = self.recent.pop_front() {
-                self.recent_bytes -= r.frame.len();
+                self.recent_bytes -= r.frame.message().len();
             }
         }
         while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
@@ -375,13 +408,13 @@ impl Index {
             source,
             subject,
         });
-        if let Some(bytes) = e.bytes {
-            let recent = Recent::new(e.seq, &bytes);
-            self.recent_bytes += recent.frame.len();
+        if let Some(frame) = e.frame {
+            let recent = Recent { seq: e.seq, frame };
+            self.recent_bytes += recent.frame.message().len();
             self.recent.push_back(recent);
             while self.recent_bytes > self.recent_capacity {
                 match self.recent.pop_front() {
-                    Some(r) => self.recent_bytes -= r.frame.len(),
+                    Some(r) => self.recent_bytes -= r.frame.message().len(),
                     None => break,
                 }
             }
@@ -402,8 +435,8 @@ impl Index {
         Hit {
             seq,
             entry,
-            cached: recent.map(Recent::event),
-            frame: recent.map(|r| r.frame.clone()),
+            cached: recent.map(|r| r.frame.event()),
+            frame: recent.map(|r| r.frame.message().clone()),
         }
     }
 
@@ -566,7 +599,25 @@ pub fn load(segments_file: &Arc<File>, path: &std::path::Path, hit: &Hit) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::Interner;
+    use super::{Interner, SseFrame};
+
+    #[test]
+    fn frames_built_in_place_are_the_sse_message_around_the_event() {
+        let event = br#"{"type":"t","source":"/s","id":"1"}"#;
+        for seq in [0, 7, 1_000_000, u64::MAX] {
+            let expected = format!(
+                "id: {seq}\ndata: {{\"seq\":{seq},\"event\":{}}}\n\n",
+                std::str::from_utf8(event).unwrap()
+            );
+            let mut buf = crate::store::PreparedEvent::buffer(event.len());
+            buf.extend_from_slice(event);
+            let in_place = SseFrame::in_place(seq, buf);
+            assert_eq!(in_place.message(), expected.as_bytes(), "seq {seq}");
+            assert_eq!(&in_place.event()[..], &event[..], "seq {seq}");
+            let copied = SseFrame::copied(seq, event);
+            assert_eq!(copied.message(), in_place.message());
+        }
+    }
 
     #[test]
     fn interner_round_trips_and_finds_prefixes() {

@@ -420,7 +420,7 @@ fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::
         ty: &r.keys.ty,
         source: &r.keys.source,
         subject: r.keys.subject.as_deref(),
-        bytes: None,
+        frame: None,
     });
     // Stored events are unique by construction, so a hash hit during
     // recovery can only be a hash collision: keep both exactly.

@@ -386,7 +386,7 @@ mod tests {
                     ty: if seq % 2 == 0 { "even" } else { "odd" },
                     source: "/s",
                     subject: None,
-                    bytes: Some(bytes::Bytes::from_static(b"x")),
+                    frame: Some(super::super::index::SseFrame::copied(seq, b"x")),
                 });
             }
         }
