@@ -12,8 +12,10 @@
 //!
 //! The writer keeps its own copy of the active segment's bytes, so that when
 //! the file is damaged, truncated or deleted under it, it can rewrite it
-//! without losing an acknowledged event (`repair`). Backups are copied by
-//! a worker thread it feeds (`backups`), off the commit path.
+//! without losing an acknowledged event (`repair`). Two threads it feeds
+//! keep work off the commit path: backups are copied by one (`backups`),
+//! and the active segment's SHA-256, recorded in the manifest at sealing,
+//! is computed by the other (`hasher`).
 
 mod backups;
 mod hasher;
