@@ -43,6 +43,18 @@ fn cmd(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// The filesystem type of `dir`: `df` names ext4 as such, where `stat -f`
+/// reports every ext2/3/4 filesystem as `ext2/ext3` (they share a magic
+/// number); `stat -f` is the fallback where `df` lacks `--output`.
+fn fs_type(dir: &Path) -> String {
+    let dir = dir.display().to_string();
+    let df = cmd("df", &["--output=fstype", &dir]);
+    match df.lines().nth(1) {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => cmd("stat", &["-f", "-c", "%T", &dir]),
+    }
+}
+
 /// `/proc/loadavg`, first three fields.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -68,7 +80,7 @@ pub fn machine(data_dir: &Path) -> Machine {
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        data_fs: cmd("stat", &["-f", "-c", "%T", &data_dir.display().to_string()]),
+        data_fs: fs_type(data_dir),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
         git_commit: std::env::var("BENCH_GIT_COMMIT")
