@@ -137,8 +137,8 @@ fn from_members(
             .sum::<usize>()
             + 128,
     );
-    let empty = out.len() + 1;
     out.push(b'{');
+    let just_opened = out.len();
     for (i, (name, raw)) in members.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -148,7 +148,7 @@ fn from_members(
         out.extend_from_slice(raw.get().as_bytes());
     }
     for (name, value) in checked.filled() {
-        if out.len() > empty {
+        if out.len() > just_opened {
             out.push(b',');
         }
         serde_json::to_writer(&mut out, name).expect("writing to a Vec cannot fail");
