@@ -139,6 +139,25 @@ pub async fn wait_alert(
     }
 }
 
+/// [`wait_alert`] that fails the test, listing every alert, when nothing
+/// matches in time; `what` names the awaited alert in that message.
+pub async fn expect_alert(
+    api: &Api,
+    after_id: u64,
+    t0: Instant,
+    deadline: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
+    match wait_alert(api, after_id, t0, deadline, pred).await {
+        Some(found) => found,
+        None => panic!(
+            "no {what} alert within {deadline:?}: {:#}",
+            Value::from(api.alerts().await)
+        ),
+    }
+}
+
 /// Waits (up to [`REPAIR_DEADLINE`] after `t0`) for the repair of `file`
 /// (relative to the data directory) and checks its detection was listed
 /// first. Prints and returns the repair alert and how long it took.

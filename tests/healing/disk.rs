@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::common::events::checkable_event;
 use crate::common::files::{DataDir, Tmpfs};
 use crate::common::integrity::{acked, assert_all_intact, prefill, publish_one};
-use crate::common::monitor::{start_monitored, wait_alert, Webhook, REPAIR_DEADLINE};
+use crate::common::monitor::{expect_alert, start_monitored, Webhook, REPAIR_DEADLINE};
 use crate::common::note;
 use crate::common::process::run_msgbus;
 
@@ -23,14 +23,10 @@ const TOO_MUCH: &str = "1000000000000000";
 async fn below_min_free_bytes_publishing_answers_507_and_stores_nothing() {
     let app = start_monitored(DataDir::temp(), &["--min-free-bytes", TOO_MUCH]).await;
     let t0 = Instant::now();
-    let Some((alert, took)) =
-        wait_alert(&app, 0, t0, REPAIR_DEADLINE, |a| a["kind"] == "low_disk").await
-    else {
-        panic!(
-            "no low_disk alert within {REPAIR_DEADLINE:?}: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    let (alert, took) = expect_alert(&app, 0, t0, REPAIR_DEADLINE, "low_disk", |a| {
+        a["kind"] == "low_disk"
+    })
+    .await;
     note(format!(
         "low disk noticed {} ms after start: {}",
         took.as_millis(),
@@ -118,14 +114,10 @@ async fn publishing_stops_when_space_runs_low_and_resumes_when_it_returns() {
     std::fs::write(&ballast, vec![0u8; fill as usize]).unwrap();
     let t0 = Instant::now();
     note(format!("ballast of {fill} bytes; {} bytes free", fs.free()));
-    let Some((_, took)) =
-        wait_alert(&app, 0, t0, REPAIR_DEADLINE, |a| a["kind"] == "low_disk").await
-    else {
-        panic!(
-            "no low_disk alert within {REPAIR_DEADLINE:?}: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    let (_, took) = expect_alert(&app, 0, t0, REPAIR_DEADLINE, "low_disk", |a| {
+        a["kind"] == "low_disk"
+    })
+    .await;
     note(format!("low disk noticed after {} ms", took.as_millis()));
     let r = app.publish(&checkable_event("spc", 100, 100)).await;
     r.assert_problem_type(
@@ -142,14 +134,10 @@ async fn publishing_stops_when_space_runs_low_and_resumes_when_it_returns() {
     // Space returns.
     std::fs::remove_file(&ballast).unwrap();
     let t1 = Instant::now();
-    let Some((_, took)) =
-        wait_alert(&app, 0, t1, REPAIR_DEADLINE, |a| a["kind"] == "disk_ok").await
-    else {
-        panic!(
-            "no disk_ok alert within {REPAIR_DEADLINE:?}: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    let (_, took) = expect_alert(&app, 0, t1, REPAIR_DEADLINE, "disk_ok", |a| {
+        a["kind"] == "disk_ok"
+    })
+    .await;
     note(format!("space back noticed after {} ms", took.as_millis()));
     let seq = publish_one(&app, &checkable_event("spc", 101, 100), &acked)
         .await
@@ -211,13 +199,15 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
     note(format!("failing publish: {}", p["detail"]));
     let ready = app.get("/health/ready").await;
     ready.assert_problem_type(503, "not-ready", "/health/ready once poisoned");
-    let Some((poisoned, _)) = wait_alert(&app, 0, Instant::now(), Duration::from_secs(1), |a| {
-        a["kind"] == "poisoned"
-    })
-    .await
-    else {
-        panic!("no poisoned alert: {:#}", Value::from(app.alerts().await));
-    };
+    let (poisoned, _) = expect_alert(
+        &app,
+        0,
+        Instant::now(),
+        Duration::from_secs(1),
+        "poisoned",
+        |a| a["kind"] == "poisoned",
+    )
+    .await;
     assert_eq!(poisoned["severity"], "error", "{poisoned}");
     app.publish(&checkable_event("full", 9999, 10))
         .await

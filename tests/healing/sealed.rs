@@ -13,8 +13,8 @@ use crate::common::integrity::{
     acked, assert_all_intact, fill_until_sealed, prefill, publish_one, Publisher, Watchdog,
 };
 use crate::common::monitor::{
-    expect_repair, start_monitored, wait_alert, wait_backup_holding, wait_ready, Webhook,
-    INTERVAL_SECS, REPAIR_DEADLINE,
+    expect_alert, expect_repair, start_monitored, wait_alert, wait_backup_holding, wait_ready,
+    Webhook, INTERVAL_SECS, REPAIR_DEADLINE,
 };
 use crate::common::note;
 
@@ -175,16 +175,15 @@ async fn a_damaged_newest_backup_falls_back_to_an_older_one() {
 
     // The monitor verifies one file of the newest backup per tick.
     let backup_dir = format!("backups/{newest}");
-    let Some((alert, took)) = wait_alert(&app, before, t0, Duration::from_secs(3), |a| {
-        a["kind"] == "backup_damaged" && a["file"] == backup_dir.as_str()
-    })
-    .await
-    else {
-        panic!(
-            "no backup_damaged alert for {backup_dir} within 3 s: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    let (alert, took) = expect_alert(
+        &app,
+        before,
+        t0,
+        Duration::from_secs(3),
+        "backup_damaged",
+        |a| a["kind"] == "backup_damaged" && a["file"] == backup_dir.as_str(),
+    )
+    .await;
     note(format!(
         "damaged backup noticed after {} ms: {}",
         took.as_millis(),
@@ -267,16 +266,10 @@ async fn damage_without_a_backup(put_back: PutBack) {
         "deleted backups/, flipped 8 bytes at offset {offset} of {file} (seq {bad_seq})"
     ));
 
-    let Some((_, took)) = wait_alert(&app, before, t0, REPAIR_DEADLINE, |a| {
+    let (_, took) = expect_alert(&app, before, t0, REPAIR_DEADLINE, "read_only", |a| {
         a["kind"] == "read_only"
     })
-    .await
-    else {
-        panic!(
-            "no read_only alert within {REPAIR_DEADLINE:?}: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    .await;
     note(format!("read-only after {} ms", took.as_millis()));
     let alerts = app.alerts().await;
     for kind in ["detection", "repair_failed"] {
@@ -362,16 +355,10 @@ async fn damage_without_a_backup(put_back: PutBack) {
         "{put_back:?}: ready again {} ms after the good copy was put back",
         took.as_millis()
     ));
-    let Some(_) = wait_alert(&app, before, t1, REPAIR_DEADLINE, |a| {
+    let _ = expect_alert(&app, before, t1, REPAIR_DEADLINE, "read_write", |a| {
         a["kind"] == "read_write"
     })
-    .await
-    else {
-        panic!(
-            "no read_write alert after recovery: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    .await;
     publish_one(&app, &checkable_event("nob", n + 1, 200), &acked)
         .await
         .unwrap_or_else(|e| panic!("writes are accepted again: {e}"));
@@ -412,14 +399,10 @@ async fn read_only_mode_holds_while_other_segments_are_scrubbed() {
     let (_, bad_seq) = flip_pad(&seg, len / 2);
     // Found when its turn to be scrubbed comes: within one tick per sealed segment.
     let deadline = Duration::from_secs_f64(INTERVAL_SECS * sealed.len() as f64 + 1.0);
-    let Some((_, took)) =
-        wait_alert(&app, before, t0, deadline, |a| a["kind"] == "read_only").await
-    else {
-        panic!(
-            "no read_only alert within {deadline:?}: {:#}",
-            Value::from(app.alerts().await)
-        );
-    };
+    let (_, took) = expect_alert(&app, before, t0, deadline, "read_only", |a| {
+        a["kind"] == "read_only"
+    })
+    .await;
     note(format!(
         "{} sealed segments; read-only after {} ms",
         sealed.len(),
