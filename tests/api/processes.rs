@@ -97,16 +97,7 @@ async fn sigterm_exits_cleanly_and_ends_long_polls() {
     assert!(!poll.is_finished(), "the long-poll is in progress");
 
     let started = Instant::now();
-    proc_.sigterm();
-    let status = proc_
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "msgbus did not exit within 10 s of SIGTERM; stderr:\n{}",
-                proc_.stderr_text()
-            )
-        });
+    let status = proc_.terminate(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert!(
         status.success(),

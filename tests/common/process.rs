@@ -171,18 +171,22 @@ impl TestProcess {
             .expect("a SIGKILLed process exits");
     }
 
+    /// SIGTERM, then its exit status; fails the test if it has not exited
+    /// within `within`.
+    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.sigterm();
+        match self.wait_exit(within).await {
+            Some(status) => status,
+            None => panic!(
+                "msgbus did not exit within {within:?} of SIGTERM; stderr:\n{}",
+                self.stderr_text()
+            ),
+        }
+    }
+
     /// SIGTERM, then waits (at most 15 s) for a clean exit (status 0).
     pub async fn stop(mut self) {
-        self.sigterm();
-        let status = self
-            .wait_exit(Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|| {
-                panic!(
-                    "msgbus did not exit within 15 s of SIGTERM; stderr:\n{}",
-                    self.stderr_text()
-                )
-            });
+        let status = self.terminate(Duration::from_secs(15)).await;
         assert!(
             status.success(),
             "msgbus exits cleanly on SIGTERM: {status}; stderr:\n{}",
