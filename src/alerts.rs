@@ -46,6 +46,8 @@ pub struct Alert {
 pub struct Alerts {
     inner: Mutex<Inner>,
     webhook: Option<mpsc::Sender<Alert>>,
+    /// Alerts queued for the webhook and not yet posted or given up on.
+    unsent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     capacity: usize,
 }
 
@@ -61,9 +63,10 @@ impl Alerts {
     /// `webhook` when set. Must be called inside a tokio runtime when a
     /// webhook is given (it spawns the sender task).
     pub fn new(capacity: usize, webhook: Option<String>) -> Self {
+        let unsent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let webhook = webhook.filter(|u| !u.is_empty()).map(|url| {
             let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(send_webhooks(url, rx));
+            tokio::spawn(send_webhooks(url, rx, unsent.clone()));
             tx
         });
         Alerts {
@@ -72,6 +75,7 @@ impl Alerts {
                 ..Inner::default()
             }),
             webhook,
+            unsent,
             capacity: capacity.max(1),
         }
     }
@@ -114,7 +118,11 @@ impl Alerts {
             alert
         };
         if let Some(tx) = &self.webhook {
+            self.unsent
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if tx.try_send(alert.clone()).is_err() {
+                self.unsent
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::warn!(
                     id = alert.id,
                     "alert webhook queue full; this alert is not posted"
@@ -122,6 +130,18 @@ impl Alerts {
             }
         }
         alert
+    }
+
+    /// Waits (at most `within`) until every queued alert was posted to the
+    /// webhook or given up on: a server that refuses to start still tells
+    /// the people watching the webhook why.
+    pub async fn flush(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.unsent.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Marks unresolved alerts about `file` (or, with `None`, of `kind`) resolved.
@@ -160,7 +180,11 @@ impl Alerts {
 
 /// Posts alerts to the webhook one by one, retrying each with exponential
 /// backoff (1 s, 2 s, 4 s, 8 s, 16 s) before giving up on it.
-async fn send_webhooks(url: String, mut rx: mpsc::Receiver<Alert>) {
+async fn send_webhooks(
+    url: String,
+    mut rx: mpsc::Receiver<Alert>,
+    unsent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -201,5 +225,6 @@ async fn send_webhooks(url: String, mut rx: mpsc::Receiver<Alert>) {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
+        unsent.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

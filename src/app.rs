@@ -36,7 +36,23 @@ impl Application {
             config.alert_capacity,
             config.alert_webhook.clone(),
         ));
-        let (store, writer) = StoreHandle::open(&config.store(), alerts)?;
+        let (store, writer) = match StoreHandle::open(&config.store(), alerts.clone()) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // A refusal to start is an alert too: logged, and posted to
+                // the webhook before the process exits.
+                if matches!(e, crate::store::StoreError::Corrupt(_)) {
+                    alerts.raise(
+                        crate::alerts::Severity::Error,
+                        "start_refused",
+                        None,
+                        e.to_string(),
+                    );
+                    alerts.flush(std::time::Duration::from_secs(10)).await;
+                }
+                return Err(e.into());
+            }
+        };
         // Before the first request: a server started on a full disk must
         // refuse the very first publish, not the one after the first tick.
         monitor::check_disk(store.shared(), config.min_free_bytes);

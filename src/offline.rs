@@ -105,30 +105,49 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
     match std::fs::read(seg_dir.join(&active)) {
         Err(e) => damaged(out, format!("{rel}: cannot be read: {e}")),
         Ok(bytes) => {
-            let scan = segment::scan(&bytes, manifest.active_first_seq);
-            match &scan.damage {
-                None => {
+            let plan = recovery::active::plan(
+                data_dir,
+                &active,
+                &bytes,
+                manifest.active_first_seq,
+                &manifest,
+            );
+            match (&plan.verdict, &plan.repair) {
+                (recovery::active::Verdict::Whole, None) => {
                     let _ = writeln!(
                         out,
                         "ok      {rel}: {} record(s), every CRC32C matches",
-                        scan.records.len()
+                        plan.scan.records.len()
                     );
                 }
-                Some(d) if d.valid_after == 0 => {
+                (recovery::active::Verdict::TornTail { valid_len }, None) => {
                     let _ = writeln!(
                         out,
-                        "TORN    {rel}: offset {}: {} ({} bytes); the next start moves them to quarantine/ and cuts them",
-                        d.offset,
-                        d.problem,
-                        bytes.len() as u64 - d.offset
+                        "TORN    {rel}: offset {valid_len}: an incomplete final record, never acknowledged ({} bytes); the next start moves them to quarantine/ and cuts them",
+                        bytes.len() as u64 - valid_len
                     );
                     torn = true;
                 }
-                Some(d) => damaged(
+                (verdict, Some(c)) => {
+                    let what = match verdict {
+                        recovery::active::Verdict::Whole => format!(
+                            "{rel} holds seq ..={} but backup {} holds acknowledged records up to seq {}",
+                            manifest.active_first_seq + plan.scan.records.len() as u64 - 1,
+                            c.backup,
+                            manifest.active_first_seq + c.scan.records.len() as u64 - 1
+                        ),
+                        v => v.describe(&rel),
+                    };
+                    damaged(
+                        out,
+                        format!("{what}; the next start repairs it from backup {}", c.backup),
+                    );
+                }
+                (verdict, None) => damaged(
                     out,
                     format!(
-                        "{rel}: offset {}: {}; {} valid record(s) follow",
-                        d.offset, d.problem, d.valid_after
+                        "{}; no verified backup holds the records: the next start refuses",
+                        verdict.describe(&rel)
                     ),
                 ),
             }
@@ -193,6 +212,7 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     };
     let bm = backup::verify(&src)
         .map_err(|e| StoreError::Corrupt(format!("the backup does not verify: {e}")))?;
+    let restored_manifest = check_restorable(&src, &bm)?;
     {
         let _lock = DirLock::acquire(data_dir)?;
         let io = |what: String| move |e: std::io::Error| StoreError::io(what, e);
@@ -224,9 +244,114 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             fsutil::write_atomic(&data_dir.join(&f.path), &bytes)
                 .map_err(io(format!("write {}", data_dir.join(&f.path).display())))?;
         }
+        // A restored store is a new history: backups taken before the
+        // restore must not "repair" its active segment with records the
+        // restore rolled away. Everything in the backup was durable.
+        let mut m = restored_manifest;
+        m.lineage = Some(manifest::new_lineage());
+        m.active_durable = Some(manifest::DurablePrefix {
+            bytes: active_len(&bm, &m),
+            last_seq: bm.last_seq.max(m.active_first_seq - 1),
+        });
+        m.store(data_dir)
+            .map_err(io(format!("write {}", manifest_path.display())))?;
         fsutil::fsync_dir(data_dir).map_err(io(format!("fsync {}", data_dir.display())))?;
     }
     // Open it as a start would, to prove the restored store is whole.
     let rec = recovery::open(data_dir, 0)?;
     Ok(rec.next_seq - 1)
+}
+
+/// Checks that a verified backup can be restored: every path it lists
+/// stays inside the data directory, and it is complete (its manifest, and
+/// every segment that manifest names, with the manifest's SHA-256 for the
+/// sealed ones). Returns the backup's store manifest.
+fn check_restorable(src: &Path, bm: &backup::BackupManifest) -> Result<Manifest, StoreError> {
+    let refuse = |why: String| StoreError::Corrupt(format!("the backup cannot be restored: {why}"));
+    for f in &bm.files {
+        if !is_store_path(&f.path) {
+            return Err(refuse(format!(
+                "backup.json lists {:?}, which is not a file of a store",
+                f.path
+            )));
+        }
+    }
+    let listed = |rel: &str| bm.files.iter().find(|f| f.path == rel);
+    if listed(manifest::FILE_NAME).is_none() {
+        return Err(refuse(format!("it holds no {}", manifest::FILE_NAME)));
+    }
+    let m = Manifest::load(src)
+        .map_err(refuse)?
+        .ok_or_else(|| refuse(format!("its {} is missing", manifest::FILE_NAME)))?;
+    for s in &m.sealed {
+        let rel = format!("{SEGMENTS_DIR}/{}", s.file);
+        match listed(&rel) {
+            Some(f) if f.sha256 == s.sha256 && f.bytes == s.bytes => {}
+            Some(_) => {
+                return Err(refuse(format!(
+                    "its copy of {rel} is not the sealed segment its manifest names"
+                )))
+            }
+            None => return Err(refuse(format!("it lacks {rel}, which its manifest names"))),
+        }
+    }
+    let active = format!("{SEGMENTS_DIR}/{}", segment::file_name(m.active_first_seq));
+    if listed(&active).is_none() {
+        return Err(refuse(format!("it lacks the active segment {active}")));
+    }
+    Ok(m)
+}
+
+/// True for the paths a backup may hold: a plain file name in the data
+/// directory, or `segments/<segment file>`. No absolute paths, no `..`, no
+/// hidden files.
+fn is_store_path(rel: &str) -> bool {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    match rel.split_once('/') {
+        None => plain(rel),
+        Some((dir, name)) => dir == SEGMENTS_DIR && segment::parse_file_name(name).is_some(),
+    }
+}
+
+/// Length of the backup's copy of the active segment.
+fn active_len(bm: &backup::BackupManifest, m: &Manifest) -> u64 {
+    let rel = format!("{SEGMENTS_DIR}/{}", segment::file_name(m.active_first_seq));
+    bm.files
+        .iter()
+        .find(|f| f.path == rel)
+        .map_or(0, |f| f.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_store_path;
+
+    #[test]
+    fn only_store_paths_are_restorable() {
+        for ok in [
+            "manifest.json",
+            "consumers.json",
+            "segments/00000000000000000001.jsonl",
+        ] {
+            assert!(is_store_path(ok), "{ok}");
+        }
+        for bad in [
+            "../escape",
+            "/etc/passwd",
+            "segments/../../x",
+            "segments/x.jsonl",
+            ".hidden",
+            "a/b/c",
+            "",
+            "segments/",
+        ] {
+            assert!(!is_store_path(bad), "{bad}");
+        }
+    }
 }

@@ -35,8 +35,12 @@ const TMP_PREFIX: &str = ".tmp-";
 /// `backup.json`: what a backup holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupManifest {
-    /// Directory name (its UTC creation time).
+    /// Directory name: a sequence number that orders backups, then the UTC
+    /// creation time (for people; the clock does not order backups).
     pub name: String,
+    /// The store history it belongs to (see `Manifest::lineage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
     /// First sequence number held (0 when empty).
@@ -248,7 +252,13 @@ pub fn take(
     let root = backups_dir(&src.data_dir);
     fsutil::create_dir_durable(&root).map_err(|e| err(format!("create {}", root.display()), e))?;
     let now = chrono::Utc::now();
-    let mut name = now.format("%Y%m%dT%H%M%S%.6fZ").to_string();
+    let number = list_dirs(&src.data_dir)
+        .iter()
+        .map(|d| sequence_number(d))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut name = format!("{number:08}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
     while root.join(&name).exists() {
         name.push('x');
     }
@@ -366,6 +376,7 @@ fn assemble(
         .unwrap_or(src.manifest.active_first_seq);
     let bm = BackupManifest {
         name: name.to_string(),
+        lineage: src.manifest.lineage.clone(),
         created_at: created_at.to_string(),
         first_seq: if src.last_seq >= first_seq {
             first_seq
@@ -509,8 +520,21 @@ pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
     Ok(bm)
 }
 
-/// Backup directories, oldest first (names are UTC times, so lexical order
-/// is time order). Half-assembled `.tmp-*` directories are not listed.
+/// The sequence number at the start of a backup directory's name
+/// (`00000042-20261129T...Z`); 0 for names without one (backups from before
+/// msgbus numbered them), which therefore sort first.
+pub fn sequence_number(dir: &Path) -> u64 {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    name.split_once('-')
+        .filter(|(n, _)| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Backup directories, oldest first: by the sequence number in their name,
+/// never by the clock (a backup directory dated in the future, from a
+/// wrong clock or a copied store, must not make new backups look older and
+/// get them pruned). Half-assembled `.tmp-*` directories are not listed.
 pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
         return Vec::new();
@@ -521,7 +545,7 @@ pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .collect();
-    dirs.sort();
+    dirs.sort_by_cached_key(|d| (sequence_number(d), d.clone()));
     dirs
 }
 
@@ -568,10 +592,49 @@ pub fn find_segment(
     None
 }
 
-/// Deletes old backups beyond `keep`, oldest first, but never the newest
-/// verified one, and an old one only when a newer verified one exists.
-/// `verified(name)` says whether a backup verified.
-pub fn prune(data_dir: &Path, keep: usize, verified: impl Fn(&str) -> bool) -> Vec<String> {
+/// Verified backup copies of the active segment `file` from backups of
+/// the store's own history (`lineage_ok`), newest first, that are longer
+/// than `min_len` bytes or (with `min_len` = `None`) any length. Copies
+/// that fail their SHA-256 are skipped with a warning. Reads a copy only
+/// when its listed length qualifies, so the common start (no backup holds
+/// more than the live file) reads only the small `backup.json` files.
+pub fn active_copies(
+    data_dir: &Path,
+    file: &str,
+    min_len: Option<u64>,
+    lineage_ok: impl Fn(Option<&str>) -> bool,
+) -> impl Iterator<Item = (Vec<u8>, String)> {
+    let rel = format!("{SEGMENTS_DIR}/{file}");
+    let file = file.to_string();
+    list_dirs(data_dir).into_iter().rev().filter_map(move |dir| {
+        let bm = read_manifest(&dir).ok()?;
+        if !lineage_ok(bm.lineage.as_deref()) {
+            return None;
+        }
+        let entry = bm.files.iter().find(|f| f.path == rel)?;
+        if min_len.is_some_and(|m| entry.bytes <= m) {
+            return None;
+        }
+        let bytes = fs::read(dir.join(&rel)).ok()?;
+        if bytes.len() as u64 == entry.bytes && hex::encode(Sha256::digest(&bytes)) == entry.sha256
+        {
+            Some((bytes, bm.name))
+        } else {
+            tracing::warn!(backup = %bm.name, file = %file, "backup copy fails its SHA-256; trying an older backup");
+            None
+        }
+    })
+}
+
+/// Deletes old backups beyond `keep`, oldest first, but never `just_taken`
+/// nor the newest verified one, and an old one only when a newer verified
+/// one exists. `verified(name)` says whether a backup verified.
+pub fn prune(
+    data_dir: &Path,
+    keep: usize,
+    just_taken: &str,
+    verified: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let dirs = list_dirs(data_dir);
     let names: Vec<String> = dirs
         .iter()
@@ -591,6 +654,9 @@ pub fn prune(data_dir: &Path, keep: usize, verified: impl Fn(&str) -> bool) -> V
         if i >= newest_verified {
             break;
         }
+        if name == just_taken {
+            continue;
+        }
         if fs::remove_dir_all(&dirs[i]).is_ok() {
             removed.push(name.clone());
         }
@@ -599,4 +665,49 @@ pub fn prune(data_dir: &Path, keep: usize, verified: impl Fn(&str) -> bool) -> V
         let _ = fsutil::fsync_dir(&backups_dir(data_dir));
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(root: &Path, name: &str) {
+        let dir = root.join(BACKUPS_DIR).join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(BACKUP_FILE), b"{}").unwrap();
+    }
+
+    #[test]
+    fn backups_are_ordered_by_number_not_by_the_clock_and_the_new_one_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // A directory dated far in the future (a wrong clock, a copied store).
+        make(root, "99991231T000000.000000Z");
+        make(root, "00000001-20261129T100000.000000Z");
+        make(root, "00000002-20261129T110000.000000Z");
+        let names: Vec<String> = list_dirs(root)
+            .iter()
+            .map(|d| d.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "99991231T000000.000000Z",
+                "00000001-20261129T100000.000000Z",
+                "00000002-20261129T110000.000000Z"
+            ]
+        );
+        let removed = prune(root, 1, "00000002-20261129T110000.000000Z", |_| true);
+        assert_eq!(
+            removed,
+            [
+                "99991231T000000.000000Z",
+                "00000001-20261129T100000.000000Z"
+            ]
+        );
+        assert!(root
+            .join(BACKUPS_DIR)
+            .join("00000002-20261129T110000.000000Z")
+            .is_dir());
+    }
 }

@@ -79,6 +79,16 @@ impl StoreHandle {
             torn_tail = report.torn_tail.is_some(),
             "store recovered"
         );
+        // Every cut and repair recovery made is an alert: listed, logged,
+        // counted and posted to the webhook.
+        for note in &report.notes {
+            alerts.raise(
+                crate::alerts::Severity::Warning,
+                note.kind,
+                Some(note.file.clone()),
+                format!("at start-up: {}", note.detail),
+            );
+        }
         let (head, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             index: RwLock::new(index::Index::new(1, 0)),

@@ -17,8 +17,10 @@ use super::error::{Result, StoreError};
 use super::fsutil;
 use super::index::{Index, NewEntry, SegmentReader};
 use super::lock::DirLock;
-use super::manifest::{Manifest, SealedSegment};
+use super::manifest::{DurablePrefix, Manifest, SealedSegment};
 use super::segment::{self, Scan};
+
+pub mod active;
 
 /// Sub-directory holding segment files.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -44,6 +46,20 @@ pub struct RecoveryReport {
     pub repaired_from_backup: Vec<String>,
     /// A damaged manifest moved to quarantine before it was rebuilt.
     pub quarantined_manifest: Option<String>,
+    /// Every cut and repair, to be raised as alerts once the store is open.
+    pub notes: Vec<RecoveryNote>,
+}
+
+/// A cut or repair made at start-up, raised as an alert (`/alerts`, the
+/// log and the webhook) once the store is open.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoveryNote {
+    /// Alert kind: `torn_tail` or `repair`.
+    pub kind: &'static str,
+    /// The file, relative to the data directory.
+    pub file: String,
+    /// What was found and done, without absolute paths.
+    pub detail: String,
 }
 
 /// A torn last record cut away at startup.
@@ -133,10 +149,18 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
             tracing::warn!(problem = %why, quarantined_to = %q.display(), "damaged manifest moved aside; rebuilding it");
             report.quarantined_manifest = Some(q.display().to_string());
+            report.notes.push(RecoveryNote {
+                kind: "repair",
+                file: super::manifest::FILE_NAME.into(),
+                detail: format!(
+                    "{} was damaged; moved to {QUARANTINE_DIR}/ and rebuilt from the segments",
+                    super::manifest::FILE_NAME
+                ),
+            });
             None
         }
     };
-    let manifest = match loaded {
+    let mut manifest = match loaded {
         Some(m) => m,
         None if files.is_empty() => {
             let m = Manifest::empty();
@@ -215,6 +239,14 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             Err(damage) => {
                 let bytes = restore_sealed_from_backup(data_dir, &path, sealed, &damage)?;
                 report.repaired_from_backup.push(sealed.file.clone());
+                report.notes.push(RecoveryNote {
+                    kind: "repair",
+                    file: segment_rel(&path),
+                    detail: format!(
+                        "sealed segment {} failed its check and was restored from a verified backup",
+                        segment_rel(&path)
+                    ),
+                });
                 bytes
             }
         };
@@ -244,73 +276,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         )));
     }
     let active_path = seg_dir.join(segment::file_name(expect));
-    let mut bytes = match std::fs::read(&active_path) {
-        Ok(b) => b,
-        Err(e) => {
-            return Err(StoreError::Corrupt(format!(
-                "active segment {} cannot be read: {e}",
-                active_path.display()
-            )))
-        }
-    };
-    let mut scan = segment::scan(&bytes, expect);
-    if scan.damage.as_ref().is_some_and(|d| d.valid_after > 0) {
-        if let Some(repaired) =
-            splice_active_from_backup(data_dir, &active_path, &bytes, expect, &scan)
-        {
-            quarantine(data_dir, &active_path, 0, &bytes)?;
-            super::fsutil::write_atomic(&active_path, &repaired)
-                .map_err(io(format!("rewrite {}", active_path.display())))?;
-            tracing::warn!(file = %active_path.display(), "damaged active segment repaired from a verified backup");
-            report.repaired_from_backup.push(
-                active_path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .to_string(),
-            );
-            bytes = repaired;
-            scan = segment::scan(&bytes, expect);
-        }
-    }
-    if let Some(d) = &scan.damage {
-        if d.valid_after > 0 {
-            let (a, b) = d.seq_after.unwrap_or_default();
-            return Err(StoreError::Corrupt(format!(
-                "active segment {} is damaged at offset {} ({}) and {} valid record(s) follow (seq {a}..={b}); \
-                 refusing to truncate acknowledged events: restore a backup or move the damaged bytes aside",
-                active_path.display(),
-                d.offset,
-                d.problem,
-                d.valid_after
-            )));
-        }
-        let tail = &bytes[scan.valid_len as usize..];
-        let quarantined = quarantine(data_dir, &active_path, scan.valid_len, tail)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&active_path)
-            .map_err(io(format!("open {}", active_path.display())))?;
-        f.set_len(scan.valid_len)
-            .map_err(io(format!("truncate {}", active_path.display())))?;
-        f.sync_all()
-            .map_err(io(format!("fsync {}", active_path.display())))?;
-        tracing::warn!(
-            file = %active_path.display(),
-            offset = scan.valid_len,
-            bytes = tail.len(),
-            quarantined_to = %quarantined.display(),
-            problem = %d.problem,
-            "torn tail cut away"
-        );
-        report.torn_tail = Some(TornTail {
-            file: active_path.display().to_string(),
-            offset: scan.valid_len,
-            bytes: tail.len() as u64,
-            quarantined_to: quarantined.display().to_string(),
-        });
-        bytes.truncate(scan.valid_len as usize);
-    }
+    let (bytes, scan) = recover_active(data_dir, &active_path, expect, &manifest, &mut report)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -323,6 +289,16 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     let count = scan.records.len() as u64;
     let next_seq = expect + count;
     report.events = index.len() as u64;
+
+    // What is durable now is the floor the next start checks against.
+    let floor = DurablePrefix {
+        bytes: bytes.len() as u64,
+        last_seq: next_seq - 1,
+    };
+    if manifest.active_durable != Some(floor) {
+        manifest.active_durable = Some(floor);
+        store_manifest(&manifest, data_dir)?;
+    }
 
     Ok(Recovered {
         lock,
@@ -343,6 +319,125 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         next_seq,
         report,
     })
+}
+
+/// `segments/<name>`, the way alerts and reports name a segment.
+fn segment_rel(path: &Path) -> String {
+    format!(
+        "{SEGMENTS_DIR}/{}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+/// Reads, judges and, if need be, repairs the active segment (see
+/// [`active`]); returns its bytes, a torn tail cut away, and their scan.
+fn recover_active(
+    data_dir: &Path,
+    path: &Path,
+    first_seq: u64,
+    manifest: &Manifest,
+    report: &mut RecoveryReport,
+) -> Result<(Vec<u8>, Scan)> {
+    let rel = segment_rel(path);
+    let file_name = segment::file_name(first_seq);
+    let (live, missing) = match std::fs::read(path) {
+        Ok(b) => (b, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), true),
+        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+    };
+    let plan = active::plan(data_dir, &file_name, &live, first_seq, manifest);
+    let (mut bytes, mut scan, verdict) = match plan.repair {
+        Some(c) => {
+            let what = if missing {
+                format!("{rel} was missing")
+            } else {
+                plan.verdict.describe(&rel)
+            };
+            if !live.is_empty() {
+                quarantine(data_dir, path, 0, &live)?;
+            }
+            fsutil::write_atomic(path, &c.bytes)
+                .map_err(io(format!("rewrite {}", path.display())))?;
+            let had = first_seq + plan.scan.records.len() as u64;
+            let has = first_seq + c.scan.records.len() as u64;
+            let detail = format!(
+                "{what}; repaired from backup {}: the segment now holds seq {first_seq}..={}{}",
+                c.backup,
+                has - 1,
+                if has > had {
+                    format!(" (seq {had}..={} came back from the backup)", has - 1)
+                } else {
+                    String::new()
+                }
+            );
+            tracing::warn!(file = %path.display(), backup = %c.backup, "{detail}");
+            report.repaired_from_backup.push(file_name.clone());
+            report.notes.push(RecoveryNote {
+                kind: "repair",
+                file: rel.clone(),
+                detail,
+            });
+            (c.bytes, c.scan, c.verdict)
+        }
+        // A missing file is only taken as empty when the manifest says it
+        // was empty.
+        None if missing && manifest.active_durable.is_none_or(|d| d.bytes > 0) => {
+            return Err(StoreError::Corrupt(format!(
+                "active segment {} is missing and no verified backup of this store holds it: restore one with `msgbus restore`",
+                path.display()
+            )));
+        }
+        None => (live, plan.scan, plan.verdict),
+    };
+    match verdict {
+        active::Verdict::Whole => {}
+        active::Verdict::TornTail { valid_len } => {
+            let tail = &bytes[valid_len as usize..];
+            let quarantined = quarantine(data_dir, path, valid_len, tail)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(format!("open {}", path.display())))?;
+            f.set_len(valid_len)
+                .map_err(io(format!("truncate {}", path.display())))?;
+            f.sync_all()
+                .map_err(io(format!("fsync {}", path.display())))?;
+            let detail = format!(
+                "cut {} bytes of an incomplete final record at offset {valid_len} (a crash mid-append; never acknowledged), moved to {QUARANTINE_DIR}/{}",
+                tail.len(),
+                quarantined.file_name().unwrap_or_default().to_string_lossy()
+            );
+            tracing::warn!(
+                file = %path.display(),
+                offset = valid_len,
+                bytes = tail.len(),
+                quarantined_to = %quarantined.display(),
+                "torn tail cut away"
+            );
+            report.torn_tail = Some(TornTail {
+                file: path.display().to_string(),
+                offset: valid_len,
+                bytes: tail.len() as u64,
+                quarantined_to: quarantined.display().to_string(),
+            });
+            report.notes.push(RecoveryNote {
+                kind: "torn_tail",
+                file: rel,
+                detail,
+            });
+            bytes.truncate(valid_len as usize);
+            scan.damage = None;
+        }
+        refused @ (active::Verdict::Truncated { .. } | active::Verdict::Damaged { .. }) => {
+            return Err(StoreError::Corrupt(format!(
+                "{}; no verified backup of this store holds the missing or damaged records. \
+                 Refusing to start rather than drop or renumber acknowledged events: \
+                 restore a backup with `msgbus restore`, or move the file aside yourself",
+                refused.describe(&path.display().to_string()),
+            )));
+        }
+    }
+    Ok((bytes, scan))
 }
 
 fn store_manifest(m: &Manifest, data_dir: &Path) -> Result<()> {
@@ -507,33 +602,4 @@ fn restore_sealed_from_backup(
     fsutil::write_atomic(path, &bytes).map_err(io(format!("rewrite {}", path.display())))?;
     tracing::warn!(file = %path.display(), backup = %from, problem = %damage, "sealed segment restored from backup");
     Ok(bytes)
-}
-
-/// Mid-log damage in the active segment: segments are append-only, so a
-/// backup's copy is a byte-exact prefix of the live file. Take the damaged
-/// region from the backup and the rest from the live file; accept the
-/// result only if it keeps every valid record the live file has.
-fn splice_active_from_backup(
-    data_dir: &Path,
-    path: &Path,
-    live: &[u8],
-    first_seq: u64,
-    live_scan: &Scan,
-) -> Option<Vec<u8>> {
-    let name = path.file_name()?.to_string_lossy().to_string();
-    let damage = live_scan.damage.as_ref()?;
-    let (_, last_valid) = damage.seq_after?;
-    let (copy, from) = super::backup::find_segment(data_dir, &name, None)?;
-    if (copy.len() as u64) <= damage.offset {
-        tracing::warn!(backup = %from, "the newest backup of the active segment ends before the damage");
-        return None;
-    }
-    let mut candidate = copy.clone();
-    if live.len() > copy.len() {
-        candidate.extend_from_slice(&live[copy.len()..]);
-    }
-    let scan = segment::scan(&candidate, first_seq);
-    let complete = scan.damage.as_ref().is_none_or(|d| d.valid_after == 0);
-    let last = scan.records.last().map(|r| r.seq).unwrap_or(0);
-    (complete && last >= last_valid).then_some(candidate)
 }

@@ -423,6 +423,8 @@ mod tests {
             version: 1,
             sealed: vec![seg(101, 200, 1000)],
             active_first_seq: 201,
+            active_durable: None,
+            lineage: None,
         };
         assert!(is_leftover(&m, 1));
         assert!(!is_leftover(&m, 101));

@@ -191,6 +191,7 @@ impl Writer {
             }
             self.enforce_retention();
         }
+        self.record_durable_floor();
         tracing::info!(last_seq = self.next_seq - 1, "writer stopped");
         self.backups.finish();
         self.shared.writer_alive.store(false, Ordering::SeqCst);
@@ -203,7 +204,10 @@ impl Writer {
                 let outcomes = self.repair(findings);
                 let _ = reply.send(outcomes);
             }
-            Command::Backup { reply } => self.request_backup(reply, backups::Trigger::Requested),
+            Command::Backup { reply } => {
+                self.record_durable_floor();
+                self.request_backup(reply, backups::Trigger::Requested);
+            }
             Command::Append { .. }
             | Command::Shutdown
             | Command::Consumer(_)
@@ -294,8 +298,18 @@ impl Writer {
             }
             self.publish(&mut accepted);
             // A file deleted or cut under the writer would silently swallow
-            // this commit; rewrite it from memory before anyone is answered.
-            self.verify_active_file_after_commit();
+            // this commit; rewrite it from memory before anyone is answered,
+            // and answer with an error if that fails: only what is on disk
+            // is acknowledged.
+            if let Err(why) = self.verify_active_file_after_commit() {
+                let refusal = StoreError::ReadOnly(format!(
+                    "the commit could not be made durable (retry with the same ids): {why}"
+                ));
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
+                return;
+            }
         }
         let m = &self.shared.metrics;
         m.duplicates.fetch_add(duplicates, Ordering::Relaxed);
@@ -475,6 +489,7 @@ impl Writer {
             sha256,
         });
         manifest.active_first_seq = new_first;
+        manifest.active_durable = None;
         manifest.store(&data_dir).map_err(|e| {
             StoreError::io(
                 format!(
@@ -515,6 +530,37 @@ impl Writer {
         // verified copy soon after it becomes immutable.
         self.request_backup(None, backups::Trigger::Seal);
         Ok(())
+    }
+
+    /// Records in the manifest how much of the active segment is durable
+    /// now, so a start that finds it shorter knows acknowledged records are
+    /// missing (see [`Manifest::active_durable`]). Done at shutdown and
+    /// with each requested backup: one small atomic write, off the commit
+    /// path's hot loop. Nothing is recorded while writes are refused: the
+    /// file may then differ from what was acknowledged.
+    fn record_durable_floor(&mut self) {
+        if self.shared.write_refusal().is_some() {
+            return;
+        }
+        let floor = super::manifest::DurablePrefix {
+            bytes: self.active.len,
+            last_seq: self.next_seq - 1,
+        };
+        if self.manifest.active_durable == Some(floor) {
+            return;
+        }
+        let mut manifest = (*self.manifest).clone();
+        manifest.active_durable = Some(floor);
+        match manifest.store(&self.shared.data_dir) {
+            Ok(()) => {
+                self.manifest = Arc::new(manifest);
+                self.publish_file_state();
+            }
+            // The old manifest stays, with a lower floor, which is still true.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the active segment's durable length in the manifest")
+            }
+        }
     }
 
     fn poison(&self, reason: String) {

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod acknowledged;
 mod batch;
 mod crash;
 mod damage;

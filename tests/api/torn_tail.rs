@@ -7,7 +7,7 @@ use std::path::Path;
 use msgbus::store::recovery;
 use serde_json::json;
 
-use crate::common::files::{first_segment, quarantined, DataDir};
+use crate::common::files::{as_after_a_crash, first_segment, quarantined, DataDir};
 use crate::common::server::{open_store, spawn_app, start_app};
 
 /// A stopped store holding `n` records, one commit each; returns its
@@ -24,6 +24,7 @@ async fn make_store(n: u64) -> (Vec<u8>, Vec<u8>) {
         .await;
     }
     let dir = app.stop().await;
+    as_after_a_crash(dir.path());
     let manifest = std::fs::read(dir.path().join("manifest.json")).unwrap();
     let segment = std::fs::read(first_segment(dir.path())).unwrap();
     (manifest, segment)
@@ -102,6 +103,7 @@ async fn torn_tail_at_every_byte_offset_is_cut_and_quarantined() {
             std::fs::remove_dir_all(&quarantine).unwrap();
         }
         std::fs::write(&segment, &full[..cut]).unwrap();
+        std::fs::write(data.join("manifest.json"), &manifest).unwrap();
         let complete = ends.iter().filter(|&&e| e <= cut).count();
         let valid_len = if complete == 0 { 0 } else { ends[complete - 1] };
 
@@ -169,6 +171,7 @@ async fn server_starts_after_a_torn_tail_and_appends_after_the_cut() {
             .await;
     }
     let dir = app.stop().await;
+    as_after_a_crash(dir.path());
     let segment = first_segment(dir.path());
     let full = std::fs::read(&segment).unwrap();
     let (ends, _) = records(&full);

@@ -149,6 +149,18 @@ pub fn truncate(path: &Path, len: u64) {
         .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
 }
 
+/// Makes the manifest say what it says after a crash: no durable floor
+/// for the active segment beyond what the last start recorded (here none).
+/// A clean stop records the active segment's length, and a start that then
+/// finds it shorter refuses (acknowledged records are gone); tests that
+/// simulate a crash mid-append must remove that record first.
+pub fn as_after_a_crash(data_dir: &Path) {
+    let path = data_dir.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("active_durable");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
 /// Deletes `backups/` entirely, waiting (at most 5 s) for a backup being
 /// assembled to finish first, so nothing is written there afterwards.
 pub async fn remove_backups(data_dir: &Path) {

@@ -133,3 +133,93 @@ async fn the_offline_tools_refuse_a_directory_a_server_holds() {
     assert_all_intact(&app, &acked).await;
     app.stop().await;
 }
+
+/// Takes a backup of a small stopped store with `msgbus backup`; returns the
+/// store and the backup's directory.
+async fn store_with_a_backup() -> (DataDir, std::path::PathBuf) {
+    let app = start_monitored(DataDir::temp(), &[]).await;
+    let acked = acked();
+    prefill(&app, "rst", 1, 5, 100, &acked).await;
+    let dir = app.stop().await;
+    let d = dir.path().display().to_string();
+    let (code, out, err) = run_msgbus(&["backup", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let newest = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .max()
+        .unwrap();
+    (dir, newest)
+}
+
+/// Rewrites a backup's `backup.json` with `edit`.
+fn edit_backup_json(backup: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = backup.join("backup.json");
+    let mut bm: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut bm);
+    std::fs::write(&path, serde_json::to_vec_pretty(&bm).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_paths_outside_the_data_directory() {
+    let (dir, backup) = store_with_a_backup().await;
+    // A file the backup "holds" outside the data directory, with a correct
+    // SHA-256, so only the path check can refuse it.
+    let target_name = format!("msgbus-escape-{}", std::process::id());
+    let content = b"written outside the data directory";
+    let outside = dir.path().parent().unwrap().join(&target_name);
+    let _ = std::fs::remove_file(&outside);
+    // `backups/<name>/../<target>`, which verification reads; a restore
+    // would write it to `<data dir>/../<target>`.
+    std::fs::write(backup.join("..").join(&target_name), content).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(content))
+    };
+    edit_backup_json(&backup, |bm| {
+        bm["files"].as_array_mut().unwrap().push(serde_json::json!({
+            "path": format!("../{target_name}"),
+            "bytes": content.len(),
+            "sha256": sha,
+        }))
+    });
+
+    let d = dir.path().display().to_string();
+    let from = backup.display().to_string();
+    let manifest = std::fs::read(dir.path().join("manifest.json")).unwrap();
+    let (code, out, err) = run_msgbus(&["restore", "--data-dir", &d, "--from", &from]).await;
+    assert_ne!(code, 0, "restore must refuse:\n{out}\n{err}");
+    assert!(err.contains("not a file of a store"), "{err}");
+    assert!(
+        !outside.exists(),
+        "nothing is written outside the data directory"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("manifest.json")).unwrap(),
+        manifest,
+        "the store is untouched"
+    );
+    let _ = std::fs::remove_file(backup.join("..").join(&target_name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_an_incomplete_backup() {
+    let (dir, backup) = store_with_a_backup().await;
+    let d = dir.path().display().to_string();
+    let from = backup.display().to_string();
+    edit_backup_json(&backup, |bm| {
+        bm["files"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["path"] != "manifest.json")
+    });
+    let (code, out, err) = run_msgbus(&["restore", "--data-dir", &d, "--from", &from]).await;
+    assert_ne!(
+        code, 0,
+        "restore of a backup with no manifest:\n{out}\n{err}"
+    );
+    assert!(err.contains("holds no manifest.json"), "{err}");
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "the store is as it was:\n{out}\n{err}");
+}

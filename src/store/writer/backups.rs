@@ -162,7 +162,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 lock(&shared.backups).push(info.clone());
                 let removed = {
                     let list = lock(&shared.backups).clone();
-                    backup::prune(&shared.data_dir, keep, |name| {
+                    backup::prune(&shared.data_dir, keep, &info.manifest.name, |name| {
                         list.iter().any(|b| b.manifest.name == name && b.verified)
                     })
                 };

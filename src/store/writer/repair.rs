@@ -117,8 +117,11 @@ impl Writer {
 
     /// After each commit: if the active file was deleted or cut under the
     /// writer, the commit went to a file nobody will find again. Rewrite it
-    /// from memory now, before the commit is acknowledged.
-    pub(super) fn verify_active_file_after_commit(&mut self) {
+    /// from memory now, before the commit is acknowledged; if that fails,
+    /// the commit is not on disk and must not be acknowledged (its events
+    /// stay in the writer's copy, written out by the next repair that
+    /// succeeds, so a client's retry with the same id finds them).
+    pub(super) fn verify_active_file_after_commit(&mut self) -> Result<(), String> {
         let problem = match self.active.file.metadata() {
             Ok(md) if md.nlink() == 0 => Some("was deleted".to_string()),
             Ok(md) if md.len() != self.active.len => Some(format!(
@@ -129,11 +132,13 @@ impl Writer {
             Ok(_) => None,
             Err(e) => Some(format!("cannot be inspected: {e}")),
         };
-        let Some(detail) = problem else { return };
+        let Some(detail) = problem else {
+            return Ok(());
+        };
         self.repair_and_alert(Finding::ActiveSegment {
             file: file_name(&self.active.path),
             detail,
-        });
+        })
     }
 
     /// Before sealing: a sealed segment's SHA-256 is computed from the
@@ -150,14 +155,16 @@ impl Writer {
             ),
             Err(e) => format!("cannot be read before sealing: {e}"),
         };
-        self.repair_and_alert(Finding::ActiveSegment {
+        // A failed repair leaves the store read-only; the seal then stops.
+        let _ = self.repair_and_alert(Finding::ActiveSegment {
             file: file_name(&self.active.path),
             detail,
         });
     }
 
-    /// A repair the writer starts itself, with the alerts the monitor would raise.
-    fn repair_and_alert(&mut self, finding: Finding) {
+    /// A repair the writer starts itself, with the alerts the monitor would
+    /// raise. Returns the failure's detail when it did not repair.
+    fn repair_and_alert(&mut self, finding: Finding) -> Result<(), String> {
         let alerts = self.shared.alerts.clone();
         alerts.raise(
             Severity::Warning,
@@ -174,6 +181,7 @@ impl Writer {
                 &outcome.detail,
             );
             alerts.resolve(&["detection"], Some(&outcome.finding.file()));
+            Ok(())
         } else {
             alerts.raise(
                 Severity::Error,
@@ -181,6 +189,7 @@ impl Writer {
                 Some(outcome.finding.file()),
                 &outcome.detail,
             );
+            Err(outcome.detail)
         }
     }
 
