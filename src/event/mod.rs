@@ -65,7 +65,7 @@ pub struct Limits {
     pub max_event_bytes: usize,
 }
 
-/// Maximum lengths, in bytes, of the context attributes. Generous for real
+/// Maximum lengths, in characters, of the context attributes. Generous for real
 /// use, small enough that the in-memory index stays small.
 pub const MAX_ID_LEN: usize = 256;
 /// Maximum length of `source`.

@@ -25,7 +25,10 @@ impl<'a> Attr<'a> {
         match v {
             Value::String(s) => Attr::Str(Cow::Borrowed(s)),
             Value::Bool(_) => Attr::Bool,
-            Value::Number(n) => n.as_i64().map_or(Attr::Other, Attr::Int),
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().and_then(integral))
+                .map_or(Attr::Other, Attr::Int),
             _ => Attr::Other,
         }
     }
@@ -37,10 +40,21 @@ impl<'a> Attr<'a> {
                 serde_json::from_str::<CowStr<'_>>(text).map_or(Attr::Other, |s| Attr::Str(s.0))
             }
             Some(b't' | b'f') => Attr::Bool,
-            Some(b'-' | b'0'..=b'9') => text.parse::<i64>().map_or(Attr::Other, Attr::Int),
+            Some(b'-' | b'0'..=b'9') => text
+                .parse::<i64>()
+                .ok()
+                .or_else(|| text.parse::<f64>().ok().and_then(integral))
+                .map_or(Attr::Other, Attr::Int),
             _ => Attr::Other,
         }
     }
+}
+
+/// A JSON number written with a fraction or an exponent that is still an
+/// integer (`52.0`, `1e2`): JSON has one number type, and JSON Schema's
+/// `integer` (the published document) accepts them.
+fn integral(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
 }
 
 /// What validation found: the attributes the store needs, and the ones the
@@ -190,10 +204,12 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
             continue;
         }
         match v {
-            Attr::Str(s) if s.len() > MAX_EXTENSION_VALUE_LEN => errors.push(FieldError::new(
-                field(),
-                format!("must be at most {MAX_EXTENSION_VALUE_LEN} bytes"),
-            )),
+            Attr::Str(s) if s.chars().count() > MAX_EXTENSION_VALUE_LEN => {
+                errors.push(FieldError::new(
+                    field(),
+                    format!("must be at most {MAX_EXTENSION_VALUE_LEN} characters"),
+                ))
+            }
             Attr::Str(_) | Attr::Bool => {}
             Attr::Int(i) if i32::try_from(*i).is_ok() => {}
             _ => errors.push(FieldError::new(
@@ -223,7 +239,7 @@ pub(super) fn validate(attrs: &[(&str, Attr<'_>)], path: &str) -> Result<Checked
     })
 }
 
-/// Checks a string attribute: a string, non-empty, at most `max` bytes, no
+/// Checks a string attribute: a string, non-empty, at most `max` characters, no
 /// control characters. Records problems in `errors`.
 fn check_string(
     v: &Attr<'_>,
@@ -241,10 +257,12 @@ fn check_string(
         errors.push(FieldError::new(field(), "must not be empty"));
         return None;
     }
-    if s.len() > max {
+    // Characters, as JSON Schema's maxLength counts them (the published
+    // document states these limits).
+    if s.chars().count() > max {
         errors.push(FieldError::new(
             field(),
-            format!("must be at most {max} bytes"),
+            format!("must be at most {max} characters"),
         ));
         return None;
     }

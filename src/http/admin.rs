@@ -57,7 +57,8 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     responses(
         (status = 201, description = "Taken and verified", body = BackupInfo),
         (status = 500, description = "The backup failed; `detail` says why", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
     match state.store.backup().await? {

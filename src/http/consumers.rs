@@ -251,15 +251,20 @@ fn location(name: &str) -> HeaderValue {
     put, path = "/consumers/{name}", tag = "consumers",
     params(("name" = String, Path, description = "1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.'")),
     request_body(content = ConsumerSpecDoc, content_type = "application/json",
-        description = "Filters and an optional start position; an empty body is a consumer of every event from the oldest."),
+        description = "Filters and an optional start position. The body is optional: none (or `{}`) is a consumer of every event from the oldest."),
     responses(
         (status = 201, description = "Created (durably)", body = ConsumerView,
             headers(("Location" = String, description = "/consumers/{name}"))),
         (status = 200, description = "Updated (durably)", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or field, or `start` past the next event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn put(
@@ -346,7 +351,9 @@ pub async fn get_one(
     responses(
         (status = 204, description = "Deleted (durably)"),
         (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete(
@@ -377,6 +384,8 @@ pub async fn delete(
         (status = 410, description = "Retention deleted events after the cursor; `oldest_seq` names the oldest available. \
             Ack `oldest_seq - 1` (or PUT a new start) to accept the loss and go on.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Timed out, or a stored record failed verification", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn events(
@@ -409,10 +418,15 @@ pub async fn events(
     responses(
         (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`seq` is behind the committed cursor", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`seq` is missing, not a number, or past the newest stored event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ack(

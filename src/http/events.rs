@@ -177,11 +177,14 @@ fn location(seq: u64) -> HeaderValue {
         (status = 201, description = "Stored durably (after fdatasync)", body = PublishResult,
             headers(("Location" = String, description = "/events/{seq}"))),
         (status = 200, description = "Duplicate of a stored (source, id): the original seq", body = PublishResult),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Event or body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn publish(
@@ -233,11 +236,14 @@ pub async fn publish(
     responses(
         (status = 201, description = "Stored durably with one commit", body = BatchResult),
         (status = 200, description = "Every item was a duplicate", body = BatchResult),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or an empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too many items, or an item or the body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An item is invalid; `errors` names it, e.g. `[3].type`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn publish_batch(
@@ -342,12 +348,14 @@ pub async fn publish_batch(
         ("type_prefix" = Option<String>, Query, description = "Only events whose type starts with this"),
         ("source" = Option<String>, Query, description = "Only events from this source"),
         ("subject" = Option<String>, Query, description = "Only events with this subject"),
-        ("wait" = Option<u64>, Query, description = "Long-poll: when nothing matches yet, wait up to this many seconds (max 60) for a matching event"),
+        ("wait" = Option<u64>, Query, description = "Long-poll: when nothing matches yet, wait up to this many seconds (max --max-wait, default 60) for a matching event"),
     ),
     responses(
         (status = 200, description = "A page of events", body = EventPageDoc),
         (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`after` is before the oldest retained event (deleted by retention); `oldest_seq` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Timed out, or a stored record failed verification", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn list(
@@ -481,6 +489,8 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         (status = 400, description = "seq is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No event with this seq", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Deleted by retention; `oldest_seq` names the oldest retained event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Timed out, or the stored record failed verification", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn get_one(

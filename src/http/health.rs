@@ -61,7 +61,8 @@ pub async fn live() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "Not ready; `detail` says why", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready; `detail` says why", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let reasons = unready_reasons(&state);

@@ -118,6 +118,10 @@ impl AppState {
 
 /// The whole API with its middleware.
 pub fn router(state: AppState) -> Router {
+    let doc_limits = docs::DocLimits {
+        max_wait_secs: state.settings.max_wait.as_secs(),
+        max_batch_events: state.settings.max_batch_events,
+    };
     let api = Router::new()
         .route("/events", post(events::publish).get(events::list))
         .route("/events/batch", post(events::publish_batch))
@@ -150,7 +154,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    api.merge(docs::router())
+    api.merge(docs::router(doc_limits))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

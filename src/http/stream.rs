@@ -122,7 +122,8 @@ pub struct SseEventDoc {
             body = SseEventDoc, content_type = "text/event-stream"),
         (status = 400, description = "Bad parameter or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The position was deleted by retention; `oldest_seq` names the oldest available", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many subscribers (--max-subscribers)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many subscribers (--max-subscribers), shutting down or timed out", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn stream(
@@ -193,18 +194,22 @@ fn resume_position(
     q: &QueryParams,
     store: &StoreHandle,
 ) -> Result<u64, Problem> {
+    // `after` is checked even when Last-Event-ID wins over it: an invalid
+    // parameter is a 400 whatever else the request carries.
+    let after = match q.string("after").as_deref() {
+        Some("latest") => None,
+        _ => Some(q.u64_in("after", 0, 0, u64::MAX)?),
+    };
     if let Some(v) = headers.get("last-event-id") {
         let raw = v.to_str().unwrap_or("").trim();
         return raw.parse().map_err(|_| {
             Problem::bad_param("Last-Event-ID", format!("{raw:?} is not a sequence number"))
         });
     }
-    match q.string("after").as_deref() {
-        Some("latest") => Ok(store.head()),
-        _ => match q.u64_in("after", 0, 0, u64::MAX)? {
-            0 => Ok(store.shared().index().first_seq() - 1),
-            after => Ok(after),
-        },
+    match after {
+        None => Ok(store.head()),
+        Some(0) => Ok(store.shared().index().first_seq() - 1),
+        Some(after) => Ok(after),
     }
 }
 
