@@ -55,6 +55,8 @@ pub struct StoreConfig {
     pub read_cache_bytes: usize,
     /// Backups to keep (the newest verified one is always kept).
     pub backup_keep: usize,
+    /// Sealed segment files kept open for readers (see [`index::SegmentFiles`]).
+    pub segment_fd_cache: usize,
     /// Retention limits (all off by default).
     pub retention: retention::RetentionPolicy,
 }
