@@ -164,3 +164,42 @@ async fn idle_connections_under_a_low_descriptor_limit_cannot_make_a_seal_fail()
     assert!(stats["writer"]["poisoned"].is_null(), "{stats}");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_with_more_sealed_segments_than_the_descriptor_limit_starts_and_serves_them() {
+    let dir = DataDir::temp();
+    // One event per segment: 120 sealed segments.
+    let total = 121;
+    let p = spawn_process(dir.path(), &["--segment-bytes", "1"]).await;
+    for n in 1..=total {
+        p.publish_ok(&ev(n)).await;
+    }
+    p.stop().await;
+
+    // 64 descriptors: fewer than the segments, so they cannot all be open
+    // (and more than the 32 cached: reads open and close them in turn).
+    let p = spawn_command(msgbus_command_with_nofile(
+        dir.path(),
+        &["--segment-bytes", "1"],
+        64,
+    ))
+    .await;
+    let all = p.read_all().await;
+    assert_eq!(
+        all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "every event of every segment is served"
+    );
+    for (seq, event) in &all {
+        assert_eq!(event["id"], format!("e-{seq}"));
+    }
+    for seq in [1, 60, total] {
+        let r = p.get(&format!("/events/{seq}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Still writable: a publish seals the active segment.
+    p.publish_ok(&ev(total + 1)).await;
+    let ready = p.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    p.stop().await;
+}

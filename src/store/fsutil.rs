@@ -121,3 +121,9 @@ pub fn is_descriptor_exhaustion(e: &std::io::Error) -> bool {
         Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
     )
 }
+
+/// [`is_descriptor_exhaustion`] for an error already turned into text
+/// (which keeps the operating system's "(os error N)").
+pub fn is_descriptor_exhaustion_message(message: &str) -> bool {
+    message.contains("(os error 24)") || message.contains("(os error 23)")
+}
