@@ -113,34 +113,31 @@ impl Application {
                 shutdown_tx.subscribe(),
             ),
         ];
-        let mut graceful = shutdown_tx.subscribe();
-        // TCP_NODELAY: an SSE stream writes many small frames, and over a
-        // real network Nagle's algorithm can hold one behind a delayed
-        // acknowledgement of the last. (On loopback no difference shows.)
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        let server = axum::serve(
+        let limits = crate::server::ConnLimits {
+            max_connections: crate::server::connection_limit(
+                config.max_connections,
+                config.segment_fd_cache as u64 + crate::server::STORE_DESCRIPTOR_RESERVE,
+            ),
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let mut server = tokio::spawn(crate::server::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|stopping| *stopping).await;
-        });
-        let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+            router,
+            limits,
+            shutdown_tx.subscribe(),
+        ));
         let served = tokio::select! {
             () = stop => None,
             r = &mut server => Some(r),
         };
         let _ = shutdown_tx.send(true);
         match served {
-            Some(r) => r??,
+            Some(r) => r?,
             None => {
                 tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining requests");
                 match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
-                    Ok(r) => r??,
+                    Ok(r) => r?,
                     Err(_) => {
                         tracing::warn!("drain timeout reached; closing remaining connections");
                         server.abort();
@@ -164,6 +161,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), AppError> {
     // Install the handlers before the store opens and the port answers, so
     // a SIGTERM that arrives as soon as the server is ready still drains.
     let stop = shutdown_signal()?;
+    crate::server::raise_descriptor_limit();
     let app = Application::build(config).await?;
     app.run_until(stop).await
 }

@@ -65,6 +65,35 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// Most client connections served at once; further ones wait in the
+    /// kernel's listen backlog until one closes. Each costs a file
+    /// descriptor, so it is lowered at start to what the descriptor limit
+    /// (RLIMIT_NOFILE, raised to its hard limit first) leaves after a
+    /// reserve for the store (`--segment-fd-cache` plus 64); the log says
+    /// when. Higher serves more idle clients; lower keeps more in reserve.
+    #[arg(long, env = "MSGBUS_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// A client must send a request's line and headers within this time of
+    /// its first byte, or the connection is closed (a slow-headers client
+    /// cannot hold a connection). Longer tolerates slower links.
+    #[arg(long, env = "MSGBUS_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// A keep-alive connection with no request in flight for this long is
+    /// closed. Long-polls and event streams are requests in flight and are
+    /// never cut. Longer saves reconnects; shorter frees idle descriptors.
+    #[arg(long, env = "MSGBUS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Sealed segment files kept open for reads (least recently used are
+    /// closed first). Sealed segments are opened on demand, so the number
+    /// of segments is not bounded by the descriptor limit. More avoids
+    /// reopening files for readers scattered over old data; fewer keeps
+    /// descriptors for connections.
+    #[arg(long, env = "MSGBUS_SEGMENT_FD_CACHE", default_value_t = 32)]
+    pub segment_fd_cache: usize,
+
     /// Seconds between integrity checks (fractions allowed, e.g. `0.5`).
     /// Each check stats every file, re-verifies every byte of the active
     /// segment against the writer's CRC, scrubs one sealed segment's SHA-256
@@ -141,6 +170,7 @@ impl ServeConfig {
             queue_capacity: self.queue_capacity.max(1),
             read_cache_bytes: self.read_cache_bytes as usize,
             backup_keep: self.backup_keep,
+            segment_fd_cache: self.segment_fd_cache.max(1),
             retention: crate::store::retention::RetentionPolicy {
                 max_events: self.retention_max_events,
                 max_age: self.retention_max_age,

@@ -5,6 +5,7 @@
 //! - [`config`]: every server setting with its flag, `MSGBUS_*` variable and default
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON)
 //! - [`app`]: builds the store and router, binds, serves, shuts down in order
+//! - [`server`]: the connection loop: connection limit, header and idle timeouts
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
@@ -25,5 +26,6 @@ pub mod event;
 pub mod http;
 pub mod monitor;
 pub mod offline;
+pub mod server;
 pub mod store;
 pub mod telemetry;

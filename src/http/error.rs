@@ -195,6 +195,14 @@ impl From<StoreError> for Problem {
                 )
             }
             StoreError::Gone { oldest } => Problem::gone(oldest),
+            StoreError::TooManyOpenFiles { context, message } => Problem::unavailable(
+                "too-many-open-files",
+                "Out of file descriptors",
+                format!(
+                    "the server has no file descriptor left ({context}: {message}); nothing is damaged: retry shortly"
+                ),
+                1,
+            ),
             StoreError::ReadOnly(reason) => Problem::unavailable(
                 "read-only",
                 "Store is read-only",

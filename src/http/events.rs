@@ -354,7 +354,7 @@ pub async fn publish_batch(
         (status = 200, description = "A page of events", body = EventPageDoc),
         (status = 400, description = "Bad parameter", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`after` is before the oldest retained event (deleted by retention); `oldest_seq` names it", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Timed out, or a stored record failed verification", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Timed out, out of file descriptors (`too-many-open-files`, transient), or a stored record failed verification; retry after `Retry-After`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -489,7 +489,7 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         (status = 400, description = "seq is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No event with this seq", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Deleted by retention; `oldest_seq` names the oldest retained event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Timed out, or the stored record failed verification", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Timed out, out of file descriptors (`too-many-open-files`, transient), or the stored record failed verification; retry after `Retry-After`", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]

@@ -20,6 +20,16 @@ pub enum StoreError {
         /// The operating system's message.
         message: String,
     },
+    /// The process or the system has no file descriptor left (EMFILE,
+    /// ENFILE). Transient: nothing is damaged, retry once descriptors are
+    /// free.
+    #[error("too many open files: {context}: {message}; nothing is damaged: retry later, or raise the open-file limit (ulimit -n)")]
+    TooManyOpenFiles {
+        /// What was being done, and to which path.
+        context: String,
+        /// The operating system's message.
+        message: String,
+    },
     /// The files are damaged in a way that cannot be repaired safely.
     #[error("store damaged: {0}")]
     Corrupt(String),
@@ -50,7 +60,14 @@ pub enum StoreError {
 
 impl StoreError {
     /// Wraps an I/O error with what was being done.
+    /// Descriptor exhaustion becomes [`StoreError::TooManyOpenFiles`].
     pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+        if super::fsutil::is_descriptor_exhaustion(&e) {
+            return StoreError::TooManyOpenFiles {
+                context: context.into(),
+                message: e.to_string(),
+            };
+        }
         StoreError::Io {
             context: context.into(),
             message: e.to_string(),

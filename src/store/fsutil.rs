@@ -111,3 +111,19 @@ pub fn crc32c_prefix(f: &mut File, len: u64) -> std::io::Result<u32> {
     }
     Ok(crc)
 }
+
+/// True when `e` means the process (EMFILE) or the system (ENFILE) has no
+/// file descriptor left: a transient condition that passes once
+/// descriptors are closed, never a sign of damage.
+pub fn is_descriptor_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
+    )
+}
+
+/// [`is_descriptor_exhaustion`] for an error already turned into text
+/// (which keeps the operating system's "(os error N)").
+pub fn is_descriptor_exhaustion_message(message: &str) -> bool {
+    message.contains("(os error 24)") || message.contains("(os error 23)")
+}

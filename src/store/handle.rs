@@ -116,7 +116,9 @@ impl StoreHandle {
             }),
             consumers: super::consumers::load(&config.data_dir)?,
             retention: super::retention::Retention::new(config.retention),
+            descriptor_alert: Mutex::new(None),
         });
+        rec.index.set_segment_fd_cache(config.segment_fd_cache);
         let (writer, index) = Writer::new(
             rec,
             shared.clone(),
@@ -286,32 +288,38 @@ impl StoreHandle {
         }
         // A segment retention deleted after the query is gone; an open
         // handle taken here keeps reading the unlinked file safely.
-        let files: Vec<Option<(Arc<std::fs::File>, PathBuf)>> = {
-            let idx = self.shared.index();
-            let oldest = idx.first_seq();
-            hits.iter()
-                .map(|h| {
-                    if h.cached.is_some() {
-                        return Ok(None);
-                    }
-                    idx.segment(h.entry.segment)
-                        .map(|s| Some((s.file.clone(), s.path.clone())))
-                        .ok_or(StoreError::Gone { oldest })
-                })
-                .collect::<Result<_>>()?
-        };
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let oldest = || StoreError::Gone {
+                oldest: shared.index().first_seq(),
+            };
+            let mut open: Option<(u32, Arc<std::fs::File>, PathBuf)> = None;
             hits.into_iter()
-                .zip(files)
-                .map(|(h, f)| {
-                    let Some((file, path)) = f else {
+                .map(|h| {
+                    if let Some(bytes) = h.cached.clone() {
                         return Ok(StoredEvent {
                             seq: h.seq,
-                            bytes: h.cached.unwrap_or_default(),
+                            bytes,
                             frame: h.frame,
                         });
-                    };
-                    index::load(&file, &path, &h)
+                    }
+                    let pos = h.entry.segment;
+                    if open.as_ref().is_none_or(|(p, _, _)| *p != pos) {
+                        let (file, path) = match index::open_segment(&shared.index, pos) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => return Err(oldest()),
+                            Err(e) => {
+                                let err = StoreError::io("open a segment to read", e);
+                                if matches!(err, StoreError::TooManyOpenFiles { .. }) {
+                                    shared.descriptors_exhausted("reading a segment");
+                                }
+                                return Err(err);
+                            }
+                        };
+                        open = Some((pos, file, path));
+                    }
+                    let (_, file, path) = open.as_ref().expect("opened above");
+                    index::load(file, path, &h)
                         .map(|bytes| StoredEvent {
                             seq: h.seq,
                             bytes,

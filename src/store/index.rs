@@ -38,17 +38,91 @@ pub struct Entry {
     subject: u32,
 }
 
-/// A segment file readers can `pread` from.
+/// A segment file readers can `pread` from. It is opened on demand
+/// through [`SegmentFiles`], so a store may hold more segments than the
+/// process may open files.
 #[derive(Debug)]
 pub struct SegmentReader {
     /// First sequence number in the segment.
     pub first_seq: u64,
-    /// Path, for error messages.
+    /// Path, for opening it and for error messages.
     pub path: PathBuf,
-    /// Read-only handle shared by all readers.
-    pub file: Arc<File>,
     /// Bytes committed to this segment.
     pub bytes: u64,
+}
+
+/// Segment files open for reading, the least recently used closed first,
+/// so readers hold a bounded number of descriptors however many segments
+/// there are. A reader keeps its `Arc<File>` for as long as it reads: a
+/// file deleted by retention or replaced by a repair meanwhile is still
+/// read whole through it.
+#[derive(Debug)]
+pub struct SegmentFiles {
+    capacity: std::sync::atomic::AtomicUsize,
+    /// (first seq, open file), least recently used first.
+    open: std::sync::Mutex<VecDeque<(u64, Arc<File>)>>,
+}
+
+/// Segment files kept open by default (`--segment-fd-cache`).
+pub const DEFAULT_SEGMENT_FD_CACHE: usize = 32;
+
+impl SegmentFiles {
+    fn new(capacity: usize) -> Self {
+        SegmentFiles {
+            capacity: capacity.max(1).into(),
+            open: std::sync::Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<File>)>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open file of the segment starting at `first_seq`, opening
+    /// `path` when it is not cached.
+    pub fn get(&self, first_seq: u64, path: &std::path::Path) -> std::io::Result<Arc<File>> {
+        {
+            let mut open = self.lock();
+            if let Some(i) = open.iter().position(|(s, _)| *s == first_seq) {
+                let hit = open.remove(i).expect("position is in range");
+                let file = hit.1.clone();
+                open.push_back(hit);
+                return Ok(file);
+            }
+        }
+        let file = Arc::new(File::open(path)?);
+        let mut open = self.lock();
+        if !open.iter().any(|(s, _)| *s == first_seq) {
+            open.push_back((first_seq, file.clone()));
+        }
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
+        while open.len() > capacity {
+            open.pop_front();
+        }
+        Ok(file)
+    }
+
+    /// Closes the cached file of the segment starting at `first_seq` (it
+    /// was replaced: the next read opens the new file).
+    pub fn forget(&self, first_seq: u64) {
+        self.lock().retain(|(s, _)| *s != first_seq);
+    }
+
+    /// Closes the cached files of segments starting before `first_seq`
+    /// (deleted by retention: their space is freed once no reader holds them).
+    fn forget_before(&self, first_seq: u64) {
+        self.lock().retain(|(s, _)| *s >= first_seq);
+    }
+
+    /// Files open now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no file is open.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 /// String interner: filters compare small integers instead of strings.
@@ -273,6 +347,7 @@ pub struct Index {
     entries: ChunkedDeque<Entry>,
     segments: VecDeque<SegmentReader>,
     segment_base: u32,
+    files: Arc<SegmentFiles>,
     types: Interner,
     sources: Interner,
     subjects: Interner,
@@ -291,6 +366,7 @@ impl Index {
             entries: ChunkedDeque::default(),
             segments: VecDeque::new(),
             segment_base: 0,
+            files: Arc::new(SegmentFiles::new(DEFAULT_SEGMENT_FD_CACHE)),
             types: Interner::default(),
             sources: Interner::default(),
             subjects: Interner::default(),
@@ -349,12 +425,31 @@ impl Index {
         self.segments.len()
     }
 
-    /// Points readers of the segment starting at `first_seq` at a new file
-    /// handle (after a repair replaced the file).
-    pub fn replace_segment_file(&mut self, first_seq: u64, file: Arc<File>) {
-        if let Some(s) = self.segments.iter_mut().find(|s| s.first_seq == first_seq) {
-            s.file = file;
-        }
+    /// How many segment files readers keep open (at least one).
+    pub fn set_segment_fd_cache(&self, capacity: usize) {
+        self.files
+            .capacity
+            .store(capacity.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The segment files open for readers.
+    pub fn segment_files(&self) -> &Arc<SegmentFiles> {
+        &self.files
+    }
+
+    /// Where the segment at `pos` is and the cache to open it through;
+    /// `None` once retention has deleted it. Open it with
+    /// [`SegmentFiles::get`] after releasing the index lock: the file may
+    /// have been deleted by then, which [`open_segment`] tells apart.
+    pub fn segment_location(&self, pos: u32) -> Option<(u64, PathBuf, Arc<SegmentFiles>)> {
+        let s = self.segment(pos)?;
+        Some((s.first_seq, s.path.clone(), self.files.clone()))
+    }
+
+    /// Points readers of the segment starting at `first_seq` at the file
+    /// now at its path (after a repair replaced the file).
+    pub fn replace_segment_file(&mut self, first_seq: u64) {
+        self.files.forget(first_seq);
     }
 
     /// Records that `segment` now holds `bytes` committed bytes.
@@ -385,6 +480,9 @@ impl Index {
         while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
             self.segments.pop_front();
             self.segment_base += 1;
+        }
+        if let Some(oldest) = self.segments.front() {
+            self.files.forget_before(oldest.first_seq);
         }
     }
 
@@ -567,9 +665,37 @@ fn bump(counts: &mut Vec<u64>, id: u32) {
     counts[i] += 1;
 }
 
+/// Opens the segment at `pos` for reading through the index's cache, from
+/// outside the index lock. `Ok(None)` when retention deleted the segment
+/// (before the call or while it opened the file).
+pub fn open_segment(
+    index: &std::sync::RwLock<Index>,
+    pos: u32,
+) -> std::io::Result<Option<(Arc<File>, PathBuf)>> {
+    let located = index
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .segment_location(pos);
+    let Some((first_seq, path, files)) = located else {
+        return Ok(None);
+    };
+    match files.get(first_seq, &path) {
+        Ok(f) => Ok(Some((f, path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let idx = index.read().unwrap_or_else(|e| e.into_inner());
+            if idx.segment(pos).is_none() {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads the stored bytes of `hit` from memory or disk and checks their CRC.
 /// Errors name the file and offset, so an operator can find the damage.
-pub fn load(segments_file: &Arc<File>, path: &std::path::Path, hit: &Hit) -> Result<Bytes, String> {
+pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<Bytes, String> {
     if let Some(b) = &hit.cached {
         return Ok(b.clone());
     }

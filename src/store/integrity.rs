@@ -132,6 +132,10 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
                     file: s.file.clone(),
                     detail: format!("SHA-256 is {sha}, the manifest says {}", s.sha256),
                 }),
+                // Out of descriptors: not checked this time, not damage.
+                Err(e) if fsutil::is_descriptor_exhaustion_message(&e) => {
+                    shared.descriptors_exhausted(&format!("scrubbing {}: {e}", s.file));
+                }
                 Err(e) => findings.push(Finding::SealedSegment {
                     file: s.file.clone(),
                     detail: e,
@@ -177,6 +181,11 @@ fn check_active(
 ) -> Option<String> {
     let mut f = match File::open(path) {
         Ok(f) => f,
+        // Out of descriptors: not checked this time, not damage.
+        Err(e) if fsutil::is_descriptor_exhaustion(&e) => {
+            tracing::warn!(error = %e, path = %path.display(), "active segment not checked: out of file descriptors");
+            return None;
+        }
         Err(e) => return Some(format!("cannot be opened: {e}")),
     };
     let len = match f.metadata() {

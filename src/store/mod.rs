@@ -55,6 +55,8 @@ pub struct StoreConfig {
     pub read_cache_bytes: usize,
     /// Backups to keep (the newest verified one is always kept).
     pub backup_keep: usize,
+    /// Sealed segment files kept open for readers (see [`index::SegmentFiles`]).
+    pub segment_fd_cache: usize,
     /// Retention limits (all off by default).
     pub retention: retention::RetentionPolicy,
 }
@@ -194,7 +196,12 @@ pub struct Shared {
     pub consumers: consumers::Consumers,
     /// Retention limits and what retention has deleted.
     pub retention: retention::Retention,
+    /// When the last "descriptors exhausted" alert was raised.
+    pub descriptor_alert: Mutex<Option<Instant>>,
 }
+
+/// At most one "descriptors exhausted" alert this often.
+const DESCRIPTOR_ALERT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The integrity monitor's state, shown in `/stats` and `/health`.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
@@ -239,6 +246,32 @@ impl Shared {
             return Some(StoreError::Poisoned(p));
         }
         lock(&self.read_only).clone().map(StoreError::ReadOnly)
+    }
+
+    /// Reports that an operation failed for lack of file descriptors
+    /// (EMFILE/ENFILE): a warning alert (kind `descriptors`, at most one
+    /// every 10 s; the rest are logged). Nothing is poisoned or made
+    /// read-only: the operation is retried or answered 503.
+    pub fn descriptors_exhausted(&self, what: &str) {
+        let now = Instant::now();
+        let raise = {
+            let mut last = lock(&self.descriptor_alert);
+            let due = last.is_none_or(|t| now.duration_since(t) >= DESCRIPTOR_ALERT_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if raise {
+            self.alerts.raise(
+                crate::alerts::Severity::Warning,
+                "descriptors",
+                None,
+                format!("out of file descriptors (transient, nothing damaged): {what}"),
+            );
+        } else {
+            tracing::warn!(what, "out of file descriptors");
+        }
     }
 
     /// What the writer last left on disk.

@@ -8,7 +8,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -226,6 +225,9 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         let path = seg_dir.join(&sealed.file);
         let checked = std::fs::read(&path)
             .map_err(|e| {
+                if fsutil::is_descriptor_exhaustion(&e) {
+                    return StoreError::io(format!("read {}", path.display()), e);
+                }
                 StoreError::Corrupt(format!(
                     "sealed segment {} cannot be read: {e}",
                     path.display()
@@ -236,6 +238,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         // whose SHA-256 matches the manifest replaces the damaged file.
         let bytes = match checked {
             Ok(bytes) => bytes,
+            Err(e @ StoreError::TooManyOpenFiles { .. }) => return Err(e),
             Err(damage) => {
                 let bytes = restore_sealed_from_backup(data_dir, &path, sealed, &damage)?;
                 report.repaired_from_backup.push(sealed.file.clone());
@@ -461,13 +464,12 @@ pub fn create_segment_file(seg_dir: &Path, first_seq: u64) -> Result<(File, Path
     Ok((file, path))
 }
 
-/// A read-only handle for readers.
+/// The segment as readers see it; they open it on demand (see
+/// [`super::index::SegmentFiles`]), so no descriptor is held per segment.
 pub fn reader(path: &Path, first_seq: u64, bytes: u64) -> Result<SegmentReader> {
-    let file = File::open(path).map_err(io(format!("open {}", path.display())))?;
     Ok(SegmentReader {
         first_seq,
         path: path.to_path_buf(),
-        file: Arc::new(file),
         bytes,
     })
 }

@@ -372,7 +372,6 @@ mod tests {
             std::fs::write(&path, b"").unwrap();
             let pos = idx.add_segment(SegmentReader {
                 first_seq: first,
-                file: std::sync::Arc::new(std::fs::File::open(&path).unwrap()),
                 path,
                 bytes: 100,
             });
@@ -410,7 +409,6 @@ mod tests {
         assert_eq!((idx.len(), idx.last_seq(), idx.segment_count()), (0, 30, 1));
         let pos = idx.add_segment(SegmentReader {
             first_seq: 31,
-            file: std::sync::Arc::new(std::fs::File::open(dir.path()).unwrap()),
             path: dir.path().to_path_buf(),
             bytes: 0,
         });

@@ -245,12 +245,23 @@ impl Writer {
             return;
         }
         if self.active.len >= self.segment_bytes && self.active.count > 0 {
-            if let Err(e) = self.seal_and_roll() {
-                self.poison(format!(
-                    "sealing segment {} failed: {e}",
-                    self.active.path.display()
-                ));
-                return self.commit(appends);
+            match self.seal_and_roll() {
+                Ok(()) => {}
+                // Out of descriptors: nothing was changed; this commit goes
+                // to the current segment and the next commit seals again.
+                Err(e @ StoreError::TooManyOpenFiles { .. }) => {
+                    self.shared.descriptors_exhausted(&format!(
+                        "sealing {} postponed to the next commit: {e}",
+                        self.active.path.display()
+                    ));
+                }
+                Err(e) => {
+                    self.poison(format!(
+                        "sealing segment {} failed: {e}",
+                        self.active.path.display()
+                    ));
+                    return self.commit(appends);
+                }
             }
         }
 
@@ -453,13 +464,18 @@ impl Writer {
     }
 
     fn stored_attrs(&self, seq: u64) -> Option<StoredAttrs> {
-        let (hit, file, path) = {
-            let idx = self.shared.index();
-            let hit = idx.get(seq)?;
-            let seg = idx.segment(hit.entry.segment)?;
-            (hit, seg.file.clone(), seg.path.clone())
+        let hit = self.shared.index().get(seq)?;
+        let loaded = if hit.entry.segment == self.active.index_pos {
+            // The writer's own handle: no descriptor needed.
+            index::load(&self.active.file, &self.active.path, &hit)
+        } else {
+            match index::open_segment(&self.shared.index, hit.entry.segment) {
+                Ok(Some((file, path))) => index::load(&file, &path, &hit),
+                Ok(None) => return None,
+                Err(e) => Err(format!("open a segment: {e}")),
+            }
         };
-        let bytes = match index::load(&file, &path, &hit) {
+        let bytes = match loaded {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, seq, "cannot read a stored event for a duplicate check");
@@ -469,16 +485,42 @@ impl Writer {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Seals the active segment and starts the next. Out of descriptors
+    /// ([`StoreError::TooManyOpenFiles`]), it changes nothing and can be
+    /// tried again.
     fn seal_and_roll(&mut self) -> Result<()> {
-        self.verify_active_file_before_seal();
+        self.verify_active_file_before_seal()?;
         let data_dir = self.shared.data_dir.clone();
         let seg_dir = data_dir.join(recovery::SEGMENTS_DIR);
         let new_first = self.next_seq;
-        let sha256 = self.hasher.finish().map_err(|message| StoreError::Io {
-            context: format!("hash {}", self.active.path.display()),
-            message,
-        })?;
-        let (file, path) = recovery::create_segment_file(&seg_dir, new_first)?;
+        // Created first: the step that needs new descriptors.
+        let (file, path) = match recovery::create_segment_file(&seg_dir, new_first) {
+            Ok(created) => created,
+            Err(e) => {
+                // Created but its directory not synced: an empty file
+                // nothing refers to.
+                let path = seg_dir.join(segment::file_name(new_first));
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
+        let undo_create = |path: &std::path::Path| {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove a segment file of a postponed seal");
+            }
+        };
+        let sha256 = match self.hasher.finish() {
+            Ok(sha) => sha,
+            Err(message) => {
+                undo_create(&path);
+                return Err(StoreError::Io {
+                    context: format!("hash {}", self.active.path.display()),
+                    message,
+                });
+            }
+        };
         let mut manifest = (*self.manifest).clone();
         manifest.sealed.push(SealedSegment {
             file: segment::file_name(self.active.first_seq),
@@ -490,15 +532,23 @@ impl Writer {
         });
         manifest.active_first_seq = new_first;
         manifest.active_durable = None;
-        manifest.store(&data_dir).map_err(|e| {
-            StoreError::io(
+        if let Err(e) = manifest.store(&data_dir) {
+            let err = StoreError::io(
                 format!(
                     "write {}",
                     data_dir.join(super::manifest::FILE_NAME).display()
                 ),
                 e,
-            )
-        })?;
+            );
+            if matches!(err, StoreError::TooManyOpenFiles { .. }) {
+                // The manifest was not replaced: undo, and hash the
+                // segment again (the hasher started over at `finish`).
+                drop(file);
+                undo_create(&path);
+                let _ = self.hasher.update(self.active.bytes.clone());
+            }
+            return Err(err);
+        }
         self.manifest = Arc::new(manifest);
         let reader = recovery::reader(&path, new_first, 0)?;
         let index_pos = self

@@ -29,7 +29,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// holding a port and a data directory behind. msgbus starts no processes
 /// of its own, so killing the one process is enough.
 fn command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgbus"));
+    isolated(Command::new(env!("CARGO_BIN_EXE_msgbus")))
+}
+
+/// `cmd` with no inherited `MSGBUS_*` settings, no stdin, killed on drop.
+fn isolated(mut cmd: Command) -> Command {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("MSGBUS_") {
             cmd.env_remove(k);
@@ -42,7 +46,21 @@ fn command() -> Command {
 /// `msgbus` serving `data_dir` with `args`: JSON logs at info level (the
 /// "msgbus listening" line carries the address), port 0, stderr piped.
 pub fn msgbus_command(data_dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = command();
+    serve_command(command(), data_dir, args)
+}
+
+/// Like [`msgbus_command`], started through `prlimit` with a soft and hard
+/// open-file limit (RLIMIT_NOFILE) of `nofile`; `prlimit` execs msgbus, so
+/// the child is msgbus itself.
+pub fn msgbus_command_with_nofile(data_dir: &Path, args: &[&str], nofile: u64) -> Command {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_msgbus"));
+    serve_command(isolated(cmd), data_dir, args)
+}
+
+fn serve_command(mut cmd: Command, data_dir: &Path, args: &[&str]) -> Command {
     cmd.env("RUST_LOG", "info")
         .arg("--log-format")
         .arg("json")
@@ -83,9 +101,13 @@ impl Deref for TestProcess {
 /// with that stderr if the process exits first or does not listen within
 /// 20 s.
 pub async fn spawn_process(data_dir: &Path, args: &[&str]) -> TestProcess {
-    let mut child = msgbus_command(data_dir, args)
-        .spawn()
-        .expect("spawn msgbus");
+    spawn_command(msgbus_command(data_dir, args)).await
+}
+
+/// [`spawn_process`] for a command built by [`msgbus_command`] or
+/// [`msgbus_command_with_nofile`].
+pub async fn spawn_command(mut cmd: Command) -> TestProcess {
+    let mut child = cmd.spawn().expect("spawn msgbus");
     let stderr_pipe = child.stderr.take().expect("piped stderr");
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = oneshot::channel::<SocketAddr>();

@@ -145,9 +145,17 @@ impl Writer {
     /// writer's copy, so the file must hold exactly that copy. If it was
     /// damaged since the last check, rewrite it first; otherwise the damage
     /// would be sealed in with no backup able to undo it.
-    pub(super) fn verify_active_file_before_seal(&mut self) {
+    /// Out of descriptors, the file cannot be checked: the seal waits
+    /// ([`StoreError::TooManyOpenFiles`]) instead of taking that for damage.
+    pub(super) fn verify_active_file_before_seal(&mut self) -> crate::store::error::Result<()> {
         let detail = match fsutil::file_equals(&self.active.path, &self.active.bytes) {
-            Ok(true) => return,
+            Ok(true) => return Ok(()),
+            Err(e) if fsutil::is_descriptor_exhaustion(&e) => {
+                return Err(crate::store::StoreError::io(
+                    format!("check {} before sealing", self.active.path.display()),
+                    e,
+                ))
+            }
             Ok(false) => format!(
                 "differs from what was written ({} bytes on disk, {} written), found before sealing",
                 std::fs::metadata(&self.active.path).map_or(0, |m| m.len()),
@@ -160,6 +168,7 @@ impl Writer {
             file: file_name(&self.active.path),
             detail,
         });
+        Ok(())
     }
 
     /// A repair the writer starts itself, with the alerts the monitor would
@@ -271,14 +280,13 @@ impl Writer {
         Ok("rewrote the manifest from the writer's copy".into())
     }
 
-    /// Points readers at the (new) file at `path`.
-    fn refresh_reader(&self, first_seq: u64, path: &Path) -> Result<(), String> {
-        let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    /// Points readers at the (new) file at `path`: the next read opens it.
+    fn refresh_reader(&self, first_seq: u64, _path: &Path) -> Result<(), String> {
         self.shared
             .index
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .replace_segment_file(first_seq, Arc::new(file));
+            .replace_segment_file(first_seq);
         Ok(())
     }
 }
