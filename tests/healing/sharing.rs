@@ -75,19 +75,24 @@ fn assert_backup_intact(data_dir: &Path, name: &str) {
 async fn wait_newest_holds_all(app: &TestApp) -> String {
     let t0 = Instant::now();
     loop {
-        let sealed: Vec<String> = sealed_segments(app.data_dir())
+        // Each sealed segment at its sealed length: a backup taken while a
+        // segment was still active holds a shorter prefix under its name.
+        let sealed: Vec<(String, u64)> = sealed_segments(app.data_dir())
             .iter()
-            .map(|p| rel(p))
+            .map(|p| (rel(p), std::fs::metadata(p).unwrap().len()))
             .collect();
         let backups = app.backups().await;
         if let Some(newest) = backups.last().filter(|b| b["verified"] == true) {
-            let files: Vec<&str> = newest["files"]
+            let files: Vec<(&str, u64)> = newest["files"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter_map(|f| f["path"].as_str())
+                .filter_map(|f| Some((f["path"].as_str()?, f["bytes"].as_u64()?)))
                 .collect();
-            if sealed.iter().all(|s| files.contains(&s.as_str())) {
+            if sealed
+                .iter()
+                .all(|(s, len)| files.contains(&(s.as_str(), *len)))
+            {
                 return newest["name"].as_str().unwrap().to_string();
             }
         }
