@@ -130,6 +130,15 @@ pub struct ServeConfig {
     /// `10GiB`); up to one segment more is kept. Off by default.
     #[arg(long, env = "MSGBUS_RETENTION_MAX_BYTES", value_parser = parse_bytes)]
     pub retention_max_bytes: Option<u64>,
+
+    /// Most event bytes in one page of `GET /events` or
+    /// `GET /consumers/{name}/events`: a page stops before the event that
+    /// would pass it (but always holds at least one, so the cursor moves)
+    /// and `next_after` continues from there. Bounds a reader's memory to
+    /// about this much plus one event; smaller means more round trips for
+    /// readers of large events.
+    #[arg(long, env = "MSGBUS_MAX_PAGE_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_page_bytes: u64,
 }
 
 impl ServeConfig {
