@@ -577,6 +577,15 @@ impl Index {
         Some(self.hit(seq))
     }
 
+    /// The `type` and `source` of the event at `seq`, if stored.
+    pub fn names(&self, seq: u64) -> Option<(&str, &str)> {
+        if seq < self.first_seq || seq > self.last_seq() {
+            return None;
+        }
+        let e = &self.entries[(seq - self.first_seq) as usize];
+        Some((self.types.name(e.ty), self.sources.name(e.source)))
+    }
+
     fn hit(&self, seq: u64) -> Hit {
         let entry = self.entries[(seq - self.first_seq) as usize];
         let recent = self.recent(seq);

@@ -8,5 +8,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod duplicates;
 mod filters;
 mod pages;
