@@ -88,6 +88,23 @@ pub struct StoreStats {
     pub read_cache_bytes: u64,
     /// Whether startup recovery cut a torn tail.
     pub recovered_torn_tail: bool,
+    /// Distinct types, sources and subjects of the retained events (the
+    /// index forgets those retention deleted the last events of).
+    pub distinct: DistinctStats,
+    /// Bytes the index holds for those strings and their counters
+    /// (approximate).
+    pub interned_bytes: u64,
+}
+
+/// Distinct strings the index holds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DistinctStats {
+    /// Distinct `type` values.
+    pub types: u64,
+    /// Distinct `source` values.
+    pub sources: u64,
+    /// Distinct `subject` values.
+    pub subjects: u64,
 }
 
 /// Writer counters.
@@ -153,6 +170,15 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64) -> Stats {
                 segments: idx.segment_count() as u64,
                 read_cache_bytes: idx.cache_bytes() as u64,
                 recovered_torn_tail: shared.recovery.torn_tail.is_some(),
+                distinct: {
+                    let (types, sources, subjects) = idx.distinct();
+                    DistinctStats {
+                        types: types as u64,
+                        sources: sources as u64,
+                        subjects: subjects as u64,
+                    }
+                },
+                interned_bytes: idx.interned_bytes() as u64,
             },
         )
     };

@@ -10,4 +10,5 @@ mod common;
 
 mod duplicates;
 mod filters;
+mod interners;
 mod pages;
