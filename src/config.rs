@@ -139,6 +139,13 @@ pub struct ServeConfig {
     /// readers of large events.
     #[arg(long, env = "MSGBUS_MAX_PAGE_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
     pub max_page_bytes: u64,
+
+    /// Per-type and per-source series in `/stats` and `/metrics`: the
+    /// busiest this many, plus one `other` summing the rest. Bounds both
+    /// answers (100,000 types made `/metrics` 4 MB) and the series a
+    /// scraper stores; larger shows more of a long tail.
+    #[arg(long, env = "MSGBUS_MAX_LABEL_SERIES", default_value_t = 100)]
+    pub max_label_series: usize,
 }
 
 impl ServeConfig {

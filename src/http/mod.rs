@@ -89,6 +89,8 @@ pub struct HttpSettings {
     pub min_free_bytes: u64,
     /// Most event bytes in one page of `GET /events` or a consumer read.
     pub max_page_bytes: usize,
+    /// Most per-type and per-source series in `/stats` and `/metrics`.
+    pub max_label_series: usize,
 }
 
 impl AppState {
@@ -112,6 +114,7 @@ impl AppState {
                 sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
                 max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
+                max_label_series: config.max_label_series,
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),

@@ -11,4 +11,5 @@ mod common;
 mod duplicates;
 mod filters;
 mod interners;
+mod labels;
 mod pages;
