@@ -337,7 +337,7 @@ pub async fn publish_batch(
     get, path = "/events", tag = "events",
     params(
         ("after" = Option<u64>, Query, description = "Return events with seq greater than this (default 0: from the oldest)"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Most events to return, 1 to 1000 (default 100)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Most events to return, 1 to 1000 (default 100); a page also stops before the event that would take it past --max-page-bytes (always at least one event; next_after continues)"),
         ("type" = Option<String>, Query, description = "Only events of this exact type"),
         ("type_prefix" = Option<String>, Query, description = "Only events whose type starts with this"),
         ("source" = Option<String>, Query, description = "Only events from this source"),
