@@ -52,9 +52,5 @@ async fn unique_strings_are_forgotten_with_the_events_retention_deletes() {
         last <= first * 2,
         "interned bytes stay flat while 25,000 more unique strings pass: {first} -> {last}"
     );
-    assert_eq!(
-        stats["events"]["by_type"].as_object().unwrap().len() as u64,
-        retained
-    );
     app.stop().await;
 }
