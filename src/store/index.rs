@@ -362,8 +362,12 @@ pub struct Page {
     /// The newest committed seq when the chunk ran: once `scanned_to`
     /// reaches it, the read is at the end of the log.
     pub last: u64,
-    /// Index entries (and type names) this chunk examined.
+    /// Index entries this chunk examined.
     pub examined: usize,
+    /// Type names this chunk looked at to build a `type_prefix`'s set
+    /// (they share the chunk's budget but not a read's entry budget, so
+    /// a read over more types than that budget still makes progress).
+    pub compiled: usize,
 }
 
 /// The committed state of the log, as readers see it.
@@ -646,6 +650,7 @@ impl Index {
             scanned_to: after,
             last,
             examined: 0,
+            compiled: 0,
         };
         // `after` comes from clients: u64::MAX must be an empty page, not an overflow.
         let Some(start) = after.max(self.first_seq.saturating_sub(1)).checked_add(1) else {
@@ -669,7 +674,7 @@ impl Index {
                 subject,
             } => (ty, source, subject),
         };
-        let budget = budget.saturating_sub(page.examined).max(1);
+        let budget = budget.saturating_sub(page.compiled).max(1);
         let end = last.min(start.saturating_add(budget as u64 - 1));
         for seq in start..=end {
             let e = &self.entries[(seq - self.first_seq) as usize];
@@ -730,7 +735,7 @@ impl Index {
                     }
                 }
                 types.pos += n;
-                page.examined += n;
+                page.compiled += n;
                 if types.pos < self.type_log.len() {
                     return Resolved::Compiling;
                 }
@@ -865,6 +870,35 @@ mod tests {
             let copied = SseFrame::copied(seq, event);
             assert_eq!(copied.message(), in_place.message());
         }
+    }
+
+    #[test]
+    fn a_prefix_over_more_types_than_the_scan_budget_still_finds_its_events() {
+        let mut idx = super::Index::new(1, 0);
+        for seq in 1..=150_000u64 {
+            idx.push(super::NewEntry {
+                seq,
+                segment: 0,
+                offset: 0,
+                len: 1,
+                crc: 0,
+                ty: &format!("t.{seq}"),
+                source: "/s",
+                subject: None,
+                frame: None,
+            });
+        }
+        let filter = super::Filter {
+            type_prefix: Some("t.14999".into()),
+            ..Default::default()
+        };
+        let page = idx.query(0, &filter, 100, 100_000);
+        let seqs: Vec<u64> = page.hits.iter().map(|h| h.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![14_999],
+            "building the type set does not use up the entry budget"
+        );
     }
 
     #[test]
