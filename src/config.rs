@@ -159,6 +159,22 @@ pub struct ServeConfig {
     /// `10GiB`); up to one segment more is kept. Off by default.
     #[arg(long, env = "MSGBUS_RETENTION_MAX_BYTES", value_parser = parse_bytes)]
     pub retention_max_bytes: Option<u64>,
+
+    /// Most event bytes in one page of `GET /events` or
+    /// `GET /consumers/{name}/events`: a page stops before the event that
+    /// would pass it (but always holds at least one, so the cursor moves)
+    /// and `next_after` continues from there. Bounds a reader's memory to
+    /// about this much plus one event; smaller means more round trips for
+    /// readers of large events.
+    #[arg(long, env = "MSGBUS_MAX_PAGE_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_page_bytes: u64,
+
+    /// Per-type and per-source series in `/stats` and `/metrics`: the
+    /// busiest this many, plus one `other` summing the rest. Bounds both
+    /// answers (100,000 types made `/metrics` 4 MB) and the series a
+    /// scraper stores; larger shows more of a long tail.
+    #[arg(long, env = "MSGBUS_MAX_LABEL_SERIES", default_value_t = 100)]
+    pub max_label_series: usize,
 }
 
 impl ServeConfig {

@@ -398,7 +398,7 @@ pub async fn events(
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
     let c = find(&state.store, &name)?;
-    let filter = c.filter.to_filter();
+    let filter = crate::store::Matcher::new(c.filter.to_filter());
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
     let mut out = Vec::with_capacity(128);

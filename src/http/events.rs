@@ -20,7 +20,7 @@ use super::error::Problem;
 use super::AppState;
 use crate::event::{self, EventError, FieldError};
 use crate::store::handle::{EventPage, StoredEvent};
-use crate::store::{Filter, Outcome, PreparedEvent};
+use crate::store::{Matcher, Outcome, PreparedEvent};
 
 /// Media types accepted for a single structured event.
 const EVENT_TYPES: &[&str] = &["application/json", "application/cloudevents+json"];
@@ -343,7 +343,7 @@ pub async fn publish_batch(
     get, path = "/events", tag = "events",
     params(
         ("after" = Option<u64>, Query, description = "Return events with seq greater than this (default 0: from the oldest)"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Most events to return, 1 to 1000 (default 100)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Most events to return, 1 to 1000 (default 100); a page also stops before the event that would take it past --max-page-bytes (always at least one event; next_after continues)"),
         ("type" = Option<String>, Query, description = "Only events of this exact type"),
         ("type_prefix" = Option<String>, Query, description = "Only events whose type starts with this"),
         ("source" = Option<String>, Query, description = "Only events from this source"),
@@ -378,7 +378,7 @@ pub async fn list(
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let max_wait = state.settings.max_wait.as_secs();
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, max_wait)?);
-    let filter = q.filter();
+    let filter = Matcher::new(q.filter());
     let (page, last_seq) = long_poll(&state, Position::After(after), &filter, limit, wait).await?;
     let mut out = Vec::with_capacity(64);
     out.push(b'{');
@@ -397,13 +397,14 @@ pub enum Position {
     Cursor(u64),
 }
 
-/// Reads a page; when it is empty and `wait` is not zero, waits (up to
-/// `wait`, or until shutdown) for a matching event. Returns the page and
-/// the newest stored seq.
+/// Reads a page (at most `--max-page-bytes` of events, always at least
+/// one); when it is empty and `wait` is not zero, waits (up to `wait`, or
+/// until shutdown) for a matching event. Returns the page and the newest
+/// stored seq.
 pub async fn long_poll(
     state: &AppState,
     from: Position,
-    filter: &Filter,
+    filter: &Matcher,
     limit: usize,
     wait: Duration,
 ) -> Result<(EventPage, u64), Problem> {
@@ -411,18 +412,14 @@ pub async fn long_poll(
     let mut head_rx = state.store.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut from = from;
+    let max_bytes = state.settings.max_page_bytes;
     loop {
         // Mark the head as seen before reading, so a commit that lands after
         // the read wakes the wait below instead of being missed.
         head_rx.borrow_and_update();
         let page = match from {
-            Position::After(after) => state.store.read(after, filter, limit).await?,
-            Position::Cursor(c) => {
-                state
-                    .store
-                    .read_cursor(c, filter, limit, usize::MAX)
-                    .await?
-            }
+            Position::After(after) => state.store.read(after, filter, limit, max_bytes).await?,
+            Position::Cursor(c) => state.store.read_cursor(c, filter, limit, max_bytes).await?,
         };
         from = match from {
             Position::After(_) => Position::After(page.next_after),

@@ -14,7 +14,11 @@ use super::AppState;
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let s = snapshot(&state.store, state.settings.started.elapsed().as_secs_f64());
+    let s = snapshot(
+        &state.store,
+        state.settings.started.elapsed().as_secs_f64(),
+        state.settings.max_label_series,
+    );
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(

@@ -87,6 +87,10 @@ pub struct HttpSettings {
     pub sse_heartbeat: Duration,
     /// Free space below which publishing answers 507 (for on-demand checks).
     pub min_free_bytes: u64,
+    /// Most event bytes in one page of `GET /events` or a consumer read.
+    pub max_page_bytes: usize,
+    /// Most per-type and per-source series in `/stats` and `/metrics`.
+    pub max_label_series: usize,
 }
 
 impl AppState {
@@ -109,6 +113,8 @@ impl AppState {
                 started: Instant::now(),
                 sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
+                max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
+                max_label_series: config.max_label_series,
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{Result, StoreError};
-use super::index::{self, Filter, Hit};
+use super::filter::Matcher;
+use super::index::{self, Hit};
 use super::recovery;
 use super::writer::{Command, Writer};
 use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
@@ -58,9 +59,70 @@ impl WriterThread {
 }
 
 /// Most index entries one read examines before it returns a partial page
-/// with a cursor, so a rare filter over millions of events cannot hold the
-/// index lock for long.
+/// with a cursor, so a rare filter over millions of events answers in
+/// bounded time (the reader continues from the cursor).
 const MAX_SCAN: usize = 100_000;
+
+/// Index entries (or type names, while a type prefix is compiled) examined
+/// per hold of the index lock: the longest a read delays a commit.
+const SCAN_CHUNK: usize = 4096;
+
+/// A read in progress, advanced one chunk per index lock hold.
+struct Scan {
+    /// Last seq examined (the page's `next_after`).
+    pos: u64,
+    hits: Vec<Hit>,
+    limit: usize,
+    bytes: usize,
+    max_bytes: usize,
+    examined: usize,
+    done: bool,
+}
+
+impl Scan {
+    fn new(after: u64, limit: usize, max_bytes: usize) -> Self {
+        Scan {
+            pos: after,
+            hits: Vec::new(),
+            limit,
+            bytes: 0,
+            max_bytes,
+            examined: 0,
+            done: limit == 0,
+        }
+    }
+
+    /// Examines one chunk under the index lock.
+    fn step(&mut self, shared: &Shared, m: &Matcher) {
+        let idx = shared.index();
+        if self.pos.saturating_add(1) < idx.first_seq() && (self.pos != 0 || self.examined > 0) {
+            // Retention deleted events this read had not reached: end the
+            // page here, so the next read from `pos` says so (410).
+            self.done = true;
+            return;
+        }
+        let budget = SCAN_CHUNK
+            .min(MAX_SCAN.saturating_sub(self.examined))
+            .max(1);
+        let page = idx.scan(self.pos, m, self.limit - self.hits.len(), budget);
+        drop(idx);
+        self.examined += page.examined.max(1);
+        for hit in page.hits {
+            let len = hit.entry.len as usize;
+            if !self.hits.is_empty() && self.bytes + len > self.max_bytes {
+                // The page is full: the next read starts at this event.
+                self.done = true;
+                return;
+            }
+            self.bytes += len;
+            self.pos = hit.seq;
+            self.hits.push(hit);
+        }
+        self.pos = self.pos.max(page.scanned_to);
+        self.done =
+            self.hits.len() >= self.limit || self.pos >= page.last || self.examined >= MAX_SCAN;
+    }
+}
 
 impl StoreHandle {
     /// Opens the store: recovery, then the writer thread.
@@ -197,61 +259,68 @@ impl StoreHandle {
         let _ = self.tx.send(Command::Shutdown).await;
     }
 
-    /// Events after `after` matching `filter`, at most `limit`.
-    /// `after = 0` means from the oldest retained event; any other `after`
-    /// before it is [`StoreError::Gone`].
-    pub async fn read(&self, after: u64, filter: &Filter, limit: usize) -> Result<EventPage> {
-        self.read_page(after, filter, limit, usize::MAX, false)
-            .await
+    /// Events after `after` matching `m`, at most `limit` of them and at
+    /// most `max_bytes` of event bytes (always at least one event, so the
+    /// cursor moves). `after = 0` means from the oldest retained event; any
+    /// other `after` before it is [`StoreError::Gone`].
+    pub async fn read(
+        &self,
+        after: u64,
+        m: &Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<EventPage> {
+        self.read_page(after, m, limit, max_bytes, false).await
     }
 
     /// Like [`StoreHandle::read`] for a reader that has reached `cursor`
     /// (a stream, a consumer): 0 is a position too, so once retention has
     /// deleted seq 1 it is [`StoreError::Gone`] rather than a silent jump.
-    /// Stops once the page holds `max_bytes` of events (always at least
-    /// one), so a streaming reader's memory is bounded whatever the sizes.
     pub async fn read_cursor(
         &self,
         cursor: u64,
-        filter: &Filter,
+        m: &Matcher,
         limit: usize,
         max_bytes: usize,
     ) -> Result<EventPage> {
-        self.read_page(cursor, filter, limit, max_bytes, true).await
+        self.read_page(cursor, m, limit, max_bytes, true).await
     }
 
+    /// Reads in chunks of [`SCAN_CHUNK`], each under its own short hold of
+    /// the index lock, so the writer never waits long to publish. The first
+    /// chunk runs here (a reader at the tail is done with it); a read that
+    /// needs more (a sparse filter over many events, or a type prefix over
+    /// many types) goes on off the async workers.
     async fn read_page(
         &self,
         after: u64,
-        filter: &Filter,
+        m: &Matcher,
         limit: usize,
         max_bytes: usize,
         cursor: bool,
     ) -> Result<EventPage> {
-        let page = {
-            let idx = self.shared.index();
-            if (cursor || after != 0) && after < idx.first_seq() - 1 {
-                return Err(StoreError::Gone {
-                    oldest: idx.first_seq(),
-                });
-            }
-            let mut page = idx.query(after, filter, limit, MAX_SCAN);
-            let mut bytes = 0usize;
-            if let Some(cut) = page.hits.iter().position(|h| {
-                bytes += h.entry.len as usize;
-                bytes >= max_bytes
-            }) {
-                if cut + 1 < page.hits.len() {
-                    page.hits.truncate(cut + 1);
-                    page.scanned_to = page.hits[cut].seq;
+        let mut scan = Scan::new(after, limit, max_bytes);
+        if (cursor || after != 0) && after < self.shared.index().first_seq() - 1 {
+            return Err(StoreError::Gone {
+                oldest: self.shared.index().first_seq(),
+            });
+        }
+        scan.step(&self.shared, m);
+        if !scan.done {
+            let (shared, m) = (self.shared.clone(), m.clone());
+            scan = tokio::task::spawn_blocking(move || {
+                while !scan.done {
+                    scan.step(&shared, &m);
                 }
-            }
-            page
-        };
-        let events = self.load(page.hits).await?;
+                scan
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        }
+        let events = self.load(scan.hits).await?;
         Ok(EventPage {
             events,
-            next_after: page.scanned_to,
+            next_after: scan.pos,
         })
     }
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
+use super::filter::{Matcher, TypeSet};
 use super::FRAME_HEADROOM;
 
 /// Marker for "no subject".
@@ -126,6 +127,11 @@ impl SegmentFiles {
 }
 
 /// String interner: filters compare small integers instead of strings.
+///
+/// Ids of strings no stored event uses any more (retention deleted their
+/// last events) are released and reused, and the arena is compacted once
+/// most of it is dead, so the interner is as large as the strings of the
+/// retained events, not of every event ever stored.
 #[derive(Debug, Default)]
 pub struct Interner {
     /// Hash of a string -> id of the first string seen with that hash.
@@ -135,9 +141,22 @@ pub struct Interner {
     /// Every string, back to back: one allocation instead of one per
     /// string, since `subject` is often unique per event.
     arena: String,
-    /// (start, length) of each id's string in `arena`.
+    /// (start, length) of each id's string in `arena`; [`RELEASED`] as the
+    /// length marks a released id.
     spans: Vec<(u64, u32)>,
+    /// Released ids, reused first.
+    free: Vec<u32>,
+    /// Bytes of `arena` that belong to released ids.
+    dead_bytes: usize,
 }
+
+/// Length marking a released id in [`Interner::spans`].
+const RELEASED: u32 = u32::MAX;
+
+/// The arena is compacted once this many bytes of it are dead (and they
+/// are more than half of it), so compaction is amortized over the strings
+/// released.
+const COMPACT_MIN_DEAD: usize = 64 << 10;
 
 fn string_hash(s: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -147,56 +166,128 @@ fn string_hash(s: &str) -> u64 {
 }
 
 impl Interner {
-    fn intern(&mut self, s: &str) -> u32 {
+    /// The id of `s`, and whether it is new (not used before, or reused).
+    fn intern(&mut self, s: &str) -> (u32, bool) {
         let hash = string_hash(s);
         if let Some(id) = self.lookup(hash, s) {
-            return id;
+            return (id, false);
         }
-        let id = self.spans.len() as u32;
-        self.spans.push((self.arena.len() as u64, s.len() as u32));
+        let span = (self.arena.len() as u64, s.len() as u32);
         self.arena.push_str(s);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.spans[id as usize] = span;
+                id
+            }
+            None => {
+                self.spans.push(span);
+                (self.spans.len() - 1) as u32
+            }
+        };
         if let std::collections::hash_map::Entry::Vacant(v) = self.ids.entry(hash) {
             v.insert(id);
         } else {
             self.collided.insert(Box::from(s), id);
         }
-        id
+        (id, true)
     }
 
     fn lookup(&self, hash: u64, s: &str) -> Option<u32> {
-        let id = *self.ids.get(&hash)?;
-        if self.name(id) == s {
-            return Some(id);
+        if let Some(&id) = self.ids.get(&hash) {
+            if self.name(id) == s {
+                return Some(id);
+            }
+        }
+        if self.collided.is_empty() {
+            return None;
         }
         self.collided.get(s).copied()
     }
 
-    /// The id of `s`, if any stored event has used it.
+    /// Forgets `id`'s string; the id may be handed out again.
+    fn release(&mut self, id: u32) {
+        let Some(&(_, len)) = self.spans.get(id as usize) else {
+            return;
+        };
+        if len == RELEASED {
+            return;
+        }
+        let name = self.name(id);
+        let hash = string_hash(name);
+        if self.ids.get(&hash) == Some(&id) {
+            self.ids.remove(&hash);
+        } else {
+            let key: Box<str> = Box::from(name);
+            self.collided.remove(&key);
+        }
+        self.spans[id as usize] = (0, RELEASED);
+        self.free.push(id);
+        self.dead_bytes += len as usize;
+        if self.dead_bytes >= COMPACT_MIN_DEAD && self.dead_bytes * 2 > self.arena.len() {
+            self.compact();
+        }
+    }
+
+    /// Copies the live strings into a new arena (ids do not change).
+    fn compact(&mut self) {
+        let mut arena = String::with_capacity(self.arena.len() - self.dead_bytes);
+        for span in &mut self.spans {
+            if span.1 == RELEASED {
+                continue;
+            }
+            let (start, len) = (span.0 as usize, span.1 as usize);
+            *span = (arena.len() as u64, span.1);
+            arena.push_str(&self.arena[start..start + len]);
+        }
+        self.arena = arena;
+        self.dead_bytes = 0;
+        if self.free.len() == self.spans.len() {
+            // Nothing is live: give the tables' memory back too.
+            *self = Interner::default();
+        }
+    }
+
+    /// The id of `s`, if a stored event uses it.
     pub fn get(&self, s: &str) -> Option<u32> {
         self.lookup(string_hash(s), s)
     }
 
-    /// The string behind an id.
+    /// The string behind an id (empty for a released id).
     pub fn name(&self, id: u32) -> &str {
-        let (start, len) = self.spans[id as usize];
-        &self.arena[start as usize..start as usize + len as usize]
+        match self.spans.get(id as usize) {
+            Some(&(start, len)) if len != RELEASED => {
+                &self.arena[start as usize..start as usize + len as usize]
+            }
+            _ => "",
+        }
     }
 
-    /// Ids of every string starting with `prefix`.
-    pub fn with_prefix(&self, prefix: &str) -> Vec<u32> {
-        (0..self.spans.len() as u32)
-            .filter(|&id| self.name(id).starts_with(prefix))
-            .collect()
+    /// The ids in use.
+    fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.1 != RELEASED)
+            .map(|(i, _)| i as u32)
     }
 
-    /// Number of distinct strings.
+    /// Number of distinct strings in use.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans.len() - self.free.len()
     }
 
-    /// True when nothing has been interned.
+    /// True when no string is in use.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len() == 0
+    }
+
+    /// Bytes the interner holds (strings, tables), approximately.
+    pub fn heap_bytes(&self) -> usize {
+        self.arena.capacity()
+            + self.spans.capacity() * 12
+            + self.free.capacity() * 4
+            + self.ids.capacity() * 16
+            + self.collided.capacity() * 24
     }
 }
 
@@ -235,15 +326,25 @@ pub struct Filter {
     pub subject: Option<String>,
 }
 
-/// A filter resolved against the interners at query time.
+/// A filter resolved against the interners for one chunk of a read.
 enum Resolved {
-    /// Some filtered string has never been stored: nothing can match yet.
+    /// Some filtered string is not stored: nothing can match yet.
     Nothing,
+    /// The type set is still being built: this chunk went to building it.
+    Compiling,
     Ids {
-        ty: Option<Vec<u32>>,
+        ty: TypeMatch,
         source: Option<u32>,
         subject: Option<u32>,
     },
+}
+
+/// How one chunk of a read matches `type`.
+enum TypeMatch {
+    Any,
+    Exact(u32),
+    /// In the matcher's compiled set.
+    Set,
 }
 
 /// A recent event, kept as the Server-Sent Events message every live
@@ -332,6 +433,15 @@ pub struct Page {
     pub hits: Vec<Hit>,
     /// Last sequence number examined; the next page starts after it.
     pub scanned_to: u64,
+    /// The newest committed seq when the chunk ran: once `scanned_to`
+    /// reaches it, the read is at the end of the log.
+    pub last: u64,
+    /// Index entries this chunk examined.
+    pub examined: usize,
+    /// Type names this chunk looked at to build a `type_prefix`'s set
+    /// (they share the chunk's budget but not a read's entry budget, so
+    /// a read over more types than that budget still makes progress).
+    pub compiled: usize,
 }
 
 /// The committed state of the log, as readers see it.
@@ -353,6 +463,15 @@ pub struct Index {
     subjects: Interner,
     type_counts: Vec<u64>,
     source_counts: Vec<u64>,
+    subject_counts: Vec<u64>,
+    /// Moves whenever retention releases a type id: compiled type sets
+    /// built for an older epoch are rebuilt (the id may now name another
+    /// type).
+    type_epoch: u64,
+    /// Every type id in use, then each new one in the order it was
+    /// interned (reset to the ids in use when the epoch moves): what a
+    /// compiled type set has not looked at yet is its tail.
+    type_log: Vec<u32>,
     recent: VecDeque<Recent>,
     recent_bytes: usize,
     recent_capacity: usize,
@@ -372,6 +491,9 @@ impl Index {
             subjects: Interner::default(),
             type_counts: Vec::new(),
             source_counts: Vec::new(),
+            subject_counts: Vec::new(),
+            type_epoch: 0,
+            type_log: Vec::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_capacity,
@@ -460,17 +582,40 @@ impl Index {
 
     /// Forgets every event before `new_first` and every segment that held
     /// only such events (retention). The newest segment is always kept.
-    /// Per-type and per-source counts shrink with the dropped events.
+    /// Per-type, per-source and per-subject counts shrink with the dropped
+    /// events, and a type, source or subject no retained event uses any
+    /// more is released from its interner.
     pub fn drop_before(&mut self, new_first: u64) {
         if new_first <= self.first_seq {
             return;
         }
         let n = ((new_first - self.first_seq) as usize).min(self.entries.len());
-        let (type_counts, source_counts) = (&mut self.type_counts, &mut self.source_counts);
+        let mut types_released = false;
+        let (types, sources, subjects) = (&mut self.types, &mut self.sources, &mut self.subjects);
+        let (type_counts, source_counts, subject_counts) = (
+            &mut self.type_counts,
+            &mut self.source_counts,
+            &mut self.subject_counts,
+        );
         self.entries.drop_front(n, |e| {
-            type_counts[e.ty as usize] -= 1;
-            source_counts[e.source as usize] -= 1;
+            if unbump(type_counts, e.ty) {
+                types.release(e.ty);
+                types_released = true;
+            }
+            if unbump(source_counts, e.source) {
+                sources.release(e.source);
+            }
+            if e.subject != NO_SUBJECT && unbump(subject_counts, e.subject) {
+                subjects.release(e.subject);
+            }
         });
+        if types_released {
+            self.type_epoch += 1;
+            self.type_log = self.types.live_ids().collect();
+        }
+        shrink_counts(&mut self.type_counts, &self.types);
+        shrink_counts(&mut self.source_counts, &self.sources);
+        shrink_counts(&mut self.subject_counts, &self.subjects);
         self.first_seq = new_first;
         while self.recent.front().is_some_and(|r| r.seq < new_first) {
             if let Some(r) = self.recent.pop_front() {
@@ -489,12 +634,19 @@ impl Index {
     /// Appends an entry. Sequence numbers must be gapless.
     pub fn push(&mut self, e: NewEntry<'_>) {
         debug_assert_eq!(e.seq, self.last_seq() + 1);
-        let ty = self.types.intern(e.ty);
-        let source = self.sources.intern(e.source);
-        let subject = e
-            .subject
-            .map(|s| self.subjects.intern(s))
-            .unwrap_or(NO_SUBJECT);
+        let (ty, new_type) = self.types.intern(e.ty);
+        if new_type {
+            self.type_log.push(ty);
+        }
+        let (source, _) = self.sources.intern(e.source);
+        let subject = match e.subject {
+            Some(s) => {
+                let (id, _) = self.subjects.intern(s);
+                bump(&mut self.subject_counts, id);
+                id
+            }
+            None => NO_SUBJECT,
+        };
         bump(&mut self.type_counts, ty);
         bump(&mut self.source_counts, source);
         self.entries.push_back(Entry {
@@ -527,6 +679,15 @@ impl Index {
         Some(self.hit(seq))
     }
 
+    /// The `type` and `source` of the event at `seq`, if stored.
+    pub fn names(&self, seq: u64) -> Option<(&str, &str)> {
+        if seq < self.first_seq || seq > self.last_seq() {
+            return None;
+        }
+        let e = &self.entries[(seq - self.first_seq) as usize];
+        Some((self.types.name(e.ty), self.sources.name(e.source)))
+    }
+
     fn hit(&self, seq: u64) -> Hit {
         let entry = self.entries[(seq - self.first_seq) as usize];
         let recent = self.recent(seq);
@@ -547,43 +708,82 @@ impl Index {
     }
 
     /// Events after `after` that match `filter`, at most `limit` of them,
-    /// examining at most `max_scan` entries so one request cannot hold the
-    /// index for long; the caller continues from [`Page::scanned_to`].
+    /// examining at most `max_scan` entries (a convenience for tests; the
+    /// store reads with [`Index::scan`], in chunks).
     pub fn query(&self, after: u64, filter: &Filter, limit: usize, max_scan: usize) -> Page {
-        // `after` comes from clients: u64::MAX must be an empty page, not an overflow.
-        let Some(start) = after.max(self.first_seq.saturating_sub(1)).checked_add(1) else {
-            return Page {
-                hits: Vec::new(),
-                scanned_to: after,
-            };
+        let m = Matcher::new(filter.clone());
+        let mut page = Page {
+            scanned_to: after,
+            ..Page::default()
         };
+        let mut examined = 0;
+        while examined < max_scan && page.hits.len() < limit {
+            let chunk = self.scan(
+                page.scanned_to,
+                &m,
+                limit - page.hits.len(),
+                max_scan - examined,
+            );
+            examined += chunk.examined.max(1);
+            page.hits.extend(chunk.hits);
+            page.scanned_to = chunk.scanned_to;
+            page.last = chunk.last;
+            if page.scanned_to >= page.last {
+                break;
+            }
+        }
+        page
+    }
+
+    /// One chunk of a read: events after `after` that match `m`, at most
+    /// `limit` of them, examining at most `budget` entries or type names.
+    /// Each entry costs O(1): the filter is resolved once per chunk and a
+    /// `type_prefix` is a compiled set of type ids (see [`Matcher`]).
+    /// Callers hold the index lock for one chunk only and continue from
+    /// [`Page::scanned_to`] until it reaches [`Page::last`].
+    pub fn scan(&self, after: u64, m: &Matcher, limit: usize, budget: usize) -> Page {
         let last = self.last_seq();
         let mut page = Page {
             hits: Vec::new(),
-            scanned_to: after.max(start - 1),
+            scanned_to: after,
+            last,
+            examined: 0,
+            compiled: 0,
         };
-        if start > last || limit == 0 {
+        // `after` comes from clients: u64::MAX must be an empty page, not an overflow.
+        let Some(start) = after.max(self.first_seq.saturating_sub(1)).checked_add(1) else {
+            page.last = after;
+            return page;
+        };
+        page.scanned_to = start - 1;
+        if start > last || limit == 0 || budget == 0 {
             return page;
         }
-        let ids = match self.resolve(filter) {
+        let mut types = m.types();
+        let (ty, source, subject) = match self.resolve(m.filter(), &mut types, budget, &mut page) {
             Resolved::Nothing => {
                 page.scanned_to = last;
                 return page;
             }
+            Resolved::Compiling => return page,
             Resolved::Ids {
                 ty,
                 source,
                 subject,
             } => (ty, source, subject),
         };
-        let (ty, source, subject) = ids;
-        let end = last.min(start.saturating_add(max_scan as u64 - 1));
+        let budget = budget.saturating_sub(page.compiled).max(1);
+        let end = last.min(start.saturating_add(budget as u64 - 1));
         for seq in start..=end {
             let e = &self.entries[(seq - self.first_seq) as usize];
-            let matches = ty.as_ref().is_none_or(|t| t.contains(&e.ty))
-                && source.is_none_or(|s| s == e.source)
+            let matches = match ty {
+                TypeMatch::Any => true,
+                TypeMatch::Exact(id) => e.ty == id,
+                TypeMatch::Set => types.contains(e.ty),
+            } && source.is_none_or(|s| s == e.source)
                 && subject.is_none_or(|s| s == e.subject);
             page.scanned_to = seq;
+            page.examined += 1;
             if matches {
                 page.hits.push(self.hit(seq));
                 if page.hits.len() == limit {
@@ -594,24 +794,9 @@ impl Index {
         page
     }
 
-    fn resolve(&self, f: &Filter) -> Resolved {
-        let mut ty: Option<Vec<u32>> = None;
-        if let Some(t) = &f.ty {
-            match self.types.get(t) {
-                Some(id) => ty = Some(vec![id]),
-                None => return Resolved::Nothing,
-            }
-        }
-        if let Some(p) = &f.type_prefix {
-            let ids = self.types.with_prefix(p);
-            ty = Some(match ty {
-                Some(exact) => exact.into_iter().filter(|id| ids.contains(id)).collect(),
-                None => ids,
-            });
-            if ty.as_ref().is_some_and(|t| t.is_empty()) {
-                return Resolved::Nothing;
-            }
-        }
+    /// Resolves `f` for one chunk; building a `type_prefix`'s set costs
+    /// one unit of `budget` per type name looked at.
+    fn resolve(&self, f: &Filter, types: &mut TypeSet, budget: usize, page: &mut Page) -> Resolved {
         let source = match &f.source {
             Some(s) => match self.sources.get(s) {
                 Some(id) => Some(id),
@@ -626,11 +811,61 @@ impl Index {
             },
             None => None,
         };
+        let ty = match (&f.ty, &f.type_prefix) {
+            (Some(t), prefix) => {
+                if prefix.as_ref().is_some_and(|p| !t.starts_with(p.as_str())) {
+                    return Resolved::Nothing;
+                }
+                match self.types.get(t) {
+                    Some(id) => TypeMatch::Exact(id),
+                    None => return Resolved::Nothing,
+                }
+            }
+            (None, Some(prefix)) => {
+                if types.epoch != self.type_epoch {
+                    types.reset(self.type_epoch);
+                }
+                let todo = &self.type_log[types.pos.min(self.type_log.len())..];
+                let n = todo.len().min(budget);
+                for &id in &todo[..n] {
+                    if self.types.name(id).starts_with(prefix.as_str()) {
+                        types.insert(id);
+                    }
+                }
+                types.pos += n;
+                page.compiled += n;
+                if types.pos < self.type_log.len() {
+                    return Resolved::Compiling;
+                }
+                if types.is_empty() {
+                    return Resolved::Nothing;
+                }
+                TypeMatch::Set
+            }
+            (None, None) => TypeMatch::Any,
+        };
         Resolved::Ids {
             ty,
             source,
             subject,
         }
+    }
+
+    /// Distinct types, sources and subjects the retained events use.
+    pub fn distinct(&self) -> (usize, usize, usize) {
+        (self.types.len(), self.sources.len(), self.subjects.len())
+    }
+
+    /// Bytes the interners and per-string counters hold, approximately.
+    pub fn interned_bytes(&self) -> usize {
+        self.types.heap_bytes()
+            + self.sources.heap_bytes()
+            + self.subjects.heap_bytes()
+            + self.type_log.capacity() * 4
+            + (self.type_counts.capacity()
+                + self.source_counts.capacity()
+                + self.subject_counts.capacity())
+                * 8
     }
 
     /// Event counts per type, for `/stats`.
@@ -654,6 +889,24 @@ impl Index {
     /// Bytes held by the recent-events cache.
     pub fn cache_bytes(&self) -> usize {
         self.recent_bytes
+    }
+}
+
+/// Counts one event less for `id`; true when none is left.
+fn unbump(counts: &mut [u64], id: u32) -> bool {
+    let c = &mut counts[id as usize];
+    *c -= 1;
+    *c == 0
+}
+
+/// Cuts the counts of released ids at the end, and gives back memory once
+/// most of the table is unused.
+fn shrink_counts(counts: &mut Vec<u64>, interner: &Interner) {
+    while counts.last() == Some(&0) {
+        counts.pop();
+    }
+    if counts.capacity() > 64 && counts.capacity() > 4 * interner.spans.len().max(counts.len()) {
+        counts.shrink_to(counts.len().max(interner.spans.len()));
     }
 }
 
@@ -746,19 +999,61 @@ mod tests {
     }
 
     #[test]
-    fn interner_round_trips_and_finds_prefixes() {
+    fn a_prefix_over_more_types_than_the_scan_budget_still_finds_its_events() {
+        let mut idx = super::Index::new(1, 0);
+        for seq in 1..=150_000u64 {
+            idx.push(super::NewEntry {
+                seq,
+                segment: 0,
+                offset: 0,
+                len: 1,
+                crc: 0,
+                ty: &format!("t.{seq}"),
+                source: "/s",
+                subject: None,
+                frame: None,
+            });
+        }
+        let filter = super::Filter {
+            type_prefix: Some("t.14999".into()),
+            ..Default::default()
+        };
+        let page = idx.query(0, &filter, 100, 100_000);
+        let seqs: Vec<u64> = page.hits.iter().map(|h| h.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![14_999],
+            "building the type set does not use up the entry budget"
+        );
+    }
+
+    #[test]
+    fn interner_round_trips_and_reuses_released_ids() {
         let mut i = Interner::default();
         let names: Vec<String> = (0..10_000).map(|n| format!("order-{n}")).collect();
-        let ids: Vec<u32> = names.iter().map(|n| i.intern(n)).collect();
+        let ids: Vec<u32> = names.iter().map(|n| i.intern(n).0).collect();
         assert_eq!(i.len(), 10_000);
         for (n, id) in names.iter().zip(&ids) {
-            assert_eq!(i.intern(n), *id, "interning again gives the same id");
+            assert_eq!(
+                i.intern(n),
+                (*id, false),
+                "interning again gives the same id"
+            );
             assert_eq!(i.get(n), Some(*id));
             assert_eq!(i.name(*id), n);
         }
         assert_eq!(i.get("order-10000"), None);
-        assert_eq!(i.with_prefix("order-999").len(), 11);
-        assert_eq!(i.intern(""), 10_000);
+        assert_eq!(i.intern(""), (10_000, true));
         assert_eq!(i.name(10_000), "");
+        for id in &ids[..9_000] {
+            i.release(*id);
+        }
+        assert_eq!(i.len(), 1_001);
+        assert_eq!(i.get("order-5"), None);
+        assert_eq!(i.get("order-9999"), Some(ids[9_999]));
+        assert_eq!(i.name(ids[9_999]), "order-9999", "compaction keeps ids");
+        let (reused, new) = i.intern("order-new");
+        assert!(new && reused < 9_000, "a released id is reused");
+        assert_eq!(i.get("order-new"), Some(reused));
     }
 }

@@ -9,6 +9,7 @@
 //! - [`index`]: the in-memory index and recent-events cache readers use
 //!   ([`chunked`]: its per-event table, which never moves as it grows)
 //! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`filter`]: filters compiled once per reader, matched in O(1) per event
 //! - [`backup`]: verified backups and restoring segments from them
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`consumers`]: durable named cursors (`consumers.json`)
@@ -20,6 +21,7 @@ pub mod chunked;
 pub mod consumers;
 pub mod dedup;
 pub mod error;
+pub mod filter;
 pub mod fsutil;
 pub mod handle;
 pub mod index;
@@ -39,6 +41,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 pub use error::StoreError;
+pub use filter::Matcher;
 pub use handle::StoreHandle;
 pub use index::Filter;
 

@@ -521,7 +521,7 @@ fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::
     });
     // Stored events are unique by construction, so a hash hit during
     // recovery can only be a hash collision: keep both exactly.
-    dedup.insert(&r.keys.source, &r.keys.id, r.seq);
+    dedup.insert(&r.keys.source, &r.keys.id, &r.keys.time, r.seq);
 }
 
 /// Rebuilds a manifest from the segment files alone: every file but the

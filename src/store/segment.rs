@@ -82,6 +82,9 @@ pub struct EventKeys {
     /// CloudEvents `subject`, if any.
     #[serde(default)]
     pub subject: Option<String>,
+    /// CloudEvents `time` (always stored; empty if a record lacks it).
+    #[serde(default)]
+    pub time: String,
 }
 
 /// One valid record found by a scan.

@@ -30,7 +30,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
@@ -107,16 +106,6 @@ struct Accepted {
     line_start: usize,
     framed: Framed,
     event: PreparedEvent,
-}
-
-#[derive(Deserialize)]
-struct StoredAttrs {
-    id: String,
-    source: String,
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    time: String,
 }
 
 impl Writer {
@@ -386,7 +375,7 @@ impl Writer {
         }
         for a in accepted.iter() {
             self.dedup
-                .insert_hashed(a.key, &a.event.source, &a.event.id, a.seq);
+                .insert_hashed(a.key, &a.event.source, &a.event.id, &a.event.time, a.seq);
         }
         self.next_seq += accepted.len() as u64;
         self.publish_file_state();
@@ -443,46 +432,22 @@ impl Writer {
                 });
             }
         }
-        let mut found = None;
-        let seq = self.dedup.lookup(key, &ev.source, &ev.id, |seq| {
-            match self.stored_attrs(seq) {
-                Some(a) if a.source == ev.source && a.id == ev.id => {
-                    found = Some(a);
-                    true
-                }
-                _ => false,
-            }
-        })?;
-        let a = found?;
-        Some(Outcome {
-            seq,
-            original: Some(Original {
-                ty: a.ty,
-                time: a.time,
-            }),
-        })
-    }
-
-    fn stored_attrs(&self, seq: u64) -> Option<StoredAttrs> {
-        let hit = self.shared.index().get(seq)?;
-        let loaded = if hit.entry.segment == self.active.index_pos {
-            // The writer's own handle: no descriptor needed.
-            index::load(&self.active.file, &self.active.path, &hit)
-        } else {
-            match index::open_segment(&self.shared.index, hit.entry.segment) {
-                Ok(Some((file, path))) => index::load(&file, &path, &hit),
-                Ok(None) => return None,
-                Err(e) => Err(format!("open a segment: {e}")),
-            }
-        };
-        let bytes = match loaded {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, seq, "cannot read a stored event for a duplicate check");
+        // Answered from memory: the idempotency set keeps the seq and the
+        // time, the index the type and source (never a read of the
+        // original from disk on the writer).
+        let (seq, time) = self.dedup.lookup(key, &ev.source, &ev.id)?;
+        let ty = {
+            let idx = self.shared.index();
+            let (ty, source) = idx.names(seq)?;
+            if source != ev.source {
                 return None;
             }
+            ty.to_string()
         };
-        serde_json::from_slice(&bytes).ok()
+        Some(Outcome {
+            seq,
+            original: Some(Original { ty, time }),
+        })
     }
 
     /// Seals the active segment and starts the next. Out of descriptors
