@@ -347,3 +347,35 @@ async fn a_stalled_request_body_is_408_not_a_server_error() {
         assert_eq!(app.get_json("/stats").await["events"]["total"], 0);
     }
 }
+
+/// Brackets inside strings are not nesting: `["]",` repeated 5,000 deep is
+/// refused as any JSON parser refuses it (it used to be stored, and then
+/// `jq` and Python failed on the page holding it), while a string full of
+/// brackets is an ordinary value.
+#[tokio::test]
+async fn nesting_is_counted_outside_strings_only() {
+    let app = spawn_app().await;
+    let deep = format!(
+        r#"{{"type":"t","source":"/s","data":{}0{}}}"#,
+        r#"["]","#.repeat(5000),
+        "]".repeat(5000)
+    );
+    app.post_json_text("/events", &deep)
+        .await
+        .assert_problem(400);
+    let batch = format!("[{deep}]");
+    app.post_json_text("/events/batch", &batch)
+        .await
+        .assert_problem(400);
+    assert_eq!(
+        app.get_json("/events").await["last_seq"],
+        0,
+        "nothing stored"
+    );
+
+    let brackets = "[{".repeat(5000);
+    let flat = json!({"type": "t", "source": "/s", "data": brackets});
+    app.publish_ok(&flat).await;
+    let page = app.get_json("/events").await;
+    assert_eq!(page["events"][0]["event"]["data"], brackets);
+}
