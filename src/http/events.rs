@@ -256,7 +256,28 @@ pub async fn publish_batch(
     .await?;
     body::require_body(&bytes)?;
     // Each item is kept as its JSON text and parsed once, by event::from_json.
-    let items: Vec<&RawValue> = match serde_json::from_slice(&bytes) {
+    // Items are counted as the array is parsed: the one past the limit ends
+    // the parse, so a body of millions of tiny items never becomes a list
+    // of millions of entries.
+    let over_limit = std::cell::Cell::new(false);
+    let seed = BatchItems {
+        limit: settings.max_batch_events,
+        over_limit: &over_limit,
+    };
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|items| {
+        if !over_limit.get() {
+            de.end()?;
+        }
+        Ok(items)
+    });
+    if over_limit.get() {
+        return Err(Problem::too_large(format!(
+            "the batch holds more than {0} events; the limit is {0} (--max-batch-events); nothing was stored",
+            settings.max_batch_events
+        )));
+    }
+    let items: Vec<&RawValue> = match parsed {
         Ok(items) => items,
         // Valid JSON of another kind.
         Err(e) if e.is_data() => {
@@ -278,13 +299,6 @@ pub async fn publish_batch(
                 message: "must not be empty".into(),
             }],
         ));
-    }
-    if items.len() > settings.max_batch_events {
-        return Err(Problem::too_large(format!(
-            "the batch holds {} events; the limit is {} (--max-batch-events)",
-            items.len(),
-            settings.max_batch_events
-        )));
     }
     let mut prepared = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
@@ -330,6 +344,38 @@ pub async fn publish_batch(
         StatusCode::OK
     };
     Ok(json_response(status, body))
+}
+
+/// The items of a batch array as JSON text, at most `limit` of them: the
+/// parse stops with an error at the next one and sets `over_limit`.
+struct BatchItems<'c> {
+    limit: usize,
+    over_limit: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchItems<'_> {
+    type Value = Vec<&'de RawValue>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchItems<'_> {
+    type Value = Vec<&'de RawValue>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(self.limit.min(64));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.limit {
+                self.over_limit.set(true);
+                return Err(serde::de::Error::custom("too many items"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// Read events in sequence order.
