@@ -301,11 +301,18 @@ pub async fn publish_batch(
         ));
     }
     let mut prepared = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
+    // The first errors are listed, the rest only counted (and the invalid
+    // items named in the detail up to the same bound).
+    let (mut errors, mut unlisted, mut bad_items) = (Vec::new(), 0usize, Vec::new());
     for (i, item) in items.into_iter().enumerate() {
         match event::from_json(item.get().as_bytes(), &format!("[{i}]."), settings.limits) {
             Ok(p) => prepared.push(p),
-            Err(EventError::Invalid(e)) => errors.extend(e),
+            Err(EventError::Invalid(e)) => {
+                bad_items.push(i);
+                let room = super::error::MAX_LISTED_ERRORS.saturating_sub(errors.len());
+                unlisted += e.len().saturating_sub(room);
+                errors.extend(e.into_iter().take(room));
+            }
             Err(EventError::TooLarge { size, limit }) => {
                 return Err(Problem::too_large(format!(
                     "item [{i}] is {size} bytes serialized; the limit is {limit} bytes (--max-event-bytes); nothing was stored"
@@ -314,16 +321,17 @@ pub async fn publish_batch(
             Err(e @ EventError::Malformed(_)) => return Err(e.into()),
         }
     }
-    if !errors.is_empty() {
-        let items: std::collections::BTreeSet<&str> = errors
+    if !bad_items.is_empty() {
+        let mut named: Vec<String> = bad_items
             .iter()
-            .map(|e| e.field.split('.').next().unwrap_or(""))
+            .take(20)
+            .map(|i| format!("[{i}]"))
             .collect();
-        let detail = format!(
-            "invalid item(s) {}; nothing was stored",
-            items.into_iter().collect::<Vec<_>>().join(", ")
-        );
-        return Err(Problem::invalid(detail, errors));
+        if bad_items.len() > 20 {
+            named.push(format!("and {} more", bad_items.len() - 20));
+        }
+        let detail = format!("invalid item(s) {}; nothing was stored", named.join(", "));
+        return Err(Problem::invalid_counted(detail, errors, unlisted));
     }
     let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
     let outcomes = state.store.append(prepared).await?;
