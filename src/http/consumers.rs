@@ -30,7 +30,7 @@ use crate::store::StoreHandle;
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
 /// Largest request body accepted here.
-const MAX_BODY: usize = 64 << 10;
+pub const MAX_BODY: usize = 64 << 10;
 
 /// A consumer as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -257,6 +257,8 @@ fn location(name: &str) -> HeaderValue {
             headers(("Location" = String, description = "/consumers/{name}"))),
         (status = 200, description = "Updated (durably)", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or field, or `start` past the next event", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
@@ -409,6 +411,8 @@ pub async fn events(
     responses(
         (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`seq` is behind the committed cursor", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`seq` is missing, not a number, or past the newest stored event", body = Problem, content_type = "application/problem+json"),

@@ -167,6 +167,12 @@ fn location(seq: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("/events/{seq}")).expect("a path is a valid header value")
 }
 
+/// The largest body of `POST /events`: the event limit plus room for the
+/// attributes the server adds (id, time) and JSON whitespace.
+pub fn single_body_limit(max_event_bytes: usize) -> usize {
+    max_event_bytes * 2 + 4096
+}
+
 /// Publish one event.
 #[utoipa::path(
     post, path = "/events", tag = "events",
@@ -179,9 +185,10 @@ fn location(seq: u64) -> HeaderValue {
         (status = 200, description = "Duplicate of a stored (source, id): the original seq", body = PublishResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Event or body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or too many request bodies in flight", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn publish(
@@ -190,12 +197,10 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, Problem> {
     let limits = state.settings.limits;
-    // The body of one event is bounded by the event limit plus room for the
-    // attributes the server adds (id, time) and JSON whitespace.
     let bytes = body::read_limited(
         &headers,
         body,
-        limits.max_event_bytes * 2 + 4096,
+        single_body_limit(limits.max_event_bytes),
         state.settings.body_timeout,
     )
     .await?;
@@ -235,9 +240,10 @@ pub async fn publish(
         (status = 200, description = "Every item was a duplicate", body = BatchResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too many items, or an item or the body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An item is invalid; `errors` names it, e.g. `[3].type`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down or too many request bodies in flight", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn publish_batch(
