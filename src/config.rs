@@ -132,6 +132,13 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_SUBSCRIBERS", default_value_t = 1024)]
     pub max_subscribers: usize,
 
+    /// Most durable consumers (`PUT /consumers/{name}` of a new one beyond
+    /// it answers 409). Each costs memory, a line in `/stats` and
+    /// `/metrics`, and its share of the consumer state the writer keeps
+    /// on disk; raise it for many workers, at that cost.
+    #[arg(long, env = "MSGBUS_MAX_CONSUMERS", default_value_t = 1000)]
+    pub max_consumers: usize,
+
     /// Retention: keep at most about this many of the newest events. Whole
     /// sealed segments are deleted once every event in them is older, so
     /// up to one segment more is kept. Off by default.

@@ -147,6 +147,19 @@ fn consumer_problem(e: ConsumerError) -> Problem {
             });
             p
         }
+        e @ ConsumerError::TooMany { .. } => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-consumers",
+                "Too many consumers",
+                e.to_string(),
+            );
+            p.errors.push(FieldError {
+                field: "name".into(),
+                message: "a new consumer would pass --max-consumers".into(),
+            });
+            p
+        }
         ConsumerError::Store(e) => e.into(),
     }
 }
@@ -235,7 +248,22 @@ fn parse_spec(body: Map<String, Value>) -> Result<(ConsumerFilter, Option<Start>
         *slot = match v {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
-            Value::String(s) => Some(s),
+            Value::String(s) => {
+                // No longer than the attribute it is compared with: a longer
+                // value could never match, and the writer keeps every filter.
+                let max = match k.as_str() {
+                    "type" | "type_prefix" => crate::event::MAX_TYPE_LEN,
+                    "source" => crate::event::MAX_SOURCE_LEN,
+                    _ => crate::event::MAX_SUBJECT_LEN,
+                };
+                if s.len() > max {
+                    return Err(invalid(
+                        &k,
+                        format!("is {} bytes; the most is {max}", s.len()),
+                    ));
+                }
+                Some(s)
+            }
             _ => return Err(invalid(&k, "must be a string")),
         };
     }
@@ -259,8 +287,9 @@ fn location(name: &str) -> HeaderValue {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Creating it would pass --max-consumers", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or field, or `start` past the next event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 bytes, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -276,7 +305,7 @@ pub async fn put(
         parse_spec(object_body(&headers, body, state.settings.body_timeout).await?)?;
     let (c, created) = state
         .store
-        .put_consumer(name.clone(), filter, start)
+        .put_consumer(name.clone(), filter, start, state.settings.max_consumers)
         .await
         .map_err(|e| match e {
             ConsumerError::PastHead { seq, head } => invalid(

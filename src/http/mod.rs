@@ -91,6 +91,8 @@ pub struct HttpSettings {
     pub sse_heartbeat: Duration,
     /// Free space below which publishing answers 507 (for on-demand checks).
     pub min_free_bytes: u64,
+    /// Most durable consumers.
+    pub max_consumers: usize,
     /// Browser origins allowed to call the API (CORS).
     pub cors_allow_origins: Vec<String>,
     /// The largest body any route reads: the most one request takes from
@@ -118,6 +120,7 @@ impl AppState {
                 started: Instant::now(),
                 sse_heartbeat: config.sse_heartbeat,
                 min_free_bytes: config.min_free_bytes,
+                max_consumers: config.max_consumers,
                 cors_allow_origins: config.cors_allow_origin.clone(),
                 max_request_body: (config.max_batch_bytes as usize)
                     .max(events::single_body_limit(config.max_event_bytes as usize))

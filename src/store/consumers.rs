@@ -197,6 +197,14 @@ pub enum ConsumerError {
         /// The newest stored seq.
         head: u64,
     },
+    /// Creating one more would pass `--max-consumers` (409).
+    #[error(
+        "there are already {limit} consumers, the most allowed (--max-consumers); delete one first"
+    )]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
     /// The store refused or failed (mapped like any store error).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -217,6 +225,8 @@ pub enum Request {
         filter: ConsumerFilter,
         /// Where to put its cursor.
         start: Option<Start>,
+        /// Most consumers there may be; creating one more is refused.
+        max_consumers: usize,
         /// The answer.
         reply: Reply<(Consumer, bool)>,
     },
@@ -262,10 +272,14 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 name,
                 filter,
                 start,
+                max_consumers,
                 reply,
             } => {
                 let existing = map.get(&name).cloned();
                 let cursor = match (start, &existing) {
+                    (_, None) if map.len() >= max_consumers => Err(ConsumerError::TooMany {
+                        limit: max_consumers,
+                    }),
                     (None, Some(c)) => Ok(c.cursor),
                     (None, None) | (Some(Start::Earliest), _) => Ok(first_seq - 1),
                     (Some(Start::Latest), _) => Ok(head),
@@ -377,16 +391,19 @@ impl StoreHandle {
     }
 
     /// Creates or updates a consumer; answers it and whether it is new.
+    /// Creating one when `max_consumers` exist already is refused.
     pub async fn put_consumer(
         &self,
         name: String,
         filter: ConsumerFilter,
         start: Option<Start>,
+        max_consumers: usize,
     ) -> Result<(Consumer, bool), ConsumerError> {
         self.consumer_request(|reply| Request::Put {
             name,
             filter,
             start,
+            max_consumers,
             reply,
         })
         .await
