@@ -40,6 +40,23 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_BATCH_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub max_batch_bytes: u64,
 
+    /// Request bodies all requests in flight may hold together (declared
+    /// lengths up front, bodies without one as they arrive). Beyond it a
+    /// request answers 503 with `Retry-After` instead of adding to memory:
+    /// a larger budget lets more large batches be received at once, a
+    /// smaller one bounds the server's memory under a flood of bodies.
+    #[arg(long, env = "MSGBUS_MAX_BODY_BYTES_IN_FLIGHT", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_body_bytes_in_flight: u64,
+
+    /// Browser origins (e.g. `https://dash.example.com`) allowed to call the
+    /// API from their pages, with CORS answers; repeat the flag or separate
+    /// them with commas. By default none: a browser request from any other
+    /// origin than the server's own (by `Origin` or `Sec-Fetch-Site:
+    /// cross-site`/`same-site`) is refused with 403, so no web page can
+    /// publish, ack or trigger admin work. Non-browser clients are unaffected.
+    #[arg(long, env = "MSGBUS_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
     /// Commands the writer's queue holds before publishers get 503 with
     /// `Retry-After`. Bounds memory under overload instead of queueing forever.
     #[arg(long, env = "MSGBUS_QUEUE_CAPACITY", default_value_t = 4096)]
@@ -143,6 +160,13 @@ pub struct ServeConfig {
     /// `Retry-After`. Each holds at most one page (about 1 MiB) of events.
     #[arg(long, env = "MSGBUS_MAX_SUBSCRIBERS", default_value_t = 1024)]
     pub max_subscribers: usize,
+
+    /// Most durable consumers (`PUT /consumers/{name}` of a new one beyond
+    /// it answers 409). Each costs memory, a line in `/stats` and
+    /// `/metrics`, and its share of the consumer state the writer keeps
+    /// on disk; raise it for many workers, at that cost.
+    #[arg(long, env = "MSGBUS_MAX_CONSUMERS", default_value_t = 1000)]
+    pub max_consumers: usize,
 
     /// Retention: keep at most about this many of the newest events. Whole
     /// sealed segments are deleted once every event in them is older, so

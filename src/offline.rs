@@ -191,6 +191,7 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
         active_len: rec.active.len,
         active_crc: rec.active.crc,
         last_seq: rec.next_seq - 1,
+        consumers: Some(crate::store::consumers::load(data_dir)?.snapshot()),
     };
     let info = backup::take(
         &src,
@@ -227,10 +228,16 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             std::fs::rename(&manifest_path, aside.join(manifest::FILE_NAME))
                 .map_err(io(format!("move {} aside", manifest_path.display())))?;
         }
-        let consumers = data_dir.join(crate::store::consumers::FILE_NAME);
-        if consumers.exists() {
-            std::fs::rename(&consumers, aside.join(crate::store::consumers::FILE_NAME))
-                .map_err(io(format!("move {} aside", consumers.display())))?;
+        // The snapshot and the log: the backup's snapshot replaces both.
+        for name in [
+            crate::store::consumers::FILE_NAME,
+            crate::store::consumers::LOG_NAME,
+        ] {
+            let consumers = data_dir.join(name);
+            if consumers.exists() {
+                std::fs::rename(&consumers, aside.join(name))
+                    .map_err(io(format!("move {} aside", consumers.display())))?;
+            }
         }
         if seg_dir.exists() {
             std::fs::rename(&seg_dir, aside.join(SEGMENTS_DIR))

@@ -9,7 +9,7 @@ use common::events::{event, events};
 use common::files::DataDir;
 use common::http::Api;
 use common::process::spawn_process;
-use common::server::spawn_app;
+use common::server::{spawn_app, spawn_app_with};
 use serde_json::{json, Value};
 
 async fn put(api: &Api, name: &str, body: Value) -> (u16, Value) {
@@ -160,4 +160,101 @@ async fn an_ack_answered_200_survives_sigkill() {
     assert_eq!(seqs(&page), vec![8, 9, 10], "resumes at N+1 after SIGKILL");
     assert_eq!(page["cursor"], 7);
     p.kill().await;
+}
+
+/// Consumers are bounded: at most `--max-consumers` of them (409 naming
+/// `name` beyond; updating one that exists is fine), and each filter value
+/// no longer than the event attribute it is compared with (422 naming the
+/// field), so a client cannot make the consumer state, written by the
+/// writer on every change, grow without bound (300 consumers with 60 KB
+/// filters made an 18 MB file).
+#[tokio::test]
+async fn consumer_count_and_filter_sizes_are_bounded() {
+    let app = spawn_app_with(&["--max-consumers", "3"]).await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(put(&app, name, json!({})).await.0, 201);
+    }
+    let res = app.put("/consumers/d", &json!({})).await;
+    let p = res.assert_problem(409);
+    assert_eq!(common::http::error_fields(&p), vec!["name"], "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("--max-consumers"),
+        "{p}"
+    );
+    assert_eq!(put(&app, "a", json!({"type": "t"})).await.0, 200);
+    assert_eq!(app.delete("/consumers/c").await.status, 204);
+    assert_eq!(put(&app, "d", json!({})).await.0, 201);
+
+    for (field, len) in [
+        ("type", 257),
+        ("type_prefix", 257),
+        ("source", 1025),
+        ("subject", 1025),
+    ] {
+        let res = app
+            .put("/consumers/a", &json!({ field: "x".repeat(len) }))
+            .await;
+        let p = res.assert_problem(422);
+        assert_eq!(common::http::error_fields(&p), vec![field], "{p}");
+    }
+    let res = app
+        .put("/consumers/a", &json!({"type_prefix": "x".repeat(60_000)}))
+        .await;
+    res.assert_problem(422);
+    let ok =
+        json!({"type": "t".repeat(256), "source": "s".repeat(1024), "subject": "u".repeat(1024)});
+    assert_eq!(put(&app, "a", ok).await.0, 200);
+}
+
+/// An ack costs the writer one small appended line, not a rewrite of every
+/// consumer: with 50 consumers holding 2 KB of filters each, 30 acks leave
+/// the snapshot alone and add a few hundred bytes each to consumers.log.
+/// The log is replayed at start, and a torn last line (a crash mid-append)
+/// is cut away.
+#[tokio::test]
+async fn acks_append_to_a_log_and_replay_after_restart() {
+    let app = spawn_app().await;
+    app.publish_batch(&events(1, 40, 0)).await;
+    let big = json!({"source": "s".repeat(1024), "subject": "u".repeat(1024)});
+    for i in 0..50 {
+        assert_eq!(put(&app, &format!("c{i}"), big.clone()).await.0, 201);
+    }
+    assert_eq!(put(&app, "worker", json!({})).await.0, 201);
+    let snapshot = app.data_dir().join("consumers.json");
+    let log = app.data_dir().join("consumers.log");
+    let snap_before = std::fs::read(&snapshot).ok();
+    let log_before = std::fs::metadata(&log).expect("consumers.log exists").len();
+    for seq in 1..=30 {
+        assert_eq!(ack(&app, "worker", seq).await.0, 200);
+    }
+    let grown = std::fs::metadata(&log).unwrap().len() - log_before;
+    assert!(
+        grown < 30 * 400,
+        "30 acks of a consumer without filters appended {grown} bytes"
+    );
+    assert_eq!(
+        std::fs::read(&snapshot).ok(),
+        snap_before,
+        "the snapshot is not rewritten by acks"
+    );
+
+    let dir = app.stop().await;
+    // A crash mid-append leaves part of a line.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("consumers.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, br#"{"crc":"00000000","rec":{"put":{"na"#).unwrap();
+    drop(f);
+    let app = common::server::start_app(dir, &[]).await;
+    let c = app.get_json("/consumers/worker").await;
+    assert_eq!(c["cursor"], 30, "{c}");
+    assert_eq!(
+        app.get_json("/consumers/c49").await["filter"]["source"],
+        "s".repeat(1024)
+    );
+    // The torn line is gone, and later acks append after the good ones.
+    assert_eq!(ack(&app, "worker", 31).await.0, 200);
+    let app = app.restart(&[]).await;
+    assert_eq!(app.get_json("/consumers/worker").await["cursor"], 31);
 }

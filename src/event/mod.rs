@@ -339,6 +339,60 @@ mod tests {
         }
     }
 
+    /// Brackets inside strings are text, not nesting: `["]",` repeated
+    /// 5,000 deep is 5,000 levels (a Value parse refuses it, so must the
+    /// JSON-text path), and a string full of brackets is one flat value.
+    #[test]
+    fn depth_counts_real_nesting_only() {
+        let deep = [
+            &br#"{"type":"t","source":"/s","data":"#[..],
+            &br#"["]","#.repeat(5000),
+            b"0",
+            &b"]".repeat(5000),
+            b"}",
+        ]
+        .concat();
+        assert!(serde_json::from_slice::<Value>(&deep).is_err());
+        assert!(
+            matches!(from_json(&deep, "", L), Err(EventError::Malformed(_))),
+            "5,000 levels with brackets in strings are refused as a parser would"
+        );
+        // Escaped quotes and backslashes do not end a string early.
+        let escaped = [
+            &br#"{"type":"t","source":"/s","data":"#[..],
+            &br#"["\"]\","#.repeat(300),
+            b"0",
+            &b"]".repeat(300),
+            b"}",
+        ]
+        .concat();
+        assert!(serde_json::from_slice::<Value>(&escaped).is_err());
+        assert!(matches!(
+            from_json(&escaped, "", L),
+            Err(EventError::Malformed(_))
+        ));
+        let flat = [
+            &br#"{"type":"t","source":"/s","data":""#[..],
+            &b"[{".repeat(5000),
+            br#"\\\"","x":"]]]}}}"}"#,
+        ]
+        .concat();
+        let stored = from_json(&flat, "", L).expect("brackets inside strings are accepted");
+        let back: Value = serde_json::from_slice(stored.bytes()).unwrap();
+        assert_eq!(back["x"], "]]]}}}");
+        // Nesting a parser accepts (under 128 levels) is kept as sent.
+        let ok = [
+            &br#"{"type":"t","source":"/s","data":"#[..],
+            &br#"["]","#.repeat(100),
+            b"0",
+            &b"]".repeat(100),
+            b"}",
+        ]
+        .concat();
+        assert!(serde_json::from_slice::<Value>(&ok).is_ok());
+        assert!(from_json(&ok, "", L).is_ok());
+    }
+
     /// Mutates a valid event at random (a fixed seed) and checks that the
     /// JSON-text path decides exactly as the Value path: the same 400s, the
     /// same 422s with the same fields, and when both store the event, the

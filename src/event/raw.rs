@@ -47,14 +47,31 @@ enum Text {
 /// nesting deeper than a full parse allows. Reading a value as raw text
 /// skips it without those checks; the `Value` path refuses them as
 /// malformed JSON, and so must this one: many JSON parsers cannot read such
-/// an event back. (A digit before an `e`, or brackets, inside a string also
-/// ask for the check; that only costs the check.)
+/// an event back. Nesting is counted exactly: brackets inside strings are
+/// text (a string ends at a `"` no backslash escapes), so `["]",` repeated
+/// 5,000 times is 5,000 levels, and a string full of brackets is none. (A
+/// digit before an `e` inside a string also asks for the check; that only
+/// costs the check.)
 fn classify(text: &str) -> Text {
     let (mut digits, mut depth, mut check) = (0usize, 0usize, false);
+    let (mut in_string, mut escaped) = (false, false);
     for b in text.bytes() {
+        if in_string {
+            match b {
+                b'\n' | b'\r' => return Text::HasLineBreak,
+                _ if escaped => escaped = false,
+                b'\\' => {
+                    escaped = true;
+                    check = true;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
         match b {
             b'\n' | b'\r' => return Text::HasLineBreak,
-            b'\\' => check = true,
+            b'"' => in_string = true,
             b'e' | b'E' if digits > 0 => check = true,
             b'0'..=b'9' => {
                 digits += 1;

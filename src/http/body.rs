@@ -1,5 +1,5 @@
 //! Request helpers that answer in problem+json: a body reader with a size
-//! limit (413) and a time limit (408), path parameters (400), a JSON parser whose errors name line and column (400), a
+//! limit (413), a time limit (408) and the shared body budget (503), path parameters (400), a JSON parser whose errors name line and column (400), a
 //! content-type check (415) and a strict query-string parser (400).
 
 use std::collections::HashMap;
@@ -51,6 +51,9 @@ pub async fn read_limited(
     match read {
         Ok(b) => Ok(b),
         Err(e) => {
+            if caused_by::<super::guard::BudgetExhausted>(&e) {
+                return Err(super::guard::budget_problem());
+            }
             let over = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
@@ -63,6 +66,18 @@ pub async fn read_limited(
             }
         }
     }
+}
+
+/// True when `T` is somewhere in `e`'s chain of causes.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn too_large(limit: usize) -> Problem {
@@ -101,8 +116,10 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// Answers 415 unless the media type is one of `allowed` (or absent, which
-/// is taken as JSON for the convenience of `curl -d`).
+/// Answers 415 unless the media type is one of `allowed`. Absent is
+/// accepted only because a request with a body and no `Content-Type` never
+/// gets here ([`super::guard`] answers it with 415): without a body there
+/// is nothing to label.
 pub fn require_media_type(headers: &HeaderMap, allowed: &[&str]) -> Result<(), Problem> {
     match media_type(headers) {
         None => Ok(()),

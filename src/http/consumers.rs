@@ -30,7 +30,7 @@ use crate::store::StoreHandle;
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
 /// Largest request body accepted here.
-const MAX_BODY: usize = 64 << 10;
+pub const MAX_BODY: usize = 64 << 10;
 
 /// A consumer as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -147,6 +147,19 @@ fn consumer_problem(e: ConsumerError) -> Problem {
             });
             p
         }
+        e @ ConsumerError::TooMany { .. } => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-consumers",
+                "Too many consumers",
+                e.to_string(),
+            );
+            p.errors.push(FieldError {
+                field: "name".into(),
+                message: "a new consumer would pass --max-consumers".into(),
+            });
+            p
+        }
         ConsumerError::Store(e) => e.into(),
     }
 }
@@ -235,7 +248,22 @@ fn parse_spec(body: Map<String, Value>) -> Result<(ConsumerFilter, Option<Start>
         *slot = match v {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
-            Value::String(s) => Some(s),
+            Value::String(s) => {
+                // No longer than the attribute it is compared with: a longer
+                // value could never match, and the writer keeps every filter.
+                let max = match k.as_str() {
+                    "type" | "type_prefix" => crate::event::MAX_TYPE_LEN,
+                    "source" => crate::event::MAX_SOURCE_LEN,
+                    _ => crate::event::MAX_SUBJECT_LEN,
+                };
+                if s.len() > max {
+                    return Err(invalid(
+                        &k,
+                        format!("is {} bytes; the most is {max}", s.len()),
+                    ));
+                }
+                Some(s)
+            }
             _ => return Err(invalid(&k, "must be a string")),
         };
     }
@@ -257,12 +285,14 @@ fn location(name: &str) -> HeaderValue {
             headers(("Location" = String, description = "/consumers/{name}"))),
         (status = 200, description = "Updated (durably)", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Creating it would pass --max-consumers", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or field, or `start` past the next event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+        (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 bytes, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
@@ -279,7 +309,7 @@ pub async fn put(
         parse_spec(object_body(&headers, body, state.settings.body_timeout).await?)?;
     let (c, created) = state
         .store
-        .put_consumer(name.clone(), filter, start)
+        .put_consumer(name.clone(), filter, start, state.settings.max_consumers)
         .await
         .map_err(|e| match e {
             ConsumerError::PastHead { seq, head } => invalid(
@@ -418,9 +448,10 @@ pub async fn events(
     responses(
         (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back", body = ConsumerView),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`seq` is behind the committed cursor", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`seq` is missing, not a number, or past the newest stored event", body = Problem, content_type = "application/problem+json"),

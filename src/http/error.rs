@@ -15,6 +15,10 @@ use crate::store::StoreError;
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Most field errors a problem lists; the rest are only counted
+/// (`more_errors`), so an answer stays small whatever the request held.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
 /// An RFC 9457 problem details object.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -29,9 +33,14 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,
-    /// Field-level validation errors.
+    /// Field-level validation errors: the first 100 found.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// How many more field errors were found than `errors` lists (absent
+    /// when it lists them all).
+    #[serde(skip_serializing_if = "is_zero")]
+    #[schema(required = false)]
+    pub more_errors: u32,
     /// Seconds to wait before retrying (also sent as `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
@@ -55,6 +64,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            more_errors: 0,
             retry_after: None,
             oldest_seq: None,
         }
@@ -98,15 +108,29 @@ impl Problem {
         p
     }
 
-    /// 422: the event (or request) is well-formed but invalid.
+    /// 422: the event (or request) is well-formed but invalid. Lists the
+    /// first [`MAX_LISTED_ERRORS`] of `errors` and counts the rest.
     pub fn invalid(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        Problem::invalid_counted(detail, errors, 0)
+    }
+
+    /// [`Problem::invalid`] when `unlisted` more errors were found than
+    /// `errors` holds (a caller that stopped collecting them).
+    pub fn invalid_counted(
+        detail: impl Into<String>,
+        mut errors: Vec<FieldError>,
+        unlisted: usize,
+    ) -> Self {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-event",
             "Invalid event",
             detail,
         );
+        let more = errors.len().saturating_sub(MAX_LISTED_ERRORS) + unlisted;
+        errors.truncate(MAX_LISTED_ERRORS);
         p.errors = errors;
+        p.more_errors = u32::try_from(more).unwrap_or(u32::MAX);
         p
     }
 
@@ -227,11 +251,15 @@ impl From<EventError> for Problem {
     fn from(e: EventError) -> Self {
         match e {
             EventError::Invalid(errors) => {
-                let detail = errors
+                let mut detail = errors
                     .iter()
+                    .take(10)
                     .map(|e| format!("{}: {}", e.field, e.message))
                     .collect::<Vec<_>>()
                     .join("; ");
+                if errors.len() > 10 {
+                    detail.push_str(&format!("; and {} more", errors.len() - 10));
+                }
                 Problem::invalid(detail, errors)
             }
             EventError::TooLarge { size, limit } => Problem::too_large(format!(
@@ -245,4 +273,8 @@ impl From<EventError> for Problem {
 /// Serializes a problem slug as its URI.
 fn problem_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("urn:msgbus:problem:{slug}"))
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -167,6 +167,12 @@ fn location(seq: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("/events/{seq}")).expect("a path is a valid header value")
 }
 
+/// The largest body of `POST /events`: the event limit plus room for the
+/// attributes the server adds (id, time) and JSON whitespace.
+pub fn single_body_limit(max_event_bytes: usize) -> usize {
+    max_event_bytes * 2 + 4096
+}
+
 /// Publish one event.
 #[utoipa::path(
     post, path = "/events", tag = "events",
@@ -180,9 +186,10 @@ fn location(seq: u64) -> HeaderValue {
         (status = 400, description = "Malformed JSON or an empty body", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Event or body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid event", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
@@ -193,12 +200,10 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, Problem> {
     let limits = state.settings.limits;
-    // The body of one event is bounded by the event limit plus room for the
-    // attributes the server adds (id, time) and JSON whitespace.
     let bytes = body::read_limited(
         &headers,
         body,
-        limits.max_event_bytes * 2 + 4096,
+        single_body_limit(limits.max_event_bytes),
         state.settings.body_timeout,
     )
     .await?;
@@ -239,9 +244,10 @@ pub async fn publish(
         (status = 400, description = "Malformed JSON or an empty body", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too many items, or an item or the body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An item is invalid; `errors` names it, e.g. `[3].type`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
@@ -262,7 +268,28 @@ pub async fn publish_batch(
     .await?;
     body::require_body(&bytes)?;
     // Each item is kept as its JSON text and parsed once, by event::from_json.
-    let items: Vec<&RawValue> = match serde_json::from_slice(&bytes) {
+    // Items are counted as the array is parsed: the one past the limit ends
+    // the parse, so a body of millions of tiny items never becomes a list
+    // of millions of entries.
+    let over_limit = std::cell::Cell::new(false);
+    let seed = BatchItems {
+        limit: settings.max_batch_events,
+        over_limit: &over_limit,
+    };
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|items| {
+        if !over_limit.get() {
+            de.end()?;
+        }
+        Ok(items)
+    });
+    if over_limit.get() {
+        return Err(Problem::too_large(format!(
+            "the batch holds more than {0} events; the limit is {0} (--max-batch-events); nothing was stored",
+            settings.max_batch_events
+        )));
+    }
+    let items: Vec<&RawValue> = match parsed {
         Ok(items) => items,
         // Valid JSON of another kind.
         Err(e) if e.is_data() => {
@@ -285,19 +312,19 @@ pub async fn publish_batch(
             }],
         ));
     }
-    if items.len() > settings.max_batch_events {
-        return Err(Problem::too_large(format!(
-            "the batch holds {} events; the limit is {} (--max-batch-events)",
-            items.len(),
-            settings.max_batch_events
-        )));
-    }
     let mut prepared = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
+    // The first errors are listed, the rest only counted (and the invalid
+    // items named in the detail up to the same bound).
+    let (mut errors, mut unlisted, mut bad_items) = (Vec::new(), 0usize, Vec::new());
     for (i, item) in items.into_iter().enumerate() {
         match event::from_json(item.get().as_bytes(), &format!("[{i}]."), settings.limits) {
             Ok(p) => prepared.push(p),
-            Err(EventError::Invalid(e)) => errors.extend(e),
+            Err(EventError::Invalid(e)) => {
+                bad_items.push(i);
+                let room = super::error::MAX_LISTED_ERRORS.saturating_sub(errors.len());
+                unlisted += e.len().saturating_sub(room);
+                errors.extend(e.into_iter().take(room));
+            }
             Err(EventError::TooLarge { size, limit }) => {
                 return Err(Problem::too_large(format!(
                     "item [{i}] is {size} bytes serialized; the limit is {limit} bytes (--max-event-bytes); nothing was stored"
@@ -306,16 +333,17 @@ pub async fn publish_batch(
             Err(e @ EventError::Malformed(_)) => return Err(e.into()),
         }
     }
-    if !errors.is_empty() {
-        let items: std::collections::BTreeSet<&str> = errors
+    if !bad_items.is_empty() {
+        let mut named: Vec<String> = bad_items
             .iter()
-            .map(|e| e.field.split('.').next().unwrap_or(""))
+            .take(20)
+            .map(|i| format!("[{i}]"))
             .collect();
-        let detail = format!(
-            "invalid item(s) {}; nothing was stored",
-            items.into_iter().collect::<Vec<_>>().join(", ")
-        );
-        return Err(Problem::invalid(detail, errors));
+        if bad_items.len() > 20 {
+            named.push(format!("and {} more", bad_items.len() - 20));
+        }
+        let detail = format!("invalid item(s) {}; nothing was stored", named.join(", "));
+        return Err(Problem::invalid_counted(detail, errors, unlisted));
     }
     let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
     let outcomes = state.store.append(prepared).await?;
@@ -336,6 +364,38 @@ pub async fn publish_batch(
         StatusCode::OK
     };
     Ok(json_response(status, body))
+}
+
+/// The items of a batch array as JSON text, at most `limit` of them: the
+/// parse stops with an error at the next one and sets `over_limit`.
+struct BatchItems<'c> {
+    limit: usize,
+    over_limit: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchItems<'_> {
+    type Value = Vec<&'de RawValue>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchItems<'_> {
+    type Value = Vec<&'de RawValue>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(self.limit.min(64));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.limit {
+                self.over_limit.set(true);
+                return Err(serde::de::Error::custom("too many items"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// Read events in sequence order.

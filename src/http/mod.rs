@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus text exposition
 //! - [`docs`]: the OpenAPI document and Swagger UI
 //! - [`body`]: request-body and query helpers that answer in problem+json
+//! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
 
 pub mod admin;
 pub mod body;
@@ -15,6 +16,7 @@ pub mod consumers;
 pub mod docs;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod stats;
@@ -64,6 +66,8 @@ pub struct AppStateParts {
     pub shutdown: watch::Receiver<bool>,
     /// Open SSE streams, capped by `--max-subscribers`.
     pub subscribers: Arc<stream::Subscribers>,
+    /// Request bodies in flight, capped by `--max-body-bytes-in-flight`.
+    pub body_budget: Arc<guard::BodyBudget>,
 }
 
 /// The settings the HTTP layer uses.
@@ -91,6 +95,13 @@ pub struct HttpSettings {
     pub max_page_bytes: usize,
     /// Most per-type and per-source series in `/stats` and `/metrics`.
     pub max_label_series: usize,
+    /// Most durable consumers.
+    pub max_consumers: usize,
+    /// Browser origins allowed to call the API (CORS).
+    pub cors_allow_origins: Vec<String>,
+    /// The largest body any route reads: the most one request takes from
+    /// the body budget up front.
+    pub max_request_body: usize,
 }
 
 impl AppState {
@@ -115,9 +126,17 @@ impl AppState {
                 min_free_bytes: config.min_free_bytes,
                 max_page_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
                 max_label_series: config.max_label_series,
+                max_consumers: config.max_consumers,
+                cors_allow_origins: config.cors_allow_origin.clone(),
+                max_request_body: (config.max_batch_bytes as usize)
+                    .max(events::single_body_limit(config.max_event_bytes as usize))
+                    .max(consumers::MAX_BODY),
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
+            body_budget: Arc::new(guard::BodyBudget::new(
+                config.max_body_bytes_in_flight as usize,
+            )),
         }))
     }
 }
@@ -159,8 +178,11 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state.clone());
     api.merge(docs::router(doc_limits))
+        // Outside the routing, so it sees every request: preflights
+        // (OPTIONS has no route) and unknown paths too.
+        .layer(middleware::from_fn_with_state(state, guard::guard))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -93,6 +93,9 @@ pub struct BackupSource {
     pub active_crc: u32,
     /// Last sequence number stored.
     pub last_seq: u64,
+    /// The committed consumers as a `consumers.json` snapshot (the live
+    /// state is that file plus `consumers.log`), if there are any.
+    pub consumers: Option<Vec<u8>>,
 }
 
 /// How many physically distinct backup copies of each sealed segment a
@@ -353,16 +356,16 @@ fn assemble(
         sha256: hex::encode(Sha256::digest(&manifest_bytes)),
     });
     // Consumer cursors go with the events they point into, so a restore
-    // does not leave a cursor past the restored head. (Replaced atomically
-    // by the writer, so reading it whole gives one consistent version.)
-    let consumers = src.data_dir.join(super::consumers::FILE_NAME);
-    if let Ok(bytes) = fs::read(&consumers) {
-        write_synced(&tmp.join(super::consumers::FILE_NAME), &bytes)?;
+    // does not leave a cursor past the restored head. (A snapshot of the
+    // committed state, taken by whoever built the source: the log the live
+    // state also uses is already applied to it.)
+    if let Some(bytes) = &src.consumers {
+        write_synced(&tmp.join(super::consumers::FILE_NAME), bytes)?;
         copied.push(files.len());
         files.push(BackupFile {
             path: super::consumers::FILE_NAME.to_string(),
             bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256: hex::encode(Sha256::digest(bytes)),
         });
     }
     for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {

@@ -5,10 +5,20 @@
 //! after the cursor; an ack moves it forward. Delivery is at-least-once:
 //! events read but not acked are delivered again.
 //!
-//! All consumers live in `consumers.json` in the data directory, replaced
-//! atomically (temp, fsync, rename, fsync the directory) by the writer
-//! thread alone, so an answered ack survives a crash. Acks queued together
-//! share one file write. Readers use the snapshot in [`Consumers`].
+//! Consumers live in two files the writer thread alone writes: the snapshot
+//! `consumers.json`, replaced atomically (temp, fsync, rename, fsync the
+//! directory), and `consumers.log`, to which every change appends one small
+//! line per consumer it touched (`{"crc":…,"rec":{"put":consumer}}` or
+//! `{"crc":…,"rec":{"delete":name}}`, CRC32C of the `rec` text), fsynced
+//! before the change is answered, so an answered ack survives a crash and
+//! costs the writer one line, not a rewrite of every consumer. Requests
+//! queued together share one append and one fsync. Once the log outgrows
+//! [`LOG_COMPACT_BYTES`] and twice the snapshot, the snapshot is rewritten
+//! and the log emptied (amortized O(1) per change). Each line sets a
+//! consumer's whole state, so replaying the log over any newer snapshot
+//! gives the same result, a crash between the two steps included. A torn
+//! last line (a crash mid-append) is cut away at start, as in segments.
+//! Readers use the snapshot in [`Consumers`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +36,11 @@ use super::{Filter, Shared, StoreHandle};
 pub const FILE_NAME: &str = "consumers.json";
 /// Format version of [`FILE_NAME`].
 pub const VERSION: u32 = 1;
+/// The change log under the data directory, replayed over [`FILE_NAME`].
+pub const LOG_NAME: &str = "consumers.log";
+/// The log is compacted into the snapshot once it is larger than this and
+/// than twice the snapshot.
+pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
 
 /// What a consumer selects (the filters of `GET /events`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,11 +93,48 @@ struct ConsumersFile {
     consumers: Vec<Consumer>,
 }
 
-/// The committed consumers, published by the writer for readers.
+/// The committed consumers, published by the writer for readers, and the
+/// writer's bookkeeping of the log.
 #[derive(Debug, Default)]
-pub struct Consumers(RwLock<BTreeMap<String, Consumer>>);
+pub struct Consumers(
+    RwLock<BTreeMap<String, Consumer>>,
+    std::sync::Mutex<LogState>,
+);
+
+/// Sizes of the two files, for deciding when to compact.
+#[derive(Debug, Default)]
+struct LogState {
+    /// Bytes in `consumers.log`.
+    log_bytes: u64,
+    /// Bytes of the last snapshot written.
+    snapshot_bytes: u64,
+    /// An append failed and could not be cut back: the next change writes
+    /// a snapshot and empties the log instead of appending after it.
+    broken: bool,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogRec {
+    Put(Consumer),
+    Delete(String),
+}
+
+#[derive(Deserialize)]
+struct LogLine<'a> {
+    crc: String,
+    #[serde(borrow)]
+    rec: &'a serde_json::value::RawValue,
+}
 
 impl Consumers {
+    /// The committed consumers as the snapshot file's bytes (what a
+    /// backup holds).
+    pub fn snapshot(&self) -> Vec<u8> {
+        snapshot_bytes(&self.read())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Consumer>> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -123,45 +175,223 @@ pub struct ConsumerStats {
     pub lag: BTreeMap<String, u64>,
 }
 
-/// Loads `consumers.json` (none yet is an empty set). Called at startup,
-/// after the data directory's lock is held and stale temp files are gone.
+/// Loads `consumers.json` (none yet is an empty set) and replays
+/// `consumers.log` over it, cutting away a torn last line. Called at
+/// startup, after the data directory's lock is held and stale temp files
+/// are gone.
 pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
     let path = data_dir.join(FILE_NAME);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Consumers::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
     };
-    let file: ConsumersFile = serde_json::from_slice(&bytes).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{} is not a valid consumers file ({e}); it is only ever replaced atomically, \
-             so this is damage: restore it from a backup or move it aside to start without consumers",
-            path.display()
-        ))
-    })?;
-    if file.version != VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "{} has format version {}, this msgbus reads version {VERSION}",
-            path.display(),
-            file.version
-        )));
-    }
-    Ok(Consumers(RwLock::new(
-        file.consumers
+    let mut map = BTreeMap::new();
+    if !bytes.is_empty() {
+        let file: ConsumersFile = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{} is not a valid consumers file ({e}); it is only ever replaced atomically, \
+                 so this is damage: restore it from a backup or move it aside to start without consumers",
+                path.display()
+            ))
+        })?;
+        if file.version != VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} has format version {}, this msgbus reads version {VERSION}",
+                path.display(),
+                file.version
+            )));
+        }
+        map = file
+            .consumers
             .into_iter()
             .map(|c| (c.name.clone(), c))
-            .collect(),
-    )))
+            .collect();
+    }
+    let log_bytes = replay_log(data_dir, &mut map)?;
+    Ok(Consumers(
+        RwLock::new(map),
+        std::sync::Mutex::new(LogState {
+            log_bytes,
+            snapshot_bytes: bytes.len() as u64,
+            broken: false,
+        }),
+    ))
 }
 
-fn store(data_dir: &Path, consumers: &BTreeMap<String, Consumer>) -> std::io::Result<()> {
+/// Applies every whole, intact line of the log to `map`; a damaged or
+/// partial last line is a crash mid-append and is cut away. Returns the
+/// log's length afterwards.
+fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u64, StoreError> {
+    let path = data_dir.join(LOG_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+    };
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let newline = rest.iter().position(|&b| b == b'\n');
+        let (line, next) = match newline {
+            Some(i) => (&rest[..i], offset + i + 1),
+            None => (rest, bytes.len()),
+        };
+        match parse_line(line) {
+            Some(rec) if newline.is_some() => {
+                match rec {
+                    LogRec::Put(c) => {
+                        map.insert(c.name.clone(), c);
+                    }
+                    LogRec::Delete(name) => {
+                        map.remove(&name);
+                    }
+                }
+                offset = next;
+            }
+            _ if next >= bytes.len() => {
+                tracing::warn!(path = %path.display(), offset, bytes = bytes.len() - offset,
+                    "cutting a torn last line from the consumers log (a crash mid-append; it was never acknowledged)");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(offset as u64).and_then(|()| f.sync_all()))
+                    .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+                return Ok(offset as u64);
+            }
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is damaged at offset {offset} and valid lines follow; restore the \
+                     consumers from a backup or move the file aside (cursors fall back to {FILE_NAME})",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(bytes.len() as u64)
+}
+
+fn parse_line(line: &[u8]) -> Option<LogRec> {
+    let l: LogLine<'_> = serde_json::from_slice(line).ok()?;
+    let crc = u32::from_str_radix(&l.crc, 16).ok()?;
+    if crc32c::crc32c(l.rec.get().as_bytes()) != crc {
+        return None;
+    }
+    serde_json::from_str(l.rec.get()).ok()
+}
+
+fn log_line(out: &mut Vec<u8>, rec: &LogRec) {
+    let text = serde_json::to_vec(rec).expect("a consumer record serializes");
+    out.extend_from_slice(
+        format!("{{\"crc\":\"{:08x}\",\"rec\":", crc32c::crc32c(&text)).as_bytes(),
+    );
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"}\n");
+}
+
+fn snapshot_bytes(consumers: &BTreeMap<String, Consumer>) -> Vec<u8> {
     let file = ConsumersFile {
         version: VERSION,
         consumers: consumers.values().cloned().collect(),
     };
     let mut bytes = serde_json::to_vec_pretty(&file).expect("consumers serialize");
     bytes.push(b'\n');
-    fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)
+    bytes
+}
+
+/// Makes the change durable: appends `changed`'s lines to the log and
+/// fsyncs it, or, when the log has grown past its bound (or an earlier
+/// append left it unusable), writes the snapshot and empties the log.
+fn store(
+    shared: &Shared,
+    map: &BTreeMap<String, Consumer>,
+    changed: &[String],
+) -> std::io::Result<()> {
+    let data_dir = &shared.data_dir;
+    let mut state = shared.consumers.1.lock().unwrap_or_else(|e| e.into_inner());
+    // First the change's own lines, so the log always ends with the newest
+    // state even if a compaction below is cut short by a crash.
+    let appended = !state.broken;
+    if appended {
+        append(data_dir, &mut state, map, changed)?;
+    }
+    if state.broken
+        || state.log_bytes > LOG_COMPACT_BYTES.max(state.snapshot_bytes.saturating_mul(2))
+    {
+        if let Err(e) = compact(data_dir, &mut state, map) {
+            if !appended {
+                return Err(e);
+            }
+            // The change is durable in the log; compaction is retried at
+            // the next change.
+            tracing::warn!(error = %e, "compacting the consumers log failed; retried at the next change");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the snapshot and empties the log.
+fn compact(
+    data_dir: &Path,
+    state: &mut LogState,
+    map: &BTreeMap<String, Consumer>,
+) -> std::io::Result<()> {
+    let bytes = snapshot_bytes(map);
+    fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)?;
+    state.snapshot_bytes = bytes.len() as u64;
+    // The snapshot holds everything: the log may go (a crash before it is
+    // emptied replays it over the snapshot, which ends in the same state).
+    let log = data_dir.join(LOG_NAME);
+    match std::fs::OpenOptions::new().write(true).open(&log) {
+        Ok(f) => {
+            f.set_len(0)?;
+            f.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    state.log_bytes = 0;
+    state.broken = false;
+    Ok(())
+}
+
+/// Appends the lines of the `changed` consumers and fsyncs the log.
+fn append(
+    data_dir: &Path,
+    state: &mut LogState,
+    map: &BTreeMap<String, Consumer>,
+    changed: &[String],
+) -> std::io::Result<()> {
+    let mut lines = Vec::with_capacity(changed.len() * 256);
+    for name in changed {
+        match map.get(name) {
+            Some(c) => log_line(&mut lines, &LogRec::Put(c.clone())),
+            None => log_line(&mut lines, &LogRec::Delete(name.clone())),
+        }
+    }
+    let path = data_dir.join(LOG_NAME);
+    let created = state.log_bytes == 0 && !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let written = std::io::Write::write_all(&mut f, &lines).and_then(|()| f.sync_data());
+    if let Err(e) = written {
+        // Cut back what may have reached the file, so nothing follows a
+        // half-written line; if even that fails, compact next time.
+        if f.set_len(state.log_bytes)
+            .and_then(|()| f.sync_data())
+            .is_err()
+        {
+            state.broken = true;
+        }
+        return Err(e);
+    }
+    if created {
+        fsutil::fsync_dir(data_dir)?;
+    }
+    state.log_bytes += lines.len() as u64;
+    Ok(())
 }
 
 /// Where a new consumer starts.
@@ -197,6 +427,14 @@ pub enum ConsumerError {
         /// The newest stored seq.
         head: u64,
     },
+    /// Creating one more would pass `--max-consumers` (409).
+    #[error(
+        "there are already {limit} consumers, the most allowed (--max-consumers); delete one first"
+    )]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
     /// The store refused or failed (mapped like any store error).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -217,6 +455,8 @@ pub enum Request {
         filter: ConsumerFilter,
         /// Where to put its cursor.
         start: Option<Start>,
+        /// Most consumers there may be; creating one more is refused.
+        max_consumers: usize,
         /// The answer.
         reply: Reply<(Consumer, bool)>,
     },
@@ -254,7 +494,7 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     let first_seq = shared.index().first_seq();
     let mut map = shared.consumers.read().clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut changed = false;
+    let mut changed: Vec<String> = Vec::new();
     let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
     for r in requests {
         answers.push(match r {
@@ -262,10 +502,14 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 name,
                 filter,
                 start,
+                max_consumers,
                 reply,
             } => {
                 let existing = map.get(&name).cloned();
                 let cursor = match (start, &existing) {
+                    (_, None) if map.len() >= max_consumers => Err(ConsumerError::TooMany {
+                        limit: max_consumers,
+                    }),
                     (None, Some(c)) => Ok(c.cursor),
                     (None, None) | (Some(Start::Earliest), _) => Ok(first_seq - 1),
                     (Some(Start::Latest), _) => Ok(head),
@@ -286,15 +530,19 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                         created_at: existing.map_or_else(|| now.clone(), |c| c.created_at),
                         updated_at: now.clone(),
                     };
-                    changed = true;
+                    changed.push(name.clone());
                     map.insert(name, c.clone());
                     (c, created)
                 });
                 answer(reply, result)
             }
             Request::Delete { name, reply } => {
-                let result = map.remove(&name).ok_or(ConsumerError::NotFound(name));
-                changed |= result.is_ok();
+                let result = map
+                    .remove(&name)
+                    .ok_or(ConsumerError::NotFound(name.clone()));
+                if result.is_ok() {
+                    changed.push(name);
+                }
                 answer(reply, result)
             }
             Request::Ack { name, seq, reply } => {
@@ -309,7 +557,7 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                         if seq > c.cursor {
                             c.cursor = seq;
                             c.updated_at = now.clone();
-                            changed = true;
+                            changed.push(name.clone());
                         }
                         Ok(c.clone())
                     }
@@ -318,8 +566,10 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
             }
         });
     }
-    let failure = if changed {
-        match store(&shared.data_dir, &map) {
+    changed.sort_unstable();
+    changed.dedup();
+    let failure = if !changed.is_empty() {
+        match store(shared, &map, &changed) {
             Ok(()) => {
                 *shared
                     .consumers
@@ -329,8 +579,8 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 None
             }
             Err(e) => {
-                let path = shared.data_dir.join(FILE_NAME);
-                tracing::error!(error = %e, path = %path.display(), "writing the consumers file failed; the change is not applied");
+                let path = shared.data_dir.join(LOG_NAME);
+                tracing::error!(error = %e, path = %path.display(), "writing the consumers log failed; the change is not applied");
                 Some(StoreError::io(format!("write {}", path.display()), e))
             }
         }
@@ -377,16 +627,19 @@ impl StoreHandle {
     }
 
     /// Creates or updates a consumer; answers it and whether it is new.
+    /// Creating one when `max_consumers` exist already is refused.
     pub async fn put_consumer(
         &self,
         name: String,
         filter: ConsumerFilter,
         start: Option<Start>,
+        max_consumers: usize,
     ) -> Result<(Consumer, bool), ConsumerError> {
         self.consumer_request(|reply| Request::Put {
             name,
             filter,
             start,
+            max_consumers,
             reply,
         })
         .await

@@ -145,3 +145,33 @@ async fn oversized_batch_body_is_413() {
     app.batch(&json!(items)).await.assert_problem(413);
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
+
+/// Items are counted while the array is parsed: the batch is refused at
+/// the item past `--max-batch-events`, before the rest is read into memory.
+/// What follows that item is never looked at, so a body that turns
+/// malformed after it is still a 413 (a parse of the whole array first
+/// answered 400 here), and a huge array of tiny items is refused the same way.
+#[tokio::test]
+async fn items_are_counted_while_parsing_and_refused_at_the_limit() {
+    let app = spawn_app_with(&["--max-batch-events", "3"]).await;
+    let body = format!(
+        "[{}, this is never parsed",
+        [r#"{"type":"t","source":"/s"}"#; 4].join(",")
+    );
+    let problem = app
+        .post_json_text("/events/batch", &body)
+        .await
+        .assert_problem(413);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--max-batch-events"),
+        "{problem}"
+    );
+    let zeros = format!("[{}0]", "0,".repeat(2_000_000));
+    app.post_json_text("/events/batch", &zeros)
+        .await
+        .assert_problem(413);
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}

@@ -347,3 +347,72 @@ async fn a_stalled_request_body_is_408_not_a_server_error() {
         assert_eq!(app.get_json("/stats").await["events"]["total"], 0);
     }
 }
+
+/// Brackets inside strings are not nesting: `["]",` repeated 5,000 deep is
+/// refused as any JSON parser refuses it (it used to be stored, and then
+/// `jq` and Python failed on the page holding it), while a string full of
+/// brackets is an ordinary value.
+#[tokio::test]
+async fn nesting_is_counted_outside_strings_only() {
+    let app = spawn_app().await;
+    let deep = format!(
+        r#"{{"type":"t","source":"/s","data":{}0{}}}"#,
+        r#"["]","#.repeat(5000),
+        "]".repeat(5000)
+    );
+    app.post_json_text("/events", &deep)
+        .await
+        .assert_problem(400);
+    let batch = format!("[{deep}]");
+    app.post_json_text("/events/batch", &batch)
+        .await
+        .assert_problem(400);
+    assert_eq!(
+        app.get_json("/events").await["last_seq"],
+        0,
+        "nothing stored"
+    );
+
+    let brackets = "[{".repeat(5000);
+    let flat = json!({"type": "t", "source": "/s", "data": brackets});
+    app.publish_ok(&flat).await;
+    let page = app.get_json("/events").await;
+    assert_eq!(page["events"][0]["event"]["data"], brackets);
+}
+
+/// A 422 lists at most 100 field errors and counts the rest in
+/// `more_errors`, so a hostile body cannot make the answer many times its
+/// own size (1,000 empty items used to list 2,000 errors).
+#[tokio::test]
+async fn listed_validation_errors_are_capped() {
+    let app = spawn_app().await;
+    let items = vec![json!({}); 1000];
+    let res = app.batch(&json!(items)).await;
+    let problem = res.assert_problem(422);
+    assert_eq!(error_fields(&problem).len(), 100, "{}", res.text().len());
+    assert_eq!(problem["more_errors"], 1900);
+    assert!(error_fields(&problem).contains(&"[0].type".to_string()));
+    assert!(
+        res.body.len() < 20_000,
+        "answer of {} bytes",
+        res.body.len()
+    );
+
+    // One event with many bad extension names is capped the same way.
+    let mut ev = serde_json::Map::new();
+    ev.insert("type".into(), json!("t"));
+    ev.insert("source".into(), json!("/s"));
+    for i in 0..300 {
+        ev.insert(format!("Bad_{i}"), json!(1));
+    }
+    let res = app.publish(&serde_json::Value::Object(ev)).await;
+    let problem = res.assert_problem(422);
+    assert_eq!(error_fields(&problem).len(), 100);
+    assert!(problem["more_errors"].as_u64().unwrap() > 0, "{problem}");
+    assert!(
+        res.body.len() < 20_000,
+        "answer of {} bytes",
+        res.body.len()
+    );
+    assert_eq!(app.get_json("/events").await["last_seq"], 0);
+}

@@ -12,6 +12,7 @@ mod crash;
 mod damage;
 mod duplicates;
 mod errors;
+mod guard;
 mod long_poll;
 mod ops;
 mod processes;

@@ -201,5 +201,6 @@ fn source(shared: &Shared) -> BackupSource {
         active_len: state.active_len,
         active_crc: state.active_crc,
         last_seq: state.last_seq,
+        consumers: Some(shared.consumers.snapshot()),
     }
 }
