@@ -32,10 +32,10 @@ pub struct Application {
 impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
-        let alerts = Arc::new(Alerts::new(
-            config.alert_capacity,
-            config.alert_webhook.clone(),
-        ));
+        let alerts = Arc::new(
+            Alerts::new(config.alert_capacity, config.alert_webhook.clone())
+                .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
+        );
         let (store, writer) = match StoreHandle::open(&config.store(), alerts.clone()) {
             Ok(opened) => opened,
             Err(e) => {

@@ -268,12 +268,9 @@ pub fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
     if free < min_free_bytes {
         if low.is_none() {
             let reason = format!("{free} bytes free on the data directory's filesystem, below the minimum of {min_free_bytes} (--min-free-bytes)");
-            shared.alerts.raise(
-                Severity::Error,
-                "low_disk",
-                Some(shared.data_dir.display().to_string()),
-                &reason,
-            );
+            shared
+                .alerts
+                .raise(Severity::Error, "low_disk", None, &reason);
             *low = Some(reason);
         }
     } else if low.is_some() {

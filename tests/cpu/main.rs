@@ -13,3 +13,4 @@ mod filters;
 mod interners;
 mod labels;
 mod pages;
+mod secrets;
