@@ -66,6 +66,8 @@ pub struct AppStateParts {
     pub subscribers: Arc<stream::Subscribers>,
     /// Takes the data directory's path out of answers.
     pub hide_paths: error::HidePaths,
+    /// The one `POST /admin/verify` check that may run.
+    pub verifications: Arc<admin::Verifications>,
 }
 
 /// The settings the HTTP layer uses.
@@ -121,6 +123,7 @@ impl AppState {
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
             hide_paths: error::HidePaths::new(&config.data_dir),
+            verifications: Arc::default(),
         }))
     }
 }
@@ -155,7 +158,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/backups",
             get(admin::list_backups).post(admin::take_backup),
         )
-        .route("/admin/verify", post(admin::verify))
+        .route(
+            "/admin/verify",
+            get(admin::verify_status).post(admin::verify),
+        )
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,

@@ -14,3 +14,4 @@ mod interners;
 mod labels;
 mod pages;
 mod secrets;
+mod verify_once;
