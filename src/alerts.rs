@@ -49,6 +49,8 @@ pub struct Alerts {
     /// Alerts queued for the webhook and not yet posted or given up on.
     unsent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     capacity: usize,
+    /// Takes the data directory's path out of listed and posted alerts.
+    hide: crate::http::error::HidePaths,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +79,15 @@ impl Alerts {
             webhook,
             unsent,
             capacity: capacity.max(1),
+            hide: Default::default(),
         }
+    }
+
+    /// Names files relative to the data directory in listed and posted
+    /// alerts (the log keeps the full paths, for operators).
+    pub fn hiding(mut self, hide: crate::http::error::HidePaths) -> Self {
+        self.hide = hide;
+        self
     }
 
     /// Raises an alert. Never blocks: a full webhook queue drops the POST
@@ -98,6 +108,8 @@ impl Alerts {
                 tracing::error!(kind, file = file.as_deref().unwrap_or("-"), detail = %detail, "alert")
             }
         }
+        let file = file.map(|f| self.hide.apply(&f).into_owned());
+        let detail = self.hide.apply(&detail).into_owned();
         let alert = {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let alert = Alert {
@@ -185,13 +197,26 @@ async fn send_webhooks(
     mut rx: mpsc::Receiver<Alert>,
     unsent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    // The URL is a secret (Slack's carries the token in its path): the
+    // log names only its scheme, host and port, and errors drop it.
+    let target = reqwest::Url::parse(&url)
+        .map(|u| {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|_| "an unparsable URL".to_string());
+    tracing::info!(webhook = %target, "alert webhook configured");
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the webhook client; alerts are not posted");
+            tracing::error!(error = %e.without_url(), webhook = %target, "cannot build the webhook client; alerts are not posted");
             return;
         }
     };
@@ -211,9 +236,11 @@ async fn send_webhooks(
             match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => break,
                 Ok(r) => {
-                    tracing::warn!(status = %r.status(), attempt, "alert webhook refused the alert")
+                    tracing::warn!(status = %r.status(), attempt, webhook = %target, "alert webhook refused the alert")
                 }
-                Err(e) => tracing::warn!(error = %e, attempt, "alert webhook unreachable"),
+                Err(e) => {
+                    tracing::warn!(error = %e.without_url(), attempt, webhook = %target, "alert webhook unreachable")
+                }
             }
             if attempt == 6 {
                 tracing::error!(

@@ -32,10 +32,10 @@ pub struct Application {
 impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
-        let alerts = Arc::new(Alerts::new(
-            config.alert_capacity,
-            config.alert_webhook.clone(),
-        ));
+        let alerts = Arc::new(
+            Alerts::new(config.alert_capacity, config.alert_webhook.clone())
+                .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
+        );
         let (store, writer) = match StoreHandle::open(&config.store(), alerts.clone()) {
             Ok(opened) => opened,
             Err(e) => {
@@ -97,6 +97,7 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
+        let verifications = state.verifications.clone();
         let router = http::router(state);
         let jobs = [
             monitor::spawn(
@@ -148,6 +149,8 @@ impl Application {
         for job in jobs {
             let _ = job.await;
         }
+        // A running `POST /admin/verify` check stops at its next file.
+        verifications.stopped(config.shutdown_timeout).await;
         store.close().await;
         drop(store);
         writer.join().await;

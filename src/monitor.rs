@@ -64,7 +64,13 @@ pub fn spawn(
                 _ = ticker.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
-            run_check(&store, Scope::Tick { scrub: tick }, settings.min_free_bytes).await;
+            run_check(
+                &store,
+                Scope::Tick { scrub: tick },
+                settings.min_free_bytes,
+                &shutdown,
+            )
+            .await;
             tick = tick.wrapping_add(1);
         }
         tracing::info!("integrity monitor stopped");
@@ -73,14 +79,22 @@ pub fn spawn(
 
 /// Runs one check, hands findings to the writer, raises alerts and updates
 /// the integrity state. Also used by `POST /admin/verify` with [`Scope::Full`].
-pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -> CheckReport {
+/// Reading the files stops between files once `shutdown` turns true.
+pub async fn run_check(
+    store: &StoreHandle,
+    scope: Scope,
+    min_free_bytes: u64,
+    shutdown: &watch::Receiver<bool>,
+) -> CheckReport {
     let started = Instant::now();
     let shared = store.shared_arc();
     let s = shared.clone();
+    let shutdown = shutdown.clone();
     let (findings, (backup_checked, backup_problems, newly_damaged)) =
         tokio::task::spawn_blocking(move || {
-            let findings = integrity::check(&s, scope);
-            (findings, verify_backups(&s, scope))
+            let stop = || *shutdown.borrow();
+            let findings = integrity::check_until(&s, scope, &stop);
+            (findings, verify_backups(&s, scope, &stop))
         })
         .await
         .unwrap_or_default();
@@ -190,7 +204,11 @@ pub async fn run_check(store: &StoreHandle, scope: Scope, min_free_bytes: u64) -
 /// backup on a full check); marks a backup that fails as unverified.
 /// Returns the files checked, the problems found, and whether a backup
 /// that had verified failed just now.
-fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>, bool) {
+fn verify_backups(
+    shared: &Arc<Shared>,
+    scope: Scope,
+    stop: &dyn Fn() -> bool,
+) -> (u64, Vec<String>, bool) {
     let mut newly_damaged = false;
     let list = lock(&shared.backups).clone();
     let targets: Vec<_> = match scope {
@@ -213,6 +231,9 @@ fn verify_backups(shared: &Arc<Shared>, scope: Scope) -> (u64, Vec<String>, bool
         };
         let mut error = None;
         for f in files {
+            if stop() {
+                return (checked, problems, newly_damaged);
+            }
             checked += 1;
             match backup::sha256_file(&dir.join(&f.path)) {
                 Ok((len, sha)) if len == f.bytes && sha == f.sha256 => {}
@@ -268,12 +289,9 @@ pub fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
     if free < min_free_bytes {
         if low.is_none() {
             let reason = format!("{free} bytes free on the data directory's filesystem, below the minimum of {min_free_bytes} (--min-free-bytes)");
-            shared.alerts.raise(
-                Severity::Error,
-                "low_disk",
-                Some(shared.data_dir.display().to_string()),
-                &reason,
-            );
+            shared
+                .alerts
+                .raise(Severity::Error, "low_disk", None, &reason);
             *low = Some(reason);
         }
     } else if low.is_some() {

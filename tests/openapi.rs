@@ -53,6 +53,7 @@ fn every_route_is_documented() {
         ("/admin/backups", "get"),
         ("/admin/backups", "post"),
         ("/admin/verify", "post"),
+        ("/admin/verify", "get"),
         ("/events", "post"),
         ("/events", "get"),
         ("/consumers/{name}", "put"),

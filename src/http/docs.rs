@@ -37,6 +37,7 @@ use crate::event::{
         consumers::events, consumers::ack,
         stats::stats, health::live, health::ready, health::health, metrics::metrics,
         admin::alerts, admin::list_backups, admin::take_backup, admin::verify,
+        admin::verify_status,
     ),
     components(schemas(error::Problem, crate::event::FieldError)),
     tags(

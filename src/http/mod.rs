@@ -68,6 +68,10 @@ pub struct AppStateParts {
     pub subscribers: Arc<stream::Subscribers>,
     /// Request bodies in flight, capped by `--max-body-bytes-in-flight`.
     pub body_budget: Arc<guard::BodyBudget>,
+    /// Takes the data directory's path out of answers.
+    pub hide_paths: error::HidePaths,
+    /// The one `POST /admin/verify` check that may run.
+    pub verifications: Arc<admin::Verifications>,
 }
 
 /// The settings the HTTP layer uses.
@@ -137,6 +141,8 @@ impl AppState {
             body_budget: Arc::new(guard::BodyBudget::new(
                 config.max_body_bytes_in_flight as usize,
             )),
+            hide_paths: error::HidePaths::new(&config.data_dir),
+            verifications: Arc::default(),
         }))
     }
 }
@@ -171,11 +177,15 @@ pub fn router(state: AppState) -> Router {
             "/admin/backups",
             get(admin::list_backups).post(admin::take_backup),
         )
-        .route("/admin/verify", post(admin::verify))
+        .route(
+            "/admin/verify",
+            get(admin::verify_status).post(admin::verify),
+        )
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), hide_paths))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
@@ -214,6 +224,41 @@ async fn request_timeout(State(state): State<AppState>, req: Request, next: Next
         )
         .into_response(),
     }
+}
+
+/// Largest answer [`hide_paths`] rewrites (operations answers are far smaller).
+const MAX_REWRITTEN_BYTES: usize = 64 << 20;
+
+/// Takes the data directory's absolute path out of every problem+json
+/// answer and every operations answer (`/stats`, `/health*`, `/alerts`,
+/// `/metrics`, `/admin/*`): their details are built from store errors that
+/// name full paths, which belong in the operator's log, not in answers.
+/// Events are never rewritten (they are served as stored).
+async fn hide_paths(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let operations = matches!(
+        path,
+        "/stats" | "/health" | "/health/live" | "/health/ready" | "/alerts" | "/metrics"
+    ) || path.starts_with("/admin/");
+    let res = next.run(req).await;
+    let problem = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(error::PROBLEM_JSON.as_bytes()));
+    if !(operations || problem) {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_REWRITTEN_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return Problem::internal(&e).into_response(),
+    };
+    let hidden = match std::str::from_utf8(&bytes).map(|t| state.hide_paths.apply(t)) {
+        Ok(std::borrow::Cow::Owned(text)) => text,
+        _ => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(hidden))
 }
 
 async fn not_found(req: Request) -> Problem {

@@ -80,8 +80,6 @@ pub struct EventStats {
 /// Store files.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StoreStats {
-    /// The data directory.
-    pub data_dir: String,
     /// Bytes in all segments.
     pub bytes: u64,
     /// Segment files (sealed + the active one).
@@ -168,7 +166,6 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64, max_series: usize) -> 
                 by_source: busiest(idx.source_counts(), max_series),
             },
             StoreStats {
-                data_dir: shared.data_dir.display().to_string(),
                 bytes: idx.store_bytes(),
                 segments: idx.segment_count() as u64,
                 read_cache_bytes: idx.cache_bytes() as u64,

@@ -13,3 +13,5 @@ mod filters;
 mod interners;
 mod labels;
 mod pages;
+mod secrets;
+mod verify_once;
