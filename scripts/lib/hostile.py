@@ -18,6 +18,7 @@ import argparse
 import collections
 import http.client
 import json
+import multiprocessing
 import socket
 import sys
 import threading
@@ -69,6 +70,11 @@ class Client:
                 if res.getheader("connection", "").lower() == "close":
                     self.close()
                 return res.status, data
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered and closed before taking the whole
+                # body (an early 413), or dropped the connection.
+                self.close()
+                return "closed while sending", b""
             except (OSError, http.client.HTTPException):
                 self.close()
                 if attempt == 1:
@@ -102,6 +108,7 @@ class Run:
         self.ledger = {}  # id -> seq
         self.ledger_lock = threading.Lock()
         self.peak_rss_kb = 0
+        self.phase = "attack"
 
     def client(self, timeout=30):
         return Client(self.host, self.port, timeout)
@@ -119,7 +126,7 @@ class Run:
         i = 0
         while self.running():
             i += 1
-            eid = f"ledger-{n}-{i}"
+            eid = f"ledger-{self.phase}-{n}-{i}"
             ev = {"type": "hostile.ledger", "source": f"/ledger/{n}", "id": eid, "data": {"i": i}}
             t0 = time.monotonic()
             status, body = self.json_post(c, "/events", ev)
@@ -215,7 +222,7 @@ class Run:
                     sent += 1
                     time.sleep(1)
                 s.close()
-                self.stats.count("slow headers", "held to the end")
+                self.stats.count("slow headers", "still open at the end (younger than the timeout)")
             except OSError:
                 self.stats.count("slow headers", "dropped by server")
 
@@ -276,17 +283,28 @@ class Run:
             self.stats.count("batch of 20 duplicates of a 512 KiB event", status)
 
     def consumers(self):
+        """1,200 consumers (past the 1,000 limit) with the longest filters
+        allowed, one with a 60 KB filter, and acks on them all the time."""
         c = self.client()
-        fat = {"filter": {"type_prefix": "t" * 60000}}
+        fat = {"type_prefix": "t" * 60000}
+        status, _ = c.request("PUT", "/consumers/hostile-fat", json.dumps(fat).encode(),
+                              {"Content-Type": "application/json"})
+        self.stats.count("consumer with a 60 KB filter", status)
+        if status in (200, 201):
+            self.stats.finding("a consumer with a 60 KB filter was accepted")
+        long = {"type_prefix": "hostile." + "t" * 240, "source": "/" + "s" * 1000}
+        for k in range(1200):
+            if not self.running():
+                return
+            status, _ = c.request("PUT", f"/consumers/hostile-{k}", json.dumps(long).encode(),
+                                  {"Content-Type": "application/json"})
+            self.stats.count("create 1,200 consumers (limit 1,000)", status)
         k = 0
         while self.running():
             k += 1
             status, _ = c.request(
-                "PUT", f"/consumers/hostile-{k % 400}", json.dumps(fat).encode(), {"Content-Type": "application/json"}
-            )
-            self.stats.count("consumer with a 60 KB filter", status)
-            status, _ = c.request(
-                "POST", f"/consumers/hostile-{k % 400}/ack", b'{"seq":1}', {"Content-Type": "application/json"}
+                "POST", f"/consumers/hostile-{k % 1000}/ack", json.dumps({"seq": 1 + k // 1000}).encode(),
+                {"Content-Type": "application/json"}
             )
             self.stats.count("consumer ack", status)
 
@@ -337,6 +355,23 @@ class Run:
         return lost, renumbered
 
 
+def measure(url, seconds, results, phase):
+    """The ledger publishers and the liveness prober (a child process)."""
+    run = Run(url, 0, seconds)
+    run.phase = phase
+    threads = [threading.Thread(target=run.prober)]
+    threads += [threading.Thread(target=run.publisher, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((
+        [[s, i, seq] for (s, i), seq in run.ledger.items()],
+        dict(run.stats.latency),
+        {k: dict(v) for k, v in run.stats.status.items()},
+    ))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
@@ -346,6 +381,7 @@ def main():
     p.add_argument("--seconds", type=float, default=180)
     p.add_argument("--types", type=int, default=20000)
     p.add_argument("--big-events", type=int, default=20)
+    p.add_argument("--baseline-seconds", type=float, default=20)
     a = p.parse_args()
 
     if a.check:
@@ -360,9 +396,25 @@ def main():
     run.setup(a.types, a.big_events)
     print(f"setup: {a.types} distinct types, {a.big_events} events of 900 KiB in {time.monotonic() - t0:.0f} s",
           flush=True)
+    # The baseline: the same honest clients with no attack running.
+    results = multiprocessing.Queue()
+    honest = multiprocessing.Process(target=measure, args=(a.url, a.baseline_seconds, results, "baseline"))
+    honest.start()
+    base_ledger, base_latency, _ = results.get(timeout=a.baseline_seconds + 300)
+    honest.join(timeout=60)
+    print(f"baseline (no attack) for {a.baseline_seconds:.0f} s:", flush=True)
+    for probe, name in (("live", "/health/live"), ("publish", "publish")):
+        v = base_latency.get(probe, [])
+        print(f"  {name:22s}p50 {percentile(v, 50) * 1000:.1f} ms, p99 {percentile(v, 99) * 1000:.1f} ms, "
+              f"max {max(v or [0]) * 1000:.1f} ms ({len(v)})", flush=True)
+
     run.deadline = time.monotonic() + a.seconds
-    threads = [threading.Thread(target=run.rss_watch), threading.Thread(target=run.prober)]
-    threads += [threading.Thread(target=run.publisher, args=(n,)) for n in range(4)]
+    # The honest clients run in a process of their own, so their timings do
+    # not include waiting for the attackers' threads (Python's GIL).
+    results = multiprocessing.Queue()
+    honest = multiprocessing.Process(target=measure, args=(a.url, a.seconds, results, "attack"))
+    honest.start()
+    threads = [threading.Thread(target=run.rss_watch)]
     threads += [
         threading.Thread(target=run.idle_connections, args=(300,)),
         threading.Thread(target=run.sse_subscribers, args=(200,)),
@@ -379,6 +431,12 @@ def main():
         t.start()
     for t in threads:
         t.join(timeout=max(0, run.deadline - time.monotonic()) + 120)
+    ledger, latency, status = results.get(timeout=300)
+    honest.join(timeout=60)
+    run.ledger = {(s, i): seq for s, i, seq in base_ledger + ledger}
+    run.stats.latency.update(latency)
+    for attack, counter in status.items():
+        run.stats.status[attack].update(counter)
 
     print(f"\nattacks for {a.seconds:.0f} s (answers by status):")
     for attack, counter in sorted(run.stats.status.items()):
