@@ -339,33 +339,31 @@ mod tests {
         }
     }
 
+    /// An event whose `data` is `item` nested `n` deep: `item item ... 0 ]...]`.
+    fn nested(item: &[u8], n: usize) -> Vec<u8> {
+        [
+            &br#"{"type":"t","source":"/s","data":"#[..],
+            &item.repeat(n),
+            b"0",
+            &b"]".repeat(n),
+            b"}",
+        ]
+        .concat()
+    }
+
     /// Brackets inside strings are text, not nesting: `["]",` repeated
     /// 5,000 deep is 5,000 levels (a Value parse refuses it, so must the
     /// JSON-text path), and a string full of brackets is one flat value.
     #[test]
     fn depth_counts_real_nesting_only() {
-        let deep = [
-            &br#"{"type":"t","source":"/s","data":"#[..],
-            &br#"["]","#.repeat(5000),
-            b"0",
-            &b"]".repeat(5000),
-            b"}",
-        ]
-        .concat();
+        let deep = nested(br#"["]","#, 5000);
         assert!(serde_json::from_slice::<Value>(&deep).is_err());
         assert!(
             matches!(from_json(&deep, "", L), Err(EventError::Malformed(_))),
             "5,000 levels with brackets in strings are refused as a parser would"
         );
         // Escaped quotes and backslashes do not end a string early.
-        let escaped = [
-            &br#"{"type":"t","source":"/s","data":"#[..],
-            &br#"["\"]\","#.repeat(300),
-            b"0",
-            &b"]".repeat(300),
-            b"}",
-        ]
-        .concat();
+        let escaped = nested(br#"["\"]\","#, 300);
         assert!(serde_json::from_slice::<Value>(&escaped).is_err());
         assert!(matches!(
             from_json(&escaped, "", L),
@@ -381,14 +379,7 @@ mod tests {
         let back: Value = serde_json::from_slice(stored.bytes()).unwrap();
         assert_eq!(back["x"], "]]]}}}");
         // Nesting a parser accepts (under 128 levels) is kept as sent.
-        let ok = [
-            &br#"{"type":"t","source":"/s","data":"#[..],
-            &br#"["]","#.repeat(100),
-            b"0",
-            &b"]".repeat(100),
-            b"}",
-        ]
-        .concat();
+        let ok = nested(br#"["]","#, 100);
         assert!(serde_json::from_slice::<Value>(&ok).is_ok());
         assert!(from_json(&ok, "", L).is_ok());
     }

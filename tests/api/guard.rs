@@ -197,6 +197,17 @@ async fn status_of(s: &mut TcpStream) -> u16 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// `POST /events/batch` with `body` as JSON.
+async fn post_batch(app: &Api, body: &str) -> Reply {
+    app.send(
+        app.client
+            .post(app.url("/events/batch"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn request_bodies_in_flight_share_a_budget() {
     let app = spawn_app_with(&["--max-body-bytes-in-flight", "100KiB"]).await;
@@ -210,14 +221,7 @@ async fn request_bodies_in_flight_share_a_budget() {
     // Give the server a moment to take the first upload's share.
     let deadline = Instant::now() + Duration::from_secs(5);
     let refused = loop {
-        let res = app
-            .send(
-                app.client
-                    .post(app.url("/events/batch"))
-                    .header("content-type", "application/json")
-                    .body(big.clone()),
-            )
-            .await;
+        let res = post_batch(&app, &big).await;
         if res.status != 201 || Instant::now() > deadline {
             break res;
         }
@@ -247,14 +251,7 @@ async fn request_bodies_in_flight_share_a_budget() {
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let res = app
-            .send(
-                app.client
-                    .post(app.url("/events/batch"))
-                    .header("content-type", "application/json")
-                    .body(big.clone()),
-            )
-            .await;
+        let res = post_batch(&app, &big).await;
         if res.status == 201 {
             break;
         }
