@@ -213,7 +213,7 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     };
     let bm = backup::verify(&src)
         .map_err(|e| StoreError::Corrupt(format!("the backup does not verify: {e}")))?;
-    let restored_manifest = check_restorable(&src, &bm)?;
+    let (restored_manifest, active_bytes) = check_restorable(&src, &bm)?;
     {
         let _lock = DirLock::acquire(data_dir)?;
         let io = |what: String| move |e: std::io::Error| StoreError::io(what, e);
@@ -257,7 +257,7 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
         let mut m = restored_manifest;
         m.lineage = Some(manifest::new_lineage());
         m.active_durable = Some(manifest::DurablePrefix {
-            bytes: active_len(&bm, &m),
+            bytes: active_bytes,
             last_seq: bm.last_seq.max(m.active_first_seq - 1),
         });
         m.store(data_dir)
@@ -272,8 +272,12 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
 /// Checks that a verified backup can be restored: every path it lists
 /// stays inside the data directory, and it is complete (its manifest, and
 /// every segment that manifest names, with the manifest's SHA-256 for the
-/// sealed ones). Returns the backup's store manifest.
-fn check_restorable(src: &Path, bm: &backup::BackupManifest) -> Result<Manifest, StoreError> {
+/// sealed ones). Returns the backup's store manifest and the length of its
+/// copy of the active segment.
+fn check_restorable(
+    src: &Path,
+    bm: &backup::BackupManifest,
+) -> Result<(Manifest, u64), StoreError> {
     let refuse = |why: String| StoreError::Corrupt(format!("the backup cannot be restored: {why}"));
     for f in &bm.files {
         if !is_store_path(&f.path) {
@@ -303,10 +307,10 @@ fn check_restorable(src: &Path, bm: &backup::BackupManifest) -> Result<Manifest,
         }
     }
     let active = format!("{SEGMENTS_DIR}/{}", segment::file_name(m.active_first_seq));
-    if listed(&active).is_none() {
+    let Some(active_bytes) = listed(&active).map(|f| f.bytes) else {
         return Err(refuse(format!("it lacks the active segment {active}")));
-    }
-    Ok(m)
+    };
+    Ok((m, active_bytes))
 }
 
 /// True for the paths a backup may hold: a plain file name in the data
@@ -324,15 +328,6 @@ fn is_store_path(rel: &str) -> bool {
         None => plain(rel),
         Some((dir, name)) => dir == SEGMENTS_DIR && segment::parse_file_name(name).is_some(),
     }
-}
-
-/// Length of the backup's copy of the active segment.
-fn active_len(bm: &backup::BackupManifest, m: &Manifest) -> u64 {
-    let rel = format!("{SEGMENTS_DIR}/{}", segment::file_name(m.active_first_seq));
-    bm.files
-        .iter()
-        .find(|f| f.path == rel)
-        .map_or(0, |f| f.bytes)
 }
 
 #[cfg(test)]

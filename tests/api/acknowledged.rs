@@ -40,6 +40,32 @@ async fn take_backup(app: &TestApp) {
     );
 }
 
+/// How a test's store was left before its files are damaged.
+enum Left {
+    /// Stopped with a verified backup of all ten events.
+    BackedUp,
+    /// Stopped, with every backup removed.
+    NoBackup,
+    /// As after a crash: no durable floor past the last start.
+    Crashed,
+}
+
+/// A stopped store holding the ten events, left as `left` says.
+async fn ten_events(left: Left) -> DataDir {
+    let app = start_app(DataDir::temp(), &[]).await;
+    publish_ten(&app).await;
+    if matches!(left, Left::BackedUp) {
+        take_backup(&app).await;
+    }
+    let dir = app.stop().await;
+    match left {
+        Left::BackedUp => {}
+        Left::NoBackup => remove_backups(dir.path()).await,
+        Left::Crashed => as_after_a_crash(dir.path()),
+    }
+    dir
+}
+
 /// Offsets of the end of each line of a segment.
 fn line_ends(bytes: &[u8]) -> Vec<usize> {
     bytes
@@ -99,10 +125,7 @@ async fn assert_ten_intact(app: &TestApp) {
 
 #[tokio::test]
 async fn a_bad_crc_in_the_last_record_is_repaired_from_a_backup_not_cut() {
-    let app = start_app(DataDir::temp(), &[]).await;
-    publish_ten(&app).await;
-    take_backup(&app).await;
-    let dir = app.stop().await;
+    let dir = ten_events(Left::BackedUp).await;
     let segment = first_segment(dir.path());
     let offset = flip_in_last_record(&segment);
 
@@ -136,10 +159,7 @@ async fn a_bad_crc_in_the_last_record_is_repaired_from_a_backup_not_cut() {
 #[tokio::test]
 async fn a_bad_crc_in_the_last_record_without_a_backup_refuses_to_start() {
     let hook = Webhook::start().await;
-    let app = start_app(DataDir::temp(), &[]).await;
-    publish_ten(&app).await;
-    let dir = app.stop().await;
-    remove_backups(dir.path()).await;
+    let dir = ten_events(Left::NoBackup).await;
     let segment = first_segment(dir.path());
     let offset = flip_in_last_record(&segment);
     let damaged = std::fs::read(&segment).unwrap();
@@ -172,10 +192,7 @@ async fn a_bad_crc_in_the_last_record_without_a_backup_refuses_to_start() {
 
 #[tokio::test]
 async fn records_truncated_while_stopped_are_noticed_and_refused() {
-    let app = start_app(DataDir::temp(), &[]).await;
-    publish_ten(&app).await;
-    let dir = app.stop().await;
-    remove_backups(dir.path()).await;
+    let dir = ten_events(Left::NoBackup).await;
     let segment = first_segment(dir.path());
     let ends = line_ends(&std::fs::read(&segment).unwrap());
     truncate(&segment, ends[7] as u64); // 10 records -> 8, at a boundary
@@ -195,10 +212,7 @@ async fn records_truncated_while_stopped_are_noticed_and_refused() {
 
 #[tokio::test]
 async fn records_truncated_while_stopped_come_back_from_a_backup() {
-    let app = start_app(DataDir::temp(), &[]).await;
-    publish_ten(&app).await;
-    take_backup(&app).await;
-    let dir = app.stop().await;
+    let dir = ten_events(Left::BackedUp).await;
     let segment = first_segment(dir.path());
     let ends = line_ends(&std::fs::read(&segment).unwrap());
     truncate(&segment, ends[7] as u64);
@@ -216,10 +230,7 @@ async fn records_truncated_while_stopped_come_back_from_a_backup() {
 
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_raised_as_an_alert() {
-    let app = start_app(DataDir::temp(), &[]).await;
-    publish_ten(&app).await;
-    let dir = app.stop().await;
-    as_after_a_crash(dir.path());
+    let dir = ten_events(Left::Crashed).await;
     let segment = active_segment(dir.path());
     let ends = line_ends(&std::fs::read(&segment).unwrap());
     truncate(&segment, (ends[8] + ends[9]) as u64 / 2);
