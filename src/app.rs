@@ -163,8 +163,8 @@ impl Application {
 pub async fn serve(config: ServeConfig) -> Result<(), AppError> {
     // Install the handlers before the store opens and the port answers, so
     // a SIGTERM that arrives as soon as the server is ready still drains.
+    // (The open-file limit was raised by `main`, before the runtime.)
     let stop = shutdown_signal()?;
-    crate::server::raise_descriptor_limit();
     let app = Application::build(config).await?;
     app.run_until(stop).await
 }

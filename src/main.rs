@@ -9,10 +9,40 @@ use msgbus::offline::Verdict;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     msgbus::telemetry::init(cli.log_format);
+    msgbus::server::raise_descriptor_limit();
+    if let Some(limit) = msgbus::server::descriptor_limit_too_low() {
+        eprintln!(
+            "msgbus: too many open files: the open-file limit (RLIMIT_NOFILE) is {limit}, \
+             below the {} msgbus needs to start; nothing is damaged: raise it (ulimit -n)",
+            msgbus::server::MIN_OPEN_FILES
+        );
+        return ExitCode::FAILURE;
+    }
+    // Built by hand rather than with `#[tokio::main]`, which panics when
+    // the runtime cannot start (it needs a few descriptors of its own).
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) if msgbus::store::fsutil::is_descriptor_exhaustion(&e) => {
+            eprintln!(
+                "msgbus: too many open files: cannot start the async runtime: {e}; \
+                 nothing is damaged: raise the open-file limit (ulimit -n)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("msgbus: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Openapi) => {
             print!("{}", msgbus::http::docs::openapi_json());

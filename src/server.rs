@@ -423,6 +423,21 @@ pub fn raise_descriptor_limit() {
     }
 }
 
+/// The lowest open-file limit msgbus starts with: the async runtime and
+/// its signal handlers, the listener, the store's files and a few
+/// connections. Below it, parts of the runtime fail at start with a panic
+/// rather than an error, so the limit is checked first.
+pub const MIN_OPEN_FILES: u64 = 32;
+
+/// The soft open-file limit, when it is below [`MIN_OPEN_FILES`].
+pub fn descriptor_limit_too_low() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft < MIN_OPEN_FILES => Some(soft),
+        _ => None,
+    }
+}
+
 /// Descriptors kept for the store, monitor, backups and logging beyond
 /// the segment descriptor cache, when the connection limit is derived.
 pub const STORE_DESCRIPTOR_RESERVE: u64 = 64;

@@ -42,8 +42,17 @@ async fn a_seal_without_descriptors_is_postponed_and_nothing_is_poisoned() {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, soft.min(1024), hard).unwrap();
 
-    // Every commit seals the segment before it.
-    let app = spawn_app_with(&["--segment-bytes", "1"]).await;
+    // Every commit seals the segment before it; reads come from the
+    // segment files (no recent-events cache) and keep one open at most.
+    let app = spawn_app_with(&[
+        "--segment-bytes",
+        "1",
+        "--read-cache-bytes",
+        "0",
+        "--segment-fd-cache",
+        "1",
+    ])
+    .await;
     // The client's connection is open before the descriptors run out.
     app.publish_ok(&ev(1)).await;
     assert_eq!(app.get("/health/ready").await.status, 200);
@@ -58,10 +67,46 @@ async fn a_seal_without_descriptors_is_postponed_and_nothing_is_poisoned() {
             r.text()
         );
     }
+    // A read that must open a segment file answers 503 with Retry-After
+    // (transient), not 500 and not "damaged".
+    let read = app.get("/events/1").await;
+    let page = app.get("/events?after=0&limit=10").await;
     let ready = app.get("/health/ready").await;
     let stats = app.get_json("/stats").await;
     let alerts = app.get_json("/alerts").await;
     drop(held);
+
+    for (what, r) in [("GET /events/1", &read), ("GET /events", &page)] {
+        assert_eq!(
+            r.status,
+            503,
+            "{what} with no descriptor left: {}",
+            r.text()
+        );
+        assert!(
+            r.headers.contains_key("retry-after"),
+            "{what}: {:?}",
+            r.headers
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("too-many-open-files"),
+            "{what}: {problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("nothing is damaged"),
+            "{what}: {problem}"
+        );
+    }
+    // And once descriptors are back, the same reads succeed.
+    let read = app.get("/events/1").await;
+    assert_eq!(read.status, 200, "{}", read.text());
 
     assert_eq!(ready.status, 200, "not read-only: {}", ready.text());
     assert!(stats["writer"]["poisoned"].is_null(), "{stats}");

@@ -16,7 +16,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use common::files::DataDir;
-use common::process::{msgbus_command_with_nofile, spawn_command, spawn_process, TestProcess};
+use common::process::{
+    msgbus_command_with_nofile, run_msgbus, spawn_command, spawn_process, TestProcess,
+};
 
 /// Reads until the server closes the connection; true when it did within
 /// `within`. Whatever was read is returned too.
@@ -201,5 +203,77 @@ async fn a_store_with_more_sealed_segments_than_the_descriptor_limit_starts_and_
     p.publish_ok(&ev(total + 1)).await;
     let ready = p.get("/health/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
+    p.stop().await;
+}
+
+/// With too few descriptors to start, msgbus says so plainly (too many
+/// open files, nothing damaged; never a panic, never "restore a backup"),
+/// exits, and leaves the store as it was. Every limit from "cannot even
+/// start the runtime" to "starts" is tried, since where the descriptors
+/// run out depends on the limit.
+#[tokio::test]
+async fn a_start_without_enough_descriptors_says_so_and_damages_nothing() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = DataDir::temp();
+    let p = spawn_process(dir.path(), &["--segment-bytes", "1"]).await;
+    for n in 1..=3 {
+        p.publish_ok(&ev(n)).await;
+    }
+    p.stop().await;
+
+    let (mut refused, mut started) = (0, 0);
+    for nofile in 4..=48 {
+        let mut child = msgbus_command_with_nofile(dir.path(), &[], nofile)
+            .spawn()
+            .expect("spawn msgbus");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = String::new();
+        let listening = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("msgbus listening") {
+                    return true;
+                }
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+            false
+        })
+        .await
+        .expect("msgbus neither listened nor exited within 20 s");
+        if listening {
+            started += 1;
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            continue;
+        }
+        refused += 1;
+        let status = child.wait().await.unwrap();
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "limit {nofile}: {status}, stderr:\n{stderr}"
+        );
+        let lower = stderr.to_lowercase();
+        assert!(
+            lower.contains("too many open files") && lower.contains("nothing is damaged"),
+            "limit {nofile}: the refusal says what happened:\n{stderr}"
+        );
+        assert!(
+            !lower.contains("panicked") && !lower.contains("restore"),
+            "limit {nofile}: no panic, no advice to restore a backup:\n{stderr}"
+        );
+    }
+    assert!(
+        refused > 0 && started > 0,
+        "{refused} refused, {started} started: widen the range"
+    );
+
+    let (code, out, err) =
+        run_msgbus(&["verify", "--data-dir", dir.path().to_str().unwrap()]).await;
+    assert_eq!(code, 0, "the store is intact:\n{out}{err}");
+    let p = spawn_process(dir.path(), &[]).await;
+    let seqs: Vec<u64> = p.read_all().await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
     p.stop().await;
 }
