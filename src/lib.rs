@@ -6,6 +6,7 @@
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON)
 //! - [`app`]: builds the store and router, binds, serves, shuts down in order
 //! - [`server`]: the connection loop: connection limit, header and idle timeouts
+//! - [`bulk`]: long request work (big bodies, scans, page loads) on low-priority threads
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
@@ -20,6 +21,7 @@
 pub mod alerts;
 pub mod app;
 pub mod backup_timer;
+pub mod bulk;
 pub mod cli;
 pub mod config;
 pub mod event;

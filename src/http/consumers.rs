@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::body::{self, QueryParams};
 use super::error::Problem;
-use super::events::{json_response, long_poll, write_page, Position, DEFAULT_LIMIT, MAX_LIMIT};
+use super::events::{long_poll, page_response, Position, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
 use crate::event::FieldError;
 use crate::store::consumers::{Consumer, ConsumerError, ConsumerFilter, Start};
@@ -431,13 +431,16 @@ pub async fn events(
     let filter = crate::store::Matcher::new(c.filter.to_filter());
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"consumer\":");
-    out.extend_from_slice(&serde_json::to_vec(&c.name).unwrap_or_default());
-    out.extend_from_slice(format!(",\"cursor\":{},", c.cursor).as_bytes());
-    write_page(&mut out, &page.events, page.next_after, last_seq);
-    out.push(b'}');
-    Ok(json_response(StatusCode::OK, out))
+    let mut prefix = Vec::with_capacity(128);
+    prefix.extend_from_slice(b"{\"consumer\":");
+    prefix.extend_from_slice(&serde_json::to_vec(&c.name).unwrap_or_default());
+    prefix.extend_from_slice(format!(",\"cursor\":{},", c.cursor).as_bytes());
+    Ok(page_response(
+        &prefix,
+        &page.events,
+        page.next_after,
+        last_seq,
+    ))
 }
 
 /// Commit a consumer's cursor.

@@ -11,6 +11,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::AppState;
+use crate::bulk;
 use crate::event::{self, EventError, FieldError};
 use crate::store::handle::{EventPage, StoredEvent};
 use crate::store::{Matcher, Outcome, PreparedEvent};
@@ -212,7 +214,11 @@ pub async fn publish(
     } else {
         body::require_media_type(&headers, EVENT_TYPES)?;
         body::require_body(&bytes)?;
-        event::from_json(&bytes, "", limits)?
+        if bytes.len() < bulk::PARSE_INLINE_MAX {
+            event::from_json(&bytes, "", limits)?
+        } else {
+            bulk::run(move || event::from_json(&bytes, "", limits)).await?
+        }
     };
     let answer = Answer::new(&prepared);
     let mut outcomes = state.store.append(vec![prepared]).await?;
@@ -267,16 +273,50 @@ pub async fn publish_batch(
     )
     .await?;
     body::require_body(&bytes)?;
+    let (limit, limits) = (settings.max_batch_events, settings.limits);
+    let prepared = if bytes.len() < bulk::PARSE_INLINE_MAX {
+        parse_batch(&bytes, limit, limits)?
+    } else {
+        bulk::run(move || parse_batch(&bytes, limit, limits)).await?
+    };
+    let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
+    let outcomes = state.store.append(prepared).await?;
+    let any_new = outcomes.iter().any(|o| !o.is_duplicate());
+    // Serialized as a BatchResult would be.
+    let mut body = Vec::with_capacity(32 + outcomes.len() * 200);
+    body.extend_from_slice(b"{\"results\":[");
+    for (i, (answer, o)) in answers.into_iter().zip(&outcomes).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        answer.finish(o, &mut body);
+    }
+    body.extend_from_slice(b"]}");
+    let status = if any_new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, body))
+}
+
+/// Parses and validates a batch body: at most `limit` items, each a valid
+/// event, or nothing.
+fn parse_batch(
+    bytes: &[u8],
+    limit: usize,
+    limits: event::Limits,
+) -> Result<Vec<PreparedEvent>, Problem> {
     // Each item is kept as its JSON text and parsed once, by event::from_json.
     // Items are counted as the array is parsed: the one past the limit ends
     // the parse, so a body of millions of tiny items never becomes a list
     // of millions of entries.
     let over_limit = std::cell::Cell::new(false);
     let seed = BatchItems {
-        limit: settings.max_batch_events,
+        limit,
         over_limit: &over_limit,
     };
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|items| {
         if !over_limit.get() {
             de.end()?;
@@ -286,7 +326,7 @@ pub async fn publish_batch(
     if over_limit.get() {
         return Err(Problem::too_large(format!(
             "the batch holds more than {0} events; the limit is {0} (--max-batch-events); nothing was stored",
-            settings.max_batch_events
+            limit
         )));
     }
     let items: Vec<&RawValue> = match parsed {
@@ -317,7 +357,7 @@ pub async fn publish_batch(
     // items named in the detail up to the same bound).
     let (mut errors, mut unlisted, mut bad_items) = (Vec::new(), 0usize, Vec::new());
     for (i, item) in items.into_iter().enumerate() {
-        match event::from_json(item.get().as_bytes(), &format!("[{i}]."), settings.limits) {
+        match event::from_json(item.get().as_bytes(), &format!("[{i}]."), limits) {
             Ok(p) => prepared.push(p),
             Err(EventError::Invalid(e)) => {
                 bad_items.push(i);
@@ -345,25 +385,7 @@ pub async fn publish_batch(
         let detail = format!("invalid item(s) {}; nothing was stored", named.join(", "));
         return Err(Problem::invalid_counted(detail, errors, unlisted));
     }
-    let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
-    let outcomes = state.store.append(prepared).await?;
-    let any_new = outcomes.iter().any(|o| !o.is_duplicate());
-    // Serialized as a BatchResult would be.
-    let mut body = Vec::with_capacity(32 + outcomes.len() * 200);
-    body.extend_from_slice(b"{\"results\":[");
-    for (i, (answer, o)) in answers.into_iter().zip(&outcomes).enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        answer.finish(o, &mut body);
-    }
-    body.extend_from_slice(b"]}");
-    let status = if any_new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, body))
+    Ok(prepared)
 }
 
 /// The items of a batch array as JSON text, at most `limit` of them: the
@@ -440,11 +462,7 @@ pub async fn list(
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, max_wait)?);
     let filter = Matcher::new(q.filter());
     let (page, last_seq) = long_poll(&state, Position::After(after), &filter, limit, wait).await?;
-    let mut out = Vec::with_capacity(64);
-    out.push(b'{');
-    write_page(&mut out, &page.events, page.next_after, last_seq);
-    out.push(b'}');
-    Ok(json_response(StatusCode::OK, out))
+    Ok(page_response(b"{", &page.events, page.next_after, last_seq))
 }
 
 /// Where a read starts.
@@ -502,20 +520,92 @@ pub async fn long_poll(
     }
 }
 
-/// Appends `"events":[{"seq":N,"event":<stored bytes>},...],"next_after":N,"last_seq":N`
-/// (the members of a page object, without braces).
-pub fn write_page(out: &mut Vec<u8>, events: &[StoredEvent], next_after: u64, last_seq: u64) {
-    out.reserve(events.iter().map(|e| e.bytes.len() + 32).sum::<usize>() + 64);
-    out.extend_from_slice(b"\"events\":[");
+/// Events at least this large go into a page's body as their own chunk,
+/// shared with the store's copy instead of copied (hyper writes the chunks
+/// with one vectored write); smaller ones are copied together into the
+/// text between them.
+const SHARE_EVENT_BYTES: usize = 16 * 1024;
+
+/// A page answer: `prefix` (the object's opening, e.g. `{`), then
+/// `"events":[{"seq":N,"event":<stored bytes>},...],"next_after":N,"last_seq":N}`.
+/// Large events are not copied into the body (a 4 MiB page of large events
+/// would otherwise be a 4 MiB copy on an async worker per request).
+pub fn page_response(
+    prefix: &[u8],
+    events: &[StoredEvent],
+    next_after: u64,
+    last_seq: u64,
+) -> Response {
+    let mut chunks = Vec::new();
+    let mut text = Vec::with_capacity(256);
+    text.extend_from_slice(prefix);
+    text.extend_from_slice(b"\"events\":[");
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            text.push(b',');
         }
-        write_stored(out, e);
+        text.extend_from_slice(b"{\"seq\":");
+        text.extend_from_slice(e.seq.to_string().as_bytes());
+        text.extend_from_slice(b",\"event\":");
+        if e.bytes.len() >= SHARE_EVENT_BYTES {
+            chunks.push(Bytes::from(std::mem::take(&mut text)));
+            chunks.push(e.bytes.clone());
+        } else {
+            text.extend_from_slice(&e.bytes);
+        }
+        text.push(b'}');
     }
-    out.extend_from_slice(
-        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}").as_bytes(),
+    text.extend_from_slice(
+        format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
     );
+    chunks.push(Bytes::from(text));
+    let mut res = Response::new(Body::new(Chunks::new(chunks)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// A response body of ready chunks with a known total length (so the
+/// answer carries `Content-Length`, not chunked encoding).
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.remaining -= c.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// Appends `{"seq":N,"event":<bytes>}`.

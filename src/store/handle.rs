@@ -290,7 +290,7 @@ impl StoreHandle {
     /// the index lock, so the writer never waits long to publish. The first
     /// chunk runs here (a reader at the tail is done with it); a read that
     /// needs more (a sparse filter over many events, or a type prefix over
-    /// many types) goes on off the async workers.
+    /// many types) goes on in the [`crate::bulk`] lane, off the async workers.
     async fn read_page(
         &self,
         after: u64,
@@ -308,14 +308,13 @@ impl StoreHandle {
         scan.step(&self.shared, m);
         if !scan.done {
             let (shared, m) = (self.shared.clone(), m.clone());
-            scan = tokio::task::spawn_blocking(move || {
+            scan = crate::bulk::run(move || {
                 while !scan.done {
                     scan.step(&shared, &m);
                 }
                 scan
             })
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+            .await;
         }
         let events = self.load(scan.hits).await?;
         Ok(EventPage {
@@ -343,7 +342,7 @@ impl StoreHandle {
     }
 
     /// Fetches the bytes of `hits`, from the recent cache or the segment
-    /// files (off the async workers), verifying each CRC.
+    /// files (in the [`crate::bulk`] lane), verifying each CRC.
     async fn load(&self, hits: Vec<Hit>) -> Result<Vec<StoredEvent>> {
         if hits.iter().all(|h| h.cached.is_some()) {
             return Ok(hits
@@ -358,7 +357,7 @@ impl StoreHandle {
         // A segment retention deleted after the query is gone; an open
         // handle taken here keeps reading the unlinked file safely.
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::bulk::run(move || {
             let oldest = || StoreError::Gone {
                 oldest: shared.index().first_seq(),
             };
@@ -402,7 +401,6 @@ impl StoreHandle {
                 .collect()
         })
         .await
-        .map_err(|_| StoreError::Stopped)?
     }
 
     /// A receiver of the newest committed sequence number.

@@ -6,9 +6,10 @@
 //! About 32 bytes per event plus the distinct strings, so a million events
 //! cost tens of megabytes, not the events themselves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::hash::BuildHasherDefault;
+use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -472,6 +473,11 @@ pub struct Index {
     /// interned (reset to the ids in use when the epoch moves): what a
     /// compiled type set has not looked at yet is its tail.
     type_log: Vec<u32>,
+    /// Every type name in use, sorted, with its id: a `type_prefix` is a
+    /// range of it, so a fresh reader finds its types in O(log n + k)
+    /// instead of looking at every type name (100,000 types made each
+    /// one-shot `GET /events?type_prefix=` compare 100,000 names).
+    type_order: BTreeMap<Box<str>, u32>,
     recent: VecDeque<Recent>,
     recent_bytes: usize,
     recent_capacity: usize,
@@ -494,6 +500,7 @@ impl Index {
             subject_counts: Vec::new(),
             type_epoch: 0,
             type_log: Vec::new(),
+            type_order: BTreeMap::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_capacity,
@@ -597,8 +604,10 @@ impl Index {
             &mut self.source_counts,
             &mut self.subject_counts,
         );
+        let type_order = &mut self.type_order;
         self.entries.drop_front(n, |e| {
             if unbump(type_counts, e.ty) {
+                type_order.remove(types.name(e.ty));
                 types.release(e.ty);
                 types_released = true;
             }
@@ -637,6 +646,7 @@ impl Index {
         let (ty, new_type) = self.types.intern(e.ty);
         if new_type {
             self.type_log.push(ty);
+            self.type_order.insert(Box::from(e.ty), ty);
         }
         let (source, _) = self.sources.intern(e.source);
         let subject = match e.subject {
@@ -824,6 +834,27 @@ impl Index {
             (None, Some(prefix)) => {
                 if types.epoch != self.type_epoch {
                     types.reset(self.type_epoch);
+                }
+                if types.pos == 0 {
+                    // A fresh set: the sorted names' range, when it fits
+                    // the budget; otherwise the log, a budget at a time.
+                    let range = self
+                        .type_order
+                        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                        .take_while(|(name, _)| name.starts_with(prefix.as_str()));
+                    let mut n = 0;
+                    for (_, &id) in range {
+                        if n == budget {
+                            types.reset(self.type_epoch);
+                            break;
+                        }
+                        types.insert(id);
+                        n += 1;
+                    }
+                    page.compiled += n;
+                    if n < budget {
+                        types.pos = self.type_log.len();
+                    }
                 }
                 let todo = &self.type_log[types.pos.min(self.type_log.len())..];
                 let n = todo.len().min(budget);
@@ -1025,6 +1056,79 @@ mod tests {
             vec![14_999],
             "building the type set does not use up the entry budget"
         );
+    }
+
+    #[test]
+    fn a_prefix_matching_none_of_many_types_is_resolved_without_reading_them() {
+        let mut idx = super::Index::new(1, 0);
+        for seq in 1..=20_000u64 {
+            idx.push(entry(seq, &format!("many.t{seq:06}")));
+        }
+        for (prefix, names) in [("many.zzz", 0), ("many.t0100", 100)] {
+            let filter = super::Filter {
+                type_prefix: Some(prefix.into()),
+                ..Default::default()
+            };
+            let page = idx.scan(0, &super::Matcher::new(filter), 1000, 4096);
+            assert_eq!(page.compiled, names, "type names looked at for {prefix:?}");
+        }
+        // A prefix matching more types than the budget falls back to the
+        // log, a budget at a time, and still finds every event in order.
+        let filter = super::Filter {
+            type_prefix: Some("many.t00".into()),
+            ..Default::default()
+        };
+        let m = super::Matcher::new(filter);
+        let (mut after, mut seqs) = (0, Vec::new());
+        for _ in 0..10_000 {
+            let page = idx.scan(after, &m, 1000, 100);
+            seqs.extend(page.hits.iter().map(|h| h.seq));
+            after = page.scanned_to;
+            if after == page.last {
+                break;
+            }
+        }
+        assert!(
+            seqs.iter().copied().eq(1..=9_999),
+            "{} events found, want seqs 1 to 9999",
+            seqs.len()
+        );
+        // After retention released types, the sorted names follow.
+        idx.drop_before(10_001);
+        let filter = super::Filter {
+            type_prefix: Some("many.t00".into()),
+            ..Default::default()
+        };
+        assert!(idx.query(0, &filter, 1000, 4096).hits.is_empty());
+        let filter = super::Filter {
+            type_prefix: Some("many.t0100".into()),
+            ..Default::default()
+        };
+        let seqs: Vec<u64> = idx
+            .query(0, &filter, 1000, 100_000)
+            .hits
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        assert!(
+            seqs.iter().copied().eq(10_001..=10_099),
+            "found {} events",
+            seqs.len()
+        );
+    }
+
+    fn entry(seq: u64, ty: &str) -> super::NewEntry<'_> {
+        super::NewEntry {
+            seq,
+            segment: 0,
+            offset: 0,
+            len: 1,
+            crc: 0,
+            ty,
+            source: "/s",
+            subject: None,
+            frame: None,
+        }
     }
 
     #[test]
