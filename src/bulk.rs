@@ -1,7 +1,7 @@
 //! The bulk lane: CPU-heavy request work on threads of lower priority.
 //!
 //! Publishing and liveness answers are short and latency-bound; parsing a
-//! multi-megabyte body, a long filtered scan or loading and verifying a page
+//! multi-megabyte body or loading and verifying a page
 //! of large events from the segment files is long and throughput-bound. On
 //! the async workers the long work delays every short request queued behind
 //! it (a 10 MiB batch is ~20 ms of parsing), and on ordinary blocking threads
@@ -11,6 +11,13 @@
 //! writer first whenever both want a core: under heavy reads a publish waits
 //! for the CPU as if the readers were not there, and the readers get every
 //! cycle the short requests leave.
+//!
+//! Nothing that holds a lock the writer or the workers need may run here:
+//! a low-priority thread preempted while holding it would make them wait
+//! for it (priority inversion). The store's filtered scans, which hold the
+//! index lock a chunk at a time, stay on tokio's blocking pool for that
+//! reason; loading events, which takes the lock only to look up a file,
+//! runs here.
 //!
 //! Work is still bounded by the callers' own limits (body and page sizes,
 //! scan chunks); the pool adds no queue of its own beyond tokio's blocking

@@ -19,6 +19,7 @@ import collections
 import http.client
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import threading
@@ -355,21 +356,56 @@ class Run:
         return lost, renumbered
 
 
-def measure(url, seconds, results, phase):
-    """The ledger publishers and the liveness prober (a child process)."""
+# Attack name -> (Run method, its arguments, how many threads run it).
+ATTACKS = {
+    "idle": ("idle_connections", (300,), 1),
+    "sse": ("sse_subscribers", (200,), 1),
+    "duplicates": ("duplicates", (), 1),
+    "consumers": ("consumers", (), 1),
+    "malformed": ("malformed", (), 1),
+    "slow-headers": ("slow_headers", (), 20),
+    "big-pages": ("big_pages", (), 4),
+    "zero-batches": ("zero_batches", (), 2),
+    "prefix-scans": ("prefix_scans", (), 6),
+}
+
+
+def honest_client(url, seconds, results, phase, role):
+    """One honest client (a publisher keeping the ledger, or the liveness
+    prober) in a process of its own."""
     run = Run(url, 0, seconds)
     run.phase = phase
-    threads = [threading.Thread(target=run.prober)]
-    threads += [threading.Thread(target=run.publisher, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if role == "prober":
+        run.prober()
+    else:
+        run.publisher(role)
     results.put((
         [[s, i, seq] for (s, i), seq in run.ledger.items()],
         dict(run.stats.latency),
         {k: dict(v) for k, v in run.stats.status.items()},
     ))
+
+
+def measure(url, seconds, results, phase):
+    """The ledger publishers and the liveness prober, each in a process of
+    its own so no client's timings include waiting for another's turn at
+    Python's GIL; their results merged into one."""
+    queue = multiprocessing.Queue()
+    roles = ["prober", 0, 1, 2, 3]
+    procs = [multiprocessing.Process(target=honest_client, args=(url, seconds, queue, phase, r)) for r in roles]
+    for p in procs:
+        p.start()
+    ledger, latency, status = [], collections.defaultdict(list), collections.defaultdict(collections.Counter)
+    for _ in procs:
+        part_ledger, part_latency, part_status = queue.get(timeout=seconds + 300)
+        ledger += part_ledger
+        for k, v in part_latency.items():
+            latency[k] += v
+        for k, v in part_status.items():
+            status[k].update(v)
+    for p in procs:
+        p.join(timeout=60)
+    results.put((ledger, dict(latency), {k: dict(v) for k, v in status.items()}))
 
 
 def main():
@@ -382,6 +418,13 @@ def main():
     p.add_argument("--types", type=int, default=20000)
     p.add_argument("--big-events", type=int, default=20)
     p.add_argument("--baseline-seconds", type=float, default=20)
+    p.add_argument("--only", action="append", choices=sorted(ATTACKS),
+                   help="run only this attack (repeatable; default: all at once)")
+    p.add_argument("--attacker-nice", type=int, default=0,
+                   help="run the attacking threads at this nice value (the honest clients stay at 0)")
+    p.add_argument("--attacker-idle", action="store_true",
+                   help="run the attacking threads under SCHED_IDLE: they get only the CPU that the server "
+                        "and the honest clients leave, as attackers on other machines would")
     a = p.parse_args()
 
     if a.check:
@@ -414,18 +457,16 @@ def main():
     results = multiprocessing.Queue()
     honest = multiprocessing.Process(target=measure, args=(a.url, a.seconds, results, "attack"))
     honest.start()
+    # Threads inherit the nice value and policy of the thread that starts them.
+    if a.attacker_nice:
+        os.nice(a.attacker_nice)
+    if a.attacker_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     threads = [threading.Thread(target=run.rss_watch)]
-    threads += [
-        threading.Thread(target=run.idle_connections, args=(300,)),
-        threading.Thread(target=run.sse_subscribers, args=(200,)),
-        threading.Thread(target=run.duplicates),
-        threading.Thread(target=run.consumers),
-        threading.Thread(target=run.malformed),
-    ]
-    threads += [threading.Thread(target=run.slow_headers) for _ in range(20)]
-    threads += [threading.Thread(target=run.big_pages) for _ in range(4)]
-    threads += [threading.Thread(target=run.zero_batches) for _ in range(2)]
-    threads += [threading.Thread(target=run.prefix_scans) for _ in range(6)]
+    for name, (target, args, copies) in ATTACKS.items():
+        if a.only and name not in a.only:
+            continue
+        threads += [threading.Thread(target=getattr(run, target), args=args) for _ in range(copies)]
     for t in threads:
         t.daemon = True
         t.start()
