@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use crate::alerts::Severity;
-use crate::store::backup;
 use crate::store::integrity::{self, Finding, Scope};
 use crate::store::writer::RepairOutcome;
+use crate::store::{backup, layout};
 use crate::store::{lock, Shared, StoreHandle};
 
 /// The monitor's settings.
@@ -218,10 +218,7 @@ fn verify_backups(
     let mut checked = 0;
     let mut problems = Vec::new();
     for b in targets {
-        let dir = shared
-            .data_dir
-            .join(backup::BACKUPS_DIR)
-            .join(&b.manifest.name);
+        let dir = layout::backups_dir(&shared.data_dir).join(&b.manifest.name);
         let files: Vec<_> = match scope {
             Scope::Full => b.manifest.files.iter().collect(),
             Scope::Tick { scrub } if !b.manifest.files.is_empty() => {
@@ -255,7 +252,7 @@ fn verify_backups(
                         shared.alerts.raise(
                             Severity::Error,
                             "backup_damaged",
-                            Some(format!("{}/{}", backup::BACKUPS_DIR, b.manifest.name)),
+                            Some(layout::backup_rel(&b.manifest.name)),
                             e.clone(),
                         );
                     }

@@ -21,16 +21,9 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::fsutil;
-use super::manifest::{self, Manifest};
-use super::recovery::SEGMENTS_DIR;
+use super::layout::{self, BACKUP_MANIFEST, BACKUP_TMP_PREFIX, SEGMENTS_DIR};
+use super::manifest::Manifest;
 use super::segment;
-
-/// Sub-directory of the data directory holding backups.
-pub const BACKUPS_DIR: &str = "backups";
-/// The backup's own manifest inside each backup directory.
-pub const BACKUP_FILE: &str = "backup.json";
-/// Prefix of a backup being assembled.
-const TMP_PREFIX: &str = ".tmp-";
 
 /// `backup.json`: what a backup holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -202,10 +195,6 @@ impl HashedCopies {
     }
 }
 
-fn backups_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(BACKUPS_DIR)
-}
-
 fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
@@ -252,7 +241,7 @@ pub fn take(
     copies: Copies,
     hashed: &mut HashedCopies,
 ) -> Result<BackupInfo, String> {
-    let root = backups_dir(&src.data_dir);
+    let root = layout::backups_dir(&src.data_dir);
     fsutil::create_dir_durable(&root).map_err(|e| err(format!("create {}", root.display()), e))?;
     let now = chrono::Utc::now();
     let number = list_dirs(&src.data_dir)
@@ -261,11 +250,11 @@ pub fn take(
         .max()
         .unwrap_or(0)
         + 1;
-    let mut name = format!("{number:08}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
+    let mut name = format!("{number:08}-{}", layout::stamp(now));
     while root.join(&name).exists() {
         name.push('x');
     }
-    let tmp = root.join(format!("{TMP_PREFIX}{name}"));
+    let tmp = root.join(format!("{BACKUP_TMP_PREFIX}{name}"));
     let tmp_segments = tmp.join(SEGMENTS_DIR);
     fs::create_dir_all(&tmp_segments)
         .map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
@@ -289,7 +278,7 @@ fn assemble(
     copies: Copies,
     hashed: &mut HashedCopies,
 ) -> Result<BackupInfo, String> {
-    let seg_dir = src.data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(&src.data_dir);
     let previous: Vec<(PathBuf, BackupManifest)> = list_dirs(&src.data_dir)
         .into_iter()
         .rev()
@@ -300,7 +289,7 @@ fn assemble(
     // declared; shared copies were checked just before they were linked.
     let mut copied = Vec::new();
     for sealed in &src.manifest.sealed {
-        let rel = format!("{SEGMENTS_DIR}/{}", sealed.file);
+        let rel = layout::segment_rel(&sealed.file);
         if let Some(prev) = verified_copy(
             &previous,
             &rel,
@@ -330,7 +319,7 @@ fn assemble(
         });
     }
     let active_name = segment::file_name(src.manifest.active_first_seq);
-    let active_rel = format!("{SEGMENTS_DIR}/{active_name}");
+    let active_rel = layout::segment_rel(&active_name);
     let (crc, sha) = copy_prefix(
         &seg_dir.join(&active_name),
         &tmp.join(&active_rel),
@@ -348,10 +337,10 @@ fn assemble(
         sha256: sha,
     });
     let manifest_bytes = serde_json::to_vec_pretty(&*src.manifest).expect("manifest serializes");
-    write_synced(&tmp.join(manifest::FILE_NAME), &manifest_bytes)?;
+    write_synced(&tmp.join(layout::MANIFEST), &manifest_bytes)?;
     copied.push(files.len());
     files.push(BackupFile {
-        path: manifest::FILE_NAME.to_string(),
+        path: layout::MANIFEST.to_string(),
         bytes: manifest_bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&manifest_bytes)),
     });
@@ -360,10 +349,10 @@ fn assemble(
     // committed state, taken by whoever built the source: the log the live
     // state also uses is already applied to it.)
     if let Some(bytes) = &src.consumers {
-        write_synced(&tmp.join(super::consumers::FILE_NAME), bytes)?;
+        write_synced(&tmp.join(layout::CONSUMERS), bytes)?;
         copied.push(files.len());
         files.push(BackupFile {
-            path: super::consumers::FILE_NAME.to_string(),
+            path: layout::CONSUMERS.to_string(),
             bytes: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(bytes)),
         });
@@ -398,7 +387,8 @@ fn assemble(
     }
     let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
     json.push(b'\n');
-    fsutil::write_atomic(&tmp.join(BACKUP_FILE), &json).map_err(|e| err("write backup.json", e))?;
+    fsutil::write_atomic(&tmp.join(BACKUP_MANIFEST), &json)
+        .map_err(|e| err("write backup.json", e))?;
     Ok(BackupInfo {
         manifest: bm,
         verified: true,
@@ -511,7 +501,7 @@ fn verify_files<'a>(
 
 /// Reads a backup's manifest.
 pub fn read_manifest(dir: &Path) -> Result<BackupManifest, String> {
-    let path = dir.join(BACKUP_FILE);
+    let path = dir.join(BACKUP_MANIFEST);
     let bytes = fs::read(&path).map_err(|e| err(format!("read {}", path.display()), e))?;
     serde_json::from_slice(&bytes).map_err(|e| err(format!("parse {}", path.display()), e))
 }
@@ -539,7 +529,7 @@ pub fn sequence_number(dir: &Path) -> u64 {
 /// wrong clock or a copied store, must not make new backups look older and
 /// get them pruned). Half-assembled `.tmp-*` directories are not listed.
 pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+    let Ok(rd) = fs::read_dir(layout::backups_dir(data_dir)) else {
         return Vec::new();
     };
     let mut dirs: Vec<PathBuf> = rd
@@ -554,11 +544,14 @@ pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Removes half-assembled backups left by a crash.
 pub fn remove_incomplete(data_dir: &Path) {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+    let Ok(rd) = fs::read_dir(layout::backups_dir(data_dir)) else {
         return;
     };
     for e in rd.filter_map(|e| e.ok()) {
-        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(BACKUP_TMP_PREFIX)
+        {
             let _ = fs::remove_dir_all(e.path());
         }
     }
@@ -573,7 +566,7 @@ pub fn find_segment(
     file: &str,
     want_sha: Option<&str>,
 ) -> Option<(Vec<u8>, String)> {
-    let rel = format!("{SEGMENTS_DIR}/{file}");
+    let rel = layout::segment_rel(file);
     for dir in list_dirs(data_dir).into_iter().rev() {
         let Ok(bm) = read_manifest(&dir) else {
             continue;
@@ -607,7 +600,7 @@ pub fn active_copies(
     min_len: Option<u64>,
     lineage_ok: impl Fn(Option<&str>) -> bool,
 ) -> impl Iterator<Item = (Vec<u8>, String)> {
-    let rel = format!("{SEGMENTS_DIR}/{file}");
+    let rel = layout::segment_rel(file);
     let file = file.to_string();
     list_dirs(data_dir).into_iter().rev().filter_map(move |dir| {
         let bm = read_manifest(&dir).ok()?;
@@ -665,7 +658,7 @@ pub fn prune(
         }
     }
     if !removed.is_empty() {
-        let _ = fsutil::fsync_dir(&backups_dir(data_dir));
+        let _ = fsutil::fsync_dir(&layout::backups_dir(data_dir));
     }
     removed
 }
@@ -675,9 +668,9 @@ mod tests {
     use super::*;
 
     fn make(root: &Path, name: &str) {
-        let dir = root.join(BACKUPS_DIR).join(name);
+        let dir = layout::backups_dir(root).join(name);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(BACKUP_FILE), b"{}").unwrap();
+        fs::write(dir.join(BACKUP_MANIFEST), b"{}").unwrap();
     }
 
     #[test]
@@ -708,8 +701,7 @@ mod tests {
                 "00000001-20261129T100000.000000Z"
             ]
         );
-        assert!(root
-            .join(BACKUPS_DIR)
+        assert!(layout::backups_dir(root)
             .join("00000002-20261129T110000.000000Z")
             .is_dir());
     }

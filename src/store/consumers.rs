@@ -29,15 +29,12 @@ use tokio::sync::oneshot;
 
 use super::error::StoreError;
 use super::fsutil;
+use super::layout::{self, CONSUMERS};
 use super::writer::Command;
 use super::{Filter, Shared, StoreHandle};
 
-/// File name under the data directory.
-pub const FILE_NAME: &str = "consumers.json";
-/// Format version of [`FILE_NAME`].
+/// Format version of `consumers.json` ([`layout::CONSUMERS`]).
 pub const VERSION: u32 = 1;
-/// The change log under the data directory, replayed over [`FILE_NAME`].
-pub const LOG_NAME: &str = "consumers.log";
 /// The log is compacted into the snapshot once it is larger than this and
 /// than twice the snapshot.
 pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
@@ -180,7 +177,7 @@ pub struct ConsumerStats {
 /// startup, after the data directory's lock is held and stale temp files
 /// are gone.
 pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
-    let path = data_dir.join(FILE_NAME);
+    let path = layout::consumers_path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -223,7 +220,7 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
 /// partial last line is a crash mid-append and is cut away. Returns the
 /// log's length afterwards.
 fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u64, StoreError> {
-    let path = data_dir.join(LOG_NAME);
+    let path = layout::consumers_log_path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -262,7 +259,7 @@ fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u
             _ => {
                 return Err(StoreError::Corrupt(format!(
                     "{} is damaged at offset {offset} and valid lines follow; restore the \
-                     consumers from a backup or move the file aside (cursors fall back to {FILE_NAME})",
+                     consumers from a backup or move the file aside (cursors fall back to {CONSUMERS})",
                     path.display()
                 )))
             }
@@ -337,11 +334,11 @@ fn compact(
     map: &BTreeMap<String, Consumer>,
 ) -> std::io::Result<()> {
     let bytes = snapshot_bytes(map);
-    fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)?;
+    fsutil::write_atomic(&layout::consumers_path(data_dir), &bytes)?;
     state.snapshot_bytes = bytes.len() as u64;
     // The snapshot holds everything: the log may go (a crash before it is
     // emptied replays it over the snapshot, which ends in the same state).
-    let log = data_dir.join(LOG_NAME);
+    let log = layout::consumers_log_path(data_dir);
     match std::fs::OpenOptions::new().write(true).open(&log) {
         Ok(f) => {
             f.set_len(0)?;
@@ -369,7 +366,7 @@ fn append(
             None => log_line(&mut lines, &LogRec::Delete(name.clone())),
         }
     }
-    let path = data_dir.join(LOG_NAME);
+    let path = layout::consumers_log_path(data_dir);
     let created = state.log_bytes == 0 && !path.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -579,7 +576,7 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 None
             }
             Err(e) => {
-                let path = shared.data_dir.join(LOG_NAME);
+                let path = layout::consumers_log_path(&shared.data_dir);
                 tracing::error!(error = %e, path = %path.display(), "writing the consumers log failed; the change is not applied");
                 Some(StoreError::io(format!("write {}", path.display()), e))
             }

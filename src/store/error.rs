@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the data directory's `LOCK`.
-    #[error("data directory {} is held by another msgbus instance (lock file {})", dir.display(), dir.join("LOCK").display())]
+    #[error("data directory {} is held by another msgbus instance (lock file {})", dir.display(), super::layout::lock_path(dir).display())]
     Locked {
         /// The contested data directory.
         dir: PathBuf,

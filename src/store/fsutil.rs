@@ -7,8 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-/// Suffix of temporary files. Startup removes any left behind by a crash.
-pub const TMP_SUFFIX: &str = ".tmp";
+use super::layout::{self, TMP_SUFFIX};
 
 /// fsync a directory so that entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -19,9 +18,7 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// write, fsync the file, rename over the target, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(TMP_SUFFIX);
-    let tmp = dir.join(tmp_name);
+    let tmp = layout::tmp_path(path);
     {
         let mut f = OpenOptions::new()
             .write(true)

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::backup;
 use super::fsutil;
-use super::manifest::{self, Manifest};
-use super::recovery::SEGMENTS_DIR;
+use super::layout;
+use super::manifest::Manifest;
 use super::segment;
 use super::Shared;
 
@@ -61,9 +61,9 @@ impl Finding {
     pub fn file(&self) -> String {
         match self {
             Finding::ActiveSegment { file, .. } | Finding::SealedSegment { file, .. } => {
-                format!("{SEGMENTS_DIR}/{file}")
+                layout::segment_rel(file)
             }
-            Finding::Manifest { .. } => manifest::FILE_NAME.to_string(),
+            Finding::Manifest { .. } => layout::MANIFEST.to_string(),
         }
     }
 
@@ -101,7 +101,7 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
 /// found until then is returned.
 pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
     let state = shared.file_state();
-    let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(&shared.data_dir);
     let mut findings = Vec::new();
 
     match Manifest::load(&shared.data_dir) {

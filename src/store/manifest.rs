@@ -6,9 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::fsutil;
-
-/// File name of the manifest inside the data directory.
-pub const FILE_NAME: &str = "manifest.json";
+use super::layout;
 
 /// Current manifest format version.
 pub const VERSION: u32 = 1;
@@ -92,7 +90,7 @@ impl Manifest {
 
     /// Reads and parses the manifest; `Ok(None)` if it does not exist.
     pub fn load(data_dir: &Path) -> Result<Option<Manifest>, String> {
-        let path = data_dir.join(FILE_NAME);
+        let path = layout::manifest_path(data_dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -124,7 +122,7 @@ impl Manifest {
     pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');
-        fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)
+        fsutil::write_atomic(&layout::manifest_path(data_dir), &bytes)
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`consumers`]: durable named cursors (`consumers.json`)
 //! - [`retention`]: deleting sealed segments outside the retention limits
+//! - [`layout`]: every name and path in the data directory
 //! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file helpers, errors
 
 pub mod backup;
@@ -26,6 +27,7 @@ pub mod fsutil;
 pub mod handle;
 pub mod index;
 pub mod integrity;
+pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod recovery;

@@ -15,16 +15,12 @@ use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
 use super::index::{Index, NewEntry, SegmentReader};
+use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
 use super::segment::{self, Scan};
 
 pub mod active;
-
-/// Sub-directory holding segment files.
-pub const SEGMENTS_DIR: &str = "segments";
-/// Sub-directory where damaged bytes are moved aside.
-pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// What recovery found and did, for the log and for `msgbus verify`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -126,8 +122,8 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
 pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     fsutil::create_dir_durable(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
     let lock = DirLock::acquire(data_dir)?;
-    let seg_dir = data_dir.join(SEGMENTS_DIR);
-    for d in [&seg_dir, &data_dir.join(QUARANTINE_DIR)] {
+    let seg_dir = layout::segments_dir(data_dir);
+    for d in [&seg_dir, &layout::quarantine_dir(data_dir)] {
         fsutil::create_dir_durable(d).map_err(io(format!("create {}", d.display())))?;
     }
     let mut report = RecoveryReport::default();
@@ -142,7 +138,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         Err(why) => {
             // A damaged manifest is rebuilt from the segments, like a missing
             // one, after its bytes are moved aside.
-            let path = data_dir.join(super::manifest::FILE_NAME);
+            let path = layout::manifest_path(data_dir);
             let bytes = std::fs::read(&path).unwrap_or_default();
             let q = quarantine(data_dir, &path, 0, &bytes)?;
             std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
@@ -150,10 +146,9 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             report.quarantined_manifest = Some(q.display().to_string());
             report.notes.push(RecoveryNote {
                 kind: "repair",
-                file: super::manifest::FILE_NAME.into(),
+                file: MANIFEST.into(),
                 detail: format!(
-                    "{} was damaged; moved to {QUARANTINE_DIR}/ and rebuilt from the segments",
-                    super::manifest::FILE_NAME
+                    "{MANIFEST} was damaged; moved to {QUARANTINE_DIR}/ and rebuilt from the segments",
                 ),
             });
             None
@@ -205,9 +200,8 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             tracing::info!(file = %f.path.display(), "removed a segment left by an interrupted retention pass");
         } else {
             return Err(StoreError::Corrupt(format!(
-                "{} ({len} bytes) is not listed in {}; move it aside or restore a backup",
+                "{} ({len} bytes) is not listed in {MANIFEST}; move it aside or restore a backup",
                 f.path.display(),
-                super::manifest::FILE_NAME
             )));
         }
     }
@@ -244,10 +238,10 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
                 report.repaired_from_backup.push(sealed.file.clone());
                 report.notes.push(RecoveryNote {
                     kind: "repair",
-                    file: segment_rel(&path),
+                    file: layout::segment_rel_of(&path),
                     detail: format!(
                         "sealed segment {} failed its check and was restored from a verified backup",
-                        segment_rel(&path)
+                        layout::segment_rel_of(&path)
                     ),
                 });
                 bytes
@@ -324,14 +318,6 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     })
 }
 
-/// `segments/<name>`, the way alerts and reports name a segment.
-fn segment_rel(path: &Path) -> String {
-    format!(
-        "{SEGMENTS_DIR}/{}",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    )
-}
-
 /// Reads, judges and, if need be, repairs the active segment (see
 /// [`active`]); returns its bytes, a torn tail cut away, and their scan.
 fn recover_active(
@@ -341,7 +327,7 @@ fn recover_active(
     manifest: &Manifest,
     report: &mut RecoveryReport,
 ) -> Result<(Vec<u8>, Scan)> {
-    let rel = segment_rel(path);
+    let rel = layout::segment_rel_of(path);
     let file_name = segment::file_name(first_seq);
     let (live, missing) = match std::fs::read(path) {
         Ok(b) => (b, false),
@@ -446,7 +432,7 @@ fn recover_active(
 fn store_manifest(m: &Manifest, data_dir: &Path) -> Result<()> {
     m.store(data_dir).map_err(io(format!(
         "write {}",
-        data_dir.join(super::manifest::FILE_NAME).display()
+        layout::manifest_path(data_dir).display()
     )))
 }
 
@@ -571,8 +557,8 @@ fn rebuild_manifest(files: &[segment::SegmentFile]) -> Result<Manifest> {
 
 /// Copies damaged bytes to `quarantine/` (fsynced) before anything is cut.
 pub fn quarantine(data_dir: &Path, file: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf> {
-    let dir = data_dir.join(QUARANTINE_DIR);
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let dir = layout::quarantine_dir(data_dir);
+    let stamp = layout::stamp_now();
     let name = format!(
         "{}.{offset}.{stamp}.bad",
         file.file_name().unwrap_or_default().to_string_lossy()

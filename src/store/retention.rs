@@ -27,8 +27,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
+use super::layout;
 use super::manifest::{Manifest, SealedSegment};
-use super::recovery::SEGMENTS_DIR;
 use super::writer::Command;
 use super::Shared;
 
@@ -181,7 +181,7 @@ pub fn enforce(
     if policy.is_off() || manifest.sealed.is_empty() {
         return Ok(None);
     }
-    let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(&shared.data_dir);
     let now = SystemTime::now();
     let n = expired_prefix(&policy, &manifest.sealed, head, active_bytes, |s| {
         file_age(&seg_dir, s, now)
@@ -201,7 +201,7 @@ pub fn enforce(
         StoreError::io(
             format!(
                 "write {}",
-                shared.data_dir.join(super::manifest::FILE_NAME).display()
+                layout::manifest_path(&shared.data_dir).display()
             ),
             e,
         )

@@ -456,7 +456,7 @@ impl Writer {
     fn seal_and_roll(&mut self) -> Result<()> {
         self.verify_active_file_before_seal()?;
         let data_dir = self.shared.data_dir.clone();
-        let seg_dir = data_dir.join(recovery::SEGMENTS_DIR);
+        let seg_dir = super::layout::segments_dir(&data_dir);
         let new_first = self.next_seq;
         // Created first: the step that needs new descriptors.
         let (file, path) = match recovery::create_segment_file(&seg_dir, new_first) {
@@ -501,7 +501,7 @@ impl Writer {
             let err = StoreError::io(
                 format!(
                     "write {}",
-                    data_dir.join(super::manifest::FILE_NAME).display()
+                    super::layout::manifest_path(&data_dir).display()
                 ),
                 e,
             );

@@ -9,8 +9,7 @@
 //! - manifest: rewritten from the writer's copy of it (the same table a
 //!   rebuild from the segments gives).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +22,9 @@ use crate::alerts::Severity;
 use crate::store::backup;
 use crate::store::fsutil;
 use crate::store::integrity::{FileState, Finding};
+use crate::store::layout;
 use crate::store::manifest::Manifest;
-use crate::store::recovery::{self, SEGMENTS_DIR};
+use crate::store::recovery;
 
 /// What a repair did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -242,7 +242,7 @@ impl Writer {
         else {
             return Ok(format!("{file} is no longer part of the store"));
         };
-        let path = self.shared.data_dir.join(SEGMENTS_DIR).join(file);
+        let path = layout::segment_path(&self.shared.data_dir, file);
         if let Ok((len, sha)) = backup::sha256_file(&path) {
             if len == sealed.bytes && sha == sealed.sha256 {
                 self.refresh_reader(sealed.first_seq, &path)?;
@@ -270,7 +270,7 @@ impl Writer {
         if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == *self.manifest) {
             return Ok(INTACT.into());
         }
-        let path = data_dir.join(crate::store::manifest::FILE_NAME);
+        let path = layout::manifest_path(&data_dir);
         if let Ok(old) = std::fs::read(&path) {
             recovery::quarantine(&data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
         }
@@ -291,20 +291,9 @@ impl Writer {
     }
 }
 
-/// Replaces `path` with `bytes` atomically (temp, fsync, rename, fsync dir).
+/// Replaces `path` with `bytes` atomically (see [`fsutil::write_atomic`]).
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(fsutil::TMP_SUFFIX);
-    let tmp = dir.join(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsutil::fsync_dir(dir)
-    };
-    write().map_err(|e| format!("rewrite {}: {e}", path.display()))
+    fsutil::write_atomic(path, bytes).map_err(|e| format!("rewrite {}: {e}", path.display()))
 }
 
 fn file_name(path: &Path) -> String {
