@@ -30,8 +30,7 @@ use tokio::sync::oneshot;
 use super::error::StoreError;
 use super::fsutil;
 use super::layout::{self, CONSUMERS};
-use super::writer::Command;
-use super::{Filter, Shared, StoreHandle};
+use super::{Filter, Shared};
 
 /// Format version of `consumers.json` ([`layout::CONSUMERS`]).
 pub const VERSION: u32 = 1;
@@ -610,52 +609,5 @@ fn refuse(r: Request, e: StoreError) {
         Request::Delete { reply, .. } | Request::Ack { reply, .. } => {
             let _ = reply.send(Err(e.into()));
         }
-    }
-}
-
-impl StoreHandle {
-    async fn consumer_request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, ConsumerError> {
-        let (reply, rx) = oneshot::channel();
-        self.try_send(Command::Consumer(make(reply)))?;
-        rx.await.map_err(|_| StoreError::Stopped)?
-    }
-
-    /// Creates or updates a consumer; answers it and whether it is new.
-    /// Creating one when `max_consumers` exist already is refused.
-    pub async fn put_consumer(
-        &self,
-        name: String,
-        filter: ConsumerFilter,
-        start: Option<Start>,
-        max_consumers: usize,
-    ) -> Result<(Consumer, bool), ConsumerError> {
-        self.consumer_request(|reply| Request::Put {
-            name,
-            filter,
-            start,
-            max_consumers,
-            reply,
-        })
-        .await
-    }
-
-    /// Deletes a consumer.
-    pub async fn delete_consumer(&self, name: String) -> Result<Consumer, ConsumerError> {
-        self.consumer_request(|reply| Request::Delete { name, reply })
-            .await
-    }
-
-    /// Commits a consumer's cursor at `seq`, durably, before answering.
-    pub async fn ack(&self, name: String, seq: u64) -> Result<Consumer, ConsumerError> {
-        self.consumer_request(|reply| Request::Ack { name, seq, reply })
-            .await
-    }
-
-    /// The committed consumers.
-    pub fn consumers(&self) -> &Consumers {
-        &self.shared().consumers
     }
 }

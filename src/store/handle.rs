@@ -17,6 +17,8 @@ use super::recovery;
 use super::writer::{Command, Writer};
 use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
 
+mod consumers;
+
 /// A stored event: its sequence number and its exact stored bytes.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

@@ -29,7 +29,6 @@ use super::error::{Result, StoreError};
 use super::fsutil;
 use super::layout;
 use super::manifest::{Manifest, SealedSegment};
-use super::writer::Command;
 use super::Shared;
 
 /// The configured limits; `None` means unlimited.
@@ -269,10 +268,19 @@ pub fn tick_interval(policy: &RetentionPolicy) -> Option<Duration> {
     Some((age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
 }
 
+/// A request for a retention pass now, which the ticker sends on the
+/// writer's queue (the writer's command type converts from it, so this
+/// module does not depend on the writer).
+#[derive(Debug, Clone, Copy)]
+pub struct Tick;
+
 /// With `--retention-max-age`, starts a thread that asks the writer for a
 /// retention pass now and then, so old segments go on an idle store too.
 /// It holds only a weak sender and ends once the writer is gone.
-pub fn spawn_ticker(policy: &RetentionPolicy, tx: &mpsc::Sender<Command>) {
+pub fn spawn_ticker<C: From<Tick> + Send + 'static>(
+    policy: &RetentionPolicy,
+    tx: &mpsc::Sender<C>,
+) {
     let Some(every) = tick_interval(policy) else {
         return;
     };
@@ -282,7 +290,7 @@ pub fn spawn_ticker(policy: &RetentionPolicy, tx: &mpsc::Sender<Command>) {
         .spawn(move || loop {
             std::thread::sleep(every);
             let Some(tx) = weak.upgrade() else { break };
-            if let Err(TrySendError::Closed(_)) = tx.try_send(Command::EnforceRetention) {
+            if let Err(TrySendError::Closed(_)) = tx.try_send(C::from(Tick)) {
                 break;
             }
         });

@@ -77,6 +77,12 @@ pub enum Command {
     Shutdown,
 }
 
+impl From<super::retention::Tick> for Command {
+    fn from(_: super::retention::Tick) -> Self {
+        Command::EnforceRetention
+    }
+}
+
 /// Stop draining once a commit holds this many bytes, so one fsync never
 /// waits behind an unbounded write.
 const MAX_COMMIT_BYTES: usize = 16 << 20;
@@ -387,6 +393,17 @@ impl Writer {
         m.max_batch_events
             .fetch_max(accepted.len() as u64, Ordering::Relaxed);
         self.buf = self.hasher.update(std::mem::take(&mut self.buf));
+    }
+
+    /// Publishes what is now on disk, for the integrity monitor.
+    fn publish_file_state(&self) {
+        let state = super::integrity::FileState {
+            manifest: Arc::clone(&self.manifest),
+            active_len: self.active.len,
+            active_crc: self.active.crc,
+            last_seq: self.next_seq - 1,
+        };
+        *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Makes room in the active segment's in-memory copy for the current

@@ -12,7 +12,6 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -21,7 +20,7 @@ use super::Writer;
 use crate::alerts::Severity;
 use crate::store::backup;
 use crate::store::fsutil;
-use crate::store::integrity::{FileState, Finding};
+use crate::store::integrity::Finding;
 use crate::store::layout;
 use crate::store::manifest::Manifest;
 use crate::store::recovery;
@@ -44,17 +43,6 @@ pub struct RepairOutcome {
 const INTACT: &str = "the file is intact";
 
 impl Writer {
-    /// Publishes what is now on disk, for the integrity monitor.
-    pub(super) fn publish_file_state(&self) {
-        let state = FileState {
-            manifest: Arc::clone(&self.manifest),
-            active_len: self.active.len,
-            active_crc: self.active.crc,
-            last_seq: self.next_seq - 1,
-        };
-        *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
-    }
-
     /// Checks findings again and repairs what is still wrong. Read-only
     /// mode is set while anything stays unrepaired and cleared otherwise.
     ///
