@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::alerts::Severity;
 use crate::store::integrity::{self, Finding, Scope};
-use crate::store::writer::RepairOutcome;
+use crate::store::writer::{self, RepairOutcome};
 use crate::store::{backup, layout};
 use crate::store::{lock, Shared, StoreHandle};
 
@@ -116,28 +116,11 @@ pub async fn run_check(
             // The finding raced a change the writer made; not a detection.
             continue;
         }
-        if !previously_open.contains(&file) {
-            alerts.raise(
-                Severity::Warning,
-                "detection",
-                Some(file.clone()),
-                o.finding.detail(),
-            );
-        }
+        writer::raise_repair_alerts(alerts, o, previously_open.contains(&file));
         if o.repaired {
             repaired += 1;
-            alerts.raise(Severity::Warning, "repair", Some(file.clone()), &o.detail);
-            alerts.resolve(&["detection", "repair_failed"], Some(&file));
         } else {
             failed += 1;
-            if !previously_open.contains(&file) {
-                alerts.raise(
-                    Severity::Error,
-                    "repair_failed",
-                    Some(file.clone()),
-                    &o.detail,
-                );
-            }
             still_open.push(file);
         }
     }
@@ -240,7 +223,7 @@ fn verify_backups(
                         f.path, f.bytes, f.sha256
                     ));
                 }
-                Err(e) => error = Some(e),
+                Err(e) => error = Some(e.to_string()),
             }
         }
         let mut all = lock(&shared.backups);

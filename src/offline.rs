@@ -73,21 +73,10 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             }
         };
         let scan = segment::scan(&bytes, expect);
-        let sha = backup::sha256_file(&path)
-            .map(|(_, sha)| sha)
-            .unwrap_or_default();
         if let Some(d) = &scan.damage {
             damaged(out, format!("{rel}: offset {}: {}", d.offset, d.problem));
-        } else if bytes.len() as u64 != s.bytes || sha != s.sha256 {
-            damaged(
-                out,
-                format!(
-                    "{rel}: {} bytes with SHA-256 {sha}; the manifest says {} bytes with {}",
-                    bytes.len(),
-                    s.bytes,
-                    s.sha256
-                ),
-            );
+        } else if let Err(mismatch) = s.check_bytes(&bytes) {
+            damaged(out, format!("{rel}: {mismatch}"));
         } else {
             let _ = writeln!(
                 out,
@@ -193,7 +182,11 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
         backup::Copies::Two,
         &mut backup::HashedCopies::default(),
     )
-    .map_err(StoreError::Corrupt)?;
+    .map_err(|e| match e {
+        // A full disk, a permission, an I/O error: not damage.
+        backup::BackupError::Io(e) => e.into(),
+        e => StoreError::Corrupt(e.to_string()),
+    })?;
     Ok(layout::backups_dir(data_dir).join(info.manifest.name))
 }
 
@@ -282,7 +275,7 @@ fn check_restorable(
         return Err(refuse(format!("it holds no {MANIFEST}")));
     }
     let m = Manifest::load(src)
-        .map_err(refuse)?
+        .map_err(|e| refuse(e.to_string()))?
         .ok_or_else(|| refuse(format!("its {MANIFEST} is missing")))?;
     for s in &m.sealed {
         let rel = layout::segment_rel(&s.file);

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::error::FileError;
 use super::fsutil;
 use super::layout::{self, BACKUP_MANIFEST, BACKUP_TMP_PREFIX, SEGMENTS_DIR};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, SealedSegment};
 use super::segment;
 
 /// `backup.json`: what a backup holds.
@@ -195,8 +196,45 @@ impl HashedCopies {
     }
 }
 
-fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
-    format!("{context}: {e}")
+/// Why a backup could not be taken, read or verified.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackupError {
+    /// An I/O operation failed: the disk, a permission, descriptors.
+    #[error(transparent)]
+    Io(#[from] FileError),
+    /// A `backup.json` that does not parse.
+    #[error("parse {}: {source}", path.display())]
+    Invalid {
+        /// The backup manifest.
+        path: PathBuf,
+        /// What the parser found.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// A file whose length or SHA-256 is not what it should be: the live
+    /// segment it was copied from, or the copy, is damaged.
+    #[error("{} fails verification: {bytes} bytes with SHA-256 {sha256}, expected {expected_bytes} bytes with {expected_sha256}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        bytes: u64,
+        /// Its SHA-256.
+        sha256: String,
+        /// The length it should have.
+        expected_bytes: u64,
+        /// The SHA-256 it should have.
+        expected_sha256: String,
+    },
+    /// The active segment's durable prefix is not what the writer wrote.
+    #[error("the active segment {file} differs from what was written; not backed up until it is repaired")]
+    ActiveDiffers {
+        /// Its file name.
+        file: String,
+    },
+    /// The backup thread is not running.
+    #[error("the backup thread {0}")]
+    NoThread(&'static str),
 }
 
 /// Copies `from` to `to` and fsyncs the copy, returning its length.
@@ -207,32 +245,15 @@ fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
 /// which confirms the live segment and the copy at once. (A read/write loop
 /// hashing as it copied, then the re-read, made backups a third of the
 /// server's CPU in batch benchmarks.)
-fn copy_synced(from: &Path, to: &Path) -> Result<u64, String> {
-    let n = fs::copy(from, to).map_err(|e| err(format!("copy {}", from.display()), e))?;
+fn copy_synced(from: &Path, to: &Path) -> Result<u64, BackupError> {
+    let n = fs::copy(from, to).map_err(FileError::at("copy", from))?;
     File::open(to)
         .and_then(|f| f.sync_all())
-        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
+        .map_err(FileError::at("fsync", to))?;
     Ok(n)
 }
 
-/// SHA-256 and length of a file.
-pub fn sha256_file(path: &Path) -> Result<(u64, String), String> {
-    let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| err(format!("read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(hasher.finalize())))
-}
+pub use super::fsutil::sha256_file;
 
 /// Takes a verified backup of `src`. Blocking; run it off the commit path.
 /// `hashed` remembers which earlier copies were checked recently.
@@ -240,9 +261,9 @@ pub fn take(
     src: &BackupSource,
     copies: Copies,
     hashed: &mut HashedCopies,
-) -> Result<BackupInfo, String> {
+) -> Result<BackupInfo, BackupError> {
     let root = layout::backups_dir(&src.data_dir);
-    fsutil::create_dir_durable(&root).map_err(|e| err(format!("create {}", root.display()), e))?;
+    fsutil::create_dir_durable(&root).map_err(FileError::at("create", &root))?;
     let now = chrono::Utc::now();
     let number = list_dirs(&src.data_dir)
         .iter()
@@ -256,8 +277,7 @@ pub fn take(
     }
     let tmp = root.join(format!("{BACKUP_TMP_PREFIX}{name}"));
     let tmp_segments = tmp.join(SEGMENTS_DIR);
-    fs::create_dir_all(&tmp_segments)
-        .map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
+    fs::create_dir_all(&tmp_segments).map_err(FileError::at("create", &tmp_segments))?;
     hashed.expire();
     let result = assemble(src, &name, &now.to_rfc3339(), &tmp, copies, hashed);
     if result.is_err() {
@@ -265,8 +285,8 @@ pub fn take(
         return result;
     }
     let final_dir = root.join(&name);
-    fs::rename(&tmp, &final_dir).map_err(|e| err(format!("rename {}", tmp.display()), e))?;
-    fsutil::fsync_dir(&root).map_err(|e| err(format!("fsync {}", root.display()), e))?;
+    fs::rename(&tmp, &final_dir).map_err(FileError::at("rename", &tmp))?;
+    fsutil::fsync_dir(&root).map_err(FileError::at("fsync", &root))?;
     result
 }
 
@@ -277,7 +297,7 @@ fn assemble(
     tmp: &Path,
     copies: Copies,
     hashed: &mut HashedCopies,
-) -> Result<BackupInfo, String> {
+) -> Result<BackupInfo, BackupError> {
     let seg_dir = layout::segments_dir(&src.data_dir);
     let previous: Vec<(PathBuf, BackupManifest)> = list_dirs(&src.data_dir)
         .into_iter()
@@ -298,8 +318,7 @@ fn assemble(
             copies,
             hashed,
         ) {
-            fs::hard_link(&prev, tmp.join(&rel))
-                .map_err(|e| err(format!("link {}", prev.display()), e))?;
+            fs::hard_link(&prev, tmp.join(&rel)).map_err(FileError::at("link", &prev))?;
             files.push(BackupFile {
                 path: rel,
                 bytes: sealed.bytes,
@@ -326,9 +345,7 @@ fn assemble(
         src.active_len,
     )?;
     if crc != src.active_crc {
-        return Err(format!(
-            "the active segment {active_name} differs from what was written; not backed up until it is repaired"
-        ));
+        return Err(BackupError::ActiveDiffers { file: active_name });
     }
     copied.push(files.len());
     files.push(BackupFile {
@@ -358,7 +375,7 @@ fn assemble(
         });
     }
     for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {
-        fsutil::fsync_dir(&d).map_err(|e| err(format!("fsync {}", d.display()), e))?;
+        fsutil::fsync_dir(&d).map_err(FileError::at("fsync", &d))?;
     }
     let first_seq = src
         .manifest
@@ -387,8 +404,8 @@ fn assemble(
     }
     let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
     json.push(b'\n');
-    fsutil::write_atomic(&tmp.join(BACKUP_MANIFEST), &json)
-        .map_err(|e| err("write backup.json", e))?;
+    let path = tmp.join(BACKUP_MANIFEST);
+    fsutil::write_atomic(&path, &json).map_err(FileError::at("write", &path))?;
     Ok(BackupInfo {
         manifest: bm,
         verified: true,
@@ -399,23 +416,21 @@ fn assemble(
 
 /// Copies the first `len` bytes of `from` (the active segment's durable
 /// prefix, which never changes) in chunks, returning their CRC32C and SHA-256.
-fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(u32, String), String> {
-    let mut src = File::open(from).map_err(|e| err(format!("open {}", from.display()), e))?;
-    let mut dst = File::create(to).map_err(|e| err(format!("create {}", to.display()), e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut crc, mut hasher, mut left) = (0u32, Sha256::new(), len);
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        src.read_exact(&mut buf[..n])
-            .map_err(|e| err(format!("read {}", from.display()), e))?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .map_err(|e| err(format!("write {}", to.display()), e))?;
-        left -= n as u64;
-    }
-    dst.sync_all()
-        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
+fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(u32, String), BackupError> {
+    let mut src = File::open(from).map_err(FileError::at("open", from))?;
+    let mut dst = File::create(to).map_err(FileError::at("create", to))?;
+    let mut hasher = Sha256::new();
+    let crc = fsutil::crc32c_prefix_with(
+        &mut src,
+        len,
+        |e| FileError::new("read", from, e),
+        |chunk| {
+            hasher.update(chunk);
+            dst.write_all(chunk)
+                .map_err(|e| FileError::new("write", to, e))
+        },
+    )?;
+    dst.sync_all().map_err(FileError::at("fsync", to))?;
     Ok((crc, hex::encode(hasher.finalize())))
 }
 
@@ -472,42 +487,45 @@ fn verified_copy(
     Some(good)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = File::create(path).map_err(|e| err(format!("create {}", path.display()), e))?;
-    f.write_all(bytes)
-        .map_err(|e| err(format!("write {}", path.display()), e))?;
-    f.sync_all()
-        .map_err(|e| err(format!("fsync {}", path.display()), e))
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    let mut f = File::create(path).map_err(FileError::at("create", path))?;
+    f.write_all(bytes).map_err(FileError::at("write", path))?;
+    f.sync_all().map_err(FileError::at("fsync", path))?;
+    Ok(())
 }
 
 fn verify_files<'a>(
     dir: &Path,
     files: impl IntoIterator<Item = &'a BackupFile>,
-) -> Result<(), String> {
+) -> Result<(), BackupError> {
     for f in files {
         let path = dir.join(&f.path);
         let (bytes, sha) = sha256_file(&path)?;
         if bytes != f.bytes || sha != f.sha256 {
-            return Err(format!(
-                "{} fails verification: {bytes} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                path.display(),
-                f.bytes,
-                f.sha256
-            ));
+            return Err(BackupError::Mismatch {
+                path,
+                bytes,
+                sha256: sha,
+                expected_bytes: f.bytes,
+                expected_sha256: f.sha256.clone(),
+            });
         }
     }
     Ok(())
 }
 
 /// Reads a backup's manifest.
-pub fn read_manifest(dir: &Path) -> Result<BackupManifest, String> {
+pub fn read_manifest(dir: &Path) -> Result<BackupManifest, BackupError> {
     let path = dir.join(BACKUP_MANIFEST);
-    let bytes = fs::read(&path).map_err(|e| err(format!("read {}", path.display()), e))?;
-    serde_json::from_slice(&bytes).map_err(|e| err(format!("parse {}", path.display()), e))
+    let bytes = fs::read(&path).map_err(FileError::at("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|e| BackupError::Invalid {
+        path,
+        source: Arc::new(e),
+    })
 }
 
 /// Verifies every file of the backup `dir` against its SHA-256.
-pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
+pub fn verify(dir: &Path) -> Result<BackupManifest, BackupError> {
     let bm = read_manifest(dir)?;
     verify_files(dir, &bm.files)?;
     Ok(bm)
@@ -586,6 +604,50 @@ pub fn find_segment(
         tracing::warn!(backup = %dir.display(), file, "backup copy fails its SHA-256; trying an older backup");
     }
     None
+}
+
+/// A sealed segment put back from a backup.
+#[derive(Debug)]
+pub struct Restored {
+    /// Its bytes, as now on disk.
+    pub bytes: Vec<u8>,
+    /// The backup they came from.
+    pub backup: String,
+}
+
+/// Why a sealed segment could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No verified backup holds the segment the manifest names.
+    #[error("no verified backup holds {file} with SHA-256 {sha256}")]
+    NoBackup {
+        /// The segment's file name.
+        file: String,
+        /// The SHA-256 the manifest gives it.
+        sha256: String,
+    },
+    /// Moving the damaged file aside or writing the copy failed.
+    #[error(transparent)]
+    Io(#[from] FileError),
+}
+
+/// Restores the sealed segment `sealed` from the newest verified backup
+/// whose copy matches the manifest's SHA-256: what the file holds now (if
+/// it can be read) is copied to `quarantine/`, then the copy replaces it
+/// atomically. Used at start-up (recovery) and by the writer's repair.
+pub fn restore_sealed(data_dir: &Path, sealed: &SealedSegment) -> Result<Restored, RestoreError> {
+    let Some((bytes, backup)) = find_segment(data_dir, &sealed.file, Some(&sealed.sha256)) else {
+        return Err(RestoreError::NoBackup {
+            file: sealed.file.clone(),
+            sha256: sealed.sha256.clone(),
+        });
+    };
+    let path = layout::segment_path(data_dir, &sealed.file);
+    if let Ok(old) = fs::read(&path) {
+        fsutil::quarantine(data_dir, &path, 0, &old)?;
+    }
+    fsutil::write_atomic(&path, &bytes).map_err(FileError::at("rewrite", &path))?;
+    Ok(Restored { bytes, backup })
 }
 
 /// Verified backup copies of the active segment `file` from backups of

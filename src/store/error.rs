@@ -1,7 +1,88 @@
-//! Errors at the store boundary. Cloneable, because one poisoning or one
-//! failed commit is reported to every caller in the batch.
+//! Errors at the store boundary, and the I/O error every store module
+//! builds them from.
+//!
+//! [`FileError`] is an I/O failure on one file: what was being done, the
+//! path, and the operating system's error, kept (not turned into text) so
+//! callers decide by its kind (descriptor exhaustion, a full disk, a
+//! permission) and the source chain reaches the log. [`StoreError`] is
+//! cloneable, because one poisoning or one failed commit is reported to
+//! every caller in the batch; it holds its `io::Error` behind an `Arc`.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An I/O operation on one file failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct FileError {
+    /// What was being done (`read`, `write`, `fsync`, ...).
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The operating system's error.
+    #[source]
+    pub source: Arc<io::Error>,
+}
+
+impl FileError {
+    /// `op` on `path` failed with `source`.
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        FileError {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// For `map_err`: `op` on `path` failed.
+    pub fn at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+        move |e| FileError::new(op, path, e)
+    }
+
+    /// The kind of the operating system's error.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+
+    /// True when the process or the system has no file descriptor left
+    /// (see [`fsutil::is_descriptor_exhaustion`](super::fsutil::is_descriptor_exhaustion)).
+    pub fn is_descriptor_exhaustion(&self) -> bool {
+        super::fsutil::is_descriptor_exhaustion(&self.source)
+    }
+
+    /// True when the failure says nothing about the data: the disk or a
+    /// quota is full, permission is denied, descriptors are exhausted, the
+    /// file system is read-only. An offline tool then reports the I/O
+    /// error, not damage.
+    pub fn is_environment(&self) -> bool {
+        self.is_descriptor_exhaustion()
+            || matches!(
+                self.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::StorageFull
+                    | io::ErrorKind::QuotaExceeded
+                    | io::ErrorKind::ReadOnlyFilesystem
+            )
+    }
+}
+
+impl From<FileError> for StoreError {
+    fn from(e: FileError) -> Self {
+        let context = format!("{} {}", e.op, e.path.display());
+        if e.is_descriptor_exhaustion() {
+            StoreError::TooManyOpenFiles {
+                context,
+                source: e.source,
+            }
+        } else {
+            StoreError::Io {
+                context,
+                source: e.source,
+            }
+        }
+    }
+}
 
 /// Everything the store can refuse or fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -13,22 +94,24 @@ pub enum StoreError {
         dir: PathBuf,
     },
     /// An I/O operation failed; `context` names the file and the operation.
-    #[error("{context}: {message}")]
+    #[error("{context}: {source}")]
     Io {
         /// What was being done, and to which path.
         context: String,
-        /// The operating system's message.
-        message: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
     },
     /// The process or the system has no file descriptor left (EMFILE,
     /// ENFILE). Transient: nothing is damaged, retry once descriptors are
     /// free.
-    #[error("too many open files: {context}: {message}; nothing is damaged: retry later, or raise the open-file limit (ulimit -n)")]
+    #[error("too many open files: {context}: {source}; nothing is damaged: retry later, or raise the open-file limit (ulimit -n)")]
     TooManyOpenFiles {
         /// What was being done, and to which path.
         context: String,
-        /// The operating system's message.
-        message: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
     },
     /// The files are damaged in a way that cannot be repaired safely.
     #[error("store damaged: {0}")]
@@ -61,17 +144,22 @@ pub enum StoreError {
 impl StoreError {
     /// Wraps an I/O error with what was being done.
     /// Descriptor exhaustion becomes [`StoreError::TooManyOpenFiles`].
-    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, e: io::Error) -> Self {
         if super::fsutil::is_descriptor_exhaustion(&e) {
             return StoreError::TooManyOpenFiles {
                 context: context.into(),
-                message: e.to_string(),
+                source: Arc::new(e),
             };
         }
         StoreError::Io {
             context: context.into(),
-            message: e.to_string(),
+            source: Arc::new(e),
         }
+    }
+
+    /// `op` on `path` failed with `e` (see [`FileError`]).
+    pub fn file(op: &'static str, path: &Path, e: io::Error) -> Self {
+        FileError::new(op, path, e).into()
     }
 }
 

@@ -242,7 +242,9 @@ impl StoreHandle {
     }
 
     /// Takes a verified backup now and waits for it.
-    pub async fn backup(&self) -> Result<std::result::Result<super::backup::BackupInfo, String>> {
+    pub async fn backup(
+        &self,
+    ) -> Result<std::result::Result<super::backup::BackupInfo, super::backup::BackupError>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Backup { reply: Some(reply) })
@@ -398,7 +400,7 @@ impl StoreHandle {
                         })
                         .map_err(|e| {
                             tracing::error!(error = %e, "stored event failed verification on read");
-                            StoreError::Corrupt(e)
+                            StoreError::Corrupt(e.to_string())
                         })
                 })
                 .collect()
