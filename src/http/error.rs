@@ -200,7 +200,7 @@ impl From<StoreError> for Problem {
             StoreError::Poisoned(reason) => Problem::unavailable(
                 "read-only",
                 "Store is read-only",
-                format!("the store refuses writes: {reason}"),
+                format!("the store refuses writes until the server is restarted: {reason}"),
                 30,
             ),
             StoreError::Stopped => Problem::unavailable(

@@ -12,6 +12,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// True when `e` means the process (EMFILE) or the system (ENFILE) has no
+/// file descriptor left: a transient condition that passes once
+/// descriptors are closed, never a sign of damage.
+pub fn is_descriptor_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
+    )
+}
+
 /// An I/O operation on one file failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{op} {}: {source}", path.display())]
@@ -46,9 +56,9 @@ impl FileError {
     }
 
     /// True when the process or the system has no file descriptor left
-    /// (see [`fsutil::is_descriptor_exhaustion`](super::fsutil::is_descriptor_exhaustion)).
+    /// (see [`is_descriptor_exhaustion`]).
     pub fn is_descriptor_exhaustion(&self) -> bool {
-        super::fsutil::is_descriptor_exhaustion(&self.source)
+        is_descriptor_exhaustion(&self.source)
     }
 
     /// True when the failure says nothing about the data: the disk or a
@@ -116,7 +126,8 @@ pub enum StoreError {
     /// The files are damaged in a way that cannot be repaired safely.
     #[error("store damaged: {0}")]
     Corrupt(String),
-    /// A write or fsync failed earlier; the writer refuses all writes.
+    /// A write or fsync failed earlier; the writer refuses all writes until
+    /// the server is restarted (the fsync is never retried).
     #[error("store is read-only after a failed write: {0}")]
     Poisoned(String),
     /// Damage that could not be repaired yet; writes wait for a repair.
@@ -145,7 +156,7 @@ impl StoreError {
     /// Wraps an I/O error with what was being done.
     /// Descriptor exhaustion becomes [`StoreError::TooManyOpenFiles`].
     pub fn io(context: impl Into<String>, e: io::Error) -> Self {
-        if super::fsutil::is_descriptor_exhaustion(&e) {
+        if is_descriptor_exhaustion(&e) {
             return StoreError::TooManyOpenFiles {
                 context: context.into(),
                 source: Arc::new(e),

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+pub use super::error::is_descriptor_exhaustion;
 use super::error::FileError;
 use super::layout::{self, TMP_SUFFIX};
 
@@ -160,14 +161,4 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String), FileError> {
         total += n as u64;
     }
     Ok((total, hex::encode(hasher.finalize())))
-}
-
-/// True when `e` means the process (EMFILE) or the system (ENFILE) has no
-/// file descriptor left: a transient condition that passes once
-/// descriptors are closed, never a sign of damage.
-pub fn is_descriptor_exhaustion(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
-    )
 }

@@ -218,12 +218,7 @@ impl StoreHandle {
             return Err(StoreError::LowDisk(reason));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Append { events, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
-            })?;
+        self.try_send(Command::Append { events, reply })?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 

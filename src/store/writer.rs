@@ -607,7 +607,7 @@ impl Writer {
             crate::alerts::Severity::Error,
             "poisoned",
             Some(self.active.path.display().to_string()),
-            format!("writes refused until restart: {reason}"),
+            format!("writes refused until the server is restarted (the fsync is never retried): {reason}"),
         );
         *self
             .shared
