@@ -205,9 +205,13 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     {
         let _lock = DirLock::acquire(data_dir)?;
         let io = |what: String| move |e: std::io::Error| StoreError::io(what, e);
+        let file_err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| StoreError::file(op, &path, e)
+        };
         let aside =
             layout::quarantine_dir(data_dir).join(format!("restore-{}", layout::stamp_now()));
-        std::fs::create_dir_all(&aside).map_err(io(format!("create {}", aside.display())))?;
+        std::fs::create_dir_all(&aside).map_err(file_err("create", &aside))?;
         let seg_dir = layout::segments_dir(data_dir);
         let manifest_path = layout::manifest_path(data_dir);
         if manifest_path.exists() {
@@ -226,8 +230,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             std::fs::rename(&seg_dir, aside.join(SEGMENTS_DIR))
                 .map_err(io(format!("move {} aside", seg_dir.display())))?;
         }
-        fsutil::fsync_dir(&aside).map_err(io(format!("fsync {}", aside.display())))?;
-        std::fs::create_dir_all(&seg_dir).map_err(io(format!("create {}", seg_dir.display())))?;
+        fsutil::fsync_dir(&aside).map_err(file_err("fsync", &aside))?;
+        std::fs::create_dir_all(&seg_dir).map_err(file_err("create", &seg_dir))?;
         for f in &bm.files {
             let bytes = std::fs::read(src.join(&f.path))
                 .map_err(io(format!("read {}", src.join(&f.path).display())))?;
@@ -244,8 +248,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             last_seq: bm.last_seq.max(m.active_first_seq - 1),
         });
         m.store(data_dir)
-            .map_err(io(format!("write {}", manifest_path.display())))?;
-        fsutil::fsync_dir(data_dir).map_err(io(format!("fsync {}", data_dir.display())))?;
+            .map_err(file_err("write", &manifest_path))?;
+        fsutil::fsync_dir(data_dir).map_err(file_err("fsync", data_dir))?;
     }
     // Open it as a start would, to prove the restored store is whole.
     let rec = recovery::open(data_dir, 0)?;

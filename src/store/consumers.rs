@@ -180,7 +180,7 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", &path, e)),
     };
     let mut map = BTreeMap::new();
     if !bytes.is_empty() {
@@ -223,7 +223,7 @@ fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", &path, e)),
     };
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -252,7 +252,7 @@ fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u
                     .write(true)
                     .open(&path)
                     .and_then(|f| f.set_len(offset as u64).and_then(|()| f.sync_all()))
-                    .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+                    .map_err(|e| StoreError::file("truncate", &path, e))?;
                 return Ok(offset as u64);
             }
             _ => {
@@ -577,7 +577,7 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
             Err(e) => {
                 let path = layout::consumers_log_path(&shared.data_dir);
                 tracing::error!(error = %e, path = %path.display(), "writing the consumers log failed; the change is not applied");
-                Some(StoreError::io(format!("write {}", path.display()), e))
+                Some(StoreError::file("write", &path, e))
             }
         }
     } else {

@@ -25,7 +25,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+            .map_err(|e| StoreError::file("open", &path, e))?;
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => Ok(DirLock { _file: file }),
             Err(e)
@@ -36,7 +36,7 @@ impl DirLock {
                     dir: data_dir.to_path_buf(),
                 })
             }
-            Err(e) => Err(StoreError::io(format!("lock {}", path.display()), e)),
+            Err(e) => Err(StoreError::file("lock", &path, e)),
         }
     }
 }

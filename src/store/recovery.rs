@@ -110,6 +110,14 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |e| StoreError::io(context, e)
 }
 
+/// For `map_err`: `op` on `path` failed (see [`StoreError::file`]).
+fn file_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |e| StoreError::file(op, path, e)
+}
+
 /// Opens (creating if needed) the store in `data_dir` and recovers it, in
 /// this order: take the lock, clear temp files, load or rebuild the
 /// manifest, settle segment files it does not list, check and index the
@@ -120,7 +128,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     remove_temp_files(data_dir)?;
     let mut report = RecoveryReport::default();
     let seg_dir = layout::segments_dir(data_dir);
-    let files = segment::list(&seg_dir).map_err(io(format!("list {}", seg_dir.display())))?;
+    let files = segment::list(&seg_dir).map_err(file_err("list", &seg_dir))?;
     let mut manifest = load_or_rebuild_manifest(data_dir, &files, &mut report)?;
     settle_unlisted_segments(&seg_dir, &files, &manifest)?;
     let Indexed {
@@ -154,13 +162,13 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
 /// Step 1: creates the data directory if needed, takes its lock, and
 /// creates `segments/` and `quarantine/`.
 fn lock_and_create_dirs(data_dir: &Path) -> Result<DirLock> {
-    fsutil::create_dir_durable(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
+    fsutil::create_dir_durable(data_dir).map_err(file_err("create", data_dir))?;
     let lock = DirLock::acquire(data_dir)?;
     for d in [
         &layout::segments_dir(data_dir),
         &layout::quarantine_dir(data_dir),
     ] {
-        fsutil::create_dir_durable(d).map_err(io(format!("create {}", d.display())))?;
+        fsutil::create_dir_durable(d).map_err(file_err("create", d))?;
     }
     Ok(lock)
 }
@@ -194,7 +202,7 @@ fn load_or_rebuild_manifest(
             let path = layout::manifest_path(data_dir);
             let bytes = std::fs::read(&path).unwrap_or_default();
             let q = fsutil::quarantine(data_dir, &path, 0, &bytes)?;
-            std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
+            std::fs::remove_file(&path).map_err(file_err("remove", &path))?;
             tracing::warn!(problem = %why, quarantined_to = %q.display(), "damaged manifest moved aside; rebuilding it");
             report.notes.push(RecoveryNote {
                 kind: "repair",
@@ -247,17 +255,17 @@ fn settle_unlisted_segments(
             continue;
         }
         let len = std::fs::metadata(&f.path)
-            .map_err(io(format!("stat {}", f.path.display())))?
+            .map_err(file_err("stat", &f.path))?
             .len();
         if f.first_seq > manifest.active_first_seq && len == 0 {
-            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
-            fsutil::fsync_dir(seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+            std::fs::remove_file(&f.path).map_err(file_err("remove", &f.path))?;
+            fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
             tracing::info!(file = %f.path.display(), "removed an empty segment file left by a crash during a roll");
         } else if super::retention::is_leftover(manifest, f.first_seq) {
             // Retention took it out of the manifest, then stopped before
             // removing the file: finish the deletion.
-            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
-            fsutil::fsync_dir(seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+            std::fs::remove_file(&f.path).map_err(file_err("remove", &f.path))?;
+            fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
             tracing::info!(file = %f.path.display(), "removed a segment left by an interrupted retention pass");
         } else {
             return Err(StoreError::Corrupt(format!(
@@ -298,7 +306,7 @@ fn index_sealed_segments(
         let checked = std::fs::read(&path)
             .map_err(|e| {
                 if fsutil::is_descriptor_exhaustion(&e) {
-                    return StoreError::io(format!("read {}", path.display()), e);
+                    return StoreError::file("read", &path, e);
                 }
                 StoreError::Corrupt(format!(
                     "sealed segment {} cannot be read: {e}",
@@ -373,7 +381,7 @@ fn index_active_segment(
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(io(format!("open {}", path.display())))?;
+        .map_err(file_err("open", &path))?;
     let pos = index.add_segment(reader(&path, first_seq, bytes.len() as u64)?);
     add_records(index, dedup, pos, &scan);
     let mut hasher = Sha256::new();
@@ -420,7 +428,7 @@ fn recover_active(
     let (live, missing) = match std::fs::read(path) {
         Ok(b) => (b, false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), true),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", path, e)),
     };
     let plan = active::plan(data_dir, &file_name, &live, first_seq, manifest);
     let (mut bytes, mut scan, verdict) = match plan.repair {
@@ -433,8 +441,7 @@ fn recover_active(
             if !live.is_empty() {
                 fsutil::quarantine(data_dir, path, 0, &live)?;
             }
-            fsutil::write_atomic(path, &c.bytes)
-                .map_err(io(format!("rewrite {}", path.display())))?;
+            fsutil::write_atomic(path, &c.bytes).map_err(file_err("rewrite", path))?;
             let had = first_seq + plan.scan.records.len() as u64;
             let has = first_seq + c.scan.records.len() as u64;
             let detail = format!(
@@ -473,11 +480,9 @@ fn recover_active(
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(io(format!("open {}", path.display())))?;
-            f.set_len(valid_len)
-                .map_err(io(format!("truncate {}", path.display())))?;
-            f.sync_all()
-                .map_err(io(format!("fsync {}", path.display())))?;
+                .map_err(file_err("open", path))?;
+            f.set_len(valid_len).map_err(file_err("truncate", path))?;
+            f.sync_all().map_err(file_err("fsync", path))?;
             let detail = format!(
                 "cut {} bytes of an incomplete final record at offset {valid_len} (a crash mid-append; never acknowledged), moved to {QUARANTINE_DIR}/{}",
                 tail.len(),
@@ -532,8 +537,8 @@ pub fn create_segment_file(seg_dir: &Path, first_seq: u64) -> Result<(File, Path
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(io(format!("create {}", path.display())))?;
-    fsutil::fsync_dir(seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+        .map_err(file_err("create", &path))?;
+    fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
     Ok((file, path))
 }
 
@@ -592,7 +597,7 @@ fn rebuild_manifest(files: &[segment::SegmentFile]) -> Result<Manifest> {
     };
     let mut expect = files[0].first_seq;
     for f in sealed {
-        let bytes = std::fs::read(&f.path).map_err(io(format!("read {}", f.path.display())))?;
+        let bytes = std::fs::read(&f.path).map_err(file_err("read", &f.path))?;
         let scan = segment::scan(&bytes, expect);
         if let Some(d) = scan.damage {
             return Err(StoreError::Corrupt(format!(
