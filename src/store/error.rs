@@ -60,21 +60,6 @@ impl FileError {
     pub fn is_descriptor_exhaustion(&self) -> bool {
         is_descriptor_exhaustion(&self.source)
     }
-
-    /// True when the failure says nothing about the data: the disk or a
-    /// quota is full, permission is denied, descriptors are exhausted, the
-    /// file system is read-only. An offline tool then reports the I/O
-    /// error, not damage.
-    pub fn is_environment(&self) -> bool {
-        self.is_descriptor_exhaustion()
-            || matches!(
-                self.kind(),
-                io::ErrorKind::PermissionDenied
-                    | io::ErrorKind::StorageFull
-                    | io::ErrorKind::QuotaExceeded
-                    | io::ErrorKind::ReadOnlyFilesystem
-            )
-    }
 }
 
 impl From<FileError> for StoreError {
