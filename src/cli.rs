@@ -27,6 +27,10 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// Exit status of every command when the data directory is held by
+/// another msgbus (its `LOCK`): nothing was done; stop that one first.
+pub const EXIT_LOCKED: u8 = 3;
+
 /// Subcommands.
 // Parsed once at start; boxing the server settings would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -37,7 +41,8 @@ pub enum Command {
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Check every file of a stopped store without changing it. Exit 0:
-    /// healthy; 2: only a torn last record (the next start cuts it); 1: damage.
+    /// healthy; 2: only a torn last record (the next start cuts it); 1: damage;
+    /// 3: the store is not stopped (another msgbus holds its lock).
     Verify(OfflineArgs),
     /// Take a verified backup of a stopped store.
     Backup(OfflineArgs),

@@ -220,38 +220,57 @@ impl ServeConfig {
     }
 }
 
+/// A setting's value that does not parse (clap prints it after the flag).
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// Not a size.
+    #[error("{0:?} is not a size such as 1048576 or 64MiB")]
+    NotASize(String),
+    /// A size with a unit msgbus does not know.
+    #[error("unknown size unit {0:?}; use KiB, MiB or GiB")]
+    SizeUnit(String),
+    /// A size beyond 2^64 bytes.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    /// A negative or non-finite number of seconds.
+    #[error("{0:?} is not a non-negative number of seconds")]
+    Seconds(String),
+    /// Neither seconds nor a duration with a unit.
+    #[error("{0:?} is not a duration such as 5s or 500ms: {1}")]
+    NotADuration(String, #[source] humantime::DurationError),
+}
+
 /// Parses a byte size: a plain number, or one with a `KiB`/`MiB`/`GiB`
 /// (or `KB`/`MB`/`GB`, `K`/`M`/`G`) suffix.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 1048576 or 64MiB"))?;
+        .map_err(|_| ValueError::NotASize(s.to_string()))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?}; use KiB, MiB or GiB")),
+        other => return Err(ValueError::SizeUnit(other.to_string())),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| ValueError::TooLarge(s.to_string()))
 }
 
 /// Parses a duration: `500ms`, `5s`, `2m`, `7d`, or a bare number of
 /// seconds (fractions allowed, e.g. `0.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
             return Ok(Duration::from_secs_f64(secs));
         }
-        return Err(format!("{s:?} is not a non-negative number of seconds"));
+        return Err(ValueError::Seconds(s.to_string()));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration such as 5s or 500ms: {e}"))
+    humantime::parse_duration(s).map_err(|e| ValueError::NotADuration(s.to_string(), e))
 }
 
 #[cfg(test)]

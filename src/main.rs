@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use msgbus::cli::{Cli, Command};
 use msgbus::offline::Verdict;
+use msgbus::store::StoreError;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,7 +57,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(Verdict::Damaged) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("msgbus: {e}");
-                    ExitCode::FAILURE
+                    exit_code(&e)
                 }
             };
         }
@@ -78,7 +79,16 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("msgbus: {e}");
-            ExitCode::FAILURE
+            exit_code(e.as_ref())
         }
+    }
+}
+
+/// Exit status 3 when the data directory is held by another msgbus (see
+/// `msgbus --help`), 1 for any other failure.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    match e.downcast_ref::<StoreError>() {
+        Some(StoreError::Locked { .. }) => ExitCode::from(msgbus::cli::EXIT_LOCKED),
+        _ => ExitCode::FAILURE,
     }
 }

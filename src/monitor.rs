@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use crate::alerts::Severity;
-use crate::store::backup;
 use crate::store::integrity::{self, Finding, Scope};
-use crate::store::writer::RepairOutcome;
+use crate::store::writer::{self, RepairOutcome};
+use crate::store::{backup, layout};
 use crate::store::{lock, Shared, StoreHandle};
 
 /// The monitor's settings.
@@ -116,28 +116,11 @@ pub async fn run_check(
             // The finding raced a change the writer made; not a detection.
             continue;
         }
-        if !previously_open.contains(&file) {
-            alerts.raise(
-                Severity::Warning,
-                "detection",
-                Some(file.clone()),
-                o.finding.detail(),
-            );
-        }
+        writer::raise_repair_alerts(alerts, o, previously_open.contains(&file));
         if o.repaired {
             repaired += 1;
-            alerts.raise(Severity::Warning, "repair", Some(file.clone()), &o.detail);
-            alerts.resolve(&["detection", "repair_failed"], Some(&file));
         } else {
             failed += 1;
-            if !previously_open.contains(&file) {
-                alerts.raise(
-                    Severity::Error,
-                    "repair_failed",
-                    Some(file.clone()),
-                    &o.detail,
-                );
-            }
             still_open.push(file);
         }
     }
@@ -218,10 +201,7 @@ fn verify_backups(
     let mut checked = 0;
     let mut problems = Vec::new();
     for b in targets {
-        let dir = shared
-            .data_dir
-            .join(backup::BACKUPS_DIR)
-            .join(&b.manifest.name);
+        let dir = layout::backups_dir(&shared.data_dir).join(&b.manifest.name);
         let files: Vec<_> = match scope {
             Scope::Full => b.manifest.files.iter().collect(),
             Scope::Tick { scrub } if !b.manifest.files.is_empty() => {
@@ -243,7 +223,7 @@ fn verify_backups(
                         f.path, f.bytes, f.sha256
                     ));
                 }
-                Err(e) => error = Some(e),
+                Err(e) => error = Some(e.to_string()),
             }
         }
         let mut all = lock(&shared.backups);
@@ -255,7 +235,7 @@ fn verify_backups(
                         shared.alerts.raise(
                             Severity::Error,
                             "backup_damaged",
-                            Some(format!("{}/{}", backup::BACKUPS_DIR, b.manifest.name)),
+                            Some(layout::backup_rel(&b.manifest.name)),
                             e.clone(),
                         );
                     }

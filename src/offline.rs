@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::store::backup::{self, BackupSource};
+use crate::store::layout::{self, BACKUPS_DIR, MANIFEST, SEGMENTS_DIR};
 use crate::store::lock::DirLock;
 use crate::store::manifest::{self, Manifest};
-use crate::store::recovery::{self, QUARANTINE_DIR, SEGMENTS_DIR};
+use crate::store::recovery;
 use crate::store::{fsutil, segment, StoreError};
 
 /// How `msgbus verify` ends.
@@ -33,13 +34,12 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
         let _ = writeln!(out, "DAMAGED {line}");
         any_damage.set(true);
     };
-    let seg_dir = data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(data_dir);
     let manifest = match Manifest::load(data_dir) {
         Ok(Some(m)) => {
             let _ = writeln!(
                 out,
-                "ok      {}: {} sealed segment(s)",
-                manifest::FILE_NAME,
+                "ok      {MANIFEST}: {} sealed segment(s)",
                 m.sealed.len()
             );
             m
@@ -47,15 +47,12 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
         Ok(None) => {
             damaged(
                 out,
-                format!(
-                    "{}: missing (the next start rebuilds it from the segments)",
-                    manifest::FILE_NAME
-                ),
+                format!("{MANIFEST}: missing (the next start rebuilds it from the segments)"),
             );
             return Ok(Verdict::Damaged);
         }
         Err(e) => {
-            damaged(out, format!("{}: {e}", manifest::FILE_NAME));
+            damaged(out, format!("{MANIFEST}: {e}"));
             return Ok(Verdict::Damaged);
         }
     };
@@ -66,7 +63,7 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
         .unwrap_or(manifest.active_first_seq);
     for s in &manifest.sealed {
         let path = seg_dir.join(&s.file);
-        let rel = format!("{SEGMENTS_DIR}/{}", s.file);
+        let rel = layout::segment_rel(&s.file);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
@@ -76,21 +73,10 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             }
         };
         let scan = segment::scan(&bytes, expect);
-        let sha = backup::sha256_file(&path)
-            .map(|(_, sha)| sha)
-            .unwrap_or_default();
         if let Some(d) = &scan.damage {
             damaged(out, format!("{rel}: offset {}: {}", d.offset, d.problem));
-        } else if bytes.len() as u64 != s.bytes || sha != s.sha256 {
-            damaged(
-                out,
-                format!(
-                    "{rel}: {} bytes with SHA-256 {sha}; the manifest says {} bytes with {}",
-                    bytes.len(),
-                    s.bytes,
-                    s.sha256
-                ),
-            );
+        } else if let Err(mismatch) = s.check_bytes(&bytes) {
+            damaged(out, format!("{rel}: {mismatch}"));
         } else {
             let _ = writeln!(
                 out,
@@ -101,7 +87,7 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
         expect = s.last_seq + 1;
     }
     let active = segment::file_name(manifest.active_first_seq);
-    let rel = format!("{SEGMENTS_DIR}/{active}");
+    let rel = layout::segment_rel(&active);
     match std::fs::read(seg_dir.join(&active)) {
         Err(e) => damaged(out, format!("{rel}: cannot be read: {e}")),
         Ok(bytes) => {
@@ -163,13 +149,11 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             Ok(bm) => {
                 let _ = writeln!(
                     out,
-                    "ok      {}/{name}: seq {}..={}, every SHA-256 matches",
-                    backup::BACKUPS_DIR,
-                    bm.first_seq,
-                    bm.last_seq
+                    "ok      {BACKUPS_DIR}/{name}: seq {}..={}, every SHA-256 matches",
+                    bm.first_seq, bm.last_seq
                 );
             }
-            Err(e) => damaged(out, format!("{}/{name}: {e}", backup::BACKUPS_DIR)),
+            Err(e) => damaged(out, format!("{BACKUPS_DIR}/{name}: {e}")),
         }
     }
     Ok(if any_damage.get() {
@@ -198,8 +182,12 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
         backup::Copies::Two,
         &mut backup::HashedCopies::default(),
     )
-    .map_err(StoreError::Corrupt)?;
-    Ok(data_dir.join(backup::BACKUPS_DIR).join(info.manifest.name))
+    .map_err(|e| match e {
+        // A full disk, a permission, an I/O error: not damage.
+        backup::BackupError::Io(e) => e.into(),
+        e => StoreError::Corrupt(e.to_string()),
+    })?;
+    Ok(layout::backups_dir(data_dir).join(info.manifest.name))
 }
 
 /// Replaces a stopped store's manifest, segments and consumer cursors with
@@ -209,7 +197,7 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     let src = if from.is_dir() {
         from.to_path_buf()
     } else {
-        data_dir.join(backup::BACKUPS_DIR).join(from)
+        layout::backups_dir(data_dir).join(from)
     };
     let bm = backup::verify(&src)
         .map_err(|e| StoreError::Corrupt(format!("the backup does not verify: {e}")))?;
@@ -217,22 +205,21 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
     {
         let _lock = DirLock::acquire(data_dir)?;
         let io = |what: String| move |e: std::io::Error| StoreError::io(what, e);
-        let aside = data_dir.join(QUARANTINE_DIR).join(format!(
-            "restore-{}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
-        ));
-        std::fs::create_dir_all(&aside).map_err(io(format!("create {}", aside.display())))?;
-        let seg_dir = data_dir.join(SEGMENTS_DIR);
-        let manifest_path = data_dir.join(manifest::FILE_NAME);
+        let file_err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| StoreError::file(op, &path, e)
+        };
+        let aside =
+            layout::quarantine_dir(data_dir).join(format!("restore-{}", layout::stamp_now()));
+        std::fs::create_dir_all(&aside).map_err(file_err("create", &aside))?;
+        let seg_dir = layout::segments_dir(data_dir);
+        let manifest_path = layout::manifest_path(data_dir);
         if manifest_path.exists() {
-            std::fs::rename(&manifest_path, aside.join(manifest::FILE_NAME))
+            std::fs::rename(&manifest_path, aside.join(MANIFEST))
                 .map_err(io(format!("move {} aside", manifest_path.display())))?;
         }
         // The snapshot and the log: the backup's snapshot replaces both.
-        for name in [
-            crate::store::consumers::FILE_NAME,
-            crate::store::consumers::LOG_NAME,
-        ] {
+        for name in [layout::CONSUMERS, layout::CONSUMERS_LOG] {
             let consumers = data_dir.join(name);
             if consumers.exists() {
                 std::fs::rename(&consumers, aside.join(name))
@@ -243,8 +230,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             std::fs::rename(&seg_dir, aside.join(SEGMENTS_DIR))
                 .map_err(io(format!("move {} aside", seg_dir.display())))?;
         }
-        fsutil::fsync_dir(&aside).map_err(io(format!("fsync {}", aside.display())))?;
-        std::fs::create_dir_all(&seg_dir).map_err(io(format!("create {}", seg_dir.display())))?;
+        fsutil::fsync_dir(&aside).map_err(file_err("fsync", &aside))?;
+        std::fs::create_dir_all(&seg_dir).map_err(file_err("create", &seg_dir))?;
         for f in &bm.files {
             let bytes = std::fs::read(src.join(&f.path))
                 .map_err(io(format!("read {}", src.join(&f.path).display())))?;
@@ -261,8 +248,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             last_seq: bm.last_seq.max(m.active_first_seq - 1),
         });
         m.store(data_dir)
-            .map_err(io(format!("write {}", manifest_path.display())))?;
-        fsutil::fsync_dir(data_dir).map_err(io(format!("fsync {}", data_dir.display())))?;
+            .map_err(file_err("write", &manifest_path))?;
+        fsutil::fsync_dir(data_dir).map_err(file_err("fsync", data_dir))?;
     }
     // Open it as a start would, to prove the restored store is whole.
     let rec = recovery::open(data_dir, 0)?;
@@ -288,14 +275,14 @@ fn check_restorable(
         }
     }
     let listed = |rel: &str| bm.files.iter().find(|f| f.path == rel);
-    if listed(manifest::FILE_NAME).is_none() {
-        return Err(refuse(format!("it holds no {}", manifest::FILE_NAME)));
+    if listed(MANIFEST).is_none() {
+        return Err(refuse(format!("it holds no {MANIFEST}")));
     }
     let m = Manifest::load(src)
-        .map_err(refuse)?
-        .ok_or_else(|| refuse(format!("its {} is missing", manifest::FILE_NAME)))?;
+        .map_err(|e| refuse(e.to_string()))?
+        .ok_or_else(|| refuse(format!("its {MANIFEST} is missing")))?;
     for s in &m.sealed {
-        let rel = format!("{SEGMENTS_DIR}/{}", s.file);
+        let rel = layout::segment_rel(&s.file);
         match listed(&rel) {
             Some(f) if f.sha256 == s.sha256 && f.bytes == s.bytes => {}
             Some(_) => {
@@ -306,7 +293,7 @@ fn check_restorable(
             None => return Err(refuse(format!("it lacks {rel}, which its manifest names"))),
         }
     }
-    let active = format!("{SEGMENTS_DIR}/{}", segment::file_name(m.active_first_seq));
+    let active = layout::segment_rel(&segment::file_name(m.active_first_seq));
     let Some(active_bytes) = listed(&active).map(|f| f.bytes) else {
         return Err(refuse(format!("it lacks the active segment {active}")));
     };

@@ -71,7 +71,7 @@ pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Prob
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup-failed",
             "Backup failed",
-            reason,
+            reason.to_string(),
         )),
     }
 }

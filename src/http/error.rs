@@ -200,7 +200,7 @@ impl From<StoreError> for Problem {
             StoreError::Poisoned(reason) => Problem::unavailable(
                 "read-only",
                 "Store is read-only",
-                format!("the store refuses writes: {reason}"),
+                format!("the store refuses writes until the server is restarted: {reason}"),
                 30,
             ),
             StoreError::Stopped => Problem::unavailable(
@@ -219,11 +219,11 @@ impl From<StoreError> for Problem {
                 )
             }
             StoreError::Gone { oldest } => Problem::gone(oldest),
-            StoreError::TooManyOpenFiles { context, message } => Problem::unavailable(
+            StoreError::TooManyOpenFiles { context, source } => Problem::unavailable(
                 "too-many-open-files",
                 "Out of file descriptors",
                 format!(
-                    "the server has no file descriptor left ({context}: {message}); nothing is damaged: retry shortly"
+                    "the server has no file descriptor left ({context}: {source}); nothing is damaged: retry shortly"
                 ),
                 1,
             ),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,17 +20,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::error::FileError;
 use super::fsutil;
-use super::manifest::{self, Manifest};
-use super::recovery::SEGMENTS_DIR;
+use super::layout::{self, BACKUP_MANIFEST, BACKUP_TMP_PREFIX, SEGMENTS_DIR};
+use super::manifest::{Manifest, SealedSegment};
 use super::segment;
-
-/// Sub-directory of the data directory holding backups.
-pub const BACKUPS_DIR: &str = "backups";
-/// The backup's own manifest inside each backup directory.
-pub const BACKUP_FILE: &str = "backup.json";
-/// Prefix of a backup being assembled.
-const TMP_PREFIX: &str = ".tmp-";
 
 /// `backup.json`: what a backup holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -202,12 +196,45 @@ impl HashedCopies {
     }
 }
 
-fn backups_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(BACKUPS_DIR)
-}
-
-fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
-    format!("{context}: {e}")
+/// Why a backup could not be taken, read or verified.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackupError {
+    /// An I/O operation failed: the disk, a permission, descriptors.
+    #[error(transparent)]
+    Io(#[from] FileError),
+    /// A `backup.json` that does not parse.
+    #[error("parse {}: {source}", path.display())]
+    Invalid {
+        /// The backup manifest.
+        path: PathBuf,
+        /// What the parser found.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// A file whose length or SHA-256 is not what it should be: the live
+    /// segment it was copied from, or the copy, is damaged.
+    #[error("{} fails verification: {bytes} bytes with SHA-256 {sha256}, expected {expected_bytes} bytes with {expected_sha256}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        bytes: u64,
+        /// Its SHA-256.
+        sha256: String,
+        /// The length it should have.
+        expected_bytes: u64,
+        /// The SHA-256 it should have.
+        expected_sha256: String,
+    },
+    /// The active segment's durable prefix is not what the writer wrote.
+    #[error("the active segment {file} differs from what was written; not backed up until it is repaired")]
+    ActiveDiffers {
+        /// Its file name.
+        file: String,
+    },
+    /// The backup thread is not running.
+    #[error("the backup thread {0}")]
+    NoThread(&'static str),
 }
 
 /// Copies `from` to `to` and fsyncs the copy, returning its length.
@@ -218,32 +245,15 @@ fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
 /// which confirms the live segment and the copy at once. (A read/write loop
 /// hashing as it copied, then the re-read, made backups a third of the
 /// server's CPU in batch benchmarks.)
-fn copy_synced(from: &Path, to: &Path) -> Result<u64, String> {
-    let n = fs::copy(from, to).map_err(|e| err(format!("copy {}", from.display()), e))?;
+fn copy_synced(from: &Path, to: &Path) -> Result<u64, BackupError> {
+    let n = fs::copy(from, to).map_err(FileError::at("copy", from))?;
     File::open(to)
         .and_then(|f| f.sync_all())
-        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
+        .map_err(FileError::at("fsync", to))?;
     Ok(n)
 }
 
-/// SHA-256 and length of a file.
-pub fn sha256_file(path: &Path) -> Result<(u64, String), String> {
-    let mut f = File::open(path).map_err(|e| err(format!("open {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| err(format!("read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(hasher.finalize())))
-}
+pub use super::fsutil::sha256_file;
 
 /// Takes a verified backup of `src`. Blocking; run it off the commit path.
 /// `hashed` remembers which earlier copies were checked recently.
@@ -251,9 +261,9 @@ pub fn take(
     src: &BackupSource,
     copies: Copies,
     hashed: &mut HashedCopies,
-) -> Result<BackupInfo, String> {
-    let root = backups_dir(&src.data_dir);
-    fsutil::create_dir_durable(&root).map_err(|e| err(format!("create {}", root.display()), e))?;
+) -> Result<BackupInfo, BackupError> {
+    let root = layout::backups_dir(&src.data_dir);
+    fsutil::create_dir_durable(&root).map_err(FileError::at("create", &root))?;
     let now = chrono::Utc::now();
     let number = list_dirs(&src.data_dir)
         .iter()
@@ -261,14 +271,13 @@ pub fn take(
         .max()
         .unwrap_or(0)
         + 1;
-    let mut name = format!("{number:08}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
+    let mut name = format!("{number:08}-{}", layout::stamp(now));
     while root.join(&name).exists() {
         name.push('x');
     }
-    let tmp = root.join(format!("{TMP_PREFIX}{name}"));
+    let tmp = root.join(format!("{BACKUP_TMP_PREFIX}{name}"));
     let tmp_segments = tmp.join(SEGMENTS_DIR);
-    fs::create_dir_all(&tmp_segments)
-        .map_err(|e| err(format!("create {}", tmp_segments.display()), e))?;
+    fs::create_dir_all(&tmp_segments).map_err(FileError::at("create", &tmp_segments))?;
     hashed.expire();
     let result = assemble(src, &name, &now.to_rfc3339(), &tmp, copies, hashed);
     if result.is_err() {
@@ -276,8 +285,8 @@ pub fn take(
         return result;
     }
     let final_dir = root.join(&name);
-    fs::rename(&tmp, &final_dir).map_err(|e| err(format!("rename {}", tmp.display()), e))?;
-    fsutil::fsync_dir(&root).map_err(|e| err(format!("fsync {}", root.display()), e))?;
+    fs::rename(&tmp, &final_dir).map_err(FileError::at("rename", &tmp))?;
+    fsutil::fsync_dir(&root).map_err(FileError::at("fsync", &root))?;
     result
 }
 
@@ -288,8 +297,8 @@ fn assemble(
     tmp: &Path,
     copies: Copies,
     hashed: &mut HashedCopies,
-) -> Result<BackupInfo, String> {
-    let seg_dir = src.data_dir.join(SEGMENTS_DIR);
+) -> Result<BackupInfo, BackupError> {
+    let seg_dir = layout::segments_dir(&src.data_dir);
     let previous: Vec<(PathBuf, BackupManifest)> = list_dirs(&src.data_dir)
         .into_iter()
         .rev()
@@ -300,7 +309,7 @@ fn assemble(
     // declared; shared copies were checked just before they were linked.
     let mut copied = Vec::new();
     for sealed in &src.manifest.sealed {
-        let rel = format!("{SEGMENTS_DIR}/{}", sealed.file);
+        let rel = layout::segment_rel(&sealed.file);
         if let Some(prev) = verified_copy(
             &previous,
             &rel,
@@ -309,8 +318,7 @@ fn assemble(
             copies,
             hashed,
         ) {
-            fs::hard_link(&prev, tmp.join(&rel))
-                .map_err(|e| err(format!("link {}", prev.display()), e))?;
+            fs::hard_link(&prev, tmp.join(&rel)).map_err(FileError::at("link", &prev))?;
             files.push(BackupFile {
                 path: rel,
                 bytes: sealed.bytes,
@@ -330,16 +338,14 @@ fn assemble(
         });
     }
     let active_name = segment::file_name(src.manifest.active_first_seq);
-    let active_rel = format!("{SEGMENTS_DIR}/{active_name}");
+    let active_rel = layout::segment_rel(&active_name);
     let (crc, sha) = copy_prefix(
         &seg_dir.join(&active_name),
         &tmp.join(&active_rel),
         src.active_len,
     )?;
     if crc != src.active_crc {
-        return Err(format!(
-            "the active segment {active_name} differs from what was written; not backed up until it is repaired"
-        ));
+        return Err(BackupError::ActiveDiffers { file: active_name });
     }
     copied.push(files.len());
     files.push(BackupFile {
@@ -348,10 +354,10 @@ fn assemble(
         sha256: sha,
     });
     let manifest_bytes = serde_json::to_vec_pretty(&*src.manifest).expect("manifest serializes");
-    write_synced(&tmp.join(manifest::FILE_NAME), &manifest_bytes)?;
+    write_synced(&tmp.join(layout::MANIFEST), &manifest_bytes)?;
     copied.push(files.len());
     files.push(BackupFile {
-        path: manifest::FILE_NAME.to_string(),
+        path: layout::MANIFEST.to_string(),
         bytes: manifest_bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&manifest_bytes)),
     });
@@ -360,16 +366,16 @@ fn assemble(
     // committed state, taken by whoever built the source: the log the live
     // state also uses is already applied to it.)
     if let Some(bytes) = &src.consumers {
-        write_synced(&tmp.join(super::consumers::FILE_NAME), bytes)?;
+        write_synced(&tmp.join(layout::CONSUMERS), bytes)?;
         copied.push(files.len());
         files.push(BackupFile {
-            path: super::consumers::FILE_NAME.to_string(),
+            path: layout::CONSUMERS.to_string(),
             bytes: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(bytes)),
         });
     }
     for d in [tmp.join(SEGMENTS_DIR), tmp.to_path_buf()] {
-        fsutil::fsync_dir(&d).map_err(|e| err(format!("fsync {}", d.display()), e))?;
+        fsutil::fsync_dir(&d).map_err(FileError::at("fsync", &d))?;
     }
     let first_seq = src
         .manifest
@@ -398,7 +404,8 @@ fn assemble(
     }
     let mut json = serde_json::to_vec_pretty(&bm).expect("backup manifest serializes");
     json.push(b'\n');
-    fsutil::write_atomic(&tmp.join(BACKUP_FILE), &json).map_err(|e| err("write backup.json", e))?;
+    let path = tmp.join(BACKUP_MANIFEST);
+    fsutil::write_atomic(&path, &json).map_err(FileError::at("write", &path))?;
     Ok(BackupInfo {
         manifest: bm,
         verified: true,
@@ -409,23 +416,21 @@ fn assemble(
 
 /// Copies the first `len` bytes of `from` (the active segment's durable
 /// prefix, which never changes) in chunks, returning their CRC32C and SHA-256.
-fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(u32, String), String> {
-    let mut src = File::open(from).map_err(|e| err(format!("open {}", from.display()), e))?;
-    let mut dst = File::create(to).map_err(|e| err(format!("create {}", to.display()), e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut crc, mut hasher, mut left) = (0u32, Sha256::new(), len);
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        src.read_exact(&mut buf[..n])
-            .map_err(|e| err(format!("read {}", from.display()), e))?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .map_err(|e| err(format!("write {}", to.display()), e))?;
-        left -= n as u64;
-    }
-    dst.sync_all()
-        .map_err(|e| err(format!("fsync {}", to.display()), e))?;
+fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(u32, String), BackupError> {
+    let mut src = File::open(from).map_err(FileError::at("open", from))?;
+    let mut dst = File::create(to).map_err(FileError::at("create", to))?;
+    let mut hasher = Sha256::new();
+    let crc = fsutil::crc32c_prefix_with(
+        &mut src,
+        len,
+        |e| FileError::new("read", from, e),
+        |chunk| {
+            hasher.update(chunk);
+            dst.write_all(chunk)
+                .map_err(|e| FileError::new("write", to, e))
+        },
+    )?;
+    dst.sync_all().map_err(FileError::at("fsync", to))?;
     Ok((crc, hex::encode(hasher.finalize())))
 }
 
@@ -482,42 +487,45 @@ fn verified_copy(
     Some(good)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = File::create(path).map_err(|e| err(format!("create {}", path.display()), e))?;
-    f.write_all(bytes)
-        .map_err(|e| err(format!("write {}", path.display()), e))?;
-    f.sync_all()
-        .map_err(|e| err(format!("fsync {}", path.display()), e))
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    let mut f = File::create(path).map_err(FileError::at("create", path))?;
+    f.write_all(bytes).map_err(FileError::at("write", path))?;
+    f.sync_all().map_err(FileError::at("fsync", path))?;
+    Ok(())
 }
 
 fn verify_files<'a>(
     dir: &Path,
     files: impl IntoIterator<Item = &'a BackupFile>,
-) -> Result<(), String> {
+) -> Result<(), BackupError> {
     for f in files {
         let path = dir.join(&f.path);
         let (bytes, sha) = sha256_file(&path)?;
         if bytes != f.bytes || sha != f.sha256 {
-            return Err(format!(
-                "{} fails verification: {bytes} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                path.display(),
-                f.bytes,
-                f.sha256
-            ));
+            return Err(BackupError::Mismatch {
+                path,
+                bytes,
+                sha256: sha,
+                expected_bytes: f.bytes,
+                expected_sha256: f.sha256.clone(),
+            });
         }
     }
     Ok(())
 }
 
 /// Reads a backup's manifest.
-pub fn read_manifest(dir: &Path) -> Result<BackupManifest, String> {
-    let path = dir.join(BACKUP_FILE);
-    let bytes = fs::read(&path).map_err(|e| err(format!("read {}", path.display()), e))?;
-    serde_json::from_slice(&bytes).map_err(|e| err(format!("parse {}", path.display()), e))
+pub fn read_manifest(dir: &Path) -> Result<BackupManifest, BackupError> {
+    let path = dir.join(BACKUP_MANIFEST);
+    let bytes = fs::read(&path).map_err(FileError::at("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|e| BackupError::Invalid {
+        path,
+        source: Arc::new(e),
+    })
 }
 
 /// Verifies every file of the backup `dir` against its SHA-256.
-pub fn verify(dir: &Path) -> Result<BackupManifest, String> {
+pub fn verify(dir: &Path) -> Result<BackupManifest, BackupError> {
     let bm = read_manifest(dir)?;
     verify_files(dir, &bm.files)?;
     Ok(bm)
@@ -539,7 +547,7 @@ pub fn sequence_number(dir: &Path) -> u64 {
 /// wrong clock or a copied store, must not make new backups look older and
 /// get them pruned). Half-assembled `.tmp-*` directories are not listed.
 pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+    let Ok(rd) = fs::read_dir(layout::backups_dir(data_dir)) else {
         return Vec::new();
     };
     let mut dirs: Vec<PathBuf> = rd
@@ -554,11 +562,14 @@ pub fn list_dirs(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Removes half-assembled backups left by a crash.
 pub fn remove_incomplete(data_dir: &Path) {
-    let Ok(rd) = fs::read_dir(backups_dir(data_dir)) else {
+    let Ok(rd) = fs::read_dir(layout::backups_dir(data_dir)) else {
         return;
     };
     for e in rd.filter_map(|e| e.ok()) {
-        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(BACKUP_TMP_PREFIX)
+        {
             let _ = fs::remove_dir_all(e.path());
         }
     }
@@ -573,7 +584,7 @@ pub fn find_segment(
     file: &str,
     want_sha: Option<&str>,
 ) -> Option<(Vec<u8>, String)> {
-    let rel = format!("{SEGMENTS_DIR}/{file}");
+    let rel = layout::segment_rel(file);
     for dir in list_dirs(data_dir).into_iter().rev() {
         let Ok(bm) = read_manifest(&dir) else {
             continue;
@@ -595,6 +606,50 @@ pub fn find_segment(
     None
 }
 
+/// A sealed segment put back from a backup.
+#[derive(Debug)]
+pub struct Restored {
+    /// Its bytes, as now on disk.
+    pub bytes: Vec<u8>,
+    /// The backup they came from.
+    pub backup: String,
+}
+
+/// Why a sealed segment could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No verified backup holds the segment the manifest names.
+    #[error("no verified backup holds {file} with SHA-256 {sha256}")]
+    NoBackup {
+        /// The segment's file name.
+        file: String,
+        /// The SHA-256 the manifest gives it.
+        sha256: String,
+    },
+    /// Moving the damaged file aside or writing the copy failed.
+    #[error(transparent)]
+    Io(#[from] FileError),
+}
+
+/// Restores the sealed segment `sealed` from the newest verified backup
+/// whose copy matches the manifest's SHA-256: what the file holds now (if
+/// it can be read) is copied to `quarantine/`, then the copy replaces it
+/// atomically. Used at start-up (recovery) and by the writer's repair.
+pub fn restore_sealed(data_dir: &Path, sealed: &SealedSegment) -> Result<Restored, RestoreError> {
+    let Some((bytes, backup)) = find_segment(data_dir, &sealed.file, Some(&sealed.sha256)) else {
+        return Err(RestoreError::NoBackup {
+            file: sealed.file.clone(),
+            sha256: sealed.sha256.clone(),
+        });
+    };
+    let path = layout::segment_path(data_dir, &sealed.file);
+    if let Ok(old) = fs::read(&path) {
+        fsutil::quarantine(data_dir, &path, 0, &old)?;
+    }
+    fsutil::write_atomic(&path, &bytes).map_err(FileError::at("rewrite", &path))?;
+    Ok(Restored { bytes, backup })
+}
+
 /// Verified backup copies of the active segment `file` from backups of
 /// the store's own history (`lineage_ok`), newest first, that are longer
 /// than `min_len` bytes or (with `min_len` = `None`) any length. Copies
@@ -607,7 +662,7 @@ pub fn active_copies(
     min_len: Option<u64>,
     lineage_ok: impl Fn(Option<&str>) -> bool,
 ) -> impl Iterator<Item = (Vec<u8>, String)> {
-    let rel = format!("{SEGMENTS_DIR}/{file}");
+    let rel = layout::segment_rel(file);
     let file = file.to_string();
     list_dirs(data_dir).into_iter().rev().filter_map(move |dir| {
         let bm = read_manifest(&dir).ok()?;
@@ -665,7 +720,7 @@ pub fn prune(
         }
     }
     if !removed.is_empty() {
-        let _ = fsutil::fsync_dir(&backups_dir(data_dir));
+        let _ = fsutil::fsync_dir(&layout::backups_dir(data_dir));
     }
     removed
 }
@@ -675,9 +730,9 @@ mod tests {
     use super::*;
 
     fn make(root: &Path, name: &str) {
-        let dir = root.join(BACKUPS_DIR).join(name);
+        let dir = layout::backups_dir(root).join(name);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(BACKUP_FILE), b"{}").unwrap();
+        fs::write(dir.join(BACKUP_MANIFEST), b"{}").unwrap();
     }
 
     #[test]
@@ -708,8 +763,7 @@ mod tests {
                 "00000001-20261129T100000.000000Z"
             ]
         );
-        assert!(root
-            .join(BACKUPS_DIR)
+        assert!(layout::backups_dir(root)
             .join("00000002-20261129T110000.000000Z")
             .is_dir());
     }

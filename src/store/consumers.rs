@@ -29,15 +29,11 @@ use tokio::sync::oneshot;
 
 use super::error::StoreError;
 use super::fsutil;
-use super::writer::Command;
-use super::{Filter, Shared, StoreHandle};
+use super::layout::{self, CONSUMERS};
+use super::{Filter, Shared};
 
-/// File name under the data directory.
-pub const FILE_NAME: &str = "consumers.json";
-/// Format version of [`FILE_NAME`].
+/// Format version of `consumers.json` ([`layout::CONSUMERS`]).
 pub const VERSION: u32 = 1;
-/// The change log under the data directory, replayed over [`FILE_NAME`].
-pub const LOG_NAME: &str = "consumers.log";
 /// The log is compacted into the snapshot once it is larger than this and
 /// than twice the snapshot.
 pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
@@ -180,11 +176,11 @@ pub struct ConsumerStats {
 /// startup, after the data directory's lock is held and stale temp files
 /// are gone.
 pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
-    let path = data_dir.join(FILE_NAME);
+    let path = layout::consumers_path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", &path, e)),
     };
     let mut map = BTreeMap::new();
     if !bytes.is_empty() {
@@ -223,11 +219,11 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
 /// partial last line is a crash mid-append and is cut away. Returns the
 /// log's length afterwards.
 fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u64, StoreError> {
-    let path = data_dir.join(LOG_NAME);
+    let path = layout::consumers_log_path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", &path, e)),
     };
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -256,13 +252,13 @@ fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u
                     .write(true)
                     .open(&path)
                     .and_then(|f| f.set_len(offset as u64).and_then(|()| f.sync_all()))
-                    .map_err(|e| StoreError::io(format!("truncate {}", path.display()), e))?;
+                    .map_err(|e| StoreError::file("truncate", &path, e))?;
                 return Ok(offset as u64);
             }
             _ => {
                 return Err(StoreError::Corrupt(format!(
                     "{} is damaged at offset {offset} and valid lines follow; restore the \
-                     consumers from a backup or move the file aside (cursors fall back to {FILE_NAME})",
+                     consumers from a backup or move the file aside (cursors fall back to {CONSUMERS})",
                     path.display()
                 )))
             }
@@ -337,11 +333,11 @@ fn compact(
     map: &BTreeMap<String, Consumer>,
 ) -> std::io::Result<()> {
     let bytes = snapshot_bytes(map);
-    fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)?;
+    fsutil::write_atomic(&layout::consumers_path(data_dir), &bytes)?;
     state.snapshot_bytes = bytes.len() as u64;
     // The snapshot holds everything: the log may go (a crash before it is
     // emptied replays it over the snapshot, which ends in the same state).
-    let log = data_dir.join(LOG_NAME);
+    let log = layout::consumers_log_path(data_dir);
     match std::fs::OpenOptions::new().write(true).open(&log) {
         Ok(f) => {
             f.set_len(0)?;
@@ -369,7 +365,7 @@ fn append(
             None => log_line(&mut lines, &LogRec::Delete(name.clone())),
         }
     }
-    let path = data_dir.join(LOG_NAME);
+    let path = layout::consumers_log_path(data_dir);
     let created = state.log_bytes == 0 && !path.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -579,9 +575,9 @@ pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 None
             }
             Err(e) => {
-                let path = shared.data_dir.join(LOG_NAME);
+                let path = layout::consumers_log_path(&shared.data_dir);
                 tracing::error!(error = %e, path = %path.display(), "writing the consumers log failed; the change is not applied");
-                Some(StoreError::io(format!("write {}", path.display()), e))
+                Some(StoreError::file("write", &path, e))
             }
         }
     } else {
@@ -613,52 +609,5 @@ fn refuse(r: Request, e: StoreError) {
         Request::Delete { reply, .. } | Request::Ack { reply, .. } => {
             let _ = reply.send(Err(e.into()));
         }
-    }
-}
-
-impl StoreHandle {
-    async fn consumer_request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, ConsumerError> {
-        let (reply, rx) = oneshot::channel();
-        self.try_send(Command::Consumer(make(reply)))?;
-        rx.await.map_err(|_| StoreError::Stopped)?
-    }
-
-    /// Creates or updates a consumer; answers it and whether it is new.
-    /// Creating one when `max_consumers` exist already is refused.
-    pub async fn put_consumer(
-        &self,
-        name: String,
-        filter: ConsumerFilter,
-        start: Option<Start>,
-        max_consumers: usize,
-    ) -> Result<(Consumer, bool), ConsumerError> {
-        self.consumer_request(|reply| Request::Put {
-            name,
-            filter,
-            start,
-            max_consumers,
-            reply,
-        })
-        .await
-    }
-
-    /// Deletes a consumer.
-    pub async fn delete_consumer(&self, name: String) -> Result<Consumer, ConsumerError> {
-        self.consumer_request(|reply| Request::Delete { name, reply })
-            .await
-    }
-
-    /// Commits a consumer's cursor at `seq`, durably, before answering.
-    pub async fn ack(&self, name: String, seq: u64) -> Result<Consumer, ConsumerError> {
-        self.consumer_request(|reply| Request::Ack { name, seq, reply })
-            .await
-    }
-
-    /// The committed consumers.
-    pub fn consumers(&self) -> &Consumers {
-        &self.shared().consumers
     }
 }

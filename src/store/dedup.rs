@@ -169,16 +169,6 @@ impl Hasher for PreHashed {
 }
 
 impl DedupIndex {
-    /// Number of keys held.
-    pub fn len(&self) -> usize {
-        self.by_hash.iter().map(HashMap::len).sum::<usize>() + self.overflow.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The `seq` and `time` stored for `(source, id)`, whose [`key_hash`]
     /// is `hash`. The caller confirms `source` against the stored event's.
     pub fn lookup(&self, hash: u64, source: &str, id: &str) -> Option<(u64, String)> {

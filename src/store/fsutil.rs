@@ -7,8 +7,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-/// Suffix of temporary files. Startup removes any left behind by a crash.
-pub const TMP_SUFFIX: &str = ".tmp";
+use sha2::{Digest, Sha256};
+
+pub use super::error::is_descriptor_exhaustion;
+use super::error::FileError;
+use super::layout::{self, TMP_SUFFIX};
 
 /// fsync a directory so that entries created or renamed in it are durable.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -19,9 +22,7 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// write, fsync the file, rename over the target, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(TMP_SUFFIX);
-    let tmp = dir.join(tmp_name);
+    let tmp = layout::tmp_path(path);
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -33,6 +34,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     fsync_dir(dir)
+}
+
+/// Copies damaged bytes of `file` (from `offset`) to `quarantine/` as
+/// `<file>.<offset>.<stamp>.bad`, fsynced, before anything cuts or
+/// replaces them. Returns the copy's path.
+pub fn quarantine(
+    data_dir: &Path,
+    file: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<std::path::PathBuf, FileError> {
+    let name = format!(
+        "{}.{offset}.{}.bad",
+        file.file_name().unwrap_or_default().to_string_lossy(),
+        layout::stamp_now()
+    );
+    let path = layout::quarantine_dir(data_dir).join(name);
+    write_atomic(&path, bytes).map_err(FileError::at("write", &path))?;
+    Ok(path)
 }
 
 /// Removes leftover `*.tmp` files from `dir` (not recursive). Returns how many.
@@ -100,30 +120,45 @@ pub fn file_equals(path: &Path, expected: &[u8]) -> std::io::Result<bool> {
 
 /// CRC32C of the first `len` bytes of `f`, read in chunks.
 pub fn crc32c_prefix(f: &mut File, len: u64) -> std::io::Result<u32> {
+    crc32c_prefix_with(f, len, |e| e, |_| Ok(()))
+}
+
+/// [`crc32c_prefix`], handing each chunk to `each` as well (a backup
+/// copies and hashes the active segment's prefix in the same pass); a
+/// failed read becomes `read_err(e)`.
+pub fn crc32c_prefix_with<E>(
+    f: &mut File,
+    len: u64,
+    read_err: impl Fn(std::io::Error) -> E,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u32, E> {
     use std::io::Read;
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let (mut crc, mut left) = (0u32, len);
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        f.read_exact(&mut buf[..n])?;
+        f.read_exact(&mut buf[..n]).map_err(&read_err)?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
+        each(&buf[..n])?;
         left -= n as u64;
     }
     Ok(crc)
 }
 
-/// True when `e` means the process (EMFILE) or the system (ENFILE) has no
-/// file descriptor left: a transient condition that passes once
-/// descriptors are closed, never a sign of damage.
-pub fn is_descriptor_exhaustion(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
-    )
-}
-
-/// [`is_descriptor_exhaustion`] for an error already turned into text
-/// (which keeps the operating system's "(os error N)").
-pub fn is_descriptor_exhaustion_message(message: &str) -> bool {
-    message.contains("(os error 24)") || message.contains("(os error 23)")
+/// SHA-256 and length of a file.
+pub fn sha256_file(path: &Path) -> Result<(u64, String), FileError> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(FileError::at("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(FileError::at("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(hasher.finalize())))
 }

@@ -17,6 +17,8 @@ use super::recovery;
 use super::writer::{Command, Writer};
 use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
 
+mod consumers;
+
 /// A stored event: its sequence number and its exact stored bytes.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -216,12 +218,7 @@ impl StoreHandle {
             return Err(StoreError::LowDisk(reason));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Append { events, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
-            })?;
+        self.try_send(Command::Append { events, reply })?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -240,7 +237,9 @@ impl StoreHandle {
     }
 
     /// Takes a verified backup now and waits for it.
-    pub async fn backup(&self) -> Result<std::result::Result<super::backup::BackupInfo, String>> {
+    pub async fn backup(
+        &self,
+    ) -> Result<std::result::Result<super::backup::BackupInfo, super::backup::BackupError>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Backup { reply: Some(reply) })
@@ -403,7 +402,7 @@ impl StoreHandle {
                         })
                         .map_err(|e| {
                             tracing::error!(error = %e, "stored event failed verification on read");
-                            StoreError::Corrupt(e)
+                            StoreError::Corrupt(e.to_string())
                         })
                 })
                 .collect()

@@ -977,32 +977,60 @@ pub fn open_segment(
     }
 }
 
+/// Why a stored event could not be served: its bytes could not be read,
+/// or they fail the CRC32C kept in the index.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The positional read failed.
+    #[error("read {} at offset {offset}: {source}", path.display())]
+    Read {
+        /// The segment file.
+        path: std::path::PathBuf,
+        /// Where the event starts.
+        offset: u64,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes read are not the bytes written.
+    #[error("CRC mismatch for seq {seq} in {} at offset {offset}: stored {stored:08x}, read {read:08x}", path.display())]
+    Crc {
+        /// The event.
+        seq: u64,
+        /// The segment file.
+        path: std::path::PathBuf,
+        /// Where the event starts.
+        offset: u64,
+        /// The CRC32C kept in the index.
+        stored: u32,
+        /// The CRC32C of what was read.
+        read: u32,
+    },
+}
+
 /// Reads the stored bytes of `hit` from memory or disk and checks their CRC.
 /// Errors name the file and offset, so an operator can find the damage.
-pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<Bytes, String> {
+pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<Bytes, LoadError> {
     if let Some(b) = &hit.cached {
         return Ok(b.clone());
     }
     let mut buf = vec![0u8; hit.entry.len as usize];
     segments_file
         .read_exact_at(&mut buf, hit.entry.offset)
-        .map_err(|e| {
-            format!(
-                "read {} at offset {}: {e}",
-                path.display(),
-                hit.entry.offset
-            )
+        .map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            offset: hit.entry.offset,
+            source,
         })?;
     let crc = crc32c::crc32c(&buf);
     if crc != hit.entry.crc {
-        return Err(format!(
-            "CRC mismatch for seq {} in {} at offset {}: stored {:08x}, read {:08x}",
-            hit.seq,
-            path.display(),
-            hit.entry.offset,
-            hit.entry.crc,
-            crc
-        ));
+        return Err(LoadError::Crc {
+            seq: hit.seq,
+            path: path.to_path_buf(),
+            offset: hit.entry.offset,
+            stored: hit.entry.crc,
+            read: crc,
+        });
     }
     Ok(Bytes::from(buf))
 }

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::backup;
 use super::fsutil;
-use super::manifest::{self, Manifest};
-use super::recovery::SEGMENTS_DIR;
+use super::layout;
+use super::manifest::{Manifest, SealedMismatch};
 use super::segment;
 use super::Shared;
 
@@ -61,9 +60,9 @@ impl Finding {
     pub fn file(&self) -> String {
         match self {
             Finding::ActiveSegment { file, .. } | Finding::SealedSegment { file, .. } => {
-                format!("{SEGMENTS_DIR}/{file}")
+                layout::segment_rel(file)
             }
-            Finding::Manifest { .. } => manifest::FILE_NAME.to_string(),
+            Finding::Manifest { .. } => layout::MANIFEST.to_string(),
         }
     }
 
@@ -101,7 +100,7 @@ pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
 /// found until then is returned.
 pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
     let state = shared.file_state();
-    let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(&shared.data_dir);
     let mut findings = Vec::new();
 
     match Manifest::load(&shared.data_dir) {
@@ -114,7 +113,9 @@ pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Ve
         Ok(None) => findings.push(Finding::Manifest {
             detail: "missing".into(),
         }),
-        Err(e) => findings.push(Finding::Manifest { detail: e }),
+        Err(e) => findings.push(Finding::Manifest {
+            detail: e.to_string(),
+        }),
     }
 
     let sealed = &state.manifest.sealed;
@@ -127,31 +128,16 @@ pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Ve
             Scope::Full => true,
             Scope::Tick { scrub } => !sealed.is_empty() && scrub % sealed.len() == i,
         };
-        match std::fs::metadata(&path) {
-            Err(e) => findings.push(Finding::SealedSegment {
+        match s.check_file(&path, scrub) {
+            Ok(()) => {}
+            // Out of descriptors: not checked this time, not damage.
+            Err(SealedMismatch::Unreadable(e)) if e.is_descriptor_exhaustion() => {
+                shared.descriptors_exhausted(&format!("scrubbing {}: {e}", s.file));
+            }
+            Err(mismatch) => findings.push(Finding::SealedSegment {
                 file: s.file.clone(),
-                detail: format!("cannot be read: {e}"),
+                detail: mismatch.to_string(),
             }),
-            Ok(md) if md.len() != s.bytes => findings.push(Finding::SealedSegment {
-                file: s.file.clone(),
-                detail: format!("is {} bytes, the manifest says {}", md.len(), s.bytes),
-            }),
-            Ok(_) if scrub => match backup::sha256_file(&path) {
-                Ok((_, sha)) if sha == s.sha256 => {}
-                Ok((_, sha)) => findings.push(Finding::SealedSegment {
-                    file: s.file.clone(),
-                    detail: format!("SHA-256 is {sha}, the manifest says {}", s.sha256),
-                }),
-                // Out of descriptors: not checked this time, not damage.
-                Err(e) if fsutil::is_descriptor_exhaustion_message(&e) => {
-                    shared.descriptors_exhausted(&format!("scrubbing {}: {e}", s.file));
-                }
-                Err(e) => findings.push(Finding::SealedSegment {
-                    file: s.file.clone(),
-                    detail: e,
-                }),
-            },
-            Ok(_) => {}
         }
     }
 

@@ -5,9 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use super::error::{Result, StoreError};
-
-/// Name of the lock file inside the data directory.
-pub const FILE_NAME: &str = "LOCK";
+use super::layout;
 
 /// An exclusive lock on a data directory, released when dropped (or when
 /// the process dies, since it is an `flock`).
@@ -20,14 +18,14 @@ impl DirLock {
     /// Takes the lock without waiting; fails at once with
     /// [`StoreError::Locked`] if another process holds it.
     pub fn acquire(data_dir: &Path) -> Result<DirLock> {
-        let path = data_dir.join(FILE_NAME);
+        let path = layout::lock_path(data_dir);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+            .map_err(|e| StoreError::file("open", &path, e))?;
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => Ok(DirLock { _file: file }),
             Err(e)
@@ -38,7 +36,7 @@ impl DirLock {
                     dir: data_dir.to_path_buf(),
                 })
             }
-            Err(e) => Err(StoreError::io(format!("lock {}", path.display()), e)),
+            Err(e) => Err(StoreError::file("lock", &path, e)),
         }
     }
 }

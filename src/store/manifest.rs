@@ -4,11 +4,42 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use super::error::FileError;
 use super::fsutil;
+use super::layout;
 
-/// File name of the manifest inside the data directory.
-pub const FILE_NAME: &str = "manifest.json";
+/// Why `manifest.json` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// It exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The manifest.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not a manifest (damaged, or not JSON).
+    #[error("{} is not a valid manifest: {source}", path.display())]
+    Invalid {
+        /// The manifest.
+        path: std::path::PathBuf,
+        /// What the parser found.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// It is a manifest of another format version.
+    #[error("{} has format version {found}, this msgbus reads version {VERSION}", path.display())]
+    Version {
+        /// The manifest.
+        path: std::path::PathBuf,
+        /// The version it has.
+        found: u32,
+    },
+}
 
 /// Current manifest format version.
 pub const VERSION: u32 = 1;
@@ -70,6 +101,77 @@ pub struct SealedSegment {
     pub sha256: String,
 }
 
+/// How a sealed segment's file differs from its manifest entry.
+#[derive(Debug, thiserror::Error)]
+pub enum SealedMismatch {
+    /// The file cannot be read (missing, a permission, descriptors).
+    #[error("cannot be read: {}", .0.source)]
+    Unreadable(#[source] FileError),
+    /// Its length is not the manifest's.
+    #[error("is {actual} bytes, the manifest says {expected}")]
+    Length {
+        /// The file's length.
+        actual: u64,
+        /// The manifest's.
+        expected: u64,
+    },
+    /// Its SHA-256 is not the manifest's.
+    #[error("has SHA-256 {actual}, the manifest says {expected}")]
+    Sha256 {
+        /// The file's.
+        actual: String,
+        /// The manifest's.
+        expected: String,
+    },
+}
+
+impl SealedSegment {
+    /// Checks a sealed segment's bytes, already in memory, against this
+    /// entry: length, then SHA-256. The one check of a sealed segment
+    /// against the manifest (start-up recovery, `msgbus verify`); see
+    /// [`SealedSegment::check_file`] for the file on disk.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), SealedMismatch> {
+        self.check_length(bytes.len() as u64)?;
+        self.check_sha256(&hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Checks the file at `path` against this entry: its length always,
+    /// its SHA-256 (read in chunks) when `hash` is set. Used by the
+    /// integrity monitor (which hashes one segment per tick) and by the
+    /// writer's repair (is the file intact after all?).
+    pub fn check_file(&self, path: &Path, hash: bool) -> Result<(), SealedMismatch> {
+        let md = std::fs::metadata(path)
+            .map_err(|e| SealedMismatch::Unreadable(FileError::new("stat", path, e)))?;
+        self.check_length(md.len())?;
+        if hash {
+            let (len, sha) = fsutil::sha256_file(path).map_err(SealedMismatch::Unreadable)?;
+            self.check_length(len)?;
+            self.check_sha256(&sha)?;
+        }
+        Ok(())
+    }
+
+    fn check_length(&self, actual: u64) -> Result<(), SealedMismatch> {
+        if actual != self.bytes {
+            return Err(SealedMismatch::Length {
+                actual,
+                expected: self.bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_sha256(&self, actual: &str) -> Result<(), SealedMismatch> {
+        if actual != self.sha256 {
+            return Err(SealedMismatch::Sha256 {
+                actual: actual.to_string(),
+                expected: self.sha256.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Manifest {
     /// The manifest of an empty store.
     pub fn empty() -> Self {
@@ -91,21 +193,22 @@ impl Manifest {
     }
 
     /// Reads and parses the manifest; `Ok(None)` if it does not exist.
-    pub fn load(data_dir: &Path) -> Result<Option<Manifest>, String> {
-        let path = data_dir.join(FILE_NAME);
+    pub fn load(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
+        let path = layout::manifest_path(data_dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => return Err(ManifestError::Read { path, source }),
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not a valid manifest: {e}", path.display()))?;
+        let m: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(source) => return Err(ManifestError::Invalid { path, source }),
+        };
         if m.version != VERSION {
-            return Err(format!(
-                "{} has format version {}, this msgbus reads version {VERSION}",
-                path.display(),
-                m.version
-            ));
+            return Err(ManifestError::Version {
+                path,
+                found: m.version,
+            });
         }
         Ok(Some(m))
     }
@@ -124,7 +227,7 @@ impl Manifest {
     pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');
-        fsutil::write_atomic(&data_dir.join(FILE_NAME), &bytes)
+        fsutil::write_atomic(&layout::manifest_path(data_dir), &bytes)
     }
 }
 

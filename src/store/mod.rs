@@ -1,20 +1,35 @@
-//! The durable log. One writer thread owns every file; everything else talks
-//! to it through a [`StoreHandle`] and reads the committed state it publishes.
+//! The durable log. One writer thread owns every file of the data directory
+//! (after start-up recovery, and except the backup thread's copies under
+//! `backups/`); everything else talks to it through a [`StoreHandle`].
 //!
-//! - [`handle`]: the clonable API (append, read, stats, health)
-//! - [`writer`]: the actor: group commit, segment roll, poisoning
-//! - [`segment`]: record framing, scanning, torn tails
-//! - [`manifest`]: the sealed-segment table, replaced atomically
-//! - [`recovery`]: startup: lock, verify, cut torn tails, rebuild the index
-//! - [`index`]: the in-memory index and recent-events cache readers use
-//!   ([`chunked`]: its per-event table, which never moves as it grows)
-//! - [`dedup`]: the `(source, id)` idempotency set
-//! - [`filter`]: filters compiled once per reader, matched in O(1) per event
-//! - [`backup`]: verified backups and restoring segments from them
-//! - [`integrity`]: checks of the files against what the writer left
+//! [`Shared`] is what readers read, but the writer is not its only writer:
+//! the writer publishes the index, head, file state, counters, consumers
+//! and poisoning or read-only mode; the backup thread (started by the
+//! writer) the backup list; the integrity monitor the integrity state, the
+//! low-disk flag and failed backup scrubs; anyone may raise an alert. See
+//! "Who owns what" in `ARCHITECTURE.md`.
+//!
+//! Dependencies between the submodules run one way, down this list
+//! (`scripts/store-deps` prints them and fails on a cycle):
+//!
+//! - [`handle`]: the clonable API (append, read, consumers, stats, health)
+//! - [`writer`]: the actor: group commit, segment roll, poisoning, repairs
+//! - [`recovery`]: start-up: lock, verify, cut torn tails, rebuild the index
 //! - [`consumers`]: durable named cursors (`consumers.json`)
 //! - [`retention`]: deleting sealed segments outside the retention limits
-//! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file helpers, errors
+//! - [`integrity`]: checks of the files against what the writer left
+//! - [`backup`]: verified backups and restoring segments from them
+//! - [`index`]: the in-memory index and recent-events cache readers use
+//!   ([`chunked`]: its per-event table, which never moves as it grows;
+//!   [`filter`]: filters compiled once per reader, matched in O(1) per
+//!   event, which still names `index::Filter`: the one cycle left)
+//! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`manifest`]: the sealed-segment table, replaced atomically, and the
+//!   one check of a sealed segment against it
+//! - [`segment`]: record framing, scanning, torn tails
+//! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file
+//!   helpers, typed errors
+//! - [`layout`]: every name and path in the data directory
 
 pub mod backup;
 pub mod chunked;
@@ -26,6 +41,7 @@ pub mod fsutil;
 pub mod handle;
 pub mod index;
 pub mod integrity;
+pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod recovery;

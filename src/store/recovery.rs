@@ -11,47 +11,35 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::backup;
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
 use super::index::{Index, NewEntry, SegmentReader};
+use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
 use super::segment::{self, Scan};
 
 pub mod active;
 
-/// Sub-directory holding segment files.
-pub const SEGMENTS_DIR: &str = "segments";
-/// Sub-directory where damaged bytes are moved aside.
-pub const QUARANTINE_DIR: &str = "quarantine";
-
-/// What recovery found and did, for the log and for `msgbus verify`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+/// What recovery found and did: counts for the start-up log and `/stats`,
+/// and every cut and repair, raised as alerts once the store is open.
+#[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
-    /// Stale temp files removed.
-    pub removed_temp_files: usize,
-    /// True when the manifest was missing and rebuilt from the segments.
-    pub manifest_rebuilt: bool,
     /// Sealed segments verified.
     pub sealed_segments: usize,
     /// Events recovered.
     pub events: u64,
     /// A torn tail that was cut away, if any.
     pub torn_tail: Option<TornTail>,
-    /// Empty segment files left by a crash during a roll, removed.
-    pub removed_empty_segments: Vec<String>,
-    /// Segments that were damaged and repaired from a verified backup.
-    pub repaired_from_backup: Vec<String>,
-    /// A damaged manifest moved to quarantine before it was rebuilt.
-    pub quarantined_manifest: Option<String>,
     /// Every cut and repair, to be raised as alerts once the store is open.
     pub notes: Vec<RecoveryNote>,
 }
 
 /// A cut or repair made at start-up, raised as an alert (`/alerts`, the
 /// log and the webhook) once the store is open.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct RecoveryNote {
     /// Alert kind: `torn_tail` or `repair`.
     pub kind: &'static str,
@@ -62,7 +50,7 @@ pub struct RecoveryNote {
 }
 
 /// A torn last record cut away at startup.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct TornTail {
     /// Segment file.
     pub file: String,
@@ -122,44 +110,112 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |e| StoreError::io(context, e)
 }
 
-/// Opens (creating if needed) the store in `data_dir` and recovers it.
-pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
-    fsutil::create_dir_durable(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
-    let lock = DirLock::acquire(data_dir)?;
-    let seg_dir = data_dir.join(SEGMENTS_DIR);
-    for d in [&seg_dir, &data_dir.join(QUARANTINE_DIR)] {
-        fsutil::create_dir_durable(d).map_err(io(format!("create {}", d.display())))?;
-    }
-    let mut report = RecoveryReport::default();
-    for d in [data_dir, &seg_dir] {
-        report.removed_temp_files += fsutil::remove_stale_temp_files(d)
-            .map_err(io(format!("clean temp files in {}", d.display())))?;
-    }
+/// For `map_err`: `op` on `path` failed (see [`StoreError::file`]).
+fn file_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |e| StoreError::file(op, path, e)
+}
 
-    let files = segment::list(&seg_dir).map_err(io(format!("list {}", seg_dir.display())))?;
+/// Opens (creating if needed) the store in `data_dir` and recovers it, in
+/// this order: take the lock, clear temp files, load or rebuild the
+/// manifest, settle segment files it does not list, check and index the
+/// sealed segments, judge and index the active segment, record its
+/// durable floor.
+pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
+    let lock = lock_and_create_dirs(data_dir)?;
+    remove_temp_files(data_dir)?;
+    let mut report = RecoveryReport::default();
+    let seg_dir = layout::segments_dir(data_dir);
+    let files = segment::list(&seg_dir).map_err(file_err("list", &seg_dir))?;
+    let mut manifest = load_or_rebuild_manifest(data_dir, &files, &mut report)?;
+    settle_unlisted_segments(&seg_dir, &files, &manifest)?;
+    let Indexed {
+        mut index,
+        mut dedup,
+        next_seq: active_first_seq,
+    } = index_sealed_segments(data_dir, &manifest, recent_cache_bytes, &mut report)?;
+    let (active, active_sha256) = index_active_segment(
+        data_dir,
+        active_first_seq,
+        &manifest,
+        &mut index,
+        &mut dedup,
+        &mut report,
+    )?;
+    let next_seq = active_first_seq + active.count;
+    report.events = index.len() as u64;
+    record_durable_floor(data_dir, &mut manifest, active.len, next_seq - 1)?;
+    Ok(Recovered {
+        lock,
+        manifest,
+        active,
+        active_sha256,
+        index,
+        dedup,
+        next_seq,
+        report,
+    })
+}
+
+/// Step 1: creates the data directory if needed, takes its lock, and
+/// creates `segments/` and `quarantine/`.
+fn lock_and_create_dirs(data_dir: &Path) -> Result<DirLock> {
+    fsutil::create_dir_durable(data_dir).map_err(file_err("create", data_dir))?;
+    let lock = DirLock::acquire(data_dir)?;
+    for d in [
+        &layout::segments_dir(data_dir),
+        &layout::quarantine_dir(data_dir),
+    ] {
+        fsutil::create_dir_durable(d).map_err(file_err("create", d))?;
+    }
+    Ok(lock)
+}
+
+/// Step 2: removes temp files a crash left in the data directory and in
+/// `segments/` (a replacement that never reached its rename).
+fn remove_temp_files(data_dir: &Path) -> Result<()> {
+    for d in [data_dir.to_path_buf(), layout::segments_dir(data_dir)] {
+        let removed = fsutil::remove_stale_temp_files(&d)
+            .map_err(io(format!("clean temp files in {}", d.display())))?;
+        if removed > 0 {
+            tracing::info!(dir = %d.display(), removed, "removed temp files left by a crash");
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: the manifest as on disk; a missing one is rebuilt from the
+/// segment files (or created, for a new store), and a damaged one is
+/// moved to `quarantine/` first.
+fn load_or_rebuild_manifest(
+    data_dir: &Path,
+    files: &[segment::SegmentFile],
+    report: &mut RecoveryReport,
+) -> Result<Manifest> {
     let loaded = match Manifest::load(data_dir) {
         Ok(m) => m,
         Err(why) => {
             // A damaged manifest is rebuilt from the segments, like a missing
             // one, after its bytes are moved aside.
-            let path = data_dir.join(super::manifest::FILE_NAME);
+            let path = layout::manifest_path(data_dir);
             let bytes = std::fs::read(&path).unwrap_or_default();
-            let q = quarantine(data_dir, &path, 0, &bytes)?;
-            std::fs::remove_file(&path).map_err(io(format!("remove {}", path.display())))?;
+            let q = fsutil::quarantine(data_dir, &path, 0, &bytes)?;
+            std::fs::remove_file(&path).map_err(file_err("remove", &path))?;
             tracing::warn!(problem = %why, quarantined_to = %q.display(), "damaged manifest moved aside; rebuilding it");
-            report.quarantined_manifest = Some(q.display().to_string());
             report.notes.push(RecoveryNote {
                 kind: "repair",
-                file: super::manifest::FILE_NAME.into(),
+                file: MANIFEST.into(),
                 detail: format!(
-                    "{} was damaged; moved to {QUARANTINE_DIR}/ and rebuilt from the segments",
-                    super::manifest::FILE_NAME
+                    "{MANIFEST} was damaged; moved to {QUARANTINE_DIR}/ and rebuilt from the segments",
                 ),
             });
             None
         }
     };
-    let mut manifest = match loaded {
+    let seg_dir = layout::segments_dir(data_dir);
+    Ok(match loaded {
         Some(m) => m,
         None if files.is_empty() => {
             let m = Manifest::empty();
@@ -168,17 +224,25 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             m
         }
         None => {
-            report.manifest_rebuilt = true;
-            let m = rebuild_manifest(&files)?;
+            tracing::warn!("manifest missing; rebuilding it from the segment files");
+            let m = rebuild_manifest(files)?;
             store_manifest(&m, data_dir)?;
             m
         }
-    };
+    })
+}
 
-    // Files the manifest does not know: an empty one past the active segment
-    // is a crash between creating a segment and naming it; anything else is
-    // damage we will not guess about.
-    for f in &files {
+/// Step 4: segment files the manifest does not list. An empty one past
+/// the active segment is a crash between creating a segment and naming
+/// it, and one before the first listed segment is a retention pass that
+/// stopped before removing it: both are removed. Anything else is damage
+/// we will not guess about.
+fn settle_unlisted_segments(
+    seg_dir: &Path,
+    files: &[segment::SegmentFile],
+    manifest: &Manifest,
+) -> Result<()> {
+    for f in files {
         let name = f
             .path
             .file_name()
@@ -191,27 +255,43 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             continue;
         }
         let len = std::fs::metadata(&f.path)
-            .map_err(io(format!("stat {}", f.path.display())))?
+            .map_err(file_err("stat", &f.path))?
             .len();
         if f.first_seq > manifest.active_first_seq && len == 0 {
-            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
-            fsutil::fsync_dir(&seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
-            report.removed_empty_segments.push(name);
-        } else if super::retention::is_leftover(&manifest, f.first_seq) {
+            std::fs::remove_file(&f.path).map_err(file_err("remove", &f.path))?;
+            fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
+            tracing::info!(file = %f.path.display(), "removed an empty segment file left by a crash during a roll");
+        } else if super::retention::is_leftover(manifest, f.first_seq) {
             // Retention took it out of the manifest, then stopped before
             // removing the file: finish the deletion.
-            std::fs::remove_file(&f.path).map_err(io(format!("remove {}", f.path.display())))?;
-            fsutil::fsync_dir(&seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+            std::fs::remove_file(&f.path).map_err(file_err("remove", &f.path))?;
+            fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
             tracing::info!(file = %f.path.display(), "removed a segment left by an interrupted retention pass");
         } else {
             return Err(StoreError::Corrupt(format!(
-                "{} ({len} bytes) is not listed in {}; move it aside or restore a backup",
+                "{} ({len} bytes) is not listed in {MANIFEST}; move it aside or restore a backup",
                 f.path.display(),
-                super::manifest::FILE_NAME
             )));
         }
     }
+    Ok(())
+}
 
+/// The index and idempotency set built so far, and the next seq.
+struct Indexed {
+    index: Index,
+    dedup: DedupIndex,
+    next_seq: u64,
+}
+
+/// Step 5: checks every sealed segment against the manifest (restoring a
+/// damaged one from a verified backup) and indexes its records.
+fn index_sealed_segments(
+    data_dir: &Path,
+    manifest: &Manifest,
+    recent_cache_bytes: usize,
+    report: &mut RecoveryReport,
+) -> Result<Indexed> {
     let first_seq = manifest
         .sealed
         .first()
@@ -222,11 +302,11 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     let mut expect = first_seq;
 
     for sealed in &manifest.sealed {
-        let path = seg_dir.join(&sealed.file);
+        let path = layout::segment_path(data_dir, &sealed.file);
         let checked = std::fs::read(&path)
             .map_err(|e| {
                 if fsutil::is_descriptor_exhaustion(&e) {
-                    return StoreError::io(format!("read {}", path.display()), e);
+                    return StoreError::file("read", &path, e);
                 }
                 StoreError::Corrupt(format!(
                     "sealed segment {} cannot be read: {e}",
@@ -240,14 +320,13 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             Ok(bytes) => bytes,
             Err(e @ StoreError::TooManyOpenFiles { .. }) => return Err(e),
             Err(damage) => {
-                let bytes = restore_sealed_from_backup(data_dir, &path, sealed, &damage)?;
-                report.repaired_from_backup.push(sealed.file.clone());
+                let bytes = restore_sealed_from_backup(data_dir, sealed, &damage)?;
                 report.notes.push(RecoveryNote {
                     kind: "repair",
-                    file: segment_rel(&path),
+                    file: layout::segment_rel_of(&path),
                     detail: format!(
                         "sealed segment {} failed its check and was restored from a verified backup",
-                        segment_rel(&path)
+                        layout::segment_rel_of(&path)
                     ),
                 });
                 bytes
@@ -278,58 +357,61 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
             expect - 1
         )));
     }
-    let active_path = seg_dir.join(segment::file_name(expect));
-    let (bytes, scan) = recover_active(data_dir, &active_path, expect, &manifest, &mut report)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&active_path)
-        .map_err(io(format!("open {}", active_path.display())))?;
-    let pos = index.add_segment(reader(&active_path, expect, bytes.len() as u64)?);
-    add_records(&mut index, &mut dedup, pos, &scan);
-    let mut hasher = Sha256::new();
-    hasher.update(&bytes);
-    let count = scan.records.len() as u64;
-    let next_seq = expect + count;
-    report.events = index.len() as u64;
-
-    // What is durable now is the floor the next start checks against.
-    let floor = DurablePrefix {
-        bytes: bytes.len() as u64,
-        last_seq: next_seq - 1,
-    };
-    if manifest.active_durable != Some(floor) {
-        manifest.active_durable = Some(floor);
-        store_manifest(&manifest, data_dir)?;
-    }
-
-    Ok(Recovered {
-        lock,
-        manifest,
-        active: ActiveSegment {
-            file,
-            path: active_path,
-            first_seq: expect,
-            len: bytes.len() as u64,
-            count,
-            index_pos: pos,
-            crc: crc32c::crc32c(&bytes),
-            bytes,
-        },
-        active_sha256: hasher,
+    Ok(Indexed {
         index,
         dedup,
-        next_seq,
-        report,
+        next_seq: expect,
     })
 }
 
-/// `segments/<name>`, the way alerts and reports name a segment.
-fn segment_rel(path: &Path) -> String {
-    format!(
-        "{SEGMENTS_DIR}/{}",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    )
+/// Step 6: judges the active segment (cutting a torn tail, repairing it
+/// from a backup, or refusing), indexes its records, and opens it for the
+/// writer with the running SHA-256 of its bytes.
+fn index_active_segment(
+    data_dir: &Path,
+    first_seq: u64,
+    manifest: &Manifest,
+    index: &mut Index,
+    dedup: &mut DedupIndex,
+    report: &mut RecoveryReport,
+) -> Result<(ActiveSegment, Sha256)> {
+    let path = layout::segment_path(data_dir, &segment::file_name(first_seq));
+    let (bytes, scan) = recover_active(data_dir, &path, first_seq, manifest, report)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(file_err("open", &path))?;
+    let pos = index.add_segment(reader(&path, first_seq, bytes.len() as u64)?);
+    add_records(index, dedup, pos, &scan);
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    let active = ActiveSegment {
+        file,
+        path,
+        first_seq,
+        len: bytes.len() as u64,
+        count: scan.records.len() as u64,
+        index_pos: pos,
+        crc: crc32c::crc32c(&bytes),
+        bytes,
+    };
+    Ok((active, hasher))
+}
+
+/// Step 7: what is durable now is the floor the next start checks against.
+fn record_durable_floor(
+    data_dir: &Path,
+    manifest: &mut Manifest,
+    bytes: u64,
+    last_seq: u64,
+) -> Result<()> {
+    let floor = DurablePrefix { bytes, last_seq };
+    if manifest.active_durable != Some(floor) {
+        manifest.active_durable = Some(floor);
+        store_manifest(manifest, data_dir)?;
+    }
+    Ok(())
 }
 
 /// Reads, judges and, if need be, repairs the active segment (see
@@ -341,12 +423,12 @@ fn recover_active(
     manifest: &Manifest,
     report: &mut RecoveryReport,
 ) -> Result<(Vec<u8>, Scan)> {
-    let rel = segment_rel(path);
+    let rel = layout::segment_rel_of(path);
     let file_name = segment::file_name(first_seq);
     let (live, missing) = match std::fs::read(path) {
         Ok(b) => (b, false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), true),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        Err(e) => return Err(StoreError::file("read", path, e)),
     };
     let plan = active::plan(data_dir, &file_name, &live, first_seq, manifest);
     let (mut bytes, mut scan, verdict) = match plan.repair {
@@ -357,10 +439,9 @@ fn recover_active(
                 plan.verdict.describe(&rel)
             };
             if !live.is_empty() {
-                quarantine(data_dir, path, 0, &live)?;
+                fsutil::quarantine(data_dir, path, 0, &live)?;
             }
-            fsutil::write_atomic(path, &c.bytes)
-                .map_err(io(format!("rewrite {}", path.display())))?;
+            fsutil::write_atomic(path, &c.bytes).map_err(file_err("rewrite", path))?;
             let had = first_seq + plan.scan.records.len() as u64;
             let has = first_seq + c.scan.records.len() as u64;
             let detail = format!(
@@ -374,7 +455,6 @@ fn recover_active(
                 }
             );
             tracing::warn!(file = %path.display(), backup = %c.backup, "{detail}");
-            report.repaired_from_backup.push(file_name.clone());
             report.notes.push(RecoveryNote {
                 kind: "repair",
                 file: rel.clone(),
@@ -396,15 +476,13 @@ fn recover_active(
         active::Verdict::Whole => {}
         active::Verdict::TornTail { valid_len } => {
             let tail = &bytes[valid_len as usize..];
-            let quarantined = quarantine(data_dir, path, valid_len, tail)?;
+            let quarantined = fsutil::quarantine(data_dir, path, valid_len, tail)?;
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(io(format!("open {}", path.display())))?;
-            f.set_len(valid_len)
-                .map_err(io(format!("truncate {}", path.display())))?;
-            f.sync_all()
-                .map_err(io(format!("fsync {}", path.display())))?;
+                .map_err(file_err("open", path))?;
+            f.set_len(valid_len).map_err(file_err("truncate", path))?;
+            f.sync_all().map_err(file_err("fsync", path))?;
             let detail = format!(
                 "cut {} bytes of an incomplete final record at offset {valid_len} (a crash mid-append; never acknowledged), moved to {QUARANTINE_DIR}/{}",
                 tail.len(),
@@ -446,7 +524,7 @@ fn recover_active(
 fn store_manifest(m: &Manifest, data_dir: &Path) -> Result<()> {
     m.store(data_dir).map_err(io(format!(
         "write {}",
-        data_dir.join(super::manifest::FILE_NAME).display()
+        layout::manifest_path(data_dir).display()
     )))
 }
 
@@ -459,8 +537,8 @@ pub fn create_segment_file(seg_dir: &Path, first_seq: u64) -> Result<(File, Path
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(io(format!("create {}", path.display())))?;
-    fsutil::fsync_dir(seg_dir).map_err(io(format!("fsync {}", seg_dir.display())))?;
+        .map_err(file_err("create", &path))?;
+    fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
     Ok((file, path))
 }
 
@@ -482,23 +560,9 @@ fn check_sealed(path: &Path, s: &SealedSegment, bytes: &[u8], expect: u64) -> Re
             s.first_seq
         )));
     }
-    if bytes.len() as u64 != s.bytes {
-        return Err(StoreError::Corrupt(format!(
-            "sealed segment {} is {} bytes, the manifest says {}",
-            path.display(),
-            bytes.len(),
-            s.bytes
-        )));
-    }
-    let sha = hex::encode(Sha256::digest(bytes));
-    if sha != s.sha256 {
-        return Err(StoreError::Corrupt(format!(
-            "sealed segment {} has SHA-256 {sha}, the manifest says {}",
-            path.display(),
-            s.sha256
-        )));
-    }
-    Ok(())
+    s.check_bytes(bytes).map_err(|mismatch| {
+        StoreError::Corrupt(format!("sealed segment {} {mismatch}", path.display()))
+    })
 }
 
 fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan) {
@@ -533,7 +597,7 @@ fn rebuild_manifest(files: &[segment::SegmentFile]) -> Result<Manifest> {
     };
     let mut expect = files[0].first_seq;
     for f in sealed {
-        let bytes = std::fs::read(&f.path).map_err(io(format!("read {}", f.path.display())))?;
+        let bytes = std::fs::read(&f.path).map_err(file_err("read", &f.path))?;
         let scan = segment::scan(&bytes, expect);
         if let Some(d) = scan.damage {
             return Err(StoreError::Corrupt(format!(
@@ -569,39 +633,21 @@ fn rebuild_manifest(files: &[segment::SegmentFile]) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Copies damaged bytes to `quarantine/` (fsynced) before anything is cut.
-pub fn quarantine(data_dir: &Path, file: &Path, offset: u64, bytes: &[u8]) -> Result<PathBuf> {
-    let dir = data_dir.join(QUARANTINE_DIR);
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-    let name = format!(
-        "{}.{offset}.{stamp}.bad",
-        file.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let path = dir.join(name);
-    fsutil::write_atomic(&path, bytes).map_err(io(format!("write {}", path.display())))?;
-    Ok(path)
-}
-
-/// Restores a damaged or missing sealed segment at startup from the newest
-/// verified backup whose copy matches the manifest's SHA-256.
+/// Restores a damaged or missing sealed segment at startup (see
+/// [`backup::restore_sealed`], which the running writer's repair uses too).
 fn restore_sealed_from_backup(
     data_dir: &Path,
-    path: &Path,
     sealed: &SealedSegment,
     damage: &StoreError,
 ) -> Result<Vec<u8>> {
-    let Some((bytes, from)) =
-        super::backup::find_segment(data_dir, &sealed.file, Some(&sealed.sha256))
-    else {
-        return Err(StoreError::Corrupt(format!(
-            "{damage}; no verified backup holds {} with SHA-256 {}: restore one with `msgbus restore`",
-            sealed.file, sealed.sha256
-        )));
-    };
-    if let Ok(old) = std::fs::read(path) {
-        quarantine(data_dir, path, 0, &old)?;
+    match backup::restore_sealed(data_dir, sealed) {
+        Ok(restored) => {
+            tracing::warn!(file = %sealed.file, backup = %restored.backup, problem = %damage, "sealed segment restored from backup");
+            Ok(restored.bytes)
+        }
+        Err(e @ backup::RestoreError::NoBackup { .. }) => Err(StoreError::Corrupt(format!(
+            "{damage}; {e}: restore one with `msgbus restore`"
+        ))),
+        Err(backup::RestoreError::Io(e)) => Err(e.into()),
     }
-    fsutil::write_atomic(path, &bytes).map_err(io(format!("rewrite {}", path.display())))?;
-    tracing::warn!(file = %path.display(), backup = %from, problem = %damage, "sealed segment restored from backup");
-    Ok(bytes)
 }

@@ -27,9 +27,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
+use super::layout;
 use super::manifest::{Manifest, SealedSegment};
-use super::recovery::SEGMENTS_DIR;
-use super::writer::Command;
 use super::Shared;
 
 /// The configured limits; `None` means unlimited.
@@ -181,7 +180,7 @@ pub fn enforce(
     if policy.is_off() || manifest.sealed.is_empty() {
         return Ok(None);
     }
-    let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
+    let seg_dir = layout::segments_dir(&shared.data_dir);
     let now = SystemTime::now();
     let n = expired_prefix(&policy, &manifest.sealed, head, active_bytes, |s| {
         file_age(&seg_dir, s, now)
@@ -201,7 +200,7 @@ pub fn enforce(
         StoreError::io(
             format!(
                 "write {}",
-                shared.data_dir.join(super::manifest::FILE_NAME).display()
+                layout::manifest_path(&shared.data_dir).display()
             ),
             e,
         )
@@ -269,10 +268,19 @@ pub fn tick_interval(policy: &RetentionPolicy) -> Option<Duration> {
     Some((age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
 }
 
+/// A request for a retention pass now, which the ticker sends on the
+/// writer's queue (the writer's command type converts from it, so this
+/// module does not depend on the writer).
+#[derive(Debug, Clone, Copy)]
+pub struct Tick;
+
 /// With `--retention-max-age`, starts a thread that asks the writer for a
 /// retention pass now and then, so old segments go on an idle store too.
 /// It holds only a weak sender and ends once the writer is gone.
-pub fn spawn_ticker(policy: &RetentionPolicy, tx: &mpsc::Sender<Command>) {
+pub fn spawn_ticker<C: From<Tick> + Send + 'static>(
+    policy: &RetentionPolicy,
+    tx: &mpsc::Sender<C>,
+) {
     let Some(every) = tick_interval(policy) else {
         return;
     };
@@ -282,7 +290,7 @@ pub fn spawn_ticker(policy: &RetentionPolicy, tx: &mpsc::Sender<Command>) {
         .spawn(move || loop {
             std::thread::sleep(every);
             let Some(tx) = weak.upgrade() else { break };
-            if let Err(TrySendError::Closed(_)) = tx.try_send(Command::EnforceRetention) {
+            if let Err(TrySendError::Closed(_)) = tx.try_send(C::from(Tick)) {
                 break;
             }
         });

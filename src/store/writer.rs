@@ -21,7 +21,7 @@ mod backups;
 mod hasher;
 mod repair;
 
-pub use repair::RepairOutcome;
+pub use repair::{raise_alerts as raise_repair_alerts, RepairOutcome};
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -66,7 +66,11 @@ pub enum Command {
     /// Take a verified backup (copied off the commit path).
     Backup {
         /// Where to send the result, if anyone waits for it.
-        reply: Option<oneshot::Sender<std::result::Result<super::backup::BackupInfo, String>>>,
+        reply: Option<
+            oneshot::Sender<
+                std::result::Result<super::backup::BackupInfo, super::backup::BackupError>,
+            >,
+        >,
     },
     /// Create, update or delete a consumer, or commit its cursor (see
     /// [`super::consumers`]); requests in one batch share one file write.
@@ -75,6 +79,12 @@ pub enum Command {
     EnforceRetention,
     /// Finish what is queued before this command, then stop.
     Shutdown,
+}
+
+impl From<super::retention::Tick> for Command {
+    fn from(_: super::retention::Tick) -> Self {
+        Command::EnforceRetention
+    }
 }
 
 /// Stop draining once a commit holds this many bytes, so one fsync never
@@ -289,7 +299,8 @@ impl Writer {
         }
 
         if !self.buf.is_empty() {
-            if let Err(reason) = self.write_and_sync() {
+            if let Err(failed) = self.write_and_sync() {
+                let reason = failed.to_string();
                 self.poison(reason.clone());
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
@@ -320,27 +331,34 @@ impl Writer {
 
     /// Appends the buffer at the durable end of the active segment and
     /// syncs it. On failure, cuts the file back so the log stays valid.
-    fn write_and_sync(&mut self) -> std::result::Result<(), String> {
-        let path = self.active.path.display().to_string();
+    fn write_and_sync(&mut self) -> std::result::Result<(), WriteFailed> {
+        let path = &self.active.path;
         let result = self
             .active
             .file
             .write_all_at(&self.buf, self.active.len)
-            .map_err(|e| format!("write to {path} at offset {} failed: {e}", self.active.len))
+            .map_err(|source| WriteFailed::Write {
+                path: path.clone(),
+                offset: self.active.len,
+                source,
+            })
             .and_then(|()| {
                 let started = Instant::now();
                 let r = self
                     .active
                     .file
                     .sync_data()
-                    .map_err(|e| format!("fdatasync of {path} failed: {e}"));
+                    .map_err(|source| WriteFailed::Sync {
+                        path: path.clone(),
+                        source,
+                    });
                 self.shared
                     .record_fsync(started.elapsed().as_micros() as u64);
                 r
             });
         if result.is_err() {
             if let Err(e) = self.active.file.set_len(self.active.len) {
-                tracing::error!(error = %e, path = %path, "could not cut the active segment back after a failed write");
+                tracing::error!(error = %e, path = %path.display(), "could not cut the active segment back after a failed write");
             }
         }
         result
@@ -387,6 +405,17 @@ impl Writer {
         m.max_batch_events
             .fetch_max(accepted.len() as u64, Ordering::Relaxed);
         self.buf = self.hasher.update(std::mem::take(&mut self.buf));
+    }
+
+    /// Publishes what is now on disk, for the integrity monitor.
+    fn publish_file_state(&self) {
+        let state = super::integrity::FileState {
+            manifest: Arc::clone(&self.manifest),
+            active_len: self.active.len,
+            active_crc: self.active.crc,
+            last_seq: self.next_seq - 1,
+        };
+        *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Makes room in the active segment's in-memory copy for the current
@@ -456,7 +485,7 @@ impl Writer {
     fn seal_and_roll(&mut self) -> Result<()> {
         self.verify_active_file_before_seal()?;
         let data_dir = self.shared.data_dir.clone();
-        let seg_dir = data_dir.join(recovery::SEGMENTS_DIR);
+        let seg_dir = super::layout::segments_dir(&data_dir);
         let new_first = self.next_seq;
         // Created first: the step that needs new descriptors.
         let (file, path) = match recovery::create_segment_file(&seg_dir, new_first) {
@@ -478,12 +507,13 @@ impl Writer {
         };
         let sha256 = match self.hasher.finish() {
             Ok(sha) => sha,
-            Err(message) => {
+            Err(stopped) => {
                 undo_create(&path);
-                return Err(StoreError::Io {
-                    context: format!("hash {}", self.active.path.display()),
-                    message,
-                });
+                return Err(StoreError::file(
+                    "hash",
+                    &self.active.path,
+                    std::io::Error::other(stopped),
+                ));
             }
         };
         let mut manifest = (*self.manifest).clone();
@@ -498,13 +528,7 @@ impl Writer {
         manifest.active_first_seq = new_first;
         manifest.active_durable = None;
         if let Err(e) = manifest.store(&data_dir) {
-            let err = StoreError::io(
-                format!(
-                    "write {}",
-                    data_dir.join(super::manifest::FILE_NAME).display()
-                ),
-                e,
-            );
+            let err = StoreError::file("write", &super::layout::manifest_path(&data_dir), e);
             if matches!(err, StoreError::TooManyOpenFiles { .. }) {
                 // The manifest was not replaced: undo, and hash the
                 // segment again (the hasher started over at `finish`).
@@ -583,7 +607,7 @@ impl Writer {
             crate::alerts::Severity::Error,
             "poisoned",
             Some(self.active.path.display().to_string()),
-            format!("writes refused until restart: {reason}"),
+            format!("writes refused until the server is restarted (the fsync is never retried): {reason}"),
         );
         *self
             .shared
@@ -591,6 +615,26 @@ impl Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
+}
+
+/// Why a commit's write failed; the writer is poisoned with its text.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailed {
+    /// The `pwrite` failed.
+    #[error("write to {} at offset {offset} failed: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `fdatasync` failed (never retried: see the module docs).
+    #[error("fdatasync of {} failed: {source}", path.display())]
+    Sync {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Empties `buf` and makes room for [`segment_room`] bytes, so the next

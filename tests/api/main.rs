@@ -1,5 +1,6 @@
-//! Black-box tests of msgbus: the HTTP API of an in-process server, real
-//! processes (locking, signals, crashes) and startup recovery.
+//! Black-box tests of msgbus: the HTTP API of an in-process server
+//! (events, streams, consumers, retention), real processes (locking,
+//! signals, crashes, descriptor and connection limits) and startup recovery.
 //!
 //! Set `TEST_LOG=1` to see the servers' logs.
 
@@ -8,10 +9,12 @@ mod common;
 
 mod acknowledged;
 mod batch;
+mod consumers;
 mod crash;
 mod damage;
 mod duplicates;
 mod errors;
+mod fds;
 mod guard;
 mod long_poll;
 mod ops;
@@ -19,4 +22,6 @@ mod processes;
 mod publish;
 mod read;
 mod restart;
+mod retention;
+mod stream;
 mod torn_tail;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches};
 use msgbus::app::{AppError, Application};
 use msgbus::cli::Cli;
+use msgbus::store::StoreError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -89,7 +90,7 @@ pub async fn start_app(dir: DataDir, args: &[&str]) -> TestApp {
         match Application::build(config.clone()).await {
             Ok(app) => break app,
             // See `lock_released_soon`.
-            Err(e) if lock_released_soon(&e.to_string(), started) => {
+            Err(e) if lock_released_soon(e.as_ref(), started) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("server failed to start on {}: {e}", dir.path().display()),
@@ -138,14 +139,17 @@ impl TestApp {
     }
 }
 
-/// Whether a "held by another msgbus instance" error may be a child
+/// Whether a [`StoreError::Locked`] may be a child
 /// process of this test binary that has not reached `exec` yet: a fork
 /// copies every descriptor, the lock's included, and `flock` locks belong to
 /// the shared open file, so for a moment after a store closes its lock a
 /// concurrently spawned child still holds it. Retrying for up to 3 s covers
 /// that window but not a lock that really stays held.
-pub fn lock_released_soon(error: &str, started: Instant) -> bool {
-    error.contains("held by another msgbus instance") && started.elapsed() < Duration::from_secs(3)
+pub fn lock_released_soon(error: &(dyn std::error::Error + 'static), started: Instant) -> bool {
+    matches!(
+        error.downcast_ref::<StoreError>(),
+        Some(StoreError::Locked { .. })
+    ) && started.elapsed() < Duration::from_secs(3)
 }
 
 /// `msgbus::store::recovery::open`, retried as `start_app` does (see
@@ -154,7 +158,7 @@ pub fn open_store(dir: &Path) -> msgbus::store::error::Result<msgbus::store::rec
     let started = Instant::now();
     loop {
         match msgbus::store::recovery::open(dir, 1 << 20) {
-            Err(e) if lock_released_soon(&e.to_string(), started) => {
+            Err(e) if lock_released_soon(&e, started) => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,

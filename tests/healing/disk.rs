@@ -236,3 +236,34 @@ async fn a_full_disk_poisons_the_writer_without_losing_acknowledged_events() {
     assert_eq!(seq, n + 1, "nothing unacknowledged was kept");
     app.stop().await;
 }
+
+/// `msgbus backup` of a stopped store on a full disk reports the full
+/// disk, not damage: the store is intact, only the copy could not be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_backup_on_a_full_disk_reports_the_disk_not_damage() {
+    let Some(fs) = Tmpfs::mount("8m") else { return };
+    let data = fs.path.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let app =
+        crate::common::server::start_app(DataDir::at(data.clone()), &["--min-free-bytes", "0"])
+            .await;
+    for i in 1..=20 {
+        app.publish_ok(&checkable_event("full", i, 1000)).await;
+    }
+    let dir = app.stop().await;
+    let ballast = fs.path.join("ballast");
+    std::fs::write(&ballast, vec![0u8; fs.free() as usize]).unwrap();
+    note(format!("{} bytes free", fs.free()));
+
+    let d = data.display().to_string();
+    let (code, out, err) = run_msgbus(&["backup", "--data-dir", &d]).await;
+    assert_eq!(code, 1, "the backup cannot be taken:\n{out}\n{err}");
+    assert!(
+        err.contains("No space left on device") && !err.contains("damaged"),
+        "a full disk reads as a full disk:\n{err}"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "the store is intact:\n{out}\n{err}");
+    drop(dir);
+}

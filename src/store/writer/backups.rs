@@ -10,10 +10,10 @@ use tokio::sync::oneshot;
 
 use super::Writer;
 use crate::alerts::Severity;
-use crate::store::backup::{self, BackupInfo, BackupSource};
+use crate::store::backup::{self, BackupError, BackupInfo, BackupSource};
 use crate::store::{lock, Shared};
 
-type Reply = oneshot::Sender<Result<BackupInfo, String>>;
+type Reply = oneshot::Sender<Result<BackupInfo, BackupError>>;
 
 struct Job {
     reply: Option<Reply>,
@@ -57,13 +57,13 @@ impl BackupWorker {
     fn request(&self, job: Job) {
         let Some(tx) = &self.tx else {
             if let Some(r) = job.reply {
-                let _ = r.send(Err("the backup thread is not running".into()));
+                let _ = r.send(Err(BackupError::NoThread("is not running")));
             }
             return;
         };
         if let Err(mpsc::SendError(job)) = tx.send(job) {
             if let Some(r) = job.reply {
-                let _ = r.send(Err("the backup thread has stopped".into()));
+                let _ = r.send(Err(BackupError::NoThread("has stopped")));
             }
         }
     }
@@ -107,7 +107,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                         manifest: m,
                         verified: false,
                         verified_at: None,
-                        error: Some(e),
+                        error: Some(e.to_string()),
                     },
                     Err(_) => continue,
                 },
@@ -171,7 +171,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 last_error = None;
             }
             // The same failure again (the store is still damaged) is not news.
-            Err(e) if last_error.as_ref() == Some(e) => {
+            Err(e) if last_error.as_ref() == Some(&e.to_string()) => {
                 tracing::warn!(error = %e, "backup failed again");
             }
             Err(e) => {
@@ -181,7 +181,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                     None,
                     format!("backup failed: {e}"),
                 );
-                last_error = Some(e.clone());
+                last_error = Some(e.to_string());
             }
         }
         for job in jobs {

@@ -87,20 +87,23 @@ impl SegmentHasher {
     /// The hex SHA-256 of every byte handed over since the last call (or
     /// since the start), once they are all hashed; the next call starts
     /// from zero bytes.
-    pub(super) fn finish(&mut self) -> Result<String, String> {
+    pub(super) fn finish(&mut self) -> Result<String, HasherStopped> {
         let (reply, digest) = mpsc::sync_channel(1);
         self.sender()
             .send(Job::Finish(reply))
-            .map_err(|_| "the segment hashing thread has stopped".to_string())?;
-        digest
-            .recv()
-            .map_err(|_| "the segment hashing thread has stopped".to_string())
+            .map_err(|_| HasherStopped)?;
+        digest.recv().map_err(|_| HasherStopped)
     }
 
     fn sender(&self) -> &mpsc::SyncSender<Job> {
         self.jobs.as_ref().expect("set until drop")
     }
 }
+
+/// The hashing thread is gone (it panicked), so no digest can be had.
+#[derive(Debug, thiserror::Error)]
+#[error("the segment hashing thread has stopped")]
+pub(super) struct HasherStopped;
 
 impl Drop for SegmentHasher {
     fn drop(&mut self) {

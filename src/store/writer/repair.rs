@@ -9,22 +9,21 @@
 //! - manifest: rewritten from the writer's copy of it (the same table a
 //!   rebuild from the segments gives).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::Writer;
-use crate::alerts::Severity;
+use crate::alerts::{Alerts, Severity};
 use crate::store::backup;
+use crate::store::error::FileError;
 use crate::store::fsutil;
-use crate::store::integrity::{FileState, Finding};
+use crate::store::integrity::Finding;
+use crate::store::layout;
 use crate::store::manifest::Manifest;
-use crate::store::recovery::{self, SEGMENTS_DIR};
 
 /// What a repair did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -40,21 +39,101 @@ pub struct RepairOutcome {
     pub detail: String,
 }
 
-/// What a repair answers when a second look finds the file intact.
-const INTACT: &str = "the file is intact";
+/// What a repair did.
+#[derive(Debug)]
+enum Repaired {
+    /// A second look found the file intact (the finding raced a change
+    /// the writer made): nothing was done.
+    AlreadyIntact,
+    /// The sealed segment was deleted by retention meanwhile.
+    NoLongerInStore {
+        /// Its file name.
+        file: String,
+    },
+    /// The active segment was rewritten from the writer's copy.
+    ActiveRewritten {
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// The sealed segment was restored from a backup.
+    Restored {
+        /// The backup's name.
+        backup: String,
+    },
+    /// The manifest was rewritten from the writer's copy.
+    ManifestRewritten,
+}
+
+impl std::fmt::Display for Repaired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repaired::AlreadyIntact => write!(f, "the file is intact"),
+            Repaired::NoLongerInStore { file } => {
+                write!(f, "{file} is no longer part of the store")
+            }
+            Repaired::ActiveRewritten { bytes } => {
+                write!(f, "rewrote {bytes} bytes from the writer's copy")
+            }
+            Repaired::Restored { backup } => write!(f, "restored from backup {backup}"),
+            Repaired::ManifestRewritten => write!(f, "rewrote the manifest from the writer's copy"),
+        }
+    }
+}
+
+/// Why a repair failed.
+#[derive(Debug, thiserror::Error)]
+enum RepairError {
+    /// Moving the damaged bytes aside or writing the good copy failed.
+    #[error(transparent)]
+    Io(#[from] FileError),
+    /// A sealed segment no verified backup holds.
+    #[error(transparent)]
+    Restore(#[from] backup::RestoreError),
+}
+
+/// A repair the writer started itself did not succeed; the store is
+/// read-only until one does.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.detail)]
+pub(super) struct NotRepaired(RepairOutcome);
+
+/// Raises the alerts for one repair outcome, for the integrity monitor
+/// and the writer's own repairs alike: `detection` (unless the file was
+/// already known to be damaged), then `repair` (resolving the file's
+/// `detection` and `repair_failed`) or `repair_failed` (unless already
+/// known). A finding that turned out intact raises nothing.
+pub fn raise_alerts(alerts: &Alerts, outcome: &RepairOutcome, already_open: bool) {
+    if outcome.already_intact {
+        return;
+    }
+    let file = outcome.finding.file();
+    if !already_open {
+        alerts.raise(
+            Severity::Warning,
+            "detection",
+            Some(file.clone()),
+            outcome.finding.detail(),
+        );
+    }
+    if outcome.repaired {
+        alerts.raise(
+            Severity::Warning,
+            "repair",
+            Some(file.clone()),
+            &outcome.detail,
+        );
+        alerts.resolve(&["detection", "repair_failed"], Some(&file));
+    } else if !already_open {
+        alerts.raise(
+            Severity::Error,
+            "repair_failed",
+            Some(file),
+            &outcome.detail,
+        );
+    }
+}
 
 impl Writer {
-    /// Publishes what is now on disk, for the integrity monitor.
-    pub(super) fn publish_file_state(&self) {
-        let state = FileState {
-            manifest: Arc::clone(&self.manifest),
-            active_len: self.active.len,
-            active_crc: self.active.crc,
-            last_seq: self.next_seq - 1,
-        };
-        *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
-    }
-
     /// Checks findings again and repairs what is still wrong. Read-only
     /// mode is set while anything stays unrepaired and cleared otherwise.
     ///
@@ -77,17 +156,17 @@ impl Writer {
                     Finding::Manifest { .. } => self.repair_manifest(),
                 };
                 match result {
-                    Ok(detail) => RepairOutcome {
-                        already_intact: detail == INTACT,
+                    Ok(done) => RepairOutcome {
+                        already_intact: matches!(done, Repaired::AlreadyIntact),
                         finding,
                         repaired: true,
-                        detail,
+                        detail: done.to_string(),
                     },
-                    Err(detail) => RepairOutcome {
+                    Err(e) => RepairOutcome {
                         finding,
                         repaired: false,
                         already_intact: false,
-                        detail,
+                        detail: e.to_string(),
                     },
                 }
             })
@@ -121,7 +200,7 @@ impl Writer {
     /// the commit is not on disk and must not be acknowledged (its events
     /// stay in the writer's copy, written out by the next repair that
     /// succeeds, so a client's retry with the same id finds them).
-    pub(super) fn verify_active_file_after_commit(&mut self) -> Result<(), String> {
+    pub(super) fn verify_active_file_after_commit(&mut self) -> Result<(), NotRepaired> {
         let problem = match self.active.file.metadata() {
             Ok(md) if md.nlink() == 0 => Some("was deleted".to_string()),
             Ok(md) if md.len() != self.active.len => Some(format!(
@@ -171,68 +250,47 @@ impl Writer {
         Ok(())
     }
 
-    /// A repair the writer starts itself, with the alerts the monitor would
-    /// raise. Returns the failure's detail when it did not repair.
-    fn repair_and_alert(&mut self, finding: Finding) -> Result<(), String> {
-        let alerts = self.shared.alerts.clone();
-        alerts.raise(
-            Severity::Warning,
-            "detection",
-            Some(finding.file()),
-            finding.detail(),
-        );
+    /// A repair the writer starts itself, with the alerts the monitor
+    /// raises ([`raise_alerts`]).
+    fn repair_and_alert(&mut self, finding: Finding) -> Result<(), NotRepaired> {
         let outcome = self.repair(vec![finding]).remove(0);
+        raise_alerts(&self.shared.alerts, &outcome, false);
         if outcome.repaired {
-            alerts.raise(
-                Severity::Warning,
-                "repair",
-                Some(outcome.finding.file()),
-                &outcome.detail,
-            );
-            alerts.resolve(&["detection"], Some(&outcome.finding.file()));
             Ok(())
         } else {
-            alerts.raise(
-                Severity::Error,
-                "repair_failed",
-                Some(outcome.finding.file()),
-                &outcome.detail,
-            );
-            Err(outcome.detail)
+            Err(NotRepaired(outcome))
         }
     }
 
-    fn repair_active(&mut self) -> Result<String, String> {
+    fn repair_active(&mut self) -> Result<Repaired, RepairError> {
         let path = self.active.path.clone();
         let same_inode = match (self.active.file.metadata(), std::fs::metadata(&path)) {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev() && a.nlink() > 0,
             _ => false,
         };
         if same_inode && fsutil::file_equals(&path, &self.active.bytes).unwrap_or(false) {
-            return Ok(INTACT.into());
+            return Ok(Repaired::AlreadyIntact);
         }
         if let Some(bytes) = std::fs::read(&path).ok().filter(|b| !b.is_empty()) {
-            recovery::quarantine(&self.shared.data_dir, &path, 0, &bytes)
-                .map_err(|e| e.to_string())?;
+            fsutil::quarantine(&self.shared.data_dir, &path, 0, &bytes)?;
         }
         let bytes = std::mem::take(&mut self.active.bytes);
-        let written = replace_file(&path, &bytes);
+        let written = fsutil::write_atomic(&path, &bytes).map_err(FileError::at("rewrite", &path));
         self.active.bytes = bytes;
         written?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| format!("reopen {}: {e}", path.display()))?;
+            .map_err(FileError::at("reopen", &path))?;
         self.active.file = file;
-        self.refresh_reader(self.active.first_seq, &path)?;
-        Ok(format!(
-            "rewrote {} bytes from the writer's copy",
-            self.active.len
-        ))
+        self.refresh_reader(self.active.first_seq);
+        Ok(Repaired::ActiveRewritten {
+            bytes: self.active.len,
+        })
     }
 
-    fn repair_sealed(&mut self, file: &str) -> Result<String, String> {
+    fn repair_sealed(&mut self, file: &str) -> Result<Repaired, RepairError> {
         let Some(sealed) = self
             .manifest
             .sealed
@@ -240,71 +298,46 @@ impl Writer {
             .find(|s| s.file == file)
             .cloned()
         else {
-            return Ok(format!("{file} is no longer part of the store"));
+            return Ok(Repaired::NoLongerInStore {
+                file: file.to_string(),
+            });
         };
-        let path = self.shared.data_dir.join(SEGMENTS_DIR).join(file);
-        if let Ok((len, sha)) = backup::sha256_file(&path) {
-            if len == sealed.bytes && sha == sealed.sha256 {
-                self.refresh_reader(sealed.first_seq, &path)?;
-                return Ok(INTACT.into());
-            }
+        let path = layout::segment_path(&self.shared.data_dir, file);
+        if sealed.check_file(&path, true).is_ok() {
+            self.refresh_reader(sealed.first_seq);
+            return Ok(Repaired::AlreadyIntact);
         }
-        let (bytes, from) = backup::find_segment(&self.shared.data_dir, file, Some(&sealed.sha256))
-            .ok_or_else(|| {
-                format!(
-                    "no verified backup holds {file} with SHA-256 {}",
-                    sealed.sha256
-                )
-            })?;
-        if let Ok(old) = std::fs::read(&path) {
-            recovery::quarantine(&self.shared.data_dir, &path, 0, &old)
-                .map_err(|e| e.to_string())?;
-        }
-        replace_file(&path, &bytes)?;
-        self.refresh_reader(sealed.first_seq, &path)?;
-        Ok(format!("restored from backup {from}"))
+        let restored = backup::restore_sealed(&self.shared.data_dir, &sealed)?;
+        self.refresh_reader(sealed.first_seq);
+        Ok(Repaired::Restored {
+            backup: restored.backup,
+        })
     }
 
-    fn repair_manifest(&mut self) -> Result<String, String> {
+    fn repair_manifest(&mut self) -> Result<Repaired, RepairError> {
         let data_dir = self.shared.data_dir.clone();
         if matches!(Manifest::load(&data_dir), Ok(Some(ref m)) if *m == *self.manifest) {
-            return Ok(INTACT.into());
+            return Ok(Repaired::AlreadyIntact);
         }
-        let path = data_dir.join(crate::store::manifest::FILE_NAME);
+        let path = layout::manifest_path(&data_dir);
         if let Ok(old) = std::fs::read(&path) {
-            recovery::quarantine(&data_dir, &path, 0, &old).map_err(|e| e.to_string())?;
+            fsutil::quarantine(&data_dir, &path, 0, &old)?;
         }
         self.manifest
             .store(&data_dir)
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        Ok("rewrote the manifest from the writer's copy".into())
+            .map_err(FileError::at("write", &path))?;
+        Ok(Repaired::ManifestRewritten)
     }
 
-    /// Points readers at the (new) file at `path`: the next read opens it.
-    fn refresh_reader(&self, first_seq: u64, _path: &Path) -> Result<(), String> {
+    /// Points readers of the segment starting at `first_seq` at its (new)
+    /// file: the next read opens it.
+    fn refresh_reader(&self, first_seq: u64) {
         self.shared
             .index
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .replace_segment_file(first_seq);
-        Ok(())
     }
-}
-
-/// Replaces `path` with `bytes` atomically (temp, fsync, rename, fsync dir).
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(fsutil::TMP_SUFFIX);
-    let tmp = dir.join(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsutil::fsync_dir(dir)
-    };
-    write().map_err(|e| format!("rewrite {}: {e}", path.display()))
 }
 
 fn file_name(path: &Path) -> String {

@@ -1,15 +1,13 @@
 //! Durable consumers: create, read, ack, list, delete; acks survive a
 //! restart and a SIGKILL after their 200; wrong acks are problems.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::events::{event, events};
-use common::files::DataDir;
-use common::http::Api;
-use common::process::spawn_process;
-use common::server::{spawn_app, spawn_app_with};
+use crate::common::events::{event, events};
+use crate::common::files::DataDir;
+use crate::common::http::Api;
+use crate::common::process::spawn_process;
+use crate::common::server::{spawn_app, spawn_app_with};
 use serde_json::{json, Value};
 
 async fn put(api: &Api, name: &str, body: Value) -> (u16, Value) {
@@ -176,7 +174,7 @@ async fn consumer_count_and_filter_sizes_are_bounded() {
     }
     let res = app.put("/consumers/d", &json!({})).await;
     let p = res.assert_problem(409);
-    assert_eq!(common::http::error_fields(&p), vec!["name"], "{p}");
+    assert_eq!(crate::common::http::error_fields(&p), vec!["name"], "{p}");
     assert!(
         p["detail"].as_str().unwrap().contains("--max-consumers"),
         "{p}"
@@ -195,7 +193,7 @@ async fn consumer_count_and_filter_sizes_are_bounded() {
             .put("/consumers/a", &json!({ field: "x".repeat(len) }))
             .await;
         let p = res.assert_problem(422);
-        assert_eq!(common::http::error_fields(&p), vec![field], "{p}");
+        assert_eq!(crate::common::http::error_fields(&p), vec![field], "{p}");
     }
     let res = app
         .put("/consumers/a", &json!({"type_prefix": "x".repeat(60_000)}))
@@ -246,7 +244,7 @@ async fn acks_append_to_a_log_and_replay_after_restart() {
         .unwrap();
     std::io::Write::write_all(&mut f, br#"{"crc":"00000000","rec":{"put":{"na"#).unwrap();
     drop(f);
-    let app = common::server::start_app(dir, &[]).await;
+    let app = crate::common::server::start_app(dir, &[]).await;
     let c = app.get_json("/consumers/worker").await;
     assert_eq!(c["cursor"], 30, "{c}");
     assert_eq!(

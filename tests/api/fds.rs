@@ -5,9 +5,6 @@
 //!
 //! Set `TEST_LOG=1` to see the servers' logs.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use serde_json::json;
@@ -15,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use common::files::DataDir;
-use common::process::{
+use crate::common::files::DataDir;
+use crate::common::process::{
     msgbus_command_with_nofile, run_msgbus, spawn_command, spawn_process, TestProcess,
 };
 

@@ -2,15 +2,13 @@
 //! positions before the horizon answer 410 naming the oldest seq (reads,
 //! streams, consumers), and nothing inside the horizon is lost.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::events::events;
-use common::files::segment_files;
-use common::http::{Api, Reply};
-use common::server::{spawn_app_with, start_app};
-use common::sse::SseReader;
+use crate::common::events::events;
+use crate::common::files::segment_files;
+use crate::common::http::{Api, Reply};
+use crate::common::server::{spawn_app_with, start_app};
+use crate::common::sse::SseReader;
 use serde_json::json;
 
 const SMALL: &[&str] = &["--segment-bytes", "4KiB", "--retention-max-events", "1000"];
@@ -213,20 +211,21 @@ async fn max_bytes_and_max_age_delete_old_segments() {
     }
     let files = segment_files(s.data_dir()).len();
     assert!(files > 2);
+    // Publishing may take longer than the age limit on a busy machine, so
+    // some segments may be gone already: wait for the files themselves.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stats = s.get_json("/stats").await;
-        if stats["retention"]["segments_deleted"].as_u64().unwrap() as usize == files - 1 {
+        let deleted = stats["retention"]["segments_deleted"].as_u64().unwrap() as usize;
+        if segment_files(s.data_dir()).len() == 1 && deleted >= files - 1 {
             assert_eq!(stats["retention"]["max_age_seconds"], 1.0);
             break;
         }
-        assert!(Instant::now() < deadline, "old segments were kept: {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "old segments were kept (only the active segment should remain): {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        segment_files(s.data_dir()).len(),
-        1,
-        "only the active segment remains"
-    );
     s.stop().await;
 }

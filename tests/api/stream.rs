@@ -2,14 +2,12 @@
 //! resuming with Last-Event-ID (also across a restart), a stalled
 //! subscriber, heartbeats, the subscriber limit and shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::events::{event, events};
-use common::http::Api;
-use common::server::{spawn_app, spawn_app_with};
-use common::sse::SseReader;
+use crate::common::events::{event, events};
+use crate::common::http::Api;
+use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::sse::SseReader;
 
 const SEC: Duration = Duration::from_secs(1);
 
