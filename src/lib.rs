@@ -6,6 +6,8 @@
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON)
 //! - [`app`]: builds the store and router, binds, serves, shuts down in order
 //! - [`server`]: the connection loop: connection limit, header and idle timeouts
+//! - [`clock`], [`sse`], [`redact`]: below everything: the time format, the
+//!   Server-Sent Events wire format, data-directory paths hidden from clients
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
@@ -21,11 +23,14 @@ pub mod alerts;
 pub mod app;
 pub mod backup_timer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
 pub mod monitor;
 pub mod offline;
+pub mod redact;
 pub mod server;
+pub mod sse;
 pub mod store;
 pub mod telemetry;

@@ -181,7 +181,7 @@ pub async fn run_check(
     {
         let mut st = lock(&shared.integrity);
         st.status = status.to_string();
-        st.last_check = Some(crate::event::now_rfc3339());
+        st.last_check = Some(crate::clock::now_rfc3339());
         st.last_check_ms = duration_ms;
         st.checks += 1;
         st.detections += repairs.iter().filter(|o| !o.already_intact).count() as u64;
@@ -263,7 +263,7 @@ fn verify_backups(
                     entry.error = Some(e.clone());
                 }
                 None if entry.error.is_none() => {
-                    entry.verified_at = Some(crate::event::now_rfc3339())
+                    entry.verified_at = Some(crate::clock::now_rfc3339())
                 }
                 None => {}
             }

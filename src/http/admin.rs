@@ -152,7 +152,7 @@ impl Verifications {
         let now = VerifyStatus {
             state: "running".into(),
             run: Some(g.runs),
-            started_at: Some(crate::event::now_rfc3339()),
+            started_at: Some(crate::clock::now_rfc3339()),
             finished_at: None,
             report: None,
         };
@@ -179,7 +179,7 @@ impl Verifications {
                     "cancelled"
                 }
                 .into(),
-                finished_at: Some(crate::event::now_rfc3339()),
+                finished_at: Some(crate::clock::now_rfc3339()),
                 report,
                 ..started
             };

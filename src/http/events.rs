@@ -18,9 +18,10 @@ use utoipa::ToSchema;
 use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::AppState;
+use crate::event::PreparedEvent;
 use crate::event::{self, EventError, FieldError};
 use crate::store::handle::{EventPage, StoredEvent};
-use crate::store::{Matcher, Outcome, PreparedEvent};
+use crate::store::{Matcher, Outcome};
 
 /// Media types accepted for a single structured event.
 const EVENT_TYPES: &[&str] = &["application/json", "application/cloudevents+json"];
@@ -518,13 +519,9 @@ pub fn write_page(out: &mut Vec<u8>, events: &[StoredEvent], next_after: u64, la
     );
 }
 
-/// Appends `{"seq":N,"event":<bytes>}`.
+/// Appends `{"seq":N,"event":<bytes>}` (the format lives in [`crate::sse`]).
 pub fn write_stored(out: &mut Vec<u8>, e: &StoredEvent) {
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(e.seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"event\":");
-    out.extend_from_slice(&e.bytes);
-    out.push(b'}');
+    crate::sse::write_event(out, e.seq, &e.bytes);
 }
 
 /// A response with a JSON body built by hand.

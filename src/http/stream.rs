@@ -13,7 +13,9 @@
 //! `data: {"seq":N,"event":{...}}` (the JSON of `GET /events/{seq}`), a
 //! `: heartbeat` comment when idle, and, if retention deletes the events the
 //! subscriber was about to read, an `event: gone` whose data is the 410
-//! problem, after which the stream ends.
+//! problem, after which the stream ends; any other failure of a read ends
+//! it with an `event: error` whose data is the problem. The bytes of each
+//! of these are built by [`crate::sse`], the one owner of the format.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,8 +31,8 @@ use tokio::sync::watch;
 
 use super::body::QueryParams;
 use super::error::Problem;
-use super::events::write_stored;
 use super::AppState;
+use crate::sse;
 use crate::store::handle::EventPage;
 use crate::store::{Matcher, StoreError, StoreHandle};
 
@@ -239,7 +241,7 @@ impl Subscription {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
-            out.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+            out.extend_from_slice(&sse::retry(RETRY_MS));
         }
         loop {
             if *self.shutdown.borrow() {
@@ -273,13 +275,7 @@ impl Subscription {
                         for e in &page.events {
                             match &e.frame {
                                 Some(frame) => out.extend_from_slice(frame),
-                                None => {
-                                    out.extend_from_slice(
-                                        format!("id: {}\ndata: ", e.seq).as_bytes(),
-                                    );
-                                    write_stored(&mut out, e);
-                                    out.extend_from_slice(b"\n\n");
-                                }
+                                None => sse::write_message(&mut out, e.seq, &e.bytes),
                             }
                         }
                         return Some(out.into());
@@ -291,9 +287,8 @@ impl Subscription {
                         StoreError::Gone { oldest } => ("gone", Problem::gone(oldest)),
                         other => ("error", Problem::from(other)),
                     };
-                    out.extend_from_slice(format!("event: {event}\ndata: ").as_bytes());
-                    out.extend_from_slice(&serde_json::to_vec(&problem).unwrap_or_default());
-                    out.extend_from_slice(b"\n\n");
+                    let data = serde_json::to_vec(&problem).unwrap_or_default();
+                    sse::write_named(&mut out, event, &data);
                     return Some(out.into());
                 }
             }
@@ -316,7 +311,7 @@ impl Subscription {
                     return None;
                 }
                 () = tokio::time::sleep(self.heartbeat) => {
-                    return Some(Bytes::from_static(b": heartbeat\n\n"));
+                    return Some(Bytes::from_static(sse::HEARTBEAT));
                 }
             }
         }

@@ -402,7 +402,7 @@ fn assemble(
     Ok(BackupInfo {
         manifest: bm,
         verified: true,
-        verified_at: Some(crate::event::now_rfc3339()),
+        verified_at: Some(crate::clock::now_rfc3339()),
         error: None,
     })
 }

@@ -64,51 +64,7 @@ pub struct StoreConfig {
     pub retention: retention::RetentionPolicy,
 }
 
-/// Room left in front of each prepared event for the prefix of its
-/// Server-Sent Events message, `id: <seq>\ndata: {"seq":<seq>,"event":`
-/// (at most 67 bytes with two 20-digit seqs). The writer fills it in once it
-/// knows the seq ([`index::SseFrame::in_place`]), so the message every live
-/// subscriber is sent is built around the event without copying it. The
-/// copy, its allocation and the release of the handler's buffer ran on the
-/// writer, the one serial stage of publishing (in a batch profile, the
-/// release alone was 3.5% of the writer's samples).
-pub const FRAME_HEADROOM: usize = 67;
-
-/// An event validated and serialized by a handler, ready for the writer.
-/// Serialization happens on the async workers so the single writer thread
-/// only frames, writes and syncs.
-#[derive(Debug, Clone)]
-pub struct PreparedEvent {
-    /// [`FRAME_HEADROOM`] bytes of room, then the exact bytes to store
-    /// (build it with [`PreparedEvent::buffer`]).
-    pub buf: Vec<u8>,
-    /// `id`.
-    pub id: String,
-    /// `source`.
-    pub source: String,
-    /// `type`.
-    pub ty: String,
-    /// `subject`.
-    pub subject: Option<String>,
-    /// `time`.
-    pub time: String,
-}
-
-impl PreparedEvent {
-    /// An empty event buffer: the headroom, and capacity for `len` bytes of
-    /// event plus the end of its Server-Sent Events message.
-    pub fn buffer(len: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(FRAME_HEADROOM + len + index::FRAME_END.len());
-        buf.resize(FRAME_HEADROOM, 0);
-        buf
-    }
-
-    /// The exact bytes to store (empty once the writer has taken the
-    /// buffer for the recent-events cache).
-    pub fn bytes(&self) -> &[u8] {
-        self.buf.get(FRAME_HEADROOM..).unwrap_or_default()
-    }
-}
+pub use crate::event::PreparedEvent;
 
 /// What happened to one published event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -385,7 +385,7 @@ mod tests {
                     ty: if seq % 2 == 0 { "even" } else { "odd" },
                     source: "/s",
                     subject: None,
-                    frame: Some(super::super::index::SseFrame::copied(seq, b"x")),
+                    frame: Some(crate::sse::SseFrame::copied(seq, b"x")),
                 });
             }
         }

@@ -35,11 +35,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError};
-use super::index::{self, NewEntry, SseFrame};
+use super::index::{self, NewEntry};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
 use super::{Original, Outcome, PreparedEvent, Shared};
+use crate::sse::SseFrame;
 
 /// The reply to an append: one outcome per event, in order, or why none
 /// of them was stored.

@@ -99,7 +99,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 Ok(m) => BackupInfo {
                     manifest: m,
                     verified: true,
-                    verified_at: Some(crate::event::now_rfc3339()),
+                    verified_at: Some(crate::clock::now_rfc3339()),
                     error: None,
                 },
                 Err(e) => match backup::read_manifest(dir) {
