@@ -55,7 +55,7 @@ impl Application {
         };
         // Before the first request: a server started on a full disk must
         // refuse the very first publish, not the one after the first tick.
-        monitor::check_disk(store.shared(), config.min_free_bytes);
+        monitor::check_disk(&store, config.min_free_bytes);
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;

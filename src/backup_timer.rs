@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::store::{lock, StoreHandle};
+use crate::store::StoreHandle;
 
 /// Starts the timer; it stops when `shutdown` turns true.
 pub fn spawn(
@@ -27,11 +27,7 @@ pub fn spawn(
             }
             // Compared with the newest *verified* backup: one that failed
             // verification does not count as covering the head.
-            let newest = lock(&store.shared().backups)
-                .iter()
-                .rev()
-                .find(|b| b.verified)
-                .map(|b| b.manifest.last_seq);
+            let newest = store.backup_summary().newest_verified_last_seq;
             if newest != Some(store.head()) && store.head() > 0 {
                 store.request_backup();
             }

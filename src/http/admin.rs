@@ -16,9 +16,13 @@ use super::error::Problem;
 use super::AppState;
 use crate::alerts::Alert;
 use crate::monitor::{self, CheckReport};
-use crate::store::backup::BackupInfo;
-use crate::store::integrity::Scope;
-use crate::store::lock;
+use crate::store::BackupInfo;
+
+/// Locks a mutex, ignoring poisoning: every value behind it is replaced
+/// whole, so a panic cannot leave one half-written.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The alert list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -40,7 +44,7 @@ pub struct BackupList {
 #[utoipa::path(get, path = "/alerts", tag = "operations",
     responses((status = 200, description = "Alerts, oldest first", body = AlertList)))]
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
-    let alerts = &state.store.shared().alerts;
+    let alerts = state.store.alerts();
     Json(AlertList {
         alerts: alerts.list(),
         counts: alerts.counts(),
@@ -52,7 +56,7 @@ pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
     responses((status = 200, description = "Backups, oldest first", body = BackupList)))]
 pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     Json(BackupList {
-        backups: lock(&state.store.shared().backups).clone(),
+        backups: state.store.backups(),
     })
 }
 
@@ -169,7 +173,7 @@ impl Verifications {
         g.task = Some(tokio::spawn(async move {
             let stop = shutdown.clone();
             let report = tokio::select! {
-                r = monitor::run_check(&store, Scope::Full, min_free, &stop) => Some(r),
+                r = monitor::run_full_check(&store, min_free, &stop) => Some(r),
                 _ = shutdown.wait_for(|s| *s) => None,
             };
             let done = VerifyStatus {

@@ -24,8 +24,8 @@ use super::error::Problem;
 use super::events::{json_response, long_poll, write_page, Position, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
 use crate::event::FieldError;
-use crate::store::consumers::{Consumer, ConsumerError, ConsumerFilter, Start};
-use crate::store::StoreHandle;
+use crate::store::{Consumer, ConsumerError, ConsumerFilter, ConsumerStart as Start};
+use crate::store::{Matcher, StoreHandle};
 
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
@@ -428,7 +428,7 @@ pub async fn events(
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
     let c = find(&state.store, &name)?;
-    let filter = crate::store::Matcher::new(c.filter.to_filter());
+    let filter = Matcher::new(c.filter.to_filter());
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
     let mut out = Vec::with_capacity(128);

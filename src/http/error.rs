@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::event::{EventError, FieldError};
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteRefusal};
 
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -197,18 +197,8 @@ impl From<StoreError> for Problem {
                 "the writer's queue is full; retry shortly",
                 1,
             ),
-            StoreError::Poisoned(reason) => Problem::unavailable(
-                "read-only",
-                "Store is read-only",
-                format!("the store refuses writes: {reason}"),
-                30,
-            ),
-            StoreError::Stopped => Problem::unavailable(
-                "shutting-down",
-                "Shutting down",
-                "the server is shutting down",
-                5,
-            ),
+            StoreError::Refused(r) => r.into(),
+            StoreError::Stopped => WriteRefusal::ShuttingDown.into(),
             StoreError::Corrupt(reason) => {
                 tracing::error!(reason = %reason, "served a read that failed verification");
                 Problem::unavailable(
@@ -227,21 +217,43 @@ impl From<StoreError> for Problem {
                 ),
                 1,
             ),
-            StoreError::ReadOnly(reason) => Problem::unavailable(
+            other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
+                Problem::internal(&other)
+            }
+        }
+    }
+}
+
+/// Why writes are refused, as a status: poisoned and read-only are 503
+/// (retry later: a restart or a repair may end them), low disk is 507
+/// (nothing was written), shutting down is 503.
+impl From<WriteRefusal> for Problem {
+    fn from(r: WriteRefusal) -> Self {
+        match r {
+            WriteRefusal::Poisoned(reason) => Problem::unavailable(
+                "read-only",
+                "Store is read-only",
+                format!("the store refuses writes: {reason}"),
+                30,
+            ),
+            WriteRefusal::ReadOnly(reason) => Problem::unavailable(
                 "read-only",
                 "Store is read-only",
                 format!("the store refuses writes until a repair succeeds: {reason}"),
                 10,
             ),
-            StoreError::LowDisk(reason) => Problem::new(
+            WriteRefusal::LowDisk(reason) => Problem::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient-storage",
                 "Not enough free disk space",
                 format!("nothing was written: {reason}"),
             ),
-            other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
-                Problem::internal(&other)
-            }
+            WriteRefusal::ShuttingDown => Problem::unavailable(
+                "shutting-down",
+                "Shutting down",
+                "the server is shutting down",
+                5,
+            ),
         }
     }
 }

@@ -20,7 +20,7 @@ use super::error::Problem;
 use super::AppState;
 use crate::event::PreparedEvent;
 use crate::event::{self, EventError, FieldError};
-use crate::store::handle::{EventPage, StoredEvent};
+use crate::store::{EventPage, StoredEvent};
 use crate::store::{Matcher, Outcome};
 
 /// Media types accepted for a single structured event.

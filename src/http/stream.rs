@@ -33,7 +33,7 @@ use super::body::QueryParams;
 use super::error::Problem;
 use super::AppState;
 use crate::sse;
-use crate::store::handle::EventPage;
+use crate::store::EventPage;
 use crate::store::{Matcher, StoreError, StoreHandle};
 
 /// Most events sent in one write.
@@ -212,7 +212,7 @@ fn resume_position(
     }
     match after {
         None => Ok(store.head()),
-        Some(0) => Ok(store.shared().index().first_seq() - 1),
+        Some(0) => Ok(store.status().first_seq - 1),
         Some(after) => Ok(after),
     }
 }

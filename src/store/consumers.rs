@@ -484,10 +484,10 @@ type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// writes the file once (fsynced) if anything changed, then publishes the
 /// copy and answers. If the write fails, nothing changes and every request
 /// that needed it gets the error. `head` is the newest committed seq.
-pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
+pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     if let Some(reason) = shared.poison_reason() {
         for r in requests {
-            refuse(r, StoreError::Poisoned(reason.clone()));
+            refuse(r, super::WriteRefusal::Poisoned(reason.clone()).into());
         }
         return;
     }
@@ -659,6 +659,6 @@ impl StoreHandle {
 
     /// The committed consumers.
     pub fn consumers(&self) -> &Consumers {
-        &self.shared().consumers
+        &self.shared.consumers
     }
 }

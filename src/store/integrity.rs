@@ -91,15 +91,10 @@ pub enum Scope {
     Full,
 }
 
-/// Checks the store's files. Blocking (reads files).
-pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
-    check_until(shared, scope, &|| false)
-}
-
-/// [`check`], giving up between files once `stop` returns true (at
-/// shutdown: a full check of a large store must not hold it up). What was
-/// found until then is returned.
-pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
+/// Checks the store's files. Blocking (reads files). Gives up between
+/// files once `stop` returns true (at shutdown: a full check of a large
+/// store must not hold it up); what was found until then is returned.
+pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
     let state = shared.file_state();
     let seg_dir = shared.data_dir.join(SEGMENTS_DIR);
     let mut findings = Vec::new();

@@ -17,6 +17,7 @@
 //! - [`lock`](mod@lock), [`fsutil`], [`error`]: the lock file, durable file helpers, errors
 
 pub mod backup;
+mod catalog;
 pub mod chunked;
 pub mod consumers;
 pub mod dedup;
@@ -31,6 +32,7 @@ pub mod manifest;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+mod snapshot;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -40,10 +42,17 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-pub use error::StoreError;
+pub use backup::BackupInfo;
+pub use catalog::{BackupSummary, ScrubReport};
+pub use consumers::{
+    Consumer, ConsumerError, ConsumerFilter, ConsumerStats, Start as ConsumerStart,
+};
+pub use error::{StoreError, WriteRefusal};
 pub use filter::Matcher;
-pub use handle::StoreHandle;
+pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
 pub use index::Filter;
+pub use retention::RetentionStats;
+pub use snapshot::{EventCounts, StatsSnapshot, Status, WriterCounters, OTHER_SERIES};
 
 /// Settings the store needs (a subset of the server's configuration).
 #[derive(Debug, Clone)]
@@ -117,46 +126,55 @@ pub struct WriterMetrics {
     pub max_batch_events: AtomicU64,
 }
 
-/// State the writer publishes and everyone else reads.
+/// State the store's parts share, private to the store: the handle and
+/// the writer, its backup thread and the jobs reach it; nothing outside
+/// `store` does (it reads typed snapshots from the [`StoreHandle`]). Each
+/// piece has one owner, the only one that changes it:
+///
+/// | Field | Owner (writes) |
+/// |---|---|
+/// | `index`, `head`, `files`, `metrics`, `poisoned`, `read_only`, `writer_alive` | the writer |
+/// | `consumers`, `retention` | the writer (through their own types) |
+/// | `backups` | [`catalog::BackupCatalog`]: the backup thread records, the monitor's scrub marks |
+/// | `integrity`, `low_disk` | the integrity monitor, through [`StoreHandle::record_check`] and [`StoreHandle::set_low_disk`] |
+/// | `descriptor_alert` | [`Shared::descriptors_exhausted`] |
 #[derive(Debug)]
-pub struct Shared {
+struct Shared {
     /// The committed index.
-    pub index: RwLock<index::Index>,
+    index: RwLock<index::Index>,
     /// Writer counters.
-    pub metrics: WriterMetrics,
+    metrics: WriterMetrics,
     /// The newest committed sequence number; long-polls and streams wait on it.
-    pub head: watch::Sender<u64>,
+    head: watch::Sender<u64>,
     /// Why the writer refuses writes, if it does.
-    pub poisoned: Mutex<Option<String>>,
+    poisoned: Mutex<Option<String>>,
     /// False once the writer thread has exited.
-    pub writer_alive: AtomicBool,
+    writer_alive: AtomicBool,
     /// The data directory.
-    pub data_dir: PathBuf,
-    /// When the store was opened.
-    pub opened_at: Instant,
-    /// What startup recovery found.
-    pub recovery: recovery::RecoveryReport,
+    data_dir: PathBuf,
+    /// Whether startup recovery cut a torn tail.
+    recovered_torn_tail: bool,
     /// Writer queue capacity, for stats.
-    pub queue_capacity: usize,
+    queue_capacity: usize,
     /// What the writer last left on disk, for the integrity monitor.
-    pub files: RwLock<integrity::FileState>,
+    files: RwLock<integrity::FileState>,
     /// Why writes are refused until a repair succeeds (damage that could
     /// not be repaired yet), if they are.
-    pub read_only: Mutex<Option<String>>,
+    read_only: Mutex<Option<String>>,
     /// Why publishing answers 507 (free space below the minimum), if it does.
-    pub low_disk: Mutex<Option<String>>,
+    low_disk: Mutex<Option<String>>,
     /// The alert list and webhook.
-    pub alerts: std::sync::Arc<crate::alerts::Alerts>,
+    alerts: std::sync::Arc<crate::alerts::Alerts>,
     /// Backups known to this process, oldest first.
-    pub backups: Mutex<Vec<backup::BackupInfo>>,
+    backups: catalog::BackupCatalog,
     /// Integrity monitor counters and state.
-    pub integrity: Mutex<IntegrityState>,
+    integrity: Mutex<IntegrityState>,
     /// Durable consumers, as last committed by the writer.
-    pub consumers: consumers::Consumers,
+    consumers: consumers::Consumers,
     /// Retention limits and what retention has deleted.
-    pub retention: retention::Retention,
+    retention: retention::Retention,
     /// When the last "descriptors exhausted" alert was raised.
-    pub descriptor_alert: Mutex<Option<Instant>>,
+    descriptor_alert: Mutex<Option<Instant>>,
 }
 
 /// At most one "descriptors exhausted" alert this often.
@@ -187,24 +205,37 @@ impl Shared {
     /// Read access to the index. A panicked writer cannot leave the index
     /// half-updated (it is only mutated under the lock by whole entries), so
     /// a poisoned lock is still safe to read.
-    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, index::Index> {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, index::Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The poisoning reason, if any.
-    pub fn poison_reason(&self) -> Option<String> {
+    fn poison_reason(&self) -> Option<String> {
         self.poisoned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Why writes are refused, if they are: poisoned or read-only.
-    pub fn write_refusal(&self) -> Option<StoreError> {
+    /// Why the writer refuses to commit, if it does: poisoned or
+    /// read-only (low disk is checked before an append is queued).
+    fn commit_refusal(&self) -> Option<WriteRefusal> {
         if let Some(p) = self.poison_reason() {
-            return Some(StoreError::Poisoned(p));
+            return Some(WriteRefusal::Poisoned(p));
         }
-        lock(&self.read_only).clone().map(StoreError::ReadOnly)
+        lock(&self.read_only).clone().map(WriteRefusal::ReadOnly)
+    }
+
+    /// Why an append is refused before it is queued, if it is: poisoned,
+    /// read-only, low on disk (in that order), or the writer has stopped.
+    fn write_refusal(&self) -> Option<WriteRefusal> {
+        if let Some(r) = self.commit_refusal() {
+            return Some(r);
+        }
+        if let Some(r) = lock(&self.low_disk).clone() {
+            return Some(WriteRefusal::LowDisk(r));
+        }
+        (!self.writer_alive.load(Ordering::SeqCst)).then_some(WriteRefusal::ShuttingDown)
     }
 
     /// Reports that an operation failed for lack of file descriptors
@@ -234,7 +265,7 @@ impl Shared {
     }
 
     /// What the writer last left on disk.
-    pub fn file_state(&self) -> integrity::FileState {
+    fn file_state(&self) -> integrity::FileState {
         self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

@@ -170,7 +170,7 @@ pub struct Deleted {
 /// Applies the policy. Writer only: `manifest` and `dedup` are the writer's.
 /// Returns what was deleted, if anything; on an error nothing is lost and
 /// the next pass tries again.
-pub fn enforce(
+pub(super) fn enforce(
     shared: &Shared,
     manifest: &mut Arc<Manifest>,
     dedup: &mut DedupIndex,

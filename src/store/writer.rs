@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
-use super::error::{Result, StoreError};
+use super::error::{Result, StoreError, WriteRefusal};
 use super::index::{self, NewEntry};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
@@ -111,7 +111,7 @@ struct Accepted {
 
 impl Writer {
     /// Takes over a recovered store.
-    pub fn new(
+    pub(super) fn new(
         rec: Recovered,
         shared: Arc<Shared>,
         segment_bytes: u64,
@@ -228,9 +228,9 @@ impl Writer {
     // DEBUG: at the default INFO level the span costs nothing per commit.
     #[tracing::instrument(level = "debug", skip_all, fields(commands = appends.len()))]
     fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
-        if let Some(refusal) = self.shared.write_refusal() {
+        if let Some(refusal) = self.shared.commit_refusal() {
             for (_, reply) in appends {
-                let _ = reply.send(Err(refusal.clone()));
+                let _ = reply.send(Err(refusal.clone().into()));
             }
             return;
         }
@@ -293,7 +293,7 @@ impl Writer {
             if let Err(reason) = self.write_and_sync() {
                 self.poison(reason.clone());
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                    let _ = reply.send(Err(WriteRefusal::Poisoned(reason.clone()).into()));
                 }
                 return;
             }
@@ -303,9 +303,9 @@ impl Writer {
             // and answer with an error if that fails: only what is on disk
             // is acknowledged.
             if let Err(why) = self.verify_active_file_after_commit() {
-                let refusal = StoreError::ReadOnly(format!(
+                let refusal = StoreError::Refused(WriteRefusal::ReadOnly(format!(
                     "the commit could not be made durable (retry with the same ids): {why}"
-                ));
+                )));
                 for (reply, _) in replies {
                     let _ = reply.send(Err(refusal.clone()));
                 }
@@ -555,7 +555,7 @@ impl Writer {
     /// path's hot loop. Nothing is recorded while writes are refused: the
     /// file may then differ from what was acknowledged.
     fn record_durable_floor(&mut self) {
-        if self.shared.write_refusal().is_some() {
+        if self.shared.commit_refusal().is_some() {
             return;
         }
         let floor = super::manifest::DurablePrefix {
