@@ -36,7 +36,6 @@ const HTTP_MAY_USE: &[&str] = &[
     "StoredEvent",
     "EventPage",
     "Consumer",
-    "ConsumerFilter",
     "ConsumerStart",
     "NewConsumer",
     "Ack",

@@ -42,35 +42,6 @@ pub const LOG_NAME: &str = "consumers.log";
 /// than twice the snapshot.
 pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
 
-/// What a consumer selects (the filters of `GET /events`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ConsumerFilter {
-    /// Only events of this exact type.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub ty: Option<String>,
-    /// Only events whose type starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub type_prefix: Option<String>,
-    /// Only events from this source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Only events with this subject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-}
-
-impl ConsumerFilter {
-    /// The index filter.
-    pub fn to_filter(&self) -> Filter {
-        Filter {
-            ty: self.ty.clone(),
-            type_prefix: self.type_prefix.clone(),
-            source: self.source.clone(),
-            subject: self.subject.clone(),
-        }
-    }
-}
-
 /// One consumer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consumer {
@@ -78,7 +49,7 @@ pub struct Consumer {
     pub name: String,
     /// What it selects.
     #[serde(default)]
-    pub filter: ConsumerFilter,
+    pub filter: Filter,
     /// The committed cursor: reads return events after this seq.
     pub cursor: u64,
     /// When it was created (RFC 3339).
@@ -452,7 +423,7 @@ pub enum Request {
         /// Its name.
         name: String,
         /// Its filters.
-        filter: ConsumerFilter,
+        filter: Filter,
         /// Where to put its cursor.
         start: Option<Start>,
         /// Most consumers there may be; creating one more is refused.
@@ -631,7 +602,7 @@ impl StoreHandle {
     pub async fn put_consumer(
         &self,
         name: String,
-        filter: ConsumerFilter,
+        filter: Filter,
         start: Option<Start>,
         max_consumers: usize,
     ) -> Result<(Consumer, bool), ConsumerError> {

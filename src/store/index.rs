@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
+use super::filter::Filter;
 use super::filter::{Matcher, TypeSet};
 use crate::sse::SseFrame;
 
@@ -311,19 +312,6 @@ pub struct NewEntry<'a> {
     pub subject: Option<&'a str>,
     /// The event's message, for the recent-events cache (None during recovery).
     pub frame: Option<SseFrame>,
-}
-
-/// What to select in a read.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    /// Exact `type`.
-    pub ty: Option<String>,
-    /// `type` prefix.
-    pub type_prefix: Option<String>,
-    /// Exact `source`.
-    pub source: Option<String>,
-    /// Exact `subject`.
-    pub subject: Option<String>,
 }
 
 /// A filter resolved against the interners for one chunk of a read.

@@ -44,13 +44,10 @@ use tokio::sync::watch;
 
 pub use backup::BackupInfo;
 pub use catalog::{BackupSummary, ScrubReport};
-pub use consumers::{
-    Consumer, ConsumerError, ConsumerFilter, ConsumerStats, Start as ConsumerStart,
-};
+pub use consumers::{Consumer, ConsumerError, ConsumerStats, Start as ConsumerStart};
 pub use error::{StoreError, WriteRefusal};
-pub use filter::Matcher;
+pub use filter::{Filter, Matcher};
 pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
-pub use index::Filter;
 pub use retention::RetentionStats;
 pub use snapshot::{EventCounts, StatsSnapshot, Status, WriterCounters, OTHER_SERIES};
 
