@@ -8,10 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use utoipa::ToSchema;
 
 use crate::alerts::Severity;
 use crate::store::integrity::{Finding, Scope};
@@ -28,7 +26,7 @@ pub struct MonitorSettings {
 }
 
 /// The result of one check.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct CheckReport {
     /// `ok`, `repaired` or `read_only`.
     pub status: String,

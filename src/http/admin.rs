@@ -12,11 +12,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use super::api::{BackupInfo, CheckReport};
 use super::error::Problem;
 use super::AppState;
 use crate::alerts::Alert;
-use crate::monitor::{self, CheckReport};
-use crate::store::BackupInfo;
+use crate::monitor;
 
 /// Locks a mutex, ignoring poisoning: every value behind it is replaced
 /// whole, so a panic cannot leave one half-written.
@@ -56,7 +56,7 @@ pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
     responses((status = 200, description = "Backups, oldest first", body = BackupList)))]
 pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     Json(BackupList {
-        backups: state.store.backups(),
+        backups: state.store.backups().into_iter().map(Into::into).collect(),
     })
 }
 
@@ -70,7 +70,7 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     ))]
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
     match state.store.backup().await? {
-        Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        Ok(info) => Ok((StatusCode::CREATED, Json(BackupInfo::from(info))).into_response()),
         Err(reason) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup-failed",
@@ -173,7 +173,7 @@ impl Verifications {
         g.task = Some(tokio::spawn(async move {
             let stop = shutdown.clone();
             let report = tokio::select! {
-                r = monitor::run_full_check(&store, min_free, &stop) => Some(r),
+                r = monitor::run_full_check(&store, min_free, &stop) => Some(CheckReport::from(r)),
                 _ = shutdown.wait_for(|s| *s) => None,
             };
             let done = VerifyStatus {

@@ -11,6 +11,7 @@
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
 
 pub mod admin;
+pub mod api;
 pub mod body;
 pub mod consumers;
 pub mod docs;

@@ -8,8 +8,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::api::{ConsumerStats, IntegrityState, RetentionStats};
 use super::AppState;
-use crate::store::{IntegrityState, StatsSnapshot, StoreHandle};
+use crate::store::{StatsSnapshot, StoreHandle};
 
 /// The whole snapshot.
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,9 +24,9 @@ pub struct Stats {
     /// Self-healing: monitor state, backups, alerts.
     pub integrity: IntegrityStats,
     /// Retention limits, the oldest retained seq and what was deleted.
-    pub retention: crate::store::RetentionStats,
+    pub retention: RetentionStats,
     /// Durable consumers and their lag.
-    pub consumers: crate::store::ConsumerStats,
+    pub consumers: ConsumerStats,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
 }
@@ -191,7 +192,7 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64, max_series: usize) -> 
             interned_bytes: e.interned_bytes,
         },
         integrity: IntegrityStats {
-            monitor: integrity,
+            monitor: integrity.into(),
             read_only: status.read_only,
             low_disk: status.low_disk,
             backups: BackupStats {
@@ -202,8 +203,8 @@ pub fn snapshot(store: &StoreHandle, uptime_seconds: f64, max_series: usize) -> 
             },
             alerts,
         },
-        retention,
-        consumers,
+        retention: retention.into(),
+        consumers: consumers.into(),
         writer: WriterStats {
             queue_depth: w.queue_depth,
             queue_capacity: w.queue_capacity,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 use super::fsutil;
 use super::manifest::{self, Manifest};
@@ -33,7 +32,7 @@ pub const BACKUP_FILE: &str = "backup.json";
 const TMP_PREFIX: &str = ".tmp-";
 
 /// `backup.json`: what a backup holds.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupManifest {
     /// Directory name: a sequence number that orders backups, then the UTC
     /// creation time (for people; the clock does not order backups).
@@ -54,7 +53,7 @@ pub struct BackupManifest {
 }
 
 /// One file in a backup.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupFile {
     /// Path relative to the backup directory.
     pub path: String,
@@ -65,10 +64,9 @@ pub struct BackupFile {
 }
 
 /// A backup as listed by the API.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct BackupInfo {
     /// What it holds.
-    #[serde(flatten)]
     pub manifest: BackupManifest,
     /// Whether its files matched their SHA-256 at the last verification.
     pub verified: bool,

@@ -136,7 +136,7 @@ impl Consumers {
 }
 
 /// Consumers as `/stats` shows them.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ConsumerStats {
     /// Durable consumers.
     pub count: u64,

@@ -7,8 +7,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::backup;
 use super::fsutil;
@@ -32,8 +30,7 @@ pub struct FileState {
 }
 
 /// Something wrong with one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(tag = "target", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     /// The active segment is missing, shorter than written, or its bytes differ.
     ActiveSegment {

@@ -48,8 +48,10 @@ pub use consumers::{Consumer, ConsumerError, ConsumerStats, Start as ConsumerSta
 pub use error::{StoreError, WriteRefusal};
 pub use filter::{Filter, Matcher};
 pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
+pub use integrity::Finding;
 pub use retention::RetentionStats;
 pub use snapshot::{EventCounts, StatsSnapshot, Status, WriterCounters, OTHER_SERIES};
+pub use writer::RepairOutcome;
 
 /// Settings the store needs (a subset of the server's configuration).
 #[derive(Debug, Clone)]
@@ -178,7 +180,7 @@ struct Shared {
 const DESCRIPTOR_ALERT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The integrity monitor's state, shown in `/stats` and `/health`.
-#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default)]
 pub struct IntegrityState {
     /// `ok`, `repaired`, `read_only` or `unchecked`.
     pub status: String,

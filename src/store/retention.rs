@@ -87,7 +87,7 @@ impl Retention {
 }
 
 /// Retention as `/stats` shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct RetentionStats {
     /// The oldest retained seq: reads and cursors before it get 410 Gone
     /// (the next seq to be written when the store holds no event).

@@ -15,8 +15,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::Writer;
 use crate::alerts::Severity;
@@ -27,7 +25,7 @@ use crate::store::manifest::Manifest;
 use crate::store::recovery::{self, SEGMENTS_DIR};
 
 /// What a repair did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct RepairOutcome {
     /// What was found.
     pub finding: Finding,
