@@ -44,7 +44,7 @@ pub struct BackupList {
 #[utoipa::path(get, path = "/alerts", tag = "operations",
     responses((status = 200, description = "Alerts, oldest first", body = AlertList)))]
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
-    let alerts = state.store.alerts();
+    let alerts = &state.alerts;
     Json(AlertList {
         alerts: alerts.list(),
         counts: alerts.counts(),
@@ -69,7 +69,7 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
-    match state.store.backup().await? {
+    match state.file_store.backup().await? {
         Ok(info) => Ok((StatusCode::CREATED, Json(BackupInfo::from(info))).into_response()),
         Err(reason) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,7 +165,7 @@ impl Verifications {
         g.running = Some(rx.clone());
         let (me, store, min_free) = (
             Arc::clone(self),
-            state.store.clone(),
+            state.file_store.clone(),
             state.settings.min_free_bytes,
         );
         let mut shutdown = state.shutdown.clone();

@@ -25,7 +25,7 @@ use super::events::{json_response, long_poll, write_page, Position, DEFAULT_LIMI
 use super::AppState;
 use crate::event::FieldError;
 use crate::store::{Consumer, ConsumerError, ConsumerStart as Start, Filter};
-use crate::store::{Matcher, StoreHandle};
+use crate::store::{Matcher, Store};
 
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
@@ -370,17 +370,15 @@ pub async fn list(State(state): State<AppState>) -> Json<ConsumerList> {
         consumers: state
             .store
             .consumers()
-            .list()
             .into_iter()
             .map(|c| ConsumerView::new(c, head))
             .collect(),
     })
 }
 
-fn find(store: &StoreHandle, name: &str) -> Result<Consumer, Problem> {
+fn find(store: &dyn Store, name: &str) -> Result<Consumer, Problem> {
     store
-        .consumers()
-        .get(name)
+        .consumer(name)
         .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))
 }
 
@@ -398,7 +396,7 @@ pub async fn get_one(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConsumerView>, Problem> {
     let name = body::path_param(name, "name")?;
-    let c = find(&state.store, &name)?;
+    let c = find(state.store.as_ref(), &name)?;
     Ok(Json(ConsumerView::new(c, state.store.head())))
 }
 
@@ -455,7 +453,7 @@ pub async fn events(
     let q = QueryParams::parse(query.as_deref(), &["limit", "wait"])?;
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
-    let c = find(&state.store, &name)?;
+    let c = find(state.store.as_ref(), &name)?;
     let filter = Matcher::new(c.filter);
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;

@@ -39,7 +39,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeConfig;
 use crate::event::Limits;
-use crate::store::StoreHandle;
+use crate::store::{Store, StoreHandle};
 use error::Problem;
 
 /// Header carrying the request id (set when the client sends none, echoed back).
@@ -59,8 +59,13 @@ impl std::ops::Deref for AppState {
 
 /// The parts of [`AppState`].
 pub struct AppStateParts {
-    /// The store.
-    pub store: StoreHandle,
+    /// The store, through the interface every route is written against.
+    pub store: Arc<dyn Store>,
+    /// The file store's own operations that are not part of [`Store`]:
+    /// backups on demand and the on-demand integrity check (`/admin`).
+    pub file_store: StoreHandle,
+    /// The alert list (`/alerts`).
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// Limits and settings the handlers apply.
     pub settings: Arc<HttpSettings>,
     /// Flips to true when shutdown starts, so long-polls return at once.
@@ -113,7 +118,9 @@ impl AppState {
     /// State for a server with `config`.
     pub fn new(store: StoreHandle, config: &ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
         AppState(Arc::new(AppStateParts {
-            store,
+            store: Arc::new(store.clone()),
+            alerts: store.alerts().clone(),
+            file_store: store,
             settings: Arc::new(HttpSettings {
                 limits: Limits {
                     max_event_bytes: config.max_event_bytes as usize,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::api::{ConsumerStats, IntegrityState, RetentionStats};
 use super::AppState;
-use crate::store::{StatsSnapshot, StoreHandle};
+use crate::store::{StatsSnapshot, Store};
 
 /// The whole snapshot.
 #[derive(Debug, Serialize, ToSchema)]
@@ -153,7 +153,7 @@ pub struct FsyncLatency {
 /// Per-type and per-source counts are the `max_series` largest, plus one
 /// [`OTHER`] entry summing the rest: with 100,000 distinct types `/metrics`
 /// was 4 MB and every scrape built it.
-pub fn snapshot(store: &StoreHandle, uptime_seconds: f64, max_series: usize) -> Stats {
+pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> Stats {
     let StatsSnapshot {
         events: e,
         writer: w,
@@ -236,7 +236,7 @@ pub const OTHER: &str = crate::store::OTHER_SERIES;
     responses((status = 200, description = "A snapshot", body = Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(snapshot(
-        &state.store,
+        state.store.as_ref(),
         state.settings.started.elapsed().as_secs_f64(),
         state.settings.max_label_series,
     ))

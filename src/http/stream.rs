@@ -34,7 +34,7 @@ use super::error::Problem;
 use super::AppState;
 use crate::sse;
 use crate::store::EventPage;
-use crate::store::{Matcher, StoreError, StoreHandle};
+use crate::store::{Matcher, Store, StoreError};
 
 /// Most events sent in one write.
 const PAGE_EVENTS: usize = 1000;
@@ -137,7 +137,7 @@ pub async fn stream(
         query.as_deref(),
         &["after", "type", "type_prefix", "source", "subject"],
     )?;
-    let after = resume_position(&headers, &q, &state.store)?;
+    let after = resume_position(&headers, &q, state.store.as_ref())?;
     // Compiled once for the life of the stream: each new event then costs
     // one O(1) match, however many types the store holds.
     let filter = Matcher::new(q.filter());
@@ -196,7 +196,7 @@ pub async fn stream(
 fn resume_position(
     headers: &HeaderMap,
     q: &QueryParams,
-    store: &StoreHandle,
+    store: &dyn Store,
 ) -> Result<u64, Problem> {
     // `after` is checked even when Last-Event-ID wins over it: an invalid
     // parameter is a 400 whatever else the request carries.
@@ -219,7 +219,7 @@ fn resume_position(
 
 /// One subscriber's state: a cursor and what wakes it.
 struct Subscription {
-    store: StoreHandle,
+    store: Arc<dyn Store>,
     filter: Matcher,
     cursor: u64,
     head: watch::Receiver<u64>,

@@ -627,9 +627,4 @@ impl StoreHandle {
         self.consumer_request(|reply| Request::Ack { name, seq, reply })
             .await
     }
-
-    /// The committed consumers.
-    pub fn consumers(&self) -> &Consumers {
-        &self.shared.consumers
-    }
 }

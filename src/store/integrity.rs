@@ -7,7 +7,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-
 use super::backup;
 use super::fsutil;
 use super::manifest::{self, Manifest};

@@ -15,7 +15,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-
 use super::Writer;
 use crate::alerts::Severity;
 use crate::store::backup;
