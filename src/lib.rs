@@ -11,6 +11,7 @@
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
+//! - [`jobs`]: the periodic background jobs, started and stopped one way
 //! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
 //! - [`backup_timer`]: periodic backups when something changed
 //! - [`alerts`]: the alert list, its counters and the webhook sender
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod jobs;
 pub mod monitor;
 pub mod offline;
 pub mod redact;

@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::alerts::Severity;
+use crate::jobs::{self, FirstTick, Job};
 use crate::store::integrity::{Finding, Scope};
 use crate::store::writer::RepairOutcome;
 use crate::store::{CheckRecord, StoreHandle};
@@ -44,33 +44,32 @@ pub struct CheckReport {
     pub duration_ms: f64,
 }
 
-/// Starts the monitor loop; it stops when `shutdown` turns true.
+/// Starts the monitor as a [`jobs`](crate::jobs) job; it stops when
+/// `shutdown` turns true.
 pub fn spawn(
     store: StoreHandle,
     settings: MonitorSettings,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tracing::info!(interval = ?settings.interval, min_free_bytes = settings.min_free_bytes, "integrity monitor started");
-        let mut ticker = tokio::time::interval(settings.interval.max(Duration::from_millis(10)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick = 0usize;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+    shutdown: watch::Receiver<bool>,
+) -> Job {
+    let stop = shutdown.clone();
+    jobs::every(
+        "integrity monitor",
+        settings.interval.max(Duration::from_millis(10)),
+        FirstTick::Now,
+        shutdown,
+        move |tick| {
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                run_check(
+                    &store,
+                    Scope::Tick { scrub: tick },
+                    settings.min_free_bytes,
+                    &stop,
+                )
+                .await;
             }
-            run_check(
-                &store,
-                Scope::Tick { scrub: tick },
-                settings.min_free_bytes,
-                &shutdown,
-            )
-            .await;
-            tick = tick.wrapping_add(1);
-        }
-        tracing::info!("integrity monitor stopped");
-    })
+        },
+    )
 }
 
 /// A full check (every sealed segment, every backup file) now: what

@@ -1,4 +1,6 @@
 //! The REST API: one file per resource, one error format ([`error::Problem`]).
+//! Every route reaches the store through [`crate::store::Store`] (the
+//! router state holds an `Arc<dyn Store>`), never past it.
 //!
 //! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
 //! - [`stream`]: the live Server-Sent Events stream
@@ -6,7 +8,10 @@
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
+//! - [`admin`]: alerts, backups and the on-demand integrity check
+//! - [`api`]: the API's shapes of store data (schemas), built from snapshots
 //! - [`docs`]: the OpenAPI document and Swagger UI
+//! - [`error`]: the problem+json type; store errors and refusals as statuses
 //! - [`body`]: request-body and query helpers that answer in problem+json
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
 

@@ -212,7 +212,6 @@ impl StoreHandle {
             .name("msgbus-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("spawn the writer thread", e))?;
-        super::retention::spawn_ticker(&config.retention, &tx);
         Ok((StoreHandle { tx, shared }, WriterThread(thread)))
     }
 
@@ -258,6 +257,19 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// How often an idle store should be asked for a retention pass
+    /// ([`StoreHandle::enforce_retention`]): with `--retention-max-age`
+    /// only (a store that receives events checks after every commit).
+    pub fn retention_tick(&self) -> Option<std::time::Duration> {
+        super::retention::tick_interval(&self.shared.retention.policy)
+    }
+
+    /// Asks the writer for a retention pass without waiting for it (a full
+    /// queue skips this one: the next tick or commit does it).
+    pub fn enforce_retention(&self) {
+        let _ = self.tx.try_send(Command::EnforceRetention);
     }
 
     /// Asks for a backup without waiting for it.

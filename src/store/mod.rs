@@ -1,7 +1,13 @@
 //! The durable log. One writer thread owns every file; everything else talks
-//! to it through a [`StoreHandle`] and reads the committed state it publishes.
+//! to it through a [`StoreHandle`], the store's only API, and reads typed
+//! snapshots of the state the store's parts publish (the state itself,
+//! `Shared`, is private here; its doc names each field's one owner).
 //!
-//! - [`handle`]: the clonable API (append, read, stats, health)
+//! - [`Store`] (`interface.rs`): the interface the HTTP layer is written
+//!   against; [`StoreHandle`] is its first implementation
+//! - [`handle`]: the clonable API (append, read, consumers, snapshots,
+//!   backups, the monitor's checks); `snapshot.rs`: [`Status`] and
+//!   [`StatsSnapshot`]; `catalog.rs`: the backup list's one owner
 //! - [`writer`]: the actor: group commit, segment roll, poisoning
 //! - [`segment`]: record framing, scanning, torn tails
 //! - [`manifest`]: the sealed-segment table, replaced atomically

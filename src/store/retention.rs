@@ -22,14 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
-
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::SEGMENTS_DIR;
-use super::writer::Command;
 use super::Shared;
 
 /// The configured limits; `None` means unlimited.
@@ -267,28 +264,6 @@ pub fn is_leftover(manifest: &Manifest, first_seq: u64) -> bool {
 pub fn tick_interval(policy: &RetentionPolicy) -> Option<Duration> {
     let age = policy.max_age?;
     Some((age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
-}
-
-/// With `--retention-max-age`, starts a thread that asks the writer for a
-/// retention pass now and then, so old segments go on an idle store too.
-/// It holds only a weak sender and ends once the writer is gone.
-pub fn spawn_ticker(policy: &RetentionPolicy, tx: &mpsc::Sender<Command>) {
-    let Some(every) = tick_interval(policy) else {
-        return;
-    };
-    let weak = tx.downgrade();
-    let spawned = std::thread::Builder::new()
-        .name("msgbus-retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(tx) = weak.upgrade() else { break };
-            if let Err(TrySendError::Closed(_)) = tx.try_send(Command::EnforceRetention) {
-                break;
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the retention ticker; max-age is enforced after commits only");
-    }
 }
 
 #[cfg(test)]
