@@ -50,7 +50,7 @@ pub struct Alerts {
     unsent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     capacity: usize,
     /// Takes the data directory's path out of listed and posted alerts.
-    hide: crate::http::error::HidePaths,
+    hide: crate::redact::HidePaths,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +85,7 @@ impl Alerts {
 
     /// Names files relative to the data directory in listed and posted
     /// alerts (the log keeps the full paths, for operators).
-    pub fn hiding(mut self, hide: crate::http::error::HidePaths) -> Self {
+    pub fn hiding(mut self, hide: crate::redact::HidePaths) -> Self {
         self.hide = hide;
         self
     }
@@ -114,7 +114,7 @@ impl Alerts {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let alert = Alert {
                 id: inner.next_id,
-                time: crate::event::now_rfc3339(),
+                time: crate::clock::now_rfc3339(),
                 severity,
                 kind: kind.to_string(),
                 file,

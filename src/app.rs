@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::alerts::Alerts;
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
+use crate::jobs::{self, FirstTick, Jobs};
 use crate::monitor::{self, MonitorSettings};
 use crate::store::handle::WriterThread;
 use crate::store::StoreHandle;
@@ -55,7 +56,7 @@ impl Application {
         };
         // Before the first request: a server started on a full disk must
         // refuse the very first publish, not the one after the first tick.
-        monitor::check_disk(store.shared(), config.min_free_bytes);
+        monitor::check_disk(&store, config.min_free_bytes);
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
@@ -99,21 +100,33 @@ impl Application {
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
         let verifications = state.verifications.clone();
         let router = http::router(state);
-        let jobs = [
-            monitor::spawn(
-                store.clone(),
-                MonitorSettings {
-                    interval: config.monitor_interval,
-                    min_free_bytes: config.min_free_bytes,
+        let mut jobs = Jobs::default();
+        jobs.add(Some(monitor::spawn(
+            store.clone(),
+            MonitorSettings {
+                interval: config.monitor_interval,
+                min_free_bytes: config.min_free_bytes,
+            },
+            shutdown_tx.subscribe(),
+        )));
+        jobs.add(Some(crate::backup_timer::spawn(
+            store.clone(),
+            config.backup_interval,
+            shutdown_tx.subscribe(),
+        )));
+        jobs.add(store.retention_tick().map(|every| {
+            let store = store.clone();
+            jobs::every(
+                "retention ticker",
+                every,
+                FirstTick::AfterInterval,
+                shutdown_tx.subscribe(),
+                move |_| {
+                    store.enforce_retention();
+                    std::future::ready(())
                 },
-                shutdown_tx.subscribe(),
-            ),
-            crate::backup_timer::spawn(
-                store.clone(),
-                config.backup_interval,
-                shutdown_tx.subscribe(),
-            ),
-        ];
+            )
+        }));
         let limits = crate::server::ConnLimits {
             max_connections: crate::server::connection_limit(
                 config.max_connections,
@@ -146,9 +159,7 @@ impl Application {
                 }
             }
         }
-        for job in jobs {
-            let _ = job.await;
-        }
+        jobs.stop().await;
         // A running `POST /admin/verify` check stops at its next file.
         verifications.stopped(config.shutdown_timeout).await;
         store.close().await;

@@ -6,10 +6,13 @@
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON)
 //! - [`app`]: builds the store and router, binds, serves, shuts down in order
 //! - [`server`]: the connection loop: connection limit, header and idle timeouts
-//! - [`bulk`]: long request work (big bodies, scans, page loads) on low-priority threads
+//! - [`bulk`]: long request work (big bodies, page loads) on low-priority threads
+//! - [`clock`], [`sse`], [`redact`]: below everything: the time format, the
+//!   Server-Sent Events wire format, data-directory paths hidden from clients
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
+//! - [`jobs`]: the periodic background jobs, started and stopped one way
 //! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
 //! - [`backup_timer`]: periodic backups when something changed
 //! - [`alerts`]: the alert list, its counters and the webhook sender
@@ -23,11 +26,15 @@ pub mod app;
 pub mod backup_timer;
 pub mod bulk;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod jobs;
 pub mod monitor;
 pub mod offline;
+pub mod redact;
 pub mod server;
+pub mod sse;
 pub mod store;
 pub mod telemetry;

@@ -6,19 +6,15 @@
 //!
 //! [`store::integrity`]: crate::store::integrity
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use utoipa::ToSchema;
 
 use crate::alerts::Severity;
-use crate::store::integrity::{self, Finding, Scope};
+use crate::jobs::{self, FirstTick, Job};
+use crate::store::integrity::{Finding, Scope};
 use crate::store::writer::{self, RepairOutcome};
-use crate::store::{backup, layout};
-use crate::store::{lock, Shared, StoreHandle};
+use crate::store::{CheckRecord, StoreHandle};
 
 /// The monitor's settings.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +26,7 @@ pub struct MonitorSettings {
 }
 
 /// The result of one check.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct CheckReport {
     /// `ok`, `repaired` or `read_only`.
     pub status: String,
@@ -48,33 +44,42 @@ pub struct CheckReport {
     pub duration_ms: f64,
 }
 
-/// Starts the monitor loop; it stops when `shutdown` turns true.
+/// Starts the monitor as a [`jobs`](crate::jobs) job; it stops when
+/// `shutdown` turns true.
 pub fn spawn(
     store: StoreHandle,
     settings: MonitorSettings,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tracing::info!(interval = ?settings.interval, min_free_bytes = settings.min_free_bytes, "integrity monitor started");
-        let mut ticker = tokio::time::interval(settings.interval.max(Duration::from_millis(10)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick = 0usize;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+    shutdown: watch::Receiver<bool>,
+) -> Job {
+    let stop = shutdown.clone();
+    jobs::every(
+        "integrity monitor",
+        settings.interval.max(Duration::from_millis(10)),
+        FirstTick::Now,
+        shutdown,
+        move |tick| {
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                run_check(
+                    &store,
+                    Scope::Tick { scrub: tick },
+                    settings.min_free_bytes,
+                    &stop,
+                )
+                .await;
             }
-            run_check(
-                &store,
-                Scope::Tick { scrub: tick },
-                settings.min_free_bytes,
-                &shutdown,
-            )
-            .await;
-            tick = tick.wrapping_add(1);
-        }
-        tracing::info!("integrity monitor stopped");
-    })
+        },
+    )
+}
+
+/// A full check (every sealed segment, every backup file) now: what
+/// `POST /admin/verify` runs.
+pub async fn run_full_check(
+    store: &StoreHandle,
+    min_free_bytes: u64,
+    shutdown: &watch::Receiver<bool>,
+) -> CheckReport {
+    run_check(store, Scope::Full, min_free_bytes, shutdown).await
 }
 
 /// Runs one check, hands findings to the writer, raises alerts and updates
@@ -87,25 +92,23 @@ pub async fn run_check(
     shutdown: &watch::Receiver<bool>,
 ) -> CheckReport {
     let started = Instant::now();
-    let shared = store.shared_arc();
-    let s = shared.clone();
     let shutdown = shutdown.clone();
-    let (findings, (backup_checked, backup_problems, newly_damaged)) =
-        tokio::task::spawn_blocking(move || {
-            let stop = || *shutdown.borrow();
-            let findings = integrity::check_until(&s, scope, &stop);
-            (findings, verify_backups(&s, scope, &stop))
-        })
-        .await
-        .unwrap_or_default();
-    if newly_damaged {
+    let files = store.clone();
+    let (findings, scrub) = tokio::task::spawn_blocking(move || {
+        let stop = || *shutdown.borrow();
+        let findings = files.check_files(scope, &stop);
+        (findings, files.scrub_backups(scope, &stop))
+    })
+    .await
+    .unwrap_or_default();
+    if scrub.newly_damaged {
         // A backup just failed verification: take a fresh one so a good copy exists.
         store.request_backup();
     }
 
-    let alerts = &shared.alerts;
-    let previously_open = lock(&shared.integrity).open_findings.clone();
-    let was_read_only = lock(&shared.read_only).is_some();
+    let alerts = store.alerts();
+    let previously_open = store.integrity().open_findings;
+    let was_read_only = store.status().read_only.is_some();
     let repairs = store.repair(findings.clone()).await.unwrap_or_default();
     let mut repaired = 0;
     let mut failed = 0;
@@ -124,7 +127,7 @@ pub async fn run_check(
             still_open.push(file);
         }
     }
-    let read_only = lock(&shared.read_only).clone();
+    let read_only = store.status().read_only;
     match (&read_only, was_read_only) {
         (Some(reason), false) => {
             alerts.raise(
@@ -145,10 +148,10 @@ pub async fn run_check(
         }
         _ => {}
     }
-    let free_bytes = check_disk(&shared, min_free_bytes);
+    let free_bytes = check_disk(store, min_free_bytes);
     // Healthy again (or never damaged) but without a verified newest backup,
     // e.g. after a backup failed while the store was damaged: take one now.
-    let newest_unverified = lock(&shared.backups).last().is_some_and(|b| !b.verified);
+    let newest_unverified = store.newest_backup_unverified();
     if read_only.is_none() && still_open.is_empty() && newest_unverified {
         store.request_backup();
     }
@@ -161,123 +164,44 @@ pub async fn run_check(
         "ok"
     };
     let duration_ms = started.elapsed().as_secs_f64() * 1e3;
-    {
-        let mut st = lock(&shared.integrity);
-        st.status = status.to_string();
-        st.last_check = Some(crate::event::now_rfc3339());
-        st.last_check_ms = duration_ms;
-        st.checks += 1;
-        st.detections += repairs.iter().filter(|o| !o.already_intact).count() as u64;
-        st.repairs += repaired;
-        st.failures += failed;
-        st.open_findings = still_open;
-    }
+    store.record_check(CheckRecord {
+        status: status.to_string(),
+        duration_ms,
+        detections: repairs.iter().filter(|o| !o.already_intact).count() as u64,
+        repairs: repaired,
+        failures: failed,
+        open_findings: still_open,
+    });
     CheckReport {
         status: status.to_string(),
         findings,
         repairs,
-        backup_files_verified: backup_checked,
-        backup_problems,
+        backup_files_verified: scrub.files_checked,
+        backup_problems: scrub.problems,
         free_bytes,
         duration_ms,
     }
 }
 
-/// Verifies one file of the newest backup per tick (every file of every
-/// backup on a full check); marks a backup that fails as unverified.
-/// Returns the files checked, the problems found, and whether a backup
-/// that had verified failed just now.
-fn verify_backups(
-    shared: &Arc<Shared>,
-    scope: Scope,
-    stop: &dyn Fn() -> bool,
-) -> (u64, Vec<String>, bool) {
-    let mut newly_damaged = false;
-    let list = lock(&shared.backups).clone();
-    let targets: Vec<_> = match scope {
-        Scope::Full => list.iter().collect(),
-        Scope::Tick { .. } => list.iter().rev().take(1).collect(),
-    };
-    let mut checked = 0;
-    let mut problems = Vec::new();
-    for b in targets {
-        let dir = layout::backups_dir(&shared.data_dir).join(&b.manifest.name);
-        let files: Vec<_> = match scope {
-            Scope::Full => b.manifest.files.iter().collect(),
-            Scope::Tick { scrub } if !b.manifest.files.is_empty() => {
-                vec![&b.manifest.files[scrub % b.manifest.files.len()]]
-            }
-            Scope::Tick { .. } => Vec::new(),
-        };
-        let mut error = None;
-        for f in files {
-            if stop() {
-                return (checked, problems, newly_damaged);
-            }
-            checked += 1;
-            match backup::sha256_file(&dir.join(&f.path)) {
-                Ok((len, sha)) if len == f.bytes && sha == f.sha256 => {}
-                Ok((len, sha)) => {
-                    error = Some(format!(
-                        "{}: {len} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                        f.path, f.bytes, f.sha256
-                    ));
-                }
-                Err(e) => error = Some(e.to_string()),
-            }
-        }
-        let mut all = lock(&shared.backups);
-        if let Some(entry) = all.iter_mut().find(|x| x.manifest.name == b.manifest.name) {
-            match &error {
-                Some(e) => {
-                    if entry.verified {
-                        newly_damaged = true;
-                        shared.alerts.raise(
-                            Severity::Error,
-                            "backup_damaged",
-                            Some(layout::backup_rel(&b.manifest.name)),
-                            e.clone(),
-                        );
-                    }
-                    entry.verified = false;
-                    entry.error = Some(e.clone());
-                }
-                None if entry.error.is_none() => {
-                    entry.verified_at = Some(crate::event::now_rfc3339())
-                }
-                None => {}
-            }
-        }
-        if let Some(e) = error {
-            problems.push(format!("backup {}: {e}", b.manifest.name));
-        }
-    }
-    (checked, problems, newly_damaged)
-}
-
 /// Sets or clears low-disk mode; returns the free bytes. Also run once
 /// before the server accepts its first request.
-pub fn check_disk(shared: &Shared, min_free_bytes: u64) -> Option<u64> {
-    let free = match fs2::available_space(&shared.data_dir) {
+pub fn check_disk(store: &StoreHandle, min_free_bytes: u64) -> Option<u64> {
+    let free = match fs2::available_space(store.data_dir()) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read free disk space");
             return None;
         }
     };
-    let mut low = lock(&shared.low_disk);
+    let alerts = store.alerts();
     if free < min_free_bytes {
-        if low.is_none() {
-            let reason = format!("{free} bytes free on the data directory's filesystem, below the minimum of {min_free_bytes} (--min-free-bytes)");
-            shared
-                .alerts
-                .raise(Severity::Error, "low_disk", None, &reason);
-            *low = Some(reason);
+        let reason = format!("{free} bytes free on the data directory's filesystem, below the minimum of {min_free_bytes} (--min-free-bytes)");
+        if store.set_low_disk(Some(reason.clone())) {
+            alerts.raise(Severity::Error, "low_disk", None, &reason);
         }
-    } else if low.is_some() {
-        *low = None;
-        shared.alerts.resolve(&["low_disk"], None);
-        shared.alerts.raise(
+    } else if store.set_low_disk(None) {
+        alerts.resolve(&["low_disk"], None);
+        alerts.raise(
             Severity::Warning,
             "disk_ok",
             None,

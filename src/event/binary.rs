@@ -5,7 +5,6 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::store::PreparedEvent;
 
 /// True when the request carries binary-mode CloudEvents headers.
 pub fn is_binary(headers: &HeaderMap) -> bool {

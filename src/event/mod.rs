@@ -22,7 +22,8 @@ pub use binary::{from_binary, is_binary};
 use raw::raw_members;
 use validate::{validate, Attr};
 
-use crate::store::PreparedEvent;
+use crate::clock::now_rfc3339;
+use crate::sse::FRAME_HEADROOM;
 
 /// A validation problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -197,9 +198,38 @@ fn whole(path: &str) -> String {
     }
 }
 
-/// The current time as RFC 3339 with microseconds, in UTC.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// An event validated and serialized by a handler, ready for the writer.
+/// Serialization happens on the async workers so the single writer thread
+/// only frames, writes and syncs.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    /// [`FRAME_HEADROOM`] bytes of room, then the exact bytes to store
+    /// (build it with [`PreparedEvent::buffer`]).
+    pub buf: Vec<u8>,
+    /// `id`.
+    pub id: String,
+    /// `source`.
+    pub source: String,
+    /// `type`.
+    pub ty: String,
+    /// `subject`.
+    pub subject: Option<String>,
+    /// `time`.
+    pub time: String,
+}
+
+impl PreparedEvent {
+    /// An empty event buffer: the headroom, and capacity for `len` bytes of
+    /// event plus the end of its Server-Sent Events message.
+    pub fn buffer(len: usize) -> Vec<u8> {
+        crate::sse::buffer(len)
+    }
+
+    /// The exact bytes to store (empty once the writer has taken the
+    /// buffer for the recent-events cache).
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.get(FRAME_HEADROOM..).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

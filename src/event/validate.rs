@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::raw::CowStr;
 use super::*;
-use crate::store::{PreparedEvent, FRAME_HEADROOM};
+use crate::sse::FRAME_HEADROOM;
 
 /// A member's value as validation sees it.
 pub(super) enum Attr<'a> {

@@ -12,13 +12,17 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use super::api::{BackupInfo, CheckReport};
 use super::error::Problem;
 use super::AppState;
 use crate::alerts::Alert;
-use crate::monitor::{self, CheckReport};
-use crate::store::backup::BackupInfo;
-use crate::store::integrity::Scope;
-use crate::store::lock;
+use crate::monitor;
+
+/// Locks a mutex, ignoring poisoning: every value behind it is replaced
+/// whole, so a panic cannot leave one half-written.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The alert list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -40,7 +44,7 @@ pub struct BackupList {
 #[utoipa::path(get, path = "/alerts", tag = "operations",
     responses((status = 200, description = "Alerts, oldest first", body = AlertList)))]
 pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
-    let alerts = &state.store.shared().alerts;
+    let alerts = &state.alerts;
     Json(AlertList {
         alerts: alerts.list(),
         counts: alerts.counts(),
@@ -52,7 +56,7 @@ pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
     responses((status = 200, description = "Backups, oldest first", body = BackupList)))]
 pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     Json(BackupList {
-        backups: lock(&state.store.shared().backups).clone(),
+        backups: state.store.backups().into_iter().map(Into::into).collect(),
     })
 }
 
@@ -65,8 +69,8 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
-    match state.store.backup().await? {
-        Ok(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+    match state.file_store.backup().await? {
+        Ok(info) => Ok((StatusCode::CREATED, Json(BackupInfo::from(info))).into_response()),
         Err(reason) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup-failed",
@@ -152,7 +156,7 @@ impl Verifications {
         let now = VerifyStatus {
             state: "running".into(),
             run: Some(g.runs),
-            started_at: Some(crate::event::now_rfc3339()),
+            started_at: Some(crate::clock::now_rfc3339()),
             finished_at: None,
             report: None,
         };
@@ -161,7 +165,7 @@ impl Verifications {
         g.running = Some(rx.clone());
         let (me, store, min_free) = (
             Arc::clone(self),
-            state.store.clone(),
+            state.file_store.clone(),
             state.settings.min_free_bytes,
         );
         let mut shutdown = state.shutdown.clone();
@@ -169,7 +173,7 @@ impl Verifications {
         g.task = Some(tokio::spawn(async move {
             let stop = shutdown.clone();
             let report = tokio::select! {
-                r = monitor::run_check(&store, Scope::Full, min_free, &stop) => Some(r),
+                r = monitor::run_full_check(&store, min_free, &stop) => Some(CheckReport::from(r)),
                 _ = shutdown.wait_for(|s| *s) => None,
             };
             let done = VerifyStatus {
@@ -179,7 +183,7 @@ impl Verifications {
                     "cancelled"
                 }
                 .into(),
-                finished_at: Some(crate::event::now_rfc3339()),
+                finished_at: Some(crate::clock::now_rfc3339()),
                 report,
                 ..started
             };

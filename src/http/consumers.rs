@@ -24,13 +24,41 @@ use super::error::Problem;
 use super::events::{long_poll, page_response, Position, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
 use crate::event::FieldError;
-use crate::store::consumers::{Consumer, ConsumerError, ConsumerFilter, Start};
-use crate::store::StoreHandle;
+use crate::store::{Consumer, ConsumerError, ConsumerStart as Start, Filter};
+use crate::store::{Matcher, Store};
 
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
 /// Largest request body accepted here.
 pub const MAX_BODY: usize = 64 << 10;
+
+/// What a consumer selects (the filters of `GET /events`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ConsumerFilter {
+    /// Only events of this exact type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// Only events whose type starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_prefix: Option<String>,
+    /// Only events from this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Only events with this subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl From<Filter> for ConsumerFilter {
+    fn from(f: Filter) -> Self {
+        ConsumerFilter {
+            ty: f.ty,
+            type_prefix: f.type_prefix,
+            source: f.source,
+            subject: f.subject,
+        }
+    }
+}
 
 /// A consumer as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,7 +86,7 @@ impl ConsumerView {
             lag: head.saturating_sub(c.cursor),
             last_seq: head,
             name: c.name,
-            filter: c.filter,
+            filter: c.filter.into(),
             cursor: c.cursor,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -212,8 +240,8 @@ async fn object_body(
     }
 }
 
-fn parse_spec(body: Map<String, Value>) -> Result<(ConsumerFilter, Option<Start>), Problem> {
-    let mut filter = ConsumerFilter::default();
+fn parse_spec(body: Map<String, Value>) -> Result<(Filter, Option<Start>), Problem> {
+    let mut filter = Filter::default();
     let mut start = None;
     for (k, v) in body {
         let slot = match k.as_str() {
@@ -342,17 +370,15 @@ pub async fn list(State(state): State<AppState>) -> Json<ConsumerList> {
         consumers: state
             .store
             .consumers()
-            .list()
             .into_iter()
             .map(|c| ConsumerView::new(c, head))
             .collect(),
     })
 }
 
-fn find(store: &StoreHandle, name: &str) -> Result<Consumer, Problem> {
+fn find(store: &dyn Store, name: &str) -> Result<Consumer, Problem> {
     store
-        .consumers()
-        .get(name)
+        .consumer(name)
         .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))
 }
 
@@ -370,7 +396,7 @@ pub async fn get_one(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConsumerView>, Problem> {
     let name = body::path_param(name, "name")?;
-    let c = find(&state.store, &name)?;
+    let c = find(state.store.as_ref(), &name)?;
     Ok(Json(ConsumerView::new(c, state.store.head())))
 }
 
@@ -427,8 +453,8 @@ pub async fn events(
     let q = QueryParams::parse(query.as_deref(), &["limit", "wait"])?;
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
-    let c = find(&state.store, &name)?;
-    let filter = crate::store::Matcher::new(c.filter.to_filter());
+    let c = find(state.store.as_ref(), &name)?;
+    let filter = Matcher::new(c.filter);
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
     let mut prefix = Vec::with_capacity(128);

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::event::{EventError, FieldError};
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteRefusal};
 
 /// The media type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -197,18 +197,8 @@ impl From<StoreError> for Problem {
                 "the writer's queue is full; retry shortly",
                 1,
             ),
-            StoreError::Poisoned(reason) => Problem::unavailable(
-                "read-only",
-                "Store is read-only",
-                format!("the store refuses writes until the server is restarted: {reason}"),
-                30,
-            ),
-            StoreError::Stopped => Problem::unavailable(
-                "shutting-down",
-                "Shutting down",
-                "the server is shutting down",
-                5,
-            ),
+            StoreError::Refused(r) => r.into(),
+            StoreError::Stopped => WriteRefusal::ShuttingDown.into(),
             StoreError::Corrupt(reason) => {
                 tracing::error!(reason = %reason, "served a read that failed verification");
                 Problem::unavailable(
@@ -227,21 +217,43 @@ impl From<StoreError> for Problem {
                 ),
                 1,
             ),
-            StoreError::ReadOnly(reason) => Problem::unavailable(
+            other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
+                Problem::internal(&other)
+            }
+        }
+    }
+}
+
+/// Why writes are refused, as a status: poisoned and read-only are 503
+/// (retry later: a restart or a repair may end them), low disk is 507
+/// (nothing was written), shutting down is 503.
+impl From<WriteRefusal> for Problem {
+    fn from(r: WriteRefusal) -> Self {
+        match r {
+            WriteRefusal::Poisoned(reason) => Problem::unavailable(
+                "read-only",
+                "Store is read-only",
+                format!("the store refuses writes until the server is restarted: {reason}"),
+                30,
+            ),
+            WriteRefusal::ReadOnly(reason) => Problem::unavailable(
                 "read-only",
                 "Store is read-only",
                 format!("the store refuses writes until a repair succeeds: {reason}"),
                 10,
             ),
-            StoreError::LowDisk(reason) => Problem::new(
+            WriteRefusal::LowDisk(reason) => Problem::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient-storage",
                 "Not enough free disk space",
                 format!("nothing was written: {reason}"),
             ),
-            other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
-                Problem::internal(&other)
-            }
+            WriteRefusal::ShuttingDown => Problem::unavailable(
+                "shutting-down",
+                "Shutting down",
+                "the server is shutting down",
+                5,
+            ),
         }
     }
 }
@@ -270,56 +282,7 @@ impl From<EventError> for Problem {
     }
 }
 
-/// Takes the data directory's absolute path out of text served to clients
-/// (answers, alerts, webhook posts): `/srv/bus/segments/x.jsonl` becomes
-/// `segments/x.jsonl` and the directory itself `.`. Details are built
-/// deep in the store with full paths, which operators want in the log;
-/// clients get names relative to the data directory.
-#[derive(Debug, Clone, Default)]
-pub struct HidePaths {
-    /// Absolute spellings of the directory (as given, canonical, and
-    /// JSON-escaped), longest first.
-    dirs: Vec<String>,
-}
-
-impl HidePaths {
-    /// Hides `data_dir` (when it is absolute, or resolves to an absolute
-    /// path other than `/`).
-    pub fn new(data_dir: &std::path::Path) -> Self {
-        let mut dirs = Vec::new();
-        let canonical = std::fs::canonicalize(data_dir).ok();
-        for d in [Some(data_dir.to_path_buf()), canonical]
-            .into_iter()
-            .flatten()
-        {
-            let s = d.to_string_lossy().trim_end_matches('/').to_string();
-            if !d.is_absolute() || s.is_empty() {
-                continue;
-            }
-            let escaped = serde_json::to_string(&s).unwrap_or_default();
-            let escaped = escaped.trim_matches('"').to_string();
-            for v in [s, escaped] {
-                if !dirs.contains(&v) {
-                    dirs.push(v);
-                }
-            }
-        }
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
-        HidePaths { dirs }
-    }
-
-    /// `text` with every path under the data directory made relative to it.
-    pub fn apply<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        if !self.dirs.iter().any(|d| text.contains(d.as_str())) {
-            return std::borrow::Cow::Borrowed(text);
-        }
-        let mut out = text.to_string();
-        for d in &self.dirs {
-            out = out.replace(&format!("{d}/"), "").replace(d.as_str(), ".");
-        }
-        std::borrow::Cow::Owned(out)
-    }
-}
+pub use crate::redact::HidePaths;
 
 /// Serializes a problem slug as its URI.
 fn problem_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok, S::Error> {
@@ -328,27 +291,4 @@ fn problem_type<S: serde::Serializer>(slug: &&'static str, s: S) -> Result<S::Ok
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::HidePaths;
-
-    #[test]
-    fn paths_under_the_data_directory_become_relative() {
-        let dir = tempfile::tempdir().unwrap();
-        let hide = HidePaths::new(dir.path());
-        let d = dir.path().display();
-        assert_eq!(
-            hide.apply(&format!(
-                "rewrite {d}/segments/0001.jsonl: denied; low on {d}"
-            )),
-            "rewrite segments/0001.jsonl: denied; low on ."
-        );
-        assert_eq!(hide.apply("nothing to hide"), "nothing to hide");
-        // A relative directory is not an absolute path: nothing is hidden
-        // (and `data` in other text is left alone).
-        let rel = HidePaths::new(std::path::Path::new("no-such-relative-dir"));
-        assert_eq!(rel.apply("data"), "data");
-    }
 }

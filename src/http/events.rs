@@ -20,9 +20,10 @@ use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::AppState;
 use crate::bulk;
+use crate::event::PreparedEvent;
 use crate::event::{self, EventError, FieldError};
-use crate::store::handle::{EventPage, StoredEvent};
-use crate::store::{Matcher, Outcome, PreparedEvent};
+use crate::store::{EventPage, StoredEvent};
+use crate::store::{Matcher, Outcome};
 
 /// Media types accepted for a single structured event.
 const EVENT_TYPES: &[&str] = &["application/json", "application/cloudevents+json"];
@@ -544,16 +545,14 @@ pub fn page_response(
         if i > 0 {
             text.push(b',');
         }
-        text.extend_from_slice(b"{\"seq\":");
-        text.extend_from_slice(e.seq.to_string().as_bytes());
-        text.extend_from_slice(b",\"event\":");
         if e.bytes.len() >= SHARE_EVENT_BYTES {
+            crate::sse::open_event(&mut text, e.seq);
             chunks.push(Bytes::from(std::mem::take(&mut text)));
             chunks.push(e.bytes.clone());
+            crate::sse::close_event(&mut text);
         } else {
-            text.extend_from_slice(&e.bytes);
+            write_stored(&mut text, e);
         }
-        text.push(b'}');
     }
     text.extend_from_slice(
         format!("],\"next_after\":{next_after},\"last_seq\":{last_seq}}}").as_bytes(),
@@ -608,13 +607,9 @@ impl http_body::Body for Chunks {
     }
 }
 
-/// Appends `{"seq":N,"event":<bytes>}`.
+/// Appends `{"seq":N,"event":<bytes>}` (the format lives in [`crate::sse`]).
 pub fn write_stored(out: &mut Vec<u8>, e: &StoredEvent) {
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(e.seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"event\":");
-    out.extend_from_slice(&e.bytes);
-    out.push(b'}');
+    crate::sse::write_event(out, e.seq, &e.bytes);
 }
 
 /// A response with a JSON body built by hand.

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::Problem;
 use super::AppState;
+use crate::store::Status;
 
 /// A probe's answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -33,15 +34,15 @@ pub struct HealthReport {
 }
 
 /// Reasons the server is not ready, empty when it is.
-fn unready_reasons(state: &AppState) -> Vec<String> {
+fn unready_reasons(state: &AppState, status: &Status) -> Vec<String> {
     let mut reasons = Vec::new();
-    if !state.store.writer_alive() {
+    if !status.writer_alive {
         reasons.push("the writer has stopped".to_string());
     }
-    if let Some(p) = state.store.shared().poison_reason() {
+    if let Some(p) = &status.poisoned {
         reasons.push(format!("the store is read-only: {p}"));
     }
-    if let Some(r) = crate::store::lock(&state.store.shared().read_only).clone() {
+    if let Some(r) = &status.read_only {
         reasons.push(format!("damaged data could not be repaired yet: {r}"));
     }
     if *state.shutdown.borrow() {
@@ -65,7 +66,7 @@ pub async fn live() -> Json<serde_json::Value> {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let reasons = unready_reasons(&state);
+    let reasons = unready_reasons(&state, &state.store.status());
     if reasons.is_empty() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
@@ -80,19 +81,20 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         (status = 503, description = "Not ready", body = HealthReport),
     ))]
 pub async fn health(State(state): State<AppState>) -> Response {
-    let reasons = unready_reasons(&state);
+    let status = state.store.status();
+    let reasons = unready_reasons(&state, &status);
     let report = HealthReport {
         status: if reasons.is_empty() {
             "ready".into()
         } else {
             "unready".into()
         },
-        writer_alive: state.store.writer_alive(),
-        poisoned: state.store.shared().poison_reason(),
-        read_only: crate::store::lock(&state.store.shared().read_only).clone(),
+        writer_alive: status.writer_alive,
+        poisoned: status.poisoned,
+        read_only: status.read_only,
         reasons: reasons.clone(),
-        last_seq: state.store.head(),
-        queue_depth: state.store.queue_depth() as u64,
+        last_seq: status.last_seq,
+        queue_depth: status.queue_depth as u64,
         uptime_seconds: state.settings.started.elapsed().as_secs_f64(),
     };
     let status = if reasons.is_empty() {

@@ -15,7 +15,7 @@ use super::AppState;
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let s = snapshot(
-        &state.store,
+        state.store.as_ref(),
         state.settings.started.elapsed().as_secs_f64(),
         state.settings.max_label_series,
     );

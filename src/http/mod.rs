@@ -1,4 +1,6 @@
 //! The REST API: one file per resource, one error format ([`error::Problem`]).
+//! Every route reaches the store through [`crate::store::Store`] (the
+//! router state holds an `Arc<dyn Store>`), never past it.
 //!
 //! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
 //! - [`stream`]: the live Server-Sent Events stream
@@ -6,11 +8,15 @@
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
+//! - [`admin`]: alerts, backups and the on-demand integrity check
+//! - [`api`]: the API's shapes of store data (schemas), built from snapshots
 //! - [`docs`]: the OpenAPI document and Swagger UI
+//! - [`error`]: the problem+json type; store errors and refusals as statuses
 //! - [`body`]: request-body and query helpers that answer in problem+json
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
 
 pub mod admin;
+pub mod api;
 pub mod body;
 pub mod consumers;
 pub mod docs;
@@ -38,7 +44,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeConfig;
 use crate::event::Limits;
-use crate::store::StoreHandle;
+use crate::store::{Store, StoreHandle};
 use error::Problem;
 
 /// Header carrying the request id (set when the client sends none, echoed back).
@@ -58,8 +64,13 @@ impl std::ops::Deref for AppState {
 
 /// The parts of [`AppState`].
 pub struct AppStateParts {
-    /// The store.
-    pub store: StoreHandle,
+    /// The store, through the interface every route is written against.
+    pub store: Arc<dyn Store>,
+    /// The file store's own operations that are not part of [`Store`]:
+    /// backups on demand and the on-demand integrity check (`/admin`).
+    pub file_store: StoreHandle,
+    /// The alert list (`/alerts`).
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// Limits and settings the handlers apply.
     pub settings: Arc<HttpSettings>,
     /// Flips to true when shutdown starts, so long-polls return at once.
@@ -112,7 +123,9 @@ impl AppState {
     /// State for a server with `config`.
     pub fn new(store: StoreHandle, config: &ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
         AppState(Arc::new(AppStateParts {
-            store,
+            store: Arc::new(store.clone()),
+            alerts: store.alerts().clone(),
+            file_store: store,
             settings: Arc::new(HttpSettings {
                 limits: Limits {
                     max_event_bytes: config.max_event_bytes as usize,

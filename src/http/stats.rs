@@ -2,15 +2,15 @@
 //! index and the writer's atomic counters; never waits for the writer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::api::{ConsumerStats, IntegrityState, RetentionStats};
 use super::AppState;
-use crate::store::{lock, IntegrityState, StoreHandle};
+use crate::store::{StatsSnapshot, Store};
 
 /// The whole snapshot.
 #[derive(Debug, Serialize, ToSchema)]
@@ -24,9 +24,9 @@ pub struct Stats {
     /// Self-healing: monitor state, backups, alerts.
     pub integrity: IntegrityStats,
     /// Retention limits, the oldest retained seq and what was deleted.
-    pub retention: crate::store::retention::RetentionStats,
+    pub retention: RetentionStats,
     /// Durable consumers and their lag.
-    pub consumers: crate::store::consumers::ConsumerStats,
+    pub consumers: ConsumerStats,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
 }
@@ -147,129 +147,96 @@ pub struct FsyncLatency {
     pub max: u64,
 }
 
-/// Builds the snapshot (also used by `/metrics` and `/health`).
+/// Builds the snapshot (also used by `/metrics`) from the store's
+/// [`StatsSnapshot`].
 ///
 /// Per-type and per-source counts are the `max_series` largest, plus one
 /// [`OTHER`] entry summing the rest: with 100,000 distinct types `/metrics`
 /// was 4 MB and every scrape built it.
-pub fn snapshot(store: &StoreHandle, uptime_seconds: f64, max_series: usize) -> Stats {
-    let shared = store.shared();
-    let (events, store_stats) = {
-        let idx = shared.index();
-        let total = idx.len() as u64;
-        (
-            EventStats {
-                total,
-                first_seq: if total == 0 { 0 } else { idx.first_seq() },
-                last_seq: if total == 0 { 0 } else { idx.last_seq() },
-                by_type: busiest(idx.type_counts(), max_series),
-                by_source: busiest(idx.source_counts(), max_series),
-            },
-            StoreStats {
-                bytes: idx.store_bytes(),
-                segments: idx.segment_count() as u64,
-                read_cache_bytes: idx.cache_bytes() as u64,
-                recovered_torn_tail: shared.recovery.torn_tail.is_some(),
-                distinct: {
-                    let (types, sources, subjects) = idx.distinct();
-                    DistinctStats {
-                        types: types as u64,
-                        sources: sources as u64,
-                        subjects: subjects as u64,
-                    }
-                },
-                interned_bytes: idx.interned_bytes() as u64,
-            },
-        )
-    };
-    let m = &shared.metrics;
-    let fsyncs = m.fsyncs.load(Ordering::Relaxed);
-    let written = m.events.load(Ordering::Relaxed);
+pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> Stats {
+    let StatsSnapshot {
+        events: e,
+        writer: w,
+        status,
+        integrity,
+        backups,
+        alerts,
+        retention,
+        consumers,
+    } = store.stats(max_series);
     let per = |x: u64| {
-        if fsyncs == 0 {
+        if w.fsyncs == 0 {
             0.0
         } else {
-            x as f64 / fsyncs as f64
+            x as f64 / w.fsyncs as f64
         }
-    };
-    // Summarised under the lock: the list holds every backup's file list,
-    // far too much to copy on each scrape.
-    let backups = {
-        let list = lock(&shared.backups);
-        let newest_verified = list.iter().rev().find(|b| b.verified);
-        BackupStats {
-            count: list.len() as u64,
-            newest: list.last().map(|b| b.manifest.created_at.clone()),
-            newest_verified: newest_verified.map(|b| b.manifest.created_at.clone()),
-            newest_verified_last_seq: newest_verified.map(|b| b.manifest.last_seq),
-        }
-    };
-    let integrity = IntegrityStats {
-        monitor: lock(&shared.integrity).clone(),
-        read_only: lock(&shared.read_only).clone(),
-        low_disk: lock(&shared.low_disk).clone(),
-        backups,
-        alerts: shared.alerts.counts(),
     };
     Stats {
-        events,
-        store: store_stats,
-        integrity,
-        retention: shared.retention.stats(shared.index().first_seq()),
-        consumers: shared.consumers.stats(store.head()),
-        writer: WriterStats {
-            queue_depth: store.queue_depth() as u64,
-            queue_capacity: shared.queue_capacity as u64,
-            batches: m.batches.load(Ordering::Relaxed),
-            fsyncs,
-            events_written: written,
-            duplicates: m.duplicates.load(Ordering::Relaxed),
-            events_per_fsync: per(written),
-            max_batch_events: m.max_batch_events.load(Ordering::Relaxed),
-            fsync_latency_us: FsyncLatency {
-                last: m.fsync_micros_last.load(Ordering::Relaxed),
-                avg: per(m.fsync_micros_total.load(Ordering::Relaxed)),
-                max: m.fsync_micros_max.load(Ordering::Relaxed),
+        events: EventStats {
+            total: e.total,
+            first_seq: e.first_seq,
+            last_seq: e.last_seq,
+            by_type: e.by_type,
+            by_source: e.by_source,
+        },
+        store: StoreStats {
+            bytes: e.bytes,
+            segments: e.segments,
+            read_cache_bytes: e.read_cache_bytes,
+            recovered_torn_tail: e.recovered_torn_tail,
+            distinct: DistinctStats {
+                types: e.distinct_types,
+                sources: e.distinct_sources,
+                subjects: e.distinct_subjects,
             },
-            segments_sealed: m.segments_sealed.load(Ordering::Relaxed),
-            poisoned: shared.poison_reason(),
-            alive: store.writer_alive(),
+            interned_bytes: e.interned_bytes,
+        },
+        integrity: IntegrityStats {
+            monitor: integrity.into(),
+            read_only: status.read_only,
+            low_disk: status.low_disk,
+            backups: BackupStats {
+                count: backups.count,
+                newest: backups.newest,
+                newest_verified: backups.newest_verified,
+                newest_verified_last_seq: backups.newest_verified_last_seq,
+            },
+            alerts,
+        },
+        retention: retention.into(),
+        consumers: consumers.into(),
+        writer: WriterStats {
+            queue_depth: w.queue_depth,
+            queue_capacity: w.queue_capacity,
+            batches: w.batches,
+            fsyncs: w.fsyncs,
+            events_written: w.events_written,
+            duplicates: w.duplicates,
+            events_per_fsync: per(w.events_written),
+            max_batch_events: w.max_batch_events,
+            fsync_latency_us: FsyncLatency {
+                last: w.fsync_micros_last,
+                avg: per(w.fsync_micros_total),
+                max: w.fsync_micros_max,
+            },
+            segments_sealed: w.segments_sealed,
+            poisoned: status.poisoned,
+            alive: status.writer_alive,
         },
         uptime_seconds,
     }
 }
 
 /// The key summing the counts beyond the busiest `--max-label-series`
-/// (a real type or source of this name is summed in with them).
-pub const OTHER: &str = "other";
-
-/// The `n` largest counts by name, plus [`OTHER`] with the sum of the rest
-/// (when there is a rest).
-fn busiest<'a>(counts: impl Iterator<Item = (&'a str, u64)>, n: usize) -> BTreeMap<String, u64> {
-    let mut all: Vec<(&str, u64)> = counts.collect();
-    let mut rest = 0;
-    if all.len() > n {
-        // Largest first, ties by name so the choice is stable.
-        let order = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
-        if n > 0 {
-            all.select_nth_unstable_by(n - 1, order);
-        }
-        rest = all[n..].iter().map(|(_, c)| c).sum();
-        all.truncate(n);
-    }
-    let mut out: BTreeMap<String, u64> = all.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    if rest > 0 {
-        *out.entry(OTHER.to_string()).or_default() += rest;
-    }
-    out
-}
+/// (in `/stats` and `/metrics`).
+pub const OTHER: &str = crate::store::OTHER_SERIES;
 
 /// Store, writer and event statistics.
 #[utoipa::path(get, path = "/stats", tag = "operations",
     responses((status = 200, description = "A snapshot", body = Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(snapshot(
-        &state.store,
+        state.store.as_ref(),
         state.settings.started.elapsed().as_secs_f64(),
         state.settings.max_label_series,
     ))

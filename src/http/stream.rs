@@ -13,7 +13,9 @@
 //! `data: {"seq":N,"event":{...}}` (the JSON of `GET /events/{seq}`), a
 //! `: heartbeat` comment when idle, and, if retention deletes the events the
 //! subscriber was about to read, an `event: gone` whose data is the 410
-//! problem, after which the stream ends.
+//! problem, after which the stream ends; any other failure of a read ends
+//! it with an `event: error` whose data is the problem. The bytes of each
+//! of these are built by [`crate::sse`], the one owner of the format.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,10 +31,10 @@ use tokio::sync::watch;
 
 use super::body::QueryParams;
 use super::error::Problem;
-use super::events::write_stored;
 use super::AppState;
-use crate::store::handle::EventPage;
-use crate::store::{Matcher, StoreError, StoreHandle};
+use crate::sse;
+use crate::store::EventPage;
+use crate::store::{Matcher, Store, StoreError};
 
 /// Most events sent in one write.
 const PAGE_EVENTS: usize = 1000;
@@ -135,7 +137,7 @@ pub async fn stream(
         query.as_deref(),
         &["after", "type", "type_prefix", "source", "subject"],
     )?;
-    let after = resume_position(&headers, &q, &state.store)?;
+    let after = resume_position(&headers, &q, state.store.as_ref())?;
     // Compiled once for the life of the stream: each new event then costs
     // one O(1) match, however many types the store holds.
     let filter = Matcher::new(q.filter());
@@ -194,7 +196,7 @@ pub async fn stream(
 fn resume_position(
     headers: &HeaderMap,
     q: &QueryParams,
-    store: &StoreHandle,
+    store: &dyn Store,
 ) -> Result<u64, Problem> {
     // `after` is checked even when Last-Event-ID wins over it: an invalid
     // parameter is a 400 whatever else the request carries.
@@ -210,14 +212,14 @@ fn resume_position(
     }
     match after {
         None => Ok(store.head()),
-        Some(0) => Ok(store.shared().index().first_seq() - 1),
+        Some(0) => Ok(store.status().first_seq - 1),
         Some(after) => Ok(after),
     }
 }
 
 /// One subscriber's state: a cursor and what wakes it.
 struct Subscription {
-    store: StoreHandle,
+    store: Arc<dyn Store>,
     filter: Matcher,
     cursor: u64,
     head: watch::Receiver<u64>,
@@ -239,7 +241,7 @@ impl Subscription {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
-            out.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+            out.extend_from_slice(&sse::retry(RETRY_MS));
         }
         loop {
             if *self.shutdown.borrow() {
@@ -273,13 +275,7 @@ impl Subscription {
                         for e in &page.events {
                             match &e.frame {
                                 Some(frame) => out.extend_from_slice(frame),
-                                None => {
-                                    out.extend_from_slice(
-                                        format!("id: {}\ndata: ", e.seq).as_bytes(),
-                                    );
-                                    write_stored(&mut out, e);
-                                    out.extend_from_slice(b"\n\n");
-                                }
+                                None => sse::write_message(&mut out, e.seq, &e.bytes),
                             }
                         }
                         return Some(out.into());
@@ -291,9 +287,8 @@ impl Subscription {
                         StoreError::Gone { oldest } => ("gone", Problem::gone(oldest)),
                         other => ("error", Problem::from(other)),
                     };
-                    out.extend_from_slice(format!("event: {event}\ndata: ").as_bytes());
-                    out.extend_from_slice(&serde_json::to_vec(&problem).unwrap_or_default());
-                    out.extend_from_slice(b"\n\n");
+                    let data = serde_json::to_vec(&problem).unwrap_or_default();
+                    sse::write_named(&mut out, event, &data);
                     return Some(out.into());
                 }
             }
@@ -316,7 +311,7 @@ impl Subscription {
                     return None;
                 }
                 () = tokio::time::sleep(self.heartbeat) => {
-                    return Some(Bytes::from_static(b": heartbeat\n\n"));
+                    return Some(Bytes::from_static(sse::HEARTBEAT));
                 }
             }
         }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 use super::error::FileError;
 use super::fsutil;
@@ -27,7 +26,7 @@ use super::manifest::{Manifest, SealedSegment};
 use super::segment;
 
 /// `backup.json`: what a backup holds.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupManifest {
     /// Directory name: a sequence number that orders backups, then the UTC
     /// creation time (for people; the clock does not order backups).
@@ -48,7 +47,7 @@ pub struct BackupManifest {
 }
 
 /// One file in a backup.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupFile {
     /// Path relative to the backup directory.
     pub path: String,
@@ -59,10 +58,9 @@ pub struct BackupFile {
 }
 
 /// A backup as listed by the API.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct BackupInfo {
     /// What it holds.
-    #[serde(flatten)]
     pub manifest: BackupManifest,
     /// Whether its files matched their SHA-256 at the last verification.
     pub verified: bool,
@@ -409,7 +407,7 @@ fn assemble(
     Ok(BackupInfo {
         manifest: bm,
         verified: true,
-        verified_at: Some(crate::event::now_rfc3339()),
+        verified_at: Some(crate::clock::now_rfc3339()),
         error: None,
     })
 }

@@ -38,35 +38,6 @@ pub const VERSION: u32 = 1;
 /// than twice the snapshot.
 pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
 
-/// What a consumer selects (the filters of `GET /events`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ConsumerFilter {
-    /// Only events of this exact type.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub ty: Option<String>,
-    /// Only events whose type starts with this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub type_prefix: Option<String>,
-    /// Only events from this source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Only events with this subject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-}
-
-impl ConsumerFilter {
-    /// The index filter.
-    pub fn to_filter(&self) -> Filter {
-        Filter {
-            ty: self.ty.clone(),
-            type_prefix: self.type_prefix.clone(),
-            source: self.source.clone(),
-            subject: self.subject.clone(),
-        }
-    }
-}
-
 /// One consumer as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consumer {
@@ -74,7 +45,7 @@ pub struct Consumer {
     pub name: String,
     /// What it selects.
     #[serde(default)]
-    pub filter: ConsumerFilter,
+    pub filter: Filter,
     /// The committed cursor: reads return events after this seq.
     pub cursor: u64,
     /// When it was created (RFC 3339).
@@ -161,7 +132,7 @@ impl Consumers {
 }
 
 /// Consumers as `/stats` shows them.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ConsumerStats {
     /// Durable consumers.
     pub count: u64,
@@ -448,7 +419,7 @@ pub enum Request {
         /// Its name.
         name: String,
         /// Its filters.
-        filter: ConsumerFilter,
+        filter: Filter,
         /// Where to put its cursor.
         start: Option<Start>,
         /// Most consumers there may be; creating one more is refused.
@@ -480,10 +451,10 @@ type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// writes the file once (fsynced) if anything changed, then publishes the
 /// copy and answers. If the write fails, nothing changes and every request
 /// that needed it gets the error. `head` is the newest committed seq.
-pub fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
+pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     if let Some(reason) = shared.poison_reason() {
         for r in requests {
-            refuse(r, StoreError::Poisoned(reason.clone()));
+            refuse(r, super::WriteRefusal::Poisoned(reason.clone()).into());
         }
         return;
     }

@@ -247,7 +247,7 @@ mod tests {
             "2026-01-31T12:00:00.123456Z",
             "1970-01-01T00:00:00.000000Z",
             "2024-02-29T23:59:59.999999Z",
-            &crate::event::now_rfc3339(),
+            &crate::clock::now_rfc3339(),
         ] {
             let code = encode_time(t).unwrap_or_else(|| panic!("{t} encodes"));
             assert_eq!(decode_time(code), t);

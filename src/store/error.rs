@@ -111,16 +111,9 @@ pub enum StoreError {
     /// The files are damaged in a way that cannot be repaired safely.
     #[error("store damaged: {0}")]
     Corrupt(String),
-    /// A write or fsync failed earlier; the writer refuses all writes until
-    /// the server is restarted (the fsync is never retried).
-    #[error("store is read-only after a failed write: {0}")]
-    Poisoned(String),
-    /// Damage that could not be repaired yet; writes wait for a repair.
-    #[error("store is read-only until a repair succeeds: {0}")]
-    ReadOnly(String),
-    /// Free disk space is below the configured minimum.
-    #[error("not enough free disk space: {0}")]
-    LowDisk(String),
+    /// Writes are refused, and why.
+    #[error(transparent)]
+    Refused(WriteRefusal),
     /// The writer's queue is full; retry shortly.
     #[error("the writer's queue is full")]
     QueueFull,
@@ -156,6 +149,32 @@ impl StoreError {
     /// `op` on `path` failed with `e` (see [`FileError`]).
     pub fn file(op: &'static str, path: &Path, e: io::Error) -> Self {
         FileError::new(op, path, e).into()
+    }
+}
+
+/// Why the store refuses writes. One enum for every reason, so callers
+/// (the HTTP layer maps each to a status in `http/error.rs`) match on the
+/// reason, not on message text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRefusal {
+    /// A write or fsync failed earlier; the writer refuses all writes until
+    /// the process restarts.
+    #[error("store is read-only after a failed write: {0}")]
+    Poisoned(String),
+    /// Damage that could not be repaired yet; writes wait for a repair.
+    #[error("store is read-only until a repair succeeds: {0}")]
+    ReadOnly(String),
+    /// Free disk space is below the configured minimum.
+    #[error("not enough free disk space: {0}")]
+    LowDisk(String),
+    /// The writer has stopped (the server is shutting down).
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl From<WriteRefusal> for StoreError {
+    fn from(r: WriteRefusal) -> Self {
+        StoreError::Refused(r)
     }
 }
 

@@ -13,7 +13,25 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::index::Filter;
+/// What a reader selects: the filters of `GET /events`, of a stream and of
+/// a durable consumer (stored with it in `consumers.json`, hence serde).
+/// The one filter type of the store; the HTTP layer parses its query
+/// parameters and bodies into it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// Only events of this exact type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// Only events whose type starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_prefix: Option<String>,
+    /// Only events from this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Only events with this subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
 
 /// A filter with its compiled state. Cheap to clone (clones share the
 /// compiled state, which only ever grows towards the index's current one).

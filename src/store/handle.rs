@@ -2,20 +2,40 @@
 //! thread over a bounded queue; reads go straight to the committed index and
 //! the segment files, so they never wait behind a commit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::backup::BackupInfo;
+use super::catalog::{BackupSummary, ScrubReport};
 use super::error::{Result, StoreError};
 use super::filter::Matcher;
 use super::index::{self, Hit};
+use super::integrity::{Finding, Scope};
 use super::recovery;
+use super::snapshot::{StatsSnapshot, Status};
 use super::writer::{Command, Writer};
-use super::{Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
+use super::{IntegrityState, Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
+
+/// One finished integrity check, as the monitor records it.
+#[derive(Debug, Clone, Default)]
+pub struct CheckRecord {
+    /// `ok`, `repaired` or `read_only`.
+    pub status: String,
+    /// How long it took, milliseconds.
+    pub duration_ms: f64,
+    /// Problems detected.
+    pub detections: u64,
+    /// Problems repaired.
+    pub repairs: u64,
+    /// Repairs that failed.
+    pub failures: u64,
+    /// Findings not repaired.
+    pub open_findings: Vec<String>,
+}
 
 mod consumers;
 
@@ -45,7 +65,7 @@ pub struct EventPage {
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 /// The writer thread; await [`WriterThread::join`] after closing the store
@@ -161,8 +181,7 @@ impl StoreHandle {
             poisoned: Mutex::new(None),
             writer_alive: AtomicBool::new(true),
             data_dir: config.data_dir.clone(),
-            opened_at: Instant::now(),
-            recovery: report,
+            recovered_torn_tail: report.torn_tail.is_some(),
             queue_capacity: config.queue_capacity,
             files: RwLock::new(super::integrity::FileState {
                 manifest: Arc::new(rec.manifest.clone()),
@@ -173,7 +192,7 @@ impl StoreHandle {
             read_only: Mutex::new(None),
             low_disk: Mutex::new(None),
             alerts,
-            backups: Mutex::new(Vec::new()),
+            backups: super::catalog::BackupCatalog::default(),
             integrity: Mutex::new(super::IntegrityState {
                 status: "unchecked".into(),
                 ..Default::default()
@@ -195,7 +214,6 @@ impl StoreHandle {
             .name("msgbus-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("spawn the writer thread", e))?;
-        super::retention::spawn_ticker(&config.retention, &tx);
         Ok((StoreHandle { tx, shared }, WriterThread(thread)))
     }
 
@@ -212,10 +230,7 @@ impl StoreHandle {
     /// outcome per event, in order, once they are on disk.
     pub async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>> {
         if let Some(refusal) = self.shared.write_refusal() {
-            return Err(refusal);
-        }
-        if let Some(reason) = super::lock(&self.shared.low_disk).clone() {
-            return Err(StoreError::LowDisk(reason));
+            return Err(refusal.into());
         }
         let (reply, rx) = oneshot::channel();
         self.try_send(Command::Append { events, reply })?;
@@ -246,6 +261,19 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// How often an idle store should be asked for a retention pass
+    /// ([`StoreHandle::enforce_retention`]): with `--retention-max-age`
+    /// only (a store that receives events checks after every commit).
+    pub fn retention_tick(&self) -> Option<std::time::Duration> {
+        super::retention::tick_interval(&self.shared.retention.policy)
+    }
+
+    /// Asks the writer for a retention pass without waiting for it (a full
+    /// queue skips this one: the next tick or commit does it).
+    pub fn enforce_retention(&self) {
+        let _ = self.tx.try_send(Command::EnforceRetention);
     }
 
     /// Asks for a backup without waiting for it.
@@ -425,14 +453,87 @@ impl StoreHandle {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Shared committed state (index, counters, health).
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    /// The store's health now: what readiness, `/health` and the refusal
+    /// of writes are decided from.
+    pub fn status(&self) -> Status {
+        self.shared.status(self.queue_depth(), !self.tx.is_closed())
     }
 
-    /// The shared state as an `Arc`, for blocking work off the async workers.
-    pub fn shared_arc(&self) -> Arc<Shared> {
-        self.shared.clone()
+    /// Everything `/stats` and `/metrics` show, with per-type and
+    /// per-source counts cut to the `max_series` busiest.
+    pub fn stats(&self, max_series: usize) -> StatsSnapshot {
+        self.shared.stats(self.status(), max_series)
+    }
+
+    /// The backups this process knows, oldest first.
+    pub fn backups(&self) -> Vec<BackupInfo> {
+        self.shared.backups.list()
+    }
+
+    /// True when the newest backup failed verification.
+    pub fn newest_backup_unverified(&self) -> bool {
+        self.shared.backups.newest_unverified()
+    }
+
+    /// Counts and the newest backups, without copying the list.
+    pub fn backup_summary(&self) -> BackupSummary {
+        self.shared.backups.summary()
+    }
+
+    /// The alert list the store raises into.
+    pub fn alerts(&self) -> &Arc<crate::alerts::Alerts> {
+        &self.shared.alerts
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.data_dir
+    }
+
+    /// For the integrity monitor: checks the files against what the writer
+    /// last left (blocking: call it off the async workers). Stops between
+    /// files once `stop` says so.
+    pub fn check_files(&self, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
+        super::integrity::check_until(&self.shared, scope, stop)
+    }
+
+    /// For the integrity monitor: verifies backups against their manifests
+    /// and marks those that fail (blocking).
+    pub fn scrub_backups(&self, scope: Scope, stop: &dyn Fn() -> bool) -> ScrubReport {
+        self.shared
+            .backups
+            .scrub(&self.shared.data_dir, &self.shared.alerts, scope, stop)
+    }
+
+    /// The integrity monitor's state.
+    pub fn integrity(&self) -> IntegrityState {
+        super::lock(&self.shared.integrity).clone()
+    }
+
+    /// For the integrity monitor, the state's one writer: records a check.
+    pub fn record_check(&self, check: CheckRecord) {
+        let mut st = super::lock(&self.shared.integrity);
+        st.status = check.status;
+        st.last_check = Some(crate::clock::now_rfc3339());
+        st.last_check_ms = check.duration_ms;
+        st.checks += 1;
+        st.detections += check.detections;
+        st.repairs += check.repairs;
+        st.failures += check.failures;
+        st.open_findings = check.open_findings;
+    }
+
+    /// For the integrity monitor, low disk's one writer: refuses publishing
+    /// with `reason` (507), or accepts it again with `None`. Returns true
+    /// when this changed whether publishing is refused (a reason already
+    /// set is kept).
+    pub fn set_low_disk(&self, reason: Option<String>) -> bool {
+        let mut low = super::lock(&self.shared.low_disk);
+        if low.is_some() == reason.is_some() {
+            return false;
+        }
+        *low = reason;
+        true
     }
 
     /// True when the writer thread is running.

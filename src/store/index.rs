@@ -18,8 +18,9 @@ use bytes::Bytes;
 
 use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
+use super::filter::Filter;
 use super::filter::{Matcher, TypeSet};
-use super::FRAME_HEADROOM;
+use crate::sse::SseFrame;
 
 /// Marker for "no subject".
 const NO_SUBJECT: u32 = u32::MAX;
@@ -314,19 +315,6 @@ pub struct NewEntry<'a> {
     pub frame: Option<SseFrame>,
 }
 
-/// What to select in a read.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    /// Exact `type`.
-    pub ty: Option<String>,
-    /// `type` prefix.
-    pub type_prefix: Option<String>,
-    /// Exact `source`.
-    pub source: Option<String>,
-    /// Exact `subject`.
-    pub subject: Option<String>,
-}
-
 /// A filter resolved against the interners for one chunk of a read.
 enum Resolved {
     /// Some filtered string is not stored: nothing can match yet.
@@ -356,62 +344,6 @@ enum TypeMatch {
 struct Recent {
     seq: u64,
     frame: SseFrame,
-}
-
-/// What ends every event's Server-Sent Events message (after the event).
-pub const FRAME_END: &[u8] = b"}\n\n";
-
-/// An event's Server-Sent Events message,
-/// `id: <seq>\ndata: {"seq":<seq>,"event":<event>}\n\n`, with the event
-/// inside it (so the cache holds each event once).
-#[derive(Debug, Clone)]
-pub struct SseFrame {
-    frame: Bytes,
-    event_start: u32,
-}
-
-impl SseFrame {
-    /// The message for `event` at `seq`, built in place: `buf` is
-    /// [`FRAME_HEADROOM`] bytes of room followed by the event, as a
-    /// [`PreparedEvent`](super::PreparedEvent) holds it. The prefix is
-    /// written into the room and the event is not copied.
-    pub fn in_place(seq: u64, mut buf: Vec<u8>) -> Self {
-        use std::io::Write as _;
-        let mut prefix = [0u8; FRAME_HEADROOM];
-        let mut room = &mut prefix[..];
-        write!(room, "id: {seq}\ndata: {{\"seq\":{seq},\"event\":")
-            .expect("FRAME_HEADROOM fits two u64s");
-        let len = FRAME_HEADROOM - room.len();
-        let start = FRAME_HEADROOM - len;
-        buf[start..FRAME_HEADROOM].copy_from_slice(&prefix[..len]);
-        buf.extend_from_slice(FRAME_END);
-        let mut frame = Bytes::from(buf);
-        // `advance` moves the start; `slice` would clone the handle, which
-        // for a `Bytes` made from a `Vec` allocates a shared header.
-        bytes::Buf::advance(&mut frame, start);
-        SseFrame {
-            frame,
-            event_start: len as u32,
-        }
-    }
-
-    /// The message for `event` at `seq`, copying the event.
-    pub fn copied(seq: u64, event: &[u8]) -> Self {
-        let mut buf = super::PreparedEvent::buffer(event.len());
-        buf.extend_from_slice(event);
-        Self::in_place(seq, buf)
-    }
-
-    /// The whole message.
-    pub fn message(&self) -> &Bytes {
-        &self.frame
-    }
-
-    /// The event bytes as stored.
-    pub fn event(&self) -> Bytes {
-        self.frame
-            .slice(self.event_start as usize..self.frame.len() - FRAME_END.len())
-    }
 }
 
 /// One event selected by a query: its bytes if cached, else where to read them.
@@ -1037,25 +969,7 @@ pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<B
 
 #[cfg(test)]
 mod tests {
-    use super::{Interner, SseFrame};
-
-    #[test]
-    fn frames_built_in_place_are_the_sse_message_around_the_event() {
-        let event = br#"{"type":"t","source":"/s","id":"1"}"#;
-        for seq in [0, 7, 1_000_000, u64::MAX] {
-            let expected = format!(
-                "id: {seq}\ndata: {{\"seq\":{seq},\"event\":{}}}\n\n",
-                std::str::from_utf8(event).unwrap()
-            );
-            let mut buf = crate::store::PreparedEvent::buffer(event.len());
-            buf.extend_from_slice(event);
-            let in_place = SseFrame::in_place(seq, buf);
-            assert_eq!(in_place.message(), expected.as_bytes(), "seq {seq}");
-            assert_eq!(&in_place.event()[..], &event[..], "seq {seq}");
-            let copied = SseFrame::copied(seq, event);
-            assert_eq!(copied.message(), in_place.message());
-        }
-    }
+    use super::Interner;
 
     #[test]
     fn a_prefix_over_more_types_than_the_scan_budget_still_finds_its_events() {

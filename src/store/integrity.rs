@@ -7,9 +7,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use super::fsutil;
 use super::layout;
 use super::manifest::{Manifest, SealedMismatch};
@@ -31,8 +28,7 @@ pub struct FileState {
 }
 
 /// Something wrong with one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(tag = "target", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     /// The active segment is missing, shorter than written, or its bytes differ.
     ActiveSegment {
@@ -90,15 +86,10 @@ pub enum Scope {
     Full,
 }
 
-/// Checks the store's files. Blocking (reads files).
-pub fn check(shared: &Shared, scope: Scope) -> Vec<Finding> {
-    check_until(shared, scope, &|| false)
-}
-
-/// [`check`], giving up between files once `stop` returns true (at
-/// shutdown: a full check of a large store must not hold it up). What was
-/// found until then is returned.
-pub fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
+/// Checks the store's files. Blocking (reads files). Gives up between
+/// files once `stop` returns true (at shutdown: a full check of a large
+/// store must not hold it up); what was found until then is returned.
+pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
     let state = shared.file_state();
     let seg_dir = layout::segments_dir(&shared.data_dir);
     let mut findings = Vec::new();

@@ -1,18 +1,19 @@
 //! The durable log. One writer thread owns every file of the data directory
 //! (after start-up recovery, and except the backup thread's copies under
-//! `backups/`); everything else talks to it through a [`StoreHandle`].
-//!
-//! [`Shared`] is what readers read, but the writer is not its only writer:
-//! the writer publishes the index, head, file state, counters, consumers
-//! and poisoning or read-only mode; the backup thread (started by the
-//! writer) the backup list; the integrity monitor the integrity state, the
-//! low-disk flag and failed backup scrubs; anyone may raise an alert. See
-//! "Who owns what" in `ARCHITECTURE.md`.
+//! `backups/`); everything else talks to it through a [`StoreHandle`], the
+//! store's only API, and reads typed snapshots of the state the store's
+//! parts publish (the state itself, `Shared`, is private here; its doc
+//! names each field's one owner, and "Who owns what" in `ARCHITECTURE.md`
+//! says the same).
 //!
 //! Dependencies between the submodules run one way, down this list
-//! (`scripts/store-deps` prints them and fails on a cycle):
+//! (`cargo test --test architecture` fails on a cycle and prints it):
 //!
-//! - [`handle`]: the clonable API (append, read, consumers, stats, health)
+//! - [`Store`] (`interface.rs`): the interface the HTTP layer is written
+//!   against; [`StoreHandle`] is its first implementation
+//! - [`handle`]: the clonable API (append, read, consumers, snapshots,
+//!   backups, the monitor's checks); `snapshot.rs`: [`Status`] and
+//!   [`StatsSnapshot`]; `catalog.rs`: the backup list's one owner
 //! - [`writer`]: the actor: group commit, segment roll, poisoning, repairs
 //! - [`recovery`]: start-up: lock, verify, cut torn tails, rebuild the index
 //! - [`consumers`]: durable named cursors (`consumers.json`)
@@ -20,9 +21,9 @@
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`backup`]: verified backups and restoring segments from them
 //! - [`index`]: the in-memory index and recent-events cache readers use
-//!   ([`chunked`]: its per-event table, which never moves as it grows;
-//!   [`filter`]: filters compiled once per reader, matched in O(1) per
-//!   event, which still names `index::Filter`: the one cycle left)
+//!   ([`chunked`]: its per-event table, which never moves as it grows)
+//! - [`filter`]: the one filter type, compiled once per reader and matched
+//!   in O(1) per event
 //! - [`dedup`]: the `(source, id)` idempotency set
 //! - [`manifest`]: the sealed-segment table, replaced atomically, and the
 //!   one check of a sealed segment against it
@@ -32,6 +33,7 @@
 //! - [`layout`]: every name and path in the data directory
 
 pub mod backup;
+mod catalog;
 pub mod chunked;
 pub mod consumers;
 pub mod dedup;
@@ -41,12 +43,14 @@ pub mod fsutil;
 pub mod handle;
 pub mod index;
 pub mod integrity;
+mod interface;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+mod snapshot;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -56,10 +60,17 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-pub use error::StoreError;
-pub use filter::Matcher;
-pub use handle::StoreHandle;
-pub use index::Filter;
+pub use backup::BackupInfo;
+pub use catalog::{BackupSummary, ScrubReport};
+pub use consumers::{Consumer, ConsumerError, ConsumerStats, Start as ConsumerStart};
+pub use error::{StoreError, WriteRefusal};
+pub use filter::{Filter, Matcher};
+pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
+pub use integrity::Finding;
+pub use interface::{BoxFuture, Store};
+pub use retention::RetentionStats;
+pub use snapshot::{EventCounts, StatsSnapshot, Status, WriterCounters, OTHER_SERIES};
+pub use writer::RepairOutcome;
 
 /// Settings the store needs (a subset of the server's configuration).
 #[derive(Debug, Clone)]
@@ -80,51 +91,7 @@ pub struct StoreConfig {
     pub retention: retention::RetentionPolicy,
 }
 
-/// Room left in front of each prepared event for the prefix of its
-/// Server-Sent Events message, `id: <seq>\ndata: {"seq":<seq>,"event":`
-/// (at most 67 bytes with two 20-digit seqs). The writer fills it in once it
-/// knows the seq ([`index::SseFrame::in_place`]), so the message every live
-/// subscriber is sent is built around the event without copying it. The
-/// copy, its allocation and the release of the handler's buffer ran on the
-/// writer, the one serial stage of publishing (in a batch profile, the
-/// release alone was 3.5% of the writer's samples).
-pub const FRAME_HEADROOM: usize = 67;
-
-/// An event validated and serialized by a handler, ready for the writer.
-/// Serialization happens on the async workers so the single writer thread
-/// only frames, writes and syncs.
-#[derive(Debug, Clone)]
-pub struct PreparedEvent {
-    /// [`FRAME_HEADROOM`] bytes of room, then the exact bytes to store
-    /// (build it with [`PreparedEvent::buffer`]).
-    pub buf: Vec<u8>,
-    /// `id`.
-    pub id: String,
-    /// `source`.
-    pub source: String,
-    /// `type`.
-    pub ty: String,
-    /// `subject`.
-    pub subject: Option<String>,
-    /// `time`.
-    pub time: String,
-}
-
-impl PreparedEvent {
-    /// An empty event buffer: the headroom, and capacity for `len` bytes of
-    /// event plus the end of its Server-Sent Events message.
-    pub fn buffer(len: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(FRAME_HEADROOM + len + index::FRAME_END.len());
-        buf.resize(FRAME_HEADROOM, 0);
-        buf
-    }
-
-    /// The exact bytes to store (empty once the writer has taken the
-    /// buffer for the recent-events cache).
-    pub fn bytes(&self) -> &[u8] {
-        self.buf.get(FRAME_HEADROOM..).unwrap_or_default()
-    }
-}
+pub use crate::event::PreparedEvent;
 
 /// What happened to one published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,53 +144,62 @@ pub struct WriterMetrics {
     pub max_batch_events: AtomicU64,
 }
 
-/// State the writer publishes and everyone else reads.
+/// State the store's parts share, private to the store: the handle and
+/// the writer, its backup thread and the jobs reach it; nothing outside
+/// `store` does (it reads typed snapshots from the [`StoreHandle`]). Each
+/// piece has one owner, the only one that changes it:
+///
+/// | Field | Owner (writes) |
+/// |---|---|
+/// | `index`, `head`, `files`, `metrics`, `poisoned`, `read_only`, `writer_alive` | the writer |
+/// | `consumers`, `retention` | the writer (through their own types) |
+/// | `backups` | [`catalog::BackupCatalog`]: the backup thread records, the monitor's scrub marks |
+/// | `integrity`, `low_disk` | the integrity monitor, through [`StoreHandle::record_check`] and [`StoreHandle::set_low_disk`] |
+/// | `descriptor_alert` | [`Shared::descriptors_exhausted`] |
 #[derive(Debug)]
-pub struct Shared {
+struct Shared {
     /// The committed index.
-    pub index: RwLock<index::Index>,
+    index: RwLock<index::Index>,
     /// Writer counters.
-    pub metrics: WriterMetrics,
+    metrics: WriterMetrics,
     /// The newest committed sequence number; long-polls and streams wait on it.
-    pub head: watch::Sender<u64>,
+    head: watch::Sender<u64>,
     /// Why the writer refuses writes, if it does.
-    pub poisoned: Mutex<Option<String>>,
+    poisoned: Mutex<Option<String>>,
     /// False once the writer thread has exited.
-    pub writer_alive: AtomicBool,
+    writer_alive: AtomicBool,
     /// The data directory.
-    pub data_dir: PathBuf,
-    /// When the store was opened.
-    pub opened_at: Instant,
-    /// What startup recovery found.
-    pub recovery: recovery::RecoveryReport,
+    data_dir: PathBuf,
+    /// Whether startup recovery cut a torn tail.
+    recovered_torn_tail: bool,
     /// Writer queue capacity, for stats.
-    pub queue_capacity: usize,
+    queue_capacity: usize,
     /// What the writer last left on disk, for the integrity monitor.
-    pub files: RwLock<integrity::FileState>,
+    files: RwLock<integrity::FileState>,
     /// Why writes are refused until a repair succeeds (damage that could
     /// not be repaired yet), if they are.
-    pub read_only: Mutex<Option<String>>,
+    read_only: Mutex<Option<String>>,
     /// Why publishing answers 507 (free space below the minimum), if it does.
-    pub low_disk: Mutex<Option<String>>,
+    low_disk: Mutex<Option<String>>,
     /// The alert list and webhook.
-    pub alerts: std::sync::Arc<crate::alerts::Alerts>,
+    alerts: std::sync::Arc<crate::alerts::Alerts>,
     /// Backups known to this process, oldest first.
-    pub backups: Mutex<Vec<backup::BackupInfo>>,
+    backups: catalog::BackupCatalog,
     /// Integrity monitor counters and state.
-    pub integrity: Mutex<IntegrityState>,
+    integrity: Mutex<IntegrityState>,
     /// Durable consumers, as last committed by the writer.
-    pub consumers: consumers::Consumers,
+    consumers: consumers::Consumers,
     /// Retention limits and what retention has deleted.
-    pub retention: retention::Retention,
+    retention: retention::Retention,
     /// When the last "descriptors exhausted" alert was raised.
-    pub descriptor_alert: Mutex<Option<Instant>>,
+    descriptor_alert: Mutex<Option<Instant>>,
 }
 
 /// At most one "descriptors exhausted" alert this often.
 const DESCRIPTOR_ALERT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The integrity monitor's state, shown in `/stats` and `/health`.
-#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default)]
 pub struct IntegrityState {
     /// `ok`, `repaired`, `read_only` or `unchecked`.
     pub status: String,
@@ -247,24 +223,37 @@ impl Shared {
     /// Read access to the index. A panicked writer cannot leave the index
     /// half-updated (it is only mutated under the lock by whole entries), so
     /// a poisoned lock is still safe to read.
-    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, index::Index> {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, index::Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The poisoning reason, if any.
-    pub fn poison_reason(&self) -> Option<String> {
+    fn poison_reason(&self) -> Option<String> {
         self.poisoned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Why writes are refused, if they are: poisoned or read-only.
-    pub fn write_refusal(&self) -> Option<StoreError> {
+    /// Why the writer refuses to commit, if it does: poisoned or
+    /// read-only (low disk is checked before an append is queued).
+    fn commit_refusal(&self) -> Option<WriteRefusal> {
         if let Some(p) = self.poison_reason() {
-            return Some(StoreError::Poisoned(p));
+            return Some(WriteRefusal::Poisoned(p));
         }
-        lock(&self.read_only).clone().map(StoreError::ReadOnly)
+        lock(&self.read_only).clone().map(WriteRefusal::ReadOnly)
+    }
+
+    /// Why an append is refused before it is queued, if it is: poisoned,
+    /// read-only, low on disk (in that order), or the writer has stopped.
+    fn write_refusal(&self) -> Option<WriteRefusal> {
+        if let Some(r) = self.commit_refusal() {
+            return Some(r);
+        }
+        if let Some(r) = lock(&self.low_disk).clone() {
+            return Some(WriteRefusal::LowDisk(r));
+        }
+        (!self.writer_alive.load(Ordering::SeqCst)).then_some(WriteRefusal::ShuttingDown)
     }
 
     /// Reports that an operation failed for lack of file descriptors
@@ -294,7 +283,7 @@ impl Shared {
     }
 
     /// What the writer last left on disk.
-    pub fn file_state(&self) -> integrity::FileState {
+    fn file_state(&self) -> integrity::FileState {
         self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

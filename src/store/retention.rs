@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
-
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
@@ -86,7 +84,7 @@ impl Retention {
 }
 
 /// Retention as `/stats` shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct RetentionStats {
     /// The oldest retained seq: reads and cursors before it get 410 Gone
     /// (the next seq to be written when the store holds no event).
@@ -169,7 +167,7 @@ pub struct Deleted {
 /// Applies the policy. Writer only: `manifest` and `dedup` are the writer's.
 /// Returns what was deleted, if anything; on an error nothing is lost and
 /// the next pass tries again.
-pub fn enforce(
+pub(super) fn enforce(
     shared: &Shared,
     manifest: &mut Arc<Manifest>,
     dedup: &mut DedupIndex,
@@ -268,37 +266,6 @@ pub fn tick_interval(policy: &RetentionPolicy) -> Option<Duration> {
     Some((age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
 }
 
-/// A request for a retention pass now, which the ticker sends on the
-/// writer's queue (the writer's command type converts from it, so this
-/// module does not depend on the writer).
-#[derive(Debug, Clone, Copy)]
-pub struct Tick;
-
-/// With `--retention-max-age`, starts a thread that asks the writer for a
-/// retention pass now and then, so old segments go on an idle store too.
-/// It holds only a weak sender and ends once the writer is gone.
-pub fn spawn_ticker<C: From<Tick> + Send + 'static>(
-    policy: &RetentionPolicy,
-    tx: &mpsc::Sender<C>,
-) {
-    let Some(every) = tick_interval(policy) else {
-        return;
-    };
-    let weak = tx.downgrade();
-    let spawned = std::thread::Builder::new()
-        .name("msgbus-retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(tx) = weak.upgrade() else { break };
-            if let Err(TrySendError::Closed(_)) = tx.try_send(C::from(Tick)) {
-                break;
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the retention ticker; max-age is enforced after commits only");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +360,7 @@ mod tests {
                     ty: if seq % 2 == 0 { "even" } else { "odd" },
                     source: "/s",
                     subject: None,
-                    frame: Some(super::super::index::SseFrame::copied(seq, b"x")),
+                    frame: Some(crate::sse::SseFrame::copied(seq, b"x")),
                 });
             }
         }

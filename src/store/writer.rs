@@ -34,12 +34,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
-use super::error::{Result, StoreError};
-use super::index::{self, NewEntry, SseFrame};
+use super::error::{Result, StoreError, WriteRefusal};
+use super::index::{self, NewEntry};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
 use super::{Original, Outcome, PreparedEvent, Shared};
+use crate::sse::SseFrame;
 
 /// The reply to an append: one outcome per event, in order, or why none
 /// of them was stored.
@@ -81,12 +82,6 @@ pub enum Command {
     Shutdown,
 }
 
-impl From<super::retention::Tick> for Command {
-    fn from(_: super::retention::Tick) -> Self {
-        Command::EnforceRetention
-    }
-}
-
 /// Stop draining once a commit holds this many bytes, so one fsync never
 /// waits behind an unbounded write.
 const MAX_COMMIT_BYTES: usize = 16 << 20;
@@ -120,7 +115,7 @@ struct Accepted {
 
 impl Writer {
     /// Takes over a recovered store.
-    pub fn new(
+    pub(super) fn new(
         rec: Recovered,
         shared: Arc<Shared>,
         segment_bytes: u64,
@@ -237,9 +232,9 @@ impl Writer {
     // DEBUG: at the default INFO level the span costs nothing per commit.
     #[tracing::instrument(level = "debug", skip_all, fields(commands = appends.len()))]
     fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
-        if let Some(refusal) = self.shared.write_refusal() {
+        if let Some(refusal) = self.shared.commit_refusal() {
             for (_, reply) in appends {
-                let _ = reply.send(Err(refusal.clone()));
+                let _ = reply.send(Err(refusal.clone().into()));
             }
             return;
         }
@@ -303,7 +298,7 @@ impl Writer {
                 let reason = failed.to_string();
                 self.poison(reason.clone());
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                    let _ = reply.send(Err(WriteRefusal::Poisoned(reason.clone()).into()));
                 }
                 return;
             }
@@ -313,9 +308,9 @@ impl Writer {
             // and answer with an error if that fails: only what is on disk
             // is acknowledged.
             if let Err(why) = self.verify_active_file_after_commit() {
-                let refusal = StoreError::ReadOnly(format!(
+                let refusal = StoreError::Refused(WriteRefusal::ReadOnly(format!(
                     "the commit could not be made durable (retry with the same ids): {why}"
-                ));
+                )));
                 for (reply, _) in replies {
                     let _ = reply.send(Err(refusal.clone()));
                 }
@@ -578,7 +573,7 @@ impl Writer {
     /// path's hot loop. Nothing is recorded while writes are refused: the
     /// file may then differ from what was acknowledged.
     fn record_durable_floor(&mut self) {
-        if self.shared.write_refusal().is_some() {
+        if self.shared.commit_refusal().is_some() {
             return;
         }
         let floor = super::manifest::DurablePrefix {

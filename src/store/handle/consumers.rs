@@ -4,11 +4,10 @@
 use tokio::sync::oneshot;
 
 use super::StoreHandle;
-use crate::store::consumers::{
-    Consumer, ConsumerError, ConsumerFilter, Consumers, Reply, Request, Start,
-};
+use crate::store::consumers::{Consumer, ConsumerError, Reply, Request, Start};
 use crate::store::error::StoreError;
 use crate::store::writer::Command;
+use crate::store::Filter;
 
 impl StoreHandle {
     async fn consumer_request<T>(
@@ -25,7 +24,7 @@ impl StoreHandle {
     pub async fn put_consumer(
         &self,
         name: String,
-        filter: ConsumerFilter,
+        filter: Filter,
         start: Option<Start>,
         max_consumers: usize,
     ) -> Result<(Consumer, bool), ConsumerError> {
@@ -49,10 +48,5 @@ impl StoreHandle {
     pub async fn ack(&self, name: String, seq: u64) -> Result<Consumer, ConsumerError> {
         self.consumer_request(|reply| Request::Ack { name, seq, reply })
             .await
-    }
-
-    /// The committed consumers.
-    pub fn consumers(&self) -> &Consumers {
-        &self.shared().consumers
     }
 }

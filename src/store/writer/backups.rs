@@ -1,6 +1,7 @@
 //! The backup worker: a thread the writer feeds with backup requests, so
 //! copying never stalls a commit. It coalesces queued requests into one
-//! backup, records the result in [`Shared::backups`], prunes old backups
+//! backup, records the result in the store's
+//! [`BackupCatalog`](crate::store::catalog::BackupCatalog), prunes old backups
 //! and raises an alert when a backup fails.
 
 use std::sync::{mpsc, Arc};
@@ -11,7 +12,7 @@ use tokio::sync::oneshot;
 use super::Writer;
 use crate::alerts::Severity;
 use crate::store::backup::{self, BackupError, BackupInfo, BackupSource};
-use crate::store::{lock, Shared};
+use crate::store::Shared;
 
 type Reply = oneshot::Sender<Result<BackupInfo, BackupError>>;
 
@@ -99,7 +100,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
                 Ok(m) => BackupInfo {
                     manifest: m,
                     verified: true,
-                    verified_at: Some(crate::event::now_rfc3339()),
+                    verified_at: Some(crate::clock::now_rfc3339()),
                     error: None,
                 },
                 Err(e) => match backup::read_manifest(dir) {
@@ -126,7 +127,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         };
         known.push(info);
     }
-    *lock(&shared.backups) = known;
+    shared.backups.set(known);
 
     let mut last_error: Option<String> = None;
     let mut hashed = backup::HashedCopies::default();
@@ -138,7 +139,7 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         }
         // A backup that failed verification (the monitor's scrub) may share
         // a damaged copy: check every copy again before linking any.
-        if lock(&shared.backups).iter().any(|b| !b.verified) {
+        if shared.backups.any_unverified() {
             hashed = backup::HashedCopies::default();
         }
         // Seal-time backups share any verified earlier copy of an older
@@ -159,14 +160,11 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
         match &result {
             Ok(info) => {
                 tracing::info!(backup = %info.manifest.name, last_seq = info.manifest.last_seq, bytes = info.manifest.bytes, "backup taken and verified");
-                lock(&shared.backups).push(info.clone());
-                let removed = {
-                    let list = lock(&shared.backups).clone();
-                    backup::prune(&shared.data_dir, keep, &info.manifest.name, |name| {
-                        list.iter().any(|b| b.manifest.name == name && b.verified)
-                    })
-                };
-                lock(&shared.backups).retain(|b| !removed.contains(&b.manifest.name));
+                shared.backups.push(info.clone());
+                let removed = backup::prune(&shared.data_dir, keep, &info.manifest.name, |name| {
+                    shared.backups.is_verified(name)
+                });
+                shared.backups.remove(&removed);
                 shared.alerts.resolve(&["backup_failed"], None);
                 last_error = None;
             }

@@ -13,9 +13,6 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use super::Writer;
 use crate::alerts::{Alerts, Severity};
 use crate::store::backup;
@@ -26,7 +23,7 @@ use crate::store::layout;
 use crate::store::manifest::Manifest;
 
 /// What a repair did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone)]
 pub struct RepairOutcome {
     /// What was found.
     pub finding: Finding,

@@ -1,0 +1,208 @@
+//! [`Store`]: the interface the HTTP layer is written against. Everything
+//! the API does with stored events goes through it: append (one event or a
+//! batch, each with its idempotency [`Outcome`]), read pages and single
+//! events with a filter, wait for new events (the head `watch`, which
+//! long-polls and streams use), durable consumers (create, read, ack,
+//! delete), and typed snapshots for health, stats and retention.
+//!
+//! The file store ([`StoreHandle`]) is its first implementation; a second
+//! backend (a replicated cluster, for users who outgrow one machine)
+//! implements the same trait and the HTTP layer does not change. The trait
+//! is object-safe (`Arc<dyn Store>` in the router state): its async
+//! methods return boxed futures, one allocation per call, nothing next to
+//! an fsync. Operations only the file store has (backups, the integrity
+//! monitor, repair) are not part of it; the server wires them up itself
+//! (`app.rs`).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::watch;
+
+use super::error::Result;
+use super::handle::{EventPage, StoreHandle, StoredEvent};
+use super::{
+    BackupInfo, Consumer, ConsumerError, ConsumerStart, Filter, Matcher, Outcome, PreparedEvent,
+    RetentionStats, StatsSnapshot, Status,
+};
+
+/// A boxed, sendable future: what the interface's async methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A store of events the HTTP API can serve. See the module docs.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `events` atomically and durably: one [`Outcome`] per event,
+    /// in order (a duplicate `(source, id)` answers the original's seq),
+    /// once they are on disk. Refused with
+    /// [`StoreError::Refused`](super::StoreError::Refused) and a
+    /// [`WriteRefusal`](super::WriteRefusal) when writes are refused.
+    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<Outcome>>>;
+
+    /// Events after `after` matching `filter`: at most `limit` events and
+    /// `max_bytes` bytes (always at least one event). `after = 0` is "from
+    /// the oldest retained"; a position retention deleted is
+    /// [`StoreError::Gone`](super::StoreError::Gone).
+    fn read<'a>(
+        &'a self,
+        after: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage>>;
+
+    /// Like [`Store::read`] for a reader at a cursor (a stream, a
+    /// consumer): 0 is a position too, so it is `Gone` once seq 1 is.
+    fn read_cursor<'a>(
+        &'a self,
+        cursor: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage>>;
+
+    /// The event stored at `seq`, if any.
+    fn get(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>>>;
+
+    /// The newest committed seq.
+    fn head(&self) -> u64;
+
+    /// A receiver of the newest committed seq: long-polls and streams wait
+    /// on it for new events.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Creates or updates a consumer; answers it and whether it is new.
+    fn put_consumer(
+        &self,
+        name: String,
+        filter: Filter,
+        start: Option<ConsumerStart>,
+        max_consumers: usize,
+    ) -> BoxFuture<'_, std::result::Result<(Consumer, bool), ConsumerError>>;
+
+    /// One consumer, as last committed.
+    fn consumer(&self, name: &str) -> Option<Consumer>;
+
+    /// Every consumer, by name.
+    fn consumers(&self) -> Vec<Consumer>;
+
+    /// Commits a consumer's cursor at `seq`, durably, before answering.
+    fn ack(
+        &self,
+        name: String,
+        seq: u64,
+    ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>>;
+
+    /// Deletes a consumer.
+    fn delete_consumer(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>>;
+
+    /// Health now: readiness, refusals, head and oldest seq.
+    fn status(&self) -> Status;
+
+    /// Everything `/stats` and `/metrics` show.
+    fn stats(&self, max_series: usize) -> StatsSnapshot;
+
+    /// Retention limits and what retention deleted.
+    fn retention(&self) -> RetentionStats;
+
+    /// The backups the store knows, oldest first (none for a backend that
+    /// keeps no backups of its own).
+    fn backups(&self) -> Vec<BackupInfo>;
+}
+
+impl Store for StoreHandle {
+    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<Outcome>>> {
+        Box::pin(StoreHandle::append(self, events))
+    }
+
+    fn read<'a>(
+        &'a self,
+        after: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage>> {
+        Box::pin(StoreHandle::read(self, after, filter, limit, max_bytes))
+    }
+
+    fn read_cursor<'a>(
+        &'a self,
+        cursor: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage>> {
+        Box::pin(StoreHandle::read_cursor(
+            self, cursor, filter, limit, max_bytes,
+        ))
+    }
+
+    fn get(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>>> {
+        Box::pin(StoreHandle::get(self, seq))
+    }
+
+    fn head(&self) -> u64 {
+        StoreHandle::head(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        StoreHandle::subscribe(self)
+    }
+
+    fn put_consumer(
+        &self,
+        name: String,
+        filter: Filter,
+        start: Option<ConsumerStart>,
+        max_consumers: usize,
+    ) -> BoxFuture<'_, std::result::Result<(Consumer, bool), ConsumerError>> {
+        Box::pin(StoreHandle::put_consumer(
+            self,
+            name,
+            filter,
+            start,
+            max_consumers,
+        ))
+    }
+
+    fn consumer(&self, name: &str) -> Option<Consumer> {
+        self.shared.consumers.get(name)
+    }
+
+    fn consumers(&self) -> Vec<Consumer> {
+        self.shared.consumers.list()
+    }
+
+    fn ack(
+        &self,
+        name: String,
+        seq: u64,
+    ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>> {
+        Box::pin(StoreHandle::ack(self, name, seq))
+    }
+
+    fn delete_consumer(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>> {
+        Box::pin(StoreHandle::delete_consumer(self, name))
+    }
+
+    fn status(&self) -> Status {
+        StoreHandle::status(self)
+    }
+
+    fn stats(&self, max_series: usize) -> StatsSnapshot {
+        StoreHandle::stats(self, max_series)
+    }
+
+    fn retention(&self) -> RetentionStats {
+        self.shared.retention.stats(self.shared.index().first_seq())
+    }
+
+    fn backups(&self) -> Vec<BackupInfo> {
+        StoreHandle::backups(self)
+    }
+}
