@@ -5,7 +5,7 @@
 //! event is still recognised as a duplicate.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,13 @@ struct ClientLog {
     acked: Vec<(u64, Value)>,
 }
 
-async fn client(api: Api, iter: u64, client: u64, stop: Arc<AtomicBool>) -> ClientLog {
+async fn client(
+    api: Api,
+    iter: u64,
+    client: u64,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) -> ClientLog {
     let mut log = ClientLog {
         sent: Vec::new(),
         acked: Vec::new(),
@@ -63,6 +69,7 @@ async fn client(api: Api, iter: u64, client: u64, stop: Arc<AtomicBool>) -> Clie
                     Some(format!("/events/{seq}").as_str())
                 );
                 log.acked.push((seq, ev));
+                acks.fetch_add(1, Ordering::SeqCst);
             }
             503 => tokio::time::sleep(Duration::from_millis(5)).await,
             other => panic!("unexpected status {other} for {ev}: {body}"),
@@ -148,11 +155,26 @@ async fn acknowledged_events_survive_repeated_sigkill() {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..CLIENTS)
-            .map(|c| tokio::spawn(client(proc_.api.clone(), iter, c, stop.clone())))
+            .map(|c| {
+                tokio::spawn(client(
+                    proc_.api.clone(),
+                    iter,
+                    c,
+                    stop.clone(),
+                    acks.clone(),
+                ))
+            })
             .collect();
         let load = Duration::from_millis(300 + (iter * 137) % 300);
         tokio::time::sleep(load).await;
+        // On a loaded machine the first answer can take longer than the
+        // load time; the kill must still land among acknowledged writes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acks.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         stop.store(true, Ordering::SeqCst);
         proc_.kill().await;
 
