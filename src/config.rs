@@ -168,6 +168,15 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_CONSUMERS", default_value_t = 1000)]
     pub max_consumers: usize,
 
+    /// Most requests per second from one client address, e.g. `100/s` or
+    /// `6000/m`, with bursts of up to twice a second's worth; beyond it a
+    /// request is answered 429 with `Retry-After` before its body is read.
+    /// `/health/*` is exempt. Off by default: clients behind one proxy or
+    /// NAT share an address, so set it to what the busiest legitimate
+    /// address needs.
+    #[arg(long, env = "MSGBUS_RATE", value_parser = Rate::parse)]
+    pub rate: Option<Rate>,
+
     /// Retention: keep at most about this many of the newest events. Whole
     /// sealed segments are deleted once every event in them is older, so
     /// up to one segment more is kept. Off by default.
@@ -235,6 +244,9 @@ pub enum ValueError {
     /// A negative or non-finite number of seconds.
     #[error("{0:?} is not a non-negative number of seconds")]
     Seconds(String),
+    /// Not a rate.
+    #[error("{0:?} is not a rate such as 100/s or 6000/m")]
+    NotARate(String),
     /// Neither seconds nor a duration with a unit.
     #[error("{0:?} is not a duration such as 5s or 500ms: {1}")]
     NotADuration(String, #[source] humantime::DurationError),
@@ -258,6 +270,56 @@ pub fn parse_bytes(s: &str) -> Result<u64, ValueError> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| ValueError::TooLarge(s.to_string()))
+}
+
+/// A request rate: `N/s` or `N/m` (`N` a positive whole number).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    count: u32,
+    per: Duration,
+}
+
+impl Rate {
+    /// Parses `100/s` or `6000/m`.
+    pub fn parse(s: &str) -> Result<Rate, ValueError> {
+        let bad = || ValueError::NotARate(s.to_string());
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(bad());
+        }
+        Ok(Rate { count, per })
+    }
+
+    /// `count` requests a second.
+    pub fn per_second_exact(count: u32) -> Rate {
+        Rate {
+            count: count.max(1),
+            per: Duration::from_secs(1),
+        }
+    }
+
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+
+    /// The most requests at once: twice a second's worth, at least one.
+    pub fn burst(&self) -> f64 {
+        (2.0 * self.per_second()).max(1.0)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.per.as_secs() == 60 { "m" } else { "s" };
+        write!(f, "{}/{unit}", self.count)
+    }
 }
 
 /// Parses a duration: `500ms`, `5s`, `2m`, `7d`, or a bare number of

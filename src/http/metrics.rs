@@ -57,6 +57,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         s.store.read_cache_bytes as f64,
     );
     metric(
+        "rate_limited_total",
+        "counter",
+        "Requests refused with 429 because their address was over --rate.",
+        state.rate_limits.refused() as f64,
+    );
+    metric(
         "writer_queue_depth",
         "gauge",
         "Commands waiting for the writer.",

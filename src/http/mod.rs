@@ -14,6 +14,7 @@
 //! - [`error`]: the problem+json type; store errors and refusals as statuses
 //! - [`body`]: request-body and query helpers that answer in problem+json
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
+//! - [`rate`]: per-address request rates (`--rate`), 429 beyond them
 
 pub mod admin;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod events;
 pub mod guard;
 pub mod health;
 pub mod metrics;
+pub mod rate;
 pub mod stats;
 pub mod stream;
 
@@ -83,6 +85,8 @@ pub struct AppStateParts {
     pub hide_paths: error::HidePaths,
     /// The one `POST /admin/verify` check that may run.
     pub verifications: Arc<admin::Verifications>,
+    /// Per-address request rates (`--rate`).
+    pub rate_limits: rate::RateLimits,
 }
 
 /// The settings the HTTP layer uses.
@@ -156,6 +160,7 @@ impl AppState {
             )),
             hide_paths: error::HidePaths::new(&config.data_dir),
             verifications: Arc::default(),
+            rate_limits: rate::RateLimits::new(config.rate),
         }))
     }
 }
@@ -205,7 +210,9 @@ pub fn router(state: AppState) -> Router {
     api.merge(docs::router(doc_limits))
         // Outside the routing, so it sees every request: preflights
         // (OPTIONS has no route) and unknown paths too.
-        .layer(middleware::from_fn_with_state(state, guard::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        // Before the guard: a refused request costs no body budget.
+        .layer(middleware::from_fn_with_state(state, rate::limit))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -20,6 +20,7 @@ mod long_poll;
 mod ops;
 mod processes;
 mod publish;
+mod rate;
 mod read;
 mod restart;
 mod retention;
