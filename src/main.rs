@@ -13,7 +13,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     msgbus::telemetry::init(cli.log_format);
-    msgbus::server::raise_descriptor_limit();
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    if serving {
+        msgbus::server::raise_descriptor_limit();
+    }
     if let Some(limit) = msgbus::server::descriptor_limit_too_low() {
         eprintln!(
             "msgbus: too many open files: the open-file limit (RLIMIT_NOFILE) is {limit}, \

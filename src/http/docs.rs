@@ -205,6 +205,21 @@ pub fn document(limits: DocLimits) -> Value {
     schemas["AckDoc"] = ack();
 
     let paths = &mut doc["paths"];
+    // Every route but the health probes may answer 429 under --rate.
+    if let Some(paths) = paths.as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if path.starts_with("/health") {
+                continue;
+            }
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|ops| ops.values_mut())
+            {
+                op["responses"]["429"] = rate_limited();
+            }
+        }
+    }
     // A batch: 1 to --max-batch-events items.
     if let Some(content) = paths["/events/batch"]["post"]["requestBody"]["content"].as_object_mut()
     {
@@ -244,6 +259,22 @@ pub fn document(limits: DocLimits) -> Value {
         }
     }
     doc
+}
+
+/// The 429 every rate-limited route may answer (`--rate`).
+fn rate_limited() -> Value {
+    json!({
+        "description": "Over --rate requests from this address; nothing was done. Retry after `Retry-After` seconds",
+        "headers": {
+            "Retry-After": {
+                "schema": {"type": "integer", "format": "int64", "minimum": 0},
+                "description": "Seconds to wait before retrying"
+            }
+        },
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        }
+    })
 }
 
 /// The document with the default limits as pretty JSON, exactly as checked
