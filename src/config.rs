@@ -296,14 +296,6 @@ impl Rate {
         Ok(Rate { count, per })
     }
 
-    /// `count` requests a second.
-    pub fn per_second_exact(count: u32) -> Rate {
-        Rate {
-            count: count.max(1),
-            per: Duration::from_secs(1),
-        }
-    }
-
     /// Requests per second.
     pub fn per_second(&self) -> f64 {
         f64::from(self.count) / self.per.as_secs_f64()
