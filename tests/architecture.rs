@@ -31,6 +31,7 @@ const HTTP_MAY_USE: &[&str] = &[
     "StoreHandle",
     // What the interface takes and returns.
     "Filter",
+    "Scope",
     "Matcher",
     "PreparedEvent",
     "Outcome",

@@ -168,6 +168,7 @@ impl QueryParams {
             type_prefix: self.string("type_prefix"),
             source: self.string("source"),
             subject: self.string("subject"),
+            scope: Default::default(),
         }
     }
 

@@ -31,6 +31,64 @@ pub struct Filter {
     /// Only events with this subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// What the reader may see at all, whatever the fields above ask for
+    /// (set from the reader's credential; absent is unrestricted, so a
+    /// consumer stored without one reads as before).
+    #[serde(default, skip_serializing_if = "Scope::is_unrestricted")]
+    pub scope: Scope,
+}
+
+/// What a credential may see or write: allowed type prefixes and source
+/// prefixes; an empty list allows every value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scope {
+    /// An event's `type` must start with one of these (empty: any type).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub type_prefixes: Vec<String>,
+    /// An event's `source` must start with one of these (empty: any source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_prefixes: Vec<String>,
+}
+
+impl Scope {
+    /// True when both lists are empty: every event is allowed.
+    pub fn is_unrestricted(&self) -> bool {
+        self.type_prefixes.is_empty() && self.source_prefixes.is_empty()
+    }
+
+    /// True when an event of type `ty` from `source` is allowed.
+    pub fn allows(&self, ty: &str, source: &str) -> bool {
+        allows(&self.type_prefixes, ty) && allows(&self.source_prefixes, source)
+    }
+
+    /// True when the type `ty` is allowed (whatever the source).
+    pub fn allows_type(&self, ty: &str) -> bool {
+        allows(&self.type_prefixes, ty)
+    }
+
+    /// True when the source `source` is allowed (whatever the type).
+    pub fn allows_source(&self, source: &str) -> bool {
+        allows(&self.source_prefixes, source)
+    }
+
+    /// True when every event `inner` allows is allowed by self (each of
+    /// inner's type prefixes starts with one of self's, and same for
+    /// sources; an unrestricted list in `inner` is only inside an
+    /// unrestricted list in self).
+    pub fn contains(&self, inner: &Scope) -> bool {
+        contains(&self.type_prefixes, &inner.type_prefixes)
+            && contains(&self.source_prefixes, &inner.source_prefixes)
+    }
+}
+
+/// `value` starts with one of `prefixes`, or `prefixes` is empty.
+fn allows(prefixes: &[String], value: &str) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| value.starts_with(p.as_str()))
+}
+
+/// Every value `inner` allows is one `outer` allows.
+fn contains(outer: &[String], inner: &[String]) -> bool {
+    outer.is_empty() || (!inner.is_empty() && inner.iter().all(|p| allows(outer, p)))
 }
 
 /// A filter with its compiled state. Cheap to clone (clones share the
@@ -114,5 +172,84 @@ impl TypeSet {
     /// True when no type matches.
     pub(super) fn is_empty(&self) -> bool {
         self.count == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Filter, Scope};
+
+    fn scope(types: &[&str], sources: &[&str]) -> Scope {
+        Scope {
+            type_prefixes: types.iter().map(|s| s.to_string()).collect(),
+            source_prefixes: sources.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_scope_allows_events_matching_one_prefix_of_each_list() {
+        let all = Scope::default();
+        assert!(all.is_unrestricted());
+        assert!(all.allows("any", "/any"));
+        let s = scope(&["order.", "invoice."], &["/shop/", "/billing"]);
+        assert!(!s.is_unrestricted());
+        assert!(s.allows("order.created", "/shop/eu"));
+        assert!(s.allows("invoice.paid", "/billing"));
+        assert!(!s.allows("orders", "/shop/eu"), "the prefix is order.");
+        assert!(!s.allows("order.created", "/shop"), "the prefix is /shop/");
+        assert!(!s.allows("user.created", "/billing"));
+        let types_only = scope(&["a."], &[]);
+        assert!(types_only.allows("a.b", "/whatever"));
+        assert!(!types_only.allows("b", "/whatever"));
+        let sources_only = scope(&[], &["/x"]);
+        assert!(sources_only.allows("t", "/x/1"));
+        assert!(!sources_only.allows("t", "/y"));
+        assert!(
+            scope(&[""], &[]).allows("t", "/s"),
+            "an empty prefix allows all"
+        );
+    }
+
+    #[test]
+    fn contains_holds_when_every_inner_prefix_is_inside_an_outer_one() {
+        let all = Scope::default();
+        let s = scope(&["order.", "invoice."], &["/shop"]);
+        assert!(all.contains(&all));
+        assert!(all.contains(&s), "unrestricted contains everything");
+        assert!(!s.contains(&all), "a restricted scope does not contain all");
+        assert!(s.contains(&s));
+        assert!(s.contains(&scope(&["order.created"], &["/shop/eu"])));
+        assert!(s.contains(&scope(&["order.", "invoice.x"], &["/shop", "/shop2"])));
+        assert!(
+            !s.contains(&scope(&["order"], &["/shop"])),
+            "order is wider"
+        );
+        assert!(!s.contains(&scope(&["order.", "user."], &["/shop"])));
+        assert!(
+            !s.contains(&scope(&["order."], &[])),
+            "any source is wider than /shop"
+        );
+        let types_only = scope(&["order."], &[]);
+        assert!(types_only.contains(&scope(&["order.x"], &["/any"])));
+        assert!(types_only.contains(&scope(&["order.x"], &[])));
+        assert!(!types_only.contains(&scope(&[], &["/any"])));
+    }
+
+    #[test]
+    fn a_filter_without_scope_reads_and_writes_as_before() {
+        let old = r#"{"type_prefix":"order.","source":"/shop"}"#;
+        let f: Filter = serde_json::from_str(old).unwrap();
+        assert!(f.scope.is_unrestricted());
+        assert_eq!(serde_json::to_string(&f).unwrap(), old);
+        let scoped = Filter {
+            scope: scope(&["order."], &[]),
+            ..f
+        };
+        let text = serde_json::to_string(&scoped).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type_prefix":"order.","source":"/shop","scope":{"type_prefixes":["order."]}}"#
+        );
+        assert_eq!(serde_json::from_str::<Filter>(&text).unwrap(), scoped);
     }
 }

@@ -64,7 +64,7 @@ pub use backup::BackupInfo;
 pub use catalog::{BackupSummary, ScrubReport};
 pub use consumers::{Consumer, ConsumerError, ConsumerStats, Start as ConsumerStart};
 pub use error::{StoreError, WriteRefusal};
-pub use filter::{Filter, Matcher};
+pub use filter::{Filter, Matcher, Scope};
 pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
 pub use integrity::Finding;
 pub use interface::{BoxFuture, Store};
