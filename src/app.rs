@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::alerts::Alerts;
+use crate::auth::{AuthMode, Keyring};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
 use crate::jobs::{self, FirstTick, Jobs};
@@ -57,11 +58,12 @@ impl Application {
         // Before the first request: a server started on a full disk must
         // refuse the very first publish, not the one after the first tick.
         monitor::check_disk(&store, config.min_free_bytes);
+        let keyring = Arc::new(open_keyring(&config)?);
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = AppState::new(store.clone(), &config, shutdown_rx);
+        let state = AppState::new(store.clone(), &config, keyring, shutdown_rx);
         Ok(Application {
             listener,
             store,
@@ -99,6 +101,7 @@ impl Application {
         let addr = listener.local_addr()?;
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
         let verifications = state.verifications.clone();
+        let keyring = state.auth.keyring.clone();
         let router = http::router(state);
         let mut jobs = Jobs::default();
         jobs.add(Some(monitor::spawn(
@@ -127,6 +130,7 @@ impl Application {
                 },
             )
         }));
+        jobs.add(Some(keyring_refresh(keyring, shutdown_tx.subscribe())));
         let limits = crate::server::ConnLimits {
             max_connections: crate::server::connection_limit(
                 config.max_connections,
@@ -168,6 +172,82 @@ impl Application {
         tracing::info!("msgbus stopped");
         Ok(())
     }
+}
+
+/// How often the token file is looked at: a change takes effect within
+/// this (plus the time to read it).
+const KEYRING_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often `last_used` times are written back, in refresh ticks.
+const LAST_USED_EVERY: usize = 60;
+
+/// The job that re-reads the token file when it changes and writes
+/// `last_used` back once a minute.
+fn keyring_refresh(keyring: Arc<Keyring>, shutdown: watch::Receiver<bool>) -> jobs::Job {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    jobs::every(
+        "token file watcher",
+        KEYRING_REFRESH,
+        FirstTick::AfterInterval,
+        shutdown,
+        move |n| {
+            let (keyring, failing) = (keyring.clone(), failing.clone());
+            async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    match keyring.refresh() {
+                        Ok(true) => tracing::info!(tokens = keyring.len(), "token file reloaded"),
+                        Ok(false) => {}
+                        // Once per failure, not every second.
+                        Err(e) if !failing.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                            tracing::error!(error = %e, "cannot reload the token file; the tokens loaded before stay in force")
+                        }
+                        Err(_) => return,
+                    }
+                    failing.store(false, std::sync::atomic::Ordering::Relaxed);
+                    if n % LAST_USED_EVERY == LAST_USED_EVERY - 1 {
+                        if let Err(e) = keyring.flush_last_used() {
+                            tracing::warn!(error = %e, "cannot record tokens' last use");
+                        }
+                    }
+                })
+                .await;
+            }
+        },
+    )
+}
+
+/// Loads the tokens and applies `--auth auto`'s rule: with no token and
+/// no `MSGBUS_ADMIN_TOKEN`, refuse any address but a loopback one.
+fn open_keyring(config: &ServeConfig) -> Result<Keyring, AppError> {
+    let bootstrap = std::env::var("MSGBUS_ADMIN_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let keyring = Keyring::open(&config.data_dir, config.auth, bootstrap.as_deref())?;
+    let loopback = config.addr.ip().is_loopback();
+    match config.auth {
+        AuthMode::Auto if !keyring.required() && !loopback => {
+            return Err(format!(
+                "refusing to listen on {} with no access tokens: anyone who can reach it could \
+                 read, publish and delete. Create a token first (`msgbus token create --data-dir {} \
+                 --name admin --role admin`), set MSGBUS_ADMIN_TOKEN (32+ characters), listen on \
+                 127.0.0.1, or pass `--auth off` to run open on purpose",
+                config.addr,
+                config.data_dir.display()
+            )
+            .into())
+        }
+        AuthMode::Off if !loopback => tracing::warn!(
+            addr = %config.addr,
+            "access control is off (--auth off) on a non-loopback address: anyone who can reach it may do everything"
+        ),
+        _ => {}
+    }
+    tracing::info!(
+        mode = ?config.auth,
+        tokens = keyring.len(),
+        required = keyring.required(),
+        "access control"
+    );
+    Ok(keyring)
 }
 
 /// Runs the server until SIGTERM or SIGINT.

@@ -46,6 +46,12 @@ pub enum Command {
     Verify(OfflineArgs),
     /// Take a verified backup of a stopped store.
     Backup(OfflineArgs),
+    /// Manage access tokens (works while the server runs).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::auth::command::TokenCommand,
+    },
     /// Replace a stopped store's manifest and segments with a verified
     /// backup (the replaced files are moved to quarantine/, not deleted).
     Restore {

@@ -48,6 +48,37 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_BODY_BYTES_IN_FLIGHT", default_value = "256MiB", value_parser = parse_bytes)]
     pub max_body_bytes_in_flight: u64,
 
+    /// When requests need a token: `auto` (the default) requires one as
+    /// soon as a token exists (`msgbus token create`) or
+    /// `MSGBUS_ADMIN_TOKEN` is set; with neither, the server is open on a
+    /// loopback address and refuses to start on any other. `required`
+    /// always needs one; `off` never does (anyone who reaches the port may
+    /// do everything). `/health/*` never needs one.
+    ///
+    /// `MSGBUS_ADMIN_TOKEN` (environment only, at least 32 characters) is
+    /// an admin secret for containers: set it and the bus starts with
+    /// access control on; use it to create the real tokens.
+    #[arg(long, env = "MSGBUS_AUTH", value_enum, default_value_t = AuthMode::Auto)]
+    pub auth: AuthMode,
+
+    /// Open routes that need a token (the read role) anyway: `metrics`
+    /// (`/metrics`), `docs` (`/docs`, `/openapi.json`); comma-separated.
+    /// By default both are open, like the health probes.
+    #[arg(long, env = "MSGBUS_PROTECT", value_enum, value_delimiter = ',')]
+    pub protect: Vec<ProtectRoute>,
+
+    /// Failed authentications allowed per client address (loopback
+    /// included), as `N/m` or `N/s`, with a burst of a minute's worth;
+    /// beyond it they are answered 429 with `Retry-After`.
+    #[arg(long, env = "MSGBUS_AUTH_FAILURE_RATE", default_value = "30/m", value_parser = Rate::parse)]
+    pub auth_failure_rate: Rate,
+
+    /// Most streams (`GET /events/stream`) and long-polls open at once
+    /// per token; beyond it, 429. Keeps one agent from holding every
+    /// `--max-subscribers` place.
+    #[arg(long, env = "MSGBUS_MAX_STREAMS_PER_TOKEN", default_value_t = 64)]
+    pub max_streams_per_token: usize,
+
     /// Browser origins (e.g. `https://dash.example.com`) allowed to call the
     /// API from their pages, with CORS answers; repeat the flag or separate
     /// them with commas. By default none: a browser request from any other
@@ -229,6 +260,49 @@ impl ServeConfig {
     }
 }
 
+/// When a token is required (`--auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Required once a token exists (or `MSGBUS_ADMIN_TOKEN` is set), and
+    /// from then on, even after the last token is revoked; with none, open
+    /// on a loopback address and refusing to start on any other.
+    #[default]
+    Auto,
+    /// Always required (with no token, nothing but the health probes
+    /// answers until one is created).
+    Required,
+    /// Never: every request may do everything.
+    Off,
+}
+
+/// Which open routes need a token anyway (`--protect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protected {
+    /// `/metrics` needs the read role.
+    pub metrics: bool,
+    /// `/docs` and `/openapi.json` need the read role.
+    pub docs: bool,
+}
+
+/// A route `--protect` can put behind a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtectRoute {
+    /// `/metrics`.
+    Metrics,
+    /// `/docs` and `/openapi.json`.
+    Docs,
+}
+
+impl ServeConfig {
+    /// The `--protect` routes.
+    pub fn protected(&self) -> Protected {
+        Protected {
+            metrics: self.protect.contains(&ProtectRoute::Metrics),
+            docs: self.protect.contains(&ProtectRoute::Docs),
+        }
+    }
+}
+
 /// A setting's value that does not parse (clap prints it after the flag).
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
@@ -273,7 +347,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, ValueError> {
 }
 
 /// A request rate: `N/s` or `N/m` (`N` a positive whole number).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     count: u32,
     per: Duration,

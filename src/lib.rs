@@ -11,6 +11,7 @@
 //!   Server-Sent Events wire format, data-directory paths hidden from clients
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
+//! - [`auth`]: access control: tokens, roles, scopes, `auth/tokens.json`
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
 //! - [`jobs`]: the periodic background jobs, started and stopped one way
 //! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
@@ -23,6 +24,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
 pub mod backup_timer;
 pub mod bulk;
 pub mod cli;

@@ -64,6 +64,9 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
         }
+        Some(Command::Token { command }) => {
+            msgbus::auth::command::run(command, &mut std::io::stdout())
+        }
         Some(Command::Backup(args)) => msgbus::offline::backup(&args.data_dir)
             .map(|dir| println!("verified backup {}", dir.display()))
             .map_err(Into::into),

@@ -172,6 +172,15 @@ impl QueryParams {
         }
     }
 
+    /// [`QueryParams::filter`] narrowed to `scope` (a token's): whatever
+    /// the parameters ask for, only events inside it match.
+    pub fn filter_within(&self, scope: &crate::store::Scope) -> crate::store::Filter {
+        crate::store::Filter {
+            scope: scope.clone(),
+            ..self.filter()
+        }
+    }
+
     /// A string parameter; empty counts as absent.
     pub fn string(&self, name: &str) -> Option<String> {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()

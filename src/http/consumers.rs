@@ -23,9 +23,12 @@ use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::events::{long_poll, page_response, Position, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
+use crate::auth::{Principal, Role};
 use crate::event::FieldError;
 use crate::store::{Consumer, ConsumerError, ConsumerStart as Start, Filter};
 use crate::store::{Matcher, Store};
+use axum::Extension;
+use std::sync::Arc;
 
 /// Longest consumer name.
 const MAX_NAME: usize = 128;
@@ -327,14 +330,32 @@ fn location(name: &str) -> HeaderValue {
 )]
 pub async fn put(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let name = body::path_param(name, "name")?;
     check_name(&name)?;
-    let (filter, start) =
+    let (mut filter, start) =
         parse_spec(object_body(&headers, body, state.settings.body_timeout).await?)?;
+    let existing = state.store.consumer(&name);
+    if let Some(c) = &existing {
+        check_within(&principal, c)?;
+        if start.is_some() && principal.role != Role::Admin {
+            return Err(super::auth::out_of_scope(
+                &principal,
+                "moving the cursor of an existing consumer (`start`) is admin work; it",
+            ));
+        }
+    }
+    // A scoped token's consumer carries the token's scope, whatever filter
+    // was asked for; an unscoped caller keeps an existing consumer's scope.
+    filter.scope = if principal.scope.is_unrestricted() {
+        existing.map(|c| c.filter.scope).unwrap_or_default()
+    } else {
+        principal.scope.clone()
+    };
     let (c, created) = state
         .store
         .put_consumer(name.clone(), filter, start, state.settings.max_consumers)
@@ -364,22 +385,42 @@ pub async fn put(
     get, path = "/consumers", tag = "consumers",
     responses((status = 200, description = "Every consumer, by name", body = ConsumerList))
 )]
-pub async fn list(State(state): State<AppState>) -> Json<ConsumerList> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Json<ConsumerList> {
     let head = state.store.head();
     Json(ConsumerList {
         consumers: state
             .store
             .consumers()
             .into_iter()
+            .filter(|c| principal.scope.contains(&c.filter.scope))
             .map(|c| ConsumerView::new(c, head))
             .collect(),
     })
 }
 
-fn find(store: &dyn Store, name: &str) -> Result<Consumer, Problem> {
-    store
+/// The consumer `name`, if `p` may use it: its scope must lie inside the
+/// token's (a scoped token cannot read or ack a wider consumer).
+fn find(store: &dyn Store, name: &str, p: &Principal) -> Result<Consumer, Problem> {
+    let c = store
         .consumer(name)
-        .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))
+        .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))?;
+    check_within(p, &c)?;
+    Ok(c)
+}
+
+/// 403 unless consumer `c`'s scope lies inside `p`'s.
+fn check_within(p: &Principal, c: &Consumer) -> Result<(), Problem> {
+    if p.scope.contains(&c.filter.scope) {
+        Ok(())
+    } else {
+        Err(super::auth::out_of_scope(
+            p,
+            format!("consumer {:?} (its filter reaches further)", c.name),
+        ))
+    }
 }
 
 /// One consumer.
@@ -393,10 +434,11 @@ fn find(store: &dyn Store, name: &str) -> Result<Consumer, Problem> {
 )]
 pub async fn get_one(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConsumerView>, Problem> {
     let name = body::path_param(name, "name")?;
-    let c = find(state.store.as_ref(), &name)?;
+    let c = find(state.store.as_ref(), &name, &principal)?;
     Ok(Json(ConsumerView::new(c, state.store.head())))
 }
 
@@ -446,6 +488,7 @@ pub async fn delete(
 )]
 pub async fn events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
@@ -453,7 +496,7 @@ pub async fn events(
     let q = QueryParams::parse(query.as_deref(), &["limit", "wait"])?;
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, state.settings.max_wait.as_secs())?);
-    let c = find(state.store.as_ref(), &name)?;
+    let c = find(state.store.as_ref(), &name, &principal)?;
     let filter = Matcher::new(c.filter);
     let (page, last_seq) =
         long_poll(&state, Position::Cursor(c.cursor), &filter, limit, wait).await?;
@@ -491,11 +534,13 @@ pub async fn events(
 )]
 pub async fn ack(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ConsumerView>, Problem> {
     let name = body::path_param(name, "name")?;
+    find(state.store.as_ref(), &name, &principal)?;
     let mut obj = object_body(&headers, body, state.settings.body_timeout).await?;
     let seq = obj.remove("seq").and_then(|v| v.as_u64()).ok_or_else(|| {
         invalid(

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, consumers, error, events, health, metrics, stats, stream};
+use super::{admin, consumers, error, events, health, metrics, stats, stream, tokens};
 use crate::event::{
     MAX_EXTENSIONS, MAX_EXTENSION_NAME_LEN, MAX_EXTENSION_VALUE_LEN, MAX_ID_LEN, MAX_META_LEN,
     MAX_SOURCE_LEN, MAX_SUBJECT_LEN, MAX_TYPE_LEN,
@@ -38,12 +38,14 @@ use crate::event::{
         stats::stats, health::live, health::ready, health::health, metrics::metrics,
         admin::alerts, admin::list_backups, admin::take_backup, admin::verify,
         admin::verify_status,
+        tokens::create, tokens::list, tokens::revoke,
     ),
     components(schemas(error::Problem, crate::event::FieldError)),
     tags(
         (name = "events", description = "Publish and read events"),
         (name = "consumers", description = "Durable named cursors: read after the cursor, ack to move it (at-least-once)"),
         (name = "operations", description = "Stats, health, metrics, alerts, backups and integrity checks"),
+        (name = "tokens", description = "Access tokens (admin role): create, list, revoke"),
     )
 )]
 pub struct ApiDoc;
@@ -193,6 +195,72 @@ fn seq_schema() -> Value {
     json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})
 }
 
+/// The bearer scheme on every operation that needs a token, with its 401
+/// and 403; `?access_token=` on the stream; none on the health probes.
+/// `/metrics` and the docs take a token only under `--protect`, so theirs
+/// is optional.
+fn declare_security(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "mb_<id>_<secret>",
+            "description": "A token from `msgbus token create` or `POST /admin/tokens` (or MSGBUS_ADMIN_TOKEN)."
+        },
+        "access_token": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "access_token",
+            "description": "The token as a query parameter: accepted by GET /events/stream only (browsers' EventSource cannot set headers)."
+        }
+    });
+    let problem = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        })
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for op in ops.values_mut() {
+            if path.starts_with("/health") {
+                op["security"] = json!([]);
+                continue;
+            }
+            op["security"] = match path.as_str() {
+                "/events/stream" => json!([{"bearer": []}, {"access_token": []}]),
+                "/metrics" => json!([{}, {"bearer": []}]),
+                _ => json!([{"bearer": []}]),
+            };
+            op["responses"]["401"] = problem(
+                "No token, or not a live one (unknown, revoked or expired): `WWW-Authenticate: Bearer`",
+            );
+            let forbidden = "The token's role or scope does not allow this";
+            let responses = &mut op["responses"];
+            match responses.get_mut("403") {
+                Some(r) => {
+                    let old = r["description"].as_str().unwrap_or_default().to_string();
+                    r["description"] = json!(format!("{forbidden}; or {}", lowercase_first(&old)));
+                }
+                None => responses["403"] = problem(forbidden),
+            }
+        }
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 /// The document with `limits`, as JSON.
 pub fn document(limits: DocLimits) -> Value {
     let mut doc = ApiDoc::openapi();
@@ -220,6 +288,8 @@ pub fn document(limits: DocLimits) -> Value {
             }
         }
     }
+    declare_security(&mut doc);
+    let paths = &mut doc["paths"];
     // A batch: 1 to --max-batch-events items.
     if let Some(content) = paths["/events/batch"]["post"]["requestBody"]["content"].as_object_mut()
     {

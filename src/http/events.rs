@@ -11,19 +11,22 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 use super::body::{self, QueryParams};
 use super::error::Problem;
 use super::AppState;
+use crate::auth::Principal;
 use crate::bulk;
 use crate::event::PreparedEvent;
 use crate::event::{self, EventError, FieldError};
 use crate::store::{EventPage, StoredEvent};
-use crate::store::{Matcher, Outcome};
+use crate::store::{Matcher, Outcome, Scope};
 
 /// Media types accepted for a single structured event.
 const EVENT_TYPES: &[&str] = &["application/json", "application/cloudevents+json"];
@@ -199,6 +202,7 @@ pub fn single_body_limit(max_event_bytes: usize) -> usize {
 )]
 pub async fn publish(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -221,6 +225,7 @@ pub async fn publish(
             bulk::run(move || event::from_json(&bytes, "", limits)).await?
         }
     };
+    check_scope(&principal, std::slice::from_ref(&prepared), false)?;
     let answer = Answer::new(&prepared);
     let mut outcomes = state.store.append(vec![prepared]).await?;
     let outcome = outcomes
@@ -261,6 +266,7 @@ pub async fn publish(
 )]
 pub async fn publish_batch(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -280,6 +286,7 @@ pub async fn publish_batch(
     } else {
         bulk::run(move || parse_batch(&bytes, limit, limits)).await?
     };
+    check_scope(&principal, &prepared, true)?;
     let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
     let outcomes = state.store.append(prepared).await?;
     let any_new = outcomes.iter().any(|o| !o.is_duplicate());
@@ -299,6 +306,62 @@ pub async fn publish_batch(
         StatusCode::OK
     };
     Ok(json_response(status, body))
+}
+
+/// 403 naming every event (`[3].type`, or `type` for a single event)
+/// whose type or source lies outside the principal's scope: nothing of the
+/// request is stored.
+fn check_scope(p: &Principal, events: &[PreparedEvent], batch: bool) -> Result<(), Problem> {
+    if p.scope.is_unrestricted() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    let mut outside = 0usize;
+    for (i, e) in events.iter().enumerate() {
+        let at = |f: &str| {
+            if batch {
+                format!("[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        let mut bad = false;
+        if !p.scope.allows_type(&e.ty) {
+            bad = true;
+            errors.push(FieldError {
+                field: at("type"),
+                message: format!(
+                    "{:?} does not start with an allowed prefix ({})",
+                    e.ty,
+                    p.scope.type_prefixes.join(", ")
+                ),
+            });
+        }
+        if !p.scope.allows_source(&e.source) {
+            bad = true;
+            errors.push(FieldError {
+                field: at("source"),
+                message: format!(
+                    "{:?} does not start with an allowed prefix ({})",
+                    e.source,
+                    p.scope.source_prefixes.join(", ")
+                ),
+            });
+        }
+        outside += usize::from(bad);
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let what = if batch {
+        format!("{outside} of the batch's {} events", events.len())
+    } else {
+        "the event".to_string()
+    };
+    let mut problem = super::auth::out_of_scope(p, format!("{what} (nothing was stored)"));
+    problem.errors = errors;
+    problem.errors.truncate(super::error::MAX_LISTED_ERRORS);
+    Err(problem)
 }
 
 /// Parses and validates a batch body: at most `limit` items, each a valid
@@ -443,6 +506,7 @@ impl<'de> serde::de::Visitor<'de> for BatchItems<'_> {
 )]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
     let q = QueryParams::parse(
@@ -461,7 +525,7 @@ pub async fn list(
     let limit = q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize;
     let max_wait = state.settings.max_wait.as_secs();
     let wait = Duration::from_secs(q.u64_in("wait", 0, 0, max_wait)?);
-    let filter = Matcher::new(q.filter());
+    let filter = Matcher::new(q.filter_within(&principal.scope));
     let (page, last_seq) = long_poll(&state, Position::After(after), &filter, limit, wait).await?;
     Ok(page_response(b"{", &page.events, page.next_after, last_seq))
 }
@@ -637,13 +701,21 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 )]
 pub async fn get_one(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     seq: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let seq = body::path_param(seq, "seq")?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| Problem::bad_param("seq", format!("{seq:?} is not a non-negative integer")))?;
-    match state.store.get(seq).await? {
+    // Outside a scoped token's scope an event is answered as missing: the
+    // token cannot even learn that it exists.
+    let event = state
+        .store
+        .get(seq)
+        .await?
+        .filter(|e| in_scope(&principal.scope, &e.bytes));
+    match event {
         Some(e) => {
             let mut out = Vec::with_capacity(e.bytes.len() + 32);
             write_stored(&mut out, &e);
@@ -654,6 +726,21 @@ pub async fn get_one(
             state.store.head()
         ))),
     }
+}
+
+/// True when the stored event `bytes` lies inside `scope`.
+fn in_scope(scope: &Scope, bytes: &[u8]) -> bool {
+    if scope.is_unrestricted() {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Names<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        source: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Names<'_>>(bytes).is_ok_and(|n| scope.allows(&n.ty, &n.source))
 }
 
 #[cfg(test)]

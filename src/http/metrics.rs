@@ -59,8 +59,35 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metric(
         "rate_limited_total",
         "counter",
-        "Requests refused with 429 because their address was over --rate.",
+        "Requests refused with 429 because their token or address was over its rate (--rate, a token's own rate).",
         state.rate_limits.refused() as f64,
+    );
+    metric(
+        "auth_unauthorized_total",
+        "counter",
+        "Requests answered 401: no token, or not a live one.",
+        state
+            .auth
+            .unauthorized
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    metric(
+        "auth_forbidden_total",
+        "counter",
+        "Requests answered 403: the token's role or scope forbids it (or a cross-origin browser request).",
+        state.auth.forbidden.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    metric(
+        "auth_failures_limited_total",
+        "counter",
+        "Failed authentications answered 429: over --auth-failure-rate from one address.",
+        state.auth.failures_limited() as f64,
+    );
+    metric(
+        "tokens",
+        "gauge",
+        "Access tokens loaded from auth/tokens.json.",
+        state.auth.keyring.len() as f64,
     );
     metric(
         "writer_queue_depth",

@@ -14,10 +14,13 @@
 //! - [`error`]: the problem+json type; store errors and refusals as statuses
 //! - [`body`]: request-body and query helpers that answer in problem+json
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
-//! - [`rate`]: per-address request rates (`--rate`), 429 beyond them
+//! - [`auth`]: authentication, roles, failed-auth limits, per-token stream caps
+//! - [`tokens`]: `/admin/tokens`: token management online
+//! - [`rate`]: request rates per token or address (`--rate`), 429 beyond them
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod consumers;
 pub mod docs;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod rate;
 pub mod stats;
 pub mod stream;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,8 +89,10 @@ pub struct AppStateParts {
     pub hide_paths: error::HidePaths,
     /// The one `POST /admin/verify` check that may run.
     pub verifications: Arc<admin::Verifications>,
-    /// Per-address request rates (`--rate`).
+    /// Request rates per token or address (`--rate`).
     pub rate_limits: rate::RateLimits,
+    /// Access control: the tokens and the failed-authentication limits.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The settings the HTTP layer uses.
@@ -125,7 +131,12 @@ pub struct HttpSettings {
 
 impl AppState {
     /// State for a server with `config`.
-    pub fn new(store: StoreHandle, config: &ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: StoreHandle,
+        config: &ServeConfig,
+        keyring: Arc<crate::auth::Keyring>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         AppState(Arc::new(AppStateParts {
             store: Arc::new(store.clone()),
             alerts: store.alerts().clone(),
@@ -161,6 +172,12 @@ impl AppState {
             hide_paths: error::HidePaths::new(&config.data_dir),
             verifications: Arc::default(),
             rate_limits: rate::RateLimits::new(config.rate),
+            auth: Arc::new(auth::Auth::new(
+                keyring,
+                config.protected(),
+                config.auth_failure_rate,
+                config.max_streams_per_token.max(1),
+            )),
         }))
     }
 }
@@ -195,6 +212,11 @@ pub fn router(state: AppState) -> Router {
             "/admin/backups",
             get(admin::list_backups).post(admin::take_backup),
         )
+        .route("/admin/tokens", get(tokens::list).post(tokens::create))
+        .route(
+            "/admin/tokens/{name}",
+            axum::routing::delete(tokens::revoke),
+        )
         .route(
             "/admin/verify",
             get(admin::verify_status).post(admin::verify),
@@ -212,7 +234,10 @@ pub fn router(state: AppState) -> Router {
         // (OPTIONS has no route) and unknown paths too.
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         // Before the guard: a refused request costs no body budget.
-        .layer(middleware::from_fn_with_state(state, rate::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate::limit))
+        // First: who is asking decides the rate bucket, and a request
+        // without a valid token costs nothing more.
+        .layer(middleware::from_fn_with_state(state, auth::authenticate))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

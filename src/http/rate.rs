@@ -1,7 +1,8 @@
-//! Per-address rate limits (`--rate`): one client address cannot take more
-//! than its share of the server.
+//! Request rates (`--rate`, a token's own `rate`): one client cannot take
+//! more than its share of the server.
 //!
-//! Each address has a token bucket: it refills at the configured rate and
+//! Each token (and, for requests without one, each client address) has a
+//! token bucket: it refills at the configured rate and
 //! holds at most twice a second's worth (the burst). A request takes one
 //! token; with none left it is answered 429 with `Retry-After` (when the
 //! next token is due) and nothing else happens, before the body is read.
@@ -13,12 +14,15 @@
 //! last sweep. Memory follows the addresses active within the last burst
 //! window, not every address ever seen.
 //!
-//! Tokens (a later step) will carry limits of their own; this limit is the
-//! one for the address a request came from.
+//! A request made with a token is limited by the token's own rate (or
+//! `--rate`), wherever it comes from; one without a token, by its address.
+//! The same table, at a fixed rate, limits failed authentications per
+//! address (`--auth-failure-rate`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,19 +48,30 @@ pub struct RateLimits {
 
 #[derive(Debug, Default)]
 struct Table {
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<RateKey, Bucket>,
     /// Sweep when the table reaches this size.
     sweep_at: usize,
+}
+
+/// Whose bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// Requests without a token, by client address.
+    Addr(IpAddr),
+    /// Requests with a token, by its id.
+    Token(Arc<str>),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+    per_sec: f64,
+    burst: f64,
 }
 
 impl RateLimits {
-    /// Limits at `rate` per address (`None`: no limit).
+    /// Limits at `rate` per key by default (`None`: no default limit).
     pub fn new(rate: Option<Rate>) -> Self {
         RateLimits {
             rate,
@@ -77,22 +92,49 @@ impl RateLimits {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The default rate.
+    pub fn rate(&self) -> Option<Rate> {
+        self.rate
+    }
+
     /// Takes a token for `addr` at `now`, or says how long until one is due.
     pub fn take(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
-        let Some(rate) = self.rate else {
+        self.take_for(RateKey::Addr(addr), None, now)
+    }
+
+    /// Takes a token for `key` at `now`, at `own` rate or the default one,
+    /// or says how long until one is due.
+    pub fn take_for(&self, key: RateKey, own: Option<Rate>, now: Instant) -> Result<(), Duration> {
+        let Some(rate) = own.or(self.rate) else {
             return Ok(());
         };
-        let (per_sec, burst) = (rate.per_second(), rate.burst());
+        self.take_at(key, rate.per_second(), rate.burst(), now)
+    }
+
+    /// Takes a token for `key` from a bucket refilling at `per_sec` and
+    /// holding at most `burst`.
+    pub fn take_at(
+        &self,
+        key: RateKey,
+        per_sec: f64,
+        burst: f64,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let mut table = self.lock();
         if table.buckets.len() >= table.sweep_at {
-            table.buckets.retain(|_, b| !b.is_full(now, per_sec, burst));
+            table.buckets.retain(|_, b| !b.is_full(now));
             table.sweep_at = (table.buckets.len() * 2).max(SWEEP_MIN);
         }
-        let bucket = table.buckets.entry(addr).or_insert(Bucket {
+        let bucket = table.buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             at: now,
+            per_sec,
+            burst,
         });
-        bucket.refill(now, per_sec, burst);
+        // A token's rate can change (the token file was edited).
+        bucket.per_sec = per_sec;
+        bucket.burst = burst;
+        bucket.refill(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());
@@ -105,48 +147,62 @@ impl RateLimits {
 }
 
 impl Bucket {
-    fn refill(&mut self, now: Instant, per_sec: f64, burst: f64) {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_sec).min(burst);
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
         self.at = now;
     }
 
-    fn is_full(&self, now: Instant, per_sec: f64, burst: f64) -> bool {
+    fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens + elapsed * per_sec >= burst
+        self.tokens + elapsed * self.per_sec >= self.burst
     }
 }
 
-/// The middleware: refuses a request over its address's rate with 429.
+/// The middleware: refuses a request over its token's (or, without a
+/// token, its address's) rate with 429. Runs after authentication, which
+/// put the request's [`Principal`](crate::auth::Principal) in its
+/// extensions.
 pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some(addr) = addr {
-        if !req.uri().path().starts_with("/health") {
-            if let Err(wait) = state.rate_limits.take(addr, Instant::now()) {
-                return refused(&state, wait).into_response();
-            }
+    if req.uri().path().starts_with("/health") {
+        return next.run(req).await;
+    }
+    let principal = req.extensions().get::<Arc<crate::auth::Principal>>();
+    let key = match principal.and_then(|p| p.id.as_deref()) {
+        Some(id) => Some((
+            RateKey::Token(Arc::from(id)),
+            principal.and_then(|p| p.rate),
+        )),
+        None => req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| (RateKey::Addr(c.0.ip()), None)),
+    };
+    if let Some((key, own)) = key {
+        let whose = match key {
+            RateKey::Token(_) => "this token",
+            RateKey::Addr(_) => "this address",
+        };
+        if let Err(wait) = state.rate_limits.take_for(key, own, Instant::now()) {
+            let rate = own
+                .or(state.rate_limits.rate)
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            return refused(&format!("more than {rate} requests from {whose}"), wait)
+                .into_response();
         }
     }
     next.run(req).await
 }
 
-fn refused(state: &AppState, wait: Duration) -> Problem {
-    let rate = state
-        .rate_limits
-        .rate
-        .map(|r| r.to_string())
-        .unwrap_or_default();
+/// 429 with `Retry-After`: `what` was exceeded; retry after `wait`.
+pub fn refused(what: &str, wait: Duration) -> Problem {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let mut p = Problem::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate-limited",
         "Too many requests",
-        format!(
-            "more than {rate} requests from this address (--rate); nothing was done: retry after {secs} s"
-        ),
+        format!("{what}; nothing was done: retry after {secs} s"),
     );
     p.retry_after = Some(secs);
     p

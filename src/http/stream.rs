@@ -26,6 +26,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -130,6 +131,7 @@ pub struct SseEventDoc {
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<crate::auth::Principal>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
@@ -140,7 +142,7 @@ pub async fn stream(
     let after = resume_position(&headers, &q, state.store.as_ref())?;
     // Compiled once for the life of the stream: each new event then costs
     // one O(1) match, however many types the store holds.
-    let filter = Matcher::new(q.filter());
+    let filter = Matcher::new(q.filter_within(&principal.scope));
     let guard = state.subscribers.try_acquire().ok_or_else(|| {
         Problem::unavailable(
             "too-many-subscribers",

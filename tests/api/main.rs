@@ -8,6 +8,7 @@
 mod common;
 
 mod acknowledged;
+mod auth;
 mod batch;
 mod consumers;
 mod crash;

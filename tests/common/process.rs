@@ -247,7 +247,7 @@ pub struct Exited {
 
 /// Runs `cmd` to completion, capturing its output; panics if it still runs
 /// after `timeout` (dropping it then kills it).
-async fn run_to_exit(mut cmd: Command, timeout: Duration, what: &str) -> Exited {
+pub async fn run_to_exit(mut cmd: Command, timeout: Duration, what: &str) -> Exited {
     let started = Instant::now();
     let child = cmd
         .stdout(Stdio::piped())
