@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::alerts::Alerts;
+use crate::alerts::{Alerts, Severity};
 use crate::auth::{AuthMode, Keyring};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
@@ -17,6 +17,8 @@ use crate::jobs::{self, FirstTick, Jobs};
 use crate::monitor::{self, MonitorSettings};
 use crate::store::handle::WriterThread;
 use crate::store::StoreHandle;
+use crate::tls::Tls;
+use tokio::signal::unix::{Signal, SignalKind};
 
 /// Errors that stop the server from starting or running.
 pub type AppError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,11 +31,42 @@ pub struct Application {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     config: ServeConfig,
+    tls: Option<TlsServing>,
+}
+
+/// HTTPS: the certificate in use and the SIGHUP handler that reloads it.
+struct TlsServing {
+    tls: Arc<Tls>,
+    hangup: Signal,
 }
 
 impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
+        // Before the store opens: a bad certificate or key is refused at
+        // once, naming the flag and the file. The SIGHUP handler is in place
+        // before the port answers, so a reload sent as soon as the server
+        // is ready is not the default action (exit).
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = Tls::load(cert, key)?;
+                let loaded = tls.current();
+                tracing::info!(
+                    cert = %cert.display(),
+                    key = %key.display(),
+                    fingerprint_sha256 = %loaded.fingerprint,
+                    chain_len = loaded.chain_len,
+                    "serving HTTPS"
+                );
+                let hangup = tokio::signal::unix::signal(SignalKind::hangup())
+                    .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+                Some(TlsServing {
+                    tls: Arc::new(tls),
+                    hangup,
+                })
+            }
+            _ => None,
+        };
         let alerts = Arc::new(
             Alerts::new(config.alert_capacity, config.alert_webhook.clone())
                 .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
@@ -71,6 +104,7 @@ impl Application {
             state,
             shutdown_tx,
             config,
+            tls,
         })
     }
 
@@ -97,9 +131,11 @@ impl Application {
             state,
             shutdown_tx,
             config,
+            tls,
         } = self;
         let addr = listener.local_addr()?;
-        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "msgbus listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %addr, scheme, data_dir = %config.data_dir.display(), "msgbus listening");
         let verifications = state.verifications.clone();
         let keyring = state.auth.keyring.clone();
         let router = http::router(state);
@@ -131,6 +167,17 @@ impl Application {
             )
         }));
         jobs.add(Some(keyring_refresh(keyring, shutdown_tx.subscribe())));
+        let acceptor = tls.as_ref().map(|t| t.tls.acceptor());
+        jobs.add(tls.map(|t| {
+            jobs::task(
+                "TLS reloader",
+                tokio::spawn(reload_on_sighup(
+                    t,
+                    store.alerts().clone(),
+                    shutdown_tx.subscribe(),
+                )),
+            )
+        }));
         let limits = crate::server::ConnLimits {
             max_connections: crate::server::connection_limit(
                 config.max_connections,
@@ -143,6 +190,7 @@ impl Application {
             listener,
             router,
             limits,
+            acceptor,
             shutdown_tx.subscribe(),
         ));
         let served = tokio::select! {
@@ -249,6 +297,51 @@ fn open_keyring(config: &ServeConfig) -> Result<Keyring, AppError> {
     );
     Ok(keyring)
 }
+
+/// Rereads the certificate and key on every SIGHUP until shutdown. A
+/// reload that fails keeps the certificate in use and raises an alert
+/// (resolved by the next reload that succeeds).
+async fn reload_on_sighup(
+    mut t: TlsServing,
+    alerts: Arc<Alerts>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            got = t.hangup.recv() => if got.is_none() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        // Reading two small files: quick, but still off the async threads.
+        let tls = t.tls.clone();
+        match tokio::task::spawn_blocking(move || tls.reload()).await {
+            Ok(Ok(loaded)) => {
+                tracing::info!(
+                    fingerprint_sha256 = %loaded.fingerprint,
+                    chain_len = loaded.chain_len,
+                    "reloaded TLS certificate"
+                );
+                alerts.resolve(&[TLS_RELOAD_FAILED], None);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; still serving the previous certificate");
+                alerts.raise(
+                    Severity::Error,
+                    TLS_RELOAD_FAILED,
+                    None,
+                    format!(
+                        "SIGHUP: the file of {} could not be loaded; still serving the previous \
+                         TLS certificate (the log names the file and the reason)",
+                        e.flag()
+                    ),
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "TLS certificate reload failed"),
+        }
+    }
+}
+
+/// The alert kind of a failed certificate reload.
+const TLS_RELOAD_FAILED: &str = "tls_reload_failed";
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> Result<(), AppError> {

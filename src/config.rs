@@ -239,6 +239,19 @@ pub struct ServeConfig {
     /// scraper stores; larger shows more of a long tail.
     #[arg(long, env = "MSGBUS_MAX_LABEL_SERIES", default_value_t = 100)]
     pub max_label_series: usize,
+
+    /// TLS: serve HTTPS (HTTP/1.1 only) with this PEM certificate chain,
+    /// the server's certificate first. Needs --tls-key. Off by default:
+    /// plain HTTP, for loopback or behind a reverse proxy that terminates
+    /// TLS. SIGHUP rereads both files; connections already open keep the
+    /// certificate they started with, and a bad file keeps the old one.
+    #[arg(long, env = "MSGBUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the private key of --tls-cert, in PEM (PKCS#8, PKCS#1 or
+    /// SEC1). Needs --tls-cert. Keep it readable by msgbus only.
+    #[arg(long, env = "MSGBUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeConfig {

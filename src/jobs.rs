@@ -8,6 +8,7 @@
 //! | integrity monitor ([`crate::monitor`]) | `--monitor-interval` | checks the files and a backup file, repairs through the writer, checks free space |
 //! | backup timer ([`crate::backup_timer`]) | `--backup-interval` | asks for a backup when events were stored since the newest verified one |
 //! | retention ticker | `--retention-max-age` / 10 (1 s to 60 s) | asks the writer for a retention pass, so an idle store drops old segments too |
+//! | TLS reloader ([`crate::app`], with `--tls-cert`) | each SIGHUP | rereads the certificate and key; a bad file keeps the old ones and raises an alert |
 //!
 //! The store's own threads (the writer, its backup thread and its SHA-256
 //! thread) are not jobs: they belong to the writer, start with the store
@@ -67,6 +68,12 @@ where
         }
         tracing::info!("{name} stopped");
     });
+    Job { name, task }
+}
+
+/// A job that is not periodic: `task` must end by itself once the
+/// shutdown signal turns true.
+pub fn task(name: &'static str, task: JoinHandle<()>) -> Job {
     Job { name, task }
 }
 

@@ -6,6 +6,7 @@
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON)
 //! - [`app`]: builds the store and router, binds, serves, shuts down in order
 //! - [`server`]: the connection loop: connection limit, header and idle timeouts
+//! - [`tls`]: HTTPS certificates (`--tls-cert`/`--tls-key`), reloaded on SIGHUP
 //! - [`bulk`]: long request work (big bodies, page loads) on low-priority threads
 //! - [`clock`], [`sse`], [`redact`]: below everything: the time format, the
 //!   Server-Sent Events wire format, data-directory paths hidden from clients
@@ -40,3 +41,4 @@ pub mod server;
 pub mod sse;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

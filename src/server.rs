@@ -15,6 +15,13 @@
 //! - Graceful shutdown: once `shutdown` turns true, nothing more is
 //!   accepted, idle connections close, and connections with a request in
 //!   flight close once it is answered. The caller bounds the wait.
+//! - With TLS (`--tls-cert`), each connection's handshake runs in its own
+//!   task, after it was accepted, and must be over within `header_timeout`
+//!   of the accept: a client that connects and sends nothing is closed like
+//!   a slow request head. A connection whose first byte is not a TLS
+//!   handshake (plain HTTP sent to the HTTPS port) is answered `400`
+//!   problem+json and closed. Past the handshake, the limits above apply
+//!   to the decrypted stream.
 
 use std::convert::Infallible;
 use std::io;
@@ -26,6 +33,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -35,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Limits on client connections.
@@ -54,12 +63,13 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(5);
 /// non-connection error), so the loop never spins.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `router` on `listener` until `shutdown` turns true and every
-/// connection has closed.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`
+/// turns true and every connection has closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -96,6 +106,7 @@ pub async fn serve(
             addr,
             router.clone(),
             limits,
+            tls.clone(),
             shutdown.clone(),
             permit,
         ));
@@ -263,13 +274,14 @@ impl Drop for InFlight {
     }
 }
 
-/// The TCP stream, noting when request bytes arrive.
-struct TrackedIo {
-    inner: TcpStream,
+/// The connection's stream (TCP, or TLS over it), noting when request
+/// bytes arrive.
+struct TrackedIo<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -284,7 +296,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -345,12 +357,105 @@ async fn serve_connection(
     addr: SocketAddr,
     router: Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(tls) = tls else {
+        return serve_http(tcp, addr, router, limits, shutdown, permit).await;
+    };
+    // The handshake is bounded like a request head, and ends at shutdown:
+    // a connection that never finishes it holds no slot for long.
+    let opened = tokio::select! {
+        r = tokio::time::timeout(limits.header_timeout, open_tls(tcp, tls, addr)) => r,
+        () = stopped(&mut shutdown) => return,
+    };
+    match opened {
+        Ok(Some(stream)) => serve_http(stream, addr, router, limits, shutdown, permit).await,
+        Ok(None) => {}
+        Err(_) => tracing::debug!(
+            peer = %addr,
+            timeout = ?limits.header_timeout,
+            "closing a connection whose TLS handshake did not finish within the header timeout"
+        ),
+    }
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The TLS handshake of a new connection; `None` (logged) when there is
+/// none to serve: the client closed, failed the handshake, or spoke plain
+/// HTTP (then answered with a problem first).
+async fn open_tls(
+    tcp: TcpStream,
+    tls: TlsAcceptor,
+    addr: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => return None,
+        Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(_) => {
+            answer_plain_http(tcp, addr).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, peer = %addr, "connection failed before its TLS handshake");
+            return None;
+        }
+    }
+    match tls.accept(tcp).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::debug!(error = %e, peer = %addr, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Answers a plain HTTP request sent to the HTTPS port with `400`
+/// problem+json, then closes the connection.
+async fn answer_plain_http(tcp: TcpStream, addr: SocketAddr) {
+    let service = hyper::service::service_fn(|_req: http::Request<Incoming>| {
+        let mut res = crate::http::error::Problem::new(
+            http::StatusCode::BAD_REQUEST,
+            "https-required",
+            "HTTPS required",
+            "this port serves HTTPS only: a plain HTTP request was sent to it; use https://",
+        )
+        .into_response();
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, peer = %addr, "plain HTTP on the HTTPS port: connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1 on an open connection (plain TCP, or TLS after its
+/// handshake) under the header and idle timeouts, until it closes or the
+/// server shuts down.
+async fn serve_http<S>(
+    stream: S,
+    addr: SocketAddr,
+    router: Router,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let io = TokioIo::new(TrackedIo {
-        inner: tcp,
+        inner: stream,
         activity: activity.clone(),
     });
     let service = {

@@ -26,4 +26,5 @@ mod read;
 mod restart;
 mod retention;
 mod stream;
+mod tls;
 mod torn_tail;
