@@ -10,6 +10,28 @@
 //! its matcher between reads, so a new event costs one bit test per reader,
 //! not a scan of the type table. Exact `type`, `source` and `subject` are
 //! one hash lookup per chunk of a read.
+//!
+//! A filter also carries a [`Scope`]: what the reader's credential may see
+//! (type prefixes and source prefixes; an empty list allows every value).
+//! Every read applies it, whatever the rest of the filter asks:
+//!
+//! - types: the matcher folds `type_prefix` and the scope's type prefixes
+//!   into one list of prefixes, none inside another (their intersection:
+//!   `type_prefix` itself when it lies inside a scope prefix, else the
+//!   scope prefixes that lie inside it), and the [`TypeSet`] holds the type
+//!   ids starting with one of them: one range of the sorted type names per
+//!   prefix for a fresh set, the type log for types interned since, under
+//!   the same budget. An exact `type` outside the list matches nothing.
+//! - sources: an exact `source` outside the scope matches nothing. Without
+//!   one, the matcher's [`SourceSet`] remembers per source id whether the
+//!   scope allows it, so only the first event from each source costs a look
+//!   at its name (sources have no sorted table: a reader pays for the
+//!   sources it meets, not for every source stored). Retention frees
+//!   source ids for reuse; the index's source epoch then moves and the set
+//!   starts over, as the type set does with the type epoch.
+//!
+//! A filter that matches nothing still lets a read move its cursor to the
+//! end, so a scoped long-poll waits for new events instead of spinning.
 
 use std::sync::{Arc, Mutex};
 
