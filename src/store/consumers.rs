@@ -1,6 +1,8 @@
 //! Durable consumers: named cursors the server keeps for its clients.
 //!
-//! A consumer has filters (as `GET /events`) and a committed cursor: the
+//! A consumer has filters (as `GET /events`, with the scope of the
+//! credential that created it: [`Filter::scope`], stored with the filter
+//! in both files, absent when unrestricted) and a committed cursor: the
 //! seq up to which it has acknowledged processing. Reads return the events
 //! after the cursor; an ack moves it forward. Delivery is at-least-once:
 //! events read but not acked are delivered again.
@@ -580,5 +582,171 @@ fn refuse(r: Request, e: StoreError) {
         Request::Delete { reply, .. } | Request::Ack { reply, .. } => {
             let _ = reply.send(Err(e.into()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::store::{
+        Consumer, ConsumerStart, Filter, Matcher, Scope, Store, StoreConfig, StoreHandle,
+    };
+
+    fn config(dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            data_dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            queue_capacity: 64,
+            read_cache_bytes: 1 << 20,
+            backup_keep: 1,
+            segment_fd_cache: 4,
+            retention: Default::default(),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> (StoreHandle, super::super::handle::WriterThread) {
+        let alerts = Arc::new(crate::alerts::Alerts::new(16, None));
+        StoreHandle::open(&config(dir), alerts).expect("the store opens")
+    }
+
+    /// Types and sources of the events stored, by seq (1-based).
+    fn names(seq: u64) -> (&'static str, &'static str) {
+        let ty = ["order.created", "order.paid", "user.created"][(seq % 3) as usize];
+        let source = ["/shop/eu", "/shop/us", "/crm"][(seq / 3 % 3) as usize];
+        (ty, source)
+    }
+
+    async fn append(store: &StoreHandle, seqs: std::ops::RangeInclusive<u64>) {
+        let events = seqs
+            .map(|seq| {
+                let (ty, source) = names(seq);
+                crate::event::from_structured(
+                    serde_json::json!({"type": ty, "source": source, "id": seq.to_string()}),
+                    "",
+                    crate::event::Limits {
+                        max_event_bytes: 1 << 20,
+                    },
+                )
+                .expect("a valid event")
+            })
+            .collect();
+        store.append(events).await.expect("appended");
+    }
+
+    /// The seqs `c` reads after its cursor, as a consumer read does.
+    async fn read(store: &StoreHandle, c: &Consumer) -> Vec<u64> {
+        let m = Matcher::new(c.filter.clone());
+        let page = store
+            .read_cursor(c.cursor, &m, 1000, 1 << 20)
+            .await
+            .expect("read");
+        page.events.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_scoped_consumer_keeps_its_scope_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let scope = Scope {
+            type_prefixes: vec!["order.".into()],
+            source_prefixes: vec!["/shop/".into()],
+        };
+        let allowed = |seq: &u64| {
+            let (ty, source) = names(*seq);
+            scope.allows(ty, source)
+        };
+        let filter = Filter {
+            scope: scope.clone(),
+            ..Default::default()
+        };
+        let (store, writer) = open(dir.path());
+        append(&store, 1..=30).await;
+        let (c, created) = store
+            .put_consumer(
+                "scoped".into(),
+                filter.clone(),
+                Some(ConsumerStart::Earliest),
+                10,
+            )
+            .await
+            .expect("created");
+        assert!(created);
+        store
+            .put_consumer("plain".into(), Filter::default(), None, 10)
+            .await
+            .expect("created");
+        let want: Vec<u64> = (1..=30).filter(allowed).collect();
+        assert!(want.len() < 30 && !want.is_empty());
+        assert_eq!(read(&store, &c).await, want);
+        store.ack("scoped".into(), 15).await.expect("acked");
+        store.close().await;
+        writer.join().await;
+
+        // From consumers.log.
+        let (store, writer) = open(dir.path());
+        append(&store, 31..=60).await;
+        let c = store.consumer("scoped").expect("still there");
+        assert_eq!((&c.filter, c.cursor), (&filter, 15));
+        let want: Vec<u64> = (16..=60).filter(allowed).collect();
+        assert_eq!(read(&store, &c).await, want, "after a restart");
+        let plain = store.consumer("plain").expect("still there");
+        assert_eq!(plain.filter, Filter::default());
+        assert_eq!(read(&store, &plain).await.len(), 60);
+        let snapshot = store.shared.consumers.snapshot();
+        store.close().await;
+        writer.join().await;
+
+        // From consumers.json alone (as after a compaction or a restore).
+        std::fs::write(super::layout::consumers_path(dir.path()), &snapshot).unwrap();
+        std::fs::remove_file(super::layout::consumers_log_path(dir.path())).unwrap();
+        let (store, writer) = open(dir.path());
+        let c = store.consumer("scoped").expect("still there");
+        assert_eq!((&c.filter, c.cursor), (&filter, 15));
+        assert_eq!(read(&store, &c).await, want, "from the snapshot");
+        store.close().await;
+        writer.join().await;
+    }
+
+    #[tokio::test]
+    async fn a_consumers_file_written_before_scopes_loads_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{
+  "version": 1,
+  "consumers": [
+    {
+      "name": "old",
+      "filter": {
+        "type_prefix": "order."
+      },
+      "cursor": 0,
+      "created_at": "2026-01-01T00:00:00.000Z",
+      "updated_at": "2026-01-01T00:00:00.000Z"
+    }
+  ]
+}
+"#;
+        std::fs::write(super::layout::consumers_path(dir.path()), old).unwrap();
+        let (store, writer) = open(dir.path());
+        let c = store.consumer("old").expect("loaded");
+        assert_eq!(
+            c.filter,
+            Filter {
+                type_prefix: Some("order.".into()),
+                ..Default::default()
+            }
+        );
+        assert!(c.filter.scope.is_unrestricted());
+        append(&store, 1..=9).await;
+        let want: Vec<u64> = (1..=9)
+            .filter(|s| names(*s).0.starts_with("order."))
+            .collect();
+        assert_eq!(read(&store, &c).await, want, "every source, as before");
+        assert_eq!(
+            String::from_utf8(store.shared.consumers.snapshot()).unwrap(),
+            old,
+            "written back exactly as it was"
+        );
+        store.close().await;
+        writer.join().await;
     }
 }

@@ -10,6 +10,28 @@
 //! its matcher between reads, so a new event costs one bit test per reader,
 //! not a scan of the type table. Exact `type`, `source` and `subject` are
 //! one hash lookup per chunk of a read.
+//!
+//! A filter also carries a [`Scope`]: what the reader's credential may see
+//! (type prefixes and source prefixes; an empty list allows every value).
+//! Every read applies it, whatever the rest of the filter asks:
+//!
+//! - types: the matcher folds `type_prefix` and the scope's type prefixes
+//!   into one list of prefixes, none inside another (their intersection:
+//!   `type_prefix` itself when it lies inside a scope prefix, else the
+//!   scope prefixes that lie inside it), and the [`TypeSet`] holds the type
+//!   ids starting with one of them: one range of the sorted type names per
+//!   prefix for a fresh set, the type log for types interned since, under
+//!   the same budget. An exact `type` outside the list matches nothing.
+//! - sources: an exact `source` outside the scope matches nothing. Without
+//!   one, the matcher's [`SourceSet`] remembers per source id whether the
+//!   scope allows it, so only the first event from each source costs a look
+//!   at its name (sources have no sorted table: a reader pays for the
+//!   sources it meets, not for every source stored). Retention frees
+//!   source ids for reuse; the index's source epoch then moves and the set
+//!   starts over, as the type set does with the type epoch.
+//!
+//! A filter that matches nothing still lets a read move its cursor to the
+//! end, so a scoped long-poll waits for new events instead of spinning.
 
 use std::sync::{Arc, Mutex};
 
@@ -96,15 +118,32 @@ fn contains(outer: &[String], inner: &[String]) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     filter: Arc<Filter>,
+    plan: Arc<Plan>,
     types: Arc<Mutex<TypeSet>>,
+    sources: Arc<Mutex<SourceSet>>,
+}
+
+/// The filter and its scope folded together once per matcher.
+#[derive(Debug, Default)]
+struct Plan {
+    /// A matching type starts with one of these (`type_prefix` narrowed by
+    /// the scope's type prefixes; none of them starts with another, so
+    /// their ranges of the sorted type names do not overlap); `None` when
+    /// neither restricts the type. Empty: no type can match.
+    type_prefixes: Option<Vec<String>>,
 }
 
 impl Matcher {
     /// Compiles `filter` lazily: the type set is built on first use.
     pub fn new(filter: Filter) -> Self {
+        let plan = Plan {
+            type_prefixes: type_prefixes(filter.type_prefix.as_deref(), &filter.scope),
+        };
         Matcher {
             filter: Arc::new(filter),
+            plan: Arc::new(plan),
             types: Arc::default(),
+            sources: Arc::default(),
         }
     }
 
@@ -113,10 +152,52 @@ impl Matcher {
         &self.filter
     }
 
+    /// The prefixes a matching type starts with (the filter's
+    /// `type_prefix` and its scope's together), `None` when any type does.
+    pub(super) fn type_prefixes(&self) -> Option<&[String]> {
+        self.plan.type_prefixes.as_deref()
+    }
+
+    /// True when an event of type `ty` may match (`type_prefix` and scope;
+    /// the exact `type` is not checked here).
+    pub(super) fn allows_type(&self, ty: &str) -> bool {
+        self.type_prefixes()
+            .is_none_or(|ps| ps.iter().any(|p| ty.starts_with(p.as_str())))
+    }
+
     /// The compiled type set, locked (for one chunk of a read).
     pub(super) fn types(&self) -> std::sync::MutexGuard<'_, TypeSet> {
         super::lock(&self.types)
     }
+
+    /// The sources checked against the scope so far, locked (for one
+    /// chunk of a read; taken after [`Matcher::types`]).
+    pub(super) fn sources(&self) -> std::sync::MutexGuard<'_, SourceSet> {
+        super::lock(&self.sources)
+    }
+}
+
+/// The prefixes a type must start with to satisfy both `type_prefix` and
+/// `scope` (`None`: any type does), none starting with another.
+fn type_prefixes(type_prefix: Option<&str>, scope: &Scope) -> Option<Vec<String>> {
+    let scoped = &scope.type_prefixes;
+    let mut out: Vec<String> = match type_prefix {
+        None if scoped.is_empty() => return None,
+        None => scoped.clone(),
+        Some(p) if allows(scoped, p) => vec![p.to_string()],
+        // Only the scope's prefixes inside `p` (a type starting with both
+        // `p` and `s` starts with the longer one; neither is inside the
+        // other: no type starts with both).
+        Some(p) => scoped
+            .iter()
+            .filter(|s| s.starts_with(p))
+            .cloned()
+            .collect(),
+    };
+    // Sorted, a prefix comes before every name that starts with it.
+    out.sort();
+    out.dedup_by(|later, kept| later.starts_with(kept.as_str()));
+    Some(out)
 }
 
 impl From<Filter> for Matcher {
@@ -172,6 +253,53 @@ impl TypeSet {
     /// True when no type matches.
     pub(super) fn is_empty(&self) -> bool {
         self.count == 0
+    }
+}
+
+/// Which interned source ids a scope's source prefixes allow, learnt one
+/// id at a time as a read meets them: the first event from a source costs
+/// one look at its name, every later one a bit test. Like [`TypeSet`] it
+/// belongs to one index source epoch: when retention frees a source id
+/// (which a new source may then reuse) the epoch moves and it starts over.
+#[derive(Debug, Default)]
+pub struct SourceSet {
+    /// The index's source epoch these bits were learnt in.
+    pub(super) epoch: u64,
+    /// Bit `id` is set once source `id` has been checked.
+    known: Vec<u64>,
+    /// Bit `id` is set when source `id` is allowed.
+    allowed: Vec<u64>,
+}
+
+impl SourceSet {
+    /// Forgets everything (source ids may have been reused).
+    pub(super) fn reset(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.known.clear();
+        self.allowed.clear();
+    }
+
+    /// Whether source `id` is allowed, if it has been checked.
+    #[inline]
+    pub(super) fn get(&self, id: u32) -> Option<bool> {
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let known = self.known.get(word).is_some_and(|w| w & bit != 0);
+        known.then(|| self.allowed[word] & bit != 0)
+    }
+
+    /// Records whether source `id` is allowed.
+    pub(super) fn set(&mut self, id: u32, allowed: bool) {
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        if self.known.len() <= word {
+            self.known.resize(word + 1, 0);
+            self.allowed.resize(word + 1, 0);
+        }
+        self.known[word] |= bit;
+        if allowed {
+            self.allowed[word] |= bit;
+        } else {
+            self.allowed[word] &= !bit;
+        }
     }
 }
 

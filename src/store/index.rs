@@ -323,9 +323,18 @@ enum Resolved {
     Compiling,
     Ids {
         ty: TypeMatch,
-        source: Option<u32>,
+        source: SourceMatch,
         subject: Option<u32>,
     },
+}
+
+/// How one chunk of a read matches `source`.
+enum SourceMatch {
+    Any,
+    Exact(u32),
+    /// Allowed by the scope's source prefixes: the matcher's
+    /// [`SourceSet`](super::filter::SourceSet).
+    Scoped,
 }
 
 /// How one chunk of a read matches `type`.
@@ -410,6 +419,9 @@ pub struct Index {
     /// instead of looking at every type name (100,000 types made each
     /// one-shot `GET /events?type_prefix=` compare 100,000 names).
     type_order: BTreeMap<Box<str>, u32>,
+    /// Moves whenever retention releases a source id: what a matcher has
+    /// learnt about source ids of an older epoch is forgotten.
+    source_epoch: u64,
     recent: VecDeque<Recent>,
     recent_bytes: usize,
     recent_capacity: usize,
@@ -433,6 +445,7 @@ impl Index {
             type_epoch: 0,
             type_log: Vec::new(),
             type_order: BTreeMap::new(),
+            source_epoch: 0,
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_capacity,
@@ -529,7 +542,7 @@ impl Index {
             return;
         }
         let n = ((new_first - self.first_seq) as usize).min(self.entries.len());
-        let mut types_released = false;
+        let (mut types_released, mut sources_released) = (false, false);
         let (types, sources, subjects) = (&mut self.types, &mut self.sources, &mut self.subjects);
         let (type_counts, source_counts, subject_counts) = (
             &mut self.type_counts,
@@ -545,6 +558,7 @@ impl Index {
             }
             if unbump(source_counts, e.source) {
                 sources.release(e.source);
+                sources_released = true;
             }
             if e.subject != NO_SUBJECT && unbump(subject_counts, e.subject) {
                 subjects.release(e.subject);
@@ -553,6 +567,9 @@ impl Index {
         if types_released {
             self.type_epoch += 1;
             self.type_log = self.types.live_ids().collect();
+        }
+        if sources_released {
+            self.source_epoch += 1;
         }
         shrink_counts(&mut self.type_counts, &self.types);
         shrink_counts(&mut self.source_counts, &self.sources);
@@ -677,10 +694,12 @@ impl Index {
         page
     }
 
-    /// One chunk of a read: events after `after` that match `m`, at most
-    /// `limit` of them, examining at most `budget` entries or type names.
-    /// Each entry costs O(1): the filter is resolved once per chunk and a
-    /// `type_prefix` is a compiled set of type ids (see [`Matcher`]).
+    /// One chunk of a read: events after `after` that match `m` and its
+    /// scope, at most `limit` of them, examining at most `budget` entries
+    /// or type names. Each entry costs O(1): the filter is resolved once
+    /// per chunk, a `type_prefix` and the scope's type prefixes are one
+    /// compiled set of type ids, and the scope's source prefixes a set of
+    /// source ids learnt as the reads meet them (see [`Matcher`]).
     /// Callers hold the index lock for one chunk only and continue from
     /// [`Page::scanned_to`] until it reaches [`Page::last`].
     pub fn scan(&self, after: u64, m: &Matcher, limit: usize, budget: usize) -> Page {
@@ -702,7 +721,7 @@ impl Index {
             return page;
         }
         let mut types = m.types();
-        let (ty, source, subject) = match self.resolve(m.filter(), &mut types, budget, &mut page) {
+        let (ty, source, subject) = match self.resolve(m, &mut types, budget, &mut page) {
             Resolved::Nothing => {
                 page.scanned_to = last;
                 return page;
@@ -714,6 +733,16 @@ impl Index {
                 subject,
             } => (ty, source, subject),
         };
+        let mut sources = match source {
+            SourceMatch::Scoped => {
+                let mut sources = m.sources();
+                if sources.epoch != self.source_epoch {
+                    sources.reset(self.source_epoch);
+                }
+                Some(sources)
+            }
+            _ => None,
+        };
         let budget = budget.saturating_sub(page.compiled).max(1);
         let end = last.min(start.saturating_add(budget as u64 - 1));
         for seq in start..=end {
@@ -722,8 +751,18 @@ impl Index {
                 TypeMatch::Any => true,
                 TypeMatch::Exact(id) => e.ty == id,
                 TypeMatch::Set => types.contains(e.ty),
-            } && source.is_none_or(|s| s == e.source)
-                && subject.is_none_or(|s| s == e.subject);
+            } && match (&source, &mut sources) {
+                (SourceMatch::Exact(id), _) => *id == e.source,
+                (SourceMatch::Scoped, Some(set)) => match set.get(e.source) {
+                    Some(allowed) => allowed,
+                    None => {
+                        let allowed = m.filter().scope.allows_source(self.sources.name(e.source));
+                        set.set(e.source, allowed);
+                        allowed
+                    }
+                },
+                _ => true,
+            } && subject.is_none_or(|s| s == e.subject);
             page.scanned_to = seq;
             page.examined += 1;
             if matches {
@@ -736,15 +775,25 @@ impl Index {
         page
     }
 
-    /// Resolves `f` for one chunk; building a `type_prefix`'s set costs
-    /// one unit of `budget` per type name looked at.
-    fn resolve(&self, f: &Filter, types: &mut TypeSet, budget: usize, page: &mut Page) -> Resolved {
+    /// Resolves `m`'s filter and scope for one chunk; building the type
+    /// set of a `type_prefix` or of the scope's type prefixes costs one
+    /// unit of `budget` per type name looked at.
+    fn resolve(
+        &self,
+        m: &Matcher,
+        types: &mut TypeSet,
+        budget: usize,
+        page: &mut Page,
+    ) -> Resolved {
+        let f = m.filter();
         let source = match &f.source {
+            Some(s) if !f.scope.allows_source(s) => return Resolved::Nothing,
             Some(s) => match self.sources.get(s) {
-                Some(id) => Some(id),
+                Some(id) => SourceMatch::Exact(id),
                 None => return Resolved::Nothing,
             },
-            None => None,
+            None if f.scope.source_prefixes.is_empty() => SourceMatch::Any,
+            None => SourceMatch::Scoped,
         };
         let subject = match &f.subject {
             Some(s) => match self.subjects.get(s) {
@@ -753,9 +802,9 @@ impl Index {
             },
             None => None,
         };
-        let ty = match (&f.ty, &f.type_prefix) {
-            (Some(t), prefix) => {
-                if prefix.as_ref().is_some_and(|p| !t.starts_with(p.as_str())) {
+        let ty = match (&f.ty, m.type_prefixes()) {
+            (Some(t), _) => {
+                if !m.allows_type(t) {
                     return Resolved::Nothing;
                 }
                 match self.types.get(t) {
@@ -763,25 +812,28 @@ impl Index {
                     None => return Resolved::Nothing,
                 }
             }
-            (None, Some(prefix)) => {
+            (None, Some(prefixes)) => {
                 if types.epoch != self.type_epoch {
                     types.reset(self.type_epoch);
                 }
                 if types.pos == 0 {
-                    // A fresh set: the sorted names' range, when it fits
-                    // the budget; otherwise the log, a budget at a time.
-                    let range = self
-                        .type_order
-                        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-                        .take_while(|(name, _)| name.starts_with(prefix.as_str()));
+                    // A fresh set: the sorted names' range of each prefix,
+                    // when they fit the budget; otherwise the log, a
+                    // budget at a time.
                     let mut n = 0;
-                    for (_, &id) in range {
-                        if n == budget {
-                            types.reset(self.type_epoch);
-                            break;
+                    'prefixes: for prefix in prefixes {
+                        let range = self
+                            .type_order
+                            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                            .take_while(|(name, _)| name.starts_with(prefix.as_str()));
+                        for (_, &id) in range {
+                            if n == budget {
+                                types.reset(self.type_epoch);
+                                break 'prefixes;
+                            }
+                            types.insert(id);
+                            n += 1;
                         }
-                        types.insert(id);
-                        n += 1;
                     }
                     page.compiled += n;
                     if n < budget {
@@ -791,7 +843,7 @@ impl Index {
                 let todo = &self.type_log[types.pos.min(self.type_log.len())..];
                 let n = todo.len().min(budget);
                 for &id in &todo[..n] {
-                    if self.types.name(id).starts_with(prefix.as_str()) {
+                    if m.allows_type(self.types.name(id)) {
                         types.insert(id);
                     }
                 }
@@ -970,6 +1022,7 @@ pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<B
 #[cfg(test)]
 mod tests {
     use super::Interner;
+    use crate::store::Scope;
 
     #[test]
     fn a_prefix_over_more_types_than_the_scan_budget_still_finds_its_events() {
@@ -1060,6 +1113,10 @@ mod tests {
     }
 
     fn entry(seq: u64, ty: &str) -> super::NewEntry<'_> {
+        from(seq, ty, "/s")
+    }
+
+    fn from<'a>(seq: u64, ty: &'a str, source: &'a str) -> super::NewEntry<'a> {
         super::NewEntry {
             seq,
             segment: 0,
@@ -1067,10 +1124,272 @@ mod tests {
             len: 1,
             crc: 0,
             ty,
-            source: "/s",
+            source,
             subject: None,
             frame: None,
         }
+    }
+
+    fn scope(types: &[&str], sources: &[&str]) -> Scope {
+        Scope {
+            type_prefixes: types.iter().map(|s| s.to_string()).collect(),
+            source_prefixes: sources.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Reads with `m` from `after` to the end, in chunks of `budget`, as
+    /// the store does; returns the seqs found and where the read ended.
+    fn read_all(
+        idx: &super::Index,
+        m: &super::Matcher,
+        after: u64,
+        budget: usize,
+    ) -> (Vec<u64>, u64) {
+        let (mut after, mut seqs) = (after, Vec::new());
+        for _ in 0..100_000 {
+            let page = idx.scan(after, m, 1000, budget);
+            seqs.extend(page.hits.iter().map(|h| h.seq));
+            after = page.scanned_to;
+            if after >= page.last {
+                return (seqs, after);
+            }
+        }
+        panic!(
+            "the read never reached the end (at {after}, {} found)",
+            seqs.len()
+        );
+    }
+
+    /// Type and source names of the test log below, by seq.
+    fn names(seq: u64) -> (String, String) {
+        let letter = ["a", "b", "c"][(seq % 3) as usize];
+        (
+            format!("{letter}.{}", seq % 400),
+            format!("/{letter}/{}", seq % 11),
+        )
+    }
+
+    /// Events 1..=n over 1,200 types and 33 sources.
+    fn many(n: u64) -> super::Index {
+        let mut idx = super::Index::new(1, 0);
+        for seq in 1..=n {
+            let (ty, source) = names(seq);
+            idx.push(from(seq, &ty, &source));
+        }
+        idx
+    }
+
+    #[test]
+    fn a_scoped_read_sees_exactly_the_events_of_its_filter_and_scope() {
+        let idx = many(6_000);
+        let cases: Vec<(super::Filter, &str)> = vec![
+            (
+                super::Filter {
+                    scope: scope(&["a.1", "c.2"], &[]),
+                    ..Default::default()
+                },
+                "several type prefixes",
+            ),
+            (
+                super::Filter {
+                    scope: scope(&[], &["/b/1", "/c/3"]),
+                    ..Default::default()
+                },
+                "source prefixes",
+            ),
+            (
+                super::Filter {
+                    scope: scope(&["a.", "b.3"], &["/a/", "/b/2"]),
+                    ..Default::default()
+                },
+                "both",
+            ),
+            (
+                super::Filter {
+                    type_prefix: Some("a.".into()),
+                    scope: scope(&["a.1", "b."], &[]),
+                    ..Default::default()
+                },
+                "a type_prefix wider than one scope prefix",
+            ),
+            (
+                super::Filter {
+                    type_prefix: Some("a.12".into()),
+                    scope: scope(&["a.1", "a.", "c."], &["/a/1"]),
+                    ..Default::default()
+                },
+                "a type_prefix inside the scope",
+            ),
+            (
+                super::Filter {
+                    type_prefix: Some("b.".into()),
+                    scope: scope(&["a."], &[]),
+                    ..Default::default()
+                },
+                "a type_prefix outside the scope",
+            ),
+            (
+                super::Filter {
+                    source: Some("/a/4".into()),
+                    scope: scope(&["a.1"], &["/a/"]),
+                    ..Default::default()
+                },
+                "an exact source inside the scope",
+            ),
+        ];
+        for (filter, what) in cases {
+            let want: Vec<u64> = (1..=6_000)
+                .filter(|&seq| {
+                    let (ty, source) = names(seq);
+                    filter.scope.allows(&ty, &source)
+                        && filter
+                            .type_prefix
+                            .as_ref()
+                            .is_none_or(|p| ty.starts_with(p.as_str()))
+                        && filter.source.as_ref().is_none_or(|s| *s == source)
+                })
+                .collect();
+            // 100 is less than the 1,200 type names: the set is built
+            // over several chunks.
+            for budget in [100, 4096] {
+                let m = super::Matcher::new(filter.clone());
+                let (seqs, end) = read_all(&idx, &m, 0, budget);
+                assert_eq!(end, 6_000, "{what}: the read reaches the end");
+                assert!(
+                    seqs == want,
+                    "{what} (budget {budget}): {} events found, want {}",
+                    seqs.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_scoped_reader_looks_only_at_the_type_names_of_its_prefixes() {
+        let mut idx = super::Index::new(1, 0);
+        for seq in 1..=20_000u64 {
+            idx.push(entry(seq, &format!("many.t{seq:06}")));
+        }
+        for (type_prefix, scoped, names) in [
+            (None, &["many.t0100", "many.t0200", "many.t010"][..], 1_001),
+            (Some("many.t010"), &["many.t0100", "many.t0200"][..], 100),
+            (Some("many.t0"), &["many.t0100", "many.t0200"][..], 101),
+            (Some("many.t02"), &["many.t0100"][..], 0),
+        ] {
+            let m = super::Matcher::new(super::Filter {
+                type_prefix: type_prefix.map(String::from),
+                scope: scope(scoped, &[]),
+                ..Default::default()
+            });
+            let page = idx.scan(0, &m, 1000, 4096);
+            assert_eq!(
+                page.compiled, names,
+                "type names looked at for {type_prefix:?} in {scoped:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn types_and_sources_interned_after_the_matcher_compiled_are_scoped_too() {
+        let mut idx = many(3_000);
+        let m = super::Matcher::new(super::Filter {
+            scope: scope(&["new.in", "a.1"], &["/new/in", "/a/"]),
+            ..Default::default()
+        });
+        let (before, _) = read_all(&idx, &m, 0, 100);
+        assert!(!before.is_empty());
+        for (seq, ty, source) in [
+            (3_001, "new.in.x", "/new/in/1"),
+            (3_002, "new.out", "/new/in/1"),
+            (3_003, "new.in.y", "/new/out"),
+            (3_004, "a.1new", "/a/new"),
+            (3_005, "new.in.z", "/new/in/2"),
+        ] {
+            idx.push(from(seq, ty, source));
+        }
+        let (seqs, end) = read_all(&idx, &m, 3_000, 100);
+        assert_eq!((seqs, end), (vec![3_001, 3_004, 3_005], 3_005));
+    }
+
+    #[test]
+    fn an_exact_type_or_source_outside_the_scope_matches_nothing_and_the_cursor_moves_on() {
+        let idx = many(3_000);
+        for (filter, what) in [
+            (
+                super::Filter {
+                    ty: Some("b.7".into()),
+                    scope: scope(&["a."], &[]),
+                    ..Default::default()
+                },
+                "type",
+            ),
+            (
+                super::Filter {
+                    source: Some("/b/7".into()),
+                    scope: scope(&[], &["/a/"]),
+                    ..Default::default()
+                },
+                "source",
+            ),
+            (
+                super::Filter {
+                    ty: Some("a.7".into()),
+                    source: Some("/a/7".into()),
+                    scope: scope(&["a."], &["/a/1"]),
+                    ..Default::default()
+                },
+                "type inside, source outside",
+            ),
+        ] {
+            let page = idx.scan(0, &super::Matcher::new(filter), 1000, 100);
+            assert!(page.hits.is_empty(), "{what}: nothing is in scope");
+            assert_eq!(
+                page.scanned_to, 3_000,
+                "{what}: the cursor moves to the end"
+            );
+        }
+        // Out of scope, but the same names exist: a reader without the
+        // scope does see them.
+        let unscoped = super::Filter {
+            ty: Some("b.7".into()),
+            ..Default::default()
+        };
+        assert!(!idx.query(0, &unscoped, 10, 10_000).hits.is_empty());
+        // A scoped read that sees nothing still moves on, chunk by chunk.
+        let m = super::Matcher::new(super::Filter {
+            scope: scope(&[], &["/nowhere"]),
+            ..Default::default()
+        });
+        let page = idx.scan(0, &m, 1000, 100);
+        assert_eq!((page.hits.len(), page.scanned_to), (0, 100));
+        assert_eq!(read_all(&idx, &m, 0, 100), (vec![], 3_000));
+    }
+
+    #[test]
+    fn a_source_id_reused_after_retention_is_checked_again() {
+        let mut idx = super::Index::new(1, 0);
+        let m = super::Matcher::new(super::Filter {
+            scope: scope(&[], &["/in/"]),
+            ..Default::default()
+        });
+        let out: Vec<String> = (1..=100).map(|n| format!("/out/{n}")).collect();
+        for (seq, source) in (1..=100).zip(&out) {
+            idx.push(from(seq, "t", source));
+        }
+        assert_eq!(read_all(&idx, &m, 0, 1000), (vec![], 100));
+        // Retention releases the 100 source ids; new sources reuse them.
+        idx.drop_before(101);
+        let inside: Vec<String> = (101..=200).map(|n| format!("/in/{n}")).collect();
+        for (seq, source) in (101..=200).zip(&inside) {
+            idx.push(from(seq, "t", source));
+        }
+        let (seqs, _) = read_all(&idx, &m, 100, 1000);
+        assert!(
+            seqs.iter().copied().eq(101..=200),
+            "{} of 100 in-scope events found",
+            seqs.len()
+        );
     }
 
     #[test]
