@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::files::DataDir;
-use common::process::spawn_process;
+use common::process::{create_token, spawn_process};
 use serde_json::json;
 
 /// The schemathesis release this test runs (`pip install schemathesis==`).
@@ -149,7 +149,12 @@ async fn schemathesis_finds_nothing() {
         Ok(st) => st,
         Err(why) => panic!("cannot run schemathesis: {why}"),
     };
+    // With access control on, as a shared bus runs: every request sends an
+    // admin token, and schemathesis checks that the operations the document
+    // marks as needing one refuse a request without it. Failed
+    // authentications are not limited here: that check sends many.
     let dir = DataDir::temp();
+    let token = create_token(dir.path(), "fuzz", "admin", &[]).await;
     let server = spawn_process(
         dir.path(),
         &[
@@ -159,10 +164,14 @@ async fn schemathesis_finds_nothing() {
             "5s",
             "--sse-heartbeat",
             "1s",
+            "--auth",
+            "required",
+            "--auth-failure-rate",
+            "1000000/m",
         ],
     )
     .await;
-    seed(&server.api).await;
+    seed(&server.api.with_token(&token)).await;
 
     let examples = std::env::var("SCHEMATHESIS_EXAMPLES")
         .ok()
@@ -175,6 +184,7 @@ async fn schemathesis_finds_nothing() {
         .arg("run")
         .arg(server.api.url("/openapi.json"))
         .args(["--checks", "all"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--max-examples", &examples.to_string()])
         .args([
             "--workers",

@@ -50,6 +50,21 @@ pub struct ConsumerFilter {
     /// Only events with this subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The access scope of the token that created the consumer: it only
+    /// ever reads events inside it (absent: no scope). Set by the server,
+    /// never by the request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeView>,
+}
+
+/// An access scope: allowed type and source prefixes (an empty list
+/// allows every value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ScopeView {
+    /// Allowed type prefixes.
+    pub type_prefixes: Vec<String>,
+    /// Allowed source prefixes.
+    pub source_prefixes: Vec<String>,
 }
 
 impl From<Filter> for ConsumerFilter {
@@ -59,6 +74,10 @@ impl From<Filter> for ConsumerFilter {
             type_prefix: f.type_prefix,
             source: f.source,
             subject: f.subject,
+            scope: (!f.scope.is_unrestricted()).then_some(ScopeView {
+                type_prefixes: f.scope.type_prefixes,
+                source_prefixes: f.scope.source_prefixes,
+            }),
         }
     }
 }

@@ -196,7 +196,8 @@ fn seq_schema() -> Value {
 }
 
 /// The bearer scheme on every operation that needs a token, with its 401
-/// and 403; `?access_token=` on the stream; none on the health probes.
+/// and 403; none on the health probes. (The stream's `?access_token=` is a
+/// query parameter of its own: see `stream::stream`.)
 /// `/metrics` and the docs take a token only under `--protect`, so theirs
 /// is optional.
 fn declare_security(doc: &mut Value) {
@@ -206,12 +207,6 @@ fn declare_security(doc: &mut Value) {
             "scheme": "bearer",
             "bearerFormat": "mb_<id>_<secret>",
             "description": "A token from `msgbus token create` or `POST /admin/tokens` (or MSGBUS_ADMIN_TOKEN)."
-        },
-        "access_token": {
-            "type": "apiKey",
-            "in": "query",
-            "name": "access_token",
-            "description": "The token as a query parameter: accepted by GET /events/stream only (browsers' EventSource cannot set headers)."
         }
     });
     let problem = |description: &str| {
@@ -233,7 +228,6 @@ fn declare_security(doc: &mut Value) {
                 continue;
             }
             op["security"] = match path.as_str() {
-                "/events/stream" => json!([{"bearer": []}, {"access_token": []}]),
                 "/metrics" => json!([{}, {"bearer": []}]),
                 _ => json!([{"bearer": []}]),
             };

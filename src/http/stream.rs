@@ -116,6 +116,7 @@ pub struct SseEventDoc {
         ("type_prefix" = Option<String>, Query, description = "Only events whose type starts with this"),
         ("source" = Option<String>, Query, description = "Only events from this source"),
         ("subject" = Option<String>, Query, description = "Only events with this subject"),
+        ("access_token" = Option<String>, Query, description = "The token, for clients that cannot send `Authorization` (a browser's EventSource); accepted on this route only, never logged. The header wins when both are sent"),
     ),
     responses(
         (status = 200, description = "An endless `text/event-stream`: `retry:` once; per event `id: <seq>` and \

@@ -34,22 +34,31 @@ pub struct NewToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Allowed event type prefixes (none: all).
+    /// Allowed event type prefixes, each 1 to 256 bytes (none: all).
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(max_items = 64, inline, value_type = Vec<Prefix>)]
     pub type_prefixes: Vec<String>,
-    /// Allowed event source prefixes (none: all).
+    /// Allowed event source prefixes, each 1 to 256 bytes (none: all).
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(max_items = 64, inline, value_type = Vec<Prefix>)]
     pub source_prefixes: Vec<String>,
-    /// Lifetime, e.g. `30d`, `12h`, `90s` (none: no expiry).
+    /// Lifetime, e.g. `30d`, `12h`, `90s` (none: no expiry). The server
+    /// also takes forms the pattern leaves out (`1h30m`, plain seconds),
+    /// up to 100 years.
     #[serde(default)]
+    #[schema(pattern = "^[1-9][0-9]{0,3}[smhd]$")]
     pub expires: Option<String>,
     /// Its own request rate, e.g. `100/s` or `6000/m` (none: `--rate`).
     #[serde(default)]
-    #[schema(pattern = "^[0-9]+/[sm]$")]
+    #[schema(pattern = "^[1-9][0-9]{0,8}/[sm]$")]
     pub rate: Option<String>,
 }
+
+/// A type or source prefix of a scope.
+#[derive(ToSchema)]
+#[schema(min_length = 1, max_length = 256)]
+#[allow(dead_code)] // documents the items of the prefix lists
+pub struct Prefix(String);
 
 /// A token as listed: everything but the secret and its hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -163,7 +172,10 @@ async fn on_file<R: Send + 'static>(
     responses(
         (status = 201, description = "Created; `token` is shown only now", body = CreatedToken,
             headers(("Location" = String, description = "The token's URL"))),
+        (status = 400, description = "Malformed JSON or an empty body", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A token has that name", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid; `errors` names it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(

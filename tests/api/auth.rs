@@ -8,53 +8,17 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 
 use crate::common::files::DataDir;
-use crate::common::http::{error_fields, Api, REQUEST_TIMEOUT};
-use crate::common::process::{msgbus_command, run_msgbus, spawn_command};
+use crate::common::http::{error_fields, Api};
+use crate::common::process::{create_token, msgbus_command, run_msgbus, spawn_command};
 use crate::common::server::{start_app, TestApp};
 use crate::common::sse::SseReader;
 
-/// Makes a token with `msgbus token create` and returns it (the last line).
-async fn create_token(dir: &std::path::Path, name: &str, role: &str, extra: &[&str]) -> String {
-    let d = dir.display().to_string();
-    let mut args = vec![
-        "token",
-        "create",
-        "--data-dir",
-        &d,
-        "--name",
-        name,
-        "--role",
-        role,
-    ];
-    args.extend_from_slice(extra);
-    let (code, out, err) = run_msgbus(&args).await;
-    assert_eq!(code, 0, "token create: {out}{err}");
-    let token = out.lines().last().unwrap().trim().to_string();
-    assert!(token.starts_with("mb_"), "{out}");
-    token
-}
-
-/// A client of `app` sending `token` on every request.
+/// A client of `api` sending `token` on every request.
 fn as_token(api: &Api, token: &str) -> Api {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    Api {
-        addr: api.addr,
-        base: api.base.clone(),
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .default_headers(headers)
-            .build()
-            .unwrap(),
-    }
+    api.with_token(token)
 }
 
 fn ev(ty: &str, source: &str, id: &str) -> Value {

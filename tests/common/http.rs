@@ -49,6 +49,26 @@ impl Api {
         }
     }
 
+    /// The same server, every request sending `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .expect("a token is a valid header value"),
+        );
+        Api {
+            addr: self.addr,
+            base: self.base.clone(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .default_headers(headers)
+                .build()
+                .expect("build a reqwest client"),
+        }
+    }
+
     /// Absolute URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

@@ -284,3 +284,25 @@ pub async fn run_msgbus(args: &[&str]) -> (i32, String, String) {
     let out = run_to_exit(cmd, Duration::from_secs(30), &format!("msgbus {args:?}")).await;
     (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
 }
+
+/// Makes an access token with `msgbus token create` on `data_dir` (a real
+/// process, as an operator would) and returns it: the last line it prints.
+pub async fn create_token(data_dir: &Path, name: &str, role: &str, extra: &[&str]) -> String {
+    let d = data_dir.display().to_string();
+    let mut args = vec![
+        "token",
+        "create",
+        "--data-dir",
+        &d,
+        "--name",
+        name,
+        "--role",
+        role,
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run_msgbus(&args).await;
+    assert_eq!(code, 0, "msgbus token create: {out}{err}");
+    let token = out.lines().last().unwrap_or_default().trim().to_string();
+    assert!(token.starts_with("mb_"), "no token on the last line: {out}");
+    token
+}
