@@ -37,6 +37,25 @@ async fn seed(api: &Api) {
     }
     let r = api.post("/admin/backups", None).await;
     assert_eq!(r.status, 201, "backup: {}", r.text());
+    // Each seal also queued a backup of its own, which may still run after
+    // the one asked for above. One of them reading the file the test turns
+    // into a FIFO takes the bytes meant for the check (seen: the check
+    // then waited forever). Wait until the list has stayed the same for
+    // half a second.
+    let t0 = Instant::now();
+    let mut last = api.get_json("/admin/backups").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = api.get_json("/admin/backups").await;
+        if now == last {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "backups never settled"
+        );
+        last = now;
+    }
 }
 
 /// Checks run since start (monitor ticks and verifications), once the
