@@ -388,6 +388,10 @@ pub fn render(r: &Report) -> String {
         render_auth(&mut s, a);
     }
     let _ = writeln!(s);
+    if r.targets.is_empty() {
+        let _ = writeln!(s, "Targets: none for the scenarios run");
+        return s;
+    }
     let _ = writeln!(s, "Targets:");
     for t in &r.targets {
         let _ = writeln!(

@@ -351,6 +351,7 @@ async fn the_auth_group_compares_access_control_off_and_on_in_pairs() {
         table.contains("auth on ÷ off, median pair: single events @8 conns"),
         "{table}"
     );
+    assert!(table.contains("Targets: none"), "{table}");
 }
 
 /// A run against msgbus with access control on counts only 201s: without
