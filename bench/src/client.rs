@@ -1,6 +1,8 @@
 //! A minimal HTTP/1.1 client: one persistent keep-alive connection per
 //! [`Conn`] (hyper's connection-level API, no pool, no TLS), `TCP_NODELAY`
-//! on, the whole response body read so the connection is reused.
+//! on, the whole response body read so the connection is reused. A
+//! [`Conn`] may carry an `Authorization: Bearer` header ([`bearer`]) that
+//! it sends with every request, for a msgbus with access control on.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -29,15 +31,29 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// The `Authorization` header value `Bearer <token>`, marked sensitive.
+pub fn bearer(token: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// One keep-alive connection.
 pub struct Conn {
     host: HeaderValue,
+    auth: Option<HeaderValue>,
     sender: SendRequest<Full<Bytes>>,
 }
 
 impl Conn {
     /// Opens a connection to `addr`.
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
+        Conn::connect_with(addr, None).await
+    }
+
+    /// Opens a connection to `addr` whose every request carries `auth` as
+    /// its `Authorization` header (see [`bearer`]), when given.
+    pub async fn connect_with(addr: SocketAddr, auth: Option<HeaderValue>) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
@@ -46,6 +62,7 @@ impl Conn {
         });
         Ok(Conn {
             host: HeaderValue::from_str(&addr.to_string())?,
+            auth,
             sender,
         })
     }
@@ -63,6 +80,9 @@ impl Conn {
             .uri(path)
             .body(Full::new(body))?;
         req.headers_mut().insert(HOST, self.host.clone());
+        if let Some(auth) = &self.auth {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
         if let Some(ct) = content_type {
             req.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
@@ -81,13 +101,29 @@ impl Conn {
 
 /// `GET path` on a fresh connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response> {
-    let mut c = Conn::connect(addr).await?;
+    get_with(addr, path, None).await
+}
+
+/// `GET path` on a fresh connection, with `auth` as its `Authorization`
+/// header when given.
+pub async fn get_with(addr: SocketAddr, path: &str, auth: Option<HeaderValue>) -> Result<Response> {
+    let mut c = Conn::connect_with(addr, auth).await?;
     c.send(Method::GET, path, None, Bytes::new()).await
 }
 
 /// `GET path`, expecting 200 and a JSON body.
 pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let res = tokio::time::timeout(Duration::from_secs(30), get(addr, path))
+    get_json_with(addr, path, None).await
+}
+
+/// `GET path` with `auth` as its `Authorization` header when given,
+/// expecting 200 and a JSON body.
+pub async fn get_json_with(
+    addr: SocketAddr,
+    path: &str,
+    auth: Option<HeaderValue>,
+) -> Result<serde_json::Value> {
+    let res = tokio::time::timeout(Duration::from_secs(30), get_with(addr, path, auth))
         .await
         .map_err(|_| format!("GET {path} on {addr} timed out"))??;
     if res.status != StatusCode::OK {

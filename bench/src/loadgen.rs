@@ -9,6 +9,9 @@
 //!   its own schedule. Latency is measured from the time a request was
 //!   *due*, so a slow server cannot hide its stalls by slowing the load down
 //!   (no coordinated omission).
+//!
+//! [`closed_loop_with`] sends an `Authorization` header with every request
+//! (a msgbus with access control on); the other entry points send none.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -282,11 +286,17 @@ fn work_method(w: &Work) -> &'static str {
     }
 }
 
-/// Reconnects after a broken connection, retrying until `end`.
-async fn reconnect(addr: SocketAddr, end: Instant, stats: &mut ConnStats) -> Option<Conn> {
+/// Reconnects after a broken connection, retrying until `end`; the new
+/// connection sends `auth` like the old one.
+async fn reconnect(
+    addr: SocketAddr,
+    auth: Option<&HeaderValue>,
+    end: Instant,
+    stats: &mut ConnStats,
+) -> Option<Conn> {
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        match Conn::connect(addr).await {
+        match Conn::connect_with(addr, auth.cloned()).await {
             Ok(c) => return Some(c),
             Err(e) => {
                 stats.transport_errors += 1;
@@ -339,9 +349,20 @@ pub struct LoadResult {
 
 /// Runs a closed loop against `addr`.
 pub async fn closed_loop(addr: SocketAddr, work: &Work, spec: &ClosedLoop) -> Result<LoadResult> {
+    closed_loop_with(addr, work, spec, None).await
+}
+
+/// Runs a closed loop against `addr`, every request carrying `auth` as its
+/// `Authorization` header when given (see [`crate::client::bearer`]).
+pub async fn closed_loop_with(
+    addr: SocketAddr,
+    work: &Work,
+    spec: &ClosedLoop,
+    auth: Option<HeaderValue>,
+) -> Result<LoadResult> {
     let mut conns = Vec::with_capacity(spec.connections);
     for _ in 0..spec.connections {
-        conns.push(Conn::connect(addr).await?);
+        conns.push(Conn::connect_with(addr, auth.clone()).await?);
     }
     let start = Instant::now();
     let measure_start = start + spec.warmup;
@@ -351,6 +372,7 @@ pub async fn closed_loop(addr: SocketAddr, work: &Work, spec: &ClosedLoop) -> Re
     for (id, mut conn) in conns.into_iter().enumerate() {
         let work = work.clone();
         let tickets = tickets.clone();
+        let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
             let mut stats = ConnStats::new();
             let mut n = 0u64;
@@ -379,7 +401,7 @@ pub async fn closed_loop(addr: SocketAddr, work: &Work, spec: &ClosedLoop) -> Re
                 .await;
                 n += 1;
                 if !alive {
-                    match reconnect(addr, end, &mut stats).await {
+                    match reconnect(addr, auth.as_ref(), end, &mut stats).await {
                         Some(c) => conn = c,
                         None => break,
                     }
@@ -493,7 +515,7 @@ impl OpenLoop {
                     n += 1;
                     due += period;
                     if !alive {
-                        match reconnect(addr, end, &mut stats).await {
+                        match reconnect(addr, None, end, &mut stats).await {
                             Some(c) => conn = c,
                             None => break,
                         }

@@ -72,8 +72,10 @@ struct Args {
     startup_runs: Option<usize>,
     /// Run only these groups of scenarios, comma-separated: single (single
     /// events, batches, check), stored (prefill, start-up, store size,
-    /// reads under load), fanout (SSE fan-out) [default: all]. The JSON then
-    /// goes to bench/results/only-<groups>.json unless --out says otherwise.
+    /// reads under load), fanout (SSE fan-out), auth (single events and
+    /// batches with access control off, then on) [default: all]. The JSON
+    /// then goes to bench/results/only-<groups>.json unless --out says
+    /// otherwise.
     #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]
     only: Option<Vec<Scenario>>,
     /// SSE subscribers of the fan-out scenario [default: 1000, smoke 50].
@@ -99,6 +101,11 @@ struct Args {
     /// With `--load`: connections.
     #[arg(long, default_value_t = 64)]
     load_connections: usize,
+    /// With `--load`: a msgbus token (`mb_...`) every request sends as
+    /// `Authorization: Bearer`, for a server with access control on
+    /// [default: none].
+    #[arg(long, env = "BENCH_LOAD_TOKEN", hide_env_values = true)]
+    load_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -307,7 +314,11 @@ async fn load(addr: std::net::SocketAddr, args: &Args) -> msgbus_bench::client::
         "single" => Work::Single { tag, head: None },
         "batch" => Work::Batch { tag, size: 100 },
         "page" => {
-            let stats = msgbus_bench::client::get_json(addr, "/stats").await?;
+            let auth = match &args.load_token {
+                Some(t) => Some(msgbus_bench::client::bearer(t)?),
+                None => None,
+            };
+            let stats = msgbus_bench::client::get_json_with(addr, "/stats", auth).await?;
             let last = stats["events"]["last_seq"].as_u64().unwrap_or(0);
             Work::RecentPage {
                 head: Arc::new(AtomicU64::new(last)),
@@ -328,7 +339,11 @@ async fn load(addr: std::net::SocketAddr, args: &Args) -> msgbus_bench::client::
         duration: Duration::from_secs_f64(args.duration.unwrap_or(10.0)),
         max_requests: None,
     };
-    let r = loadgen::closed_loop(addr, &work, &spec).await?;
+    let auth = match &args.load_token {
+        Some(t) => Some(msgbus_bench::client::bearer(t)?),
+        None => None,
+    };
+    let r = loadgen::closed_loop_with(addr, &work, &spec, auth).await?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::loadgen::OpenLoopResult;
-use crate::scenarios::{FanoutDoc, Report};
+use crate::scenarios::{AuthCompare, AuthDoc, FanoutDoc, Report};
 use crate::servers::Memory;
 
 /// The machine the run was on.
@@ -384,7 +384,14 @@ pub fn render(r: &Report) -> String {
     if let Some(f) = &r.fanout {
         render_fanout(&mut s, f);
     }
+    if let Some(a) = &r.auth {
+        render_auth(&mut s, a);
+    }
     let _ = writeln!(s);
+    if r.targets.is_empty() {
+        let _ = writeln!(s, "Targets: none for the scenarios run");
+        return s;
+    }
     let _ = writeln!(s, "Targets:");
     for t in &r.targets {
         let _ = writeln!(
@@ -680,5 +687,71 @@ fn render_fanout(s: &mut String, f: &FanoutDoc) {
         } else {
             ""
         }
+    );
+}
+
+fn render_auth(s: &mut String, a: &AuthDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Access control: auth off (no token: open on loopback) vs on (an {} token exists and every request sends it); each run on a fresh store; pairs run off, then on; * the pair with the median ratio",
+        a.token_role
+    );
+    let _ = writeln!(
+        s,
+        "{:<26} {:>5} {:>4} | {:>9} {:>10} {:>7} {:>7} | {:>9} {:>10} {:>7} {:>7} | {:>6}",
+        "work",
+        "conns",
+        "pair",
+        "off req/s",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "on req/s",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "on/off"
+    );
+    for c in [&a.single, &a.batch] {
+        let work = if c.events_per_request > 1 {
+            format!("{} of {}", c.work, c.events_per_request)
+        } else {
+            c.work.clone()
+        };
+        for (i, p) in c.runs.iter().enumerate() {
+            let star = if i == c.median_run { "*" } else { "" };
+            let _ = writeln!(
+                s,
+                "{:<26} {:>5} {:>4} | {:>9} {:>10} {:>7.2} {:>7.2} | {:>9} {:>10} {:>7.2} {:>7.2} | {:>6.3}",
+                work,
+                c.connections,
+                format!("{}{star}", i + 1),
+                num(p.off.requests_per_s),
+                num(p.off.events_per_s),
+                p.off.p50_ms,
+                p.off.p99_ms,
+                num(p.on.requests_per_s),
+                num(p.on.events_per_s),
+                p.on.p50_ms,
+                p.on.p99_ms,
+                p.ratio
+            );
+        }
+    }
+    let line = |c: &AuthCompare| {
+        let ratios: Vec<f64> = c.runs.iter().map(|p| p.ratio).collect();
+        format!(
+            "{:.3}, per pair {}",
+            c.ratio,
+            per_run(&ratios, c.median_run, |x| format!("{x:.3}"))
+        )
+    };
+    let _ = writeln!(
+        s,
+        "  auth on ÷ off, median pair: single events @{} conns {}\n  auth on ÷ off, median pair: batches {}",
+        a.single.connections,
+        line(&a.single),
+        line(&a.batch)
     );
 }

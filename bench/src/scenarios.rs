@@ -24,11 +24,16 @@
 //!    `fanout_rate` events/s with no subscriber; then `fanout_subscribers`
 //!    SSE subscribers (`GET /events/stream`) connect and the same publisher
 //!    runs again: every subscriber must receive every event in order, and
-//!    each delivery's latency is recorded.
+//!    each delivery's latency is recorded;
+//! 8. **access control**: single events at the largest connection count,
+//!    then batches, each as `repeat` interleaved pairs of runs: auth off
+//!    (no token: msgbus serves openly on loopback), then auth on (a token
+//!    exists and every request carries it), each run on a fresh store. The
+//!    pair with the median ratio on ÷ off is reported ([`AuthCompare`]).
 //!
 //! `scenarios` selects groups: [`Scenario::Single`] is 1-3,
-//! [`Scenario::Stored`] 4-6, [`Scenario::Fanout`] 7. A group not run is
-//! absent (`null`) in the report, and so are its targets.
+//! [`Scenario::Stored`] 4-6, [`Scenario::Fanout`] 7, [`Scenario::Auth`] 8.
+//! A group not run is absent (`null`) in the report, and so are its targets.
 //!
 //! Why `repeat`: on a shared 2-vCPU machine one run differs from the next
 //! by about ±20%, more than some shortfalls, so a single run can call a
@@ -63,11 +68,18 @@ pub enum Scenario {
     Stored,
     /// SSE fan-out: many subscribers while events are published.
     Fanout,
+    /// Single events and batches with access control off, then on.
+    Auth,
 }
 
 impl Scenario {
     /// Every group, in the order they run.
-    pub const ALL: [Scenario; 3] = [Scenario::Single, Scenario::Stored, Scenario::Fanout];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Single,
+        Scenario::Stored,
+        Scenario::Fanout,
+        Scenario::Auth,
+    ];
 }
 
 /// Settings of one benchmark run.
@@ -478,6 +490,115 @@ pub struct Checks {
     pub errors: u64,
 }
 
+/// Access control off and on, side by side: what checking a token costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthDoc {
+    /// The role of the token the auth-on runs send (its secret is in no
+    /// report).
+    pub token_role: String,
+    /// `POST /events`, one event per request, at the largest connection
+    /// count.
+    pub single: AuthCompare,
+    /// `POST /events/batch` of `batch_size` events, `batch_connections`.
+    pub batch: AuthCompare,
+}
+
+/// One kind of publishing with access control off and on: `repeat`
+/// interleaved pairs (a run with auth off, then one with auth on), each run
+/// on a fresh store, so that a slow spell of the machine hits both sides
+/// of a ratio alike. The figures are the pair's with the median ratio
+/// ([`median_index`]); every pair is in `runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthCompare {
+    /// What each request is (`POST /events`, `POST /events/batch`).
+    pub work: String,
+    /// Connections.
+    pub connections: usize,
+    /// Events per request.
+    pub events_per_request: u64,
+    /// Auth off: no token exists; msgbus serves openly on loopback.
+    pub off: LoadResult,
+    /// Auth on: a token exists and every request carries it.
+    pub on: LoadResult,
+    /// `on.requests_per_s ÷ off.requests_per_s` (the same for events/s).
+    pub ratio: f64,
+    /// Every pair, in the order they ran.
+    pub runs: Vec<AuthPair>,
+    /// The index in `runs` of the pair reported above.
+    pub median_run: usize,
+}
+
+/// One pair of runs (auth off, then auth on), in short.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthPair {
+    /// The run with auth off.
+    pub off: AuthRun,
+    /// The run with auth on, right after.
+    pub on: AuthRun,
+    /// `on.requests_per_s ÷ off.requests_per_s`.
+    pub ratio: f64,
+}
+
+/// One run of an [`AuthPair`], in short.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthRun {
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Durable events per second.
+    pub events_per_s: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+}
+
+impl AuthRun {
+    fn of(r: &LoadResult) -> Self {
+        AuthRun {
+            requests_per_s: r.requests_per_s,
+            events_per_s: r.events_per_s,
+            p50_ms: r.latency.p50_ms,
+            p99_ms: r.latency.p99_ms,
+        }
+    }
+}
+
+impl AuthCompare {
+    /// The comparison of `pairs` (auth-off run, auth-on run; at least one):
+    /// the pair with the median ratio, and all of them in `runs`.
+    pub fn from_pairs(
+        work: &str,
+        connections: usize,
+        events_per_request: u64,
+        pairs: Vec<(LoadResult, LoadResult)>,
+    ) -> Self {
+        let runs: Vec<AuthPair> = pairs
+            .iter()
+            .map(|(off, on)| AuthPair {
+                off: AuthRun::of(off),
+                on: AuthRun::of(on),
+                ratio: ratio(on.requests_per_s, off.requests_per_s),
+            })
+            .collect();
+        let ratios: Vec<f64> = runs.iter().map(|r| r.ratio).collect();
+        let median_run = median_index(&ratios);
+        let (off, on) = pairs
+            .into_iter()
+            .nth(median_run)
+            .expect("median_index is an index of its input");
+        AuthCompare {
+            work: work.to_string(),
+            connections,
+            events_per_request,
+            off,
+            on,
+            ratio: runs[median_run].ratio,
+            runs,
+            median_run,
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -505,6 +626,8 @@ pub struct Report {
     pub fanout: Option<FanoutDoc>,
     /// Consistency checks ([`Scenario::Single`]).
     pub checks: Option<Checks>,
+    /// Access control off and on ([`Scenario::Auth`]).
+    pub auth: Option<AuthDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -566,6 +689,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         reads_under_load: None,
         fanout: None,
         checks: None,
+        auth: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -583,6 +707,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Fanout) {
         rep.fanout = Some(run_fanout(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Auth) {
+        rep.auth = Some(run_auth(cfg, launcher).await?);
     }
     rep.targets = report::targets(&rep);
     rep.machine.loadavg_end = report::loadavg();
@@ -963,6 +1090,161 @@ async fn run_fanout(cfg: &BenchConfig, launcher: &Launcher) -> Result<FanoutDoc>
     })
 }
 
+/// The name of the token the auth-on runs create and send.
+const AUTH_TOKEN_NAME: &str = "bench";
+
+/// 8: single events, then batches, each `repeat` interleaved pairs of runs
+/// with access control off and on, every run on a fresh store.
+async fn run_auth(cfg: &BenchConfig, launcher: &Launcher) -> Result<AuthDoc> {
+    let c = cfg.max_connections();
+    let mut pairs = Vec::with_capacity(cfg.repeat);
+    for i in 0..cfg.repeat {
+        let mut pair = Vec::with_capacity(2);
+        for on in [false, true] {
+            say(
+                cfg,
+                &format!(
+                    "access control: single events, {c} connections{}: auth {}",
+                    run_of(cfg, i),
+                    side(on)
+                ),
+            );
+            let work = single_work(&format!("auth-{}", side(on)));
+            pair.push(auth_run(cfg, launcher, &format!("single-{}", i + 1), on, &work, c).await?);
+        }
+        let on = pair.pop().expect("two runs");
+        let off = pair.pop().expect("two runs");
+        pairs.push((off, on));
+    }
+    let single = AuthCompare::from_pairs("POST /events", c, 1, pairs);
+
+    let mut pairs = Vec::with_capacity(cfg.repeat);
+    for i in 0..cfg.repeat {
+        let mut pair = Vec::with_capacity(2);
+        for on in [false, true] {
+            say(
+                cfg,
+                &format!(
+                    "access control: batches of {}, {} connections{}: auth {}",
+                    cfg.batch_size,
+                    cfg.batch_connections,
+                    run_of(cfg, i),
+                    side(on)
+                ),
+            );
+            let work = Work::Batch {
+                tag: run_tag(&format!("auth-batch-{}", side(on))),
+                size: cfg.batch_size,
+            };
+            let label = format!("batch-{}", i + 1);
+            pair.push(auth_run(cfg, launcher, &label, on, &work, cfg.batch_connections).await?);
+        }
+        let on = pair.pop().expect("two runs");
+        let off = pair.pop().expect("two runs");
+        pairs.push((off, on));
+    }
+    let batch = AuthCompare::from_pairs(
+        "POST /events/batch",
+        cfg.batch_connections,
+        cfg.batch_size as u64,
+        pairs,
+    );
+    Ok(AuthDoc {
+        token_role: "admin".into(),
+        single,
+        batch,
+    })
+}
+
+fn side(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// One run of the access-control group on a fresh store in its own
+/// directory (deleted afterwards; a batch run writes about a gigabyte).
+/// With `on`, a token is created before msgbus starts, and every request
+/// sends it. Fails when access control is not in the state asked for
+/// (`GET /stats` without a token must answer 401 with auth on, 200 with it
+/// off), when any request was not answered 201, or when the events stored
+/// are not the events acknowledged.
+async fn auth_run(
+    cfg: &BenchConfig,
+    launcher: &Launcher,
+    label: &str,
+    on: bool,
+    work: &Work,
+    connections: usize,
+) -> Result<LoadResult> {
+    let what = format!("access control {}, {label}", side(on));
+    let dir = cfg.work_dir.join(format!("auth-{}-{label}", side(on)));
+    let auth = if on {
+        let spec = msgbus::auth::file::TokenSpec {
+            name: AUTH_TOKEN_NAME.into(),
+            role: msgbus::auth::Role::Admin,
+            scope: Default::default(),
+            rate: None,
+            expires: None,
+        };
+        let (_, token) = msgbus::auth::file::create(&dir, spec, &msgbus::clock::now_rfc3339())
+            .map_err(|e| format!("{what}: cannot create a token: {e}"))?;
+        Some(client::bearer(&token)?)
+    } else {
+        None
+    };
+    let server = launcher.msgbus(&dir).await?;
+    let probe = client::get(server.addr, "/stats").await?.status;
+    let result =
+        match loadgen::closed_loop_with(server.addr, work, &cfg.closed(connections), auth.clone())
+            .await
+        {
+            Ok(r) => client::get_json_with(server.addr, "/stats", auth)
+                .await
+                .map(|st| (r, total_events(&st))),
+            Err(e) => Err(e),
+        };
+    server.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    let expected = if on { 401 } else { 200 };
+    if probe.as_u16() != expected {
+        return Err(format!(
+            "{what}: GET /stats without a token answered {probe}, not {expected}: access control is not {}",
+            side(on)
+        )
+        .into());
+    }
+    let (r, stored) = result?;
+    every_request_created(&r, &what)?;
+    if stored != r.events_total {
+        return Err(format!(
+            "{what}: msgbus stores {stored} events, the load generator counted {} acknowledged",
+            r.events_total
+        )
+        .into());
+    }
+    Ok(r)
+}
+
+/// Fails unless every request of `r` was answered with its expected
+/// status: a run in which requests were refused (a 401 from a token that
+/// did not work, say) measures the refusals, not access control.
+pub fn every_request_created(r: &LoadResult, what: &str) -> Result<()> {
+    if r.errors > 0 || r.requests_total == 0 {
+        return Err(format!(
+            "{what}: {} requests failed and {} succeeded (statuses {:?}; first: {}): the run measures nothing",
+            r.errors,
+            r.requests_total,
+            r.unexpected_statuses,
+            r.first_error.as_deref().unwrap_or("none")
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
@@ -1086,5 +1368,43 @@ mod tests {
         assert_eq!(row.runs[0].events_per_fsync, 30.0);
         assert_eq!(row.runs[0].ceiling_requests_per_s, 10_000.0);
         assert_eq!(row.errors_all_runs(), 3);
+    }
+
+    #[test]
+    fn an_auth_comparison_is_the_pair_with_the_median_ratio_whole() {
+        // Ratios on ÷ off: 0.9, 1.0, 0.8. The median is the first pair; it
+        // has neither the median off nor the median on figure.
+        let pairs = vec![
+            (load(10_000.0, 2.0, 0), load(9_000.0, 2.5, 0)),
+            (load(8_000.0, 1.0, 0), load(8_000.0, 1.1, 0)),
+            (load(12_000.0, 3.0, 0), load(9_600.0, 4.0, 0)),
+        ];
+        let c = AuthCompare::from_pairs("POST /events", 64, 1, pairs);
+        assert_eq!(c.median_run, 0);
+        assert_eq!(c.ratio, 0.9);
+        assert_eq!(c.off.requests_per_s, 10_000.0);
+        assert_eq!(c.on.requests_per_s, 9_000.0);
+        assert_eq!(c.on.latency.p99_ms, 2.5);
+        let ratios: Vec<f64> = c.runs.iter().map(|p| p.ratio).collect();
+        assert_eq!(ratios, [0.9, 1.0, 0.8]);
+        assert_eq!(c.runs[2].off.p99_ms, 3.0);
+        assert_eq!(c.runs[2].on.requests_per_s, 9_600.0);
+    }
+
+    #[test]
+    fn a_run_with_any_refused_request_is_not_a_measurement() {
+        let mut ok = load(10_000.0, 1.0, 0);
+        ok.requests_total = 110_000;
+        every_request_created(&ok, "auth on").unwrap();
+        // Some 401s among many 201s.
+        let mut refused = ok.clone();
+        refused.errors = 3;
+        refused.unexpected_statuses.insert(401, 3);
+        let e = every_request_created(&refused, "auth on").unwrap_err();
+        assert!(e.to_string().contains("401"), "{e}");
+        // Nothing succeeded at all.
+        let mut none = load(0.0, 0.0, 0);
+        none.requests_total = 0;
+        assert!(every_request_created(&none, "auth off").is_err());
     }
 }

@@ -7,9 +7,12 @@
 
 use std::time::Duration;
 
+use msgbus_bench::client;
 use msgbus_bench::loadgen::{self, ClosedLoop, Work};
 use msgbus_bench::report;
-use msgbus_bench::scenarios::{run_all, BenchConfig, FanoutDoc, Scenario};
+use msgbus_bench::scenarios::{
+    every_request_created, run_all, AuthCompare, BenchConfig, FanoutDoc, Scenario,
+};
 use msgbus_bench::servers::Launcher;
 
 fn test_config(work_dir: std::path::PathBuf) -> BenchConfig {
@@ -131,6 +134,9 @@ async fn every_scenario_runs_and_the_201s_counted_are_the_events_stored() {
     );
 
     assert_fanout_delivered_everything(rep.fanout.as_ref().unwrap(), 20);
+    let a = rep.auth.as_ref().unwrap();
+    assert_auth_compare(&a.single, 8, 1, 1);
+    assert_auth_compare(&a.batch, 4, 100, 1);
 
     assert_eq!(rep.targets.len(), 10, "{:?}", rep.targets);
     let json = serde_json::to_value(&rep).unwrap();
@@ -273,4 +279,129 @@ async fn the_load_generator_counts_only_expected_statuses() {
     assert_eq!((r.requests_total, r.errors), (0, 10), "{r:?}");
     assert_eq!(r.unexpected_statuses.get(&404), Some(&10));
     ceiling.stop().await.unwrap();
+}
+
+/// One comparison of the access-control group: `repeat` pairs, every run
+/// all 201s, and the reported figures those of the pair with the median
+/// (of two: the lower) ratio.
+fn assert_auth_compare(c: &AuthCompare, connections: usize, per_request: u64, repeat: usize) {
+    assert_eq!(c.connections, connections, "{c:?}");
+    assert_eq!(c.events_per_request, per_request);
+    assert_eq!(c.runs.len(), repeat, "{c:?}");
+    for r in [&c.off, &c.on] {
+        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+        assert!(r.unexpected_statuses.is_empty(), "{r:?}");
+        assert_eq!(r.events_total, r.requests_total * per_request);
+        assert!(r.latency.p50_ms > 0.0 && r.latency.p99_ms >= r.latency.p50_ms);
+    }
+    let ratios: Vec<f64> = c.runs.iter().map(|p| p.ratio).collect();
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(lowest > 0.0, "{ratios:?}");
+    if repeat == 2 {
+        assert_eq!(c.ratio, lowest, "{ratios:?}");
+    }
+    let reported = &c.runs[c.median_run];
+    assert_eq!(c.ratio, reported.ratio);
+    assert_eq!(c.off.requests_per_s, reported.off.requests_per_s);
+    assert_eq!(c.on.requests_per_s, reported.on.requests_per_s);
+    assert_eq!(c.on.latency.p99_ms, reported.on.p99_ms);
+    assert_eq!(c.ratio, c.on.requests_per_s / c.off.requests_per_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_group_compares_access_control_off_and_on_in_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = dir.path().join("run");
+    let cfg = BenchConfig {
+        scenarios: vec![Scenario::Auth],
+        repeat: 2,
+        ..test_config(work_dir.clone())
+    };
+    let rep = run_all(&cfg, &Launcher::InProcess).await.unwrap();
+    assert!(rep.single.is_empty() && rep.batch.is_none() && rep.fanout.is_none());
+    assert!(rep.targets.is_empty(), "{:?}", rep.targets);
+    let a = rep.auth.as_ref().expect("the auth group ran");
+    assert_eq!(a.token_role, "admin");
+    // The largest connection count of the config; the batch settings.
+    assert_auth_compare(&a.single, 8, 1, 2);
+    assert_auth_compare(&a.batch, 4, 100, 2);
+
+    // Each run's store is deleted after it.
+    let left: Vec<_> = std::fs::read_dir(&work_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let json = serde_json::to_value(&rep).unwrap();
+    assert_eq!(json["config"]["scenarios"], serde_json::json!(["auth"]));
+    assert_eq!(json["auth"]["single"]["runs"].as_array().unwrap().len(), 2);
+    assert!(
+        json["auth"]["batch"]["runs"][1]["on"]["events_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // The token's secret is in no report.
+    assert!(!json.to_string().contains("mb_"), "{json}");
+    let table = report::render(&rep);
+    assert!(table.contains("Access control: auth off"), "{table}");
+    assert!(table.contains("POST /events/batch of 100"), "{table}");
+    assert!(
+        table.contains("auth on ÷ off, median pair: single events @8 conns"),
+        "{table}"
+    );
+    assert!(table.contains("Targets: none"), "{table}");
+}
+
+/// A run against msgbus with access control on counts only 201s: without
+/// the token, or with a wrong one, every publish is a 401 and the group's
+/// check refuses the run; with the token (sent by the load generator on
+/// every connection) every publish is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_without_a_valid_token_fails_the_auth_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = msgbus::auth::file::TokenSpec {
+        name: "bench".into(),
+        role: msgbus::auth::Role::Publish,
+        scope: Default::default(),
+        rate: None,
+        expires: None,
+    };
+    let (_, token) =
+        msgbus::auth::file::create(dir.path(), spec, &msgbus::clock::now_rfc3339()).unwrap();
+    let server = Launcher::InProcess.msgbus(dir.path()).await.unwrap();
+    let work = Work::Single {
+        tag: "auth-check".into(),
+        head: None,
+    };
+    // Few enough refusals to stay under the per-address limit of failed
+    // authentications (otherwise 429s would follow).
+    let spec = ClosedLoop {
+        connections: 2,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(30),
+        max_requests: Some(8),
+    };
+    let last = if token.ends_with('A') { 'B' } else { 'A' };
+    let wrong = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(wrong, token);
+    for auth in [None, Some(client::bearer(&wrong).unwrap())] {
+        let r = loadgen::closed_loop_with(server.addr, &work, &spec, auth)
+            .await
+            .unwrap();
+        assert_eq!((r.requests_total, r.errors), (0, 8), "{r:?}");
+        assert_eq!(r.unexpected_statuses.get(&401), Some(&8), "{r:?}");
+        let e = every_request_created(&r, "auth on")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("401"), "{e}");
+    }
+    let auth = client::bearer(&token).unwrap();
+    let r = loadgen::closed_loop_with(server.addr, &work, &spec, Some(auth))
+        .await
+        .unwrap();
+    assert_eq!((r.requests_total, r.errors), (8, 0), "{r:?}");
+    every_request_created(&r, "auth on").unwrap();
+    server.stop().await.unwrap();
 }
