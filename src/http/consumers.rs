@@ -215,18 +215,12 @@ fn consumer_problem(e: ConsumerError) -> Problem {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Problem {
-    let message = message.into();
-    let mut p = Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+    Problem::invalid_field(
         "invalid-consumer",
         "Invalid consumer request",
-        format!("{field}: {message}"),
-    );
-    p.errors.push(FieldError {
-        field: field.into(),
+        field,
         message,
-    });
-    p
+    )
 }
 
 fn check_name(name: &str) -> Result<(), Problem> {

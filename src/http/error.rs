@@ -108,6 +108,28 @@ impl Problem {
         p
     }
 
+    /// 422 of kind `slug` (titled `title`) naming one field of a request
+    /// body and why it is refused.
+    pub fn invalid_field(
+        slug: &'static str,
+        title: &'static str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        let message = message.into();
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            slug,
+            title,
+            format!("{field}: {message}"),
+        );
+        p.errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        });
+        p
+    }
+
     /// 422: the event (or request) is well-formed but invalid. Lists the
     /// first [`MAX_LISTED_ERRORS`] of `errors` and counts the rest.
     pub fn invalid(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {

@@ -19,7 +19,6 @@ use crate::auth::command::{check_spec, expiry};
 use crate::auth::file::{self, TokenFileError, TokenRecord, TokenSpec};
 use crate::auth::Role;
 use crate::config::{parse_duration, Rate};
-use crate::event::FieldError;
 use crate::store::Scope;
 
 /// Largest body of `POST /admin/tokens`.
@@ -121,18 +120,12 @@ pub struct TokenList {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Problem {
-    let message = message.into();
-    let mut p = Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+    Problem::invalid_field(
         "invalid-token-request",
         "Invalid token request",
-        format!("{field}: {message}"),
-    );
-    p.errors.push(FieldError {
-        field: field.into(),
+        field,
         message,
-    });
-    p
+    )
 }
 
 fn file_problem(e: TokenFileError) -> Problem {
