@@ -31,12 +31,10 @@ pub struct Application {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     config: ServeConfig,
-    tls: Option<TlsServing>,
-}
-
-/// HTTPS: the certificate in use and the SIGHUP handler that reloads it.
-struct TlsServing {
-    tls: Arc<Tls>,
+    tls: Option<Arc<Tls>>,
+    /// SIGHUP: rereads the TLS certificate (when serving HTTPS) and the
+    /// token file at once. Installed before the port answers, so a SIGHUP
+    /// never takes its default action (ending the process).
     hangup: Signal,
 }
 
@@ -44,9 +42,9 @@ impl Application {
     /// Opens the store (recovery included) and binds the listener.
     pub async fn build(config: ServeConfig) -> Result<Application, AppError> {
         // Before the store opens: a bad certificate or key is refused at
-        // once, naming the flag and the file. The SIGHUP handler is in place
-        // before the port answers, so a reload sent as soon as the server
-        // is ready is not the default action (exit).
+        // once, naming the flag and the file.
+        let hangup = tokio::signal::unix::signal(SignalKind::hangup())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let tls = Tls::load(cert, key)?;
@@ -58,12 +56,7 @@ impl Application {
                     chain_len = loaded.chain_len,
                     "serving HTTPS"
                 );
-                let hangup = tokio::signal::unix::signal(SignalKind::hangup())
-                    .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
-                Some(TlsServing {
-                    tls: Arc::new(tls),
-                    hangup,
-                })
+                Some(Arc::new(tls))
             }
             _ => None,
         };
@@ -105,6 +98,7 @@ impl Application {
             shutdown_tx,
             config,
             tls,
+            hangup,
         })
     }
 
@@ -132,6 +126,7 @@ impl Application {
             shutdown_tx,
             config,
             tls,
+            hangup,
         } = self;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -166,18 +161,19 @@ impl Application {
                 },
             )
         }));
+        let state_keyring = keyring.clone();
         jobs.add(Some(keyring_refresh(keyring, shutdown_tx.subscribe())));
-        let acceptor = tls.as_ref().map(|t| t.tls.acceptor());
-        jobs.add(tls.map(|t| {
-            jobs::task(
-                "TLS reloader",
-                tokio::spawn(reload_on_sighup(
-                    t,
-                    store.alerts().clone(),
-                    shutdown_tx.subscribe(),
-                )),
-            )
-        }));
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        jobs.add(Some(jobs::task(
+            "SIGHUP reloader",
+            tokio::spawn(reload_on_sighup(
+                hangup,
+                tls,
+                state_keyring,
+                store.alerts().clone(),
+                shutdown_tx.subscribe(),
+            )),
+        )));
         let limits = crate::server::ConnLimits {
             max_connections: crate::server::connection_limit(
                 config.max_connections,
@@ -298,21 +294,39 @@ fn open_keyring(config: &ServeConfig) -> Result<Keyring, AppError> {
     Ok(keyring)
 }
 
-/// Rereads the certificate and key on every SIGHUP until shutdown. A
-/// reload that fails keeps the certificate in use and raises an alert
-/// (resolved by the next reload that succeeds).
+/// On every SIGHUP until shutdown: rereads the token file (at once,
+/// rather than at the watcher's next tick) and, when serving HTTPS, the
+/// certificate and key. A certificate reload that fails keeps the
+/// certificate in use and raises an alert (resolved by the next reload that
+/// succeeds).
 async fn reload_on_sighup(
-    mut t: TlsServing,
+    mut hangup: Signal,
+    tls: Option<Arc<Tls>>,
+    keyring: Arc<Keyring>,
     alerts: Arc<Alerts>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            got = t.hangup.recv() => if got.is_none() { return },
+            got = hangup.recv() => if got.is_none() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        let k = keyring.clone();
+        match tokio::task::spawn_blocking(move || k.refresh()).await {
+            Ok(Ok(changed)) => tracing::info!(
+                changed,
+                tokens = keyring.len(),
+                "SIGHUP: token file checked"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: cannot reload the token file; the tokens loaded before stay in force")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: token file reload failed"),
+        }
+        let Some(tls) = tls.clone() else {
+            continue;
+        };
         // Reading two small files: quick, but still off the async threads.
-        let tls = t.tls.clone();
         match tokio::task::spawn_blocking(move || tls.reload()).await {
             Ok(Ok(loaded)) => {
                 tracing::info!(

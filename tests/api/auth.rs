@@ -495,8 +495,32 @@ async fn the_bootstrap_secret_is_an_admin_and_turns_access_control_on() {
     assert_eq!(r.status, 201, "{}", r.text());
     let agent = as_token(&anon, r.json()["token"].as_str().unwrap());
     assert_eq!(agent.publish(&ev("a.b", "/x", "1")).await.status, 201);
-    server.terminate(Duration::from_secs(15)).await;
     assert!(!server.stderr_text().contains(secret));
+
+    // SIGHUP without TLS rereads the token file; it does not end the process.
+    let r = boot
+        .post(
+            "/admin/tokens",
+            Some(&json!({"name": "late", "role": "read"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    server.sighup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        anon.get("/health/live").await.status,
+        200,
+        "SIGHUP ended msgbus"
+    );
+    assert_eq!(
+        as_token(&anon, r.json()["token"].as_str().unwrap())
+            .get("/stats")
+            .await
+            .status,
+        200
+    );
+    server.terminate(Duration::from_secs(15)).await;
+    assert!(server.stderr_text().contains("SIGHUP: token file checked"));
 
     // Too short to be a secret: refused at start, saying why.
     let mut cmd = msgbus_command(dir.path(), &[]);

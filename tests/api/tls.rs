@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -134,11 +132,6 @@ async fn spawn_tls(dir: &DataDir, files: &CertFiles, extra: &[&str]) -> TestProc
     spawn_process(dir.path(), &args).await
 }
 
-fn sighup(p: &TestProcess) {
-    let pid = Pid::from_raw(p.child.id().expect("running") as i32);
-    kill(pid, Signal::SIGHUP).expect("SIGHUP");
-}
-
 /// Log lines with this message so far.
 fn logged(p: &TestProcess, message: &str) -> usize {
     p.log().iter().filter(|l| l["message"] == message).count()
@@ -261,7 +254,7 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     assert_eq!(stream.take_seqs(1).await, vec![1]);
 
     files.install(&second.cert, &second.key);
-    sighup(&p);
+    p.sighup();
     wait_logged(&p, "reloaded TLS certificate", 1).await;
 
     // New connections get the second CA's certificate.
@@ -302,7 +295,7 @@ async fn a_reload_with_a_broken_key_keeps_the_old_certificate() {
 
     // A key file that is not a key.
     files.install(&second.cert, "-----BEGIN PRIVATE KEY-----\nbroken\n");
-    sighup(&p);
+    p.sighup();
     wait_logged(&p, FAILED, 1).await;
     assert!(
         handshake_ok(p.addr, &first.ca).await,
@@ -322,7 +315,7 @@ async fn a_reload_with_a_broken_key_keeps_the_old_certificate() {
 
     // A valid key that is not the certificate's.
     files.install(&second.cert, &first.key);
-    sighup(&p);
+    p.sighup();
     wait_logged(&p, FAILED, 2).await;
     assert!(handshake_ok(p.addr, &first.ca).await);
     let api = https(p.addr, &first.ca);
@@ -334,7 +327,7 @@ async fn a_reload_with_a_broken_key_keeps_the_old_certificate() {
 
     // Fixed: the next SIGHUP loads it.
     files.install(&second.cert, &second.key);
-    sighup(&p);
+    p.sighup();
     wait_logged(&p, "reloaded TLS certificate", 1).await;
     assert!(handshake_ok(p.addr, &second.ca).await);
     assert_eq!(https(p.addr, &second.ca).read_all().await.len(), 1);

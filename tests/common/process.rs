@@ -166,6 +166,11 @@ impl TestProcess {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
     }
 
+    /// Sends SIGHUP (msgbus rereads its token file and TLS certificate).
+    pub fn sighup(&self) {
+        kill(self.pid(), Signal::SIGHUP).expect("SIGHUP");
+    }
+
     /// Sends SIGKILL: a crash, with no chance to flush or clean up.
     pub fn sigkill(&self) {
         kill(self.pid(), Signal::SIGKILL).expect("SIGKILL");
