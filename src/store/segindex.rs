@@ -228,13 +228,51 @@ impl Table {
 }
 
 /// Builds the index of the active segment as its records are committed.
+/// Runs on the writer at every commit, so it allocates nothing per event:
+/// ids and times go into one growing text buffer.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     types: Table,
     sources: Table,
     subjects: Table,
     records: Vec<Record>,
-    keys: Vec<Key>,
+    keys: Vec<PendingKey>,
+    /// Every key's id then time, back to back.
+    text: String,
+}
+
+/// A key held by the [`Builder`]: its id and time are in `Builder::text`.
+#[derive(Debug, Clone, Copy)]
+struct PendingKey {
+    order: u64,
+    seq: u64,
+    /// Where its id starts in the text buffer; its time follows the id.
+    start: usize,
+    source: u32,
+    id_len: u32,
+    time_len: u32,
+}
+
+/// A key as encoded, borrowed from a [`Builder`] or a [`SegmentIndex`].
+#[derive(Debug, Clone, Copy)]
+struct KeyRef<'a> {
+    order: u64,
+    seq: u64,
+    source: u32,
+    id: &'a str,
+    time: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(k: &'a Key) -> Self {
+        KeyRef {
+            order: k.order,
+            seq: k.seq,
+            source: k.source,
+            id: &k.id,
+            time: &k.time,
+        }
+    }
 }
 
 /// One record as the builder takes it.
@@ -273,13 +311,37 @@ impl Builder {
             subject: r.subject.map_or(NO_SUBJECT, |s| self.subjects.intern(s)),
         };
         self.records.push(record);
-        self.keys.push(Key {
+        let start = self.text.len();
+        self.text.push_str(r.id);
+        self.text.push_str(r.time);
+        self.keys.push(PendingKey {
             order: key_order(r.source, r.id),
             seq: r.seq,
+            start,
             source,
-            id: r.id.to_string(),
-            time: r.time.to_string(),
+            id_len: r.id.len() as u32,
+            time_len: r.time.len() as u32,
         });
+    }
+
+    /// The keys sorted as the file holds them.
+    fn sorted_keys(&self) -> Vec<KeyRef<'_>> {
+        let mut keys: Vec<KeyRef<'_>> = self
+            .keys
+            .iter()
+            .map(|k| {
+                let id_end = k.start + k.id_len as usize;
+                KeyRef {
+                    order: k.order,
+                    seq: k.seq,
+                    source: k.source,
+                    id: &self.text[k.start..id_end],
+                    time: &self.text[id_end..id_end + k.time_len as usize],
+                }
+            })
+            .collect();
+        keys.sort_unstable_by_key(|k| (k.order, k.seq));
+        keys
     }
 
     /// Records added so far.
@@ -294,8 +356,17 @@ impl Builder {
 
     /// The finished index of the segment described by `header`.
     pub fn into_index(self, header: Header) -> SegmentIndex {
-        let mut keys = self.keys;
-        keys.sort_unstable_by_key(|k| (k.order, k.seq));
+        let keys = self
+            .sorted_keys()
+            .into_iter()
+            .map(|k| Key {
+                order: k.order,
+                seq: k.seq,
+                source: k.source,
+                id: k.id.to_string(),
+                time: k.time.to_string(),
+            })
+            .collect();
         SegmentIndex {
             header,
             types: self.types.names,
@@ -308,13 +379,11 @@ impl Builder {
 
     /// The encoded index file of the segment described by `header`.
     pub fn encode(&self, header: &Header) -> Vec<u8> {
-        let mut keys: Vec<&Key> = self.keys.iter().collect();
-        keys.sort_unstable_by_key(|k| (k.order, k.seq));
         encode_parts(
             header,
             [&self.types.names, &self.sources.names, &self.subjects.names],
             &self.records,
-            keys,
+            self.sorted_keys(),
         )
     }
 }
@@ -325,7 +394,7 @@ pub fn encode(index: &SegmentIndex) -> Vec<u8> {
         &index.header,
         [&index.types, &index.sources, &index.subjects],
         &index.records,
-        index.keys.iter().collect(),
+        index.keys.iter().map(KeyRef::of).collect(),
     )
 }
 
@@ -333,7 +402,7 @@ fn encode_parts(
     header: &Header,
     tables: [&Vec<Name>; 3],
     records: &[Record],
-    keys: Vec<&Key>,
+    keys: Vec<KeyRef<'_>>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + records.len() * (RECORD_BYTES + 80));
     out.extend_from_slice(MAGIC);
@@ -368,8 +437,8 @@ fn encode_parts(
         put_u64(&mut out, k.order);
         put_u64(&mut out, k.seq);
         put_u32(&mut out, k.source);
-        put_str(&mut out, &k.id);
-        put_str(&mut out, &k.time);
+        put_str(&mut out, k.id);
+        put_str(&mut out, k.time);
     }
     let crc = crc32c::crc32c(&out);
     put_u32(&mut out, crc);
