@@ -221,3 +221,38 @@ async fn a_store_without_index_files_starts_and_gets_them() {
     let dir = app.stop().await;
     index_files(dir.path());
 }
+
+/// Retention deletes a segment's index file with the segment: every index
+/// file left belongs to a sealed segment the manifest lists, and each of
+/// those has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_index_files_with_their_segments() {
+    let args = ["--segment-bytes", "4KiB", "--retention-max-events", "100"];
+    let app = start_app(DataDir::temp(), &args).await;
+    fill(&app, 400).await;
+    let seg_dir = app.data_dir().join("segments");
+    let t0 = std::time::Instant::now();
+    loop {
+        let stats = app.get_json("/stats").await;
+        let deleted = stats["retention"]["segments_deleted"].as_u64().unwrap_or(0);
+        let sealed: Vec<String> = sealed_segments(app.data_dir())
+            .iter()
+            .map(|s| s.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        let mut idx: Vec<String> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter_map(|n| n.strip_suffix(".idx").map(str::to_string))
+            .collect();
+        idx.sort();
+        if deleted >= 5 && idx == sealed {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "after {deleted} segments deleted, index files {idx:?} for sealed segments {sealed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
