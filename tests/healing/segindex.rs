@@ -109,3 +109,48 @@ async fn a_damaged_or_deleted_index_file_is_rebuilt_by_the_monitor() {
     assert_all_intact(&app, &acked).await;
     app.stop().await;
 }
+
+/// An index file that cannot be rebuilt (here a directory stands where it
+/// belongs) is alerted and retried, but it is derived data: the store stays
+/// writable and ready, and reads are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_file_that_cannot_be_rebuilt_does_not_make_the_store_read_only() {
+    let app = start_monitored(DataDir::temp(), &[]).await;
+    let acked = acked();
+    let n = fill_until_sealed(&app, app.data_dir(), "ron", 2, 200, &acked).await;
+    let seg = sealed_segments(app.data_dir())[0].clone();
+    let idx = index_file(&seg);
+    let before = app.last_alert_id().await;
+    let t0 = Instant::now();
+    std::fs::remove_file(&idx).unwrap();
+    std::fs::create_dir(&idx).unwrap();
+    std::fs::write(idx.join("in-the-way"), b"x").unwrap();
+    let file = rel(&idx);
+    expect_alert(
+        &app,
+        before,
+        t0,
+        Duration::from_secs(5),
+        "failed index repair",
+        |a| a["kind"] == "repair_failed" && a["file"] == file.as_str(),
+    )
+    .await;
+    // A few more monitor ticks: still writable and ready.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(app.ready_status().await, 200);
+    crate::common::integrity::prefill(&app, "ron", n, 5, 200, &acked).await;
+    assert_all_intact(&app, &acked).await;
+    // Once the obstacle is gone, the next tick rebuilds it.
+    std::fs::remove_dir_all(&idx).unwrap();
+    expect_alert(
+        &app,
+        before,
+        t0,
+        Duration::from_secs(10),
+        "index repair",
+        |a| a["kind"] == "repair" && a["file"] == file.as_str(),
+    )
+    .await;
+    assert!(idx.is_file());
+    app.stop().await;
+}

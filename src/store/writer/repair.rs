@@ -158,7 +158,8 @@ pub fn raise_alerts(alerts: &Alerts, outcome: &RepairOutcome, already_open: bool
 
 impl Writer {
     /// Checks findings again and repairs what is still wrong. Read-only
-    /// mode is set while anything stays unrepaired and cleared otherwise.
+    /// mode is set while anything but an index file stays unrepaired and
+    /// cleared otherwise.
     ///
     /// Files whose repair failed earlier are checked again every time, even
     /// when the monitor's rotation did not look at them this tick: read-only
@@ -200,9 +201,11 @@ impl Writer {
             .filter(|o| !o.repaired)
             .map(|o| o.finding.clone())
             .collect();
+        // An index file that cannot be rebuilt is retried and alerted, but
+        // it is derived data: the log is whole, so writes go on.
         let failed: Vec<String> = outcomes
             .iter()
-            .filter(|o| !o.repaired)
+            .filter(|o| !o.repaired && !matches!(o.finding, Finding::SegmentIndex { .. }))
             .map(|o| {
                 format!(
                     "{} ({}): {}",
