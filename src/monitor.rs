@@ -60,13 +60,14 @@ pub fn spawn(
         move |tick| {
             let (store, stop) = (store.clone(), stop.clone());
             async move {
-                run_check(
-                    &store,
-                    Scope::Tick { scrub: tick },
-                    settings.min_free_bytes,
-                    &stop,
-                )
-                .await;
+                // Start-up loads sealed segments from their index files
+                // without reading them: the first check hashes them all.
+                let scope = if tick == 0 {
+                    Scope::Start
+                } else {
+                    Scope::Tick { scrub: tick }
+                };
+                run_check(&store, scope, settings.min_free_bytes, &stop).await;
             }
         },
     )

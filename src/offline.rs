@@ -11,7 +11,7 @@ use crate::store::layout::{self, BACKUPS_DIR, MANIFEST, SEGMENTS_DIR};
 use crate::store::lock::DirLock;
 use crate::store::manifest::{self, Manifest};
 use crate::store::recovery;
-use crate::store::{fsutil, segment, StoreError};
+use crate::store::{fsutil, segindex, segment, StoreError};
 
 /// How `msgbus verify` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,21 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
                 "ok      {rel}: seq {}..={}, SHA-256 matches",
                 s.first_seq, s.last_seq
             );
+        }
+        // An index file is derived from its segment: a damaged or missing
+        // one is reported, but it is not data loss and does not change the
+        // exit status (the next start rebuilds it).
+        let idx_rel = layout::segment_index_rel(&s.file);
+        match segindex::load(data_dir, s) {
+            Ok(_) => {
+                let _ = writeln!(out, "ok      {idx_rel}: matches its segment");
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    out,
+                    "INDEX   {idx_rel}: {why}; not data loss: the next start rebuilds it from its segment"
+                );
+            }
         }
         expect = s.last_seq + 1;
     }

@@ -30,6 +30,14 @@ pub enum Finding {
         /// What is wrong.
         detail: String,
     },
+    /// A sealed segment's index file (`<file>.idx`) is missing or damaged;
+    /// it is rebuilt from the segment (derived data: nothing is lost).
+    SegmentIndex {
+        /// The segment's file name under `segments/`.
+        file: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// `manifest.json` is missing, unreadable or differs from the writer's.
     Manifest {
         /// What is wrong.
@@ -46,6 +54,7 @@ impl From<store::Finding> for Finding {
             store::Finding::SealedSegment { file, detail } => {
                 Finding::SealedSegment { file, detail }
             }
+            store::Finding::SegmentIndex { file, detail } => Finding::SegmentIndex { file, detail },
             store::Finding::Manifest { detail } => Finding::Manifest { detail },
         }
     }

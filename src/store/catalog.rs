@@ -109,7 +109,7 @@ impl BackupCatalog {
         let list = self.list();
         let targets: Vec<_> = match scope {
             Scope::Full => list.iter().collect(),
-            Scope::Tick { .. } => list.iter().rev().take(1).collect(),
+            Scope::Tick { .. } | Scope::Start => list.iter().rev().take(1).collect(),
         };
         for b in targets {
             let dir = layout::backups_dir(data_dir).join(&b.manifest.name);
@@ -118,7 +118,8 @@ impl BackupCatalog {
                 Scope::Tick { scrub } if !b.manifest.files.is_empty() => {
                     vec![&b.manifest.files[scrub % b.manifest.files.len()]]
                 }
-                Scope::Tick { .. } => Vec::new(),
+                Scope::Start if !b.manifest.files.is_empty() => vec![&b.manifest.files[0]],
+                Scope::Tick { .. } | Scope::Start => Vec::new(),
             };
             let mut error = None;
             for f in files {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use super::fsutil;
 use super::layout;
-use super::manifest::{Manifest, SealedMismatch};
+use super::manifest::{Manifest, SealedMismatch, SealedSegment};
+use super::segindex;
 use super::segment;
 use super::Shared;
 
@@ -44,6 +45,14 @@ pub enum Finding {
         /// What is wrong.
         detail: String,
     },
+    /// A sealed segment's index file is missing, damaged or belongs to
+    /// other bytes (derived data: rebuilt from its segment, nothing lost).
+    SegmentIndex {
+        /// The segment's file name under `segments/` (not the index's).
+        file: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// `manifest.json` is missing, unreadable or differs from the writer's.
     Manifest {
         /// What is wrong.
@@ -58,6 +67,7 @@ impl Finding {
             Finding::ActiveSegment { file, .. } | Finding::SealedSegment { file, .. } => {
                 layout::segment_rel(file)
             }
+            Finding::SegmentIndex { file, .. } => layout::segment_index_rel(file),
             Finding::Manifest { .. } => layout::MANIFEST.to_string(),
         }
     }
@@ -67,6 +77,7 @@ impl Finding {
         match self {
             Finding::ActiveSegment { detail, .. }
             | Finding::SealedSegment { detail, .. }
+            | Finding::SegmentIndex { detail, .. }
             | Finding::Manifest { detail } => detail,
         }
     }
@@ -75,13 +86,18 @@ impl Finding {
 /// How much to check.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope {
-    /// Every tick: existence and lengths of all files, the manifest, every
-    /// byte of the active segment (CRC32C against the writer's), and the
-    /// SHA-256 of the sealed segment at this position (round robin).
+    /// Every tick: existence and lengths of all files (index files
+    /// included), the manifest, every byte of the active segment (CRC32C
+    /// against the writer's), and the SHA-256 of the sealed segment at this
+    /// position and the checksum of its index file (round robin).
     Tick {
         /// Which sealed segment to scrub.
         scrub: usize,
     },
+    /// The first check after a start: as a tick, but hashing every sealed
+    /// segment and decoding every index file, because start-up no longer
+    /// reads sealed segments (it loads their index files).
+    Start,
     /// On demand: as a tick, scrubbing every sealed segment.
     Full,
 }
@@ -116,9 +132,15 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
         }
         let path = seg_dir.join(&s.file);
         let scrub = match scope {
-            Scope::Full => true,
+            Scope::Full | Scope::Start => true,
             Scope::Tick { scrub } => !sealed.is_empty() && scrub % sealed.len() == i,
         };
+        if let Some(detail) = check_index(&shared.data_dir, s, scrub) {
+            findings.push(Finding::SegmentIndex {
+                file: s.file.clone(),
+                detail,
+            });
+        }
         match s.check_file(&path, scrub) {
             Ok(()) => {}
             // Out of descriptors: not checked this time, not damage.
@@ -134,13 +156,17 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
 
     // Retention may have deleted a segment since the snapshot: a finding
     // about a file the writer's latest manifest no longer lists is none.
-    if findings
-        .iter()
-        .any(|f| matches!(f, Finding::SealedSegment { .. }))
-    {
+    if findings.iter().any(|f| {
+        matches!(
+            f,
+            Finding::SealedSegment { .. } | Finding::SegmentIndex { .. }
+        )
+    }) {
         let latest = shared.file_state().manifest;
         findings.retain(|f| match f {
-            Finding::SealedSegment { file, .. } => latest.sealed.iter().any(|s| &s.file == file),
+            Finding::SealedSegment { file, .. } | Finding::SegmentIndex { file, .. } => {
+                latest.sealed.iter().any(|s| &s.file == file)
+            }
             _ => true,
         });
     }
@@ -157,6 +183,26 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
         });
     }
     findings
+}
+
+/// Checks a sealed segment's index file: that it exists always; with
+/// `whole`, that it decodes, passes its checksum and matches the manifest's
+/// entry. `None` when it is fine (or cannot be checked for lack of
+/// descriptors, which is not damage).
+fn check_index(data_dir: &Path, s: &SealedSegment, whole: bool) -> Option<String> {
+    if !whole {
+        let path = layout::segment_index_path(data_dir, &s.file);
+        return match std::fs::metadata(&path) {
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("is missing".into()),
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+    }
+    match segindex::load(data_dir, s) {
+        Ok(_) => None,
+        Err(e) if e.is_descriptor_exhaustion() => None,
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// Compares the active segment's durable prefix with the writer's CRC;

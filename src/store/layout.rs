@@ -10,6 +10,7 @@
 //!   consumers.json            consumer cursors: the snapshot
 //!   consumers.log             consumer cursors: changes since the snapshot
 //!   segments/<seq>.jsonl      the log, one file per segment
+//!   segments/<seq>.jsonl.idx  the index of a sealed segment (segindex.rs)
 //!   quarantine/               damaged bytes moved aside, never deleted
 //!   backups/<nnnnnnnn>-<UTC>/ verified backups, each with backup.json
 //! ```
@@ -36,6 +37,8 @@ pub const LOCK: &str = "LOCK";
 pub const BACKUP_MANIFEST: &str = "backup.json";
 /// Prefix of a backup directory being assembled.
 pub const BACKUP_TMP_PREFIX: &str = ".tmp-";
+/// Suffix of a sealed segment's index file, after the segment's name.
+pub const INDEX_SUFFIX: &str = ".idx";
 /// Suffix of temporary files. Start-up removes any left behind by a crash.
 pub const TMP_SUFFIX: &str = ".tmp";
 
@@ -58,6 +61,27 @@ pub fn segment_rel(file: &str) -> String {
 /// [`segment_rel`] of the segment at `path`.
 pub fn segment_rel_of(path: &Path) -> String {
     segment_rel(&path.file_name().unwrap_or_default().to_string_lossy())
+}
+
+/// `<segment file>.idx`: the name of a segment's index file.
+pub fn segment_index_name(file: &str) -> String {
+    format!("{file}{INDEX_SUFFIX}")
+}
+
+/// `<data dir>/segments/<file>.idx`: the index file of segment `file`.
+pub fn segment_index_path(data_dir: &Path, file: &str) -> PathBuf {
+    segment_path(data_dir, &segment_index_name(file))
+}
+
+/// `segments/<file>.idx`: a segment's index file relative to the data
+/// directory, the way alerts and reports name it.
+pub fn segment_index_rel(file: &str) -> String {
+    segment_rel(&segment_index_name(file))
+}
+
+/// The segment file name an index file name belongs to, if it is one.
+pub fn segment_of_index_name(name: &str) -> Option<&str> {
+    name.strip_suffix(INDEX_SUFFIX)
 }
 
 /// `<data dir>/quarantine`.
@@ -129,5 +153,11 @@ mod tests {
             Path::new("/d/manifest.json.tmp")
         );
         assert_eq!(segment_rel("x.jsonl"), "segments/x.jsonl");
+        assert_eq!(segment_index_rel("x.jsonl"), "segments/x.jsonl.idx");
+        assert_eq!(segment_of_index_name("x.jsonl.idx"), Some("x.jsonl"));
+        assert_eq!(
+            segment_index_path(Path::new("/d"), "x.jsonl"),
+            Path::new("/d/segments/x.jsonl.idx")
+        );
     }
 }

@@ -25,6 +25,7 @@
 //! - [`filter`]: the one filter type, compiled once per reader and matched
 //!   in O(1) per event
 //! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`segindex`]: a sealed segment's index file (encode, decode, checks)
 //! - [`manifest`]: the sealed-segment table, replaced atomically, and the
 //!   one check of a sealed segment against it
 //! - [`segment`]: record framing, scanning, torn tails
@@ -49,6 +50,7 @@ pub mod lock;
 pub mod manifest;
 pub mod recovery;
 pub mod retention;
+pub mod segindex;
 pub mod segment;
 mod snapshot;
 pub mod writer;

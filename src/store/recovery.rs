@@ -1,7 +1,10 @@
 //! Startup recovery: take the lock, clear temp files, load (or rebuild) the
-//! manifest, verify sealed segments against their SHA-256, scan the active
-//! segment record by record, cut away a torn tail (after copying it to
-//! `quarantine/`), and rebuild the index and the idempotency set.
+//! manifest, load each sealed segment's index file (without reading the
+//! segment; a missing or damaged index file is rebuilt from its segment),
+//! scan the active segment record by record, cut away a torn tail (after
+//! copying it to `quarantine/`), and rebuild the index and the idempotency
+//! set. The SHA-256 of sealed segments is checked by the integrity monitor
+//! after the start, not here: start-up costs the index files, not the log.
 //!
 //! Damage that is followed by valid records is never truncated: recovery
 //! stops with a report naming the file, the offset and what follows.
@@ -19,6 +22,7 @@ use super::index::{Index, NewEntry, SegmentReader};
 use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
+use super::segindex::{self, SegmentIndex};
 use super::segment::{self, Scan};
 
 pub mod active;
@@ -27,7 +31,7 @@ pub mod active;
 /// and every cut and repair, raised as alerts once the store is open.
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
-    /// Sealed segments verified.
+    /// Sealed segments indexed.
     pub sealed_segments: usize,
     /// Events recovered.
     pub events: u64,
@@ -82,6 +86,9 @@ pub struct ActiveSegment {
     pub bytes: Vec<u8>,
     /// CRC32C of `bytes`, which the integrity monitor compares the file with.
     pub crc: u32,
+    /// Its records as its index file will hold them, written when it is
+    /// sealed (see [`segindex`]).
+    pub seg_index: segindex::Builder,
 }
 
 /// Everything the writer needs to take over an opened store.
@@ -120,8 +127,9 @@ fn file_err<'a>(
 
 /// Opens (creating if needed) the store in `data_dir` and recovers it, in
 /// this order: take the lock, clear temp files, load or rebuild the
-/// manifest, settle segment files it does not list, check and index the
-/// sealed segments, judge and index the active segment, record its
+/// manifest, settle segment files it does not list (and remove index
+/// files of segments that are not sealed), index the sealed segments from
+/// their index files, judge and index the active segment, record its
 /// durable floor.
 pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     let lock = lock_and_create_dirs(data_dir)?;
@@ -131,6 +139,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     let files = segment::list(&seg_dir).map_err(file_err("list", &seg_dir))?;
     let mut manifest = load_or_rebuild_manifest(data_dir, &files, &mut report)?;
     settle_unlisted_segments(&seg_dir, &files, &manifest)?;
+    remove_stale_index_files(&seg_dir, &manifest)?;
     let Indexed {
         mut index,
         mut dedup,
@@ -277,6 +286,32 @@ fn settle_unlisted_segments(
     Ok(())
 }
 
+/// Step 4b: index files of segments the manifest does not list as sealed:
+/// left by retention, or written by a seal that stopped before the
+/// manifest named the segment (the next seal writes it again). Removed.
+fn remove_stale_index_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let entries = std::fs::read_dir(seg_dir).map_err(file_err("list", seg_dir))?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(file_err("list", seg_dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(segment) = layout::segment_of_index_name(&name) else {
+            continue;
+        };
+        if manifest.sealed.iter().any(|s| s.file == segment) {
+            continue;
+        }
+        let path = entry.path();
+        std::fs::remove_file(&path).map_err(file_err("remove", &path))?;
+        tracing::info!(file = %path.display(), "removed the index file of a segment that is not sealed");
+        removed += 1;
+    }
+    if removed > 0 {
+        fsutil::fsync_dir(seg_dir).map_err(file_err("fsync", seg_dir))?;
+    }
+    Ok(())
+}
+
 /// The index and idempotency set built so far, and the next seq.
 struct Indexed {
     index: Index,
@@ -284,8 +319,17 @@ struct Indexed {
     next_seq: u64,
 }
 
-/// Step 5: checks every sealed segment against the manifest (restoring a
-/// damaged one from a verified backup) and indexes its records.
+/// Step 5: indexes every sealed segment from its index file, without
+/// reading the segment: the segment must exist with the manifest's length,
+/// and its index file must decode, pass its checksum and match the
+/// manifest's entry (name, seqs, length, SHA-256). The SHA-256 of the
+/// segment's bytes is checked by the integrity monitor soon after the
+/// start (its first check hashes every sealed segment), not here.
+///
+/// A segment of the wrong length or missing is checked and restored from a
+/// verified backup as before; a missing or damaged index file is rebuilt
+/// from its segment (read, checked against the manifest's SHA-256,
+/// scanned) and written back, with a note.
 fn index_sealed_segments(
     data_dir: &Path,
     manifest: &Manifest,
@@ -303,49 +347,41 @@ fn index_sealed_segments(
 
     for sealed in &manifest.sealed {
         let path = layout::segment_path(data_dir, &sealed.file);
-        let checked = std::fs::read(&path)
-            .map_err(|e| {
-                if fsutil::is_descriptor_exhaustion(&e) {
-                    return StoreError::file("read", &path, e);
-                }
-                StoreError::Corrupt(format!(
-                    "sealed segment {} cannot be read: {e}",
-                    path.display()
-                ))
-            })
-            .and_then(|bytes| check_sealed(&path, sealed, &bytes, expect).map(|()| bytes));
-        // The same repair the running writer does: a verified backup copy
-        // whose SHA-256 matches the manifest replaces the damaged file.
-        let bytes = match checked {
-            Ok(bytes) => bytes,
-            Err(e @ StoreError::TooManyOpenFiles { .. }) => return Err(e),
-            Err(damage) => {
-                let bytes = restore_sealed_from_backup(data_dir, sealed, &damage)?;
-                report.notes.push(RecoveryNote {
-                    kind: "repair",
-                    file: layout::segment_rel_of(&path),
-                    detail: format!(
-                        "sealed segment {} failed its check and was restored from a verified backup",
-                        layout::segment_rel_of(&path)
-                    ),
-                });
-                bytes
-            }
-        };
-        // Indexed record by record as the scan goes: a 64 MiB segment's
-        // records are never all held in memory at once.
-        let pos = index.add_segment(reader(&path, sealed.first_seq, bytes.len() as u64)?);
-        let scan = segment::scan_with(&bytes, expect, |r| {
-            add_record(&mut index, &mut dedup, pos, &r)
-        });
-        if let Some(d) = &scan.damage {
+        if sealed.first_seq != expect {
             return Err(StoreError::Corrupt(format!(
-                "sealed segment {} has a bad record at offset {}: {}",
+                "sealed segment {} starts at seq {}, expected {expect}",
                 path.display(),
-                d.offset,
-                d.problem
+                sealed.first_seq
             )));
         }
+        let length_ok = match std::fs::metadata(&path) {
+            Ok(md) => md.len() == sealed.bytes,
+            Err(e) if fsutil::is_descriptor_exhaustion(&e) => {
+                return Err(StoreError::file("stat", &path, e))
+            }
+            Err(_) => false,
+        };
+        let loaded = match segindex::load(data_dir, sealed) {
+            // Out of descriptors: not damage; the start fails and is retried.
+            Err(segindex::LoadError::Unreadable(e)) if fsutil::is_descriptor_exhaustion(&e) => {
+                let idx = layout::segment_index_path(data_dir, &sealed.file);
+                return Err(StoreError::file("read", &idx, e));
+            }
+            other => other,
+        };
+        let seg_index = match loaded {
+            Ok(seg_index) if length_ok => seg_index,
+            loaded => {
+                let index_problem = loaded.err();
+                let seg_index = index_from_segment(data_dir, &path, sealed, expect, report)?;
+                if let Some(why) = index_problem {
+                    rebuilt_index_note(data_dir, sealed, &seg_index, &why, report);
+                }
+                seg_index
+            }
+        };
+        let pos = index.add_segment(reader(&path, sealed.first_seq, sealed.bytes)?);
+        add_indexed(&mut index, &mut dedup, pos, &seg_index);
         expect = sealed.last_seq + 1;
         report.sealed_segments += 1;
     }
@@ -362,6 +398,144 @@ fn index_sealed_segments(
         dedup,
         next_seq: expect,
     })
+}
+
+/// The old way of indexing a sealed segment, for a segment or index file
+/// that fails its check: reads the segment, checks it against the manifest
+/// (restoring a damaged one from a verified backup) and scans its records.
+fn index_from_segment(
+    data_dir: &Path,
+    path: &Path,
+    sealed: &SealedSegment,
+    expect: u64,
+    report: &mut RecoveryReport,
+) -> Result<SegmentIndex> {
+    let checked = std::fs::read(path)
+        .map_err(|e| {
+            if fsutil::is_descriptor_exhaustion(&e) {
+                return StoreError::file("read", path, e);
+            }
+            StoreError::Corrupt(format!(
+                "sealed segment {} cannot be read: {e}",
+                path.display()
+            ))
+        })
+        .and_then(|bytes| check_sealed(path, sealed, &bytes, expect).map(|()| bytes));
+    // The same repair the running writer does: a verified backup copy
+    // whose SHA-256 matches the manifest replaces the damaged file.
+    let bytes = match checked {
+        Ok(bytes) => bytes,
+        Err(e @ StoreError::TooManyOpenFiles { .. }) => return Err(e),
+        Err(damage) => {
+            let bytes = restore_sealed_from_backup(data_dir, sealed, &damage)?;
+            report.notes.push(RecoveryNote {
+                kind: "repair",
+                file: layout::segment_rel_of(path),
+                detail: format!(
+                    "sealed segment {} failed its check and was restored from a verified backup",
+                    layout::segment_rel_of(path)
+                ),
+            });
+            bytes
+        }
+    };
+    build_index(path, sealed, &bytes)
+}
+
+/// Scans a sealed segment's bytes (already checked against the manifest)
+/// into its index.
+pub fn build_index(path: &Path, sealed: &SealedSegment, bytes: &[u8]) -> Result<SegmentIndex> {
+    let mut builder = segindex::Builder::default();
+    let scan = segment::scan_with(bytes, sealed.first_seq, |r| {
+        builder.push(index_record(&r));
+    });
+    if let Some(d) = &scan.damage {
+        return Err(StoreError::Corrupt(format!(
+            "sealed segment {} has a bad record at offset {}: {}",
+            path.display(),
+            d.offset,
+            d.problem
+        )));
+    }
+    if builder.len() as u64 != sealed.count {
+        return Err(StoreError::Corrupt(format!(
+            "sealed segment {} holds {} records, the manifest says {}",
+            path.display(),
+            builder.len(),
+            sealed.count
+        )));
+    }
+    Ok(builder.into_index(segindex::Header::of(sealed)))
+}
+
+/// Writes back an index file rebuilt from its segment and notes it (an
+/// alert once the store is open). A failed write is logged and not fatal:
+/// the next start, or the integrity monitor, rebuilds it again.
+fn rebuilt_index_note(
+    data_dir: &Path,
+    sealed: &SealedSegment,
+    seg_index: &SegmentIndex,
+    why: &segindex::LoadError,
+    report: &mut RecoveryReport,
+) {
+    let rel = layout::segment_index_rel(&sealed.file);
+    if let Err(e) = segindex::store(data_dir, &sealed.file, &segindex::encode(seg_index)) {
+        tracing::warn!(error = %e, file = %rel, "cannot write a rebuilt segment index; the next start rebuilds it again");
+    }
+    let what = match why {
+        segindex::LoadError::Missing => "was missing".to_string(),
+        other => format!("was damaged ({other})"),
+    };
+    let detail = format!(
+        "index of segment {} {what} and was rebuilt from the segment",
+        layout::segment_rel(&sealed.file)
+    );
+    tracing::warn!(file = %rel, "{detail}");
+    report.notes.push(RecoveryNote {
+        kind: "repair",
+        file: rel,
+        detail,
+    });
+}
+
+/// Feeds the index and the idempotency set from a segment's index file,
+/// exactly as scanning its records would: the same seqs, offsets, CRCs,
+/// names (interned in record order, so with the same ids) and keys.
+fn add_indexed(index: &mut Index, dedup: &mut DedupIndex, pos: u32, s: &SegmentIndex) {
+    for (seq, r) in (s.header.first_seq..).zip(&s.records) {
+        index.push(NewEntry {
+            seq,
+            segment: pos,
+            offset: r.offset,
+            len: r.len,
+            crc: r.crc,
+            ty: &s.types[r.ty as usize].name,
+            source: &s.sources[r.source as usize].name,
+            subject: (r.subject != segindex::NO_SUBJECT)
+                .then(|| s.subjects[r.subject as usize].name.as_str()),
+            frame: None,
+        });
+    }
+    for k in &s.keys {
+        // Stored events are unique by construction, so a hash hit during
+        // recovery can only be a hash collision: keep both exactly.
+        dedup.insert(&s.sources[k.source as usize].name, &k.id, &k.time, k.seq);
+    }
+}
+
+/// What a segment's index keeps of a scanned record.
+pub fn index_record(r: &segment::ScannedRecord) -> segindex::NewRecord<'_> {
+    segindex::NewRecord {
+        seq: r.seq,
+        offset: r.offset + r.framed.event_offset as u64,
+        len: r.framed.event_len,
+        crc: r.framed.crc,
+        ty: &r.keys.ty,
+        source: &r.keys.source,
+        subject: r.keys.subject.as_deref(),
+        id: &r.keys.id,
+        time: &r.keys.time,
+    }
 }
 
 /// Step 6: judges the active segment (cutting a torn tail, repairing it
@@ -384,6 +558,10 @@ fn index_active_segment(
         .map_err(file_err("open", &path))?;
     let pos = index.add_segment(reader(&path, first_seq, bytes.len() as u64)?);
     add_records(index, dedup, pos, &scan);
+    let mut seg_index = segindex::Builder::default();
+    for r in &scan.records {
+        seg_index.push(index_record(r));
+    }
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
     let active = ActiveSegment {
@@ -395,6 +573,7 @@ fn index_active_segment(
         index_pos: pos,
         crc: crc32c::crc32c(&bytes),
         bytes,
+        seg_index,
     };
     Ok((active, hasher))
 }

@@ -219,6 +219,13 @@ pub(super) fn enforce(
             // next start.
             tracing::warn!(error = %e, path = %path.display(), "could not remove a segment deleted by retention");
         }
+        // Its index file goes with it (recovery removes one left behind).
+        let idx = layout::segment_index_path(&shared.data_dir, &s.file);
+        if let Err(e) = std::fs::remove_file(&idx) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, path = %idx.display(), "could not remove the index of a segment deleted by retention");
+            }
+        }
     }
     if let Err(e) = fsutil::fsync_dir(&seg_dir) {
         tracing::warn!(error = %e, path = %seg_dir.display(), "fsync after retention failed");

@@ -25,6 +25,7 @@ mod rate;
 mod read;
 mod restart;
 mod retention;
+mod segindex;
 mod stream;
 mod tls;
 mod torn_tail;

@@ -51,14 +51,23 @@ impl DataDir {
 // ---------------------------------------------------------------------------
 // Looking
 
-/// Every file under `data_dir/segments`, sorted (oldest segment first).
+/// Every segment file (`*.jsonl`) under `data_dir/segments`, sorted
+/// (oldest segment first); index files (`*.jsonl.idx`) are not segments.
 pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join("segments"))
         .expect("segments/")
         .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     files.sort();
     files
+}
+
+/// The index file of the segment at `segment` (`<segment>.idx`).
+pub fn index_file(segment: &Path) -> PathBuf {
+    let mut name = segment.file_name().unwrap().to_os_string();
+    name.push(".idx");
+    segment.with_file_name(name)
 }
 
 /// The first segment, which is the active one while the store has only one.

@@ -20,4 +20,5 @@ mod offline;
 mod process;
 mod quiet;
 mod sealed;
+mod segindex;
 mod sharing;

@@ -21,6 +21,7 @@ use crate::store::fsutil;
 use crate::store::integrity::Finding;
 use crate::store::layout;
 use crate::store::manifest::Manifest;
+use crate::store::segindex;
 
 /// What a repair did.
 #[derive(Debug, Clone)]
@@ -59,6 +60,13 @@ enum Repaired {
     },
     /// The manifest was rewritten from the writer's copy.
     ManifestRewritten,
+    /// A sealed segment's index file was rebuilt from the segment.
+    IndexRebuilt {
+        /// The segment's file name.
+        file: String,
+        /// The segment was also restored from this backup first.
+        restored_from: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Repaired {
@@ -73,6 +81,20 @@ impl std::fmt::Display for Repaired {
             }
             Repaired::Restored { backup } => write!(f, "restored from backup {backup}"),
             Repaired::ManifestRewritten => write!(f, "rewrote the manifest from the writer's copy"),
+            Repaired::IndexRebuilt {
+                file,
+                restored_from,
+            } => {
+                write!(
+                    f,
+                    "the index of segment {} was rebuilt from the segment",
+                    layout::segment_rel(file)
+                )?;
+                match restored_from {
+                    Some(b) => write!(f, " (itself first restored from backup {b})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -86,6 +108,10 @@ enum RepairError {
     /// A sealed segment no verified backup holds.
     #[error(transparent)]
     Restore(#[from] backup::RestoreError),
+    /// A sealed segment that cannot be indexed (its bytes match the
+    /// manifest, so this is not expected).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A repair the writer started itself did not succeed; the store is
@@ -132,7 +158,8 @@ pub fn raise_alerts(alerts: &Alerts, outcome: &RepairOutcome, already_open: bool
 
 impl Writer {
     /// Checks findings again and repairs what is still wrong. Read-only
-    /// mode is set while anything stays unrepaired and cleared otherwise.
+    /// mode is set while anything but an index file stays unrepaired and
+    /// cleared otherwise.
     ///
     /// Files whose repair failed earlier are checked again every time, even
     /// when the monitor's rotation did not look at them this tick: read-only
@@ -150,6 +177,7 @@ impl Writer {
                 let result = match &finding {
                     Finding::ActiveSegment { .. } => self.repair_active(),
                     Finding::SealedSegment { file, .. } => self.repair_sealed(file),
+                    Finding::SegmentIndex { file, .. } => self.repair_index(file),
                     Finding::Manifest { .. } => self.repair_manifest(),
                 };
                 match result {
@@ -173,9 +201,11 @@ impl Writer {
             .filter(|o| !o.repaired)
             .map(|o| o.finding.clone())
             .collect();
+        // An index file that cannot be rebuilt is retried and alerted, but
+        // it is derived data: the log is whole, so writes go on.
         let failed: Vec<String> = outcomes
             .iter()
-            .filter(|o| !o.repaired)
+            .filter(|o| !o.repaired && !matches!(o.finding, Finding::SegmentIndex { .. }))
             .map(|o| {
                 format!(
                     "{} ({}): {}",
@@ -308,6 +338,50 @@ impl Writer {
         self.refresh_reader(sealed.first_seq);
         Ok(Repaired::Restored {
             backup: restored.backup,
+        })
+    }
+
+    /// Rebuilds a sealed segment's index file from the segment: read,
+    /// checked against the manifest's SHA-256 (restored from a backup
+    /// first when it fails), scanned, written atomically. The damaged index
+    /// file is copied to `quarantine/` first, like any damaged bytes.
+    fn repair_index(&mut self, file: &str) -> Result<Repaired, RepairError> {
+        let Some(sealed) = self
+            .manifest
+            .sealed
+            .iter()
+            .find(|s| s.file == file)
+            .cloned()
+        else {
+            return Ok(Repaired::NoLongerInStore {
+                file: file.to_string(),
+            });
+        };
+        let data_dir = self.shared.data_dir.clone();
+        if segindex::load(&data_dir, &sealed).is_ok() {
+            return Ok(Repaired::AlreadyIntact);
+        }
+        let path = layout::segment_path(&data_dir, file);
+        let mut restored_from = None;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) if sealed.check_bytes(&bytes).is_ok() => bytes,
+            _ => {
+                let restored = backup::restore_sealed(&data_dir, &sealed)?;
+                self.refresh_reader(sealed.first_seq);
+                restored_from = Some(restored.backup);
+                restored.bytes
+            }
+        };
+        let index = crate::store::recovery::build_index(&path, &sealed, &bytes)?;
+        let idx_path = layout::segment_index_path(&data_dir, file);
+        if let Ok(old) = std::fs::read(&idx_path) {
+            fsutil::quarantine(&data_dir, &idx_path, 0, &old)?;
+        }
+        segindex::store(&data_dir, file, &segindex::encode(&index))
+            .map_err(FileError::at("write", &idx_path))?;
+        Ok(Repaired::IndexRebuilt {
+            file: file.to_string(),
+            restored_from,
         })
     }
 
