@@ -63,12 +63,11 @@ pub struct CreateArgs {
 
 /// Why a name, a prefix or an expiry is refused.
 #[derive(Debug, thiserror::Error)]
+#[error("{}: {}", self.field(), self.reason())]
 pub enum SpecError {
     /// The name.
-    #[error("name: {0}")]
     Name(&'static str),
     /// A prefix.
-    #[error("{field}: {reason}")]
     Prefix {
         /// Which list.
         field: &'static str,
@@ -76,8 +75,27 @@ pub enum SpecError {
         reason: &'static str,
     },
     /// The expiry.
-    #[error("expires: must be more than 0 s and at most 100 years")]
     Expires,
+}
+
+impl SpecError {
+    /// The field it is about (as `POST /admin/tokens` names it).
+    pub fn field(&self) -> &'static str {
+        match self {
+            SpecError::Name(_) => "name",
+            SpecError::Prefix { field, .. } => field,
+            SpecError::Expires => "expires",
+        }
+    }
+
+    /// Why the field is refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecError::Name(reason) => reason,
+            SpecError::Prefix { reason, .. } => reason,
+            SpecError::Expires => "must be more than 0 s and at most 100 years",
+        }
+    }
 }
 
 /// Checks a token's name and scope; shared with `POST /admin/tokens`.

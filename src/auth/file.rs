@@ -9,9 +9,8 @@
 //! same time without losing each other's changes. The lock is not the
 //! store's `LOCK`: tokens can be managed while the server runs.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -237,29 +236,10 @@ fn edit<R>(
     })
     .expect("token records serialize");
     bytes.push(b'\n');
-    write_private(&path, &bytes).map_err(io(&path))?;
+    crate::store::fsutil::write_atomic_private(&path, &bytes).map_err(io(&path))?;
     // Dropping the file releases the lock.
     drop(lock);
     Ok(result)
-}
-
-/// Atomically replaces `path` with `bytes`, readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temp file keeps its mode: set it.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    crate::store::fsutil::fsync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// `Rate` as its text (`100/s`) in the file.
@@ -284,6 +264,8 @@ mod rate_text {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn spec(name: &str) -> TokenSpec {

@@ -84,6 +84,11 @@ pub struct Keyring {
     /// `auto` has required a token once: it goes on requiring one, so
     /// revoking the last token never reopens the bus.
     latched: AtomicBool,
+    /// Who a request runs as when no token is needed, made once (not per
+    /// request).
+    anonymous: Arc<Principal>,
+    /// Who the bootstrap secret's requests run as.
+    bootstrap_principal: Arc<Principal>,
 }
 
 /// `MSGBUS_ADMIN_TOKEN` is too short to be a secret.
@@ -112,9 +117,16 @@ impl Keyring {
             loaded: RwLock::default(),
             used_since_flush: AtomicBool::new(false),
             latched: AtomicBool::new(false),
+            anonymous: Principal::anonymous(),
+            bootstrap_principal: bootstrap_principal(),
         };
         keyring.refresh()?;
         Ok(keyring)
+    }
+
+    /// Who a request that needs no token runs as (it may do everything).
+    pub fn anonymous(&self) -> Arc<Principal> {
+        self.anonymous.clone()
     }
 
     /// The configured mode.
@@ -157,7 +169,7 @@ impl Keyring {
     /// What `presented` (the bearer credential, if any) is worth at `now`.
     pub fn authenticate(&self, presented: Option<&str>, now: DateTime<Utc>) -> Verdict {
         if !self.required() {
-            return Verdict::Open(Principal::anonymous());
+            return Verdict::Open(self.anonymous());
         }
         let Some(presented) = presented else {
             return Verdict::Missing;
@@ -180,7 +192,7 @@ impl Keyring {
         }
         match &self.bootstrap {
             Some(hash) if token::secret_matches(presented, hash) => {
-                Verdict::Valid(bootstrap_principal())
+                Verdict::Valid(self.bootstrap_principal.clone())
             }
             _ => Verdict::Invalid,
         }

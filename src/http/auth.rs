@@ -95,7 +95,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let stream = req.method() == Method::GET && req.uri().path() == "/events/stream";
     let from_query = take_query_token(&mut req, stream);
     let principal = if need == Need::Nothing {
-        Principal::anonymous()
+        auth.keyring.anonymous()
     } else {
         let header = bearer(&req);
         let presented = header.as_deref().or(from_query.as_deref());

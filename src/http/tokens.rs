@@ -184,16 +184,12 @@ pub async fn create(
         type_prefixes: req.type_prefixes,
         source_prefixes: req.source_prefixes,
     };
-    check_spec(&req.name, &scope).map_err(|e| {
-        let text = e.to_string();
-        let (field, msg) = text.split_once(": ").unwrap_or(("$", text.as_str()));
-        invalid(field, msg)
-    })?;
+    check_spec(&req.name, &scope).map_err(|e| invalid(e.field(), e.reason()))?;
     let expires = match req.expires.as_deref() {
         Some(d) => Some(
             parse_duration(d)
                 .map_err(|e| invalid("expires", e.to_string()))
-                .and_then(|d| expiry(d).map_err(|e| invalid("expires", e.to_string())))?,
+                .and_then(|d| expiry(d).map_err(|e| invalid(e.field(), e.reason())))?,
         ),
         None => None,
     };

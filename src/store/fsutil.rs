@@ -21,14 +21,30 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// Atomically replaces `path` with `bytes`: temp file in the same directory,
 /// write, fsync the file, rename over the target, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, None)
+}
+
+/// [`write_atomic`] for a file only its owner may read or write (mode
+/// 0600 from its creation on), such as the token file.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, Some(0o600))
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let tmp = layout::tmp_path(path);
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(mode) = mode {
+            // A temp file left by a crash keeps its old mode: set it.
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
     }

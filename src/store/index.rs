@@ -315,6 +315,24 @@ pub struct NewEntry<'a> {
     pub frame: Option<SseFrame>,
 }
 
+impl<'a> NewEntry<'a> {
+    /// The entry of `r`, a record of the segment at position `segment`
+    /// (the same fields a segment's index file keeps of it).
+    pub fn of(r: &super::segindex::NewRecord<'a>, segment: u32, frame: Option<SseFrame>) -> Self {
+        NewEntry {
+            seq: r.seq,
+            segment,
+            offset: r.offset,
+            len: r.len,
+            crc: r.crc,
+            ty: r.ty,
+            source: r.source,
+            subject: r.subject,
+            frame,
+        }
+    }
+}
+
 /// A filter resolved against the interners for one chunk of a read.
 enum Resolved {
     /// Some filtered string is not stored: nothing can match yet.

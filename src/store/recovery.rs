@@ -751,17 +751,7 @@ fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan)
 }
 
 fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::ScannedRecord) {
-    index.push(NewEntry {
-        seq: r.seq,
-        segment: pos,
-        offset: r.offset + r.framed.event_offset as u64,
-        len: r.framed.event_len,
-        crc: r.framed.crc,
-        ty: &r.keys.ty,
-        source: &r.keys.source,
-        subject: r.keys.subject.as_deref(),
-        frame: None,
-    });
+    index.push(NewEntry::of(&index_record(r), pos, None));
     // Stored events are unique by construction, so a hash hit during
     // recovery can only be a hash collision: keep both exactly.
     dedup.insert(&r.keys.source, &r.keys.id, &r.keys.time, r.seq);

@@ -113,6 +113,24 @@ struct Accepted {
     event: PreparedEvent,
 }
 
+impl Accepted {
+    /// What the index (and the segment's index file) keeps of this event,
+    /// written at `base`, the active segment's length before the commit.
+    fn record(&self, base: u64) -> super::segindex::NewRecord<'_> {
+        super::segindex::NewRecord {
+            seq: self.seq,
+            offset: base + self.line_start as u64 + self.framed.event_offset as u64,
+            len: self.framed.event_len,
+            crc: self.framed.crc,
+            ty: &self.event.ty,
+            source: &self.event.source,
+            subject: self.event.subject.as_deref(),
+            id: &self.event.id,
+            time: &self.event.time,
+        }
+    }
+}
+
 impl Writer {
     /// Takes over a recovered store.
     pub(super) fn new(
@@ -370,34 +388,19 @@ impl Writer {
         {
             let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
             for a in accepted.iter_mut() {
-                idx.push(NewEntry {
-                    seq: a.seq,
-                    segment: self.active.index_pos,
-                    offset: base + a.line_start as u64 + a.framed.event_offset as u64,
-                    len: a.framed.event_len,
-                    crc: a.framed.crc,
-                    ty: &a.event.ty,
-                    source: &a.event.source,
-                    subject: a.event.subject.as_deref(),
-                    // Built around the event in its own buffer (see
-                    // `FRAME_HEADROOM`); the event is not read again.
-                    frame: Some(SseFrame::in_place(a.seq, std::mem::take(&mut a.event.buf))),
-                });
+                // Built around the event in its own buffer (see
+                // `FRAME_HEADROOM`); the event is not read again.
+                let frame = SseFrame::in_place(a.seq, std::mem::take(&mut a.event.buf));
+                idx.push(NewEntry::of(
+                    &a.record(base),
+                    self.active.index_pos,
+                    Some(frame),
+                ));
             }
             idx.set_segment_bytes(self.active.index_pos, self.active.len);
         }
         for a in accepted.iter() {
-            self.active.seg_index.push(super::segindex::NewRecord {
-                seq: a.seq,
-                offset: base + a.line_start as u64 + a.framed.event_offset as u64,
-                len: a.framed.event_len,
-                crc: a.framed.crc,
-                ty: &a.event.ty,
-                source: &a.event.source,
-                subject: a.event.subject.as_deref(),
-                id: &a.event.id,
-                time: &a.event.time,
-            });
+            self.active.seg_index.push(a.record(base));
             self.dedup
                 .insert_hashed(a.key, &a.event.source, &a.event.id, &a.event.time, a.seq);
         }

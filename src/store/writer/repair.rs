@@ -21,6 +21,7 @@ use crate::store::fsutil;
 use crate::store::integrity::Finding;
 use crate::store::layout;
 use crate::store::manifest::Manifest;
+use crate::store::manifest::SealedSegment;
 use crate::store::segindex;
 
 /// What a repair did.
@@ -317,17 +318,23 @@ impl Writer {
         })
     }
 
-    fn repair_sealed(&mut self, file: &str) -> Result<Repaired, RepairError> {
-        let Some(sealed) = self
-            .manifest
+    /// The manifest's entry of sealed segment `file`, or the answer of a
+    /// repair of a segment that is no longer in the store.
+    fn sealed_entry(&self, file: &str) -> Result<SealedSegment, Repaired> {
+        self.manifest
             .sealed
             .iter()
             .find(|s| s.file == file)
             .cloned()
-        else {
-            return Ok(Repaired::NoLongerInStore {
+            .ok_or_else(|| Repaired::NoLongerInStore {
                 file: file.to_string(),
-            });
+            })
+    }
+
+    fn repair_sealed(&mut self, file: &str) -> Result<Repaired, RepairError> {
+        let sealed = match self.sealed_entry(file) {
+            Ok(sealed) => sealed,
+            Err(gone) => return Ok(gone),
         };
         let path = layout::segment_path(&self.shared.data_dir, file);
         if sealed.check_file(&path, true).is_ok() {
@@ -346,16 +353,9 @@ impl Writer {
     /// first when it fails), scanned, written atomically. The damaged index
     /// file is copied to `quarantine/` first, like any damaged bytes.
     fn repair_index(&mut self, file: &str) -> Result<Repaired, RepairError> {
-        let Some(sealed) = self
-            .manifest
-            .sealed
-            .iter()
-            .find(|s| s.file == file)
-            .cloned()
-        else {
-            return Ok(Repaired::NoLongerInStore {
-                file: file.to_string(),
-            });
+        let sealed = match self.sealed_entry(file) {
+            Ok(sealed) => sealed,
+            Err(gone) => return Ok(gone),
         };
         let data_dir = self.shared.data_dir.clone();
         if segindex::load(&data_dir, &sealed).is_ok() {
