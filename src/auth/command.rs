@@ -121,10 +121,10 @@ pub fn check_spec(name: &str, scope: &Scope) -> Result<(), SpecError> {
                 reason: "at most 64 prefixes",
             });
         }
-        if list.iter().any(|p| p.is_empty() || p.len() > 256) {
+        if list.iter().any(|p| p.is_empty() || p.chars().count() > 256) {
             return Err(SpecError::Prefix {
                 field,
-                reason: "each prefix must be 1 to 256 bytes (leave the list out to allow all)",
+                reason: "each prefix must be 1 to 256 characters (leave the list out to allow all)",
             });
         }
     }
@@ -216,4 +216,23 @@ fn describe(r: &TokenRecord) -> String {
         s += &format!(", rate {rate}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document limits prefixes in characters (`maxLength`), as
+    /// event attributes are limited; a prefix of 256 multi-byte characters
+    /// is valid and the 257th is one too many.
+    #[test]
+    fn prefix_length_counts_characters_not_bytes() {
+        let scope = |p: String| Scope {
+            type_prefixes: vec![p],
+            source_prefixes: vec![],
+        };
+        assert!(check_spec("ok", &scope("ü".repeat(256))).is_ok());
+        assert!(check_spec("ok", &scope("ü".repeat(257))).is_err());
+        assert!(check_spec("ok", &scope(String::new())).is_err());
+    }
 }

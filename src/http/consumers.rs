@@ -300,10 +300,11 @@ fn parse_spec(body: Map<String, Value>) -> Result<(Filter, Option<Start>), Probl
                     "source" => crate::event::MAX_SOURCE_LEN,
                     _ => crate::event::MAX_SUBJECT_LEN,
                 };
-                if s.len() > max {
+                let chars = s.chars().count();
+                if chars > max {
                     return Err(invalid(
                         &k,
-                        format!("is {} bytes; the most is {max}", s.len()),
+                        format!("is {chars} characters; the most is {max}"),
                     ));
                 }
                 Some(s)
@@ -335,7 +336,7 @@ fn location(name: &str) -> HeaderValue {
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Creating it would pass --max-consumers", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 bytes, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 characters, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),

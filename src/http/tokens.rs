@@ -33,11 +33,11 @@ pub struct NewToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Allowed event type prefixes, each 1 to 256 bytes (none: all).
+    /// Allowed event type prefixes, each 1 to 256 characters (none: all).
     #[serde(default)]
     #[schema(max_items = 64, inline, value_type = Vec<Prefix>)]
     pub type_prefixes: Vec<String>,
-    /// Allowed event source prefixes, each 1 to 256 bytes (none: all).
+    /// Allowed event source prefixes, each 1 to 256 characters (none: all).
     #[serde(default)]
     #[schema(max_items = 64, inline, value_type = Vec<Prefix>)]
     pub source_prefixes: Vec<String>,
