@@ -57,6 +57,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         s.store.read_cache_bytes as f64,
     );
     metric(
+        "index_memory_entries",
+        "gauge",
+        "Events with an index entry in memory (the active segment's); the rest are found through their segments' index files.",
+        s.store.memory_entries as f64,
+    );
+    metric(
         "rate_limited_total",
         "counter",
         "Requests refused with 429 because their token or address was over its rate (--rate, a token's own rate).",

@@ -94,6 +94,13 @@ pub struct StoreStats {
     /// Bytes the index holds for those strings and their counters
     /// (approximate).
     pub interned_bytes: u64,
+    /// Events with an entry in memory: those of the active segment (and
+    /// of a sealed one whose index file could not be written). Every
+    /// other event is found through its segment's index file, so memory
+    /// does not grow with the events stored.
+    pub memory_entries: u64,
+    /// Sealed segments read through their index files.
+    pub indexed_segments: u64,
 }
 
 /// Distinct strings the index holds.
@@ -103,7 +110,10 @@ pub struct DistinctStats {
     pub types: u64,
     /// Distinct `source` values.
     pub sources: u64,
-    /// Distinct `subject` values.
+    /// Distinct `subject` values: exact among the active segment's events;
+    /// for sealed segments, the sum of each segment's distinct subjects
+    /// (their subject tables stay on disk, so a subject used in several
+    /// segments counts once per segment).
     pub subjects: u64,
 }
 
@@ -190,6 +200,8 @@ pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> St
                 subjects: e.distinct_subjects,
             },
             interned_bytes: e.interned_bytes,
+            memory_entries: e.memory_entries,
+            indexed_segments: e.indexed_segments,
         },
         integrity: IntegrityStats {
             monitor: integrity.into(),

@@ -35,6 +35,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::segindex::{Name, Record};
+
 /// What a reader selects: the filters of `GET /events`, of a stream and of
 /// a durable consumer (stored with it in `consumers.json`, hence serde).
 /// The one filter type of the store; the HTTP layer parses its query
@@ -121,6 +123,8 @@ pub struct Matcher {
     plan: Arc<Plan>,
     types: Arc<Mutex<TypeSet>>,
     sources: Arc<Mutex<SourceSet>>,
+    /// The plan for the sealed segment this matcher read last.
+    part: Arc<Mutex<Option<Arc<PartPlan>>>>,
 }
 
 /// The filter and its scope folded together once per matcher.
@@ -144,6 +148,7 @@ impl Matcher {
             plan: Arc::new(plan),
             types: Arc::default(),
             sources: Arc::default(),
+            part: Arc::default(),
         }
     }
 
@@ -174,6 +179,140 @@ impl Matcher {
     /// chunk of a read; taken after [`Matcher::types`]).
     pub(super) fn sources(&self) -> std::sync::MutexGuard<'_, SourceSet> {
         super::lock(&self.sources)
+    }
+
+    /// The plan of the sealed segment starting at `first_seq`, if it is
+    /// the one this matcher read last.
+    pub(super) fn part_plan(&self, first_seq: u64) -> Option<Arc<PartPlan>> {
+        super::lock(&self.part)
+            .as_ref()
+            .filter(|p| p.first_seq == first_seq)
+            .cloned()
+    }
+
+    /// Keeps `plan` for the next chunk (reads move forward, so one is
+    /// enough).
+    pub(super) fn keep_part_plan(&self, plan: Arc<PartPlan>) {
+        *super::lock(&self.part) = Some(plan);
+    }
+}
+
+/// How a matcher's filter applies to one sealed segment, worked out from
+/// the segment's own name tables: which of its type and source ids can
+/// match and its subject's id, or that nothing in it can. A rare type then
+/// costs nothing in the segments that do not hold it.
+#[derive(Debug)]
+pub struct PartPlan {
+    /// First seq of the segment it was built for.
+    pub first_seq: u64,
+    ty: Ids,
+    source: Ids,
+    subject: Option<u32>,
+    /// No record of the segment can match.
+    pub nothing: bool,
+    /// Names looked at to build it (counted against a read's budget).
+    pub cost: usize,
+}
+
+/// Which ids of one of a segment's name tables match.
+#[derive(Debug)]
+enum Ids {
+    Any,
+    Exact(u32),
+    Set(Vec<bool>),
+}
+
+impl Ids {
+    #[inline]
+    fn allows(&self, id: u32) -> bool {
+        match self {
+            Ids::Any => true,
+            Ids::Exact(e) => *e == id,
+            Ids::Set(set) => set.get(id as usize).copied().unwrap_or(false),
+        }
+    }
+
+    /// From an exact value (its position in the table, or nothing) or a
+    /// predicate over the names; `None` when nothing can match.
+    fn of(table: &[Name], exact: Option<&str>, pred: Option<&dyn Fn(&str) -> bool>) -> Option<Ids> {
+        if let Some(v) = exact {
+            return table
+                .iter()
+                .position(|n| n.name == v)
+                .map(|i| Ids::Exact(i as u32));
+        }
+        let Some(pred) = pred else {
+            return Some(Ids::Any);
+        };
+        let set: Vec<bool> = table.iter().map(|n| pred(&n.name)).collect();
+        set.iter().any(|&b| b).then_some(Ids::Set(set))
+    }
+}
+
+impl PartPlan {
+    /// The plan of `m` for the segment starting at `first_seq` with these
+    /// type and source tables; `subjects` reads its subject table, only
+    /// when the filter names a subject and something else can match.
+    pub fn new<E>(
+        m: &Matcher,
+        first_seq: u64,
+        types: &[Name],
+        sources: &[Name],
+        subjects: impl FnOnce() -> Result<Vec<Name>, E>,
+    ) -> Result<PartPlan, E> {
+        let f = m.filter();
+        let cost = types.len() + sources.len();
+        let none = || PartPlan {
+            first_seq,
+            ty: Ids::Any,
+            source: Ids::Any,
+            subject: None,
+            nothing: true,
+            cost,
+        };
+        let allows_type = |t: &str| m.allows_type(t);
+        let ty = match &f.ty {
+            Some(t) if !m.allows_type(t) => None,
+            Some(t) => Ids::of(types, Some(t), None),
+            None if m.type_prefixes().is_some() => Ids::of(types, None, Some(&allows_type)),
+            None => Some(Ids::Any),
+        };
+        let allows_source = |s: &str| f.scope.allows_source(s);
+        let source = match &f.source {
+            Some(s) if !f.scope.allows_source(s) => None,
+            Some(s) => Ids::of(sources, Some(s), None),
+            None if !f.scope.source_prefixes.is_empty() => {
+                Ids::of(sources, None, Some(&allows_source))
+            }
+            None => Some(Ids::Any),
+        };
+        let (Some(ty), Some(source)) = (ty, source) else {
+            return Ok(none());
+        };
+        let subject = match &f.subject {
+            Some(s) => match subjects()?.iter().position(|n| n.name == *s) {
+                Some(i) => Some(i as u32),
+                None => return Ok(none()),
+            },
+            None => None,
+        };
+        Ok(PartPlan {
+            first_seq,
+            ty,
+            source,
+            subject,
+            nothing: false,
+            cost,
+        })
+    }
+
+    /// True when the record `r` of the segment matches.
+    #[inline]
+    pub fn matches(&self, r: &Record) -> bool {
+        !self.nothing
+            && self.ty.allows(r.ty)
+            && self.source.allows(r.source)
+            && self.subject.is_none_or(|s| s == r.subject)
     }
 }
 

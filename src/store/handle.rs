@@ -99,6 +99,8 @@ struct Scan {
     max_bytes: usize,
     examined: usize,
     done: bool,
+    /// Why the read stopped early, if it failed.
+    failed: Option<StoreError>,
 }
 
 impl Scan {
@@ -111,11 +113,14 @@ impl Scan {
             max_bytes,
             examined: 0,
             done: limit == 0,
+            failed: None,
         }
     }
 
-    /// Examines one chunk under the index lock.
-    fn step(&mut self, shared: &Shared, m: &Matcher) {
+    /// Examines one chunk under the index lock, or, where the read is in
+    /// a sealed segment, one chunk of its index file after the lock is
+    /// released (only with `may_block`: not on an async worker).
+    fn step(&mut self, shared: &Shared, m: &Matcher, may_block: bool) {
         let idx = shared.index();
         if self.pos.saturating_add(1) < idx.first_seq() && (self.pos != 0 || self.examined > 0) {
             // Retention deleted events this read had not reached: end the
@@ -126,8 +131,34 @@ impl Scan {
         let budget = SCAN_CHUNK
             .min(MAX_SCAN.saturating_sub(self.examined))
             .max(1);
-        let page = idx.scan(self.pos, m, self.limit - self.hits.len(), budget);
+        let mut page = idx.scan(self.pos, m, self.limit - self.hits.len(), budget);
         drop(idx);
+        if let Some((part, files)) = page.sealed.take() {
+            if !may_block {
+                return;
+            }
+            // In a sealed segment: read its index file without the lock.
+            let last = page.last;
+            page = match index::scan_part(
+                &part,
+                &files,
+                m,
+                self.pos,
+                self.limit - self.hits.len(),
+                budget,
+                last,
+            ) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.failed = Some(sealed_read_error(shared, e));
+                    self.done = true;
+                    return;
+                }
+            };
+            if !page.hits.is_empty() {
+                shared.index().fill_cached(&mut page.hits);
+            }
+        }
         self.examined += page.examined.max(1);
         for hit in page.hits {
             let len = hit.entry.len as usize;
@@ -143,6 +174,24 @@ impl Scan {
         self.pos = self.pos.max(page.scanned_to);
         self.done =
             self.hits.len() >= self.limit || self.pos >= page.last || self.examined >= MAX_SCAN;
+    }
+}
+
+/// What a failed read of a sealed segment's index file answers: out of
+/// descriptors is transient (503); anything else is damage to a derived
+/// file, which the integrity monitor finds and rebuilds from the segment.
+fn sealed_read_error(shared: &Shared, e: crate::store::sealed::PartError) -> StoreError {
+    if let Some(io) = e.io() {
+        if super::fsutil::is_descriptor_exhaustion(io) {
+            shared.descriptors_exhausted("reading a segment index");
+        }
+    }
+    tracing::error!(error = %e, "cannot read a sealed segment's index file");
+    match e {
+        crate::store::sealed::PartError::Read { source, .. } => {
+            StoreError::io("read a segment index", source)
+        }
+        damaged => StoreError::Corrupt(damaged.to_string()),
     }
 }
 
@@ -332,7 +381,7 @@ impl StoreHandle {
                 oldest: self.shared.index().first_seq(),
             });
         }
-        scan.step(&self.shared, m);
+        scan.step(&self.shared, m, false);
         if !scan.done {
             let (shared, m) = (self.shared.clone(), m.clone());
             // Not in the low-priority bulk lane: each step holds the index
@@ -344,12 +393,15 @@ impl StoreHandle {
             // too noisy to prove the cause, but the inversion is real.
             scan = tokio::task::spawn_blocking(move || {
                 while !scan.done {
-                    scan.step(&shared, &m);
+                    scan.step(&shared, &m, true);
                 }
                 scan
             })
             .await
             .map_err(|_| StoreError::Stopped)?;
+        }
+        if let Some(e) = scan.failed {
+            return Err(e);
         }
         let events = self.load(scan.hits).await?;
         Ok(EventPage {
@@ -361,17 +413,26 @@ impl StoreHandle {
     /// The event stored at `seq`, if any; [`StoreError::Gone`] when
     /// retention deleted it.
     pub async fn get(&self, seq: u64) -> Result<Option<StoredEvent>> {
-        let hit = {
+        let located = {
             let idx = self.shared.index();
             if seq != 0 && seq < idx.first_seq() {
                 return Err(StoreError::Gone {
                     oldest: idx.first_seq(),
                 });
             }
-            idx.get(seq)
+            idx.locate(seq)
         };
-        let Some(hit) = hit else {
-            return Ok(None);
+        let hit = match located {
+            None => return Ok(None),
+            Some(index::Located::Entry(hit)) => hit,
+            Some(index::Located::Sealed(part, files)) => {
+                let shared = self.shared.clone();
+                crate::bulk::run(move || {
+                    index::read_sealed_hit(&part, &files, seq)
+                        .map_err(|e| sealed_read_error(&shared, e))
+                })
+                .await?
+            }
         };
         Ok(self.load(vec![hit]).await?.pop())
     }

@@ -3,8 +3,12 @@
 //! type/source/subject for filtering, per-type and per-source counts, and a
 //! bounded cache of the most recent events' bytes so tail reads never hit disk.
 //!
-//! About 32 bytes per event plus the distinct strings, so a million events
-//! cost tens of megabytes, not the events themselves.
+//! Only the active segment's events have an entry here (about 32 bytes
+//! each, plus the distinct strings); a sealed segment is a
+//! [`SealedPart`] whose records are read from its index file when a read
+//! reaches them, so memory does not grow with the events stored. A read
+//! that starts in a sealed segment gets the part back from [`Index::scan`]
+//! and goes on with [`scan_part`] outside the index lock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -18,8 +22,11 @@ use bytes::Bytes;
 
 use super::chunked::ChunkedDeque;
 use super::dedup::PreHashed;
+pub use super::files::{SegmentFiles, DEFAULT_SEGMENT_FD_CACHE};
 use super::filter::Filter;
-use super::filter::{Matcher, TypeSet};
+use super::filter::{Matcher, PartPlan, TypeSet};
+use super::sealed::{PartError, SealedPart};
+use super::segindex::{Record, Summary};
 use crate::sse::SseFrame;
 
 /// Marker for "no subject".
@@ -52,80 +59,6 @@ pub struct SegmentReader {
     pub path: PathBuf,
     /// Bytes committed to this segment.
     pub bytes: u64,
-}
-
-/// Segment files open for reading, the least recently used closed first,
-/// so readers hold a bounded number of descriptors however many segments
-/// there are. A reader keeps its `Arc<File>` for as long as it reads: a
-/// file deleted by retention or replaced by a repair meanwhile is still
-/// read whole through it.
-#[derive(Debug)]
-pub struct SegmentFiles {
-    capacity: std::sync::atomic::AtomicUsize,
-    /// (first seq, open file), least recently used first.
-    open: std::sync::Mutex<VecDeque<(u64, Arc<File>)>>,
-}
-
-/// Segment files kept open by default (`--segment-fd-cache`).
-pub const DEFAULT_SEGMENT_FD_CACHE: usize = 32;
-
-impl SegmentFiles {
-    fn new(capacity: usize) -> Self {
-        SegmentFiles {
-            capacity: capacity.max(1).into(),
-            open: std::sync::Mutex::new(VecDeque::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<File>)>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The open file of the segment starting at `first_seq`, opening
-    /// `path` when it is not cached.
-    pub fn get(&self, first_seq: u64, path: &std::path::Path) -> std::io::Result<Arc<File>> {
-        {
-            let mut open = self.lock();
-            if let Some(i) = open.iter().position(|(s, _)| *s == first_seq) {
-                let hit = open.remove(i).expect("position is in range");
-                let file = hit.1.clone();
-                open.push_back(hit);
-                return Ok(file);
-            }
-        }
-        let file = Arc::new(File::open(path)?);
-        let mut open = self.lock();
-        if !open.iter().any(|(s, _)| *s == first_seq) {
-            open.push_back((first_seq, file.clone()));
-        }
-        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
-        while open.len() > capacity {
-            open.pop_front();
-        }
-        Ok(file)
-    }
-
-    /// Closes the cached file of the segment starting at `first_seq` (it
-    /// was replaced: the next read opens the new file).
-    pub fn forget(&self, first_seq: u64) {
-        self.lock().retain(|(s, _)| *s != first_seq);
-    }
-
-    /// Closes the cached files of segments starting before `first_seq`
-    /// (deleted by retention: their space is freed once no reader holds them).
-    fn forget_before(&self, first_seq: u64) {
-        self.lock().retain(|(s, _)| *s >= first_seq);
-    }
-
-    /// Files open now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no file is open.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 /// String interner: filters compare small integers instead of strings.
@@ -402,6 +335,126 @@ pub struct Page {
     /// (they share the chunk's budget but not a read's entry budget, so
     /// a read over more types than that budget still makes progress).
     pub compiled: usize,
+    /// Set when the chunk starts in a sealed part: nothing was examined,
+    /// and the caller goes on with [`scan_part`] after releasing the lock.
+    pub sealed: Option<(Arc<SealedPart>, Arc<SegmentFiles>)>,
+}
+
+/// Where an event is: see [`Index::locate`].
+#[derive(Debug)]
+pub enum Located {
+    /// It has an entry in memory.
+    Entry(Hit),
+    /// It is in a sealed part, read through the part's index file (opened
+    /// through the cache given).
+    Sealed(Arc<SealedPart>, Arc<SegmentFiles>),
+}
+
+/// An event's `type` and `source`: see [`Index::names`].
+#[derive(Debug)]
+pub enum Names<'a> {
+    /// From its entry.
+    Entry(&'a str, &'a str),
+    /// In a sealed part: read them with [`sealed_names`].
+    Sealed(Arc<SealedPart>, Arc<SegmentFiles>),
+}
+
+fn sealed_hit(part: &SealedPart, seq: u64, r: &Record) -> Hit {
+    Hit {
+        seq,
+        entry: Entry {
+            offset: r.offset,
+            len: r.len,
+            crc: r.crc,
+            segment: part.pos,
+            ty: NO_SUBJECT,
+            source: NO_SUBJECT,
+            subject: NO_SUBJECT,
+        },
+        cached: None,
+        frame: None,
+    }
+}
+
+/// The event `seq` of the sealed part `part`, read from its index file.
+pub fn read_sealed_hit(
+    part: &SealedPart,
+    files: &SegmentFiles,
+    seq: u64,
+) -> Result<Hit, PartError> {
+    let r = part.record(files, seq)?;
+    Ok(sealed_hit(part, seq, &r))
+}
+
+/// The `type` and `source` of the event `seq` of the sealed part `part`.
+pub fn sealed_names(
+    part: &SealedPart,
+    files: &SegmentFiles,
+    seq: u64,
+) -> Result<(String, String), PartError> {
+    let r = part.record(files, seq)?;
+    let (ty, source) = part.names(&r);
+    Ok((ty.to_string(), source.to_string()))
+}
+
+/// One chunk of a read inside the sealed part `part`: events after `after`
+/// that match `m`, at most `limit`, examining at most `budget` records
+/// (`last` is the newest seq of the store, for [`Page::last`]). Runs
+/// without the index lock. The first chunk in a part works out the
+/// matcher's [`PartPlan`] from the part's tables; a part where nothing can
+/// match is passed over whole without reading its records.
+pub fn scan_part(
+    part: &SealedPart,
+    files: &SegmentFiles,
+    m: &Matcher,
+    after: u64,
+    limit: usize,
+    budget: usize,
+    last: u64,
+) -> Result<Page, PartError> {
+    let mut page = Page {
+        scanned_to: after,
+        last,
+        ..Page::default()
+    };
+    let start = after.max(part.first_seq() - 1) + 1;
+    if start > part.last_seq() || limit == 0 || budget == 0 {
+        return Ok(page);
+    }
+    let plan = match m.part_plan(part.first_seq()) {
+        Some(plan) => plan,
+        None => {
+            let plan = Arc::new(PartPlan::new(
+                m,
+                part.first_seq(),
+                &part.summary.types,
+                &part.summary.sources,
+                || part.subjects(files),
+            )?);
+            page.compiled = plan.cost;
+            m.keep_part_plan(plan.clone());
+            plan
+        }
+    };
+    if plan.nothing {
+        page.scanned_to = part.last_seq();
+        page.examined = 1;
+        return Ok(page);
+    }
+    let budget = budget.saturating_sub(page.compiled).max(1);
+    let end = part.last_seq().min(start.saturating_add(budget as u64 - 1));
+    let records = part.records(files, start, end)?;
+    for (seq, r) in (start..).zip(&records) {
+        page.scanned_to = seq;
+        page.examined += 1;
+        if plan.matches(r) {
+            page.hits.push(sealed_hit(part, seq, r));
+            if page.hits.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// The committed state of the log, as readers see it.
@@ -413,7 +466,20 @@ pub struct Page {
 /// below the base belongs to a segment retention has deleted.
 #[derive(Debug)]
 pub struct Index {
+    /// The oldest stored event.
     first_seq: u64,
+    /// Sealed segments read through their index files, oldest first:
+    /// their events have no entry in memory (see [`super::sealed`]).
+    sealed: VecDeque<Arc<SealedPart>>,
+    /// Event counts of the sealed parts by type and by source, and the sum
+    /// of their distinct subjects, kept as parts come and go.
+    sealed_types: HashMap<Box<str>, u64>,
+    sealed_sources: HashMap<Box<str>, u64>,
+    sealed_subjects: u64,
+    /// Seq of `entries[0]`: the first event after the sealed parts.
+    entries_first: u64,
+    /// One entry per event after the sealed parts (the active segment's,
+    /// and a sealed segment's whose index file could not be written).
     entries: ChunkedDeque<Entry>,
     segments: VecDeque<SegmentReader>,
     segment_base: u32,
@@ -450,6 +516,11 @@ impl Index {
     pub fn new(first_seq: u64, recent_capacity: usize) -> Self {
         Index {
             first_seq,
+            sealed: VecDeque::new(),
+            sealed_types: HashMap::new(),
+            sealed_sources: HashMap::new(),
+            sealed_subjects: 0,
+            entries_first: first_seq,
             entries: ChunkedDeque::default(),
             segments: VecDeque::new(),
             segment_base: 0,
@@ -477,17 +548,113 @@ impl Index {
 
     /// Sequence number of the newest committed event (first_seq - 1 if empty).
     pub fn last_seq(&self) -> u64 {
-        self.first_seq + self.entries.len() as u64 - 1
+        self.entries_first + self.entries.len() as u64 - 1
     }
 
     /// Number of stored events.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        (self.last_seq() + 1 - self.first_seq) as usize
     }
 
     /// True when no event is stored.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// Events with an entry in memory (those after the sealed parts).
+    pub fn entries_len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Sealed segments read through their index files.
+    pub fn sealed_parts(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Adds the next sealed segment, read through its index file (at
+    /// start-up: no event may have an entry yet).
+    pub fn add_sealed(&mut self, part: Arc<SealedPart>) {
+        debug_assert!(self.entries.is_empty());
+        debug_assert_eq!(part.first_seq(), self.entries_first);
+        self.entries_first = part.last_seq() + 1;
+        self.count_part(&part, true);
+        self.sealed.push_back(part);
+    }
+
+    /// Moves the oldest events with an entry, those of the segment just
+    /// sealed, to `part`: their entries are dropped, and reads of them go
+    /// through the segment's index file from now on.
+    pub fn seal(&mut self, part: Arc<SealedPart>) {
+        if part.first_seq() != self.entries_first || part.last_seq() > self.last_seq() {
+            // Not the oldest events in memory: keep the entries (a
+            // programming error; reads stay correct either way).
+            tracing::warn!(
+                first_seq = part.first_seq(),
+                entries_first = self.entries_first,
+                "a sealed segment that is not the oldest in memory keeps its entries"
+            );
+            return;
+        }
+        let n = (part.last_seq() + 1 - self.entries_first) as usize;
+        self.drop_entries(n);
+        self.count_part(&part, true);
+        self.sealed.push_back(part);
+    }
+
+    /// Adds (or, with `add` false, removes) a part's counts.
+    fn count_part(&mut self, part: &SealedPart, add: bool) {
+        for (names, counts) in [
+            (&part.summary.types, &mut self.sealed_types),
+            (&part.summary.sources, &mut self.sealed_sources),
+        ] {
+            for n in names {
+                if add {
+                    *counts.entry(Box::from(n.name.as_str())).or_default() += n.count;
+                } else if let Some(c) = counts.get_mut(n.name.as_str()) {
+                    *c = c.saturating_sub(n.count);
+                    if *c == 0 {
+                        counts.remove(n.name.as_str());
+                    }
+                }
+            }
+        }
+        let subjects = u64::from(part.summary.subject_count);
+        if add {
+            self.sealed_subjects += subjects;
+        } else {
+            self.sealed_subjects = self.sealed_subjects.saturating_sub(subjects);
+        }
+    }
+
+    /// The sealed part holding `seq`, if `seq` is before the entries.
+    fn part_of(&self, seq: u64) -> Option<&Arc<SealedPart>> {
+        if seq >= self.entries_first || seq < self.first_seq {
+            return None;
+        }
+        let i = self.sealed.partition_point(|p| p.last_seq() < seq);
+        self.sealed.get(i).filter(|p| p.first_seq() <= seq)
+    }
+
+    /// Points readers of the index file of the segment starting at
+    /// `first_seq` at the file now at its path (after a rebuild), described
+    /// by `summary`.
+    pub fn replace_index_file(&mut self, first_seq: u64, summary: Option<Summary>) {
+        self.files.forget(first_seq);
+        let Some(summary) = summary else {
+            return;
+        };
+        if let Some(slot) = self
+            .sealed
+            .iter_mut()
+            .find(|p| p.first_seq() == first_seq && p.summary.header == summary.header)
+        {
+            *slot = Arc::new(SealedPart::new(
+                summary,
+                slot.pos,
+                slot.path.clone(),
+                slot.segment_path.clone(),
+            ));
+        }
     }
 
     /// Total bytes of all segment files.
@@ -559,7 +726,42 @@ impl Index {
         if new_first <= self.first_seq {
             return;
         }
-        let n = ((new_first - self.first_seq) as usize).min(self.entries.len());
+        while self
+            .sealed
+            .front()
+            .is_some_and(|p| p.last_seq() < new_first)
+        {
+            if let Some(part) = self.sealed.pop_front() {
+                self.count_part(&part, false);
+            }
+        }
+        if new_first > self.entries_first {
+            let n = ((new_first - self.entries_first) as usize).min(self.entries.len());
+            self.drop_entries(n);
+        }
+        if self.entries.is_empty() {
+            // Nothing is left before `new_first`: the next event is there.
+            self.entries_first = self.entries_first.max(new_first);
+        }
+        self.first_seq = new_first;
+        while self.recent.front().is_some_and(|r| r.seq < new_first) {
+            if let Some(r) = self.recent.pop_front() {
+                self.recent_bytes -= r.frame.message().len();
+            }
+        }
+        while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
+            self.segments.pop_front();
+            self.segment_base += 1;
+        }
+        if let Some(oldest) = self.segments.front() {
+            self.files.forget_before(oldest.first_seq);
+        }
+    }
+
+    /// Drops the `n` oldest entries: per-type, per-source and per-subject
+    /// counts shrink with them, and a type, source or subject no entry
+    /// uses any more is released from its interner.
+    fn drop_entries(&mut self, n: usize) {
         let (mut types_released, mut sources_released) = (false, false);
         let (types, sources, subjects) = (&mut self.types, &mut self.sources, &mut self.subjects);
         let (type_counts, source_counts, subject_counts) = (
@@ -582,6 +784,7 @@ impl Index {
                 subjects.release(e.subject);
             }
         });
+        self.entries_first += n as u64;
         if types_released {
             self.type_epoch += 1;
             self.type_log = self.types.live_ids().collect();
@@ -592,19 +795,6 @@ impl Index {
         shrink_counts(&mut self.type_counts, &self.types);
         shrink_counts(&mut self.source_counts, &self.sources);
         shrink_counts(&mut self.subject_counts, &self.subjects);
-        self.first_seq = new_first;
-        while self.recent.front().is_some_and(|r| r.seq < new_first) {
-            if let Some(r) = self.recent.pop_front() {
-                self.recent_bytes -= r.frame.message().len();
-            }
-        }
-        while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
-            self.segments.pop_front();
-            self.segment_base += 1;
-        }
-        if let Some(oldest) = self.segments.front() {
-            self.files.forget_before(oldest.first_seq);
-        }
     }
 
     /// Appends an entry. Sequence numbers must be gapless.
@@ -648,31 +838,67 @@ impl Index {
         }
     }
 
-    /// The entry of `seq`, if stored.
-    pub fn get(&self, seq: u64) -> Option<Hit> {
+    /// Where the event `seq` is, if stored: its entry, or the sealed part
+    /// to read it from (outside the index lock: see [`read_sealed_hit`]).
+    pub fn locate(&self, seq: u64) -> Option<Located> {
         if seq < self.first_seq || seq > self.last_seq() {
             return None;
         }
-        Some(self.hit(seq))
+        match self.part_of(seq) {
+            Some(part) => Some(Located::Sealed(part.clone(), self.files.clone())),
+            None => Some(Located::Entry(self.hit(seq))),
+        }
     }
 
-    /// The `type` and `source` of the event at `seq`, if stored.
-    pub fn names(&self, seq: u64) -> Option<(&str, &str)> {
+    /// The event `seq`, if stored, reading a sealed part's index file when
+    /// need be (for tests and tools; the store reads sealed parts with
+    /// [`Index::locate`], outside the lock).
+    pub fn get(&self, seq: u64) -> Option<Hit> {
+        match self.locate(seq)? {
+            Located::Entry(hit) => Some(hit),
+            Located::Sealed(part, files) => {
+                let mut hit = read_sealed_hit(&part, &files, seq).ok()?;
+                self.fill_cached(std::slice::from_mut(&mut hit));
+                Some(hit)
+            }
+        }
+    }
+
+    /// The `type` and `source` of the event at `seq` when it has an entry;
+    /// for an event of a sealed part, the part to read them from.
+    pub fn names(&self, seq: u64) -> Option<Names<'_>> {
         if seq < self.first_seq || seq > self.last_seq() {
             return None;
         }
-        let e = &self.entries[(seq - self.first_seq) as usize];
-        Some((self.types.name(e.ty), self.sources.name(e.source)))
+        if let Some(part) = self.part_of(seq) {
+            return Some(Names::Sealed(part.clone(), self.files.clone()));
+        }
+        let e = &self.entries[(seq - self.entries_first) as usize];
+        Some(Names::Entry(
+            self.types.name(e.ty),
+            self.sources.name(e.source),
+        ))
     }
 
     fn hit(&self, seq: u64) -> Hit {
-        let entry = self.entries[(seq - self.first_seq) as usize];
+        let entry = self.entries[(seq - self.entries_first) as usize];
         let recent = self.recent(seq);
         Hit {
             seq,
             entry,
             cached: recent.map(|r| r.frame.event()),
             frame: recent.map(|r| r.frame.message().clone()),
+        }
+    }
+
+    /// Fills in the cached bytes of hits read from sealed parts whose
+    /// events are still in the recent cache.
+    pub fn fill_cached(&self, hits: &mut [Hit]) {
+        for h in hits.iter_mut().filter(|h| h.cached.is_none()) {
+            if let Some(r) = self.recent(h.seq) {
+                h.cached = Some(r.frame.event());
+                h.frame = Some(r.frame.message().clone());
+            }
         }
     }
 
@@ -695,12 +921,26 @@ impl Index {
         };
         let mut examined = 0;
         while examined < max_scan && page.hits.len() < limit {
-            let chunk = self.scan(
+            let mut chunk = self.scan(
                 page.scanned_to,
                 &m,
                 limit - page.hits.len(),
                 max_scan - examined,
             );
+            if let Some((part, files)) = chunk.sealed.take() {
+                let last = chunk.last;
+                chunk = scan_part(
+                    &part,
+                    &files,
+                    &m,
+                    chunk.scanned_to,
+                    limit - page.hits.len(),
+                    max_scan - examined,
+                    last,
+                )
+                .unwrap_or_else(|e| panic!("reading a sealed part: {e}"));
+                self.fill_cached(&mut chunk.hits);
+            }
             examined += chunk.examined.max(1);
             page.hits.extend(chunk.hits);
             page.scanned_to = chunk.scanned_to;
@@ -723,11 +963,9 @@ impl Index {
     pub fn scan(&self, after: u64, m: &Matcher, limit: usize, budget: usize) -> Page {
         let last = self.last_seq();
         let mut page = Page {
-            hits: Vec::new(),
             scanned_to: after,
             last,
-            examined: 0,
-            compiled: 0,
+            ..Page::default()
         };
         // `after` comes from clients: u64::MAX must be an empty page, not an overflow.
         let Some(start) = after.max(self.first_seq.saturating_sub(1)).checked_add(1) else {
@@ -736,6 +974,10 @@ impl Index {
         };
         page.scanned_to = start - 1;
         if start > last || limit == 0 || budget == 0 {
+            return page;
+        }
+        if let Some(part) = self.part_of(start) {
+            page.sealed = Some((part.clone(), self.files.clone()));
             return page;
         }
         let mut types = m.types();
@@ -764,7 +1006,7 @@ impl Index {
         let budget = budget.saturating_sub(page.compiled).max(1);
         let end = last.min(start.saturating_add(budget as u64 - 1));
         for seq in start..=end {
-            let e = &self.entries[(seq - self.first_seq) as usize];
+            let e = &self.entries[(seq - self.entries_first) as usize];
             let matches = match ty {
                 TypeMatch::Any => true,
                 TypeMatch::Exact(id) => e.ty == id,
@@ -884,13 +1126,31 @@ impl Index {
         }
     }
 
-    /// Distinct types, sources and subjects the retained events use.
+    /// Distinct types and sources the retained events use, and their
+    /// subjects: exact for the events in memory, and for sealed segments
+    /// the sum of each segment's distinct subjects (a subject used in
+    /// several segments counts once per segment: their tables stay on disk).
     pub fn distinct(&self) -> (usize, usize, usize) {
-        (self.types.len(), self.sources.len(), self.subjects.len())
+        let merged = |counts: &HashMap<Box<str>, u64>, interner: &Interner| {
+            counts.len()
+                + interner
+                    .live_ids()
+                    .filter(|&id| !counts.contains_key(interner.name(id)))
+                    .count()
+        };
+        (
+            merged(&self.sealed_types, &self.types),
+            merged(&self.sealed_sources, &self.sources),
+            self.subjects.len() + self.sealed_subjects as usize,
+        )
     }
 
-    /// Bytes the interners and per-string counters hold, approximately.
+    /// Bytes the interners, per-string counters and sealed parts' tables
+    /// hold, approximately.
     pub fn interned_bytes(&self) -> usize {
+        let map = |m: &HashMap<Box<str>, u64>| {
+            m.capacity() * 32 + m.keys().map(|k| k.len()).sum::<usize>()
+        };
         self.types.heap_bytes()
             + self.sources.heap_bytes()
             + self.subjects.heap_bytes()
@@ -899,30 +1159,38 @@ impl Index {
                 + self.source_counts.capacity()
                 + self.subject_counts.capacity())
                 * 8
+            + map(&self.sealed_types)
+            + map(&self.sealed_sources)
+            + self.sealed.iter().map(|p| p.heap_bytes()).sum::<usize>()
     }
 
     /// Event counts per type, for `/stats`.
     pub fn type_counts(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.type_counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (self.types.name(i as u32), *c))
+        merge_counts(&self.sealed_types, &self.type_counts, &self.types)
     }
 
     /// Event counts per source, for `/stats`.
     pub fn source_counts(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.source_counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (self.sources.name(i as u32), *c))
+        merge_counts(&self.sealed_sources, &self.source_counts, &self.sources)
     }
 
     /// Bytes held by the recent-events cache.
     pub fn cache_bytes(&self) -> usize {
         self.recent_bytes
     }
+}
+
+/// The sealed parts' counts by name plus the counts of the events in memory.
+fn merge_counts<'a>(
+    sealed: &'a HashMap<Box<str>, u64>,
+    counts: &'a [u64],
+    interner: &'a Interner,
+) -> impl Iterator<Item = (&'a str, u64)> {
+    let mut merged: HashMap<&str, u64> = sealed.iter().map(|(k, v)| (&**k, *v)).collect();
+    for (id, &c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+        *merged.entry(interner.name(id as u32)).or_default() += c;
+    }
+    merged.into_iter()
 }
 
 /// Counts one event less for `id`; true when none is left.

@@ -26,6 +26,8 @@
 //!   in O(1) per event
 //! - [`dedup`]: the `(source, id)` idempotency set
 //! - [`segindex`]: a sealed segment's index file (encode, decode, checks)
+//! - [`sealed`]: a sealed segment as readers see it (its index file's
+//!   summary in memory, its records read from the file on demand)
 //! - [`manifest`]: the sealed-segment table, replaced atomically, and the
 //!   one check of a sealed segment against it
 //! - [`segment`]: record framing, scanning, torn tails
@@ -39,6 +41,7 @@ pub mod chunked;
 pub mod consumers;
 pub mod dedup;
 pub mod error;
+pub mod files;
 pub mod filter;
 pub mod fsutil;
 pub mod handle;
@@ -50,6 +53,7 @@ pub mod lock;
 pub mod manifest;
 pub mod recovery;
 pub mod retention;
+pub mod sealed;
 pub mod segindex;
 pub mod segment;
 mod snapshot;

@@ -22,8 +22,10 @@ use super::index::{Index, NewEntry, SegmentReader};
 use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
+use super::sealed::SealedPart;
 use super::segindex::{self, SegmentIndex};
 use super::segment::{self, Scan};
+use std::sync::Arc;
 
 pub mod active;
 
@@ -361,7 +363,11 @@ fn index_sealed_segments(
             }
             Err(_) => false,
         };
-        let loaded = match segindex::load(data_dir, sealed) {
+        // The index file's summary and keys only: its records stay on
+        // disk, read when a reader reaches them.
+        let loaded = segindex::load_summary(data_dir, sealed)
+            .and_then(|summary| Ok((segindex::load_keys(data_dir, &summary)?, summary)));
+        let loaded = match loaded {
             // Out of descriptors: not damage; the start fails and is retried.
             Err(segindex::LoadError::Unreadable(e)) if fsutil::is_descriptor_exhaustion(&e) => {
                 let idx = layout::segment_index_path(data_dir, &sealed.file);
@@ -369,19 +375,41 @@ fn index_sealed_segments(
             }
             other => other,
         };
-        let seg_index = match loaded {
-            Ok(seg_index) if length_ok => seg_index,
+        let (keys, summary) = match loaded {
+            Ok(loaded) if length_ok => loaded,
             loaded => {
                 let index_problem = loaded.err();
                 let seg_index = index_from_segment(data_dir, &path, sealed, expect, report)?;
+                let bytes = segindex::encode(&seg_index);
                 if let Some(why) = index_problem {
-                    rebuilt_index_note(data_dir, sealed, &seg_index, &why, report);
+                    rebuilt_index_note(data_dir, sealed, &bytes, &why, report);
                 }
-                seg_index
+                let summary = segindex::decode_summary(&bytes).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "the index rebuilt from {} does not decode: {e}",
+                        path.display()
+                    ))
+                })?;
+                (seg_index.keys, summary)
             }
         };
         let pos = index.add_segment(reader(&path, sealed.first_seq, sealed.bytes)?);
-        add_indexed(&mut index, &mut dedup, pos, &seg_index);
+        for k in &keys {
+            // Stored events are unique by construction, so a hash hit during
+            // recovery can only be a hash collision: keep both exactly.
+            dedup.insert(
+                &summary.sources[k.source as usize].name,
+                &k.id,
+                &k.time,
+                k.seq,
+            );
+        }
+        index.add_sealed(Arc::new(SealedPart::new(
+            summary,
+            pos,
+            layout::segment_index_path(data_dir, &sealed.file),
+            path,
+        )));
         expect = sealed.last_seq + 1;
         report.sealed_segments += 1;
     }
@@ -447,7 +475,7 @@ fn index_from_segment(
 pub fn build_index(path: &Path, sealed: &SealedSegment, bytes: &[u8]) -> Result<SegmentIndex> {
     let mut builder = segindex::Builder::default();
     let scan = segment::scan_with(bytes, sealed.first_seq, |r| {
-        builder.push(index_record(&r));
+        builder.push(segindex::record_of(&r));
     });
     if let Some(d) = &scan.damage {
         return Err(StoreError::Corrupt(format!(
@@ -474,12 +502,12 @@ pub fn build_index(path: &Path, sealed: &SealedSegment, bytes: &[u8]) -> Result<
 fn rebuilt_index_note(
     data_dir: &Path,
     sealed: &SealedSegment,
-    seg_index: &SegmentIndex,
+    bytes: &[u8],
     why: &segindex::LoadError,
     report: &mut RecoveryReport,
 ) {
     let rel = layout::segment_index_rel(&sealed.file);
-    if let Err(e) = segindex::store(data_dir, &sealed.file, &segindex::encode(seg_index)) {
+    if let Err(e) = segindex::store(data_dir, &sealed.file, bytes) {
         tracing::warn!(error = %e, file = %rel, "cannot write a rebuilt segment index; the next start rebuilds it again");
     }
     let what = match why {
@@ -496,46 +524,6 @@ fn rebuilt_index_note(
         file: rel,
         detail,
     });
-}
-
-/// Feeds the index and the idempotency set from a segment's index file,
-/// exactly as scanning its records would: the same seqs, offsets, CRCs,
-/// names (interned in record order, so with the same ids) and keys.
-fn add_indexed(index: &mut Index, dedup: &mut DedupIndex, pos: u32, s: &SegmentIndex) {
-    for (seq, r) in (s.header.first_seq..).zip(&s.records) {
-        index.push(NewEntry {
-            seq,
-            segment: pos,
-            offset: r.offset,
-            len: r.len,
-            crc: r.crc,
-            ty: &s.types[r.ty as usize].name,
-            source: &s.sources[r.source as usize].name,
-            subject: (r.subject != segindex::NO_SUBJECT)
-                .then(|| s.subjects[r.subject as usize].name.as_str()),
-            frame: None,
-        });
-    }
-    for k in &s.keys {
-        // Stored events are unique by construction, so a hash hit during
-        // recovery can only be a hash collision: keep both exactly.
-        dedup.insert(&s.sources[k.source as usize].name, &k.id, &k.time, k.seq);
-    }
-}
-
-/// What a segment's index keeps of a scanned record.
-pub fn index_record(r: &segment::ScannedRecord) -> segindex::NewRecord<'_> {
-    segindex::NewRecord {
-        seq: r.seq,
-        offset: r.offset + r.framed.event_offset as u64,
-        len: r.framed.event_len,
-        crc: r.framed.crc,
-        ty: &r.keys.ty,
-        source: &r.keys.source,
-        subject: r.keys.subject.as_deref(),
-        id: &r.keys.id,
-        time: &r.keys.time,
-    }
 }
 
 /// Step 6: judges the active segment (cutting a torn tail, repairing it
@@ -560,7 +548,7 @@ fn index_active_segment(
     add_records(index, dedup, pos, &scan);
     let mut seg_index = segindex::Builder::default();
     for r in &scan.records {
-        seg_index.push(index_record(r));
+        seg_index.push(segindex::record_of(r));
     }
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
@@ -751,7 +739,7 @@ fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan)
 }
 
 fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::ScannedRecord) {
-    index.push(NewEntry::of(&index_record(r), pos, None));
+    index.push(NewEntry::of(&segindex::record_of(r), pos, None));
     // Stored events are unique by construction, so a hash hit during
     // recovery can only be a hash collision: keep both exactly.
     dedup.insert(&r.keys.source, &r.keys.id, &r.keys.time, r.seq);

@@ -8,22 +8,30 @@
 //! segment when it is missing or damaged. An index file is derived data:
 //! losing one loses nothing, it costs one read of its segment.
 //!
-//! The format is binary, little-endian, and cheap to load:
+//! The format is binary, little-endian, in checksummed sections, so that
+//! start-up reads only the small header section and readers read single
+//! blocks of records, each checked on its own:
 //!
 //! ```text
-//! magic "MBSEGIX\n", version u32
-//! header: segment file name (u32 length + bytes), first_seq u64,
+//! magic "MBSEGIX\n", version u32, header section length u32
+//! header section:
+//!         segment file name (u32 length + bytes), first_seq u64,
 //!         last_seq u64, record count u64, segment bytes u64,
-//!         the segment's SHA-256 (32 bytes) as the manifest records it
-//! three string tables (types, sources, subjects), each:
-//!         n u32, then per name: length u32, bytes, count u64 (records using it)
-//! records, one per seq from first_seq (count of them), 28 bytes each:
+//!         the segment's SHA-256 (32 bytes) as the manifest records it,
+//!         two string tables (types, sources), each:
+//!             n u32, then per name: length u32, bytes, count u64 (records using it)
+//!         distinct subjects u32, subjects section offset u64,
+//!         keys section offset u64, file length u64
+//! CRC32C u32 of every byte before it (magic to the header section's end)
+//! records, one per seq from first_seq, in blocks of 256 (the last may be
+//! shorter), each block followed by the CRC32C u32 of its records; a
+//! record is 28 bytes:
 //!         event offset u64, event length u32, CRC32C u32,
 //!         type id u32, source id u32, subject id u32 (u32::MAX: none)
-//! idempotency keys, sorted by [`key_order`] (then seq): n u64, then each:
+//! subjects section: the subject string table (as above), CRC32C u32
+//! keys section, sorted by [`key_order`] (then seq): n u64, then each:
 //!         key_order u64, seq u64, source id u32,
-//!         id (u32 length + bytes), time (u32 length + bytes)
-//! trailer: CRC32C u32 of every byte before it
+//!         id (u32 length + bytes), time (u32 length + bytes); CRC32C u32
 //! ```
 //!
 //! The header binds the file to exactly one sealed segment (name, seqs,
@@ -31,8 +39,9 @@
 //! segment later replaced by different bytes, does not match the manifest
 //! and is rebuilt. The string tables carry counts, so per-segment type and
 //! source totals (and skipping segments a filter cannot match) need no scan
-//! of the records; the key table is sorted by a hash that is stable across
-//! builds ([`key_order`], FNV-1a), so a lookup can bisect it on disk.
+//! of the records; subjects, often one per event, stay on disk until a
+//! subject filter asks for them. The key table is sorted by a hash that is
+//! stable across builds ([`key_order`], FNV-1a), so a lookup can bisect it.
 //!
 //! Encoding and decoding are pure; [`load`] and [`store`] are the two
 //! thin file operations the writer, recovery, the monitor and `msgbus
@@ -45,14 +54,19 @@ use super::fsutil;
 use super::layout;
 use super::manifest::SealedSegment;
 
-/// Current format version.
-pub const VERSION: u32 = 1;
+/// Current format version (1 had one checksum over the whole file, so
+/// reading any part meant reading all of it; such files are rebuilt).
+pub const VERSION: u32 = 2;
 /// The first bytes of every index file.
 const MAGIC: &[u8; 8] = b"MBSEGIX\n";
 /// `subject` of a record without one.
 pub const NO_SUBJECT: u32 = u32::MAX;
 /// Bytes of one record.
-const RECORD_BYTES: usize = 28;
+pub const RECORD_BYTES: usize = 28;
+/// Records per checksummed block.
+pub const BLOCK_RECORDS: usize = 256;
+/// Bytes before the header section: magic, version, its length.
+const PREAMBLE: usize = 16;
 
 /// What an index file says about its segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,15 +186,22 @@ pub enum IndexError {
 impl SegmentIndex {
     /// Checks that this index describes exactly the sealed segment `s`.
     pub fn check_matches(&self, s: &SealedSegment) -> Result<(), IndexError> {
+        self.header.check_matches(s)
+    }
+}
+
+impl Header {
+    /// Checks that this header describes exactly the sealed segment `s`.
+    pub fn check_matches(&self, s: &SealedSegment) -> Result<(), IndexError> {
         let want = Header::of(s);
-        if self.header != want {
+        if *self != want {
             return Err(IndexError::Mismatch(format!(
                 "it is for {} seq {}..={} ({} bytes, SHA-256 {}), the manifest says {} seq {}..={} ({} bytes, SHA-256 {})",
-                self.header.file,
-                self.header.first_seq,
-                self.header.last_seq,
-                self.header.bytes,
-                self.header.sha256,
+                self.file,
+                self.first_seq,
+                self.last_seq,
+                self.bytes,
+                self.sha256,
                 want.file,
                 want.first_seq,
                 want.last_seq,
@@ -298,6 +319,21 @@ pub struct NewRecord<'a> {
     pub time: &'a str,
 }
 
+/// What a segment's index keeps of a scanned record.
+pub fn record_of(r: &super::segment::ScannedRecord) -> NewRecord<'_> {
+    NewRecord {
+        seq: r.seq,
+        offset: r.offset + r.framed.event_offset as u64,
+        len: r.framed.event_len,
+        crc: r.framed.crc,
+        ty: &r.keys.ty,
+        source: &r.keys.source,
+        subject: r.keys.subject.as_deref(),
+        id: &r.keys.id,
+        time: &r.keys.time,
+    }
+}
+
 impl Builder {
     /// Adds the next record.
     pub fn push(&mut self, r: NewRecord<'_>) {
@@ -398,51 +434,283 @@ pub fn encode(index: &SegmentIndex) -> Vec<u8> {
     )
 }
 
+/// What start-up and readers keep of an index file: its header section
+/// (the segment, its type and source tables) and where the other sections
+/// start. Read without the records, subjects and keys, so loading a store
+/// costs the distinct names of its segments, not their events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The segment it belongs to.
+    pub header: Header,
+    /// Event types, by id, with their counts.
+    pub types: Vec<Name>,
+    /// Event sources, by id, with their counts.
+    pub sources: Vec<Name>,
+    /// Distinct subjects (their table is in the subjects section).
+    pub subject_count: u32,
+    /// Where the first block of records starts.
+    pub records_offset: u64,
+    /// Where the subjects section starts.
+    pub subjects_offset: u64,
+    /// Where the keys section starts.
+    pub keys_offset: u64,
+    /// The file's length.
+    pub file_len: u64,
+}
+
+/// Bytes of a full block: its records and their CRC32C.
+const BLOCK_BYTES: u64 = (BLOCK_RECORDS * RECORD_BYTES + 4) as u64;
+
+/// Bytes of the records section for `count` records.
+fn records_len(count: u64) -> u64 {
+    count * RECORD_BYTES as u64 + count.div_ceil(BLOCK_RECORDS as u64) * 4
+}
+
+impl Summary {
+    /// Records in the segment.
+    pub fn count(&self) -> u64 {
+        self.header.last_seq - self.header.first_seq + 1
+    }
+
+    /// The file range `(offset, length)` of the blocks holding the records
+    /// of seqs `from..=to`, and the seq of the first record in it.
+    pub fn block_range(&self, from: u64, to: u64) -> (u64, usize, u64) {
+        let first = (from - self.header.first_seq) / BLOCK_RECORDS as u64;
+        let last = (to - self.header.first_seq) / BLOCK_RECORDS as u64;
+        let start = self.records_offset + first * BLOCK_BYTES;
+        let end = (self.records_offset + (last + 1) * BLOCK_BYTES).min(self.subjects_offset);
+        (
+            start,
+            (end - start) as usize,
+            self.header.first_seq + first * BLOCK_RECORDS as u64,
+        )
+    }
+
+    /// Decodes whole blocks read from [`Summary::block_range`] (whose
+    /// first record is `first_seq`), checking each block's CRC32C and that
+    /// every record is sensible for this segment.
+    pub fn decode_blocks(&self, bytes: &[u8], first_seq: u64) -> Result<Vec<Record>, IndexError> {
+        let mut out = Vec::with_capacity(bytes.len() / RECORD_BYTES);
+        let mut seq = first_seq;
+        for block in bytes.chunks(BLOCK_BYTES as usize) {
+            if block.len() < 4 + RECORD_BYTES || (block.len() - 4) % RECORD_BYTES != 0 {
+                return Err(IndexError::Truncated("records"));
+            }
+            let (recs, crc) = block.split_at(block.len() - 4);
+            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+            let actual = crc32c::crc32c(recs);
+            if actual != stored {
+                return Err(IndexError::Checksum { actual, stored });
+            }
+            for r in recs.chunks_exact(RECORD_BYTES) {
+                let rec = record_at(r);
+                if seq > self.header.last_seq {
+                    return Err(IndexError::Invalid("more records than seqs".into()));
+                }
+                self.check_record(&rec)
+                    .map_err(|what| IndexError::Invalid(format!("record of seq {seq}: {what}")))?;
+                out.push(rec);
+                seq += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A record's ids are within its tables and its event within the segment.
+    fn check_record(&self, r: &Record) -> Result<(), &'static str> {
+        if r.offset
+            .checked_add(u64::from(r.len))
+            .is_none_or(|end| end > self.header.bytes)
+        {
+            return Err("its event lies outside the segment");
+        }
+        if r.ty as usize >= self.types.len() || r.source as usize >= self.sources.len() {
+            return Err("a name id beyond its table");
+        }
+        if r.subject != NO_SUBJECT && r.subject >= self.subject_count {
+            return Err("a subject id beyond its table");
+        }
+        Ok(())
+    }
+
+    /// Decodes the subjects section (`bytes` is exactly it).
+    pub fn decode_subjects(&self, bytes: &[u8]) -> Result<Vec<Name>, IndexError> {
+        let body = section_body(bytes, "subjects")?;
+        let mut r = Reader {
+            bytes: body,
+            pos: 0,
+        };
+        let subjects = r.table("subjects")?;
+        if subjects.len() != self.subject_count as usize {
+            return Err(IndexError::Invalid(format!(
+                "{} subjects, the header says {}",
+                subjects.len(),
+                self.subject_count
+            )));
+        }
+        r.finish()?;
+        Ok(subjects)
+    }
+
+    /// Decodes the keys section (`bytes` is exactly it), checking each key
+    /// against its hash, its seq and the source table (not against its
+    /// record: see [`decode`]).
+    pub fn decode_keys(&self, bytes: &[u8]) -> Result<Vec<Key>, IndexError> {
+        let body = section_body(bytes, "keys")?;
+        let mut r = Reader {
+            bytes: body,
+            pos: 0,
+        };
+        let n = r.u64("keys")?;
+        if n != self.count() {
+            return Err(IndexError::Invalid(format!(
+                "{n} idempotency keys for {} records",
+                self.count()
+            )));
+        }
+        let n = usize::try_from(n).map_err(|_| IndexError::Truncated("keys"))?;
+        r.room(n, 28, "keys")?;
+        let mut keys = Vec::with_capacity(n);
+        let mut prev = (0u64, 0u64);
+        for i in 0..n {
+            let k = Key {
+                order: r.u64("keys")?,
+                seq: r.u64("keys")?,
+                source: r.u32("keys")?,
+                id: r.string("keys")?,
+                time: r.string("keys")?,
+            };
+            let bad = |what: &str| IndexError::Invalid(format!("key {i}: {what}"));
+            if (k.order, k.seq) < prev {
+                return Err(bad("out of order"));
+            }
+            prev = (k.order, k.seq);
+            if k.seq < self.header.first_seq || k.seq > self.header.last_seq {
+                return Err(bad("its seq lies outside the segment"));
+            }
+            let source = &self
+                .sources
+                .get(k.source as usize)
+                .ok_or_else(|| bad("a source id beyond its table"))?
+                .name;
+            if key_order(source, &k.id) != k.order {
+                return Err(bad("its hash does not match its source and id"));
+            }
+            keys.push(k);
+        }
+        r.finish()?;
+        Ok(keys)
+    }
+}
+
+fn record_at(r: &[u8]) -> Record {
+    let u32_at = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"));
+    Record {
+        offset: u64::from_le_bytes(r[0..8].try_into().expect("8 bytes")),
+        len: u32_at(8),
+        crc: u32_at(12),
+        ty: u32_at(16),
+        source: u32_at(20),
+        subject: u32_at(24),
+    }
+}
+
+/// A section's bytes without its trailing CRC32C, once that CRC matches.
+fn section_body<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a [u8], IndexError> {
+    if bytes.len() < 4 {
+        return Err(IndexError::Truncated(what));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let actual = crc32c::crc32c(body);
+    if actual != stored {
+        return Err(IndexError::Checksum { actual, stored });
+    }
+    Ok(body)
+}
+
 fn encode_parts(
     header: &Header,
     tables: [&Vec<Name>; 3],
     records: &[Record],
     keys: Vec<KeyRef<'_>>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + records.len() * (RECORD_BYTES + 80));
-    out.extend_from_slice(MAGIC);
-    put_u32(&mut out, VERSION);
-    put_str(&mut out, &header.file);
-    put_u64(&mut out, header.first_seq);
-    put_u64(&mut out, header.last_seq);
-    put_u64(&mut out, records.len() as u64);
-    put_u64(&mut out, header.bytes);
+    let [types, sources, subjects] = tables;
+    let mut head = Vec::new();
+    put_str(&mut head, &header.file);
+    put_u64(&mut head, header.first_seq);
+    put_u64(&mut head, header.last_seq);
+    put_u64(&mut head, records.len() as u64);
+    put_u64(&mut head, header.bytes);
     let mut sha = [0u8; 32];
     // A manifest's SHA-256 is 64 hex digits; anything else is kept as zeros
     // and then never matches.
     let _ = hex::decode_to_slice(&header.sha256, &mut sha);
-    out.extend_from_slice(&sha);
-    for table in tables {
-        put_u32(&mut out, table.len() as u32);
-        for n in table {
-            put_str(&mut out, &n.name);
-            put_u64(&mut out, n.count);
-        }
-    }
-    for r in records {
-        put_u64(&mut out, r.offset);
-        put_u32(&mut out, r.len);
-        put_u32(&mut out, r.crc);
-        put_u32(&mut out, r.ty);
-        put_u32(&mut out, r.source);
-        put_u32(&mut out, r.subject);
-    }
-    put_u64(&mut out, keys.len() as u64);
+    head.extend_from_slice(&sha);
+    put_table(&mut head, types);
+    put_table(&mut head, sources);
+    put_u32(&mut head, subjects.len() as u32);
+
+    let mut subject_section = Vec::new();
+    put_table(&mut subject_section, subjects);
+    seal_section(&mut subject_section);
+    let mut key_section = Vec::with_capacity(8 + keys.len() * 64);
+    put_u64(&mut key_section, keys.len() as u64);
     for k in keys {
-        put_u64(&mut out, k.order);
-        put_u64(&mut out, k.seq);
-        put_u32(&mut out, k.source);
-        put_str(&mut out, k.id);
-        put_str(&mut out, k.time);
+        put_u64(&mut key_section, k.order);
+        put_u64(&mut key_section, k.seq);
+        put_u32(&mut key_section, k.source);
+        put_str(&mut key_section, k.id);
+        put_str(&mut key_section, k.time);
     }
-    let crc = crc32c::crc32c(&out);
-    put_u32(&mut out, crc);
+    seal_section(&mut key_section);
+
+    let header_len = head.len() + 3 * 8;
+    let records_offset = (PREAMBLE + header_len + 4) as u64;
+    let subjects_offset = records_offset + records_len(records.len() as u64);
+    let keys_offset = subjects_offset + subject_section.len() as u64;
+    let file_len = keys_offset + key_section.len() as u64;
+
+    let mut out = Vec::with_capacity(file_len as usize);
+    out.extend_from_slice(MAGIC);
+    put_u32(&mut out, VERSION);
+    put_u32(&mut out, header_len as u32);
+    out.extend_from_slice(&head);
+    put_u64(&mut out, subjects_offset);
+    put_u64(&mut out, keys_offset);
+    put_u64(&mut out, file_len);
+    seal_section(&mut out);
+    for block in records.chunks(BLOCK_RECORDS) {
+        let start = out.len();
+        for r in block {
+            put_u64(&mut out, r.offset);
+            put_u32(&mut out, r.len);
+            put_u32(&mut out, r.crc);
+            put_u32(&mut out, r.ty);
+            put_u32(&mut out, r.source);
+            put_u32(&mut out, r.subject);
+        }
+        let crc = crc32c::crc32c(&out[start..]);
+        put_u32(&mut out, crc);
+    }
+    out.extend_from_slice(&subject_section);
+    out.extend_from_slice(&key_section);
+    debug_assert_eq!(out.len() as u64, file_len);
     out
+}
+
+/// Appends the CRC32C of `section`'s bytes so far.
+fn seal_section(section: &mut Vec<u8>) {
+    let crc = crc32c::crc32c(section);
+    put_u32(section, crc);
+}
+
+fn put_table(out: &mut Vec<u8>, table: &[Name]) {
+    put_u32(out, table.len() as u32);
+    for n in table {
+        put_str(out, &n.name);
+        put_u64(out, n.count);
+    }
 }
 
 fn put_u32(out: &mut Vec<u8>, n: u32) {
@@ -458,34 +726,34 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Checks the magic, version and trailer of an index file's bytes without
-/// decoding the rest (what the integrity monitor checks).
-pub fn check_checksum(bytes: &[u8]) -> Result<(), IndexError> {
-    if bytes.len() < MAGIC.len() + 4 + 4 {
+/// The length of the file's start that holds its summary (preamble,
+/// header section, CRC), from its first [`PREAMBLE`] bytes.
+fn summary_len(preamble: &[u8]) -> Result<usize, IndexError> {
+    if preamble.len() < PREAMBLE {
         return Err(IndexError::Truncated("shorter than its header"));
     }
-    if &bytes[..MAGIC.len()] != MAGIC {
+    if &preamble[..MAGIC.len()] != MAGIC {
         return Err(IndexError::Magic);
     }
-    let (body, trailer) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
-    let actual = crc32c::crc32c(body);
-    if actual != stored {
-        return Err(IndexError::Checksum { actual, stored });
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
         return Err(IndexError::Version(version));
     }
-    Ok(())
+    let header_len = u32::from_le_bytes(preamble[12..16].try_into().expect("4 bytes"));
+    Ok(PREAMBLE + header_len as usize + 4)
 }
 
-/// Decodes an index file, checking its checksum and that its parts agree.
-pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
-    check_checksum(bytes)?;
+/// Decodes the summary from the file's first bytes (at least
+/// [`summary_len`] of them), checking its CRC32C and that its parts agree.
+pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
+    let n = summary_len(bytes)?;
+    if bytes.len() < n {
+        return Err(IndexError::Truncated("header"));
+    }
+    let body = section_body(&bytes[..n], "header")?;
     let mut r = Reader {
-        bytes: &bytes[..bytes.len() - 4],
-        pos: MAGIC.len() + 4,
+        bytes: body,
+        pos: PREAMBLE,
     };
     let file = r.string("header")?;
     let first_seq = r.u64("header")?;
@@ -498,105 +766,30 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
             "{count} records for seq {first_seq}..={last_seq}"
         )));
     }
-    let mut tables: [Vec<Name>; 3] = Default::default();
-    for table in &mut tables {
-        let n = r.u32("string table")? as usize;
-        // Each name takes at least 12 bytes: never allocate beyond the file.
-        r.room(n, 12, "string table")?;
-        table.reserve(n);
-        for _ in 0..n {
-            let name = r.string("string table")?;
-            let count = r.u64("string table")?;
-            table.push(Name { name, count });
+    let types = r.table("types")?;
+    let sources = r.table("sources")?;
+    let subject_count = r.u32("header")?;
+    let subjects_offset = r.u64("header")?;
+    let keys_offset = r.u64("header")?;
+    let file_len = r.u64("header")?;
+    r.finish()?;
+    for (what, table) in [("type", &types), ("source", &sources)] {
+        if table.iter().map(|t| t.count).sum::<u64>() != count {
+            return Err(IndexError::Invalid(format!(
+                "the {what} table's counts do not add up to {count} records"
+            )));
         }
     }
-    let [types, sources, subjects] = tables;
-    let n = usize::try_from(count).map_err(|_| IndexError::Truncated("records"))?;
-    r.room(n, RECORD_BYTES, "records")?;
-    let mut records = Vec::with_capacity(n);
-    let mut uses = [
-        vec![0u64; types.len()],
-        vec![0u64; sources.len()],
-        vec![0u64; subjects.len()],
-    ];
-    let mut end = 0u64;
-    for i in 0..n {
-        let rec = Record {
-            offset: r.u64("records")?,
-            len: r.u32("records")?,
-            crc: r.u32("records")?,
-            ty: r.u32("records")?,
-            source: r.u32("records")?,
-            subject: r.u32("records")?,
-        };
-        let bad = |what: &str| IndexError::Invalid(format!("record {i}: {what}"));
-        if rec.offset < end || rec.offset + u64::from(rec.len) > seg_bytes {
-            return Err(bad(
-                "its event lies outside the segment or before the previous one",
-            ));
-        }
-        end = rec.offset + u64::from(rec.len);
-        for (table, id) in [(0, rec.ty), (1, rec.source)] {
-            *uses[table]
-                .get_mut(id as usize)
-                .ok_or_else(|| bad("a name id beyond its table"))? += 1;
-        }
-        if rec.subject != NO_SUBJECT {
-            *uses[2]
-                .get_mut(rec.subject as usize)
-                .ok_or_else(|| bad("a subject id beyond its table"))? += 1;
-        }
-        records.push(rec);
+    let records_offset = n as u64;
+    if records_offset.checked_add(records_len(count)) != Some(subjects_offset)
+        || keys_offset < subjects_offset + 8
+        || file_len < keys_offset + 12
+    {
+        return Err(IndexError::Invalid(
+            "its sections' offsets do not fit its records".into(),
+        ));
     }
-    for (table, used) in [&types, &sources, &subjects].into_iter().zip(&uses) {
-        if table.iter().zip(used).any(|(n, &u)| n.count != u) {
-            return Err(IndexError::Invalid(
-                "a string table's counts differ from the records".into(),
-            ));
-        }
-    }
-    let n_keys = r.u64("keys")?;
-    if n_keys != count {
-        return Err(IndexError::Invalid(format!(
-            "{n_keys} idempotency keys for {count} records"
-        )));
-    }
-    r.room(n, 28, "keys")?;
-    let mut keys = Vec::with_capacity(n);
-    let mut prev = (0u64, 0u64);
-    for i in 0..n {
-        let k = Key {
-            order: r.u64("keys")?,
-            seq: r.u64("keys")?,
-            source: r.u32("keys")?,
-            id: r.string("keys")?,
-            time: r.string("keys")?,
-        };
-        let bad = |what: &str| IndexError::Invalid(format!("key {i}: {what}"));
-        if (k.order, k.seq) < prev {
-            return Err(bad("out of order"));
-        }
-        prev = (k.order, k.seq);
-        if k.seq < first_seq || k.seq > last_seq {
-            return Err(bad("its seq lies outside the segment"));
-        }
-        let rec = &records[(k.seq - first_seq) as usize];
-        if rec.source != k.source {
-            return Err(bad("its source differs from its record's"));
-        }
-        let source = &sources[k.source as usize].name;
-        if key_order(source, &k.id) != k.order {
-            return Err(bad("its hash does not match its source and id"));
-        }
-        keys.push(k);
-    }
-    if r.pos != r.bytes.len() {
-        return Err(IndexError::Invalid(format!(
-            "{} unexpected bytes before the trailer",
-            r.bytes.len() - r.pos
-        )));
-    }
-    Ok(SegmentIndex {
+    Ok(Summary {
         header: Header {
             file,
             first_seq,
@@ -606,6 +799,74 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
         },
         types,
         sources,
+        subject_count,
+        records_offset,
+        subjects_offset,
+        keys_offset,
+        file_len,
+    })
+}
+
+/// Decodes a whole index file, checking every section's checksum and that
+/// its parts agree.
+pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
+    let s = decode_summary(bytes)?;
+    if (bytes.len() as u64) < s.file_len {
+        return Err(IndexError::Truncated("sections"));
+    }
+    if bytes.len() as u64 != s.file_len {
+        return Err(IndexError::Invalid(format!(
+            "{} unexpected bytes at its end",
+            bytes.len() as u64 - s.file_len
+        )));
+    }
+    let section = |from: u64, to: u64| &bytes[from as usize..to as usize];
+    let records = s.decode_blocks(
+        section(s.records_offset, s.subjects_offset),
+        s.header.first_seq,
+    )?;
+    if records.len() as u64 != s.count() {
+        return Err(IndexError::Truncated("records"));
+    }
+    let subjects = s.decode_subjects(section(s.subjects_offset, s.keys_offset))?;
+    let keys = s.decode_keys(section(s.keys_offset, s.file_len))?;
+    let mut uses = [
+        vec![0u64; s.types.len()],
+        vec![0u64; s.sources.len()],
+        vec![0u64; subjects.len()],
+    ];
+    let mut end = 0u64;
+    for (i, rec) in records.iter().enumerate() {
+        if rec.offset < end {
+            return Err(IndexError::Invalid(format!(
+                "record {i}: its event lies before the previous one"
+            )));
+        }
+        end = rec.offset + u64::from(rec.len);
+        uses[0][rec.ty as usize] += 1;
+        uses[1][rec.source as usize] += 1;
+        if rec.subject != NO_SUBJECT {
+            uses[2][rec.subject as usize] += 1;
+        }
+    }
+    for (table, used) in [&s.types, &s.sources, &subjects].into_iter().zip(&uses) {
+        if table.iter().zip(used).any(|(n, &u)| n.count != u) {
+            return Err(IndexError::Invalid(
+                "a string table's counts differ from the records".into(),
+            ));
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if records[(k.seq - s.header.first_seq) as usize].source != k.source {
+            return Err(IndexError::Invalid(format!(
+                "key {i}: its source differs from its record's"
+            )));
+        }
+    }
+    Ok(SegmentIndex {
+        header: s.header,
+        types: s.types,
+        sources: s.sources,
         subjects,
         records,
         keys,
@@ -647,13 +908,59 @@ pub fn load(data_dir: &Path, s: &SealedSegment) -> Result<SegmentIndex, LoadErro
     Ok(index)
 }
 
+/// Reads the summary of the sealed segment `s`'s index file (its first
+/// bytes only) and checks it against the manifest's entry and the file's
+/// length. What start-up does per sealed segment.
+pub fn load_summary(data_dir: &Path, s: &SealedSegment) -> Result<Summary, LoadError> {
+    use std::os::unix::fs::FileExt;
+    let path = layout::segment_index_path(data_dir, &s.file);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing),
+        Err(e) => return Err(LoadError::Unreadable(e)),
+    };
+    let len = file.metadata().map_err(LoadError::Unreadable)?.len();
+    let read = |buf: &mut [u8], at: u64| -> Result<(), LoadError> {
+        if at + buf.len() as u64 > len {
+            return Err(IndexError::Truncated("header").into());
+        }
+        file.read_exact_at(buf, at).map_err(LoadError::Unreadable)
+    };
+    let mut preamble = [0u8; PREAMBLE];
+    read(&mut preamble, 0)?;
+    let mut bytes = vec![0u8; summary_len(&preamble)?];
+    read(&mut bytes, 0)?;
+    let summary = decode_summary(&bytes)?;
+    summary.header.check_matches(s)?;
+    if summary.file_len != len {
+        return Err(IndexError::Invalid(format!(
+            "is {len} bytes, its header says {}",
+            summary.file_len
+        ))
+        .into());
+    }
+    Ok(summary)
+}
+
+/// Reads and decodes the keys section of the index file `summary` was
+/// loaded from.
+pub fn load_keys(data_dir: &Path, summary: &Summary) -> Result<Vec<Key>, LoadError> {
+    use std::os::unix::fs::FileExt;
+    let path = layout::segment_index_path(data_dir, &summary.header.file);
+    let file = std::fs::File::open(&path).map_err(LoadError::Unreadable)?;
+    let mut bytes = vec![0u8; (summary.file_len - summary.keys_offset) as usize];
+    file.read_exact_at(&mut bytes, summary.keys_offset)
+        .map_err(LoadError::Unreadable)?;
+    Ok(summary.decode_keys(&bytes)?)
+}
+
 /// Writes the encoded index file of segment `file` atomically (temp file,
 /// fsync, rename, directory fsync).
 pub fn store(data_dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
     fsutil::write_atomic(&layout::segment_index_path(data_dir, file), bytes)
 }
 
-/// A bounds-checked reader over the bytes before the trailer.
+/// A bounds-checked reader over one section's bytes.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -691,6 +998,31 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    /// A string table: n u32, then per name its string and count.
+    fn table(&mut self, what: &'static str) -> Result<Vec<Name>, IndexError> {
+        let n = self.u32(what)? as usize;
+        // Each name takes at least 12 bytes: never allocate beyond the file.
+        self.room(n, 12, what)?;
+        let mut table = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string(what)?;
+            let count = self.u64(what)?;
+            table.push(Name { name, count });
+        }
+        Ok(table)
+    }
+
+    /// Fails unless every byte was read.
+    fn finish(&self) -> Result<(), IndexError> {
+        if self.pos != self.bytes.len() {
+            return Err(IndexError::Invalid(format!(
+                "{} unexpected bytes in a section",
+                self.bytes.len() - self.pos
+            )));
+        }
+        Ok(())
+    }
+
     fn string(&mut self, what: &'static str) -> Result<String, IndexError> {
         let n = self.u32(what)? as usize;
         let b = self.take(n, what)?;
@@ -704,9 +1036,13 @@ mod tests {
     use super::*;
 
     fn built() -> (Builder, Header) {
+        built_n(50)
+    }
+
+    fn built_n(n: u64) -> (Builder, Header) {
         let mut b = Builder::default();
         let mut offset = 0;
-        for i in 0..50u64 {
+        for i in 0..n {
             let ty = format!("t.{}", i % 3);
             let source = format!("/s/{}", i % 4);
             let subject = (i % 5 != 0).then(|| format!("sub-{}", i % 2));
@@ -727,7 +1063,7 @@ mod tests {
         let header = Header {
             file: "00000000000000000010.jsonl".into(),
             first_seq: 10,
-            last_seq: 59,
+            last_seq: 9 + n,
             bytes: offset,
             sha256: "ab".repeat(32),
         };
@@ -868,6 +1204,57 @@ mod tests {
         let crc = crc32c::crc32c(&bytes[..n]);
         bytes[n..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&bytes), Err(IndexError::Version(9)));
+    }
+
+    /// Start-up reads only the summary; readers read only the blocks of
+    /// the records they need, each block checked on its own.
+    #[test]
+    fn the_summary_and_any_range_of_records_decode_from_their_own_bytes() {
+        let (b, header) = built_n(600);
+        let bytes = b.encode(&header);
+        let whole = decode(&bytes).unwrap();
+        let n = summary_len(&bytes[..PREAMBLE]).unwrap();
+        let summary = decode_summary(&bytes[..n]).unwrap();
+        assert_eq!(summary.header, header);
+        assert_eq!(summary.types, whole.types);
+        assert_eq!(summary.subject_count as usize, whole.subjects.len());
+        assert_eq!(summary.file_len, bytes.len() as u64);
+        for (from, to) in [
+            (10, 10),
+            (10, 265),
+            (265, 266),
+            (300, 609),
+            (609, 609),
+            (100, 560),
+        ] {
+            let (offset, len, first) = summary.block_range(from, to);
+            let records = summary
+                .decode_blocks(&bytes[offset as usize..offset as usize + len], first)
+                .unwrap();
+            let skip = (from - first) as usize;
+            assert_eq!(
+                &records[skip..skip + (to - from + 1) as usize],
+                &whole.records[(from - 10) as usize..=(to - 10) as usize],
+                "{from}..={to}"
+            );
+        }
+        let subjects = &bytes[summary.subjects_offset as usize..summary.keys_offset as usize];
+        assert_eq!(summary.decode_subjects(subjects).unwrap(), whole.subjects);
+        let keys = &bytes[summary.keys_offset as usize..];
+        assert_eq!(summary.decode_keys(keys).unwrap(), whole.keys);
+        // A flipped byte in the second block fails that block only.
+        let mut bad = bytes.clone();
+        let in_second = summary.records_offset as usize + BLOCK_BYTES as usize + 30;
+        bad[in_second] ^= 1;
+        let (o, l, f) = summary.block_range(10, 266);
+        assert!(summary
+            .decode_blocks(&bad[o as usize..o as usize + l], f)
+            .is_err());
+        let (o, l, f) = summary.block_range(10, 265);
+        assert!(summary
+            .decode_blocks(&bad[o as usize..o as usize + l], f)
+            .is_ok());
+        assert!(decode(&bad).is_err());
     }
 
     #[test]

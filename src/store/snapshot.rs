@@ -79,6 +79,10 @@ pub struct EventCounts {
     pub distinct_subjects: u64,
     /// Bytes held by the interned names.
     pub interned_bytes: u64,
+    /// Events with an entry in memory.
+    pub memory_entries: u64,
+    /// Sealed segments read through their index files.
+    pub indexed_segments: u64,
 }
 
 /// The writer's counters.
@@ -166,6 +170,8 @@ impl Shared {
                 distinct_sources: sources as u64,
                 distinct_subjects: subjects as u64,
                 interned_bytes: idx.interned_bytes() as u64,
+                memory_entries: idx.entries_len() as u64,
+                indexed_segments: idx.sealed_parts() as u64,
             }
         };
         let m = &self.metrics;

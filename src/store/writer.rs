@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
-use super::index::{self, NewEntry};
+use super::index::{self, Names, NewEntry};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
@@ -474,14 +474,31 @@ impl Writer {
         // time, the index the type and source (never a read of the
         // original from disk on the writer).
         let (seq, time) = self.dedup.lookup(key, &ev.source, &ev.id)?;
-        let ty = {
+        let (ty, source) = {
             let idx = self.shared.index();
-            let (ty, source) = idx.names(seq)?;
-            if source != ev.source {
-                return None;
+            match idx.names(seq)? {
+                Names::Entry(ty, source) => (ty.to_string(), source.to_string()),
+                Names::Sealed(part, files) => {
+                    drop(idx);
+                    // One block of the segment's index file (not the
+                    // original event): read and checked, ~7 KiB.
+                    match index::sealed_names(&part, &files, seq) {
+                        Ok(names) => names,
+                        Err(e) => {
+                            // Still a duplicate (the idempotency set
+                            // confirmed it with a second hash): answer it
+                            // with the type sent, never store it twice.
+                            // The monitor rebuilds the damaged index file.
+                            tracing::warn!(error = %e, seq, "cannot read the type of a duplicate's original; answering with the type sent");
+                            (ev.ty.clone(), ev.source.clone())
+                        }
+                    }
+                }
             }
-            ty.to_string()
         };
+        if source != ev.source {
+            return None;
+        }
         Some(Outcome {
             seq,
             original: Some(Original { ty, time }),
@@ -541,8 +558,27 @@ impl Writer {
             .active
             .seg_index
             .encode(&super::segindex::Header::of(&sealed));
-        if let Err(e) = super::segindex::store(&data_dir, &sealed.file, &idx_bytes) {
-            let idx_path = super::layout::segment_index_path(&data_dir, &sealed.file);
+        let idx_path = super::layout::segment_index_path(&data_dir, &sealed.file);
+        let written = super::segindex::store(&data_dir, &sealed.file, &idx_bytes);
+        // Readers of the sealed segment go through its index file from now
+        // on, and its entries leave memory (if the file could not be
+        // written, they stay until the next start).
+        let part = match &written {
+            Ok(()) => match super::segindex::decode_summary(&idx_bytes) {
+                Ok(summary) => Some(Arc::new(super::sealed::SealedPart::new(
+                    summary,
+                    self.active.index_pos,
+                    idx_path.clone(),
+                    self.active.path.clone(),
+                ))),
+                Err(e) => {
+                    tracing::error!(error = %e, "a segment index just encoded does not decode; its entries stay in memory");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if let Err(e) = written {
             let err = StoreError::file("write", &idx_path, e);
             if matches!(err, StoreError::TooManyOpenFiles { .. }) {
                 drop(file);
@@ -571,12 +607,13 @@ impl Writer {
         }
         self.manifest = Arc::new(manifest);
         let reader = recovery::reader(&path, new_first, 0)?;
-        let index_pos = self
-            .shared
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .add_segment(reader);
+        let index_pos = {
+            let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(part) = part {
+                idx.seal(part);
+            }
+            idx.add_segment(reader)
+        };
         tracing::info!(sealed = %self.active.path.display(), events = self.active.count, bytes = self.active.len, "segment sealed");
         self.active = ActiveSegment {
             file,

@@ -377,8 +377,14 @@ impl Writer {
         if let Ok(old) = std::fs::read(&idx_path) {
             fsutil::quarantine(&data_dir, &idx_path, 0, &old)?;
         }
-        segindex::store(&data_dir, file, &segindex::encode(&index))
-            .map_err(FileError::at("write", &idx_path))?;
+        let bytes = segindex::encode(&index);
+        segindex::store(&data_dir, file, &bytes).map_err(FileError::at("write", &idx_path))?;
+        // Readers open the new file, described by its own summary.
+        self.shared
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace_index_file(sealed.first_seq, segindex::decode_summary(&bytes).ok());
         Ok(Repaired::IndexRebuilt {
             file: file.to_string(),
             restored_from,

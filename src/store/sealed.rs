@@ -1,0 +1,299 @@
+//! A sealed segment as readers see it: the summary of its index file in
+//! memory (its type and source tables with counts, where the sections
+//! are), and its records read from the index file when a read reaches them.
+//!
+//! This is what keeps memory flat however many events a store holds: the
+//! in-memory index has one entry per event of the active segment only, and
+//! a [`SealedPart`] per sealed segment, whose size is its distinct type and
+//! source names. A read over sealed segments costs a positional read of
+//! the index file's blocks it needs (each block's CRC32C checked), and a
+//! segment whose tables show no match is skipped without reading anything
+//! (see [`PartPlan`](super::filter::PartPlan)).
+//!
+//! Parts are immutable and shared (`Arc`), so readers use them after
+//! letting go of the index lock: a read of the index file never delays a
+//! commit.
+//!
+//! An index file is derived data, and a damaged or missing one must not
+//! make events unreadable: when a read of it fails, the part rebuilds its
+//! index in memory from the segment itself (checked against the SHA-256 the
+//! manifest recorded) and serves reads from that until the integrity
+//! monitor has rebuilt the file and the part is replaced.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::files::SegmentFiles;
+use super::segindex::{self, IndexError, Name, Record, SegmentIndex, Summary};
+use super::segment;
+
+/// A sealed segment read through its index file.
+#[derive(Debug)]
+pub struct SealedPart {
+    /// The index file's summary (loaded at start-up or at seal).
+    pub summary: Summary,
+    /// The segment's position in the index (`Entry::segment` of its events).
+    pub pos: u32,
+    /// The index file.
+    pub path: PathBuf,
+    /// The segment file (read only when the index file fails).
+    pub segment_path: PathBuf,
+    /// The index rebuilt from the segment after the index file failed a
+    /// read.
+    fallback: Mutex<Option<Arc<SegmentIndex>>>,
+}
+
+/// Why records of a sealed segment could not be read from its index file.
+/// Not data loss: the segment holds the events; the integrity monitor
+/// finds the damaged index file and rebuilds it.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    /// The positional read failed.
+    #[error("read the index file {}: {source}", path.display())]
+    Read {
+        /// The index file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// What was read fails its check.
+    #[error("the index file {} {source}", path.display())]
+    Damaged {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: IndexError,
+    },
+}
+
+impl PartError {
+    /// The underlying I/O error, if the read itself failed.
+    pub fn io(&self) -> Option<&std::io::Error> {
+        match self {
+            PartError::Read { source, .. } => Some(source),
+            PartError::Damaged { .. } => None,
+        }
+    }
+}
+
+impl SealedPart {
+    /// The part of the sealed segment `summary` describes, at index
+    /// position `pos`, with its index file at `path` and the segment at
+    /// `segment_path`.
+    pub fn new(summary: Summary, pos: u32, path: PathBuf, segment_path: PathBuf) -> Self {
+        SealedPart {
+            summary,
+            pos,
+            path,
+            segment_path,
+            fallback: Mutex::new(None),
+        }
+    }
+
+    /// First seq of the segment.
+    pub fn first_seq(&self) -> u64 {
+        self.summary.header.first_seq
+    }
+
+    /// Last seq of the segment.
+    pub fn last_seq(&self) -> u64 {
+        self.summary.header.last_seq
+    }
+
+    /// The records of seqs `from..=to` (clamped to the segment), in one
+    /// positional read of the index file blocks that hold them (opened
+    /// through `files`), or from the segment when the index file fails.
+    pub fn records(
+        &self,
+        files: &SegmentFiles,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Record>, PartError> {
+        let (from, to) = (from.max(self.first_seq()), to.min(self.last_seq()));
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let range = |idx: &SegmentIndex| {
+            let first = self.first_seq();
+            idx.records[(from - first) as usize..=(to - first) as usize].to_vec()
+        };
+        if let Some(idx) = self.fallback_built() {
+            return Ok(range(&idx));
+        }
+        match self.records_from_file(files, from, to) {
+            Ok(records) => Ok(records),
+            Err(e) => self.fallback(files, e).map(|idx| range(&idx)),
+        }
+    }
+
+    fn records_from_file(
+        &self,
+        files: &SegmentFiles,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Record>, PartError> {
+        let file = self.open(files)?;
+        let (offset, len, block_first) = self.summary.block_range(from, to);
+        let bytes = self.read(&file, offset, len)?;
+        let records = self
+            .summary
+            .decode_blocks(&bytes, block_first)
+            .map_err(|source| self.damaged(source))?;
+        let skip = (from - block_first) as usize;
+        let take = (to - from + 1) as usize;
+        if records.len() < skip + take {
+            return Err(self.damaged(IndexError::Truncated("records")));
+        }
+        Ok(records[skip..skip + take].to_vec())
+    }
+
+    /// The record of `seq`.
+    pub fn record(&self, files: &SegmentFiles, seq: u64) -> Result<Record, PartError> {
+        self.records(files, seq, seq)?
+            .pop()
+            .ok_or_else(|| self.damaged(IndexError::Truncated("records")))
+    }
+
+    /// The segment's subject table (read from the index file: subjects are
+    /// often one per event, so they are not kept in memory).
+    pub fn subjects(&self, files: &SegmentFiles) -> Result<Vec<Name>, PartError> {
+        if let Some(idx) = self.fallback_built() {
+            return Ok(idx.subjects.clone());
+        }
+        let s = &self.summary;
+        let read = || {
+            let file = self.open(files)?;
+            let bytes = self.read(
+                &file,
+                s.subjects_offset,
+                (s.keys_offset - s.subjects_offset) as usize,
+            )?;
+            s.decode_subjects(&bytes)
+                .map_err(|source| self.damaged(source))
+        };
+        match read() {
+            Ok(subjects) => Ok(subjects),
+            Err(e) => self.fallback(files, e).map(|idx| idx.subjects.clone()),
+        }
+    }
+
+    fn open(&self, files: &SegmentFiles) -> Result<Arc<File>, PartError> {
+        files
+            .get_index(self.first_seq(), &self.path)
+            .map_err(|source| PartError::Read {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn fallback_built(&self) -> Option<Arc<SegmentIndex>> {
+        super::lock(&self.fallback).clone()
+    }
+
+    /// After the index file failed with `failed`: the index rebuilt from
+    /// the segment (once), or `failed` when that fails too. Out of
+    /// descriptors is not damage: nothing is rebuilt, the read fails (503).
+    fn fallback(
+        &self,
+        files: &SegmentFiles,
+        failed: PartError,
+    ) -> Result<Arc<SegmentIndex>, PartError> {
+        if failed
+            .io()
+            .is_some_and(super::fsutil::is_descriptor_exhaustion)
+        {
+            return Err(failed);
+        }
+        let mut slot = super::lock(&self.fallback);
+        if let Some(idx) = slot.clone() {
+            return Ok(idx);
+        }
+        match self.index_from_segment(files) {
+            Ok(idx) => {
+                tracing::warn!(error = %failed, segment = %self.segment_path.display(), "a segment's index file failed a read; serving its events from the segment until the file is rebuilt");
+                let idx = Arc::new(idx);
+                *slot = Some(idx.clone());
+                Ok(idx)
+            }
+            Err(why) => {
+                tracing::error!(error = %failed, segment_error = %why, "a segment's index file failed a read, and the segment cannot stand in for it");
+                Err(failed)
+            }
+        }
+    }
+
+    /// Reads the segment, checks it against the SHA-256 and length this
+    /// part's header carries (the manifest's), and scans it.
+    fn index_from_segment(&self, files: &SegmentFiles) -> Result<SegmentIndex, String> {
+        let h = &self.summary.header;
+        let file = files
+            .get(h.first_seq, &self.segment_path)
+            .map_err(|e| format!("open: {e}"))?;
+        let mut bytes = vec![0u8; h.bytes as usize];
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(|e| format!("read: {e}"))?;
+        if hex::encode(Sha256::digest(&bytes)) != h.sha256 {
+            return Err("its bytes do not match the manifest's SHA-256".into());
+        }
+        let mut builder = segindex::Builder::default();
+        let scan = segment::scan_with(&bytes, h.first_seq, |r| {
+            builder.push(segindex::record_of(&r));
+        });
+        if let Some(d) = scan.damage {
+            return Err(format!(
+                "a bad record at offset {}: {}",
+                d.offset, d.problem
+            ));
+        }
+        let idx = builder.into_index(h.clone());
+        if idx.records.len() as u64 != self.summary.count() {
+            return Err(format!(
+                "{} records, the index says {}",
+                idx.records.len(),
+                self.summary.count()
+            ));
+        }
+        Ok(idx)
+    }
+
+    /// The type and source of a record of this segment.
+    pub fn names(&self, r: &Record) -> (&str, &str) {
+        (
+            &self.summary.types[r.ty as usize].name,
+            &self.summary.sources[r.source as usize].name,
+        )
+    }
+
+    fn read(&self, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, PartError> {
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset)
+            .map_err(|source| PartError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(bytes)
+    }
+
+    fn damaged(&self, source: IndexError) -> PartError {
+        PartError::Damaged {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Bytes this part holds in memory, approximately.
+    pub fn heap_bytes(&self) -> usize {
+        let table = |t: &[Name]| t.iter().map(|n| n.name.len() + 40).sum::<usize>();
+        std::mem::size_of::<Self>()
+            + table(&self.summary.types)
+            + table(&self.summary.sources)
+            + self.summary.header.file.len()
+            + self.path.as_os_str().len()
+    }
+}
