@@ -144,6 +144,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         s.writer.fsync_latency_us.avg / 1e6,
     );
     metric(
+        "writer_sealed_key_lookups_total",
+        "counter",
+        "New events whose (source, id) the sealed segments' key filter could not rule out: key tables searched on disk.",
+        s.writer.sealed_key_lookups as f64,
+    );
+    metric(
+        "key_filter_bytes",
+        "gauge",
+        "Bytes of the sealed segments' idempotency key filter.",
+        s.writer.key_filter_bytes as f64,
+    );
+    metric(
         "writer_segments_sealed_total",
         "counter",
         "Segments sealed.",

@@ -1,5 +1,9 @@
-//! The idempotency set: which `(source, id)` pairs are stored, and at which
-//! sequence number. A repeat publish answers with the original `seq`.
+//! The idempotency set of the active segment: which `(source, id)` pairs
+//! it holds, and at which sequence number. A repeat publish answers with the
+//! original `seq`. When the segment is sealed its keys leave this set for
+//! the sealed segments' key filter and the segment's key table on disk
+//! (see [`super::keyfilter`]), so it holds one segment's events, not the
+//! store's.
 //!
 //! It keeps hashes per event instead of the strings (32 bytes per event
 //! instead of ~100) together with what a duplicate is answered with, so the

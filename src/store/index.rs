@@ -584,7 +584,9 @@ impl Index {
     /// Moves the oldest events with an entry, those of the segment just
     /// sealed, to `part`: their entries are dropped, and reads of them go
     /// through the segment's index file from now on.
-    pub fn seal(&mut self, part: Arc<SealedPart>) {
+    /// False (and nothing changes) unless `part` holds exactly the oldest
+    /// events in memory.
+    pub fn seal(&mut self, part: Arc<SealedPart>) -> bool {
         if part.first_seq() != self.entries_first || part.last_seq() > self.last_seq() {
             // Not the oldest events in memory: keep the entries (a
             // programming error; reads stay correct either way).
@@ -593,12 +595,18 @@ impl Index {
                 entries_first = self.entries_first,
                 "a sealed segment that is not the oldest in memory keeps its entries"
             );
-            return;
+            return false;
         }
         let n = (part.last_seq() + 1 - self.entries_first) as usize;
         self.drop_entries(n);
         self.count_part(&part, true);
         self.sealed.push_back(part);
+        true
+    }
+
+    /// The sealed parts, oldest first.
+    pub fn sealed_list(&self) -> Vec<Arc<SealedPart>> {
+        self.sealed.iter().cloned().collect()
     }
 
     /// Adds (or, with `add` false, removes) a part's counts.

@@ -24,7 +24,9 @@
 //!   ([`chunked`]: its per-event table, which never moves as it grows)
 //! - [`filter`]: the one filter type, compiled once per reader and matched
 //!   in O(1) per event
-//! - [`dedup`]: the `(source, id)` idempotency set
+//! - [`dedup`]: the `(source, id)` idempotency set of the active segment
+//! - [`keyfilter`]: the Bloom filter of the sealed segments' keys, in front
+//!   of their key tables on disk
 //! - [`segindex`]: a sealed segment's index file (encode, decode, checks)
 //! - [`sealed`]: a sealed segment as readers see it (its index file's
 //!   summary in memory, its records read from the file on demand)
@@ -48,6 +50,7 @@ pub mod handle;
 pub mod index;
 pub mod integrity;
 mod interface;
+pub mod keyfilter;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
@@ -136,6 +139,12 @@ pub struct WriterMetrics {
     pub events: AtomicU64,
     /// Publishes answered as duplicates.
     pub duplicates: AtomicU64,
+    /// New keys the sealed segments' key filter could not rule out, so
+    /// their key tables were searched on disk (false positives and
+    /// duplicates of sealed events).
+    pub sealed_key_lookups: AtomicU64,
+    /// Bytes of the sealed segments' key filter.
+    pub key_filter_bytes: AtomicU64,
     /// Bytes appended to segments.
     pub bytes: AtomicU64,
     /// Sum of fsync latencies, microseconds.

@@ -19,6 +19,7 @@ use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
 use super::index::{Index, NewEntry, SegmentReader};
+use super::keyfilter::KeyFilter;
 use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
@@ -107,8 +108,10 @@ pub struct Recovered {
     pub active_sha256: Sha256,
     /// The rebuilt index.
     pub index: Index,
-    /// The rebuilt idempotency set.
+    /// The idempotency set of the active segment.
     pub dedup: DedupIndex,
+    /// The filter of the sealed segments' idempotency keys.
+    pub sealed_keys: KeyFilter,
     /// Next sequence number to assign.
     pub next_seq: u64,
     /// What was found and done.
@@ -144,9 +147,10 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     remove_stale_index_files(&seg_dir, &manifest)?;
     let Indexed {
         mut index,
-        mut dedup,
+        sealed_keys,
         next_seq: active_first_seq,
     } = index_sealed_segments(data_dir, &manifest, recent_cache_bytes, &mut report)?;
+    let mut dedup = DedupIndex::default();
     let (active, active_sha256) = index_active_segment(
         data_dir,
         active_first_seq,
@@ -165,6 +169,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         active_sha256,
         index,
         dedup,
+        sealed_keys,
         next_seq,
         report,
     })
@@ -317,7 +322,7 @@ fn remove_stale_index_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
 /// The index and idempotency set built so far, and the next seq.
 struct Indexed {
     index: Index,
-    dedup: DedupIndex,
+    sealed_keys: KeyFilter,
     next_seq: u64,
 }
 
@@ -344,7 +349,8 @@ fn index_sealed_segments(
         .map(|s| s.first_seq)
         .unwrap_or(manifest.active_first_seq);
     let mut index = Index::new(first_seq, recent_cache_bytes);
-    let mut dedup = DedupIndex::default();
+    let sealed_events: u64 = manifest.sealed.iter().map(|s| s.count).sum();
+    let mut sealed_keys = KeyFilter::with_capacity(sealed_keys_capacity(sealed_events));
     let mut expect = first_seq;
 
     for sealed in &manifest.sealed {
@@ -395,14 +401,7 @@ fn index_sealed_segments(
         };
         let pos = index.add_segment(reader(&path, sealed.first_seq, sealed.bytes)?);
         for k in &keys {
-            // Stored events are unique by construction, so a hash hit during
-            // recovery can only be a hash collision: keep both exactly.
-            dedup.insert(
-                &summary.sources[k.source as usize].name,
-                &k.id,
-                &k.time,
-                k.seq,
-            );
+            sealed_keys.insert(k.order);
         }
         index.add_sealed(Arc::new(SealedPart::new(
             summary,
@@ -423,9 +422,16 @@ fn index_sealed_segments(
     }
     Ok(Indexed {
         index,
-        dedup,
+        sealed_keys,
         next_seq: expect,
     })
+}
+
+/// What the sealed segments' key filter is sized for, holding `events`:
+/// room for an eighth more and a million besides, so it is rebuilt
+/// larger (see [`KeyFilter::is_over_capacity`]) only after many seals.
+pub fn sealed_keys_capacity(events: u64) -> u64 {
+    events + events / 8 + 1_000_000
 }
 
 /// The old way of indexing a sealed segment, for a segment or index file

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::files::SegmentFiles;
-use super::segindex::{self, IndexError, Name, Record, SegmentIndex, Summary};
+use super::segindex::{self, IndexError, Key, Name, Record, SegmentIndex, Summary};
 use super::segment;
 
 /// A sealed segment read through its index file.
@@ -230,36 +230,120 @@ impl SealedPart {
 
     /// Reads the segment, checks it against the SHA-256 and length this
     /// part's header carries (the manifest's), and scans it.
-    fn index_from_segment(&self, files: &SegmentFiles) -> Result<SegmentIndex, String> {
+    fn index_from_segment(&self, files: &SegmentFiles) -> Result<SegmentIndex, PartError> {
         let h = &self.summary.header;
+        let read_err = |source: std::io::Error| PartError::Read {
+            path: self.segment_path.clone(),
+            source,
+        };
+        let bad = |what: String| PartError::Damaged {
+            path: self.segment_path.clone(),
+            source: IndexError::Invalid(what),
+        };
         let file = files
             .get(h.first_seq, &self.segment_path)
-            .map_err(|e| format!("open: {e}"))?;
+            .map_err(read_err)?;
         let mut bytes = vec![0u8; h.bytes as usize];
-        file.read_exact_at(&mut bytes, 0)
-            .map_err(|e| format!("read: {e}"))?;
+        file.read_exact_at(&mut bytes, 0).map_err(read_err)?;
         if hex::encode(Sha256::digest(&bytes)) != h.sha256 {
-            return Err("its bytes do not match the manifest's SHA-256".into());
+            return Err(bad("its bytes do not match the manifest's SHA-256".into()));
         }
         let mut builder = segindex::Builder::default();
         let scan = segment::scan_with(&bytes, h.first_seq, |r| {
             builder.push(segindex::record_of(&r));
         });
         if let Some(d) = scan.damage {
-            return Err(format!(
+            return Err(bad(format!(
                 "a bad record at offset {}: {}",
                 d.offset, d.problem
-            ));
+            )));
         }
         let idx = builder.into_index(h.clone());
         if idx.records.len() as u64 != self.summary.count() {
-            return Err(format!(
+            return Err(bad(format!(
                 "{} records, the index says {}",
                 idx.records.len(),
                 self.summary.count()
-            ));
+            )));
         }
         Ok(idx)
+    }
+
+    /// The seqs of this segment whose key hash is `order` (almost always
+    /// none or one), from the key blocks that may hold it (one or two,
+    /// found by the fences in memory).
+    pub fn seqs_with_order(&self, files: &SegmentFiles, order: u64) -> Result<Vec<u64>, PartError> {
+        let matching = |keys: &[Key]| {
+            keys.iter()
+                .filter(|k| k.order == order)
+                .map(|k| k.seq)
+                .collect()
+        };
+        if let Some(idx) = self.fallback_built() {
+            return Ok(matching(&idx.keys));
+        }
+        let Some((offset, len, first)) = self.summary.key_range(order) else {
+            return Ok(Vec::new());
+        };
+        let read = || {
+            let file = self.open(files)?;
+            let bytes = self.read(&file, offset, len)?;
+            self.summary
+                .decode_keys(&bytes, first)
+                .map_err(|source| self.damaged(source))
+        };
+        match read() {
+            Ok(keys) => Ok(matching(&keys)),
+            Err(e) => self.fallback(files, e).map(|idx| matching(&idx.keys)),
+        }
+    }
+
+    /// Every key hash of the segment (for the sealed segments' key filter).
+    pub fn key_orders(&self, files: &SegmentFiles) -> Result<Vec<u64>, PartError> {
+        let s = &self.summary;
+        let read = || {
+            let file = self.open(files)?;
+            let bytes = self.read(&file, s.keys_offset, (s.file_len - s.keys_offset) as usize)?;
+            s.decode_keys(&bytes, 0)
+                .map_err(|source| self.damaged(source))
+        };
+        let keys = match read() {
+            Ok(keys) => keys,
+            Err(e) => self.fallback(files, e)?.keys.clone(),
+        };
+        Ok(keys.iter().map(|k| k.order).collect())
+    }
+
+    /// The stored event `seq` if its `(source, id)` is the one given: its
+    /// `type` and `time` (what a duplicate is answered with). Reads the
+    /// event from the segment and checks its CRC32C.
+    pub fn confirm_key(
+        &self,
+        files: &SegmentFiles,
+        seq: u64,
+        source: &str,
+        id: &str,
+    ) -> Result<Option<(String, String)>, PartError> {
+        let r = self.record(files, seq)?;
+        let seg_err = |e: std::io::Error| PartError::Read {
+            path: self.segment_path.clone(),
+            source: e,
+        };
+        let file = files
+            .get(self.first_seq(), &self.segment_path)
+            .map_err(seg_err)?;
+        let mut bytes = vec![0u8; r.len as usize];
+        file.read_exact_at(&mut bytes, r.offset).map_err(seg_err)?;
+        let bad = |what: String| PartError::Damaged {
+            path: self.segment_path.clone(),
+            source: IndexError::Invalid(what),
+        };
+        if crc32c::crc32c(&bytes) != r.crc {
+            return Err(bad(format!("the event of seq {seq} fails its CRC32C")));
+        }
+        let keys: segment::EventKeys = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("the event of seq {seq} does not parse: {e}")))?;
+        Ok((keys.source == source && keys.id == id).then_some((keys.ty, keys.time)))
     }
 
     /// The type and source of a record of this segment.

@@ -21,7 +21,9 @@
 //!         two string tables (types, sources), each:
 //!             n u32, then per name: length u32, bytes, count u64 (records using it)
 //!         distinct subjects u32, subjects section offset u64,
-//!         keys section offset u64, file length u64
+//!         keys section offset u64, file length u64,
+//!         key blocks u32, then each key block's first key_order u64
+//!         (its fence)
 //! CRC32C u32 of every byte before it (magic to the header section's end)
 //! records, one per seq from first_seq, in blocks of 256 (the last may be
 //! shorter), each block followed by the CRC32C u32 of its records; a
@@ -29,9 +31,9 @@
 //!         event offset u64, event length u32, CRC32C u32,
 //!         type id u32, source id u32, subject id u32 (u32::MAX: none)
 //! subjects section: the subject string table (as above), CRC32C u32
-//! keys section, sorted by [`key_order`] (then seq): n u64, then each:
-//!         key_order u64, seq u64, source id u32,
-//!         id (u32 length + bytes), time (u32 length + bytes); CRC32C u32
+//! keys section: one key per record, sorted by [`key_order`] then seq,
+//!         in blocks of 512 (the last may be shorter), each key
+//!         key_order u64, seq u64, each block followed by its CRC32C u32
 //! ```
 //!
 //! The header binds the file to exactly one sealed segment (name, seqs,
@@ -41,7 +43,9 @@
 //! source totals (and skipping segments a filter cannot match) need no scan
 //! of the records; subjects, often one per event, stay on disk until a
 //! subject filter asks for them. The key table is sorted by a hash that is
-//! stable across builds ([`key_order`], FNV-1a), so a lookup can bisect it.
+//! stable across builds ([`key_order`], FNV-1a); with the block fences in
+//! memory, finding a hash costs one read of one block, and the event itself
+//! confirms the match (the file keeps no ids).
 //!
 //! Encoding and decoding are pure; [`load`] and [`store`] are the two
 //! thin file operations the writer, recovery, the monitor and `msgbus
@@ -65,6 +69,10 @@ pub const NO_SUBJECT: u32 = u32::MAX;
 pub const RECORD_BYTES: usize = 28;
 /// Records per checksummed block.
 pub const BLOCK_RECORDS: usize = 256;
+/// Keys per checksummed block.
+pub const BLOCK_KEYS: usize = 512;
+/// Bytes of one key.
+const KEY_BYTES: usize = 16;
 /// Bytes before the header section: magic, version, its length.
 const PREAMBLE: usize = 16;
 
@@ -122,20 +130,16 @@ pub struct Record {
     pub subject: u32,
 }
 
-/// One idempotency key `(source, id) -> seq`, with the stored `time` a
-/// duplicate is answered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One idempotency key: the [`key_order`] hash of an event's
+/// `(source, id)` and its seq. A lookup finds the seqs with the hash and
+/// confirms each against the stored event itself, so the file keeps no
+/// strings for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
     /// [`key_order`] of `(source, id)`.
     pub order: u64,
     /// The stored event's seq.
     pub seq: u64,
-    /// Index into [`SegmentIndex::sources`].
-    pub source: u32,
-    /// CloudEvents `id`.
-    pub id: String,
-    /// CloudEvents `time`.
-    pub time: String,
 }
 
 /// A decoded index file.
@@ -151,7 +155,7 @@ pub struct SegmentIndex {
     pub subjects: Vec<Name>,
     /// One per seq, from `header.first_seq`.
     pub records: Vec<Record>,
-    /// Every `(source, id)`, sorted by [`Key::order`] then seq.
+    /// Every event's key, sorted by [`Key::order`] then seq.
     pub keys: Vec<Key>,
 }
 
@@ -249,51 +253,15 @@ impl Table {
 }
 
 /// Builds the index of the active segment as its records are committed.
-/// Runs on the writer at every commit, so it allocates nothing per event:
-/// ids and times go into one growing text buffer.
+/// Runs on the writer at every commit, so it allocates nothing per event
+/// beyond its record and key.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     types: Table,
     sources: Table,
     subjects: Table,
     records: Vec<Record>,
-    keys: Vec<PendingKey>,
-    /// Every key's id then time, back to back.
-    text: String,
-}
-
-/// A key held by the [`Builder`]: its id and time are in `Builder::text`.
-#[derive(Debug, Clone, Copy)]
-struct PendingKey {
-    order: u64,
-    seq: u64,
-    /// Where its id starts in the text buffer; its time follows the id.
-    start: usize,
-    source: u32,
-    id_len: u32,
-    time_len: u32,
-}
-
-/// A key as encoded, borrowed from a [`Builder`] or a [`SegmentIndex`].
-#[derive(Debug, Clone, Copy)]
-struct KeyRef<'a> {
-    order: u64,
-    seq: u64,
-    source: u32,
-    id: &'a str,
-    time: &'a str,
-}
-
-impl<'a> KeyRef<'a> {
-    fn of(k: &'a Key) -> Self {
-        KeyRef {
-            order: k.order,
-            seq: k.seq,
-            source: k.source,
-            id: &k.id,
-            time: &k.time,
-        }
-    }
+    keys: Vec<Key>,
 }
 
 /// One record as the builder takes it.
@@ -347,37 +315,23 @@ impl Builder {
             subject: r.subject.map_or(NO_SUBJECT, |s| self.subjects.intern(s)),
         };
         self.records.push(record);
-        let start = self.text.len();
-        self.text.push_str(r.id);
-        self.text.push_str(r.time);
-        self.keys.push(PendingKey {
+        self.keys.push(Key {
             order: key_order(r.source, r.id),
             seq: r.seq,
-            start,
-            source,
-            id_len: r.id.len() as u32,
-            time_len: r.time.len() as u32,
         });
     }
 
     /// The keys sorted as the file holds them.
-    fn sorted_keys(&self) -> Vec<KeyRef<'_>> {
-        let mut keys: Vec<KeyRef<'_>> = self
-            .keys
-            .iter()
-            .map(|k| {
-                let id_end = k.start + k.id_len as usize;
-                KeyRef {
-                    order: k.order,
-                    seq: k.seq,
-                    source: k.source,
-                    id: &self.text[k.start..id_end],
-                    time: &self.text[id_end..id_end + k.time_len as usize],
-                }
-            })
-            .collect();
-        keys.sort_unstable_by_key(|k| (k.order, k.seq));
+    fn sorted_keys(&self) -> Vec<Key> {
+        let mut keys = self.keys.clone();
+        keys.sort_unstable();
         keys
+    }
+
+    /// The [`key_order`] of every record added so far (what the sealed
+    /// segments' key filter takes at seal).
+    pub fn key_orders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.keys.iter().map(|k| k.order)
     }
 
     /// Records added so far.
@@ -392,17 +346,7 @@ impl Builder {
 
     /// The finished index of the segment described by `header`.
     pub fn into_index(self, header: Header) -> SegmentIndex {
-        let keys = self
-            .sorted_keys()
-            .into_iter()
-            .map(|k| Key {
-                order: k.order,
-                seq: k.seq,
-                source: k.source,
-                id: k.id.to_string(),
-                time: k.time.to_string(),
-            })
-            .collect();
+        let keys = self.sorted_keys();
         SegmentIndex {
             header,
             types: self.types.names,
@@ -419,7 +363,7 @@ impl Builder {
             header,
             [&self.types.names, &self.sources.names, &self.subjects.names],
             &self.records,
-            self.sorted_keys(),
+            &self.sorted_keys(),
         )
     }
 }
@@ -430,7 +374,7 @@ pub fn encode(index: &SegmentIndex) -> Vec<u8> {
         &index.header,
         [&index.types, &index.sources, &index.subjects],
         &index.records,
-        index.keys.iter().map(KeyRef::of).collect(),
+        &index.keys,
     )
 }
 
@@ -456,6 +400,8 @@ pub struct Summary {
     pub keys_offset: u64,
     /// The file's length.
     pub file_len: u64,
+    /// The first [`key_order`] of each key block.
+    pub key_fences: Vec<u64>,
 }
 
 /// Bytes of a full block: its records and their CRC32C.
@@ -552,53 +498,60 @@ impl Summary {
         Ok(subjects)
     }
 
-    /// Decodes the keys section (`bytes` is exactly it), checking each key
-    /// against its hash, its seq and the source table (not against its
-    /// record: see [`decode`]).
-    pub fn decode_keys(&self, bytes: &[u8]) -> Result<Vec<Key>, IndexError> {
-        let body = section_body(bytes, "keys")?;
-        let mut r = Reader {
-            bytes: body,
-            pos: 0,
-        };
-        let n = r.u64("keys")?;
-        if n != self.count() {
-            return Err(IndexError::Invalid(format!(
-                "{n} idempotency keys for {} records",
-                self.count()
-            )));
+    /// The file range `(offset, length)` of the key blocks that may hold
+    /// `order`, and the index of the first key in it; `None` when no block
+    /// can (the key is not in this segment).
+    pub fn key_range(&self, order: u64) -> Option<(u64, usize, usize)> {
+        let f = &self.key_fences;
+        // Blocks whose first key is at most `order`, from the last one
+        // starting below it (equal hashes may span blocks).
+        let end = f.partition_point(|&x| x <= order);
+        if end == 0 {
+            return None;
         }
-        let n = usize::try_from(n).map_err(|_| IndexError::Truncated("keys"))?;
-        r.room(n, 28, "keys")?;
-        let mut keys = Vec::with_capacity(n);
-        let mut prev = (0u64, 0u64);
-        for i in 0..n {
-            let k = Key {
-                order: r.u64("keys")?,
-                seq: r.u64("keys")?,
-                source: r.u32("keys")?,
-                id: r.string("keys")?,
-                time: r.string("keys")?,
-            };
-            let bad = |what: &str| IndexError::Invalid(format!("key {i}: {what}"));
-            if (k.order, k.seq) < prev {
-                return Err(bad("out of order"));
+        let start = f[..end].partition_point(|&x| x < order).saturating_sub(1);
+        let block = (BLOCK_KEYS * KEY_BYTES + 4) as u64;
+        let from = self.keys_offset + start as u64 * block;
+        let to = (self.keys_offset + end as u64 * block).min(self.file_len);
+        Some((from, (to - from) as usize, start * BLOCK_KEYS))
+    }
+
+    /// Decodes key blocks read from the keys section (all of it, or a
+    /// [`Summary::key_range`]), checking each block's CRC32C, its fence,
+    /// the order of its keys and that their seqs are in this segment.
+    pub fn decode_keys(&self, bytes: &[u8], first_key: usize) -> Result<Vec<Key>, IndexError> {
+        let mut keys = Vec::with_capacity(bytes.len() / KEY_BYTES);
+        let mut prev: Option<Key> = None;
+        for (i, block) in bytes.chunks(BLOCK_KEYS * KEY_BYTES + 4).enumerate() {
+            if block.len() < 4 + KEY_BYTES || (block.len() - 4) % KEY_BYTES != 0 {
+                return Err(IndexError::Truncated("keys"));
             }
-            prev = (k.order, k.seq);
-            if k.seq < self.header.first_seq || k.seq > self.header.last_seq {
-                return Err(bad("its seq lies outside the segment"));
+            let (body, crc) = block.split_at(block.len() - 4);
+            let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+            let actual = crc32c::crc32c(body);
+            if actual != stored {
+                return Err(IndexError::Checksum { actual, stored });
             }
-            let source = &self
-                .sources
-                .get(k.source as usize)
-                .ok_or_else(|| bad("a source id beyond its table"))?
-                .name;
-            if key_order(source, &k.id) != k.order {
-                return Err(bad("its hash does not match its source and id"));
+            let n = first_key / BLOCK_KEYS + i;
+            for (j, k) in body.chunks_exact(KEY_BYTES).enumerate() {
+                let key = Key {
+                    order: u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+                    seq: u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
+                };
+                let bad = |what: &str| IndexError::Invalid(format!("key block {n}: {what}"));
+                if j == 0 && self.key_fences.get(n) != Some(&key.order) {
+                    return Err(bad("its first key is not its fence"));
+                }
+                if prev.is_some_and(|p| key <= p) {
+                    return Err(bad("keys out of order"));
+                }
+                if key.seq < self.header.first_seq || key.seq > self.header.last_seq {
+                    return Err(bad("a seq outside the segment"));
+                }
+                prev = Some(key);
+                keys.push(key);
             }
-            keys.push(k);
         }
-        r.finish()?;
         Ok(keys)
     }
 }
@@ -633,7 +586,7 @@ fn encode_parts(
     header: &Header,
     tables: [&Vec<Name>; 3],
     records: &[Record],
-    keys: Vec<KeyRef<'_>>,
+    keys: &[Key],
 ) -> Vec<u8> {
     let [types, sources, subjects] = tables;
     let mut head = Vec::new();
@@ -654,18 +607,20 @@ fn encode_parts(
     let mut subject_section = Vec::new();
     put_table(&mut subject_section, subjects);
     seal_section(&mut subject_section);
-    let mut key_section = Vec::with_capacity(8 + keys.len() * 64);
-    put_u64(&mut key_section, keys.len() as u64);
-    for k in keys {
-        put_u64(&mut key_section, k.order);
-        put_u64(&mut key_section, k.seq);
-        put_u32(&mut key_section, k.source);
-        put_str(&mut key_section, k.id);
-        put_str(&mut key_section, k.time);
+    let mut key_section = Vec::with_capacity(keys.len() * KEY_BYTES + keys.len() / 100 + 4);
+    let mut fences = Vec::with_capacity(keys.len().div_ceil(BLOCK_KEYS));
+    for block in keys.chunks(BLOCK_KEYS) {
+        fences.push(block[0].order);
+        let start = key_section.len();
+        for k in block {
+            put_u64(&mut key_section, k.order);
+            put_u64(&mut key_section, k.seq);
+        }
+        let crc = crc32c::crc32c(&key_section[start..]);
+        put_u32(&mut key_section, crc);
     }
-    seal_section(&mut key_section);
 
-    let header_len = head.len() + 3 * 8;
+    let header_len = head.len() + 3 * 8 + 4 + fences.len() * 8;
     let records_offset = (PREAMBLE + header_len + 4) as u64;
     let subjects_offset = records_offset + records_len(records.len() as u64);
     let keys_offset = subjects_offset + subject_section.len() as u64;
@@ -679,6 +634,10 @@ fn encode_parts(
     put_u64(&mut out, subjects_offset);
     put_u64(&mut out, keys_offset);
     put_u64(&mut out, file_len);
+    put_u32(&mut out, fences.len() as u32);
+    for f in fences {
+        put_u64(&mut out, f);
+    }
     seal_section(&mut out);
     for block in records.chunks(BLOCK_RECORDS) {
         let start = out.len();
@@ -772,6 +731,11 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
     let subjects_offset = r.u64("header")?;
     let keys_offset = r.u64("header")?;
     let file_len = r.u64("header")?;
+    let n_fences = r.u32("header")? as usize;
+    r.room(n_fences, 8, "header")?;
+    let key_fences = (0..n_fences)
+        .map(|_| r.u64("header"))
+        .collect::<Result<Vec<u64>, _>>()?;
     r.finish()?;
     for (what, table) in [("type", &types), ("source", &sources)] {
         if table.iter().map(|t| t.count).sum::<u64>() != count {
@@ -781,9 +745,11 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
         }
     }
     let records_offset = n as u64;
+    let keys_len = count * KEY_BYTES as u64 + count.div_ceil(BLOCK_KEYS as u64) * 4;
     if records_offset.checked_add(records_len(count)) != Some(subjects_offset)
         || keys_offset < subjects_offset + 8
-        || file_len < keys_offset + 12
+        || keys_offset.checked_add(keys_len) != Some(file_len)
+        || n_fences as u64 != count.div_ceil(BLOCK_KEYS as u64)
     {
         return Err(IndexError::Invalid(
             "its sections' offsets do not fit its records".into(),
@@ -804,6 +770,7 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
         subjects_offset,
         keys_offset,
         file_len,
+        key_fences,
     })
 }
 
@@ -829,7 +796,10 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
         return Err(IndexError::Truncated("records"));
     }
     let subjects = s.decode_subjects(section(s.subjects_offset, s.keys_offset))?;
-    let keys = s.decode_keys(section(s.keys_offset, s.file_len))?;
+    let keys = s.decode_keys(section(s.keys_offset, s.file_len), 0)?;
+    if keys.len() as u64 != s.count() {
+        return Err(IndexError::Truncated("keys"));
+    }
     let mut uses = [
         vec![0u64; s.types.len()],
         vec![0u64; s.sources.len()],
@@ -856,11 +826,11 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
             ));
         }
     }
-    for (i, k) in keys.iter().enumerate() {
-        if records[(k.seq - s.header.first_seq) as usize].source != k.source {
-            return Err(IndexError::Invalid(format!(
-                "key {i}: its source differs from its record's"
-            )));
+    let mut seen = vec![false; records.len()];
+    for k in &keys {
+        let i = (k.seq - s.header.first_seq) as usize;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(IndexError::Invalid(format!("two keys for seq {}", k.seq)));
         }
     }
     Ok(SegmentIndex {
@@ -951,7 +921,7 @@ pub fn load_keys(data_dir: &Path, summary: &Summary) -> Result<Vec<Key>, LoadErr
     let mut bytes = vec![0u8; (summary.file_len - summary.keys_offset) as usize];
     file.read_exact_at(&mut bytes, summary.keys_offset)
         .map_err(LoadError::Unreadable)?;
-    Ok(summary.decode_keys(&bytes)?)
+    Ok(summary.decode_keys(&bytes, 0)?)
 }
 
 /// Writes the encoded index file of segment `file` atomically (temp file,
@@ -1097,9 +1067,12 @@ mod tests {
         assert_eq!(idx.records[5].subject, NO_SUBJECT);
         // Keys sorted by their stable hash, each naming its record's seq.
         assert!(idx.keys.windows(2).all(|w| w[0].order <= w[1].order));
-        let k = idx.keys.iter().find(|k| k.id == "id-3").unwrap();
+        let k = idx
+            .keys
+            .iter()
+            .find(|k| k.order == key_order("/s/3", "id-3"))
+            .unwrap();
         assert_eq!(k.seq, 13);
-        assert_eq!(idx.sources[k.source as usize].name, "/s/3");
         idx.check_matches(&sealed(&header)).unwrap();
         // Encoding the decoded index gives the same bytes.
         assert_eq!(encode(&idx), bytes);
@@ -1128,7 +1101,7 @@ mod tests {
         };
         let idx = decode(&b.encode(&h)).unwrap();
         assert!(idx.subjects.is_empty());
-        assert_eq!(idx.keys[0].id, "");
+        assert_eq!(idx.keys[0].order, key_order("s", ""));
     }
 
     #[test]
@@ -1167,8 +1140,11 @@ mod tests {
         idx.keys[0].seq = 1000;
         assert!(decode(&encode(&idx)).is_err());
         let mut idx = decode(&b.encode(&header)).unwrap();
-        idx.keys[4].id.push('x');
-        assert!(decode(&encode(&idx)).is_err());
+        idx.keys.swap(3, 4);
+        assert!(decode(&encode(&idx)).is_err(), "keys out of order");
+        let mut idx = decode(&b.encode(&header)).unwrap();
+        idx.keys[4].seq = idx.keys[5].seq;
+        assert!(decode(&encode(&idx)).is_err(), "two keys for one seq");
         let mut idx = decode(&b.encode(&header)).unwrap();
         idx.records.pop();
         assert!(decode(&encode(&idx)).is_err());
@@ -1241,7 +1217,26 @@ mod tests {
         let subjects = &bytes[summary.subjects_offset as usize..summary.keys_offset as usize];
         assert_eq!(summary.decode_subjects(subjects).unwrap(), whole.subjects);
         let keys = &bytes[summary.keys_offset as usize..];
-        assert_eq!(summary.decode_keys(keys).unwrap(), whole.keys);
+        assert_eq!(summary.decode_keys(keys, 0).unwrap(), whole.keys);
+        // Finding a key reads only the blocks its fences allow.
+        for k in [
+            whole.keys[0],
+            whole.keys[300],
+            whole.keys[511],
+            whole.keys[512],
+            whole.keys[599],
+        ] {
+            let (offset, len, first) = summary.key_range(k.order).unwrap();
+            assert!(
+                len <= 2 * (BLOCK_KEYS * KEY_BYTES + 4),
+                "at most two blocks"
+            );
+            let found = summary
+                .decode_keys(&bytes[offset as usize..offset as usize + len], first)
+                .unwrap();
+            assert!(found.contains(&k));
+        }
+        assert!(summary.key_range(whole.keys[0].order - 1).is_none() || whole.keys[0].order == 0);
         // A flipped byte in the second block fails that block only.
         let mut bad = bytes.clone();
         let in_second = summary.records_offset as usize + BLOCK_BYTES as usize + 30;

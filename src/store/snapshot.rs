@@ -110,6 +110,10 @@ pub struct WriterCounters {
     pub fsync_micros_max: u64,
     /// Segments sealed since start.
     pub segments_sealed: u64,
+    /// Key-table searches of sealed segments.
+    pub sealed_key_lookups: u64,
+    /// Bytes of the sealed segments' key filter.
+    pub key_filter_bytes: u64,
 }
 
 /// Everything `/stats` and `/metrics` show of the store.
@@ -187,6 +191,8 @@ impl Shared {
             fsync_micros_total: m.fsync_micros_total.load(Ordering::Relaxed),
             fsync_micros_max: m.fsync_micros_max.load(Ordering::Relaxed),
             segments_sealed: m.segments_sealed.load(Ordering::Relaxed),
+            sealed_key_lookups: m.sealed_key_lookups.load(Ordering::Relaxed),
+            key_filter_bytes: m.key_filter_bytes.load(Ordering::Relaxed),
         };
         StatsSnapshot {
             events,

@@ -36,6 +36,7 @@ use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
 use super::index::{self, Names, NewEntry};
+use super::keyfilter::KeyFilter;
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
@@ -92,7 +93,10 @@ pub struct Writer {
     manifest: Arc<Manifest>,
     active: ActiveSegment,
     next_seq: u64,
+    /// The active segment's idempotency keys (exact, in memory).
     dedup: DedupIndex,
+    /// The sealed segments' keys: a filter in front of their key tables.
+    sealed_keys: KeyFilter,
     segment_bytes: u64,
     buf: Vec<u8>,
     /// SHA-256 of the active segment, for the manifest when it is sealed.
@@ -152,12 +156,14 @@ impl Writer {
             active: rec.active,
             next_seq: rec.next_seq,
             dedup: rec.dedup,
+            sealed_keys: rec.sealed_keys,
             segment_bytes,
             buf: Vec::with_capacity(1 << 20),
             hasher: hasher::SegmentHasher::spawn(rec.active_sha256),
             _lock: rec.lock,
         };
         w.publish_file_state();
+        w.publish_key_filter_size();
         (w, rec.index)
     }
 
@@ -470,10 +476,12 @@ impl Writer {
                 });
             }
         }
-        // Answered from memory: the idempotency set keeps the seq and the
-        // time, the index the type and source (never a read of the
-        // original from disk on the writer).
-        let (seq, time) = self.dedup.lookup(key, &ev.source, &ev.id)?;
+        // The active segment's keys are answered from memory: the
+        // idempotency set keeps the seq and the time, the index the type
+        // and source (never a read of the original from disk).
+        let Some((seq, time)) = self.dedup.lookup(key, &ev.source, &ev.id) else {
+            return self.find_sealed_duplicate(ev);
+        };
         let (ty, source) = {
             let idx = self.shared.index();
             match idx.names(seq)? {
@@ -497,12 +505,98 @@ impl Writer {
             }
         };
         if source != ev.source {
-            return None;
+            return self.find_sealed_duplicate(ev);
         }
         Some(Outcome {
             seq,
             original: Some(Original { ty, time }),
         })
+    }
+
+    /// The outcome for `ev` if its `(source, id)` is in a sealed segment:
+    /// the key filter first (one cache line; "no" for all but about one in
+    /// a thousand new keys), then the key tables of the sealed segments,
+    /// newest first (retries are usually recent), one block each, every
+    /// match confirmed by the stored event itself.
+    fn find_sealed_duplicate(&self, ev: &PreparedEvent) -> Option<Outcome> {
+        let order = super::segindex::key_order(&ev.source, &ev.id);
+        if !self.sealed_keys.may_contain(order) {
+            return None;
+        }
+        let (parts, files) = {
+            let idx = self.shared.index();
+            (idx.sealed_list(), idx.segment_files().clone())
+        };
+        self.shared
+            .metrics
+            .sealed_key_lookups
+            .fetch_add(1, Ordering::Relaxed);
+        for part in parts.iter().rev() {
+            let found = part.seqs_with_order(&files, order).and_then(|seqs| {
+                for seq in seqs {
+                    if let Some((ty, time)) = part.confirm_key(&files, seq, &ev.source, &ev.id)? {
+                        return Ok(Some((seq, ty, time)));
+                    }
+                }
+                Ok(None)
+            });
+            match found {
+                Ok(Some((seq, ty, time))) => {
+                    return Some(Outcome {
+                        seq,
+                        original: Some(Original { ty, time }),
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    segment_first_seq = part.first_seq(),
+                    "cannot look a key up in a sealed segment (its index file and the segment both fail); an event already stored there could be stored again"
+                ),
+            }
+        }
+        None
+    }
+
+    /// Builds the sealed segments' key filter anew, sized for the keys
+    /// they hold now (it was full; this also drops keys of segments that
+    /// retention deleted). Reads every sealed segment's key table, on the
+    /// writer: rare (each time the store has grown by an eighth since the
+    /// last build), about 16 bytes per sealed event. If a table cannot be
+    /// read, the full filter stays: fuller means more lookups, never a
+    /// wrong answer.
+    fn rebuild_sealed_keys(&mut self) {
+        let (parts, files) = {
+            let idx = self.shared.index();
+            (idx.sealed_list(), idx.segment_files().clone())
+        };
+        let events: u64 = parts.iter().map(|p| p.summary.count()).sum();
+        let t0 = std::time::Instant::now();
+        let mut filter = KeyFilter::with_capacity(recovery::sealed_keys_capacity(events));
+        for p in &parts {
+            match p.key_orders(&files) {
+                Ok(orders) => orders.into_iter().for_each(|o| filter.insert(o)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild the sealed segments' key filter; keeping the full one");
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            keys = filter.len(),
+            bytes = filter.heap_bytes(),
+            ms = t0.elapsed().as_millis() as u64,
+            "sealed segments' key filter rebuilt"
+        );
+        self.sealed_keys = filter;
+        self.publish_key_filter_size();
+    }
+
+    fn publish_key_filter_size(&self) {
+        self.shared
+            .metrics
+            .key_filter_bytes
+            .store(self.sealed_keys.heap_bytes() as u64, Ordering::Relaxed);
     }
 
     /// Seals the active segment and starts the next. Out of descriptors
@@ -607,13 +701,25 @@ impl Writer {
         }
         self.manifest = Arc::new(manifest);
         let reader = recovery::reader(&path, new_first, 0)?;
-        let index_pos = {
+        let (index_pos, converted) = {
             let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(part) = part {
-                idx.seal(part);
-            }
-            idx.add_segment(reader)
+            let sealed = part.is_some_and(|part| idx.seal(part));
+            // Every event before the new segment is in a sealed part now.
+            let converted = sealed && idx.entries_len() == 0;
+            (idx.add_segment(reader), converted)
         };
+        if converted {
+            // The sealed segment's keys move from the exact set in memory
+            // to the filter in front of its key table. (Otherwise the
+            // set keeps them, with the entries that stayed in memory.)
+            for order in self.active.seg_index.key_orders() {
+                self.sealed_keys.insert(order);
+            }
+            self.dedup = DedupIndex::default();
+            if self.sealed_keys.is_over_capacity() {
+                self.rebuild_sealed_keys();
+            }
+        }
         tracing::info!(sealed = %self.active.path.display(), events = self.active.count, bytes = self.active.len, "segment sealed");
         self.active = ActiveSegment {
             file,
