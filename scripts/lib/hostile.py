@@ -273,8 +273,17 @@ class Run:
             try:
                 s = socket.create_connection((self.host, self.port), timeout=5)
                 s.sendall(req)
-                socks.append(s)
-                self.stats.count("SSE subscribers (non-matching)", "opened")
+                # The status line: 200 for a stream, 429 past a cap
+                # (--max-subscribers, a token's --max-streams-per-token).
+                head = s.recv(64)
+                status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/1.1 ") else "no answer"
+                self.stats.count("SSE subscribers (non-matching)", status)
+                if status == "200":
+                    socks.append(s)
+                else:
+                    s.close()
+            except TimeoutError:
+                self.stats.count("SSE subscribers (non-matching)", "no answer within 5 s")
             except OSError:
                 self.stats.count("SSE subscribers (non-matching)", "refused")
         while self.running():
