@@ -3,8 +3,8 @@
 running msgbus on loopback, while a publisher keeps a ledger of every
 acknowledged event and a prober times /health/live.
 
-    hostile.py URL PID [--seconds N] [--ledger-out FILE]
-    hostile.py URL --check FILE      (after a restart: the ledger again)
+    hostile.py URL PID [--seconds N] [--ledger-out FILE] [--tokens]
+    hostile.py URL --check FILE [--tokens]   (after a restart: the ledger again)
 
 URL is msgbus's base URL (loopback only), PID its process id (peak RSS is
 read from /proc/PID/status). Prints one line per attack with its answers,
@@ -12,6 +12,11 @@ then peak RSS, /health/live and publish latencies, and the ledger check
 (every acknowledged event read back at its seq: none lost, none renumbered).
 Exit 0 when the ledger holds and no attack got an answer it must not get,
 1 otherwise. Standard library only; every loop stops at the deadline.
+
+With --tokens the server requires tokens (scripts/hostile creates them):
+the honest clients send the one in MSGBUS_HOSTILE_TOKEN, every attacker the
+rate-limited one in MSGBUS_HOSTILE_ATTACKER_TOKEN, and one more attack sends
+made-up tokens.
 """
 
 import argparse
@@ -20,6 +25,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -55,12 +61,13 @@ class Stats:
 class Client:
     """One keep-alive HTTP/1.1 connection, reopened after any error."""
 
-    def __init__(self, host, port, timeout=30):
+    def __init__(self, host, port, timeout=30, token=None):
         self.host, self.port, self.timeout = host, port, timeout
         self.conn = None
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method, path, body=None, headers=None):
-        headers = dict(headers or {})
+        headers = {**self.auth, **(headers or {})}
         for attempt in range(2):
             try:
                 if self.conn is None:
@@ -99,7 +106,7 @@ def percentile(values, p):
 
 
 class Run:
-    def __init__(self, url, pid, seconds):
+    def __init__(self, url, pid, seconds, token=None, honest_token=None):
         u = urllib.parse.urlsplit(url)
         if not (u.hostname or "").startswith("127."):
             raise SystemExit("hostile.py: loopback addresses only")
@@ -110,9 +117,17 @@ class Run:
         self.ledger_lock = threading.Lock()
         self.peak_rss_kb = 0
         self.phase = "attack"
+        # The token every request of this run sends, and the honest
+        # clients' one for the setup and the ledger check (None: no token).
+        self.token = token
+        self.honest_token = honest_token if honest_token is not None else token
 
-    def client(self, timeout=30):
-        return Client(self.host, self.port, timeout)
+    def client(self, timeout=30, token=None):
+        return Client(self.host, self.port, timeout, token or self.token)
+
+    def auth_line(self):
+        """The Authorization header line of a raw request, or nothing."""
+        return f"Authorization: Bearer {self.token}\r\n" if self.token else ""
 
     def running(self):
         return time.monotonic() < self.deadline
@@ -162,7 +177,7 @@ class Run:
     # -- setup: what the attacks read --------------------------------------
 
     def setup(self, types, big_events):
-        c = self.client(timeout=120)
+        c = self.client(timeout=120, token=self.honest_token)
         for start in range(0, types, 1000):
             batch = [
                 {"type": f"hostile.many.t{k:06d}", "source": "/many", "id": f"many-{k}", "subject": f"s-{k}"}
@@ -252,14 +267,23 @@ class Run:
         socks = []
         req = (
             f"GET /events/stream?type_prefix=hostile.nomatch. HTTP/1.1\r\nHost: {self.host}\r\n"
-            "Accept: text/event-stream\r\n\r\n"
+            f"Accept: text/event-stream\r\n{self.auth_line()}\r\n"
         ).encode()
         for _ in range(n):
             try:
                 s = socket.create_connection((self.host, self.port), timeout=5)
                 s.sendall(req)
-                socks.append(s)
-                self.stats.count("SSE subscribers (non-matching)", "opened")
+                # The status line: 200 for a stream, 429 past a cap
+                # (--max-subscribers, a token's --max-streams-per-token).
+                head = s.recv(64)
+                status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/1.1 ") else "no answer"
+                self.stats.count("SSE subscribers (non-matching)", status)
+                if status == "200":
+                    socks.append(s)
+                else:
+                    s.close()
+            except TimeoutError:
+                self.stats.count("SSE subscribers (non-matching)", "no answer within 5 s")
             except OSError:
                 self.stats.count("SSE subscribers (non-matching)", "refused")
         while self.running():
@@ -333,10 +357,24 @@ class Run:
                     self.stats.finding(f"{name}: a {len(data)}-byte answer")
             time.sleep(0.2)
 
+    def wrong_tokens(self):
+        """Made-up tokens (a random id and secret each time), as fast as one
+        connection goes: 401, then 429 once the address's failed
+        authentications pass --auth-failure-rate. Never anything else."""
+        c = Client(self.host, self.port, 30)
+        ev = json.dumps({"type": "hostile.guess", "source": "/guess", "data": {}}).encode()
+        while self.running():
+            guess = f"mb_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+            status, _ = c.request("POST", "/events", ev, {"Content-Type": "application/json",
+                                                         "Authorization": f"Bearer {guess}"})
+            self.stats.count("made-up tokens", status)
+            if status not in (401, 429, 0, "closed while sending"):
+                self.stats.finding(f"a made-up token was answered {status}")
+
     # -- the check ---------------------------------------------------------
 
     def check_ledger(self):
-        c = self.client(timeout=120)
+        c = self.client(timeout=120, token=self.honest_token)
         found = {}
         after = 0
         while True:
@@ -367,13 +405,20 @@ ATTACKS = {
     "big-pages": ("big_pages", (), 4),
     "zero-batches": ("zero_batches", (), 2),
     "prefix-scans": ("prefix_scans", (), 6),
+    # Only with --tokens: with no access control any token is accepted.
+    "wrong-tokens": ("wrong_tokens", (), 2),
 }
+TOKEN_ONLY = {"wrong-tokens"}
+
+# The default --auth-failure-rate (30/m, a burst of a minute's worth):
+# made-up tokens may get at most this many 401s in a run of S seconds.
+AUTH_FAILURES_BURST, AUTH_FAILURES_PER_SEC = 30, 0.5
 
 
-def honest_client(url, seconds, results, phase, role):
+def honest_client(url, seconds, results, phase, role, token):
     """One honest client (a publisher keeping the ledger, or the liveness
     prober) in a process of its own."""
-    run = Run(url, 0, seconds)
+    run = Run(url, 0, seconds, token)
     run.phase = phase
     if role == "prober":
         run.prober()
@@ -386,13 +431,14 @@ def honest_client(url, seconds, results, phase, role):
     ))
 
 
-def measure(url, seconds, results, phase):
+def measure(url, seconds, results, phase, token):
     """The ledger publishers and the liveness prober, each in a process of
     its own so no client's timings include waiting for another's turn at
     Python's GIL; their results merged into one."""
     queue = multiprocessing.Queue()
     roles = ["prober", 0, 1, 2, 3]
-    procs = [multiprocessing.Process(target=honest_client, args=(url, seconds, queue, phase, r)) for r in roles]
+    procs = [multiprocessing.Process(target=honest_client, args=(url, seconds, queue, phase, r, token))
+             for r in roles]
     for p in procs:
         p.start()
     ledger, latency, status = [], collections.defaultdict(list), collections.defaultdict(collections.Counter)
@@ -425,23 +471,35 @@ def main():
     p.add_argument("--attacker-idle", action="store_true",
                    help="run the attacking threads under SCHED_IDLE: they get only the CPU that the server "
                         "and the honest clients leave, as attackers on other machines would")
+    p.add_argument("--tokens", action="store_true",
+                   help="the server requires tokens: the honest clients send MSGBUS_HOSTILE_TOKEN, the attackers "
+                        "the rate-limited MSGBUS_HOSTILE_ATTACKER_TOKEN, and made-up tokens are sent too")
     a = p.parse_args()
+    honest_token = attacker_token = None
+    if a.tokens:
+        honest_token = os.environ.get("MSGBUS_HOSTILE_TOKEN")
+        attacker_token = os.environ.get("MSGBUS_HOSTILE_ATTACKER_TOKEN")
+        if not honest_token or (not a.check and not attacker_token):
+            raise SystemExit("hostile.py: --tokens needs MSGBUS_HOSTILE_TOKEN and MSGBUS_HOSTILE_ATTACKER_TOKEN")
+    elif a.only and TOKEN_ONLY & set(a.only):
+        raise SystemExit(f"hostile.py: {', '.join(sorted(TOKEN_ONLY))} needs --tokens")
 
     if a.check:
-        run = Run(a.url, 0, 0)
+        run = Run(a.url, 0, 0, honest_token)
         run.ledger = {(s, i): seq for s, i, seq in json.load(open(a.check))}
         lost, renumbered = run.check_ledger()
         print(f"ledger after restart    {len(run.ledger)} acknowledged, {len(lost)} lost, {len(renumbered)} renumbered")
         return 0 if not lost and not renumbered and not run.stats.findings else 1
 
-    run = Run(a.url, a.pid, a.seconds + 3600)  # the deadline is set after setup
+    run = Run(a.url, a.pid, a.seconds + 3600, attacker_token, honest_token)  # the deadline is set after setup
     t0 = time.monotonic()
     run.setup(a.types, a.big_events)
     print(f"setup: {a.types} distinct types, {a.big_events} events of 900 KiB in {time.monotonic() - t0:.0f} s",
           flush=True)
     # The baseline: the same honest clients with no attack running.
     results = multiprocessing.Queue()
-    honest = multiprocessing.Process(target=measure, args=(a.url, a.baseline_seconds, results, "baseline"))
+    honest = multiprocessing.Process(target=measure, args=(a.url, a.baseline_seconds, results, "baseline",
+                                                                honest_token))
     honest.start()
     base_ledger, base_latency, _ = results.get(timeout=a.baseline_seconds + 300)
     honest.join(timeout=60)
@@ -455,7 +513,7 @@ def main():
     # The honest clients run in a process of their own, so their timings do
     # not include waiting for the attackers' threads (Python's GIL).
     results = multiprocessing.Queue()
-    honest = multiprocessing.Process(target=measure, args=(a.url, a.seconds, results, "attack"))
+    honest = multiprocessing.Process(target=measure, args=(a.url, a.seconds, results, "attack", honest_token))
     honest.start()
     # Threads inherit the nice value and policy of the thread that starts them.
     if a.attacker_nice:
@@ -465,6 +523,8 @@ def main():
     threads = [threading.Thread(target=run.rss_watch)]
     for name, (target, args, copies) in ATTACKS.items():
         if a.only and name not in a.only:
+            continue
+        if name in TOKEN_ONLY and not a.tokens:
             continue
         threads += [threading.Thread(target=getattr(run, target), args=args) for _ in range(copies)]
     for t in threads:
@@ -483,6 +543,9 @@ def main():
     for attack, counter in sorted(run.stats.status.items()):
         parts = ", ".join(f"{k} x{v}" for k, v in sorted(counter.items(), key=lambda kv: str(kv[0])))
         print(f"  {attack:45s} {parts}")
+    guessed = run.stats.status.get("made-up tokens", {}).get(401, 0)
+    if guessed > AUTH_FAILURES_BURST + AUTH_FAILURES_PER_SEC * a.seconds + 5:
+        run.stats.finding(f"{guessed} made-up tokens answered 401: more than --auth-failure-rate allows")
     live = run.stats.latency["live"]
     pub = run.stats.latency["publish"]
     lost, renumbered = run.check_ledger()

@@ -4,7 +4,8 @@
 #
 # Source it, then:
 #   msgbus_build                 sets MSGBUS_BIN (honours MSGBUS_BIN, MSGBUS_FUZZ_DEBUG)
-#   msgbus_start LOG [ARGS...]   sets MSGBUS_PID, MSGBUS_URL, MSGBUS_DATA
+#   msgbus_start LOG [ARGS...]   sets MSGBUS_PID, MSGBUS_URL, MSGBUS_DATA (or
+#                                uses the MSGBUS_DATA the caller set after sourcing)
 #   msgbus_stop                  SIGTERM, waits, returns the server's exit status
 #
 # The caller owns the EXIT trap and should call msgbus_cleanup from it.
@@ -47,7 +48,8 @@ msgbus_build() {
 msgbus_start() {
     local log=$1
     shift
-    MSGBUS_DATA=$(mktemp -d "${TMPDIR:-/tmp}/msgbus-data.XXXXXX")
+    # A caller may have prepared the directory (tokens made before the start).
+    [[ -n $MSGBUS_DATA ]] || MSGBUS_DATA=$(mktemp -d "${TMPDIR:-/tmp}/msgbus-data.XXXXXX")
     # Settings from the caller's environment must not leak in: flags are
     # given for everything that matters, and MSGBUS_* variables are dropped.
     env $(env | sed -n 's/^\(MSGBUS_[A-Z_]*\)=.*/-u \1/p' | grep -v -e MSGBUS_FUZZ -e MSGBUS_BIN -e MSGBUS_ROOT) \

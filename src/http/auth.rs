@@ -13,8 +13,10 @@
 //!   too) is counted for `/metrics`.
 //! - Failed authentications are limited per client address
 //!   (`--auth-failure-rate`, loopback included): beyond the limit the
-//!   answer is 429 with `Retry-After`, and the failure is logged (never the
-//!   secret: the token's public id at most).
+//!   answer is 429 with `Retry-After`. Each failure within the limit is
+//!   logged at WARN (never the secret: the token's public id at most); those
+//!   beyond it only at DEBUG, and counted for `/metrics`, so a flood of
+//!   guesses cannot write a log line per request.
 //! - Streams and long-polls are capped per token
 //!   (`--max-streams-per-token`): each holds a place until its response
 //!   body ends.
@@ -226,29 +228,39 @@ fn unauthenticated(
     let id = presented
         .and_then(crate::auth::token::split)
         .map(|(id, _)| id.to_string());
-    tracing::warn!(
-        client = ?addr,
-        method = %req.method(),
-        path = %req.uri().path(),
-        token_id = id.as_deref().unwrap_or("-"),
-        reason = if missing { "no token" } else { "not a live token" },
-        "authentication failed"
-    );
-    if let Some(addr) = addr {
+    let limited = addr.and_then(|addr| {
         let rate = auth.failure_rate;
-        if let Err(wait) = auth.failures.take_at(
-            RateKey::Addr(addr),
-            rate.per_second(),
-            rate.per_second() * 60.0,
-            Instant::now(),
-        ) {
-            return rate::refused(
-                &format!("more than {rate} failed authentications from this address (--auth-failure-rate)"),
-                wait,
+        auth.failures
+            .take_at(
+                RateKey::Addr(addr),
+                rate.per_second(),
+                rate.per_second() * 60.0,
+                Instant::now(),
             )
-            .into_response();
-        }
+            .err()
+            .map(|wait| (rate, wait))
+    });
+    let reason = if missing {
+        "no token"
+    } else {
+        "not a live token"
+    };
+    let token_id = id.as_deref().unwrap_or("-");
+    let (method, path) = (req.method(), req.uri().path());
+    if let Some((rate, wait)) = limited {
+        // Only at DEBUG: at WARN a flood of guesses would be a log line per
+        // request (msgbus_auth_failures_limited_total counts them).
+        tracing::debug!(client = ?addr, %method, path, token_id, reason,
+            "authentication failed beyond --auth-failure-rate");
+        return rate::refused(
+            &format!(
+                "more than {rate} failed authentications from this address (--auth-failure-rate)"
+            ),
+            wait,
+        )
+        .into_response();
     }
+    tracing::warn!(client = ?addr, %method, path, token_id, reason, "authentication failed");
     auth.unauthorized.fetch_add(1, Ordering::Relaxed);
     let detail = if missing {
         "this request needs a token: send `Authorization: Bearer <token>`"

@@ -553,6 +553,46 @@ async fn failed_authentications_are_limited_per_address() {
     s.app.stop().await;
 }
 
+/// A flood of made-up tokens: each failure within `--auth-failure-rate` is
+/// logged (address, token id), the ones refused with 429 beyond it are
+/// only counted. Logging each of them would hand anyone who can reach the
+/// port a way to write a log line per request, as fast as they can send.
+#[tokio::test]
+async fn failed_authentications_beyond_the_limit_do_not_fill_the_log() {
+    let dir = DataDir::temp();
+    create_token(dir.path(), "ops", "admin", &[]).await;
+    let mut server =
+        spawn_command(msgbus_command(dir.path(), &["--auth-failure-rate", "5/m"])).await;
+    let anon = server.api.clone();
+    let mut statuses = Vec::new();
+    for n in 0..60 {
+        let guess = as_token(&anon, &format!("mb_{n:016x}_made-up-secret"));
+        statuses.push(guess.publish(&ev("a.b", "/x", "1")).await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        55,
+        "{statuses:?}"
+    );
+    let m = anon.get("/metrics").await.text();
+    assert_eq!(metric(&m, "msgbus_auth_failures_limited_total"), 55.0);
+    server.terminate(Duration::from_secs(15)).await;
+    let logged: Vec<Value> = server
+        .log()
+        .into_iter()
+        .filter(|l| l["message"] == "authentication failed")
+        .collect();
+    // The five answered 401 are logged, each naming the token's id...
+    assert_eq!(logged.len(), 5, "first: {:?}", logged.first());
+    assert_eq!(logged[0]["token_id"], "0000000000000000");
+    // ...the 55 refused beyond the limit are not.
+}
+
 #[tokio::test]
 async fn a_token_has_its_own_rate_and_its_own_stream_cap() {
     let dir = DataDir::temp();
