@@ -14,8 +14,26 @@
 //!
 //! Keys of segments deleted by retention stay in the filter: they only make
 //! "maybe" a little more likely, never a wrong answer. The writer rebuilds
-//! it, twice as large, from the key tables when it holds more keys than it
-//! was sized for.
+//! it, larger, from the key tables when it holds more keys than it was
+//! sized for.
+//!
+//! It is saved (`keys.filter` in the data directory: the bits, the sealed
+//! segments whose keys it holds, each named by first seq and SHA-256, and a
+//! CRC32C) at a clean stop and every [`SAVE_EVERY_SEALS`] seals, so a
+//! start loads it and reads only the key tables of segments sealed since,
+//! instead of 16 bytes per sealed event. A missing, damaged or foreign file
+//! only costs that read: it holds no data, and a segment it does not name
+//! is read whatever it says.
+
+use std::path::Path;
+
+/// Seals between two saves of the filter while the store runs (plus one
+/// at every clean stop). A start after a crash reads the key tables of at
+/// most this many segments beyond what the saved filter holds.
+pub const SAVE_EVERY_SEALS: u64 = 8;
+
+/// The first bytes of a saved filter.
+const MAGIC: &[u8; 8] = b"MBKEYF1\n";
 
 /// Bits per key at capacity.
 const BITS_PER_KEY: u64 = 16;
@@ -105,6 +123,110 @@ impl KeyFilter {
     pub fn heap_bytes(&self) -> usize {
         self.blocks.len() * 64
     }
+
+    /// The saved form: magic, keys u64, capacity u64, blocks u64, the
+    /// covered segments (n u32, then first seq u64 and SHA-256 32 bytes
+    /// each), the blocks, and a CRC32C u32 of everything before it.
+    pub fn encode(&self, covered: &[Covered]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 64 + covered.len() * 40 + 64);
+        out.extend_from_slice(MAGIC);
+        for n in [self.keys, self.capacity, self.blocks.len() as u64] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&(covered.len() as u32).to_le_bytes());
+        for c in covered {
+            out.extend_from_slice(&c.first_seq.to_le_bytes());
+            out.extend_from_slice(&c.sha256);
+        }
+        for block in &self.blocks {
+            for word in block {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a saved filter; `None` when the bytes are not one whole.
+    pub fn decode(bytes: &[u8]) -> Option<(KeyFilter, Vec<Covered>)> {
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        let body = body.strip_prefix(MAGIC.as_slice())?;
+        let u64_at = |b: &[u8], i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        };
+        let (keys, capacity, blocks) = (u64_at(body, 0)?, u64_at(body, 8)?, u64_at(body, 16)?);
+        let n = u32::from_le_bytes(body.get(24..28)?.try_into().ok()?) as usize;
+        let mut pos = 28;
+        let mut covered = Vec::with_capacity(n.min(body.len() / 40));
+        for _ in 0..n {
+            let first_seq = u64_at(body, pos)?;
+            let sha256 = body.get(pos + 8..pos + 40)?.try_into().ok()?;
+            covered.push(Covered { first_seq, sha256 });
+            pos += 40;
+        }
+        let words = body.get(pos..)?;
+        if blocks == 0 || words.len() as u64 != blocks.checked_mul(64)? {
+            return None;
+        }
+        let blocks: Vec<[u64; 8]> = words
+            .chunks_exact(64)
+            .map(|b| {
+                std::array::from_fn(|i| {
+                    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+                })
+            })
+            .collect();
+        Some((
+            KeyFilter {
+                blocks,
+                keys,
+                capacity,
+            },
+            covered,
+        ))
+    }
+}
+
+/// A sealed segment whose keys a saved filter holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Covered {
+    /// Its first seq.
+    pub first_seq: u64,
+    /// Its SHA-256, as the manifest records it.
+    pub sha256: [u8; 32],
+}
+
+impl Covered {
+    /// The segment `first_seq` with the manifest's hex SHA-256 `sha256`.
+    pub fn of(first_seq: u64, sha256: &str) -> Covered {
+        let mut sha = [0u8; 32];
+        // Not 64 hex digits: zeros, which match no real segment.
+        let _ = hex::decode_to_slice(sha256, &mut sha);
+        Covered {
+            first_seq,
+            sha256: sha,
+        }
+    }
+}
+
+/// Loads the saved filter of `data_dir`, if there is a whole one.
+pub fn load(data_dir: &Path) -> Option<(KeyFilter, Vec<Covered>)> {
+    let path = super::layout::key_filter_path(data_dir);
+    let bytes = std::fs::read(&path).ok()?;
+    let loaded = KeyFilter::decode(&bytes);
+    if loaded.is_none() {
+        tracing::warn!(file = %path.display(), "the saved key filter is damaged; it is built again from the key tables");
+    }
+    loaded
+}
+
+/// Saves `bytes` (an encoded filter) atomically.
+pub fn save(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    super::fsutil::write_atomic(&super::layout::key_filter_path(data_dir), bytes)
 }
 
 #[cfg(test)]
@@ -131,6 +253,30 @@ mod tests {
             (false_positives as u64) < n / 100,
             "{false_positives} false positives in {n}"
         );
+    }
+
+    #[test]
+    fn a_saved_filter_loads_whole_and_a_damaged_one_not_at_all() {
+        let mut f = KeyFilter::with_capacity(1000);
+        for i in 0..1000u64 {
+            f.insert(key_order("/s", &i.to_string()));
+        }
+        let covered = vec![Covered::of(1, &"ab".repeat(32)), Covered::of(77, "short")];
+        let bytes = f.encode(&covered);
+        let (g, c) = KeyFilter::decode(&bytes).unwrap();
+        assert_eq!(c, covered);
+        assert_eq!(
+            (g.keys, g.capacity, g.blocks.len()),
+            (f.keys, f.capacity, f.blocks.len())
+        );
+        assert!((0..1000u64).all(|i| g.may_contain(key_order("/s", &i.to_string()))));
+        for i in [0, 9, 30, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(KeyFilter::decode(&bad).is_none(), "flip at {i}");
+        }
+        assert!(KeyFilter::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(KeyFilter::decode(&[]).is_none());
     }
 
     #[test]

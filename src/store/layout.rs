@@ -9,6 +9,7 @@
 //!   manifest.json             sealed segments, active segment, lineage
 //!   consumers.json            consumer cursors: the snapshot
 //!   consumers.log             consumer cursors: changes since the snapshot
+//!   keys.filter               the sealed segments' key filter, saved (keyfilter.rs)
 //!   segments/<seq>.jsonl      the log, one file per segment
 //!   segments/<seq>.jsonl.idx  the index of a sealed segment (segindex.rs)
 //!   quarantine/               damaged bytes moved aside, never deleted
@@ -33,6 +34,8 @@ pub const CONSUMERS: &str = "consumers.json";
 pub const CONSUMERS_LOG: &str = "consumers.log";
 /// The lock file.
 pub const LOCK: &str = "LOCK";
+/// The saved key filter of the sealed segments.
+pub const KEY_FILTER: &str = "keys.filter";
 /// A backup's own manifest, inside each backup directory.
 pub const BACKUP_MANIFEST: &str = "backup.json";
 /// Prefix of a backup directory being assembled.
@@ -112,6 +115,11 @@ pub fn consumers_path(data_dir: &Path) -> PathBuf {
 /// `<data dir>/consumers.log`.
 pub fn consumers_log_path(data_dir: &Path) -> PathBuf {
     data_dir.join(CONSUMERS_LOG)
+}
+
+/// `<data dir>/keys.filter`.
+pub fn key_filter_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_FILTER)
 }
 
 /// `<data dir>/LOCK`.

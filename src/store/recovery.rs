@@ -19,7 +19,7 @@ use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
 use super::fsutil;
 use super::index::{Index, NewEntry, SegmentReader};
-use super::keyfilter::KeyFilter;
+use super::keyfilter::{self, Covered, KeyFilter};
 use super::layout::{self, MANIFEST, QUARANTINE_DIR};
 use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
@@ -112,6 +112,8 @@ pub struct Recovered {
     pub dedup: DedupIndex,
     /// The filter of the sealed segments' idempotency keys.
     pub sealed_keys: KeyFilter,
+    /// The sealed segments whose keys it holds.
+    pub covered: Vec<Covered>,
     /// Next sequence number to assign.
     pub next_seq: u64,
     /// What was found and done.
@@ -148,6 +150,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
     let Indexed {
         mut index,
         sealed_keys,
+        covered,
         next_seq: active_first_seq,
     } = index_sealed_segments(data_dir, &manifest, recent_cache_bytes, &mut report)?;
     let mut dedup = DedupIndex::default();
@@ -170,6 +173,7 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         index,
         dedup,
         sealed_keys,
+        covered,
         next_seq,
         report,
     })
@@ -323,6 +327,7 @@ fn remove_stale_index_files(seg_dir: &Path, manifest: &Manifest) -> Result<()> {
 struct Indexed {
     index: Index,
     sealed_keys: KeyFilter,
+    covered: Vec<Covered>,
     next_seq: u64,
 }
 
@@ -349,8 +354,20 @@ fn index_sealed_segments(
         .map(|s| s.first_seq)
         .unwrap_or(manifest.active_first_seq);
     let mut index = Index::new(first_seq, recent_cache_bytes);
-    let sealed_events: u64 = manifest.sealed.iter().map(|s| s.count).sum();
-    let mut sealed_keys = KeyFilter::with_capacity(sealed_keys_capacity(sealed_events));
+    // The saved key filter, when there is one: the key tables of the
+    // segments it holds are not read.
+    let (mut sealed_keys, saved) = match keyfilter::load(data_dir) {
+        Some((filter, covered)) => (filter, covered),
+        None => {
+            let sealed_events: u64 = manifest.sealed.iter().map(|s| s.count).sum();
+            (
+                KeyFilter::with_capacity(sealed_keys_capacity(sealed_events)),
+                Vec::new(),
+            )
+        }
+    };
+    let saved: std::collections::HashSet<Covered> = saved.into_iter().collect();
+    let mut covered = Vec::with_capacity(manifest.sealed.len());
     let mut expect = first_seq;
 
     for sealed in &manifest.sealed {
@@ -371,8 +388,14 @@ fn index_sealed_segments(
         };
         // The index file's summary and keys only: its records stay on
         // disk, read when a reader reaches them.
-        let loaded = segindex::load_summary(data_dir, sealed)
-            .and_then(|summary| Ok((segindex::load_keys(data_dir, &summary)?, summary)));
+        let in_filter = saved.contains(&Covered::of(sealed.first_seq, &sealed.sha256));
+        let loaded = segindex::load_summary(data_dir, sealed).and_then(|summary| {
+            let keys = match in_filter {
+                true => Vec::new(),
+                false => segindex::load_keys(data_dir, &summary)?,
+            };
+            Ok((keys, summary))
+        });
         let loaded = match loaded {
             // Out of descriptors: not damage; the start fails and is retried.
             Err(segindex::LoadError::Unreadable(e)) if fsutil::is_descriptor_exhaustion(&e) => {
@@ -396,13 +419,18 @@ fn index_sealed_segments(
                         path.display()
                     ))
                 })?;
-                (seg_index.keys, summary)
+                let keys = match in_filter {
+                    true => Vec::new(),
+                    false => seg_index.keys,
+                };
+                (keys, summary)
             }
         };
         let pos = index.add_segment(reader(&path, sealed.first_seq, sealed.bytes)?);
         for k in &keys {
             sealed_keys.insert(k.order);
         }
+        covered.push(Covered::of(sealed.first_seq, &sealed.sha256));
         index.add_sealed(Arc::new(SealedPart::new(
             summary,
             pos,
@@ -423,6 +451,7 @@ fn index_sealed_segments(
     Ok(Indexed {
         index,
         sealed_keys,
+        covered,
         next_seq: expect,
     })
 }

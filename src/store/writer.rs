@@ -36,7 +36,7 @@ use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
 use super::index::{self, Names, NewEntry};
-use super::keyfilter::KeyFilter;
+use super::keyfilter::{self, Covered, KeyFilter};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
@@ -97,6 +97,12 @@ pub struct Writer {
     dedup: DedupIndex,
     /// The sealed segments' keys: a filter in front of their key tables.
     sealed_keys: KeyFilter,
+    /// The sealed segments whose keys `sealed_keys` holds (saved with it).
+    covered: Vec<Covered>,
+    /// Seals since the filter was last saved.
+    seals_since_save: u64,
+    /// The thread saving the filter, if one was started.
+    filter_saver: Option<std::thread::JoinHandle<()>>,
     segment_bytes: u64,
     buf: Vec<u8>,
     /// SHA-256 of the active segment, for the manifest when it is sealed.
@@ -157,6 +163,9 @@ impl Writer {
             next_seq: rec.next_seq,
             dedup: rec.dedup,
             sealed_keys: rec.sealed_keys,
+            covered: rec.covered,
+            seals_since_save: 0,
+            filter_saver: None,
             segment_bytes,
             buf: Vec::with_capacity(1 << 20),
             hasher: hasher::SegmentHasher::spawn(rec.active_sha256),
@@ -210,6 +219,7 @@ impl Writer {
             self.enforce_retention();
         }
         self.record_durable_floor();
+        self.save_key_filter(false);
         tracing::info!(last_seq = self.next_seq - 1, "writer stopped");
         self.backups.finish();
         self.shared.writer_alive.store(false, Ordering::SeqCst);
@@ -573,6 +583,7 @@ impl Writer {
         let events: u64 = parts.iter().map(|p| p.summary.count()).sum();
         let t0 = std::time::Instant::now();
         let mut filter = KeyFilter::with_capacity(recovery::sealed_keys_capacity(events));
+        let mut covered = Vec::with_capacity(parts.len());
         for p in &parts {
             match p.key_orders(&files) {
                 Ok(orders) => orders.into_iter().for_each(|o| filter.insert(o)),
@@ -581,6 +592,7 @@ impl Writer {
                     return;
                 }
             }
+            covered.push(Covered::of(p.first_seq(), &p.summary.header.sha256));
         }
         tracing::info!(
             keys = filter.len(),
@@ -589,7 +601,46 @@ impl Writer {
             "sealed segments' key filter rebuilt"
         );
         self.sealed_keys = filter;
+        self.covered = covered;
         self.publish_key_filter_size();
+        self.save_key_filter(true);
+    }
+
+    /// Saves the key filter with the segments it holds (see
+    /// [`keyfilter`](super::keyfilter)): on a thread of its own while the
+    /// store runs (skipped while an earlier save is still writing; the next
+    /// seal tries again), in place at a clean stop. The bytes are taken
+    /// here, so they always match `covered`.
+    fn save_key_filter(&mut self, background: bool) {
+        if background && self.filter_saver.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = self.filter_saver.take() {
+            let _ = h.join();
+        }
+        let first = self.shared.index().first_seq();
+        self.covered.retain(|c| c.first_seq >= first);
+        let bytes = self.sealed_keys.encode(&self.covered);
+        let data_dir = self.shared.data_dir.clone();
+        let save = move || {
+            if let Err(e) = keyfilter::save(&data_dir, &bytes) {
+                tracing::warn!(error = %e, "cannot save the key filter; the next start reads the key tables instead");
+            }
+        };
+        self.seals_since_save = 0;
+        if background {
+            match std::thread::Builder::new()
+                .name("msgbus-keyfilter".into())
+                .spawn(save)
+            {
+                Ok(h) => self.filter_saver = Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a thread to save the key filter")
+                }
+            }
+        } else {
+            save();
+        }
     }
 
     fn publish_key_filter_size(&self) {
@@ -684,6 +735,7 @@ impl Writer {
             // the index file missing and has it rebuilt from the segment.
             tracing::warn!(error = %err, "cannot write the index of a sealed segment");
         }
+        let covered_entry = Covered::of(sealed.first_seq, &sealed.sha256);
         let mut manifest = (*self.manifest).clone();
         manifest.sealed.push(sealed);
         manifest.active_first_seq = new_first;
@@ -715,9 +767,13 @@ impl Writer {
             for order in self.active.seg_index.key_orders() {
                 self.sealed_keys.insert(order);
             }
+            self.covered.push(covered_entry);
             self.dedup = DedupIndex::default();
+            self.seals_since_save += 1;
             if self.sealed_keys.is_over_capacity() {
                 self.rebuild_sealed_keys();
+            } else if self.seals_since_save >= keyfilter::SAVE_EVERY_SEALS {
+                self.save_key_filter(true);
             }
         }
         tracing::info!(sealed = %self.active.path.display(), events = self.active.count, bytes = self.active.len, "segment sealed");

@@ -473,3 +473,72 @@ async fn duplicates_of_sealed_events_are_found_while_running_and_after_a_restart
     assert_eq!(all.len(), 300 + 2 * (4 + 1), "nothing was stored twice");
     app.stop().await;
 }
+
+/// The sealed segments' key filter is saved at a clean stop, and the next
+/// start loads it instead of reading the key tables of the segments it
+/// holds: damage to a key table then goes unnoticed at start-up (it is not
+/// read) and is found only when a start has to read it, once the saved
+/// filter is gone. Either way a duplicate of the first event is still
+/// found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_loads_the_saved_key_filter_instead_of_reading_key_tables() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    fill(&app, 300).await;
+    let dir = app.stop().await;
+    let filter = dir.path().join("keys.filter");
+    assert!(filter.is_file(), "a clean stop saves the key filter");
+    let idx = index_files(dir.path());
+    let damage_keys = |p: &std::path::Path| {
+        // The keys section is the file's end.
+        let mut bytes = std::fs::read(p).unwrap();
+        let at = bytes.len() - 20;
+        bytes[at] ^= 0x04;
+        std::fs::write(p, &bytes).unwrap();
+    };
+    let at_start = |alerts: Vec<Value>| -> Vec<Value> {
+        alerts
+            .into_iter()
+            .filter(|a| {
+                a["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("at start-up")
+            })
+            .collect()
+    };
+    let dup_of_first = json!({"type": "t.again", "source": "/src/1", "id": "e1"});
+
+    damage_keys(&idx[0]);
+    let app = start_app(dir, ARGS).await;
+    let alerts = at_start(start_up_alerts(&app).await);
+    assert!(
+        alerts.is_empty(),
+        "with the saved filter the key tables are not read: {alerts:#?}"
+    );
+    let dup = app.publish(&dup_of_first).await;
+    assert_eq!(dup.status, 200, "{}", dup.text());
+    assert_eq!(dup.json()["seq"], 1);
+    let dir = app.stop().await;
+
+    // Without it, the start reads every key table and finds the damage.
+    std::fs::remove_file(&filter).unwrap();
+    damage_keys(&idx[0]);
+    let app = start_app(dir, ARGS).await;
+    let alerts = at_start(start_up_alerts(&app).await);
+    let file = format!("segments/{}", idx[0].file_name().unwrap().to_string_lossy());
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["file"] == file.as_str()
+                && a["detail"].as_str().unwrap().contains("was damaged")),
+        "{alerts:#?}"
+    );
+    let dup = app.publish(&dup_of_first).await;
+    assert_eq!(dup.status, 200, "{}", dup.text());
+    assert_eq!(dup.json()["seq"], 1);
+    let dir = app.stop().await;
+    assert!(
+        dir.path().join("keys.filter").is_file(),
+        "saved again at the stop"
+    );
+}
