@@ -150,7 +150,7 @@ impl Scan {
             ) {
                 Ok(page) => page,
                 Err(e) => {
-                    self.failed = Some(sealed_read_error(shared, e));
+                    self.failed = Some(sealed_read_error(shared, &part, e));
                     self.done = true;
                     return;
                 }
@@ -177,10 +177,20 @@ impl Scan {
     }
 }
 
-/// What a failed read of a sealed segment's index file answers: out of
-/// descriptors is transient (503); anything else is damage to a derived
-/// file, which the integrity monitor finds and rebuilds from the segment.
-fn sealed_read_error(shared: &Shared, e: crate::store::sealed::PartError) -> StoreError {
+/// What a failed read of a sealed segment's index file answers: gone when
+/// retention deleted the segment meanwhile (410, as for any read that
+/// retention overtakes); out of descriptors is transient (503); anything
+/// else is damage to a derived file, which the integrity monitor finds and
+/// rebuilds from the segment.
+fn sealed_read_error(
+    shared: &Shared,
+    part: &crate::store::sealed::SealedPart,
+    e: crate::store::sealed::PartError,
+) -> StoreError {
+    let oldest = shared.index().first_seq();
+    if part.last_seq() < oldest {
+        return StoreError::Gone { oldest };
+    }
     if let Some(io) = e.io() {
         if super::fsutil::is_descriptor_exhaustion(io) {
             shared.descriptors_exhausted("reading a segment index");
@@ -429,7 +439,7 @@ impl StoreHandle {
                 let shared = self.shared.clone();
                 crate::bulk::run(move || {
                     index::read_sealed_hit(&part, &files, seq)
-                        .map_err(|e| sealed_read_error(&shared, e))
+                        .map_err(|e| sealed_read_error(&shared, &part, e))
                 })
                 .await?
             }
