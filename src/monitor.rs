@@ -109,9 +109,7 @@ pub async fn run_check(
     // load as without.
     let (findings, scrub) = match scope {
         Scope::Start | Scope::Full => crate::bulk::run(check).await,
-        Scope::Tick { .. } => tokio::task::spawn_blocking(check)
-            .await
-            .unwrap_or_default(),
+        Scope::Tick { .. } => tokio::task::spawn_blocking(check).await.unwrap_or_default(),
     };
     if scrub.newly_damaged {
         // A backup just failed verification: take a fresh one so a good copy exists.
