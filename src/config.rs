@@ -208,6 +208,20 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_RATE", value_parser = Rate::parse)]
     pub rate: Option<Rate>,
 
+    /// Most bytes of event reads per second from one token (or, for
+    /// requests without a token, one client address), e.g. `64MiB/s`: the
+    /// bodies of `GET /events` pages, `GET /events/{seq}` and consumer
+    /// reads are charged after they are built (a read may run into debt);
+    /// while in debt, reads get 429 with `Retry-After`. Bursts of two
+    /// seconds' worth, and at least one `--max-page-bytes`. SSE streams are
+    /// not charged (their bytes follow the publish rate and
+    /// `--max-streams-per-token`). Off by default; a token's own
+    /// `read_rate` overrides it. Lower keeps one client from filling the
+    /// server's CPU and network with large pages; too low slows honest
+    /// readers that catch up.
+    #[arg(long, env = "MSGBUS_READ_RATE", value_parser = ByteRate::parse)]
+    pub read_rate: Option<ByteRate>,
+
     /// Retention: keep at most about this many of the newest events. Whole
     /// sealed segments are deleted once every event in them is older, so
     /// up to one segment more is kept. Off by default.
@@ -334,6 +348,9 @@ pub enum ValueError {
     /// Not a rate.
     #[error("{0:?} is not a rate such as 100/s or 6000/m")]
     NotARate(String),
+    /// Not a byte rate.
+    #[error("{0:?} is not a byte rate such as 64MiB/s or 1GiB/m")]
+    NotAByteRate(String),
     /// Neither seconds nor a duration with a unit.
     #[error("{0:?} is not a duration such as 5s or 500ms: {1}")]
     NotADuration(String, #[source] humantime::DurationError),
@@ -401,6 +418,59 @@ impl std::fmt::Display for Rate {
     }
 }
 
+/// A byte rate: a size per second or per minute, e.g. `64MiB/s`,
+/// `1GiB/m` (the size as [`parse_bytes`] reads it, not zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRate {
+    bytes: u64,
+    per: Duration,
+}
+
+impl ByteRate {
+    /// Parses `64MiB/s` or `1GiB/m`.
+    pub fn parse(s: &str) -> Result<ByteRate, ValueError> {
+        let bad = || ValueError::NotAByteRate(s.to_string());
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let bytes = parse_bytes(n).map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            _ => return Err(bad()),
+        };
+        if bytes == 0 {
+            return Err(bad());
+        }
+        Ok(ByteRate { bytes, per })
+    }
+
+    /// Bytes per second.
+    pub fn per_second(&self) -> f64 {
+        self.bytes as f64 / self.per.as_secs_f64()
+    }
+
+    /// The most bytes at once: two seconds' worth, at least `min`.
+    pub fn burst(&self, min: u64) -> f64 {
+        (2.0 * self.per_second()).max(min as f64).max(1.0)
+    }
+}
+
+impl std::fmt::Display for ByteRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = if self.per.as_secs() == 60 { "m" } else { "s" };
+        let b = self.bytes;
+        let (n, suffix) = if b.is_multiple_of(1 << 30) {
+            (b >> 30, "GiB")
+        } else if b.is_multiple_of(1 << 20) {
+            (b >> 20, "MiB")
+        } else if b.is_multiple_of(1 << 10) {
+            (b >> 10, "KiB")
+        } else {
+            (b, "B")
+        };
+        write!(f, "{n}{suffix}/{unit}")
+    }
+}
+
 /// Parses a duration: `500ms`, `5s`, `2m`, `7d`, or a bare number of
 /// seconds (fractions allowed, e.g. `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
@@ -426,5 +496,26 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn byte_rates_parse_and_print() {
+        for (text, per_sec, shown) in [
+            ("64MiB/s", 64.0 * 1048576.0, "64MiB/s"),
+            ("1GiB/m", 1073741824.0 / 60.0, "1GiB/m"),
+            ("1500/s", 1500.0, "1500B/s"),
+            ("8 KiB/s", 8192.0, "8KiB/s"),
+        ] {
+            let r = ByteRate::parse(text).unwrap();
+            assert_eq!(r.per_second(), per_sec, "{text}");
+            assert_eq!(r.to_string(), shown);
+            assert_eq!(ByteRate::parse(shown).unwrap(), r);
+        }
+        for bad in ["0MiB/s", "64MiB", "64MiB/h", "/s", "many/s"] {
+            assert!(ByteRate::parse(bad).is_err(), "{bad}");
+        }
+        let r = ByteRate::parse("1KiB/s").unwrap();
+        assert_eq!(r.burst(4 << 20), f64::from(4 << 20));
+        assert_eq!(r.burst(0), 2048.0);
     }
 }

@@ -1187,6 +1187,7 @@ async fn auth_run(
             role: msgbus::auth::Role::Admin,
             scope: Default::default(),
             rate: None,
+            read_rate: None,
             expires: None,
         };
         let (_, token) = msgbus::auth::file::create(&dir, spec, &msgbus::clock::now_rfc3339())

@@ -366,6 +366,7 @@ async fn a_publish_without_a_valid_token_fails_the_auth_check() {
         role: msgbus::auth::Role::Publish,
         scope: Default::default(),
         rate: None,
+        read_rate: None,
         expires: None,
     };
     let (_, token) =

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::file::{self, TokenRecord, TokenSpec};
 use super::policy::Role;
-use crate::config::{parse_duration, Rate};
+use crate::config::{parse_duration, ByteRate, Rate};
 use crate::store::Scope;
 
 /// `msgbus token ...`.
@@ -59,6 +59,10 @@ pub struct CreateArgs {
     /// Its own request rate (`100/s`, `6000/m`), instead of `--rate`.
     #[arg(long, value_parser = Rate::parse)]
     pub rate: Option<Rate>,
+    /// Its own read byte rate (`8MiB/s`, `1GiB/m`), instead of
+    /// `--read-rate`: the bytes of event reads it may take.
+    #[arg(long, value_parser = ByteRate::parse)]
+    pub read_rate: Option<ByteRate>,
 }
 
 /// Why a name, a prefix or an expiry is refused.
@@ -158,6 +162,7 @@ pub fn run(
                 role: a.role,
                 scope,
                 rate: a.rate,
+                read_rate: a.read_rate,
                 expires,
             };
             let (record, token) = file::create(&a.data_dir, spec, &crate::clock::now_rfc3339())?;
@@ -214,6 +219,9 @@ fn describe(r: &TokenRecord) -> String {
     }
     if let Some(rate) = r.rate {
         s += &format!(", rate {rate}");
+    }
+    if let Some(rate) = r.read_rate {
+        s += &format!(", read rate {rate}");
     }
     s
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::Role;
 use super::token;
-use crate::config::Rate;
+use crate::config::{ByteRate, Rate};
 use crate::store::Scope;
 
 /// The directory under the data directory.
@@ -44,6 +44,14 @@ pub struct TokenRecord {
     /// Its own request rate (`100/s`); none: the server's `--rate`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "rate_text")]
     pub rate: Option<Rate>,
+    /// Its own read byte rate (`8MiB/s`); none: the server's
+    /// `--read-rate`. Files written before it existed have none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "read_rate_text"
+    )]
+    pub read_rate: Option<ByteRate>,
     /// When it was made (RFC 3339).
     pub created: String,
     /// When it stops working (RFC 3339); none: never.
@@ -68,6 +76,8 @@ pub struct TokenSpec {
     pub scope: Scope,
     /// Its own rate.
     pub rate: Option<Rate>,
+    /// Its own read byte rate.
+    pub read_rate: Option<ByteRate>,
     /// When it expires (RFC 3339).
     pub expires: Option<String>,
 }
@@ -165,6 +175,7 @@ pub fn create(
             role: spec.role,
             scope: spec.scope,
             rate: spec.rate,
+            read_rate: spec.read_rate,
             created: now.to_string(),
             expires: spec.expires,
             last_used: None,
@@ -262,6 +273,26 @@ mod rate_text {
     }
 }
 
+/// `ByteRate` as its text (`8MiB/s`) in the file.
+mod read_rate_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::config::ByteRate;
+
+    pub fn serialize<S: Serializer>(rate: &Option<ByteRate>, s: S) -> Result<S::Ok, S::Error> {
+        match rate {
+            Some(r) => s.collect_str(r),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteRate>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| ByteRate::parse(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -277,6 +308,7 @@ mod tests {
                 source_prefixes: vec![],
             },
             rate: Some(Rate::parse("100/s").unwrap()),
+            read_rate: Some(ByteRate::parse("8MiB/s").unwrap()),
             expires: None,
         }
     }

@@ -291,6 +291,7 @@ fn bootstrap_principal() -> Arc<Principal> {
         role: Role::Admin,
         scope: Scope::default(),
         rate: None,
+        read_rate: None,
     })
 }
 
@@ -315,6 +316,7 @@ fn entry(r: &TokenRecord) -> Result<Entry, KeyringError> {
             role: r.role,
             scope: r.scope.clone(),
             rate: r.rate,
+            read_rate: r.read_rate,
         }),
         hash,
         expires,
@@ -352,6 +354,7 @@ mod tests {
             role: Role::Publish,
             scope: Scope::default(),
             rate: None,
+            read_rate: None,
             expires: expires.map(String::from),
         }
     }

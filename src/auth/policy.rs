@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Protected, Rate};
+use crate::config::{ByteRate, Protected, Rate};
 use crate::store::Scope;
 
 /// What a token may do.
@@ -136,6 +136,8 @@ pub struct Principal {
     pub scope: Scope,
     /// Its own rate, if it has one.
     pub rate: Option<Rate>,
+    /// Its own read byte rate, if it has one.
+    pub read_rate: Option<ByteRate>,
 }
 
 impl Principal {
@@ -148,6 +150,7 @@ impl Principal {
             role: Role::Admin,
             scope: Scope::default(),
             rate: None,
+            read_rate: None,
         })
     }
 

@@ -69,6 +69,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.rate_limits.refused() as f64,
     );
     metric(
+        "read_rate_limited_total",
+        "counter",
+        "Event reads refused with 429 because their token or address was in debt on its read byte rate (--read-rate, a token's own read_rate).",
+        state.read_limits.refused() as f64,
+    );
+    metric(
+        "read_bytes_charged_total",
+        "counter",
+        "Bytes of event reads charged to read byte rates (only reads under a read rate are charged).",
+        state.read_limits.charged() as f64,
+    );
+    metric(
         "auth_unauthorized_total",
         "counter",
         "Requests answered 401: no token, or not a live one.",

@@ -16,7 +16,8 @@
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
 //! - [`auth`]: authentication, roles, failed-auth limits, per-token stream caps
 //! - [`tokens`]: `/admin/tokens`: token management online
-//! - [`rate`]: request rates per token or address (`--rate`), 429 beyond them
+//! - [`rate`]: request rates (`--rate`) and read byte rates (`--read-rate`)
+//!   per token or address, 429 beyond them
 
 pub mod admin;
 pub mod api;
@@ -91,6 +92,8 @@ pub struct AppStateParts {
     pub verifications: Arc<admin::Verifications>,
     /// Request rates per token or address (`--rate`).
     pub rate_limits: rate::RateLimits,
+    /// Read byte rates per token or address (`--read-rate`).
+    pub read_limits: rate::ReadLimits,
     /// Access control: the tokens and the failed-authentication limits.
     pub auth: Arc<auth::Auth>,
 }
@@ -172,6 +175,7 @@ impl AppState {
             hide_paths: error::HidePaths::new(&config.data_dir),
             verifications: Arc::default(),
             rate_limits: rate::RateLimits::new(config.rate),
+            read_limits: rate::ReadLimits::new(config.read_rate, config.max_page_bytes),
             auth: Arc::new(auth::Auth::new(
                 keyring,
                 config.protected(),

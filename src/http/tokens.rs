@@ -18,7 +18,7 @@ use super::AppState;
 use crate::auth::command::{check_spec, expiry};
 use crate::auth::file::{self, TokenFileError, TokenRecord, TokenSpec};
 use crate::auth::Role;
-use crate::config::{parse_duration, Rate};
+use crate::config::{parse_duration, ByteRate, Rate};
 use crate::store::Scope;
 
 /// Largest body of `POST /admin/tokens`.
@@ -51,6 +51,12 @@ pub struct NewToken {
     #[serde(default)]
     #[schema(pattern = "^[1-9][0-9]{0,8}/[sm]$")]
     pub rate: Option<String>,
+    /// Its own read byte rate, e.g. `8MiB/s` or `1GiB/m`: the bytes of
+    /// event reads (pages, single events, consumer reads) it may take
+    /// (none: `--read-rate`).
+    #[serde(default)]
+    #[schema(pattern = "^[1-9][0-9]{0,8}(B|KiB|MiB|GiB)?/[sm]$")]
+    pub read_rate: Option<String>,
 }
 
 /// A type or source prefix of a scope.
@@ -75,6 +81,9 @@ pub struct TokenView {
     /// Own rate, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<String>,
+    /// Own read byte rate, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_rate: Option<String>,
     /// Created (RFC 3339).
     pub created: String,
     /// Expires (RFC 3339), if ever.
@@ -94,6 +103,7 @@ impl From<TokenRecord> for TokenView {
             type_prefixes: r.scope.type_prefixes,
             source_prefixes: r.scope.source_prefixes,
             rate: r.rate.map(|r| r.to_string()),
+            read_rate: r.read_rate.map(|r| r.to_string()),
             created: r.created,
             expires: r.expires,
             last_used: r.last_used,
@@ -197,11 +207,16 @@ pub async fn create(
         Some(r) => Some(Rate::parse(r).map_err(|e| invalid("rate", e.to_string()))?),
         None => None,
     };
+    let read_rate = match req.read_rate.as_deref() {
+        Some(r) => Some(ByteRate::parse(r).map_err(|e| invalid("read_rate", e.to_string()))?),
+        None => None,
+    };
     let spec = TokenSpec {
         name: req.name,
         role: req.role,
         scope,
         rate,
+        read_rate,
         expires,
     };
     let now = crate::clock::now_rfc3339();

@@ -23,6 +23,7 @@ mod processes;
 mod publish;
 mod rate;
 mod read;
+mod read_rate;
 mod restart;
 mod retention;
 mod segindex;
