@@ -7,6 +7,7 @@
 //! - [`ceiling`]: the minimal axum server the figures are compared to
 //! - [`servers`]: starting msgbus and the ceiling as processes or in-process
 //! - [`scenarios`]: every measured scenario and the orchestration of a whole run
+//! - [`large`]: the large-store group (a store grown to millions of events)
 //! - [`report`]: the targets, the table and the JSON
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod ceiling;
 pub mod client;
 pub mod event;
 pub mod fanout;
+pub mod large;
 pub mod loadgen;
 pub mod report;
 pub mod scenarios;

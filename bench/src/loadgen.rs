@@ -65,6 +65,12 @@ pub enum Work {
         /// Page size.
         limit: u64,
     },
+    /// `GET /events/{seq}` at a pseudo-random seq in `1..=max` (a fixed
+    /// sequence per connection and request number); 200 expected.
+    RandomEvent {
+        /// The largest seq asked for (the store's newest at the start).
+        max: u64,
+    },
     /// `GET <path>`; 200 expected.
     Get {
         /// Path and query.
@@ -102,6 +108,15 @@ impl Work {
                     Bytes::new(),
                 )
             }
+            Work::RandomEvent { max } => {
+                let seq = 1 + splitmix64(((conn as u64) << 40) ^ n) % (*max).max(1);
+                (
+                    Method::GET,
+                    Cow::Owned(format!("/events/{seq}")),
+                    None,
+                    Bytes::new(),
+                )
+            }
             Work::Get { path } => (Method::GET, Cow::Borrowed(path), None, Bytes::new()),
         }
     }
@@ -110,7 +125,7 @@ impl Work {
     pub fn expected(&self) -> StatusCode {
         match self {
             Work::Single { .. } | Work::Stamped { .. } | Work::Batch { .. } => StatusCode::CREATED,
-            Work::RecentPage { .. } | Work::Get { .. } => StatusCode::OK,
+            Work::RecentPage { .. } | Work::RandomEvent { .. } | Work::Get { .. } => StatusCode::OK,
         }
     }
 
@@ -119,7 +134,7 @@ impl Work {
         match self {
             Work::Single { .. } | Work::Stamped { .. } => 1,
             Work::Batch { size, .. } => *size as u64,
-            Work::RecentPage { .. } | Work::Get { .. } => 0,
+            Work::RecentPage { .. } | Work::RandomEvent { .. } | Work::Get { .. } => 0,
         }
     }
 
@@ -142,6 +157,15 @@ impl Work {
             }
         }
     }
+}
+
+/// A well-mixed 64-bit hash (SplitMix64's finaliser): spreads the random
+/// reads over the whole store without a random-number crate.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Latency summary in milliseconds.

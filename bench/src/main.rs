@@ -73,11 +73,21 @@ struct Args {
     /// Run only these groups of scenarios, comma-separated: single (single
     /// events, batches, check), stored (prefill, start-up, store size,
     /// reads under load), fanout (SSE fan-out), auth (single events and
-    /// batches with access control off, then on) [default: all]. The JSON
+    /// batches with access control off, then on), large (a store grown
+    /// through --large-sizes: fill, start-up, memory, reads, publishing,
+    /// verify; long, never in the default run) [default: all but large]. The JSON
     /// then goes to bench/results/only-<groups>.json unless --out says
     /// otherwise.
     #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]
     only: Option<Vec<Scenario>>,
+    /// Sizes the large-store group grows its one store through, events,
+    /// comma-separated [default: 1000000,10000000,50000000, smoke 2000,5000].
+    #[arg(long, env = "BENCH_LARGE_SIZES", value_delimiter = ',')]
+    large_sizes: Option<Vec<u64>>,
+    /// Seconds of publishing at --write-rate on the largest store before its
+    /// memory is read [default: 60, smoke 0.5].
+    #[arg(long, env = "BENCH_LARGE_PUBLISH")]
+    large_publish: Option<f64>,
     /// SSE subscribers of the fan-out scenario [default: 1000, smoke 50].
     #[arg(long, env = "BENCH_FANOUT_SUBSCRIBERS")]
     fanout_subscribers: Option<usize>,
@@ -181,6 +191,18 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     if let Some(c) = args.read_connections {
         cfg.read_connections = c;
     }
+    if let Some(sizes) = args.large_sizes {
+        cfg.large.sizes = sizes;
+    }
+    if let Some(p) = args.large_publish {
+        cfg.large.publish = Duration::from_secs_f64(p);
+    }
+    if let Some(&top) = cfg.large.sizes.iter().max() {
+        if cfg.large.rare_at >= top {
+            // Smaller sizes than the default: the rare event halfway.
+            cfg.large.rare_at = (top / 2).max(2);
+        }
+    }
     if let Some(n) = args.startup_runs {
         cfg.startup_runs = n;
     }
@@ -199,7 +221,7 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     let mut partial = None;
     if let Some(only) = &args.only {
         // Always in the fixed order, each once.
-        cfg.scenarios = Scenario::ALL
+        cfg.scenarios = Scenario::SELECTABLE
             .into_iter()
             .filter(|s| only.contains(s))
             .collect();

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
+use crate::large::LargeDoc;
 use crate::loadgen::OpenLoopResult;
 use crate::scenarios::{AuthCompare, AuthDoc, FanoutDoc, Report};
 use crate::servers::Memory;
@@ -285,7 +286,65 @@ pub fn targets(r: &Report) -> Vec<Target> {
         }
         t.push(target);
     }
+    if let Some(l) = &r.large {
+        large_targets(&mut t, l);
+    }
     t
+}
+
+/// MiB (what `/proc` gives) to MB (10^6 bytes, what the targets say).
+fn mb(mib: f64) -> f64 {
+    mib * 1.048_576
+}
+
+/// The targets of issue 14, at the largest size of the large-store group.
+fn large_targets(t: &mut Vec<Target>, l: &LargeDoc) {
+    let Some(step) = l.steps.last() else {
+        return;
+    };
+    let n = count(step.events);
+    let ready = l.top_ready_s();
+    t.push(at_most(
+        format!("large store, {n} events: launch to ready"),
+        ready,
+        1.0,
+        "s",
+    ));
+    t.push(at_most(
+        format!("large store, {n} events: RSS after start (largest of runs)"),
+        mb(l.top_rss_mib()),
+        256.0,
+        "MB",
+    ));
+    if let Some(m) = &l.top.memory_after_publish {
+        t.push(not_valid_unless_rate(
+            at_most(
+                format!(
+                    "large store: RSS after {:.0} s of publishing",
+                    l.top.publisher.seconds
+                ),
+                mb(m.vm_rss_mib),
+                256.0,
+                "MB",
+            ),
+            &l.top.publisher,
+        ));
+    }
+    t.push(at_least(
+        format!(
+            "large store: single req/s @{} conns ÷ empty store",
+            l.top.large.connections
+        ),
+        l.top.ratio_to_empty,
+        0.9,
+        "x",
+    ));
+    t.push(at_most(
+        format!("large store, {n} events: GET /events/{{seq}} random, p99"),
+        step.random_get.latency.p99_ms,
+        2.0,
+        "ms",
+    ));
 }
 
 /// `1234567` → `1,234,567`.
@@ -386,6 +445,9 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(a) = &r.auth {
         render_auth(&mut s, a);
+    }
+    if let Some(l) = &r.large {
+        render_large(&mut s, l);
     }
     let _ = writeln!(s);
     if r.targets.is_empty() {
@@ -505,6 +567,123 @@ fn render_single(s: &mut String, r: &Report) {
             f.fsync_avg_us
         );
     }
+}
+
+fn render_large(s: &mut String, l: &LargeDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Large store (one store grown through the sizes; {:.0} s in all). Empty-store start-up: {} s",
+        l.seconds,
+        l.empty_ready_runs_s
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "  {:>11} {:>8} {:>8} {:>10} {:>20} {:>16} {:>16} {:>9} {:>9} {:>10} {:>9}",
+        "events",
+        "store GB",
+        "fill s",
+        "fill ev/s",
+        "ready s (each run)",
+        "RSS MiB (each)",
+        "HWM MiB (each)",
+        "in memory",
+        "filter MB",
+        "GET p50/p99",
+        "dup seq 1"
+    );
+    for st in &l.steps {
+        let list = |v: Vec<f64>, p: usize| {
+            v.iter()
+                .map(|x| format!("{x:.p$}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let rss = st
+            .memory_runs
+            .iter()
+            .flatten()
+            .map(|m| m.vm_rss_mib)
+            .collect();
+        let hwm = st
+            .memory_runs
+            .iter()
+            .flatten()
+            .map(|m| m.vm_hwm_mib)
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:>11} {:>8.2} {:>8.1} {:>10} {:>20} {:>16} {:>16} {:>9} {:>9.1} {:>10} {:>9}",
+            count(st.events),
+            st.store_bytes as f64 / 1e9,
+            st.fill_s,
+            num(st.fill_events_per_s),
+            list(st.ready_runs_s.clone(), 2),
+            list(rss, 0),
+            list(hwm, 0),
+            st.memory_entries.map(count).unwrap_or_else(|| "?".into()),
+            st.key_filter_bytes.unwrap_or(0) as f64 / 1e6,
+            format!(
+                "{:.2}/{:.2}",
+                st.random_get.latency.p50_ms, st.random_get.latency.p99_ms
+            ),
+            if st.duplicate_ok { "200, 1" } else { "WRONG" }
+        );
+    }
+    let t = &l.top;
+    let _ = writeln!(
+        s,
+        "  GET /events/{{seq}} at random seqs: {} conns, {} req/s at the largest size",
+        l.steps
+            .last()
+            .map(|st| st.random_get.connections)
+            .unwrap_or(0),
+        l.steps
+            .last()
+            .map(|st| num(st.random_get.requests_per_s))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "  filtered read (type of the one event at seq {}): {:.2} s, {} pages, {} found",
+        count(t.rare_seq),
+        t.filtered_read_s,
+        count(t.filtered_pages),
+        t.filtered_found
+    );
+    let _ = writeln!(
+        s,
+        "  publishing {:.0} events/s for {:.0} s: {:.0} achieved, p99 {:.2} ms, errors {}; then {}",
+        t.publisher.target_per_s,
+        t.publisher.seconds,
+        t.publisher.achieved_per_s,
+        t.publisher.latency.p99_ms,
+        t.publisher.errors,
+        mem(&t.memory_after_publish)
+    );
+    let _ = writeln!(
+        s,
+        "  single events @{} conns: empty {} req/s (p99 {:.2} ms), large {} req/s (p99 {:.2} ms), ratio {:.3}; per pair {}",
+        t.large.connections,
+        num(t.empty.requests_per_s),
+        t.empty.latency.p99_ms,
+        num(t.large.requests_per_s),
+        t.large.latency.p99_ms,
+        t.ratio_to_empty,
+        per_run(&t.runs_ratio, t.median_run, |x| format!("{x:.3}"))
+    );
+    let _ = writeln!(
+        s,
+        "  msgbus verify: {:.1} GB in {:.1} s = {:.0} MB/s ({})",
+        t.verify_bytes as f64 / 1e9,
+        t.verify_s,
+        t.verify_mb_per_s,
+        t.verify_verdict
+    );
 }
 
 fn mem(m: &Option<Memory>) -> String {

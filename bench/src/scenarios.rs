@@ -33,6 +33,8 @@
 //!
 //! `scenarios` selects groups: [`Scenario::Single`] is 1-3,
 //! [`Scenario::Stored`] 4-6, [`Scenario::Fanout`] 7, [`Scenario::Auth`] 8.
+//! [`Scenario::Large`] (a store grown to millions of events, see
+//! [`crate::large`]) runs last and only when asked for (`--only large`).
 //! A group not run is absent (`null`) in the report, and so are its targets.
 //!
 //! Why `repeat`: on a shared 2-vCPU machine one run differs from the next
@@ -70,6 +72,10 @@ pub enum Scenario {
     Fanout,
     /// Single events and batches with access control off, then on.
     Auth,
+    /// One store grown to millions of events (`large_sizes`): fill time,
+    /// start-up, memory, random reads, a filtered read, publishing and
+    /// `msgbus verify` on it. Long: never part of the default run.
+    Large,
 }
 
 impl Scenario {
@@ -80,6 +86,53 @@ impl Scenario {
         Scenario::Fanout,
         Scenario::Auth,
     ];
+
+    /// Every group `--only` accepts, in the order they run: [`Scenario::ALL`]
+    /// and then [`Scenario::Large`].
+    pub const SELECTABLE: [Scenario; 5] = [
+        Scenario::Single,
+        Scenario::Stored,
+        Scenario::Fanout,
+        Scenario::Auth,
+        Scenario::Large,
+    ];
+}
+
+/// Settings of the large-store group ([`Scenario::Large`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeConfig {
+    /// The sizes the one store is grown through, events.
+    pub sizes: Vec<u64>,
+    /// Seq of the one event of a rare type (read back by a filtered read).
+    pub rare_at: u64,
+    /// Open-loop publishing at the largest size before its memory is read.
+    #[serde(with = "secs")]
+    pub publish: Duration,
+    /// Connections of the random `GET /events/{seq}`.
+    pub get_connections: usize,
+}
+
+impl LargeConfig {
+    /// The real run: 1M, 10M, 50M events; the rare event at seq 500,000;
+    /// 60 s of publishing.
+    pub fn full() -> Self {
+        LargeConfig {
+            sizes: vec![1_000_000, 10_000_000, 50_000_000],
+            rare_at: 500_000,
+            publish: Duration::from_secs(60),
+            get_connections: 4,
+        }
+    }
+
+    /// A tiny configuration (smoke and test mode): 2,000 and 5,000 events.
+    pub fn tiny() -> Self {
+        LargeConfig {
+            sizes: vec![2000, 5000],
+            rare_at: 1500,
+            publish: Duration::from_millis(500),
+            get_connections: 2,
+        }
+    }
 }
 
 /// Settings of one benchmark run.
@@ -129,6 +182,8 @@ pub struct BenchConfig {
     pub fanout_rate: f64,
     /// Connections of the fan-out publisher.
     pub fanout_publishers: usize,
+    /// The large-store group's settings.
+    pub large: LargeConfig,
     /// Where data directories and logs go (must be a real disk: fsync is measured).
     pub work_dir: PathBuf,
 }
@@ -164,6 +219,7 @@ impl BenchConfig {
             fanout_subscribers: 1000,
             fanout_rate: 5000.0,
             fanout_publishers: 64,
+            large: LargeConfig::full(),
             work_dir,
         }
     }
@@ -181,6 +237,7 @@ impl BenchConfig {
             fanout_subscribers: 50,
             fanout_rate: 500.0,
             fanout_publishers: 8,
+            large: LargeConfig::tiny(),
             ..BenchConfig::full(work_dir)
         }
     }
@@ -628,11 +685,13 @@ pub struct Report {
     pub checks: Option<Checks>,
     /// Access control off and on ([`Scenario::Auth`]).
     pub auth: Option<AuthDoc>,
+    /// The large store ([`Scenario::Large`]).
+    pub large: Option<crate::large::LargeDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
 
-fn run_tag(what: &str) -> Arc<str> {
+pub(crate) fn run_tag(what: &str) -> Arc<str> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -645,7 +704,7 @@ fn run_tag(what: &str) -> Arc<str> {
     .into()
 }
 
-fn single_work(what: &str) -> Work {
+pub(crate) fn single_work(what: &str) -> Work {
     Work::Single {
         tag: run_tag(what),
         head: None,
@@ -690,6 +749,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         fanout: None,
         checks: None,
         auth: None,
+        large: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -710,6 +770,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Auth) {
         rep.auth = Some(run_auth(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Large) {
+        rep.large = Some(crate::large::run_large(cfg, launcher).await?);
     }
     rep.targets = report::targets(&rep);
     rep.machine.loadavg_end = report::loadavg();

@@ -11,7 +11,7 @@ use msgbus_bench::client;
 use msgbus_bench::loadgen::{self, ClosedLoop, Work};
 use msgbus_bench::report;
 use msgbus_bench::scenarios::{
-    every_request_created, run_all, AuthCompare, BenchConfig, FanoutDoc, Scenario,
+    every_request_created, run_all, AuthCompare, BenchConfig, FanoutDoc, LargeConfig, Scenario,
 };
 use msgbus_bench::servers::Launcher;
 
@@ -36,6 +36,7 @@ fn test_config(work_dir: std::path::PathBuf) -> BenchConfig {
         fanout_subscribers: 20,
         fanout_rate: 200.0,
         fanout_publishers: 4,
+        large: LargeConfig::tiny(),
         work_dir,
     }
 }
@@ -137,6 +138,8 @@ async fn every_scenario_runs_and_the_201s_counted_are_the_events_stored() {
     let a = rep.auth.as_ref().unwrap();
     assert_auth_compare(&a.single, 8, 1, 1);
     assert_auth_compare(&a.batch, 4, 100, 1);
+    // The large-store group is never part of the default run.
+    assert!(rep.large.is_none());
 
     assert_eq!(rep.targets.len(), 10, "{:?}", rep.targets);
     let json = serde_json::to_value(&rep).unwrap();
@@ -405,4 +408,59 @@ async fn a_publish_without_a_valid_token_fails_the_auth_check() {
     assert_eq!((r.requests_total, r.errors), (8, 0), "{r:?}");
     every_request_created(&r, "auth on").unwrap();
     server.stop().await.unwrap();
+}
+
+/// The large-store group end to end on a tiny store (2,000 then 5,000
+/// events): each size filled and started, the duplicate of seq 1 answered
+/// with seq 1, random reads all 200, the one rare event found by the
+/// filtered read, publishing and both sides of the comparison counted,
+/// `msgbus verify` healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_large_group_grows_one_store_and_measures_each_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path().join("run"));
+    cfg.scenarios = vec![Scenario::Large];
+    cfg.startup_runs = 2;
+    let rep = run_all(&cfg, &Launcher::InProcess).await.unwrap();
+    assert!(rep.single.is_empty() && rep.prefill.is_none() && rep.auth.is_none());
+    let l = rep.large.as_ref().unwrap();
+    assert_eq!(l.empty_ready_runs_s.len(), 2);
+    let sizes: Vec<u64> = l.steps.iter().map(|s| s.events).collect();
+    assert_eq!(sizes, vec![2000, 5000]);
+    for st in &l.steps {
+        assert_eq!(st.ready_runs_s.len(), 2);
+        assert!(st.memory_runs.iter().all(Option::is_some));
+        assert!(st.duplicate_ok);
+        assert!(st.fill_s > 0.0 && st.store_bytes > st.events * 250);
+        assert!(
+            st.random_get.requests > 0 && st.random_get.errors == 0,
+            "{:?}",
+            st.random_get
+        );
+    }
+    assert_eq!(
+        l.steps[0].fill_events, 1999,
+        "seq 1 went in before the fill"
+    );
+    assert_eq!(l.steps[1].fill_events, 3000);
+    let t = &l.top;
+    assert_eq!((t.rare_seq, t.filtered_found), (1500, 1));
+    assert!(t.filtered_pages >= 1);
+    assert!(
+        t.publisher.requests > 0 && t.publisher.errors == 0,
+        "{:?}",
+        t.publisher
+    );
+    assert!(t.memory_after_publish.is_some());
+    assert!(t.empty.requests > 0 && t.large.requests > 0);
+    assert_eq!(t.empty.errors + t.large.errors, 0);
+    assert_eq!(t.runs_ratio.len(), 1);
+    assert_eq!(t.verify_verdict, "Healthy");
+    assert!(t.verify_bytes > 5000 * 250 && t.verify_mb_per_s > 0.0);
+    // Its targets are evaluated (and only those).
+    assert!(!rep.targets.is_empty());
+    assert!(rep
+        .targets
+        .iter()
+        .all(|t| t.name.starts_with("large store")));
 }

@@ -1,0 +1,544 @@
+//! The "large store" group (`--only large`, issue 14): one store grown
+//! through several sizes (default 1M, 10M, 50M events of ~300 bytes), and
+//! at each size what a store that large costs:
+//!
+//! 1. **fill** to the size by batches of `prefill_batch` events over
+//!    `prefill_connections` connections (timed per step). Before the first
+//!    batch one event with a known id is published, so it is seq 1; one
+//!    event of a rare type goes in at seq `rare_at`;
+//! 2. the server is stopped and **started** `startup_runs` times: seconds
+//!    to `/health/ready` 200, `VmRSS`/`VmHWM` right after;
+//! 3. a **duplicate of seq 1** (the same body again): it must answer 200
+//!    with seq 1, otherwise the run fails;
+//! 4. `GET /events/{seq}` at pseudo-random seqs over the whole store
+//!    (`large_get_connections` connections, warm-up + measured period);
+//!
+//! and at the largest size only:
+//!
+//! 5. a **filtered read** of the rare type across the whole store
+//!    (`GET /events?type=<rare>&limit=1000`, following `next_after` to the
+//!    end): its time and the events it found (must be exactly the one);
+//! 6. **open-loop publishing** at `write_rate` events/s for
+//!    `large_publish` seconds, then RSS;
+//! 7. **single events** at the largest connection count on the large store
+//!    and on an empty store started in the same run, `repeat` interleaved
+//!    pairs (empty, then large), the pair with the median ratio reported;
+//! 8. the server is stopped and `msgbus verify --data-dir` runs on the
+//!    store: its time and throughput (store bytes ÷ seconds).
+//!
+//! Before all of it, an empty store is started `startup_runs` times: the
+//! start-up the large store's is compared to.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+
+use crate::client::{self, Conn, Result};
+use crate::event;
+use crate::loadgen::{self, ClosedLoop, LoadResult, OpenLoop, OpenLoopResult, Work};
+use crate::scenarios::{self, BenchConfig};
+use crate::servers::{Launcher, Memory, Server};
+
+/// `type` of the one rare event.
+pub const RARE_TYPE: &str = "com.example.bench.rare";
+/// `source` and `id` of the event published first (seq 1).
+const FIRST_ID: &str = "large-first";
+
+/// Figures at one size of the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeStep {
+    /// Events stored at this step.
+    pub events: u64,
+    /// Bytes of the store (`/stats` `store.bytes`).
+    pub store_bytes: u64,
+    /// Seconds the fill from the previous size took.
+    pub fill_s: f64,
+    /// Events that fill added.
+    pub fill_events: u64,
+    /// Its rate, events/s.
+    pub fill_events_per_s: f64,
+    /// Launch to ready, each start, seconds.
+    pub ready_runs_s: Vec<f64>,
+    /// Memory right after each start.
+    pub memory_runs: Vec<Option<Memory>>,
+    /// Events the writer holds in memory after the last start (`/stats`
+    /// `store.memory_entries`: the active segment's).
+    pub memory_entries: Option<u64>,
+    /// Size of the sealed segments' key filter after the last start.
+    pub key_filter_bytes: Option<u64>,
+    /// The duplicate of seq 1 was answered 200 with seq 1.
+    pub duplicate_ok: bool,
+    /// `GET /events/{seq}` at random seqs.
+    pub random_get: LoadResult,
+}
+
+/// The largest size's extra figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeTop {
+    /// Seq of the rare event.
+    pub rare_seq: u64,
+    /// Seconds to page `GET /events?type=<rare>` to the end.
+    pub filtered_read_s: f64,
+    /// Pages it took.
+    pub filtered_pages: u64,
+    /// Events it returned (must be 1).
+    pub filtered_found: u64,
+    /// The open-loop publisher.
+    pub publisher: OpenLoopResult,
+    /// Memory after it.
+    pub memory_after_publish: Option<Memory>,
+    /// Single events on the empty store (the median pair's).
+    pub empty: LoadResult,
+    /// Single events on the large store (the median pair's).
+    pub large: LoadResult,
+    /// `large.requests_per_s / empty.requests_per_s`, of the median pair.
+    pub ratio_to_empty: f64,
+    /// Each pair's ratio, in order.
+    pub runs_ratio: Vec<f64>,
+    /// Index of the pair reported.
+    pub median_run: usize,
+    /// Seconds `msgbus verify` took on the stopped store.
+    pub verify_s: f64,
+    /// Bytes of the store it verified (every file under the data directory).
+    pub verify_bytes: u64,
+    /// `verify_bytes` ÷ `verify_s`, in MB (10^6 bytes) per second.
+    pub verify_mb_per_s: f64,
+    /// Its verdict (`Healthy` expected).
+    pub verify_verdict: String,
+}
+
+/// The whole group.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeDoc {
+    /// Empty-store start-ups, seconds.
+    pub empty_ready_runs_s: Vec<f64>,
+    /// Their median.
+    pub empty_ready_s: f64,
+    /// One entry per size.
+    pub steps: Vec<LargeStep>,
+    /// At the largest size.
+    pub top: LargeTop,
+    /// Wall-clock length of the group, seconds.
+    pub seconds: f64,
+}
+
+impl LargeDoc {
+    /// The median start-up of the largest step.
+    pub fn top_ready_s(&self) -> f64 {
+        self.steps
+            .last()
+            .map(|s| median(&s.ready_runs_s))
+            .unwrap_or(0.0)
+    }
+
+    /// The largest RSS right after a start at the largest size, MiB.
+    pub fn top_rss_mib(&self) -> f64 {
+        self.steps
+            .last()
+            .map(|s| {
+                s.memory_runs
+                    .iter()
+                    .flatten()
+                    .map(|m| m.vm_rss_mib)
+                    .fold(0.0, f64::max)
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n => s[(n - 1) / 2],
+    }
+}
+
+fn say(cfg: &BenchConfig, msg: &str) {
+    if cfg.mode != "test" {
+        eprintln!("[bench] large: {msg}");
+    }
+}
+
+fn one_event(id: &str, ty: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": "/bench/large",
+            "type": ty,
+            "datacontenttype": "application/json",
+            "data": {"note": "x".repeat(160)},
+        })
+        .to_string(),
+    )
+}
+
+/// Publishes one event; returns the status and the seq answered.
+async fn publish(server: &Server, body: Bytes) -> Result<(StatusCode, u64)> {
+    let mut c = Conn::connect(server.addr).await?;
+    let res = c
+        .send(Method::POST, "/events", Some("application/json"), body)
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap_or_default();
+    Ok((res.status, v["seq"].as_u64().unwrap_or(0)))
+}
+
+/// Adds `n` events by batches; returns the seconds it took.
+async fn fill(cfg: &BenchConfig, server: &Server, n: u64) -> Result<f64> {
+    let began = Instant::now();
+    let size = cfg.prefill_batch as u64;
+    let full = n / size;
+    let rest = n % size;
+    for (batches, size) in [(full, size), (u64::from(rest > 0), rest)] {
+        if batches == 0 || size == 0 {
+            continue;
+        }
+        let spec = ClosedLoop {
+            connections: cfg.prefill_connections.min(batches as usize).max(1),
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(24 * 3600),
+            max_requests: Some(batches),
+        };
+        let work = Work::Batch {
+            tag: scenarios::run_tag("large"),
+            size: size as usize,
+        };
+        let r = loadgen::closed_loop(server.addr, &work, &spec).await?;
+        if r.errors > 0 || r.events_total != batches * size {
+            return Err(format!(
+                "large fill stored {} of {} events ({} errors; first: {:?})",
+                r.events_total,
+                batches * size,
+                r.errors,
+                r.first_error
+            )
+            .into());
+        }
+    }
+    Ok(began.elapsed().as_secs_f64())
+}
+
+async fn stats(server: &Server) -> Result<serde_json::Value> {
+    client::get_json(server.addr, "/stats").await
+}
+
+fn total(st: &serde_json::Value) -> u64 {
+    st["events"]["total"].as_u64().unwrap_or(0)
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs `msgbus verify --data-dir dir`; returns the verdict.
+async fn verify(launcher: &Launcher, dir: &Path) -> Result<String> {
+    match launcher {
+        Launcher::Processes { msgbus, .. } => {
+            let out = tokio::process::Command::new(msgbus)
+                .arg("verify")
+                .arg("--data-dir")
+                .arg(dir)
+                .output()
+                .await?;
+            match out.status.code() {
+                Some(0) => Ok("Healthy".into()),
+                _ => Err(format!(
+                    "msgbus verify on the large store: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )
+                .into()),
+            }
+        }
+        Launcher::InProcess => {
+            let dir = dir.to_path_buf();
+            let v = tokio::task::spawn_blocking(move || {
+                msgbus::offline::verify(&dir, &mut std::io::sink())
+            })
+            .await??;
+            match v {
+                msgbus::offline::Verdict::Healthy => Ok("Healthy".into()),
+                other => Err(format!("msgbus verify on the large store: {other:?}").into()),
+            }
+        }
+    }
+}
+
+/// Pages `GET /events?type=RARE` from the start to the newest event.
+async fn filtered_read(server: &Server) -> Result<(f64, u64, u64)> {
+    let began = Instant::now();
+    let mut conn = Conn::connect(server.addr).await?;
+    let (mut after, mut pages, mut found) = (0u64, 0u64, 0u64);
+    loop {
+        let path = format!("/events?type={RARE_TYPE}&limit=1000&after={after}");
+        let res = conn.send(Method::GET, &path, None, Bytes::new()).await?;
+        if res.status != StatusCode::OK {
+            return Err(format!("GET {path} answered {}", res.status).into());
+        }
+        let page: serde_json::Value = serde_json::from_slice(&res.body)?;
+        pages += 1;
+        found += page["events"].as_array().map_or(0, |a| a.len() as u64);
+        let next = page["next_after"].as_u64().unwrap_or(after);
+        let last = page["last_seq"].as_u64().unwrap_or(0);
+        if next <= after && next < last {
+            return Err(format!("GET {path}: next_after did not advance ({next})").into());
+        }
+        after = next;
+        if after >= last {
+            break;
+        }
+    }
+    Ok((began.elapsed().as_secs_f64(), pages, found))
+}
+
+/// Runs the group.
+pub async fn run_large(cfg: &BenchConfig, launcher: &Launcher) -> Result<LargeDoc> {
+    let began = Instant::now();
+    let lc = &cfg.large;
+    let mut sizes = lc.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let top_size = *sizes.last().ok_or("no large-store size given")?;
+    if top_size < 2 || lc.rare_at < 2 || lc.rare_at >= top_size {
+        return Err(format!(
+            "the rare event's seq ({}) must lie between 2 and the largest size ({top_size})",
+            lc.rare_at
+        )
+        .into());
+    }
+
+    // The empty store's start-up, for comparison.
+    let empty_dir = cfg.work_dir.join("large-empty");
+    let mut empty_ready_runs_s = Vec::new();
+    for i in 0..cfg.startup_runs.max(1) {
+        say(cfg, &format!("empty-store start-up, run {}", i + 1));
+        let s = launcher.msgbus(&empty_dir).await?;
+        empty_ready_runs_s.push(s.ready_after.as_secs_f64());
+        s.stop().await?;
+    }
+
+    let dir = cfg.work_dir.join("large");
+    let first = one_event(FIRST_ID, event::TYPE);
+    let mut server = launcher.msgbus(&dir).await?;
+    let (status, seq) = publish(&server, first.clone()).await?;
+    if status != StatusCode::CREATED || seq != 1 {
+        return Err(format!("the first event was answered {status} with seq {seq}").into());
+    }
+    let mut stored = 1u64;
+    let mut rare_seq = 0u64;
+    let mut steps = Vec::new();
+    let mut top = None;
+    for (k, &size) in sizes.iter().enumerate() {
+        let is_top = k + 1 == sizes.len();
+        // 1. Fill (the rare event at its seq on the way).
+        say(cfg, &format!("filling from {stored} to {size} events"));
+        let from = stored;
+        let mut fill_s = 0.0;
+        if rare_seq == 0 && lc.rare_at <= size {
+            fill_s += fill(cfg, &server, lc.rare_at - 1 - stored).await?;
+            let (st, seq) = publish(&server, one_event("large-rare", RARE_TYPE)).await?;
+            if st != StatusCode::CREATED || seq != lc.rare_at {
+                return Err(format!("the rare event was answered {st} with seq {seq}").into());
+            }
+            rare_seq = seq;
+            stored = lc.rare_at;
+        }
+        fill_s += fill(cfg, &server, size.saturating_sub(stored)).await?;
+        stored = total(&stats(&server).await?);
+        if stored < size {
+            return Err(format!("the large store holds {stored} events, not {size}").into());
+        }
+        say(
+            cfg,
+            &format!(
+                "{} events added in {fill_s:.1} s ({:.0} events/s)",
+                stored - from,
+                (stored - from) as f64 / fill_s.max(1e-9)
+            ),
+        );
+
+        // 2. Start-ups.
+        let mut ready_runs_s = Vec::new();
+        let mut memory_runs = Vec::new();
+        for i in 0..cfg.startup_runs.max(1) {
+            server.stop().await?;
+            say(
+                cfg,
+                &format!("start-up with {stored} events, run {}", i + 1),
+            );
+            server = launcher.msgbus(&dir).await?;
+            ready_runs_s.push(server.ready_after.as_secs_f64());
+            memory_runs.push(server.memory());
+        }
+        let st = stats(&server).await?;
+
+        // 3. The duplicate of seq 1.
+        let (status, seq) = publish(&server, first.clone()).await?;
+        if status != StatusCode::OK || seq != 1 {
+            return Err(format!(
+                "a duplicate of seq 1 with {stored} stored events was answered {status} with seq {seq}"
+            )
+            .into());
+        }
+
+        // 4. Random reads.
+        say(
+            cfg,
+            &format!("GET /events/{{seq}} at random seqs, {stored} stored"),
+        );
+        let random_get = loadgen::closed_loop(
+            server.addr,
+            &Work::RandomEvent { max: stored },
+            &ClosedLoop {
+                connections: lc.get_connections,
+                warmup: cfg.warmup,
+                duration: cfg.duration,
+                max_requests: None,
+            },
+        )
+        .await?;
+        if random_get.errors > 0 {
+            return Err(format!(
+                "GET /events/{{seq}} failed {} times; first: {:?}",
+                random_get.errors, random_get.first_error
+            )
+            .into());
+        }
+        steps.push(LargeStep {
+            events: stored,
+            store_bytes: st["store"]["bytes"].as_u64().unwrap_or(0),
+            fill_s,
+            fill_events: stored - from,
+            fill_events_per_s: (stored - from) as f64 / fill_s.max(1e-9),
+            ready_runs_s,
+            memory_runs,
+            memory_entries: st["store"]["memory_entries"].as_u64(),
+            key_filter_bytes: st["writer"]["key_filter_bytes"].as_u64(),
+            duplicate_ok: true,
+            random_get,
+        });
+        if !is_top {
+            continue;
+        }
+
+        // 5. Filtered read of the rare type across the whole store.
+        say(cfg, "filtered read of the rare type across the store");
+        let (filtered_read_s, filtered_pages, filtered_found) = filtered_read(&server).await?;
+        if filtered_found != 1 {
+            return Err(format!(
+                "the filtered read found {filtered_found} events of the rare type, not 1"
+            )
+            .into());
+        }
+
+        // 6. Open-loop publishing, then memory.
+        say(
+            cfg,
+            &format!(
+                "publishing {} events/s for {:.0} s",
+                cfg.write_rate,
+                lc.publish.as_secs_f64()
+            ),
+        );
+        let running = OpenLoop {
+            rate: cfg.write_rate,
+            connections: cfg.write_connections,
+        }
+        .start(
+            server.addr,
+            &Work::Single {
+                tag: scenarios::run_tag("large-pub"),
+                head: None,
+            },
+            lc.publish * 2 + Duration::from_secs(60),
+        )
+        .await?;
+        tokio::time::sleep(lc.publish).await;
+        let publisher = running.stop().await?;
+        let memory_after_publish = server.memory();
+
+        // 7. Single events, empty vs large, interleaved pairs.
+        let empty = launcher.msgbus(&empty_dir).await?;
+        let c = cfg.connections.iter().copied().max().unwrap_or(1);
+        let spec = ClosedLoop {
+            connections: c,
+            warmup: cfg.warmup,
+            duration: cfg.duration,
+            max_requests: None,
+        };
+        let mut pairs = Vec::new();
+        for i in 0..cfg.repeat.max(1) {
+            say(
+                cfg,
+                &format!("single events @{c}, empty then large, pair {}", i + 1),
+            );
+            let e =
+                loadgen::closed_loop(empty.addr, &scenarios::single_work("large-e"), &spec).await?;
+            let l = loadgen::closed_loop(server.addr, &scenarios::single_work("large-l"), &spec)
+                .await?;
+            pairs.push((e, l));
+        }
+        empty.stop().await?;
+        let runs_ratio: Vec<f64> = pairs
+            .iter()
+            .map(|(e, l)| l.requests_per_s / e.requests_per_s.max(1e-9))
+            .collect();
+        let median_run = scenarios::median_index(&runs_ratio);
+        let (e, l) = pairs.swap_remove(median_run);
+        server.stop().await?;
+
+        // 8. Verify the stopped store.
+        say(cfg, "msgbus verify on the stopped store");
+        let verify_bytes = dir_bytes(&dir);
+        let t = Instant::now();
+        let verify_verdict = verify(launcher, &dir).await?;
+        let verify_s = t.elapsed().as_secs_f64();
+        top = Some(LargeTop {
+            rare_seq,
+            filtered_read_s,
+            filtered_pages,
+            filtered_found,
+            publisher,
+            memory_after_publish,
+            ratio_to_empty: runs_ratio[median_run],
+            empty: e,
+            large: l,
+            runs_ratio,
+            median_run,
+            verify_s,
+            verify_bytes,
+            verify_mb_per_s: verify_bytes as f64 / 1e6 / verify_s.max(1e-9),
+            verify_verdict,
+        });
+        break;
+    }
+    let top = top.ok_or("the largest size was not reached")?;
+    Ok(LargeDoc {
+        empty_ready_s: median(&empty_ready_runs_s),
+        empty_ready_runs_s,
+        steps,
+        top,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}
