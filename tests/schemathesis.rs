@@ -154,7 +154,17 @@ async fn schemathesis_finds_nothing() {
     // marks as needing one refuse a request without it. Failed
     // authentications are not limited here: that check sends many.
     let dir = DataDir::temp();
-    let token = create_token(dir.path(), "fuzz", "admin", &[]).await;
+    // A name the fuzzer cannot generate: `DELETE /admin/tokens/{name}` is
+    // fuzzed too, and a run once revoked its own token "fuzz" (from its
+    // dictionary's "fuzz-a"), after which every request was refused 401.
+    let name = format!(
+        "schemathesis-admin-{:016x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    );
+    let token = create_token(dir.path(), &name, "admin", &[]).await;
     let server = spawn_process(
         dir.path(),
         &[

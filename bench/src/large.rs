@@ -158,6 +158,38 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Disk one stored event of the fill takes at most with msgbus's defaults:
+/// its segment line (~340 bytes), its index record and key (44 bytes), and
+/// two backup copies of its segment (msgbus keeps verified copies of sealed
+/// segments: budget `--backup-keep` times the store, two distinct copies
+/// at least), rounded up.
+const DISK_PER_EVENT: u64 = 1_200;
+
+/// Free disk the group leaves for everything else on the machine.
+const DISK_SPARE: u64 = 10 << 30;
+
+/// Refuses to start when the largest size would leave less than
+/// [`DISK_SPARE`] free on the work directory's disk (a 50M-event store
+/// with its backups is about 55 GB): a full disk stops far more than this
+/// benchmark.
+fn check_disk(cfg: &BenchConfig, sizes: &[u64]) -> Result<()> {
+    let top = sizes.iter().copied().max().unwrap_or(0);
+    let need = top.saturating_mul(DISK_PER_EVENT) + DISK_SPARE;
+    std::fs::create_dir_all(&cfg.work_dir)?;
+    let free = fs2::available_space(&cfg.work_dir)?;
+    if free < need {
+        return Err(format!(
+            "the large-store group needs about {} GB free on {} for {top} events (store, index files, backups, {} GB spare); {} GB are free: lower BENCH_LARGE_SIZES",
+            need >> 30,
+            cfg.work_dir.display(),
+            DISK_SPARE >> 30,
+            free >> 30
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn say(cfg: &BenchConfig, msg: &str) {
     if cfg.mode != "test" {
         eprintln!("[bench] large: {msg}");
@@ -338,6 +370,7 @@ pub async fn run_large(cfg: &BenchConfig, launcher: &Launcher) -> Result<LargeDo
         s.stop().await?;
     }
 
+    check_disk(cfg, &sizes)?;
     let dir = cfg.work_dir.join("large");
     let first = one_event(FIRST_ID, event::TYPE);
     let mut server = launcher.msgbus(&dir).await?;
