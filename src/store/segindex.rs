@@ -283,8 +283,6 @@ pub struct NewRecord<'a> {
     pub subject: Option<&'a str>,
     /// CloudEvents `id`.
     pub id: &'a str,
-    /// CloudEvents `time`.
-    pub time: &'a str,
 }
 
 /// What a segment's index keeps of a scanned record.
@@ -298,7 +296,6 @@ pub fn record_of(r: &super::segment::ScannedRecord) -> NewRecord<'_> {
         source: &r.keys.source,
         subject: r.keys.subject.as_deref(),
         id: &r.keys.id,
-        time: &r.keys.time,
     }
 }
 
@@ -1026,7 +1023,6 @@ mod tests {
                 source: &source,
                 subject: subject.as_deref(),
                 id: &id,
-                time: "2026-01-31T12:00:00.123456Z",
             });
             offset += 140;
         }
@@ -1090,7 +1086,6 @@ mod tests {
             source: "s",
             subject: None,
             id: "",
-            time: "",
         });
         let h = Header {
             file: "f".into(),

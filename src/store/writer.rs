@@ -136,7 +136,6 @@ impl Accepted {
             source: &self.event.source,
             subject: self.event.subject.as_deref(),
             id: &self.event.id,
-            time: &self.event.time,
         }
     }
 }

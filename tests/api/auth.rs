@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::files::DataDir;
+use crate::common::http::metric;
 use crate::common::http::{error_fields, Api};
 use crate::common::process::{create_token, msgbus_command, run_msgbus, spawn_command};
 use crate::common::server::{start_app, TestApp};
@@ -43,17 +44,6 @@ fn types(page: &Value) -> Vec<String> {
         .iter()
         .map(|e| e["event"]["type"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 struct Setup {

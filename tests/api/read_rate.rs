@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::events::events;
 use crate::common::files::DataDir;
+use crate::common::http::metric;
 use crate::common::http::{error_fields, Api};
 use crate::common::process::create_token;
 use crate::common::server::{spawn_app_with, start_app};
@@ -22,17 +23,6 @@ async fn fill(api: &Api) {
     for chunk in events(1, 64, 8 * 1024).chunks(16) {
         api.publish_batch(chunk).await;
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// Checks a read-rate refusal: 429, `Retry-After`, problem+json naming

@@ -311,3 +311,15 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The value of the unlabelled series `name` in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
