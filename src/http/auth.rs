@@ -109,7 +109,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 return forbidden_role(&p, need).into_response();
             }
             v @ (Verdict::Missing | Verdict::Invalid) => {
-                return unauthenticated(&state, &req, presented, matches!(v, Verdict::Missing));
+                return unauthenticated(&state, req, presented, matches!(v, Verdict::Missing))
+                    .await;
             }
         }
     };
@@ -214,9 +215,9 @@ fn is_long_poll(uri: &Uri) -> bool {
         })
 }
 
-fn unauthenticated(
+async fn unauthenticated(
     state: &AppState,
-    req: &Request,
+    req: Request,
     presented: Option<&str>,
     missing: bool,
 ) -> Response {
@@ -238,7 +239,7 @@ fn unauthenticated(
                 Instant::now(),
             )
             .err()
-            .map(|wait| (rate, wait))
+            .map(|refusal| (rate, refusal))
     });
     let reason = if missing {
         "no token"
@@ -247,18 +248,17 @@ fn unauthenticated(
     };
     let token_id = id.as_deref().unwrap_or("-");
     let (method, path) = (req.method(), req.uri().path());
-    if let Some((rate, wait)) = limited {
+    if let Some((rate, refusal)) = limited {
         // Only at DEBUG: at WARN a flood of guesses would be a log line per
         // request (msgbus_auth_failures_limited_total counts them).
         tracing::debug!(client = ?addr, %method, path, token_id, reason,
             "authentication failed beyond --auth-failure-rate");
-        return rate::refused(
-            &format!(
+        return refusal
+            .answer(&format!(
                 "more than {rate} failed authentications from this address (--auth-failure-rate)"
-            ),
-            wait,
-        )
-        .into_response();
+            ))
+            .await
+            .into_response();
     }
     tracing::warn!(client = ?addr, %method, path, token_id, reason, "authentication failed");
     auth.unauthorized.fetch_add(1, Ordering::Relaxed);

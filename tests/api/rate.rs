@@ -69,3 +69,58 @@ async fn without_a_rate_nothing_is_refused() {
     }
     app.stop().await;
 }
+
+/// A client that keeps sending while refused is slowed down: its 429s are
+/// held before they are answered (up to a second each), so eight
+/// connections hammering a 5/s limit for three seconds get a few dozen
+/// answers, not thousands. Before the hold they got every refusal at once:
+/// thousands of 429s, each authenticated, routed and answered on the
+/// server's CPU. A slower machine only lowers the count.
+#[tokio::test]
+async fn clients_that_ignore_retry_after_get_their_refusals_slowly() {
+    let app = spawn_app_with(&["--rate", "5/s"]).await;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let api = app.api.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut answers, mut slowest_refusal) = (0u32, Duration::ZERO);
+            while std::time::Instant::now() < until {
+                let sent = std::time::Instant::now();
+                let r = api.get("/stats").await;
+                answers += 1;
+                match r.status {
+                    200 => {}
+                    429 => {
+                        slowest_refusal = slowest_refusal.max(sent.elapsed());
+                        // Retry-After still says when a request is due,
+                        // not how long the answer was held.
+                        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                        assert!((1..=2).contains(&wait), "Retry-After {wait}");
+                    }
+                    other => panic!("{other} {}", r.text()),
+                }
+            }
+            (answers, slowest_refusal)
+        }));
+    }
+    let (mut answers, mut slowest) = (0, Duration::ZERO);
+    for t in tasks {
+        let (a, s) = t.await.unwrap();
+        answers += a;
+        slowest = slowest.max(s);
+    }
+    assert!(
+        answers < 300,
+        "{answers} answers in 3 s: refusals were not held"
+    );
+    assert!(
+        slowest >= Duration::from_millis(300),
+        "slowest 429 {slowest:?}"
+    );
+    // Probes are never held.
+    let sent = std::time::Instant::now();
+    assert_eq!(app.get("/health/live").await.status, 200);
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    app.stop().await;
+}
