@@ -156,10 +156,24 @@ pub struct ServeConfig {
     pub backup_interval: Duration,
 
     /// Backups to keep. The newest verified backup is never deleted, and an
-    /// old one only once a newer one has verified. Each backup is a full
-    /// copy, so budget `backup-keep` times the store size on disk.
+    /// old one only once a newer one has verified. Each backup holds every
+    /// file, but backups share their copies of sealed segments (see
+    /// `--backup-copies`): budget `backup-copies` times the sealed segments
+    /// plus `backup-keep` times the active segment on disk.
     #[arg(long, env = "MSGBUS_BACKUP_KEEP", default_value_t = 10)]
     pub backup_keep: usize,
+
+    /// Physically distinct backup copies of each sealed segment (1 or 2).
+    /// Backups share (hard-link) one another's copies of a sealed segment,
+    /// so the retained backups cost about this many times the segments on
+    /// disk, not `backup-keep` times. With 2 (the default) one damaged
+    /// backup copy always leaves another; 1 halves the backups' disk for
+    /// very large stores, and a damaged backup copy then leaves only the
+    /// live segment (the monitor's scrub finds it and the next backup
+    /// copies the segment afresh).
+    #[arg(long, env = "MSGBUS_BACKUP_COPIES", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub backup_copies: u8,
 
     /// Below this much free space on the data directory's filesystem,
     /// publishing answers 507 before anything is written; it resumes by
@@ -277,6 +291,11 @@ impl ServeConfig {
             queue_capacity: self.queue_capacity.max(1),
             read_cache_bytes: self.read_cache_bytes as usize,
             backup_keep: self.backup_keep,
+            backup_copies: if self.backup_copies == 1 {
+                crate::store::backup::Copies::One
+            } else {
+                crate::store::backup::Copies::Two
+            },
             segment_fd_cache: self.segment_fd_cache.max(1),
             retention: crate::store::retention::RetentionPolicy {
                 max_events: self.retention_max_events,

@@ -600,6 +600,7 @@ mod tests {
             queue_capacity: 64,
             read_cache_bytes: 1 << 20,
             backup_keep: 1,
+            backup_copies: crate::store::backup::Copies::Two,
             segment_fd_cache: 4,
             retention: Default::default(),
         }

@@ -266,6 +266,7 @@ impl StoreHandle {
             shared.clone(),
             config.segment_bytes,
             config.backup_keep,
+            config.backup_copies,
         );
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         let (tx, rx) = mpsc::channel(config.queue_capacity);

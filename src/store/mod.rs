@@ -94,6 +94,9 @@ pub struct StoreConfig {
     pub read_cache_bytes: usize,
     /// Backups to keep (the newest verified one is always kept).
     pub backup_keep: usize,
+    /// Distinct backup copies of each sealed segment that timer and
+    /// on-demand backups make sure exist (see [`backup::Copies`]).
+    pub backup_copies: backup::Copies,
     /// Sealed segment files kept open for readers (see [`index::SegmentFiles`]).
     pub segment_fd_cache: usize,
     /// Retention limits (all off by default).

@@ -147,9 +147,10 @@ impl Writer {
         shared: Arc<Shared>,
         segment_bytes: u64,
         backup_keep: usize,
+        backup_copies: super::backup::Copies,
     ) -> (Self, index::Index) {
         let w = Writer {
-            backups: backups::BackupWorker::spawn(shared.clone(), backup_keep),
+            backups: backups::BackupWorker::spawn(shared.clone(), backup_keep, backup_copies),
             unrepaired: Vec::new(),
             shared,
             manifest: Arc::new(rec.manifest),

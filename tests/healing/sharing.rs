@@ -181,3 +181,36 @@ async fn backups_share_sealed_copies_and_keep_two_distinct_ones() {
     assert_backup_intact(app.data_dir(), &fourth);
     app.stop().await;
 }
+
+/// `--backup-copies 1`: requested backups share the one backup copy of each
+/// sealed segment instead of adding a second, so the retained backups cost
+/// about one store's worth of sealed segments on disk, however many are
+/// kept. Each backup still holds (and verifies) every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backup_copy_when_asked() {
+    let app = start_monitored(
+        DataDir::temp(),
+        &["--segment-bytes", "8KiB", "--backup-copies", "1"],
+    )
+    .await;
+    let acked = acked();
+    fill_until_sealed(&app, app.data_dir(), "one", 4, 200, &acked).await;
+    wait_newest_holds_all(&app).await;
+    let sealed: Vec<String> = sealed_segments(app.data_dir())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    for _ in 0..2 {
+        let name = take_backup(&app).await;
+        assert_backup_intact(app.data_dir(), &name);
+    }
+    let copies = copies_per_segment(app.data_dir());
+    for s in &sealed {
+        assert_eq!(
+            copies.get(s).map_or(0, BTreeSet::len),
+            1,
+            "one backup copy of {s}: {copies:?}"
+        );
+    }
+    app.stop().await;
+}

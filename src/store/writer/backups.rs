@@ -40,11 +40,11 @@ pub(super) struct BackupWorker {
 impl BackupWorker {
     /// Starts the thread. It first lists the backups already on disk and
     /// verifies the newest one.
-    pub(super) fn spawn(shared: Arc<Shared>, keep: usize) -> Self {
+    pub(super) fn spawn(shared: Arc<Shared>, keep: usize, copies: backup::Copies) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("msgbus-backup".into())
-            .spawn(move || run(shared, keep, rx))
+            .spawn(move || run(shared, keep, copies, rx))
             .map_err(
                 |e| tracing::error!(error = %e, "cannot start the backup thread; backups are off"),
             )
@@ -89,7 +89,7 @@ impl Writer {
     }
 }
 
-fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
+fn run(shared: Arc<Shared>, keep: usize, wanted: backup::Copies, rx: mpsc::Receiver<Job>) {
     backup::remove_incomplete(&shared.data_dir);
     let mut known: Vec<BackupInfo> = Vec::new();
     let dirs = backup::list_dirs(&shared.data_dir);
@@ -143,12 +143,12 @@ fn run(shared: Arc<Shared>, keep: usize, rx: mpsc::Receiver<Job>) {
             hashed = backup::HashedCopies::default();
         }
         // Seal-time backups share any verified earlier copy of an older
-        // sealed segment; the others also make sure two distinct copies of
-        // each exist (see `backup::Copies`).
+        // sealed segment; the others also make sure `--backup-copies`
+        // distinct copies of each exist (see `backup::Copies`).
         let copies = if jobs.iter().all(|j| j.trigger == Trigger::Seal) {
             backup::Copies::One
         } else {
-            backup::Copies::Two
+            wanted
         };
         let source = source(&shared);
         let mut result = backup::take(&source, copies, &mut hashed);
