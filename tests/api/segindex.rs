@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::files::{index_file, rel, sealed_segments, DataDir};
 use crate::common::http::Api;
-use crate::common::process::run_msgbus;
+use crate::common::process::{run_msgbus, spawn_process};
 use crate::common::server::{start_app, TestApp};
 use crate::common::sse::SseReader;
 
@@ -540,5 +540,66 @@ async fn a_start_loads_the_saved_key_filter_instead_of_reading_key_tables() {
     assert!(
         dir.path().join("keys.filter").is_file(),
         "saved again at the stop"
+    );
+}
+
+/// Start-up reads the manifest, the index files and the active segment,
+/// never a sealed segment's records: a store whose oldest sealed segment
+/// was overwritten while it was stopped (same length, every byte wrong)
+/// starts and listens, and only after that does the integrity monitor's
+/// first check find the damage and restore the segment from its backup.
+/// Before index files, start-up scanned every sealed segment, so the
+/// damage was found (and repaired) before the server listened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_does_not_read_sealed_segments() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    fill(&app, 300).await;
+    let seg = sealed_segments(app.data_dir())[0].clone();
+    crate::common::monitor::wait_backup_holding(&app, &seg).await;
+    let dir = app.stop().await;
+    let original = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, vec![b'#'; original.len()]).unwrap();
+    let file = rel(&seg);
+
+    let mut args = ARGS.to_vec();
+    args.extend(["--monitor-interval", "0.2"]);
+    let mut server = spawn_process(dir.path(), &args).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = server.api.alerts().await;
+        if alerts
+            .iter()
+            .any(|a| a["kind"] == "repair" && a["file"] == file.as_str())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no repair of {file} within 20 s: {:#}",
+            Value::from(alerts)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        original,
+        "restored byte for byte"
+    );
+    assert_eq!(server.api.get("/health/ready").await.status, 200);
+    server.terminate(Duration::from_secs(15)).await;
+    let log = server.log();
+    let listening = log
+        .iter()
+        .position(|l| l["message"] == "msgbus listening")
+        .expect("a listening line");
+    let name = seg.file_name().unwrap().to_string_lossy().to_string();
+    let first_mention = log
+        .iter()
+        .position(|l| l.to_string().contains(&name))
+        .expect("the damage is logged");
+    assert!(
+        listening < first_mention,
+        "{file} was read before the server listened: {:#}",
+        log[first_mention]
     );
 }
