@@ -154,13 +154,15 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             }
         }
     }
-    for dir in backup::list_dirs(data_dir) {
+    let mut checked = backup::CheckedFiles::default();
+    let dirs = backup::list_dirs(data_dir);
+    for dir in &dirs {
         let name = dir
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        match backup::verify(&dir) {
+        match backup::verify_sharing(dir, &mut checked) {
             Ok(bm) => {
                 let _ = writeln!(
                     out,
@@ -170,6 +172,13 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             }
             Err(e) => damaged(out, format!("{BACKUPS_DIR}/{name}: {e}")),
         }
+    }
+    if !dirs.is_empty() {
+        let _ = writeln!(
+            out,
+            "backups: {} bytes hashed; {} bytes of copies shared between backups (hard links) hashed once",
+            checked.hashed_bytes, checked.shared_bytes
+        );
     }
     Ok(if any_damage.get() {
         Verdict::Damaged

@@ -141,7 +141,7 @@ struct Checked {
 }
 
 /// A file's identity and the metadata a write changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileId {
     /// Device and inode.
     inode: (u64, u64),
@@ -395,7 +395,11 @@ fn assemble(
         files,
     };
     // Verify what is now on disk before the backup is declared.
-    verify_files(tmp, copied.iter().map(|&i| &bm.files[i]))?;
+    verify_files(
+        tmp,
+        copied.iter().map(|&i| &bm.files[i]),
+        &mut CheckedFiles::default(),
+    )?;
     for &i in &copied {
         let f = &bm.files[i];
         hashed.record(&tmp.join(&f.path), &f.sha256);
@@ -492,13 +496,49 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
     Ok(())
 }
 
+/// The files one pass over several backups has hashed, by identity
+/// (device, inode, length, modification time), with their length and
+/// SHA-256. Backups share their copies of sealed segments by hard link, so
+/// the same file appears in many of them: hashing it once per backup that
+/// lists it made `msgbus verify` of a 30M-event store with 10 backups hash
+/// 118 GB (368 s) where about 22 GB of distinct files exist. A file listed
+/// again is compared with its first hash, so damage to a shared copy is
+/// still reported in every backup that lists it.
+#[derive(Debug, Default)]
+pub struct CheckedFiles {
+    hashes: HashMap<FileId, (u64, String)>,
+    /// Bytes actually read and hashed.
+    pub hashed_bytes: u64,
+    /// Bytes of files listed again and not read again.
+    pub shared_bytes: u64,
+}
+
+impl CheckedFiles {
+    fn sha256(&mut self, path: &Path) -> Result<(u64, String), FileError> {
+        let id = FileId::of(path);
+        if let Some(hit) = id.and_then(|id| self.hashes.get(&id)) {
+            self.shared_bytes += hit.0;
+            return Ok(hit.clone());
+        }
+        let (bytes, sha) = sha256_file(path)?;
+        self.hashed_bytes += bytes;
+        // Identity read before the hash: a file changed meanwhile has a
+        // new mtime, so a stale entry is never matched again.
+        if let Some(id) = id {
+            self.hashes.insert(id, (bytes, sha.clone()));
+        }
+        Ok((bytes, sha))
+    }
+}
+
 fn verify_files<'a>(
     dir: &Path,
     files: impl IntoIterator<Item = &'a BackupFile>,
+    checked: &mut CheckedFiles,
 ) -> Result<(), BackupError> {
     for f in files {
         let path = dir.join(&f.path);
-        let (bytes, sha) = sha256_file(&path)?;
+        let (bytes, sha) = checked.sha256(&path)?;
         if bytes != f.bytes || sha != f.sha256 {
             return Err(BackupError::Mismatch {
                 path,
@@ -524,8 +564,17 @@ pub fn read_manifest(dir: &Path) -> Result<BackupManifest, BackupError> {
 
 /// Verifies every file of the backup `dir` against its SHA-256.
 pub fn verify(dir: &Path) -> Result<BackupManifest, BackupError> {
+    verify_sharing(dir, &mut CheckedFiles::default())
+}
+
+/// [`verify`], hashing only the files `checked` has not hashed yet (for a
+/// pass over every backup).
+pub fn verify_sharing(
+    dir: &Path,
+    checked: &mut CheckedFiles,
+) -> Result<BackupManifest, BackupError> {
     let bm = read_manifest(dir)?;
-    verify_files(dir, &bm.files)?;
+    verify_files(dir, &bm.files, checked)?;
     Ok(bm)
 }
 

@@ -224,3 +224,82 @@ async fn restore_refuses_an_incomplete_backup() {
     let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
     assert_eq!(code, 0, "the store is as it was:\n{out}\n{err}");
 }
+
+/// `msgbus verify` hashes a backup copy shared by several backups (hard
+/// links) once, not once per backup: it says how many bytes it hashed, and
+/// that is the size of the distinct backup files. Damage to a shared copy
+/// is still reported in every backup that lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_hashes_a_shared_backup_copy_once_and_reports_it_in_every_backup() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::os::unix::fs::MetadataExt;
+    let app = start_monitored(DataDir::temp(), &["--segment-bytes", "8KiB"]).await;
+    let acked = acked();
+    fill_until_sealed(&app, app.data_dir(), "vsh", 4, 200, &acked).await;
+    for _ in 0..3 {
+        let r = app.post("/admin/backups", None).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let dir = app.stop().await;
+    let d = dir.path().display().to_string();
+    // Distinct backup files (by inode) and every listing of one.
+    let mut inodes: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut listed = 0u64;
+    let mut holders: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for b in std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .flatten()
+    {
+        let name = b.file_name().to_string_lossy().to_string();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.path().join("backup.json")).unwrap()).unwrap();
+        for f in m["files"].as_array().unwrap() {
+            let meta = std::fs::metadata(b.path().join(f["path"].as_str().unwrap())).unwrap();
+            inodes.insert(meta.ino(), meta.len());
+            listed += meta.len();
+            holders.entry(meta.ino()).or_default().insert(name.clone());
+        }
+    }
+    let distinct: u64 = inodes.values().sum();
+    assert!(
+        listed > distinct,
+        "the backups share copies: {listed} vs {distinct}"
+    );
+
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("backups: "))
+        .unwrap_or_else(|| panic!("a summary line: {out}"));
+    assert_eq!(
+        summary,
+        format!(
+            "backups: {distinct} bytes hashed; {} bytes of copies shared between backups (hard links) hashed once",
+            listed - distinct
+        ),
+        "{out}"
+    );
+
+    // Damage the copy held by the most backups: each of them is reported.
+    let (&ino, names) = holders.iter().max_by_key(|(_, n)| n.len()).unwrap();
+    assert!(names.len() > 1, "{holders:?}");
+    let any = names.iter().next().unwrap();
+    let path = std::fs::read_dir(dir.path().join("backups").join(any).join("segments"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).unwrap().ino() == ino)
+        .unwrap_or_else(|| panic!("inode {ino} is a segment copy in {any}"));
+    let len = std::fs::metadata(&path).unwrap().len();
+    flip_pad(&path, len / 2);
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_ne!(code, 0, "{out}{err}");
+    for name in names {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("DAMAGED") && l.contains(name.as_str())),
+            "backup {name} reported damaged:\n{out}"
+        );
+    }
+}
