@@ -25,7 +25,7 @@ use super::lock::DirLock;
 use super::manifest::{DurablePrefix, Manifest, SealedSegment};
 use super::sealed::SealedPart;
 use super::segindex::{self, SegmentIndex};
-use super::segment::{self, Scan};
+use super::segment;
 use std::sync::Arc;
 
 pub mod active;
@@ -573,17 +573,35 @@ fn index_active_segment(
     report: &mut RecoveryReport,
 ) -> Result<(ActiveSegment, Sha256)> {
     let path = layout::segment_path(data_dir, &segment::file_name(first_seq));
-    let (bytes, scan) = recover_active(data_dir, &path, first_seq, manifest, report)?;
+    let (bytes, frames) = recover_active(data_dir, &path, first_seq, manifest, report)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .map_err(file_err("open", &path))?;
     let pos = index.add_segment(reader(&path, first_seq, bytes.len() as u64)?);
-    add_records(index, dedup, pos, &scan);
+    // One record's attributes at a time: holding them all (a few hundred
+    // bytes of strings each) for a full 64 MiB segment was ~60 MB of peak
+    // memory at start-up.
     let mut seg_index = segindex::Builder::default();
-    for r in &scan.records {
-        seg_index.push(segindex::record_of(r));
+    for (seq, &(offset, framed)) in (first_seq..).zip(&frames) {
+        let line = &bytes[offset as usize..][..framed.line_len as usize];
+        let keys = segment::decode_keys(framed.event_of(line)).map_err(|p| {
+            // The frame's CRC matched, so the writer stored these bytes:
+            // only a writer that stored an invalid event could get here.
+            StoreError::Corrupt(format!(
+                "active segment {}: record seq {seq} at offset {offset}: {p}",
+                path.display()
+            ))
+        })?;
+        let r = segment::ScannedRecord {
+            seq,
+            offset,
+            framed,
+            keys,
+        };
+        add_record(index, dedup, pos, &r);
+        seg_index.push(segindex::record_of(&r));
     }
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
@@ -592,7 +610,7 @@ fn index_active_segment(
         path,
         first_seq,
         len: bytes.len() as u64,
-        count: scan.records.len() as u64,
+        count: frames.len() as u64,
         index_pos: pos,
         crc: crc32c::crc32c(&bytes),
         bytes,
@@ -617,14 +635,15 @@ fn record_durable_floor(
 }
 
 /// Reads, judges and, if need be, repairs the active segment (see
-/// [`active`]); returns its bytes, a torn tail cut away, and their scan.
+/// [`active`]); returns its bytes, a torn tail cut away, and each valid
+/// record's offset and framing.
 fn recover_active(
     data_dir: &Path,
     path: &Path,
     first_seq: u64,
     manifest: &Manifest,
     report: &mut RecoveryReport,
-) -> Result<(Vec<u8>, Scan)> {
+) -> Result<(Vec<u8>, segment::Frames)> {
     let rel = layout::segment_rel_of(path);
     let file_name = segment::file_name(first_seq);
     let (live, missing) = match std::fs::read(path) {
@@ -633,7 +652,7 @@ fn recover_active(
         Err(e) => return Err(StoreError::file("read", path, e)),
     };
     let plan = active::plan(data_dir, &file_name, &live, first_seq, manifest);
-    let (mut bytes, mut scan, verdict) = match plan.repair {
+    let (mut bytes, frames, verdict) = match plan.repair {
         Some(c) => {
             let what = if missing {
                 format!("{rel} was missing")
@@ -644,8 +663,8 @@ fn recover_active(
                 fsutil::quarantine(data_dir, path, 0, &live)?;
             }
             fsutil::write_atomic(path, &c.bytes).map_err(file_err("rewrite", path))?;
-            let had = first_seq + plan.scan.records.len() as u64;
-            let has = first_seq + c.scan.records.len() as u64;
+            let had = first_seq + plan.scan.count;
+            let has = first_seq + c.scan.count;
             let detail = format!(
                 "{what}; repaired from backup {}: the segment now holds seq {first_seq}..={}{}",
                 c.backup,
@@ -662,7 +681,7 @@ fn recover_active(
                 file: rel.clone(),
                 detail,
             });
-            (c.bytes, c.scan, c.verdict)
+            (c.bytes, c.frames, c.verdict)
         }
         // A missing file is only taken as empty when the manifest says it
         // was empty.
@@ -672,7 +691,7 @@ fn recover_active(
                 path.display()
             )));
         }
-        None => (live, plan.scan, plan.verdict),
+        None => (live, plan.frames, plan.verdict),
     };
     match verdict {
         active::Verdict::Whole => {}
@@ -709,7 +728,6 @@ fn recover_active(
                 detail,
             });
             bytes.truncate(valid_len as usize);
-            scan.damage = None;
         }
         refused @ (active::Verdict::Truncated { .. } | active::Verdict::Damaged { .. }) => {
             return Err(StoreError::Corrupt(format!(
@@ -720,7 +738,7 @@ fn recover_active(
             )));
         }
     }
-    Ok((bytes, scan))
+    Ok((bytes, frames))
 }
 
 fn store_manifest(m: &Manifest, data_dir: &Path) -> Result<()> {
@@ -765,12 +783,6 @@ fn check_sealed(path: &Path, s: &SealedSegment, bytes: &[u8], expect: u64) -> Re
     s.check_bytes(bytes).map_err(|mismatch| {
         StoreError::Corrupt(format!("sealed segment {} {mismatch}", path.display()))
     })
-}
-
-fn add_records(index: &mut Index, dedup: &mut DedupIndex, pos: u32, scan: &Scan) {
-    for r in &scan.records {
-        add_record(index, dedup, pos, r);
-    }
 }
 
 fn add_record(index: &mut Index, dedup: &mut DedupIndex, pos: u32, r: &segment::ScannedRecord) {

@@ -41,6 +41,13 @@ pub struct Framed {
     pub line_len: u32,
 }
 
+impl Framed {
+    /// The event's bytes within its record's `line`.
+    pub fn event_of<'a>(&self, line: &'a [u8]) -> &'a [u8] {
+        &line[self.event_offset as usize..][..self.event_len as usize]
+    }
+}
+
 /// Appends one framed record for `event` to `out` and says where its parts are.
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, event: &[u8]) -> Framed {
     let crc = crc32c::crc32c(event);
@@ -130,6 +137,14 @@ impl std::fmt::Display for RecordProblem {
 
 /// Decodes one line (including its trailing newline, if present).
 pub fn decode_line(line: &[u8]) -> Result<(u64, Framed, EventKeys), RecordProblem> {
+    let (seq, framed) = decode_frame(line)?;
+    let keys = decode_keys(framed.event_of(line))?;
+    Ok((seq, framed, keys))
+}
+
+/// The framing half of [`decode_line`]: the line is a record as msgbus
+/// writes it and its CRC matches; the event's attributes are not parsed.
+pub fn decode_frame(line: &[u8]) -> Result<(u64, Framed), RecordProblem> {
     let Some((&b'\n', body)) = line.split_last() else {
         return Err(RecordProblem::Incomplete);
     };
@@ -146,8 +161,6 @@ pub fn decode_line(line: &[u8]) -> Result<(u64, Framed, EventKeys), RecordProble
     }
     // RawValue borrows from `body`, so its address tells us where it starts.
     let event_offset = event.as_ptr() as usize - body.as_ptr() as usize;
-    let keys: EventKeys = serde_json::from_slice(event)
-        .map_err(|e| RecordProblem::Malformed(format!("event lacks id/source/type: {e}")))?;
     Ok((
         rec.seq,
         Framed {
@@ -156,8 +169,13 @@ pub fn decode_line(line: &[u8]) -> Result<(u64, Framed, EventKeys), RecordProble
             crc: actual,
             line_len: line.len() as u32,
         },
-        keys,
     ))
+}
+
+/// The attributes half of [`decode_line`]: the index's keys of an event.
+pub fn decode_keys(event: &[u8]) -> Result<EventKeys, RecordProblem> {
+    serde_json::from_slice(event)
+        .map_err(|e| RecordProblem::Malformed(format!("event lacks id/source/type: {e}")))
 }
 
 /// The first bad record of a segment, with what follows it.
@@ -173,11 +191,18 @@ pub struct Damage {
     pub seq_after: Option<(u64, u64)>,
 }
 
+/// Each valid record's offset in its segment and its framing, in seq
+/// order ([`scan_frames`]).
+pub type Frames = Vec<(u64, Framed)>;
+
 /// Result of scanning a whole segment's bytes.
 #[derive(Debug)]
 pub struct Scan {
-    /// Valid records before any damage, in file order.
+    /// Valid records before any damage, in file order (empty from
+    /// [`scan_with`] and [`scan_frames`], which hand them out instead).
     pub records: Vec<ScannedRecord>,
+    /// How many valid records come before any damage.
+    pub count: u64,
     /// Length of the valid prefix in bytes.
     pub valid_len: u64,
     /// The first bad record, if any.
@@ -201,7 +226,43 @@ pub fn scan_with(
     expected_first: u64,
     mut on_record: impl FnMut(ScannedRecord),
 ) -> Scan {
-    let records = Vec::new();
+    scan_lines(
+        bytes,
+        expected_first,
+        |line| decode_line(line).map(|(seq, framed, keys)| (seq, (framed, keys))),
+        |seq, offset, (framed, keys)| {
+            on_record(ScannedRecord {
+                seq,
+                offset,
+                framed,
+                keys,
+            })
+        },
+    )
+}
+
+/// Like [`scan`], checking framing, CRCs and seqs, but without parsing
+/// each event's attributes: returns each valid record's offset and
+/// framing (24 bytes a record instead of a [`ScannedRecord`]'s ~300 with
+/// its strings). Start-up judges the active segment this way, then parses
+/// the attributes of one record at a time while it indexes them.
+pub fn scan_frames(bytes: &[u8], expected_first: u64) -> (Scan, Frames) {
+    let mut frames = Vec::new();
+    let scan = scan_lines(bytes, expected_first, decode_frame, |_, offset, framed| {
+        frames.push((offset, framed))
+    });
+    (scan, frames)
+}
+
+/// The one walk over a segment's lines: `decode` each, hand the valid
+/// ones in gapless seq order to `on_record` (seq, offset, what `decode`
+/// gave), and stop at the first bad one.
+fn scan_lines<T>(
+    bytes: &[u8],
+    expected_first: u64,
+    decode: impl Fn(&[u8]) -> Result<(u64, T), RecordProblem>,
+    mut on_record: impl FnMut(u64, u64, T),
+) -> Scan {
     let mut pos = 0usize;
     let mut expect = expected_first;
     while pos < bytes.len() {
@@ -209,26 +270,22 @@ pub fn scan_with(
             .map(|i| pos + i + 1)
             .unwrap_or(bytes.len());
         let line = &bytes[pos..end];
-        let problem = match decode_line(line) {
-            Ok((seq, framed, keys)) if seq == expect => {
-                on_record(ScannedRecord {
-                    seq,
-                    offset: pos as u64,
-                    framed,
-                    keys,
-                });
+        let problem = match decode(line) {
+            Ok((seq, rec)) if seq == expect => {
+                on_record(seq, pos as u64, rec);
                 expect += 1;
                 pos = end;
                 continue;
             }
-            Ok((seq, _, _)) => RecordProblem::Malformed(format!(
+            Ok((seq, _)) => RecordProblem::Malformed(format!(
                 "sequence number {seq} where {expect} was expected"
             )),
             Err(p) => p,
         };
         let (valid_after, seq_after) = count_valid_lines(&bytes[end..]);
         return Scan {
-            records,
+            records: Vec::new(),
+            count: expect - expected_first,
             valid_len: pos as u64,
             damage: Some(Damage {
                 offset: pos as u64,
@@ -239,7 +296,8 @@ pub fn scan_with(
         };
     }
     Scan {
-        records,
+        records: Vec::new(),
+        count: expect - expected_first,
         valid_len: pos as u64,
         damage: None,
     }

@@ -102,7 +102,7 @@ impl Verdict {
 
 /// Judges `bytes` (scanned as `scan`, from `first_seq`) against `floor`.
 pub fn judge(bytes: &[u8], scan: &Scan, first_seq: u64, floor: DurablePrefix) -> Verdict {
-    let last_seq = first_seq + scan.records.len() as u64 - 1;
+    let last_seq = first_seq + scan.count - 1;
     match &scan.damage {
         None if (bytes.len() as u64) < floor.bytes => Verdict::Truncated {
             len: bytes.len() as u64,
@@ -131,7 +131,7 @@ pub fn judge(bytes: &[u8], scan: &Scan, first_seq: u64, floor: DurablePrefix) ->
 /// The highest sequence number the live file shows to have been written:
 /// its valid records, any valid records after damage, and the floor.
 fn highest_seen(scan: &Scan, first_seq: u64, floor: DurablePrefix) -> u64 {
-    let valid = first_seq + scan.records.len() as u64 - 1;
+    let valid = first_seq + scan.count - 1;
     let after = scan
         .damage
         .as_ref()
@@ -145,8 +145,10 @@ fn highest_seen(scan: &Scan, first_seq: u64, floor: DurablePrefix) -> u64 {
 pub struct Candidate {
     /// The repaired segment's bytes.
     pub bytes: Vec<u8>,
-    /// Their scan.
+    /// Their scan (no records: see `frames`).
     pub scan: Scan,
+    /// Each valid record's offset and framing ([`segment::scan_frames`]).
+    pub frames: segment::Frames,
     /// Their verdict ([`Verdict::is_usable`]).
     pub verdict: Verdict,
     /// The backup it came from.
@@ -156,8 +158,12 @@ pub struct Candidate {
 /// What recovery (or `msgbus verify`) finds for the active segment.
 #[derive(Debug)]
 pub struct Plan {
-    /// The live file's scan.
+    /// The live file's scan (no records: see `frames`).
     pub scan: Scan,
+    /// Each valid record's offset and framing ([`segment::scan_frames`]):
+    /// the records' attributes are parsed one at a time when they are
+    /// indexed, not held for the whole segment at once.
+    pub frames: segment::Frames,
     /// The live file's verdict.
     pub verdict: Verdict,
     /// A repair from a backup, when the live file lost or damaged
@@ -171,7 +177,7 @@ pub struct Plan {
 /// than the live file.
 pub fn plan(data_dir: &Path, file: &str, live: &[u8], first_seq: u64, manifest: &Manifest) -> Plan {
     let floor = manifest.durable_floor();
-    let scan = segment::scan(live, first_seq);
+    let (scan, frames) = segment::scan_frames(live, first_seq);
     let verdict = judge(live, &scan, first_seq, floor);
     // Which backup copies could hold acknowledged bytes the live file lacks.
     let min_len = match &verdict {
@@ -184,9 +190,9 @@ pub fn plan(data_dir: &Path, file: &str, live: &[u8], first_seq: u64, manifest: 
     let repair = backup::active_copies(data_dir, file, Some(min_len), |l| manifest.same_lineage(l))
         .find_map(|(copy, backup)| {
             let bytes = splice(live, scan.valid_len, copy)?;
-            let cscan = segment::scan(&bytes, first_seq);
+            let (cscan, cframes) = segment::scan_frames(&bytes, first_seq);
             let cverdict = judge(&bytes, &cscan, first_seq, floor);
-            let last = first_seq + cscan.records.len() as u64 - 1;
+            let last = first_seq + cscan.count - 1;
             if !cverdict.is_usable() || last < need {
                 tracing::warn!(
                     backup,
@@ -198,12 +204,14 @@ pub fn plan(data_dir: &Path, file: &str, live: &[u8], first_seq: u64, manifest: 
             Some(Candidate {
                 bytes,
                 scan: cscan,
+                frames: cframes,
                 verdict: cverdict,
                 backup,
             })
         });
     Plan {
         scan,
+        frames,
         verdict,
         repair,
     }
