@@ -253,8 +253,13 @@ impl Queues {
                 break;
             }
             if more {
-                self.read_more(&e, spec.ordered_by_subject).await?;
-                continue;
+                match self.read_more(&e, spec.ordered_by_subject).await {
+                    Ok(()) => continue,
+                    // What is leased already is answered; the read is
+                    // tried again by the next fetch.
+                    Err(err) if got.is_empty() => return Err(err),
+                    Err(_) => break,
+                }
             }
             if capped && got.is_empty() {
                 return Err(QueueFailure::TooManyLeases {
