@@ -130,20 +130,21 @@ impl QueueLedger {
                 self.redo.insert(*s);
             }
         }
+        let floor = self.floor.max(d.floor);
         for s in &d.ack {
             self.redo.remove(s);
-            self.acked.insert(*s);
+            if *s > floor {
+                self.acked.insert(*s);
+            }
         }
         for (s, dl) in &d.dead {
             self.redo.remove(s);
             self.dead.insert(*s, dl.clone());
         }
-        if d.floor > self.floor {
-            self.floor = d.floor;
-            self.acked = self.acked.split_off(&(d.floor + 1));
-        } else {
-            let floor = self.floor;
-            self.acked.retain(|s| *s > floor);
+        if floor > self.floor {
+            // Amortized O(1) per ack: each entry is dropped once.
+            self.floor = floor;
+            self.acked = self.acked.split_off(&(floor + 1));
         }
     }
 }
