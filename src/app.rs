@@ -133,8 +133,19 @@ impl Application {
         tracing::info!(addr = %addr, scheme, data_dir = %config.data_dir.display(), "msgbus listening");
         let verifications = state.verifications.clone();
         let keyring = state.auth.keyring.clone();
+        let queues = state.queues.clone();
         let router = http::router(state);
         let mut jobs = Jobs::default();
+        jobs.add(Some(jobs::every(
+            "queue reaper",
+            crate::queue::REAP_EVERY,
+            FirstTick::AfterInterval,
+            shutdown_tx.subscribe(),
+            move |_| {
+                let queues = queues.clone();
+                async move { queues.reap().await }
+            },
+        )));
         jobs.add(Some(monitor::spawn(
             store.clone(),
             MonitorSettings {

@@ -213,6 +213,21 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_CONSUMERS", default_value_t = 1000)]
     pub max_consumers: usize,
 
+    /// Most events leased at once per queue consumer; a fetch beyond it
+    /// answers 429. It also bounds the events a queue reads ahead and
+    /// keeps in memory (with their bytes until first delivered). Raise it
+    /// for many workers with big batches, at that memory cost.
+    #[arg(long, env = "MSGBUS_QUEUE_MAX_LEASES", default_value_t = 10_000)]
+    pub queue_max_leases: usize,
+
+    /// Most acknowledged and dead events a queue consumer keeps above its
+    /// ack floor (the oldest event not yet done), about 50 bytes each in
+    /// memory and in the consumers snapshot; an ack beyond it answers 429
+    /// until the oldest leased events are acked or expire. Higher lets
+    /// fast workers run further ahead of one stuck event.
+    #[arg(long, env = "MSGBUS_QUEUE_MAX_ACKED", default_value_t = 100_000)]
+    pub queue_max_acked: usize,
+
     /// Most requests per second from one client address, e.g. `100/s` or
     /// `6000/m`, with bursts of up to twice a second's worth; beyond it a
     /// request is answered 429 with `Retry-After` before its body is read.

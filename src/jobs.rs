@@ -9,6 +9,7 @@
 //! | backup timer ([`crate::backup_timer`]) | `--backup-interval` | asks for a backup when events were stored since the newest verified one |
 //! | retention ticker | `--retention-max-age` / 10 (1 s to 60 s) | asks the writer for a retention pass, so an idle store drops old segments too |
 //! | token file watcher ([`crate::app`]) | 1 s | rereads `auth/tokens.json` when it changed (create, revoke); writes tokens' `last_used` back once a minute |
+//! | queue reaper ([`crate::queue`]) | 1 s | returns expired leases of queue consumers, writes their dead letters, raises the dead-letter alerts that waited |
 //! | SIGHUP reloader ([`crate::app`]) | each SIGHUP | rereads the token file at once and, with `--tls-cert`, the certificate and key (a bad file keeps the old ones and raises an alert) |
 //!
 //! The store's own threads (the writer, its backup thread and its SHA-256

@@ -13,6 +13,7 @@
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`auth`]: access control: tokens, roles, scopes, `auth/tokens.json`
+//! - [`queue`]: work queues: leases, acks and dead letters of queue consumers
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
 //! - [`jobs`]: the periodic background jobs, started and stopped one way
 //! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
@@ -36,6 +37,7 @@ pub mod http;
 pub mod jobs;
 pub mod monitor;
 pub mod offline;
+pub mod queue;
 pub mod redact;
 pub mod server;
 pub mod sse;

@@ -40,6 +40,7 @@ const HTTP_MAY_USE: &[&str] = &[
     "EventPage",
     "Consumer",
     "ConsumerStart",
+    "QueueSpec",
     // Snapshots.
     "Status",
     "StatsSnapshot",

@@ -75,7 +75,10 @@ struct Args {
     /// reads under load), fanout (SSE fan-out), auth (single events and
     /// batches with access control off, then on), large (a store grown
     /// through --large-sizes: fill, start-up, memory, reads, publishing,
-    /// verify; long, never in the default run) [default: all but large]. The JSON
+    /// verify; long, never in the default run), queues (fetch + ack of a
+    /// queue consumer with 16 workers beside Redis Streams with appendfsync
+    /// always; installs redis-server when missing; never in the default
+    /// run) [default: all but large and queues]. The JSON
     /// then goes to bench/results/only-<groups>.json unless --out says
     /// otherwise.
     #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]

@@ -446,6 +446,9 @@ pub fn render(r: &Report) -> String {
     if let Some(a) = &r.auth {
         render_auth(&mut s, a);
     }
+    if let Some(q) = &r.queues {
+        render_queues(&mut s, q);
+    }
     if let Some(l) = &r.large {
         render_large(&mut s, l);
     }
@@ -566,6 +569,46 @@ fn render_single(s: &mut String, r: &Report) {
             f.events_per_fsync_since_start,
             f.fsync_avg_us
         );
+    }
+}
+
+fn render_queues(s: &mut String, q: &crate::queues::QueuesDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Work queues: {} events drained by {} workers, fetch {} + ack each batch; acks durable before the answer",
+        q.events, q.workers, q.batch
+    );
+    let row = |s: &mut String, name: &str, r: &crate::queues::QueueRun| {
+        let _ = writeln!(
+            s,
+            "  {name:<44} {:>9} events/s  ({} events in {:.1} s, {} fetches, {} acks, {} errors)",
+            num(r.events_per_s),
+            r.events,
+            r.seconds,
+            r.fetches,
+            r.acks,
+            r.errors
+        );
+    };
+    row(s, "msgbus fetch + ack", &q.msgbus);
+    match (&q.redis, &q.redis_skipped) {
+        (Some(r), _) => row(
+            s,
+            &format!(
+                "Redis XREADGROUP + XACK, appendfsync always{}",
+                q.redis_version
+                    .as_deref()
+                    .and_then(|v| v.split_whitespace().nth(2))
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default()
+            ),
+            r,
+        ),
+        (None, Some(why)) => {
+            let _ = writeln!(s, "  Redis row skipped: {why}");
+        }
+        (None, None) => {}
     }
 }
 

@@ -76,6 +76,10 @@ pub enum Scenario {
     /// start-up, memory, random reads, a filtered read, publishing and
     /// `msgbus verify` on it. Long: never part of the default run.
     Large,
+    /// Work queues: fetch + ack with 16 workers, beside Redis Streams
+    /// (see [`crate::queues`]). Only when asked for (`--only queues`): it
+    /// may install `redis-server`.
+    Queues,
 }
 
 impl Scenario {
@@ -88,12 +92,13 @@ impl Scenario {
     ];
 
     /// Every group `--only` accepts, in the order they run: [`Scenario::ALL`]
-    /// and then [`Scenario::Large`].
-    pub const SELECTABLE: [Scenario; 5] = [
+    /// and then [`Scenario::Queues`] and [`Scenario::Large`].
+    pub const SELECTABLE: [Scenario; 6] = [
         Scenario::Single,
         Scenario::Stored,
         Scenario::Fanout,
         Scenario::Auth,
+        Scenario::Queues,
         Scenario::Large,
     ];
 }
@@ -687,6 +692,8 @@ pub struct Report {
     pub auth: Option<AuthDoc>,
     /// The large store ([`Scenario::Large`]).
     pub large: Option<crate::large::LargeDoc>,
+    /// Work queues beside Redis Streams ([`Scenario::Queues`]).
+    pub queues: Option<crate::queues::QueuesDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -750,6 +757,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         checks: None,
         auth: None,
         large: None,
+        queues: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -770,6 +778,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Auth) {
         rep.auth = Some(run_auth(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Queues) {
+        rep.queues = Some(crate::queues::run_queues(cfg, launcher).await?);
     }
     if cfg.runs(Scenario::Large) {
         rep.large = Some(crate::large::run_large(cfg, launcher).await?);

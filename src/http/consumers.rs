@@ -100,12 +100,26 @@ pub struct ConsumerView {
     pub created_at: String,
     /// When its filters or cursor last changed (RFC 3339).
     pub updated_at: String,
+    /// `"cursor"` (one committed cursor) or `"queue"` (a work queue shared
+    /// by workers: `POST /consumers/{name}/fetch`).
+    pub mode: &'static str,
+    /// A queue consumer's settings and numbers (absent for a cursor
+    /// consumer). For a queue, `cursor` and `lag` are where it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queues::QueueView>,
 }
 
 impl ConsumerView {
-    fn new(c: Consumer, head: u64) -> Self {
+    fn new(c: Consumer, head: u64, queues: &crate::queue::Queues) -> Self {
+        let queue = c
+            .queue
+            .is_some()
+            .then(|| super::queues::QueueView::new(&c, queues.stats(&c)))
+            .flatten();
         ConsumerView {
             lag: head.saturating_sub(c.cursor),
+            mode: if c.queue.is_some() { "queue" } else { "cursor" },
+            queue,
             last_seq: head,
             name: c.name,
             filter: c.filter.into(),
@@ -141,14 +155,40 @@ pub struct ConsumerSpecDoc {
     /// absent, the cursor stays.
     #[schema(value_type = Option<Object>, example = "earliest")]
     pub start: Option<Value>,
+    /// `"cursor"` (the default: one committed cursor) or `"queue"` (a work
+    /// queue shared by workers). Fixed at creation.
+    pub mode: Option<String>,
+    /// Queue only: seconds a fetched event stays leased (default 30, at
+    /// most 43200).
+    pub lease: Option<f64>,
+    /// Queue only: deliveries after which an unacknowledged event becomes a
+    /// dead letter (default 5, 1 to 1000).
+    pub max_deliver: Option<u32>,
+    /// Queue only: `"subject"` (at most one event per CloudEvents subject
+    /// in flight: each subject's events in seq order) or `"none"` (default).
+    pub ordering: Option<String>,
 }
 
 /// `POST /consumers/{name}/ack` body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AckDoc {
-    /// The seq processed up to and including (usually the last event read,
-    /// or `next_after` to also skip events the filters did not match).
-    pub seq: u64,
+    /// A cursor consumer: the seq processed up to and including (usually
+    /// the last event read, or `next_after` to also skip events the filters
+    /// did not match). A queue consumer: the one event acknowledged.
+    pub seq: Option<u64>,
+    /// A queue consumer only: the events acknowledged (instead of `seq`;
+    /// all or none).
+    pub seqs: Option<Vec<u64>>,
+}
+
+/// `POST /consumers/{name}/ack` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AckAnswer {
+    /// A cursor consumer: the consumer with its new cursor.
+    Cursor(Box<ConsumerView>),
+    /// A queue consumer: what was acknowledged.
+    Queue(super::queues::QueueAckAnswer),
 }
 
 /// A page of a consumer's events.
@@ -166,7 +206,7 @@ pub struct ConsumerPageDoc {
     pub last_seq: u64,
 }
 
-fn consumer_problem(e: ConsumerError) -> Problem {
+pub(super) fn consumer_problem(e: ConsumerError) -> Problem {
     match e {
         ConsumerError::NotFound(name) => Problem::not_found(format!(
             "no consumer named {name:?}; create it with PUT /consumers/{name}"
@@ -210,11 +250,48 @@ fn consumer_problem(e: ConsumerError) -> Problem {
             });
             p
         }
+        e @ (ConsumerError::NotQueue(_) | ConsumerError::ModeChange { .. }) => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "wrong-mode",
+                "Wrong consumer mode",
+                e.to_string(),
+            );
+            p.errors.push(FieldError {
+                field: "mode".into(),
+                message: e.to_string(),
+            });
+            p
+        }
+        e @ ConsumerError::AlreadyAcked(_) => {
+            conflict_seq("already-acknowledged", "Already acknowledged", e)
+        }
+        e @ ConsumerError::Dead(_) => conflict_seq("dead-letter", "A dead letter", e),
+        e @ ConsumerError::NotDead(_) => conflict_seq("not-dead", "Not a dead letter", e),
+        e @ ConsumerError::TooManyAcked { .. } => {
+            let mut p = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-acked",
+                "Too many acknowledgements above the ack floor",
+                e.to_string(),
+            );
+            p.retry_after = Some(1);
+            p
+        }
         ConsumerError::Store(e) => e.into(),
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Problem {
+fn conflict_seq(slug: &'static str, title: &'static str, e: ConsumerError) -> Problem {
+    let mut p = Problem::new(StatusCode::CONFLICT, slug, title, e.to_string());
+    p.errors.push(FieldError {
+        field: "seq".into(),
+        message: e.to_string(),
+    });
+    p
+}
+
+pub(super) fn invalid(field: &str, message: impl Into<String>) -> Problem {
     Problem::invalid_field(
         "invalid-consumer",
         "Invalid consumer request",
@@ -240,7 +317,7 @@ fn check_name(name: &str) -> Result<(), Problem> {
 }
 
 /// Reads an optional JSON object body; an empty body is an empty object.
-async fn object_body(
+pub(super) async fn object_body(
     headers: &HeaderMap,
     body: Body,
     timeout: std::time::Duration,
@@ -285,7 +362,7 @@ fn parse_spec(body: Map<String, Value>) -> Result<(Filter, Option<Start>), Probl
             _ => {
                 return Err(invalid(
                     &k,
-                    "unknown field; known: type, type_prefix, source, subject, start",
+                    "unknown field; known: type, type_prefix, source, subject, start, mode, lease, max_deliver, ordering",
                 ))
             }
         };
@@ -315,6 +392,99 @@ fn parse_spec(body: Map<String, Value>) -> Result<(Filter, Option<Start>), Probl
     Ok((filter, start))
 }
 
+/// The queue fields of a `PUT /consumers/{name}` body.
+#[derive(Default)]
+struct QueueFields {
+    queue: Option<bool>,
+    lease: Option<f64>,
+    max_deliver: Option<u32>,
+    ordered: Option<bool>,
+}
+
+fn take_queue_fields(body: &mut Map<String, Value>) -> Result<QueueFields, Problem> {
+    let mut f = QueueFields::default();
+    match body.remove("mode") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(m)) if m == "queue" => f.queue = Some(true),
+        Some(Value::String(m)) if m == "cursor" => f.queue = Some(false),
+        Some(_) => return Err(invalid("mode", "must be \"cursor\" or \"queue\"")),
+    }
+    let max_lease = super::queues::MAX_LEASE_SECS;
+    match body.remove("lease") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            f.lease = Some(
+                v.as_f64()
+                    .filter(|s| *s >= 0.001 && *s <= max_lease)
+                    .ok_or_else(|| {
+                        invalid(
+                            "lease",
+                            format!("must be a number of seconds from 0.001 to {max_lease}"),
+                        )
+                    })?,
+            )
+        }
+    }
+    match body.remove("max_deliver") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            f.max_deliver = Some(
+                v.as_u64()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| invalid("max_deliver", "must be an integer from 1 to 1000"))?
+                    as u32,
+            )
+        }
+    }
+    match body.remove("ordering") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(o)) if o == "subject" => f.ordered = Some(true),
+        Some(Value::String(o)) if o == "none" => f.ordered = Some(false),
+        Some(_) => return Err(invalid("ordering", "must be \"subject\" or \"none\"")),
+    }
+    Ok(f)
+}
+
+/// The queue settings of a consumer created or updated with `f`, which
+/// existed with `existing` (none: a cursor consumer).
+fn queue_spec(
+    f: QueueFields,
+    existing: Option<&Consumer>,
+) -> Result<Option<crate::store::QueueSpec>, Problem> {
+    let queue = f
+        .queue
+        .unwrap_or_else(|| existing.is_some_and(|c| c.queue.is_some()));
+    if !queue {
+        for (given, field) in [
+            (f.lease.is_some(), "lease"),
+            (f.max_deliver.is_some(), "max_deliver"),
+            (f.ordered.is_some(), "ordering"),
+        ] {
+            if given {
+                return Err(invalid(
+                    field,
+                    "applies to queue consumers only (\"mode\": \"queue\")",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let base = existing
+        .and_then(|c| c.queue)
+        .unwrap_or(crate::store::QueueSpec {
+            lease_ms: crate::queue::DEFAULT_LEASE.as_millis() as u64,
+            max_deliver: crate::queue::DEFAULT_MAX_DELIVER,
+            ordered_by_subject: false,
+        });
+    Ok(Some(crate::store::QueueSpec {
+        lease_ms: f
+            .lease
+            .map_or(base.lease_ms, |s| (s * 1000.0).round() as u64),
+        max_deliver: f.max_deliver.unwrap_or(base.max_deliver),
+        ordered_by_subject: f.ordered.unwrap_or(base.ordered_by_subject),
+    }))
+}
+
 fn location(name: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("/consumers/{name}")).expect("a checked name is a valid header")
 }
@@ -334,7 +504,7 @@ fn location(name: &str) -> HeaderValue {
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Creating it would pass --max-consumers", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Creating it would pass --max-consumers, or `mode` differs from the existing consumer's", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 characters, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
@@ -351,9 +521,11 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     let name = body::path_param(name, "name")?;
     check_name(&name)?;
-    let (mut filter, start) =
-        parse_spec(object_body(&headers, body, state.settings.body_timeout).await?)?;
+    let mut body = object_body(&headers, body, state.settings.body_timeout).await?;
+    let queue_fields = take_queue_fields(&mut body)?;
+    let (mut filter, start) = parse_spec(body)?;
     let existing = state.store.consumer(&name);
+    let queue = queue_spec(queue_fields, existing.as_ref())?;
     if let Some(c) = &existing {
         check_within(&principal, c)?;
         if start.is_some() && principal.role != Role::Admin {
@@ -372,7 +544,13 @@ pub async fn put(
     };
     let (c, created) = state
         .store
-        .put_consumer(name.clone(), filter, start, state.settings.max_consumers)
+        .put_consumer(
+            name.clone(),
+            filter,
+            start,
+            state.settings.max_consumers,
+            queue,
+        )
         .await
         .map_err(|e| match e {
             ConsumerError::PastHead { seq, head } => invalid(
@@ -384,7 +562,7 @@ pub async fn put(
             ),
             e => consumer_problem(e),
         })?;
-    let view = ConsumerView::new(c, state.store.head());
+    let view = ConsumerView::new(c, state.store.head(), &state.queues);
     if created {
         let mut res = (StatusCode::CREATED, Json(view)).into_response();
         res.headers_mut().insert(header::LOCATION, location(&name));
@@ -410,14 +588,14 @@ pub async fn list(
             .consumers()
             .into_iter()
             .filter(|c| principal.scope.contains(&c.filter.scope))
-            .map(|c| ConsumerView::new(c, head))
+            .map(|c| ConsumerView::new(c, head, &state.queues))
             .collect(),
     })
 }
 
 /// The consumer `name`, if `p` may use it: its scope must lie inside the
 /// token's (a scoped token cannot read or ack a wider consumer).
-fn find(store: &dyn Store, name: &str, p: &Principal) -> Result<Consumer, Problem> {
+pub(super) fn find(store: &dyn Store, name: &str, p: &Principal) -> Result<Consumer, Problem> {
     let c = store
         .consumer(name)
         .ok_or_else(|| consumer_problem(ConsumerError::NotFound(name.to_string())))?;
@@ -453,7 +631,11 @@ pub async fn get_one(
 ) -> Result<Json<ConsumerView>, Problem> {
     let name = body::path_param(name, "name")?;
     let c = find(state.store.as_ref(), &name, &principal)?;
-    Ok(Json(ConsumerView::new(c, state.store.head())))
+    Ok(Json(ConsumerView::new(
+        c,
+        state.store.head(),
+        &state.queues,
+    )))
 }
 
 /// Delete a consumer.
@@ -532,15 +714,17 @@ pub async fn events(
     params(("name" = String, Path, description = "Consumer name")),
     request_body(content = AckDoc, content_type = "application/json"),
     responses(
-        (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back", body = ConsumerView),
+        (status = 200, description = "Committed and fsynced: a crash after this answer never moves the cursor back (a cursor consumer), or never delivers the acknowledged events again (a queue consumer)", body = AckAnswer),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within --body-timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`seq` is behind the committed cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`seq` is missing, not a number, or past the newest stored event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`seq` is behind the committed cursor; for a queue: an event already acknowledged (`already-acknowledged`: a retried ack whose answer was lost may take this as done), a dead letter, not an event of the consumer, or being acknowledged by another request (nothing of the request was acknowledged)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`seq` is missing, not a number, or past the newest stored event; `seqs` invalid or listing a seq twice", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A queue consumer would keep more than --queue-max-acked acknowledged or dead events above its ack floor (`too-many-acked`)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
@@ -552,10 +736,13 @@ pub async fn ack(
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ConsumerView>, Problem> {
+) -> Result<Response, Problem> {
     let name = body::path_param(name, "name")?;
-    find(state.store.as_ref(), &name, &principal)?;
+    let c = find(state.store.as_ref(), &name, &principal)?;
     let mut obj = object_body(&headers, body, state.settings.body_timeout).await?;
+    if c.queue.is_some() {
+        return super::queues::ack(&state, c, obj).await;
+    }
     let seq = obj.remove("seq").and_then(|v| v.as_u64()).ok_or_else(|| {
         invalid(
             "seq",
@@ -566,5 +753,5 @@ pub async fn ack(
         return Err(invalid(k, "unknown field; known: seq"));
     }
     let c = state.store.ack(name, seq).await.map_err(consumer_problem)?;
-    Ok(Json(ConsumerView::new(c, state.store.head())))
+    Ok(Json(ConsumerView::new(c, state.store.head(), &state.queues)).into_response())
 }

@@ -300,12 +300,84 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             escape(name)
         );
     }
+    queue_metrics(&state, &mut out);
     let mut res = out.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     res
+}
+
+/// A metric family of queue consumers: name, kind, help, value.
+type QueueFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::queue::QueueStats) -> Option<f64>,
+);
+
+/// The numbers of every queue consumer, one family per number.
+fn queue_metrics(state: &AppState, out: &mut String) {
+    let queues: Vec<_> = state
+        .store
+        .consumers()
+        .into_iter()
+        .filter(|c| c.queue.is_some())
+        .map(|c| (escape(&c.name), state.queues.stats(&c)))
+        .collect();
+    let families: [QueueFamily; 7] = [
+        (
+            "queue_pending",
+            "gauge",
+            "Events a queue consumer read and that wait for a worker.",
+            |s| Some(s.pending as f64),
+        ),
+        (
+            "queue_leased",
+            "gauge",
+            "Events leased to workers now.",
+            |s| Some(s.leased as f64),
+        ),
+        (
+            "queue_acknowledged_total",
+            "counter",
+            "Events acknowledged since the server started.",
+            |s| Some(s.acknowledged as f64),
+        ),
+        (
+            "queue_redelivered_total",
+            "counter",
+            "Deliveries after the first since the server started.",
+            |s| Some(s.redelivered as f64),
+        ),
+        ("queue_dead", "gauge", "Dead letters kept.", |s| {
+            Some(s.dead as f64)
+        }),
+        (
+            "queue_unread",
+            "gauge",
+            "Stored events after the last one a queue consumer read (of any type).",
+            |s| Some(s.unread as f64),
+        ),
+        (
+            "queue_oldest_unacked_age_seconds",
+            "gauge",
+            "Age (from its time) of the oldest event read and not yet acknowledged.",
+            |s| s.oldest_unacked_age_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(
+            out,
+            "# HELP msgbus_{name} {help}\n# TYPE msgbus_{name} {kind}"
+        );
+        for (consumer, s) in &queues {
+            if let Some(v) = value(s) {
+                let _ = writeln!(out, "msgbus_{name}{{consumer=\"{consumer}\"}} {v}");
+            }
+        }
+    }
 }
 
 /// Escapes a label value per the exposition format.

@@ -5,6 +5,7 @@
 //! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
 //! - [`stream`]: the live Server-Sent Events stream
 //! - [`consumers`]: durable named cursors (create, read, ack)
+//! - [`queues`]: work queues: fetch, ack, nack, extend, dead letters
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
@@ -30,6 +31,7 @@ pub mod events;
 pub mod guard;
 pub mod health;
 pub mod metrics;
+pub mod queues;
 pub mod rate;
 pub mod stats;
 pub mod stream;
@@ -96,6 +98,8 @@ pub struct AppStateParts {
     pub read_limits: rate::ReadLimits,
     /// Access control: the tokens and the failed-authentication limits.
     pub auth: Arc<auth::Auth>,
+    /// The queue consumers' leases (`/consumers/{name}/fetch`).
+    pub queues: Arc<crate::queue::Queues>,
 }
 
 /// The settings the HTTP layer uses.
@@ -140,8 +144,19 @@ impl AppState {
         keyring: Arc<crate::auth::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+        let queues = Arc::new(crate::queue::Queues::new(
+            dyn_store.clone(),
+            store.alerts().clone(),
+            crate::queue::QueueLimits {
+                max_leases: config.queue_max_leases.max(1),
+                max_acked: config.queue_max_acked.max(1),
+                max_read_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
+            },
+        ));
         AppState(Arc::new(AppStateParts {
-            store: Arc::new(store.clone()),
+            store: dyn_store,
+            queues,
             alerts: store.alerts().clone(),
             file_store: store,
             settings: Arc::new(HttpSettings {
@@ -206,6 +221,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/consumers/{name}/events", get(consumers::events))
         .route("/consumers/{name}/ack", post(consumers::ack))
+        .route("/consumers/{name}/fetch", post(queues::fetch))
+        .route("/consumers/{name}/nack", post(queues::nack))
+        .route("/consumers/{name}/extend", post(queues::extend))
+        .route("/consumers/{name}/dead", get(queues::dead))
+        .route("/consumers/{name}/dead/redrive", post(queues::redrive))
         .route("/stats", get(stats::stats))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
@@ -260,7 +280,10 @@ async fn request_timeout(State(state): State<AppState>, req: Request, next: Next
     let path = req.uri().path();
     let long_poll =
         path == "/events" || (path.starts_with("/consumers/") && path.ends_with("/events"));
-    if req.method() == axum::http::Method::GET && long_poll {
+    let fetch = req.method() == axum::http::Method::POST
+        && path.starts_with("/consumers/")
+        && path.ends_with("/fetch");
+    if (req.method() == axum::http::Method::GET && long_poll) || fetch {
         limit += state.settings.max_wait;
     }
     match tokio::time::timeout(limit, next.run(req)).await {

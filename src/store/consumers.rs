@@ -21,8 +21,24 @@
 //! gives the same result, a crash between the two steps included. A torn
 //! last line (a crash mid-append) is cut away at start, as in segments.
 //! Readers use the snapshot in [`Consumers`].
+//!
+//! A queue consumer (`"mode": "queue"`, [`QueueSpec`]) keeps, beside its
+//! definition, a [`QueueLedger`]: an ack floor (every matching event at or
+//! below it is done) and the acknowledged and dead seqs above it, plus the
+//! dead letters and the seqs redriven out of them. Each ack, dead letter
+//! or redrive is one delta line (`{"queue":{"name":…,"floor":…,"ack":[…]}}`)
+//! applied in place: O(1) per change for the writer, never a rewrite of the
+//! ledger. Deltas are not idempotent (a redrive replayed over a newer
+//! snapshot would resurrect an acked event), so while queue consumers exist
+//! the snapshot is format version 2 and carries a log generation, the log
+//! starts with a `{"gen":N}` line, and a log whose generation is not the
+//! snapshot's is older than the snapshot and skipped. Without queue
+//! consumers both files stay exactly as version 1 wrote them (so an older
+//! msgbus still reads them); a version-1 file loads as before. Creating the
+//! first queue consumer writes a version-2 snapshot at once, so an older
+//! msgbus refuses the directory instead of misreading the delta lines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -34,8 +50,12 @@ use super::fsutil;
 use super::layout::{self, CONSUMERS};
 use super::{Filter, Shared};
 
-/// Format version of `consumers.json` ([`layout::CONSUMERS`]).
+/// Format version of `consumers.json` ([`layout::CONSUMERS`]) without
+/// queue consumers.
 pub const VERSION: u32 = 1;
+/// Format version of `consumers.json` with queue consumers: adds `queues`
+/// (the ledgers) and `log_gen`.
+pub const VERSION_QUEUES: u32 = 2;
 /// The log is compacted into the snapshot once it is larger than this and
 /// than twice the snapshot.
 pub const LOG_COMPACT_BYTES: u64 = 1 << 20;
@@ -54,12 +74,126 @@ pub struct Consumer {
     pub created_at: String,
     /// When its filters or cursor last changed (RFC 3339).
     pub updated_at: String,
+    /// A work queue shared by workers (`"mode": "queue"`); absent, a
+    /// cursor consumer. For a queue, `cursor` is where it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
+}
+
+/// How a queue consumer leases its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    /// How long a fetched event stays leased to its worker, in ms.
+    pub lease_ms: u64,
+    /// Deliveries after which an unacknowledged event becomes a dead letter.
+    pub max_deliver: u32,
+    /// At most one event per CloudEvents `subject` in flight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered_by_subject: bool,
+}
+
+/// A queue consumer's durable acknowledgements.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLedger {
+    /// Every matching event at or below it is acknowledged or dead
+    /// (except the seqs in `redo`).
+    pub floor: u64,
+    /// Acknowledged seqs above the floor.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub acked: BTreeSet<u64>,
+    /// Dead letters, by seq (below the floor too).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead: BTreeMap<u64, DeadLetter>,
+    /// Seqs redriven out of the dead letters: waiting for delivery again
+    /// whatever the floor says.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub redo: BTreeSet<u64>,
+}
+
+impl QueueLedger {
+    /// True when `seq` is acknowledged or dead (and not redriven).
+    pub fn is_done(&self, seq: u64) -> bool {
+        !self.redo.contains(&seq)
+            && (seq <= self.floor || self.acked.contains(&seq) || self.dead.contains_key(&seq))
+    }
+
+    fn apply(&mut self, d: &QueueDelta) {
+        if d.reset {
+            *self = QueueLedger {
+                floor: d.floor,
+                ..Default::default()
+            };
+            return;
+        }
+        for s in &d.redrive {
+            if self.dead.remove(s).is_some() {
+                self.redo.insert(*s);
+            }
+        }
+        let floor = self.floor.max(d.floor);
+        for s in &d.ack {
+            self.redo.remove(s);
+            if *s > floor {
+                self.acked.insert(*s);
+            }
+        }
+        for (s, dl) in &d.dead {
+            self.redo.remove(s);
+            self.dead.insert(*s, dl.clone());
+        }
+        if floor > self.floor {
+            // Amortized O(1) per ack: each entry is dropped once.
+            self.floor = floor;
+            self.acked = self.acked.split_off(&(floor + 1));
+        }
+    }
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Deliveries it had.
+    pub attempts: u32,
+    /// When it died (RFC 3339).
+    pub at: String,
+    /// Why: `"nacked"` or `"lease expired"`.
+    pub reason: String,
+}
+
+/// One change to a queue ledger (a log line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDelta {
+    /// The consumer.
+    pub name: String,
+    /// Start over at `floor` (creation, or a new `start`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// The floor may move up to this (every matching seq at or below it
+    /// is done or in this change).
+    pub floor: u64,
+    /// Seqs acknowledged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ack: Vec<u64>,
+    /// Seqs set aside as dead letters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead: Vec<(u64, DeadLetter)>,
+    /// Dead letters put back in the queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redrive: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct ConsumersFile {
     version: u32,
     consumers: Vec<Consumer>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    queues: BTreeMap<String, QueueLedger>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    log_gen: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The committed consumers, published by the writer for readers, and the
@@ -68,6 +202,7 @@ struct ConsumersFile {
 pub struct Consumers(
     RwLock<BTreeMap<String, Consumer>>,
     std::sync::Mutex<LogState>,
+    RwLock<BTreeMap<String, QueueLedger>>,
 );
 
 /// Sizes of the two files, for deciding when to compact.
@@ -80,6 +215,9 @@ struct LogState {
     /// An append failed and could not be cut back: the next change writes
     /// a snapshot and empties the log instead of appending after it.
     broken: bool,
+    /// Generation of the snapshot (0: a version-1 snapshot); the log's
+    /// first line names it while it is not 0.
+    gen: u64,
 }
 
 /// One line of the log.
@@ -88,6 +226,8 @@ struct LogState {
 enum LogRec {
     Put(Consumer),
     Delete(String),
+    Queue(QueueDelta),
+    Gen(u64),
 }
 
 #[derive(Deserialize)]
@@ -101,7 +241,22 @@ impl Consumers {
     /// The committed consumers as the snapshot file's bytes (what a
     /// backup holds).
     pub fn snapshot(&self) -> Vec<u8> {
-        snapshot_bytes(&self.read())
+        let gen = self.1.lock().unwrap_or_else(|e| e.into_inner()).gen;
+        snapshot_bytes(&self.read(), &self.ledgers(), gen)
+    }
+
+    fn ledgers(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, QueueLedger>> {
+        self.2.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A queue consumer's ledger, as last committed.
+    pub fn ledger(&self, name: &str) -> Option<QueueLedger> {
+        self.ledgers().get(name).cloned()
+    }
+
+    /// Calls `f` with a queue consumer's ledger, without copying it.
+    pub fn with_ledger<T>(&self, name: &str, f: impl FnOnce(Option<&QueueLedger>) -> T) -> T {
+        f(self.ledgers().get(name))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Consumer>> {
@@ -156,6 +311,8 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
         Err(e) => return Err(StoreError::file("read", &path, e)),
     };
     let mut map = BTreeMap::new();
+    let mut ledgers = BTreeMap::new();
+    let mut gen = 0;
     if !bytes.is_empty() {
         let file: ConsumersFile = serde_json::from_slice(&bytes).map_err(|e| {
             StoreError::Corrupt(format!(
@@ -164,9 +321,9 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
                 path.display()
             ))
         })?;
-        if file.version != VERSION {
+        if file.version != VERSION && file.version != VERSION_QUEUES {
             return Err(StoreError::Corrupt(format!(
-                "{} has format version {}, this msgbus reads version {VERSION}",
+                "{} has format version {}, this msgbus reads versions {VERSION} and {VERSION_QUEUES}",
                 path.display(),
                 file.version
             )));
@@ -176,27 +333,56 @@ pub fn load(data_dir: &Path) -> Result<Consumers, StoreError> {
             .into_iter()
             .map(|c| (c.name.clone(), c))
             .collect();
+        ledgers = file.queues;
+        gen = file.log_gen;
     }
-    let log_bytes = replay_log(data_dir, &mut map)?;
+    let log_bytes = replay_log(data_dir, gen, &mut map, &mut ledgers)?;
+    // A queue consumer without a ledger (none can be written so, but a
+    // hand-edited file could) starts at its cursor.
+    for c in map.values().filter(|c| c.queue.is_some()) {
+        ledgers
+            .entry(c.name.clone())
+            .or_insert_with(|| QueueLedger {
+                floor: c.cursor,
+                ..Default::default()
+            });
+    }
+    ledgers.retain(|name, _| map.get(name).is_some_and(|c| c.queue.is_some()));
     Ok(Consumers(
         RwLock::new(map),
         std::sync::Mutex::new(LogState {
             log_bytes,
             snapshot_bytes: bytes.len() as u64,
             broken: false,
+            gen,
         }),
+        RwLock::new(ledgers),
     ))
 }
 
 /// Applies every whole, intact line of the log to `map`; a damaged or
-/// partial last line is a crash mid-append and is cut away. Returns the
-/// log's length afterwards.
-fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u64, StoreError> {
+/// partial last line is a crash mid-append and is cut away. A log of
+/// another generation than the snapshot's (`gen`) is older than the
+/// snapshot (a crash between writing the snapshot and emptying the log):
+/// it is emptied. Returns the log's length afterwards.
+fn replay_log(
+    data_dir: &Path,
+    gen: u64,
+    map: &mut BTreeMap<String, Consumer>,
+    ledgers: &mut BTreeMap<String, QueueLedger>,
+) -> Result<u64, StoreError> {
     let path = layout::consumers_log_path(data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(StoreError::file("read", &path, e)),
+    };
+    let truncate = |len: usize| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len as u64).and_then(|()| f.sync_all()))
+            .map_err(|e| StoreError::file("truncate", &path, e))
     };
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -208,24 +394,42 @@ fn replay_log(data_dir: &Path, map: &mut BTreeMap<String, Consumer>) -> Result<u
         };
         match parse_line(line) {
             Some(rec) if newline.is_some() => {
+                if offset == 0 {
+                    let log_gen = match &rec {
+                        LogRec::Gen(g) => *g,
+                        _ => 0,
+                    };
+                    if log_gen != gen {
+                        tracing::info!(path = %path.display(), log_gen, gen,
+                            "the consumers log is older than the snapshot (a crash between a compaction's two steps); emptying it");
+                        truncate(0)?;
+                        return Ok(0);
+                    }
+                }
                 match rec {
                     LogRec::Put(c) => {
                         map.insert(c.name.clone(), c);
                     }
                     LogRec::Delete(name) => {
                         map.remove(&name);
+                        ledgers.remove(&name);
                     }
+                    LogRec::Queue(d) => {
+                        if d.reset {
+                            ledgers.insert(d.name.clone(), QueueLedger::default());
+                        }
+                        if let Some(l) = ledgers.get_mut(&d.name) {
+                            l.apply(&d);
+                        }
+                    }
+                    LogRec::Gen(_) => {}
                 }
                 offset = next;
             }
             _ if next >= bytes.len() => {
                 tracing::warn!(path = %path.display(), offset, bytes = bytes.len() - offset,
                     "cutting a torn last line from the consumers log (a crash mid-append; it was never acknowledged)");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(offset as u64).and_then(|()| f.sync_all()))
-                    .map_err(|e| StoreError::file("truncate", &path, e))?;
+                truncate(offset)?;
                 return Ok(offset as u64);
             }
             _ => {
@@ -258,36 +462,56 @@ fn log_line(out: &mut Vec<u8>, rec: &LogRec) {
     out.extend_from_slice(b"}\n");
 }
 
-fn snapshot_bytes(consumers: &BTreeMap<String, Consumer>) -> Vec<u8> {
+fn snapshot_bytes(
+    consumers: &BTreeMap<String, Consumer>,
+    ledgers: &BTreeMap<String, QueueLedger>,
+    gen: u64,
+) -> Vec<u8> {
+    let queues = consumers.values().any(|c| c.queue.is_some());
     let file = ConsumersFile {
-        version: VERSION,
+        version: if queues { VERSION_QUEUES } else { VERSION },
         consumers: consumers.values().cloned().collect(),
+        queues: if queues {
+            ledgers.clone()
+        } else {
+            BTreeMap::new()
+        },
+        log_gen: if queues { gen } else { 0 },
     };
     let mut bytes = serde_json::to_vec_pretty(&file).expect("consumers serialize");
     bytes.push(b'\n');
     bytes
 }
 
-/// Makes the change durable: appends `changed`'s lines to the log and
-/// fsyncs it, or, when the log has grown past its bound (or an earlier
-/// append left it unusable), writes the snapshot and empties the log.
+/// Makes the change durable: appends `changed`'s lines and `deltas` to
+/// the log and fsyncs it, or, when the log has grown past its bound (or an
+/// earlier append left it unusable, or the first queue consumer needs a
+/// version-2 snapshot), writes the snapshot and empties the log.
+/// `ledgers_after` builds the ledgers with `deltas` applied (only for a
+/// snapshot).
 fn store(
     shared: &Shared,
     map: &BTreeMap<String, Consumer>,
     changed: &[String],
+    deltas: &[QueueDelta],
+    ledgers_after: impl FnOnce() -> BTreeMap<String, QueueLedger>,
 ) -> std::io::Result<()> {
     let data_dir = &shared.data_dir;
     let mut state = shared.consumers.1.lock().unwrap_or_else(|e| e.into_inner());
+    let queues = map.values().any(|c| c.queue.is_some());
+    // Delta lines need a generation-tagged log (see the module docs).
+    let needs_gen = queues && state.gen == 0;
     // First the change's own lines, so the log always ends with the newest
     // state even if a compaction below is cut short by a crash.
-    let appended = !state.broken;
+    let appended = !state.broken && !needs_gen;
     if appended {
-        append(data_dir, &mut state, map, changed)?;
+        append(data_dir, &mut state, map, changed, deltas)?;
     }
-    if state.broken
+    if needs_gen
+        || state.broken
         || state.log_bytes > LOG_COMPACT_BYTES.max(state.snapshot_bytes.saturating_mul(2))
     {
-        if let Err(e) = compact(data_dir, &mut state, map) {
+        if let Err(e) = compact(data_dir, &mut state, map, &ledgers_after(), queues) {
             if !appended {
                 return Err(e);
             }
@@ -304,12 +528,17 @@ fn compact(
     data_dir: &Path,
     state: &mut LogState,
     map: &BTreeMap<String, Consumer>,
+    ledgers: &BTreeMap<String, QueueLedger>,
+    queues: bool,
 ) -> std::io::Result<()> {
-    let bytes = snapshot_bytes(map);
+    let gen = if queues { state.gen + 1 } else { 0 };
+    let bytes = snapshot_bytes(map, ledgers, gen);
     fsutil::write_atomic(&layout::consumers_path(data_dir), &bytes)?;
     state.snapshot_bytes = bytes.len() as u64;
+    state.gen = gen;
     // The snapshot holds everything: the log may go (a crash before it is
-    // emptied replays it over the snapshot, which ends in the same state).
+    // emptied replays it over the snapshot, which ends in the same state,
+    // or skips it when its generation is older).
     let log = layout::consumers_log_path(data_dir);
     match std::fs::OpenOptions::new().write(true).open(&log) {
         Ok(f) => {
@@ -324,19 +553,27 @@ fn compact(
     Ok(())
 }
 
-/// Appends the lines of the `changed` consumers and fsyncs the log.
+/// Appends the lines of the `changed` consumers and the `deltas`, and
+/// fsyncs the log.
 fn append(
     data_dir: &Path,
     state: &mut LogState,
     map: &BTreeMap<String, Consumer>,
     changed: &[String],
+    deltas: &[QueueDelta],
 ) -> std::io::Result<()> {
-    let mut lines = Vec::with_capacity(changed.len() * 256);
+    let mut lines = Vec::with_capacity(changed.len() * 256 + deltas.len() * 64);
+    if state.log_bytes == 0 && state.gen != 0 {
+        log_line(&mut lines, &LogRec::Gen(state.gen));
+    }
     for name in changed {
         match map.get(name) {
             Some(c) => log_line(&mut lines, &LogRec::Put(c.clone())),
             None => log_line(&mut lines, &LogRec::Delete(name.clone())),
         }
+    }
+    for d in deltas {
+        log_line(&mut lines, &LogRec::Queue(d.clone()));
     }
     let path = layout::consumers_log_path(data_dir);
     let created = state.log_bytes == 0 && !path.exists();
@@ -404,6 +641,36 @@ pub enum ConsumerError {
         /// The limit.
         limit: usize,
     },
+    /// The consumer is a cursor consumer, and this is queue work (409).
+    #[error(
+        "consumer {0:?} is a cursor consumer; this needs a queue consumer (\"mode\": \"queue\")"
+    )]
+    NotQueue(String),
+    /// A consumer's mode is fixed at creation (409).
+    #[error("consumer {name:?} is a {mode} consumer; its mode cannot change (delete it and create it again)")]
+    ModeChange {
+        /// The consumer.
+        name: String,
+        /// Its mode.
+        mode: &'static str,
+    },
+    /// The event is already acknowledged (409).
+    #[error("seq {0} is already acknowledged")]
+    AlreadyAcked(u64),
+    /// The event is a dead letter (409).
+    #[error("seq {0} is a dead letter; redrive it first")]
+    Dead(u64),
+    /// A redrive of a seq that is not a dead letter (409).
+    #[error("seq {0} is not a dead letter")]
+    NotDead(u64),
+    /// The acknowledged and dead seqs kept above the ack floor would pass
+    /// `--queue-max-acked` (429: the floor moves once the oldest leased
+    /// events are acked or expire).
+    #[error("the consumer keeps {limit} acknowledged or dead events above its ack floor, the most allowed (--queue-max-acked); ack or let expire the oldest leased events first")]
+    TooManyAcked {
+        /// The limit.
+        limit: usize,
+    },
     /// The store refused or failed (mapped like any store error).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -426,6 +693,8 @@ pub enum Request {
         start: Option<Start>,
         /// Most consumers there may be; creating one more is refused.
         max_consumers: usize,
+        /// A queue consumer's settings; none for a cursor consumer.
+        queue: Option<QueueSpec>,
         /// The answer.
         reply: Reply<(Consumer, bool)>,
     },
@@ -445,6 +714,25 @@ pub enum Request {
         /// The answer.
         reply: Reply<Consumer>,
     },
+    /// Acknowledge, dead-letter or redrive events of a queue consumer
+    /// (`change.reset` is ignored). Answers the new floor.
+    Queue {
+        /// The change.
+        change: QueueDelta,
+        /// Most acknowledged and dead seqs there may be above the floor.
+        max_acked: usize,
+        /// The answer.
+        reply: Reply<u64>,
+    },
+}
+
+/// What earlier requests of one batch did to a queue's ledger, which the
+/// requests after them are checked against.
+#[derive(Default)]
+struct Pending {
+    touched: HashSet<u64>,
+    floor: u64,
+    added: usize,
 }
 
 type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
@@ -464,6 +752,9 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     let mut map = shared.consumers.read().clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut changed: Vec<String> = Vec::new();
+    let mut deltas: Vec<QueueDelta> = Vec::new();
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    let ledgers = shared.consumers.ledgers();
     let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
     for r in requests {
         answers.push(match r {
@@ -472,6 +763,7 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 filter,
                 start,
                 max_consumers,
+                queue,
                 reply,
             } => {
                 let existing = map.get(&name).cloned();
@@ -479,6 +771,12 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                     (_, None) if map.len() >= max_consumers => Err(ConsumerError::TooMany {
                         limit: max_consumers,
                     }),
+                    (_, Some(c)) if c.queue.is_some() != queue.is_some() => {
+                        Err(ConsumerError::ModeChange {
+                            name: name.clone(),
+                            mode: if c.queue.is_some() { "queue" } else { "cursor" },
+                        })
+                    }
                     (None, Some(c)) => Ok(c.cursor),
                     (None, None) | (Some(Start::Earliest), _) => Ok(first_seq - 1),
                     (Some(Start::Latest), _) => Ok(head),
@@ -492,12 +790,22 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                 };
                 let result = cursor.map(|cursor| {
                     let created = existing.is_none();
+                    if queue.is_some() && (created || start.is_some()) {
+                        pending.remove(&name);
+                        deltas.push(QueueDelta {
+                            name: name.clone(),
+                            reset: true,
+                            floor: cursor,
+                            ..Default::default()
+                        });
+                    }
                     let c = Consumer {
                         name: name.clone(),
                         filter,
                         cursor,
                         created_at: existing.map_or_else(|| now.clone(), |c| c.created_at),
                         updated_at: now.clone(),
+                        queue,
                     };
                     changed.push(name.clone());
                     map.insert(name, c.clone());
@@ -510,7 +818,22 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
                     .remove(&name)
                     .ok_or(ConsumerError::NotFound(name.clone()));
                 if result.is_ok() {
+                    pending.remove(&name);
                     changed.push(name);
+                }
+                answer(reply, result)
+            }
+            Request::Queue {
+                change,
+                max_acked,
+                reply,
+            } => {
+                let result = check_queue(&map, &ledgers, &mut pending, &change, head, max_acked);
+                if result.is_ok() {
+                    deltas.push(QueueDelta {
+                        reset: false,
+                        ..change
+                    });
                 }
                 answer(reply, result)
             }
@@ -537,9 +860,33 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     }
     changed.sort_unstable();
     changed.dedup();
-    let failure = if !changed.is_empty() {
-        match store(shared, &map, &changed) {
+    let apply_deltas = |ledgers: &mut BTreeMap<String, QueueLedger>| {
+        for d in &deltas {
+            if d.reset {
+                ledgers.insert(d.name.clone(), QueueLedger::default());
+            }
+            if let Some(l) = ledgers.get_mut(&d.name) {
+                l.apply(d);
+            }
+        }
+        ledgers.retain(|name, _| map.get(name).is_some_and(|c| c.queue.is_some()));
+    };
+    let failure = if !changed.is_empty() || !deltas.is_empty() {
+        let stored = store(shared, &map, &changed, &deltas, || {
+            let mut after = ledgers.clone();
+            apply_deltas(&mut after);
+            after
+        });
+        drop(ledgers);
+        match stored {
             Ok(()) => {
+                apply_deltas(
+                    &mut shared
+                        .consumers
+                        .2
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
                 *shared
                     .consumers
                     .0
@@ -561,6 +908,61 @@ pub(super) fn apply(shared: &Shared, requests: Vec<Request>, head: u64) {
     }
 }
 
+/// Checks a queue change against the committed ledger and the earlier
+/// requests of the batch; answers the floor it leaves.
+fn check_queue(
+    map: &BTreeMap<String, Consumer>,
+    ledgers: &BTreeMap<String, QueueLedger>,
+    pending: &mut BTreeMap<String, Pending>,
+    change: &QueueDelta,
+    head: u64,
+    max_acked: usize,
+) -> Result<u64, ConsumerError> {
+    let name = &change.name;
+    match map.get(name) {
+        None => return Err(ConsumerError::NotFound(name.clone())),
+        Some(c) if c.queue.is_none() => return Err(ConsumerError::NotQueue(name.clone())),
+        Some(_) => {}
+    }
+    let empty = QueueLedger::default();
+    let ledger = ledgers.get(name).unwrap_or(&empty);
+    let p = pending.entry(name.clone()).or_default();
+    let mut seen = HashSet::new();
+    for &s in change.ack.iter().chain(change.dead.iter().map(|(s, _)| s)) {
+        if s > head {
+            return Err(ConsumerError::PastHead { seq: s, head });
+        }
+        if ledger.dead.contains_key(&s) && !ledger.redo.contains(&s) {
+            return Err(ConsumerError::Dead(s));
+        }
+        if ledger.is_done(s) || p.touched.contains(&s) || !seen.insert(s) {
+            return Err(ConsumerError::AlreadyAcked(s));
+        }
+    }
+    for &s in &change.redrive {
+        if !ledger.dead.contains_key(&s) || p.touched.contains(&s) || !seen.insert(s) {
+            return Err(ConsumerError::NotDead(s));
+        }
+    }
+    let floor = ledger.floor.max(p.floor).max(change.floor);
+    // Entries kept above the floor afterwards: a change that only moves
+    // the floor or shrinks the set is always accepted.
+    let before = ledger.acked.len() + ledger.dead.len() + p.added;
+    let grows = change.ack.iter().filter(|s| **s > floor).count() + change.dead.len();
+    let freed = if floor > ledger.floor {
+        ledger.acked.range(ledger.floor + 1..=floor).count()
+    } else {
+        0
+    };
+    if grows > freed && before + grows - freed > max_acked {
+        return Err(ConsumerError::TooManyAcked { limit: max_acked });
+    }
+    p.touched.extend(seen);
+    p.floor = floor;
+    p.added = (p.added + grows).saturating_sub(freed);
+    Ok(floor)
+}
+
 /// Defers a reply until the file write is known to have succeeded. A
 /// refused request is answered with its own error either way; an accepted
 /// one gets the write's error if the write failed.
@@ -580,6 +982,9 @@ fn refuse(r: Request, e: StoreError) {
             let _ = reply.send(Err(e.into()));
         }
         Request::Delete { reply, .. } | Request::Ack { reply, .. } => {
+            let _ = reply.send(Err(e.into()));
+        }
+        Request::Queue { reply, .. } => {
             let _ = reply.send(Err(e.into()));
         }
     }
@@ -668,12 +1073,13 @@ mod tests {
                 filter.clone(),
                 Some(ConsumerStart::Earliest),
                 10,
+                None,
             )
             .await
             .expect("created");
         assert!(created);
         store
-            .put_consumer("plain".into(), Filter::default(), None, 10)
+            .put_consumer("plain".into(), Filter::default(), None, 10, None)
             .await
             .expect("created");
         let want: Vec<u64> = (1..=30).filter(allowed).collect();
@@ -747,6 +1153,135 @@ mod tests {
             old,
             "written back exactly as it was"
         );
+        store.close().await;
+        writer.join().await;
+    }
+
+    #[tokio::test]
+    async fn a_queue_ledger_survives_restarts_and_a_stale_log_is_skipped() {
+        use crate::store::{DeadLetter, QueueDelta, QueueSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path());
+        append(&store, 1..=10).await;
+        store
+            .put_consumer("old".into(), Filter::default(), None, 10, None)
+            .await
+            .unwrap();
+        let spec = QueueSpec {
+            lease_ms: 1000,
+            max_deliver: 3,
+            ordered_by_subject: false,
+        };
+        store
+            .put_consumer("q".into(), Filter::default(), None, 10, Some(spec))
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(super::layout::consumers_path(dir.path())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["version"], 2,
+            "the first queue consumer writes a version-2 snapshot at once"
+        );
+        let change = |floor, ack: Vec<u64>, dead: Vec<u64>, redrive: Vec<u64>| QueueDelta {
+            name: "q".into(),
+            floor,
+            ack,
+            dead: dead
+                .into_iter()
+                .map(|s| {
+                    (
+                        s,
+                        DeadLetter {
+                            attempts: 3,
+                            at: "t".into(),
+                            reason: "r".into(),
+                        },
+                    )
+                })
+                .collect(),
+            redrive,
+            reset: false,
+        };
+        store
+            .queue_change(change(0, vec![2, 3], vec![], vec![]), 100)
+            .await
+            .unwrap();
+        store
+            .queue_change(change(3, vec![1], vec![5], vec![]), 100)
+            .await
+            .unwrap();
+        let err = store
+            .queue_change(change(0, vec![3], vec![], vec![]), 100)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, super::ConsumerError::AlreadyAcked(3)),
+            "{err}"
+        );
+        let err = store
+            .queue_change(change(0, vec![5], vec![], vec![]), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, super::ConsumerError::Dead(5)), "{err}");
+        let err = store
+            .queue_change(change(0, vec![6, 7], vec![], vec![]), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, super::ConsumerError::TooManyAcked { limit: 1 }),
+            "{err}"
+        );
+        let before_redrive = store.shared.consumers.snapshot();
+        store
+            .queue_change(change(0, vec![], vec![], vec![5]), 100)
+            .await
+            .unwrap();
+        store
+            .queue_change(change(5, vec![5], vec![], vec![]), 100)
+            .await
+            .unwrap();
+        let want = store.shared.consumers.ledger("q").unwrap();
+        assert_eq!((want.floor, want.dead.len(), want.redo.len()), (5, 0, 0));
+        let log = std::fs::read(super::layout::consumers_log_path(dir.path())).unwrap();
+        store.close().await;
+        writer.join().await;
+
+        // From the log.
+        let (store, writer) = open(dir.path());
+        assert_eq!(store.shared.consumers.ledger("q").unwrap(), want);
+        assert!(store.consumer("old").unwrap().queue.is_none());
+        store.close().await;
+        writer.join().await;
+
+        // A snapshot newer than the log (a crash between a compaction's
+        // two steps), in which 5 is a dead letter (again): the log's
+        // "redrive 5, ack 5" must not be replayed over it.
+        let mut snap: serde_json::Value = serde_json::from_slice(&before_redrive).unwrap();
+        snap["log_gen"] = serde_json::json!(snap["log_gen"].as_u64().unwrap() + 1);
+        let newer: super::QueueLedger =
+            serde_json::from_value(snap["queues"]["q"].clone()).unwrap();
+        assert!(newer.dead.contains_key(&5));
+        std::fs::write(
+            super::layout::consumers_path(dir.path()),
+            serde_json::to_vec(&snap).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(super::layout::consumers_log_path(dir.path()), &log).unwrap();
+        let (store, writer) = open(dir.path());
+        assert_eq!(
+            store.shared.consumers.ledger("q").unwrap(),
+            newer,
+            "the stale log was skipped"
+        );
+        // Deleting the last queue consumer goes back to version 1 at the
+        // next snapshot.
+        store.delete_consumer("q".into()).await.unwrap();
+        assert!(store.shared.consumers.ledger("q").is_none());
+        let snap: serde_json::Value =
+            serde_json::from_slice(&store.shared.consumers.snapshot()).unwrap();
+        assert_eq!(snap["version"], 1);
         store.close().await;
         writer.join().await;
     }

@@ -23,7 +23,7 @@ use super::error::Result;
 use super::handle::{EventPage, StoreHandle, StoredEvent};
 use super::{
     BackupInfo, Consumer, ConsumerError, ConsumerStart, Filter, Matcher, Outcome, PreparedEvent,
-    RetentionStats, StatsSnapshot, Status,
+    QueueDelta, QueueLedger, QueueSpec, RetentionStats, StatsSnapshot, Status,
 };
 
 /// A boxed, sendable future: what the interface's async methods return.
@@ -77,7 +77,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         filter: Filter,
         start: Option<ConsumerStart>,
         max_consumers: usize,
+        queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, std::result::Result<(Consumer, bool), ConsumerError>>;
+
+    /// A queue consumer's durable ledger (ack floor, acknowledged and dead
+    /// seqs), as last committed.
+    fn queue_ledger(&self, name: &str) -> Option<QueueLedger>;
+
+    /// Acknowledges, dead-letters or redrives events of a queue consumer,
+    /// durably, before answering; answers the new ack floor. Refused when
+    /// more than `max_acked` acknowledged and dead seqs would be kept above
+    /// the floor.
+    fn queue_change(
+        &self,
+        change: QueueDelta,
+        max_acked: usize,
+    ) -> BoxFuture<'_, std::result::Result<u64, ConsumerError>>;
 
     /// One consumer, as last committed.
     fn consumer(&self, name: &str) -> Option<Consumer>;
@@ -157,6 +172,7 @@ impl Store for StoreHandle {
         filter: Filter,
         start: Option<ConsumerStart>,
         max_consumers: usize,
+        queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, std::result::Result<(Consumer, bool), ConsumerError>> {
         Box::pin(StoreHandle::put_consumer(
             self,
@@ -164,7 +180,20 @@ impl Store for StoreHandle {
             filter,
             start,
             max_consumers,
+            queue,
         ))
+    }
+
+    fn queue_ledger(&self, name: &str) -> Option<QueueLedger> {
+        self.shared.consumers.ledger(name)
+    }
+
+    fn queue_change(
+        &self,
+        change: QueueDelta,
+        max_acked: usize,
+    ) -> BoxFuture<'_, std::result::Result<u64, ConsumerError>> {
+        Box::pin(StoreHandle::queue_change(self, change, max_acked))
     }
 
     fn consumer(&self, name: &str) -> Option<Consumer> {

@@ -16,7 +16,7 @@
 //!   [`StatsSnapshot`]; `catalog.rs`: the backup list's one owner
 //! - [`writer`]: the actor: group commit, segment roll, poisoning, repairs
 //! - [`recovery`]: start-up: lock, verify, cut torn tails, rebuild the index
-//! - [`consumers`]: durable named cursors (`consumers.json`)
+//! - [`consumers`]: durable named cursors and queue ledgers (`consumers.json`)
 //! - [`retention`]: deleting sealed segments outside the retention limits
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`backup`]: verified backups and restoring segments from them
@@ -71,7 +71,10 @@ use tokio::sync::watch;
 
 pub use backup::BackupInfo;
 pub use catalog::{BackupSummary, ScrubReport};
-pub use consumers::{Consumer, ConsumerError, ConsumerStats, Start as ConsumerStart};
+pub use consumers::{
+    Consumer, ConsumerError, ConsumerStats, DeadLetter, QueueDelta, QueueLedger, QueueSpec,
+    Start as ConsumerStart,
+};
 pub use error::{StoreError, WriteRefusal};
 pub use filter::{Filter, Matcher, Scope};
 pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};

@@ -21,6 +21,8 @@ mod long_poll;
 mod ops;
 mod processes;
 mod publish;
+mod queue_crash;
+mod queues;
 mod rate;
 mod read;
 mod read_rate;

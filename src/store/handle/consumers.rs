@@ -4,7 +4,9 @@
 use tokio::sync::oneshot;
 
 use super::StoreHandle;
-use crate::store::consumers::{Consumer, ConsumerError, Reply, Request, Start};
+use crate::store::consumers::{
+    Consumer, ConsumerError, QueueDelta, QueueSpec, Reply, Request, Start,
+};
 use crate::store::error::StoreError;
 use crate::store::writer::Command;
 use crate::store::Filter;
@@ -27,12 +29,14 @@ impl StoreHandle {
         filter: Filter,
         start: Option<Start>,
         max_consumers: usize,
+        queue: Option<QueueSpec>,
     ) -> Result<(Consumer, bool), ConsumerError> {
         self.consumer_request(|reply| Request::Put {
             name,
             filter,
             start,
             max_consumers,
+            queue,
             reply,
         })
         .await
@@ -48,5 +52,20 @@ impl StoreHandle {
     pub async fn ack(&self, name: String, seq: u64) -> Result<Consumer, ConsumerError> {
         self.consumer_request(|reply| Request::Ack { name, seq, reply })
             .await
+    }
+
+    /// Acknowledges, dead-letters or redrives events of a queue consumer,
+    /// durably, before answering; answers the new ack floor.
+    pub async fn queue_change(
+        &self,
+        change: QueueDelta,
+        max_acked: usize,
+    ) -> Result<u64, ConsumerError> {
+        self.consumer_request(|reply| Request::Queue {
+            change,
+            max_acked,
+            reply,
+        })
+        .await
     }
 }

@@ -1,0 +1,401 @@
+//! Work queues (`"mode": "queue"` consumers): leases, acks, nacks, dead
+//! letters and subject ordering against a real server; the kill -9 test of
+//! many workers sharing one queue is in `queue_crash.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::http::{error_fields, metric, Api};
+use crate::common::server::{spawn_app, spawn_app_with};
+
+/// `count` events numbered from `first`, with subject `subject(n)`.
+pub fn events(first: u64, count: u64, subject: impl Fn(u64) -> String) -> Vec<Value> {
+    (first..first + count)
+        .map(|n| {
+            json!({
+                "id": format!("q-{n}"),
+                "type": "job.run",
+                "source": "/jobs",
+                "subject": subject(n),
+                "data": {"n": n},
+            })
+        })
+        .collect()
+}
+
+/// Creates queue consumer `name` with the extra settings `spec`.
+pub async fn create_queue(api: &Api, name: &str, spec: Value) -> Value {
+    let mut body = json!({"mode": "queue"});
+    for (k, v) in spec.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = api.put(&format!("/consumers/{name}"), &body).await;
+    assert_eq!(r.status, 201, "create {name}: {}", r.text());
+    r.json()
+}
+
+/// `POST /consumers/{name}/fetch`; answers the leased events.
+async fn fetch(api: &Api, name: &str, max: u64, wait: u64) -> Vec<Value> {
+    let r = api
+        .post(
+            &format!("/consumers/{name}/fetch"),
+            Some(&json!({"max": max, "wait": wait})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "fetch: {}", r.text());
+    r.json()["events"].as_array().unwrap().clone()
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_poison_event_becomes_a_dead_letter_with_one_alert_and_redrive_brings_it_back() {
+    let app = spawn_app().await;
+    create_queue(&app, "jobs", json!({"max_deliver": 3, "lease": 30})).await;
+    app.publish_batch(&events(1, 4, |n| format!("s{n}"))).await;
+    let poison = 2;
+    let mut deliveries = 0;
+    // A worker that acks everything but the poison event, which it nacks.
+    for _ in 0..10 {
+        let got = fetch(&app, "jobs", 10, 0).await;
+        for e in &got {
+            let seq = e["seq"].as_u64().unwrap();
+            assert_eq!(e["event"]["data"]["n"], seq, "the event rides along");
+            if seq == poison {
+                deliveries += 1;
+                assert_eq!(e["attempt"], deliveries);
+                let r = app
+                    .post(
+                        "/consumers/jobs/nack",
+                        Some(&json!({"seq": seq, "lease": e["lease"]})),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            } else {
+                let r = app
+                    .post("/consumers/jobs/ack", Some(&json!({"seq": seq})))
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        }
+    }
+    assert_eq!(deliveries, 3, "delivered max_deliver times, then set aside");
+    let dead = app.get_json("/consumers/jobs/dead").await;
+    assert_eq!(dead["dead"].as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead["dead"][0]["seq"], poison);
+    assert_eq!(dead["dead"][0]["attempts"], 3);
+    let alerts = app.get_json("/alerts").await;
+    let dead_alerts = |a: &Value| {
+        a["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "dead_letter")
+            .count()
+    };
+    assert_eq!(dead_alerts(&alerts), 1, "{alerts}");
+    let c = app.get_json("/consumers/jobs").await;
+    assert_eq!(c["mode"], "queue");
+    assert_eq!(c["queue"]["dead"], 1, "{c}");
+    assert_eq!(c["queue"]["acknowledged"], 3, "{c}");
+    assert_eq!(
+        c["queue"]["ack_floor"], 4,
+        "the dead letter does not hold the floor"
+    );
+
+    // A flood of poison events: dead letters, but no flood of alerts.
+    app.publish_batch(&events(5, 20, |n| format!("s{n}"))).await;
+    for _ in 0..3 {
+        for e in fetch(&app, "jobs", 100, 0).await {
+            let r = app
+                .post("/consumers/jobs/nack", Some(&json!({"seq": e["seq"]})))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    assert!(fetch(&app, "jobs", 100, 0).await.is_empty());
+    let dead = app.get_json("/consumers/jobs/dead").await;
+    assert_eq!(dead["dead"].as_array().unwrap().len(), 21);
+    assert_eq!(
+        dead_alerts(&app.get_json("/alerts").await),
+        1,
+        "later dead letters wait for the next alert, a minute on"
+    );
+
+    // Dead letters are durable.
+    let app = app.restart(&[]).await;
+    let dead = app.get_json("/consumers/jobs/dead").await;
+    assert_eq!(dead["dead"].as_array().unwrap().len(), 21, "{dead}");
+    assert!(
+        fetch(&app, "jobs", 100, 0).await.is_empty(),
+        "nothing else waits"
+    );
+
+    // Redrive one: it comes back at attempt 1 and can be acked.
+    let r = app
+        .post(
+            "/consumers/jobs/dead/redrive",
+            Some(&json!({"seqs": [poison]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], json!([poison]));
+    let got = fetch(&app, "jobs", 10, 0).await;
+    assert_eq!(seqs(&got), vec![poison]);
+    assert_eq!(got[0]["attempt"], 1);
+    let r = app
+        .post("/consumers/jobs/ack", Some(&json!({"seq": poison})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = app
+        .post("/consumers/jobs/ack", Some(&json!({"seq": poison})))
+        .await;
+    again.assert_problem_type(409, "already-acknowledged", "a second ack");
+    let r = app
+        .post(
+            "/consumers/jobs/dead/redrive",
+            Some(&json!({"seqs": [poison]})),
+        )
+        .await;
+    r.assert_problem_type(409, "not-dead", "redrive of an acked event");
+    // Redrive the rest, after a restart too.
+    let r = app.post("/consumers/jobs/dead/redrive", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"].as_array().unwrap().len(), 20);
+    let app = app.restart(&[]).await;
+    let got = fetch(&app, "jobs", 100, 0).await;
+    assert_eq!(seqs(&got), (5..=24).collect::<Vec<_>>());
+    let r = app
+        .post("/consumers/jobs/ack", Some(&json!({"seqs": seqs(&got)})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ack_floor"], 24);
+    let dead = app.get_json("/consumers/jobs/dead").await;
+    assert!(dead["dead"].as_array().unwrap().is_empty(), "{dead}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_once() {
+    let app = spawn_app().await;
+    create_queue(&app, "w", json!({"lease": 0.5})).await;
+    app.publish_batch(&events(1, 2, |_| "s".into())).await;
+    let first = fetch(&app, "w", 1, 0).await;
+    assert_eq!(seqs(&first), vec![1]);
+    // Long-poll: wakes when the lease runs out, not at the end of `wait`.
+    let second = fetch(&app, "w", 1, 0).await;
+    assert_eq!(seqs(&second), vec![2]);
+    let started = std::time::Instant::now();
+    let again = fetch(&app, "w", 1, 10).await;
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(seqs(&again), vec![1], "the first lease ran out");
+    assert_eq!(again[0]["attempt"], 2);
+    // The first worker's lease is gone: nack and extend say so.
+    let r = app
+        .post(
+            "/consumers/w/extend",
+            Some(&json!({"seq": 1, "lease": first[0]["lease"]})),
+        )
+        .await;
+    let p = r.assert_problem_type(409, "lease-lost", "extend of a stale lease");
+    assert_eq!(error_fields(&p), vec!["lease"]);
+    let r = app
+        .post(
+            "/consumers/w/extend",
+            Some(&json!({"seq": 1, "lease": again[0]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its ack is accepted (the work was done) and the new holder's is not.
+    let r = app.post("/consumers/w/ack", Some(&json!({"seq": 1}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post(
+            "/consumers/w/nack",
+            Some(&json!({"seq": 1, "lease": again[0]["lease"]})),
+        )
+        .await;
+    r.assert_problem_type(409, "not-leased", "nack after someone acked it");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn queue_requests_are_checked_and_bounded() {
+    let app = spawn_app_with(&["--queue-max-leases", "3", "--queue-max-acked", "2"]).await;
+    // A cursor consumer is no queue, and modes do not change.
+    let r = app.put("/consumers/cur", &json!({})).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["mode"], "cursor");
+    let r = app
+        .post("/consumers/cur/fetch", Some(&json!({"max": 1})))
+        .await;
+    r.assert_problem_type(409, "wrong-mode", "fetch from a cursor consumer");
+    let r = app.put("/consumers/cur", &json!({"mode": "queue"})).await;
+    r.assert_problem_type(409, "wrong-mode", "mode change");
+    let r = app.put("/consumers/cur2", &json!({"lease": 5})).await;
+    let p = r.assert_problem(422);
+    assert_eq!(error_fields(&p), vec!["lease"]);
+    for (body, field) in [
+        (json!({"mode": "queue", "lease": 0}), "lease"),
+        (json!({"mode": "queue", "max_deliver": 0}), "max_deliver"),
+        (json!({"mode": "queue", "ordering": "type"}), "ordering"),
+        (json!({"mode": "stack"}), "mode"),
+    ] {
+        let p = app.put("/consumers/bad", &body).await.assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    let c = create_queue(&app, "q", json!({"ordering": "subject", "lease": 60})).await;
+    assert_eq!(c["queue"]["lease"], 60.0);
+    assert_eq!(c["queue"]["max_deliver"], 5);
+    assert_eq!(c["queue"]["ordering"], "subject");
+    for (body, field) in [
+        (json!({"max": 0}), "max"),
+        (json!({"max": 1001}), "max"),
+        (json!({"wait": 100_000}), "wait"),
+        (json!({"limit": 1}), "limit"),
+    ] {
+        let p = app
+            .post("/consumers/q/fetch", Some(&body))
+            .await
+            .assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    app.publish_batch(&events(1, 6, |n| format!("s{n}"))).await;
+    // The lease cap: 3 leased, then 429.
+    let got = fetch(&app, "q", 5, 0).await;
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    let r = app
+        .post("/consumers/q/fetch", Some(&json!({"max": 1})))
+        .await;
+    r.assert_problem_type(429, "too-many-leases", "a fourth lease");
+    assert!(r.header("retry-after").is_some());
+    // Acks: unknown, duplicate, past the head, both fields.
+    for (body, status, field) in [
+        (json!({"seqs": [2, 2]}), 422, "seqs"),
+        (json!({"seq": 1, "seqs": [2]}), 422, "seq"),
+        (json!({}), 422, "seq"),
+        (json!({"seqs": []}), 422, "seqs"),
+    ] {
+        let p = app
+            .post("/consumers/q/ack", Some(&body))
+            .await
+            .assert_problem(status);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    let r = app
+        .post("/consumers/q/ack", Some(&json!({"seq": 99})))
+        .await;
+    r.assert_problem_type(422, "past-head", "ack past the head");
+    // The acked-above-floor cap: 2 and 3 fit, 5 would be a third above
+    // the floor (1 is still leased), 1 moves the floor and always fits.
+    let r = app
+        .post("/consumers/q/ack", Some(&json!({"seqs": [2, 3]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ack_floor"], 0);
+    let r = app.post("/consumers/q/ack", Some(&json!({"seq": 5}))).await;
+    r.assert_problem_type(429, "too-many-acked", "a third ack above the floor");
+    let r = app.post("/consumers/q/ack", Some(&json!({"seq": 1}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ack_floor"], 3);
+    let r = app.post("/consumers/q/ack", Some(&json!({"seq": 5}))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = app.get("/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "msgbus_queue_acknowledged_total{consumer=\"q\"}"),
+        4.0
+    );
+    assert_eq!(metric(&metrics, "msgbus_queue_leased{consumer=\"q\"}"), 0.0);
+    assert_eq!(
+        metric(&metrics, "msgbus_queue_pending{consumer=\"q\"}"),
+        2.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "msgbus_queue_oldest_unacked_age_seconds{consumer=\"q\"}"
+        ) >= 0.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order() {
+    let app = spawn_app().await;
+    create_queue(&app, "ord", json!({"ordering": "subject"})).await;
+    let subjects = 6;
+    let total = 240;
+    let subject = move |n: u64| format!("order-{}", (n * 7 + n / 5) % subjects);
+    app.publish_batch(&events(1, total, subject)).await;
+    // Seqs held by a worker (leased, ack not sent yet), by subject.
+    let held: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    // Acks sent, in the order sent, with their subject; kept when 200.
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let api = app.api.clone();
+        let held = held.clone();
+        let acked = acked.clone();
+        workers.push(tokio::spawn(async move {
+            let mut idle = 0;
+            while idle < 3 {
+                let got = fetch(&api, "ord", 4, 1).await;
+                if got.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                for e in &got {
+                    let s = e["event"]["subject"].as_str().unwrap().to_string();
+                    let seq = e["seq"].as_u64().unwrap();
+                    if let Some(other) = held.lock().unwrap().insert(s.clone(), seq) {
+                        panic!("{seq} and {other} of subject {s} leased at once");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(w % 3 * 5)).await;
+                for e in &got {
+                    let s = e["event"]["subject"].as_str().unwrap().to_string();
+                    let seq = e["seq"].as_u64().unwrap();
+                    held.lock().unwrap().remove(&s);
+                    // Recorded when sent: the next event of the subject is
+                    // leased only once this ack is written, so after this.
+                    acked.lock().unwrap().push((s, seq));
+                    let r = api
+                        .post("/consumers/ord/ack", Some(&json!({"seq": seq})))
+                        .await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len() as u64, total, "every event acked once");
+    let mut by_subject: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (s, seq) in acked {
+        by_subject.entry(s).or_default().push(seq);
+    }
+    let want: std::collections::BTreeSet<String> = (1..=total).map(subject).collect();
+    assert_eq!(
+        by_subject
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    for (s, seqs) in by_subject {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "subject {s} acked out of order");
+    }
+    let c = app.get_json("/consumers/ord").await;
+    assert_eq!(c["queue"]["ack_floor"], total, "{c}");
+    app.stop().await;
+}
