@@ -11,6 +11,7 @@
 //! - [`clock`], [`sse`], [`redact`]: below everything: the time format, the
 //!   Server-Sent Events wire format, data-directory paths hidden from clients
 //! - [`event`]: the CloudEvents model and its validation
+//! - [`schemas`]: payload JSON Schemas compiled once, and the publish check
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`auth`]: access control: tokens, roles, scopes, `auth/tokens.json`
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
@@ -37,6 +38,7 @@ pub mod jobs;
 pub mod monitor;
 pub mod offline;
 pub mod redact;
+pub mod schemas;
 pub mod server;
 pub mod sse;
 pub mod store;
