@@ -199,6 +199,34 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MAX_CONSUMERS", default_value_t = 1000)]
     pub max_consumers: usize,
 
+    /// Largest JSON Schema document `PUT /schemas/{type}` accepts, in
+    /// bytes (413 beyond). Every version is kept in memory compiled and in
+    /// `schemas.json`, rewritten whole at each change: larger documents
+    /// cost memory and a longer rewrite.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_BYTES", default_value_t = 256 * 1024)]
+    pub max_schema_bytes: u64,
+
+    /// Most schema versions one event type may have (409 beyond). Versions
+    /// are immutable and never deleted, so this bounds the memory and file
+    /// size one type can take; raise it for a type that changes often.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_VERSIONS", default_value_t = 100)]
+    pub max_schema_versions: usize,
+
+    /// Most event types with a schema, deleted ones included (409 beyond).
+    /// Bounds memory, `schemas.json` and the per-type series of `/stats`.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_TYPES", default_value_t = 1000)]
+    pub max_schema_types: usize,
+
+    /// The server's public base URL (e.g. `https://bus.example.com`), used
+    /// in the `dataschema` the server sets on events of a type with a
+    /// schema: `<public-url>/schemas/{type}/versions/{n}`. Unset (the
+    /// default), `dataschema` is the relative reference
+    /// `/schemas/{type}/versions/{n}`, resolved against whatever address a
+    /// reader reached the bus at. The request's Host header is never used:
+    /// a client chooses it, and the URL is stored in the event for good.
+    #[arg(long, env = "MSGBUS_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+
     /// Most requests per second from one client address, e.g. `100/s` or
     /// `6000/m`, with bursts of up to twice a second's worth; beyond it a
     /// request is answered 429 with `Retry-After` before its body is read.

@@ -40,8 +40,15 @@ const DRAFTS: &[(&str, Draft)] = &[
 /// Longest value text quoted in a message ("got the string ...").
 const MAX_QUOTED: usize = 60;
 
+/// Why a document is not a usable JSON Schema (the message says so for
+/// the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSchema(pub String);
+
 /// Compiles a JSON Schema document, or says why it is not a valid one.
-pub fn compile(doc: &Value) -> Result<Validator, String> {
+pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
+    let bad = |m: String| Err(InvalidSchema(m));
     let draft = match doc.get("$schema") {
         None => Draft::Draft202012,
         Some(Value::String(s)) => {
@@ -49,7 +56,7 @@ pub fn compile(doc: &Value) -> Result<Validator, String> {
             match DRAFTS.iter().find(|(uri, _)| *uri == s) {
                 Some((_, d)) => *d,
                 None => {
-                    return Err(format!(
+                    return bad(format!(
                         "$schema {s:?} is not supported; use draft 2020-12 \
                          (https://json-schema.org/draft/2020-12/schema, the default) or draft-07 \
                          (http://json-schema.org/draft-07/schema#)"
@@ -57,28 +64,31 @@ pub fn compile(doc: &Value) -> Result<Validator, String> {
                 }
             }
         }
-        Some(_) => return Err("$schema must be a string (a URI)".into()),
+        Some(_) => return bad("$schema must be a string (a URI)".into()),
     };
     if !doc.is_object() && !doc.is_boolean() {
-        return Err("a JSON Schema is an object or a boolean".into());
+        return bad("a JSON Schema is an object or a boolean".into());
     }
     if let Err(e) = jsonschema::meta::validate(doc) {
         let at = e.instance_path().as_str();
-        let at = if at.is_empty() { "" } else { at };
-        return Err(format!("not a valid JSON Schema: {at}: {e}")
-            .replace(": : ", ": ")
-            .replace("not a valid JSON Schema: : ", "not a valid JSON Schema: "));
+        return bad(if at.is_empty() {
+            format!("not a valid JSON Schema: {e}")
+        } else {
+            format!("not a valid JSON Schema: at {at}: {e}")
+        });
     }
     jsonschema::options()
         .with_draft(draft)
         .should_validate_formats(true)
         .build(doc)
-        .map_err(|e| match e.kind() {
-            ValidationErrorKind::Referencing(r) => format!(
-                "a $ref cannot be resolved ({r}); msgbus fetches no remote or file references: \
-                 put every definition in the document ($defs)"
-            ),
-            _ => format!("not a valid JSON Schema: {e}"),
+        .map_err(|e| {
+            InvalidSchema(match e.kind() {
+                ValidationErrorKind::Referencing(r) => format!(
+                    "a $ref cannot be resolved ({r}); msgbus fetches no remote or file references: \
+                     put every definition in the document ($defs)"
+                ),
+                _ => format!("not a valid JSON Schema: {e}"),
+            })
         })
 }
 
@@ -197,6 +207,11 @@ impl Registry {
 
     fn snapshot(&self) -> Arc<HashMap<String, TypeValidators>> {
         self.types.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Types whose payloads are validated now.
+    pub fn active_types(&self) -> usize {
+        self.snapshot().values().filter(|t| t.active).count()
     }
 
     /// Validations and rejections per type since start.

@@ -40,6 +40,10 @@ const HTTP_MAY_USE: &[&str] = &[
     "EventPage",
     "Consumer",
     "ConsumerStart",
+    "SchemaLimits",
+    "SchemaType",
+    "SchemaCatalog",
+    "SchemaVersion",
     // Snapshots.
     "Status",
     "StatsSnapshot",
@@ -57,6 +61,7 @@ const HTTP_MAY_USE: &[&str] = &[
     "StoreError",
     "WriteRefusal",
     "ConsumerError",
+    "SchemaError",
 ];
 
 /// One source file, its module path and its code with comments, string

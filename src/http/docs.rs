@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, consumers, error, events, health, metrics, stats, stream, tokens};
+use super::{admin, consumers, error, events, health, metrics, schemas, stats, stream, tokens};
 use crate::event::{
     MAX_EXTENSIONS, MAX_EXTENSION_NAME_LEN, MAX_EXTENSION_VALUE_LEN, MAX_ID_LEN, MAX_META_LEN,
     MAX_SOURCE_LEN, MAX_SUBJECT_LEN, MAX_TYPE_LEN,
@@ -35,6 +35,7 @@ use crate::event::{
         stream::stream,
         consumers::list, consumers::put, consumers::get_one, consumers::delete,
         consumers::events, consumers::ack,
+        schemas::list, schemas::get_latest, schemas::put, schemas::delete, schemas::get_version,
         stats::stats, health::live, health::ready, health::health, metrics::metrics,
         admin::alerts, admin::list_backups, admin::take_backup, admin::verify,
         admin::verify_status,
@@ -44,6 +45,7 @@ use crate::event::{
     tags(
         (name = "events", description = "Publish and read events"),
         (name = "consumers", description = "Durable named cursors: read after the cursor, ack to move it (at-least-once)"),
+        (name = "schemas", description = "Payload JSON Schemas per event type: publishing validates `data` against the latest version"),
         (name = "operations", description = "Stats, health, metrics, alerts, backups and integrity checks"),
         (name = "tokens", description = "Access tokens (admin role): create, list, revoke"),
     )

@@ -5,6 +5,7 @@
 //! - [`events`]: publish (single, batch) and read (list, long-poll, by seq)
 //! - [`stream`]: the live Server-Sent Events stream
 //! - [`consumers`]: durable named cursors (create, read, ack)
+//! - [`schemas`]: payload schemas per event type, and the publish check
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
@@ -31,6 +32,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod rate;
+pub mod schemas;
 pub mod stats;
 pub mod stream;
 pub mod tokens;
@@ -96,6 +98,8 @@ pub struct AppStateParts {
     pub read_limits: rate::ReadLimits,
     /// Access control: the tokens and the failed-authentication limits.
     pub auth: Arc<auth::Auth>,
+    /// The compiled payload schemas, refreshed after each change.
+    pub schemas: Arc<crate::schemas::Registry>,
 }
 
 /// The settings the HTTP layer uses.
@@ -130,6 +134,12 @@ pub struct HttpSettings {
     /// The largest body any route reads: the most one request takes from
     /// the body budget up front.
     pub max_request_body: usize,
+    /// Largest schema document (`--max-schema-bytes`).
+    pub max_schema_bytes: usize,
+    /// Most versions per type (`--max-schema-versions`).
+    pub max_schema_versions: usize,
+    /// Most types with a schema (`--max-schema-types`).
+    pub max_schema_types: usize,
 }
 
 impl AppState {
@@ -140,6 +150,8 @@ impl AppState {
         keyring: Arc<crate::auth::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let schemas = Arc::new(crate::schemas::Registry::new(&config.public_url));
+        schemas.refresh(&store.schema_catalog());
         AppState(Arc::new(AppStateParts {
             store: Arc::new(store.clone()),
             alerts: store.alerts().clone(),
@@ -165,7 +177,11 @@ impl AppState {
                 cors_allow_origins: config.cors_allow_origin.clone(),
                 max_request_body: (config.max_batch_bytes as usize)
                     .max(events::single_body_limit(config.max_event_bytes as usize))
-                    .max(consumers::MAX_BODY),
+                    .max(consumers::MAX_BODY)
+                    .max(config.max_schema_bytes as usize),
+                max_schema_bytes: config.max_schema_bytes as usize,
+                max_schema_versions: config.max_schema_versions,
+                max_schema_types: config.max_schema_types,
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
@@ -182,6 +198,7 @@ impl AppState {
                 config.auth_failure_rate,
                 config.max_streams_per_token.max(1),
             )),
+            schemas,
         }))
     }
 }
@@ -206,6 +223,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/consumers/{name}/events", get(consumers::events))
         .route("/consumers/{name}/ack", post(consumers::ack))
+        .route("/schemas", get(schemas::list))
+        .route(
+            "/schemas/{type}",
+            get(schemas::get_latest)
+                .put(schemas::put)
+                .delete(schemas::delete),
+        )
+        .route(
+            "/schemas/{type}/versions/{version}",
+            get(schemas::get_version),
+        )
         .route("/stats", get(stats::stats))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

@@ -197,29 +197,39 @@ fn encode(catalog: &SchemaCatalog) -> Vec<u8> {
     out
 }
 
+/// Why `schemas.json` cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
 /// Parses and checks the file's bytes.
-pub fn decode(bytes: &[u8]) -> Result<SchemaCatalog, String> {
+pub fn decode(bytes: &[u8]) -> Result<SchemaCatalog, DecodeError> {
+    decode_inner(bytes)
+}
+
+fn decode_inner(bytes: &[u8]) -> Result<SchemaCatalog, DecodeError> {
+    let err = |m: String| DecodeError(m);
     let file: SchemasFile<'_> =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a schemas file: {e}"))?;
+        serde_json::from_slice(bytes).map_err(|e| err(format!("not a schemas file: {e}")))?;
     let crc = format!("{:08x}", crc32c::crc32c(file.rec.get().as_bytes()));
     if crc != file.crc {
-        return Err(format!(
+        return Err(err(format!(
             "checksum mismatch (file says {}, contents give {crc})",
             file.crc
-        ));
+        )));
     }
-    let rec: SchemasRec =
-        serde_json::from_str(file.rec.get()).map_err(|e| format!("not a schemas file: {e}"))?;
+    let rec: SchemasRec = serde_json::from_str(file.rec.get())
+        .map_err(|e| err(format!("not a schemas file: {e}")))?;
     if rec.version != VERSION {
-        return Err(format!(
+        return Err(err(format!(
             "format version {}, this msgbus reads version {VERSION}",
             rec.version
-        ));
+        )));
     }
     let mut types = BTreeMap::new();
     for t in rec.types {
         if t.versions.is_empty() {
-            return Err(format!("type {:?} has no version", t.ty));
+            return Err(err(format!("type {:?} has no version", t.ty)));
         }
         types.insert(t.ty.clone(), t);
     }
