@@ -224,7 +224,7 @@ pub struct ServeConfig {
     /// `/schemas/{type}/versions/{n}`, resolved against whatever address a
     /// reader reached the bus at. The request's Host header is never used:
     /// a client chooses it, and the URL is stored in the event for good.
-    #[arg(long, env = "MSGBUS_PUBLIC_URL", default_value = "")]
+    #[arg(long, env = "MSGBUS_PUBLIC_URL", default_value = "", value_parser = parse_public_url)]
     pub public_url: String,
 
     /// Most requests per second from one client address, e.g. `100/s` or
@@ -382,6 +382,23 @@ pub enum ValueError {
     /// Neither seconds nor a duration with a unit.
     #[error("{0:?} is not a duration such as 5s or 500ms: {1}")]
     NotADuration(String, #[source] humantime::DurationError),
+    /// Not an http(s) base URL.
+    #[error("{0:?} is not a base URL such as https://bus.example.com (http or https, no query or fragment)")]
+    NotABaseUrl(String),
+}
+
+/// Parses `--public-url`: empty, or an `http://` / `https://` URL without
+/// spaces, query or fragment (a trailing `/` is dropped where it is used).
+pub fn parse_public_url(s: &str) -> Result<String, ValueError> {
+    let ok = s.is_empty()
+        || ((s.starts_with("https://") || s.starts_with("http://"))
+            && s.len() > "https://".len()
+            && !s.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ValueError::NotABaseUrl(s.to_string()))
+    }
 }
 
 /// Parses a byte size: a plain number, or one with a `KiB`/`MiB`/`GiB`
@@ -524,6 +541,27 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn public_urls_are_http_base_urls() {
+        for ok in [
+            "",
+            "https://bus.example.com",
+            "http://10.0.0.1:8080/",
+            "https://h/bus",
+        ] {
+            assert_eq!(parse_public_url(ok).unwrap(), ok);
+        }
+        for bad in [
+            "bus.example.com",
+            "https://",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://x y",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -116,8 +116,10 @@ pub struct TypeCounts {
 #[derive(Default)]
 pub struct Registry {
     types: RwLock<Arc<HashMap<String, TypeValidators>>>,
-    /// Serializes refreshes, so two never race to publish.
-    refreshing: Mutex<()>,
+    /// Serializes refreshes, so two never race to publish, and holds the
+    /// generation of the catalog last published: an older one (fetched
+    /// before a newer one but arriving later) is not published over it.
+    refreshing: Mutex<Option<u64>>,
     counts: Mutex<HashMap<String, TypeCounts>>,
     /// Where `dataschema` URLs point: `--public-url`, or empty for the
     /// relative `/schemas/...` form.
@@ -173,7 +175,11 @@ impl Registry {
     /// publishes the new map. A stored version that no longer compiles
     /// (it did when it was registered) is logged and left out.
     pub fn refresh(&self, catalog: &SchemaCatalog) {
-        let _one = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        if applied.is_some_and(|g| g > catalog.generation) {
+            return;
+        }
+        *applied = Some(catalog.generation);
         let old = self.snapshot();
         let mut next = HashMap::with_capacity(catalog.types.len());
         for (ty, t) in &catalog.types {
@@ -620,6 +626,40 @@ mod tests {
         )
         .is_ok());
         assert!(compile(&json!({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/a"})).is_ok());
+    }
+
+    #[test]
+    fn an_older_catalog_never_replaces_a_newer_one() {
+        use crate::store::{SchemaType, SchemaVersion};
+        let catalog = |generation: u64, deleted: bool| {
+            let mut c = SchemaCatalog {
+                generation,
+                ..Default::default()
+            };
+            c.types.insert(
+                "t".into(),
+                SchemaType {
+                    ty: "t".into(),
+                    versions: vec![SchemaVersion {
+                        version: 1,
+                        schema: Arc::new(json!({"type": "object"})),
+                        created_at: "2026-01-01T00:00:00Z".into(),
+                    }],
+                    deleted_at: deleted.then(|| "2026-01-02T00:00:00Z".into()),
+                },
+            );
+            c
+        };
+        let r = Registry::new("");
+        r.refresh(&catalog(2, true));
+        r.refresh(&catalog(1, false));
+        assert_eq!(
+            r.active_types(),
+            0,
+            "generation 1 arrived late and is ignored"
+        );
+        r.refresh(&catalog(3, false));
+        assert_eq!(r.active_types(), 1);
     }
 
     #[test]

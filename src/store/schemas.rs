@@ -204,10 +204,6 @@ pub struct DecodeError(String);
 
 /// Parses and checks the file's bytes.
 pub fn decode(bytes: &[u8]) -> Result<SchemaCatalog, DecodeError> {
-    decode_inner(bytes)
-}
-
-fn decode_inner(bytes: &[u8]) -> Result<SchemaCatalog, DecodeError> {
     let err = |m: String| DecodeError(m);
     let file: SchemasFile<'_> =
         serde_json::from_slice(bytes).map_err(|e| err(format!("not a schemas file: {e}")))?;
