@@ -21,4 +21,5 @@ pub mod large;
 pub mod loadgen;
 pub mod report;
 pub mod scenarios;
+pub mod schemas;
 pub mod servers;

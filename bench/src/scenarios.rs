@@ -76,6 +76,9 @@ pub enum Scenario {
     /// start-up, memory, random reads, a filtered read, publishing and
     /// `msgbus verify` on it. Long: never part of the default run.
     Large,
+    /// Payload schemas: order events without and with a JSON Schema for
+    /// their type (see [`crate::schemas`]). Only when asked for.
+    Schemas,
 }
 
 impl Scenario {
@@ -89,12 +92,13 @@ impl Scenario {
 
     /// Every group `--only` accepts, in the order they run: [`Scenario::ALL`]
     /// and then [`Scenario::Large`].
-    pub const SELECTABLE: [Scenario; 5] = [
+    pub const SELECTABLE: [Scenario; 6] = [
         Scenario::Single,
         Scenario::Stored,
         Scenario::Fanout,
         Scenario::Auth,
         Scenario::Large,
+        Scenario::Schemas,
     ];
 }
 
@@ -247,11 +251,11 @@ impl BenchConfig {
         self.scenarios.contains(&s)
     }
 
-    fn max_connections(&self) -> usize {
+    pub(crate) fn max_connections(&self) -> usize {
         self.connections.iter().copied().max().unwrap_or(1)
     }
 
-    fn closed(&self, connections: usize) -> ClosedLoop {
+    pub(crate) fn closed(&self, connections: usize) -> ClosedLoop {
         ClosedLoop {
             connections,
             warmup: self.warmup,
@@ -687,6 +691,8 @@ pub struct Report {
     pub auth: Option<AuthDoc>,
     /// The large store ([`Scenario::Large`]).
     pub large: Option<crate::large::LargeDoc>,
+    /// Payload schemas off and on ([`Scenario::Schemas`]).
+    pub schemas: Option<crate::schemas::SchemasDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -719,7 +725,7 @@ fn total_events(stats: &serde_json::Value) -> u64 {
     stats["events"]["total"].as_u64().unwrap_or(0)
 }
 
-fn say(cfg: &BenchConfig, msg: &str) {
+pub(crate) fn say(cfg: &BenchConfig, msg: &str) {
     if cfg.mode != "test" {
         eprintln!("[bench] {msg}");
     }
@@ -750,6 +756,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         checks: None,
         auth: None,
         large: None,
+        schemas: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -773,6 +780,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Large) {
         rep.large = Some(crate::large::run_large(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Schemas) {
+        rep.schemas = Some(crate::schemas::run_schemas(cfg, launcher).await?);
     }
     rep.targets = report::targets(&rep);
     rep.machine.loadavg_end = report::loadavg();
