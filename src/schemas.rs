@@ -66,8 +66,13 @@ pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
         }
         Some(_) => return bad("$schema must be a string (a URI)".into()),
     };
-    if !doc.is_object() && !doc.is_boolean() {
-        return bad("a JSON Schema is an object or a boolean".into());
+    // Boolean schemas (`true`: anything, `false`: nothing) are valid JSON
+    // Schema, but as a type's whole schema they say nothing useful or
+    // refuse every event: registering one is refused as a likely mistake.
+    if !doc.is_object() {
+        return bad(
+            "a type's JSON Schema must be an object (true and false are not accepted here)".into(),
+        );
     }
     if let Err(e) = jsonschema::meta::validate(doc) {
         let at = e.instance_path().as_str();
@@ -381,6 +386,11 @@ fn check_one(
             }
         },
     };
+    // The common case first: is_valid stops at nothing and builds no
+    // error; only a failing event walks its errors.
+    if validator.is_valid(&data) {
+        return set.then(|| reg.url(&ev.ty, version));
+    }
     let mut any = false;
     for e in validator.iter_errors(&data) {
         any = true;

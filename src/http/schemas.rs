@@ -257,7 +257,7 @@ pub async fn get_latest(
 /// One version of a type's schema.
 #[utoipa::path(
     get, path = "/schemas/{type}/versions/{version}", tag = "schemas",
-    params(("type" = String, Path, description = "Event type"), ("version" = u32, Path, description = "Version number (1, 2, ...)")),
+    params(("type" = String, Path, description = "Event type"), ("version" = u32, Path, minimum = 1, description = "Version number (1, 2, ...)")),
     responses(
         (status = 200, description = "The version", body = SchemaDoc),
         (status = 400, description = "The version is not a positive number", body = Problem, content_type = "application/problem+json"),
