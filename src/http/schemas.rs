@@ -307,12 +307,17 @@ pub async fn delete(
 ) -> Result<Json<SchemaDoc>, Problem> {
     let ty = type_param(ty)?;
     in_scope(&principal, &ty)?;
-    let t = state
-        .store
-        .delete_schema(ty)
-        .await
-        .map_err(schema_problem)?;
-    state.schemas.refresh(&state.store.schema_catalog());
+    // In its own task: a client that hangs up (dropping this handler)
+    // must not leave the change committed but the validators stale.
+    let st = state.clone();
+    let t = tokio::spawn(async move {
+        let t = st.store.delete_schema(ty).await;
+        st.schemas.refresh(&st.store.schema_catalog());
+        t
+    })
+    .await
+    .map_err(|e| Problem::internal(&e))?
+    .map_err(schema_problem)?;
     Ok(Json(
         doc(&state, &t, t.latest().version).expect("the latest exists"),
     ))
@@ -438,12 +443,16 @@ pub async fn put(
         max_versions: state.settings.max_schema_versions,
         max_types: state.settings.max_schema_types,
     };
-    let t = state
-        .store
-        .put_schema(ty.clone(), Arc::new(schema), limits)
-        .await
-        .map_err(schema_problem)?;
-    state.schemas.refresh(&state.store.schema_catalog());
+    // In its own task, as for delete.
+    let (st, t2) = (state.clone(), ty.clone());
+    let t = tokio::spawn(async move {
+        let t = st.store.put_schema(t2, Arc::new(schema), limits).await;
+        st.schemas.refresh(&st.store.schema_catalog());
+        t
+    })
+    .await
+    .map_err(|e| Problem::internal(&e))?
+    .map_err(schema_problem)?;
     let version = t.latest().version;
     let url = state.schemas.url(&ty, version);
     let mut res = (
