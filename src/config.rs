@@ -227,6 +227,33 @@ pub struct ServeConfig {
     /// fast workers run further ahead of one stuck event.
     #[arg(long, env = "MSGBUS_QUEUE_MAX_ACKED", default_value_t = 100_000)]
     pub queue_max_acked: usize,
+    /// Largest JSON Schema document `PUT /schemas/{type}` accepts, in
+    /// bytes (413 beyond). Every version is kept in memory compiled and in
+    /// `schemas.json`, rewritten whole at each change: larger documents
+    /// cost memory and a longer rewrite.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_BYTES", default_value_t = 256 * 1024)]
+    pub max_schema_bytes: u64,
+
+    /// Most schema versions one event type may have (409 beyond). Versions
+    /// are immutable and never deleted, so this bounds the memory and file
+    /// size one type can take; raise it for a type that changes often.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_VERSIONS", default_value_t = 100)]
+    pub max_schema_versions: usize,
+
+    /// Most event types with a schema, deleted ones included (409 beyond).
+    /// Bounds memory, `schemas.json` and the per-type series of `/stats`.
+    #[arg(long, env = "MSGBUS_MAX_SCHEMA_TYPES", default_value_t = 1000)]
+    pub max_schema_types: usize,
+
+    /// The server's public base URL (e.g. `https://bus.example.com`), used
+    /// in the `dataschema` the server sets on events of a type with a
+    /// schema: `<public-url>/schemas/{type}/versions/{n}`. Unset (the
+    /// default), `dataschema` is the relative reference
+    /// `/schemas/{type}/versions/{n}`, resolved against whatever address a
+    /// reader reached the bus at. The request's Host header is never used:
+    /// a client chooses it, and the URL is stored in the event for good.
+    #[arg(long, env = "MSGBUS_PUBLIC_URL", default_value = "", value_parser = parse_public_url)]
+    pub public_url: String,
 
     /// Most requests per second from one client address, e.g. `100/s` or
     /// `6000/m`, with bursts of up to twice a second's worth; beyond it a
@@ -388,6 +415,23 @@ pub enum ValueError {
     /// Neither seconds nor a duration with a unit.
     #[error("{0:?} is not a duration such as 5s or 500ms: {1}")]
     NotADuration(String, #[source] humantime::DurationError),
+    /// Not an http(s) base URL.
+    #[error("{0:?} is not a base URL such as https://bus.example.com (http or https, no query or fragment)")]
+    NotABaseUrl(String),
+}
+
+/// Parses `--public-url`: empty, or an `http://` / `https://` URL without
+/// spaces, query or fragment (a trailing `/` is dropped where it is used).
+pub fn parse_public_url(s: &str) -> Result<String, ValueError> {
+    let ok = s.is_empty()
+        || ((s.starts_with("https://") || s.starts_with("http://"))
+            && s.len() > "https://".len()
+            && !s.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ValueError::NotABaseUrl(s.to_string()))
+    }
 }
 
 /// Parses a byte size: a plain number, or one with a `KiB`/`MiB`/`GiB`
@@ -530,6 +574,27 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn public_urls_are_http_base_urls() {
+        for ok in [
+            "",
+            "https://bus.example.com",
+            "http://10.0.0.1:8080/",
+            "https://h/bus",
+        ] {
+            assert_eq!(parse_public_url(ok).unwrap(), ok);
+        }
+        for bad in [
+            "bus.example.com",
+            "https://",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://x y",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`clock`], [`sse`], [`redact`]: below everything: the time format, the
 //!   Server-Sent Events wire format, data-directory paths hidden from clients
 //! - [`event`]: the CloudEvents model and its validation
+//! - [`schemas`]: payload JSON Schemas compiled once, and the publish check
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
 //! - [`auth`]: access control: tokens, roles, scopes, `auth/tokens.json`
 //! - [`queue`]: work queues: leases, acks and dead letters of queue consumers
@@ -39,6 +40,7 @@ pub mod monitor;
 pub mod offline;
 pub mod queue;
 pub mod redact;
+pub mod schemas;
 pub mod server;
 pub mod sse;
 pub mod store;

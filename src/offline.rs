@@ -200,6 +200,12 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
         active_crc: rec.active.crc,
         last_seq: rec.next_seq - 1,
         consumers: Some(crate::store::consumers::load(data_dir)?.snapshot()),
+        schemas: Some(
+            crate::store::schemas::load(data_dir)?
+                .0
+                .file_bytes()
+                .to_vec(),
+        ),
     };
     let info = backup::take(
         &src,
@@ -243,7 +249,8 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
                 .map_err(io(format!("move {} aside", manifest_path.display())))?;
         }
         // The snapshot and the log: the backup's snapshot replaces both.
-        for name in [layout::CONSUMERS, layout::CONSUMERS_LOG] {
+        // Payload schemas too: the backup's (or none, if it holds none).
+        for name in [layout::CONSUMERS, layout::CONSUMERS_LOG, layout::SCHEMAS] {
             let consumers = data_dir.join(name);
             if consumers.exists() {
                 std::fs::rename(&consumers, aside.join(name))
@@ -350,6 +357,7 @@ mod tests {
         for ok in [
             "manifest.json",
             "consumers.json",
+            "schemas.json",
             "segments/00000000000000000001.jsonl",
         ] {
             assert!(is_store_path(ok), "{ok}");

@@ -41,6 +41,10 @@ const HTTP_MAY_USE: &[&str] = &[
     "Consumer",
     "ConsumerStart",
     "QueueSpec",
+    "SchemaLimits",
+    "SchemaType",
+    "SchemaCatalog",
+    "SchemaVersion",
     // Snapshots.
     "Status",
     "StatsSnapshot",
@@ -58,6 +62,7 @@ const HTTP_MAY_USE: &[&str] = &[
     "StoreError",
     "WriteRefusal",
     "ConsumerError",
+    "SchemaError",
 ];
 
 /// One source file, its module path and its code with comments, string

@@ -97,6 +97,54 @@ pub fn batch(tag: &str, conn: usize, first: u64, size: usize) -> Bytes {
     Bytes::from(out)
 }
 
+/// `type` of the order events of the schemas group.
+pub const ORDER_TYPE: &str = "com.example.bench.order.placed";
+
+/// Appends one order event as JSON to `out`: `data` has ten fields, two of
+/// them nested (a customer object, a list of line items), the shape the
+/// schemas group validates ([`crate::schemas::order_schema`]).
+pub fn write_order(out: &mut Vec<u8>, tag: &str, conn: usize, n: u64) {
+    let id = event_id(tag, conn, n);
+    let body = format!(
+        concat!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"{source}","type":"{ty}","#,
+            r#""subject":"order-{n}","time":"2026-01-31T12:00:00.000Z","#,
+            r#""datacontenttype":"application/json","data":{{"order_id":"ord-{n}","#,
+            r#""customer":{{"id":"customer-{c:04}","email":"c{c}@example.com","tier":"gold"}},"#,
+            r#""items":[{{"sku":"SKU-1","qty":2,"price":19.5}},{{"sku":"SKU-2","qty":1,"price":5}}],"#,
+            r#""total":44.0,"currency":"EUR","status":"placed","created_at":"2026-01-31T12:00:00Z","#,
+            r#""priority":3,"gift":false,"note":"leave at the door"}}}}"#
+        ),
+        id = id,
+        source = SOURCE,
+        ty = ORDER_TYPE,
+        n = n,
+        c = conn % 10_000,
+    );
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// One order event as a request body.
+pub fn order_single(tag: &str, conn: usize, n: u64) -> Bytes {
+    let mut out = Vec::with_capacity(512);
+    write_order(&mut out, tag, conn, n);
+    Bytes::from(out)
+}
+
+/// A JSON array of `size` order events.
+pub fn order_batch(tag: &str, conn: usize, first: u64, size: usize) -> Bytes {
+    let mut out = Vec::with_capacity(size * 513 + 2);
+    out.push(b'[');
+    for i in 0..size as u64 {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_order(&mut out, tag, conn, first + i);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

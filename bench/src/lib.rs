@@ -23,4 +23,5 @@ pub mod loadgen;
 pub mod queues;
 pub mod report;
 pub mod scenarios;
+pub mod schemas;
 pub mod servers;

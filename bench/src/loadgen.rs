@@ -50,6 +50,19 @@ pub enum Work {
         /// When set, raised to the `seq` of every stored event (from `Location`).
         head: Option<Arc<AtomicU64>>,
     },
+    /// `POST /events` with one order event (ten fields, nested; the
+    /// schemas group); 201 expected.
+    OrderSingle {
+        /// Makes ids unique across runs and scenarios.
+        tag: Arc<str>,
+    },
+    /// `POST /events/batch` with `size` order events; 201 expected.
+    OrderBatch {
+        /// Makes ids unique across runs and scenarios.
+        tag: Arc<str>,
+        /// Events per request.
+        size: usize,
+    },
     /// `POST /events/batch` with `size` events; 201 expected.
     Batch {
         /// Makes ids unique across runs and scenarios.
@@ -99,6 +112,18 @@ impl Work {
                 Some("application/json"),
                 event::batch(tag, conn, n * *size as u64, *size),
             ),
+            Work::OrderSingle { tag } => (
+                Method::POST,
+                Cow::Borrowed("/events"),
+                Some("application/json"),
+                event::order_single(tag, conn, n),
+            ),
+            Work::OrderBatch { tag, size } => (
+                Method::POST,
+                Cow::Borrowed("/events/batch"),
+                Some("application/json"),
+                event::order_batch(tag, conn, n * *size as u64, *size),
+            ),
             Work::RecentPage { head, limit } => {
                 let after = head.load(Ordering::Relaxed).saturating_sub(2 * limit);
                 (
@@ -124,7 +149,11 @@ impl Work {
     /// The status a successful answer has.
     pub fn expected(&self) -> StatusCode {
         match self {
-            Work::Single { .. } | Work::Stamped { .. } | Work::Batch { .. } => StatusCode::CREATED,
+            Work::Single { .. }
+            | Work::Stamped { .. }
+            | Work::Batch { .. }
+            | Work::OrderSingle { .. }
+            | Work::OrderBatch { .. } => StatusCode::CREATED,
             Work::RecentPage { .. } | Work::RandomEvent { .. } | Work::Get { .. } => StatusCode::OK,
         }
     }
@@ -132,8 +161,8 @@ impl Work {
     /// Durable events one successful request stands for.
     pub fn events_per_request(&self) -> u64 {
         match self {
-            Work::Single { .. } | Work::Stamped { .. } => 1,
-            Work::Batch { size, .. } => *size as u64,
+            Work::Single { .. } | Work::Stamped { .. } | Work::OrderSingle { .. } => 1,
+            Work::Batch { size, .. } | Work::OrderBatch { size, .. } => *size as u64,
             Work::RecentPage { .. } | Work::RandomEvent { .. } | Work::Get { .. } => 0,
         }
     }
@@ -305,7 +334,11 @@ async fn one(
 
 fn work_method(w: &Work) -> &'static str {
     match w {
-        Work::Single { .. } | Work::Stamped { .. } | Work::Batch { .. } => "POST",
+        Work::Single { .. }
+        | Work::Stamped { .. }
+        | Work::Batch { .. }
+        | Work::OrderSingle { .. }
+        | Work::OrderBatch { .. } => "POST",
         _ => "GET",
     }
 }

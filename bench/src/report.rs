@@ -452,6 +452,9 @@ pub fn render(r: &Report) -> String {
     if let Some(l) = &r.large {
         render_large(&mut s, l);
     }
+    if let Some(sc) = &r.schemas {
+        render_schemas(&mut s, sc);
+    }
     let _ = writeln!(s);
     if r.targets.is_empty() {
         let _ = writeln!(s, "Targets: none for the scenarios run");
@@ -910,6 +913,61 @@ fn render_fanout(s: &mut String, f: &FanoutDoc) {
             ""
         }
     );
+}
+
+fn render_schemas(s: &mut String, d: &crate::schemas::SchemasDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Payload schemas: {} events (10 data fields, nested) without a schema vs with one registered (every event validated); each run on a fresh store; * the pair with the median ratio",
+        d.event_type
+    );
+    let _ = writeln!(
+        s,
+        "{:<40} {:>5} {:>4} | {:>11} {:>7} {:>7} | {:>11} {:>7} {:>7} | {:>7}",
+        "work",
+        "conns",
+        "pair",
+        "off ev/s",
+        "p50 ms",
+        "p99 ms",
+        "on ev/s",
+        "p50 ms",
+        "p99 ms",
+        "on/off"
+    );
+    for c in [&d.single, &d.batch] {
+        let work = if c.events_per_request > 1 {
+            format!("{} of {}", c.work, c.events_per_request)
+        } else {
+            c.work.clone()
+        };
+        for (i, p) in c.runs.iter().enumerate() {
+            let star = if i == c.median_run { "*" } else { "" };
+            let _ = writeln!(
+                s,
+                "{:<40} {:>5} {:>4} | {:>11} {:>7.2} {:>7.2} | {:>11} {:>7.2} {:>7.2} | {:>7.3}",
+                work,
+                c.connections,
+                format!("{}{star}", i + 1),
+                num(p.off.events_per_s),
+                p.off.p50_ms,
+                p.off.p99_ms,
+                num(p.on.events_per_s),
+                p.on.p50_ms,
+                p.on.p99_ms,
+                p.ratio
+            );
+        }
+    }
+    for (what, c) in [("single events", &d.single), ("batches", &d.batch)] {
+        let verdict = if c.ratio >= 0.9 { "met" } else { "missed" };
+        let _ = writeln!(
+            s,
+            "  with ÷ without schema, median pair, {what}: {:.3} (target >= 0.900: {verdict})",
+            c.ratio
+        );
+    }
 }
 
 fn render_auth(s: &mut String, a: &AuthDoc) {

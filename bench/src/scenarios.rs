@@ -80,6 +80,9 @@ pub enum Scenario {
     /// (see [`crate::queues`]). Only when asked for (`--only queues`): it
     /// may install `redis-server`.
     Queues,
+    /// Payload schemas: order events without and with a JSON Schema for
+    /// their type (see [`crate::schemas`]). Only when asked for.
+    Schemas,
 }
 
 impl Scenario {
@@ -92,14 +95,15 @@ impl Scenario {
     ];
 
     /// Every group `--only` accepts, in the order they run: [`Scenario::ALL`]
-    /// and then [`Scenario::Queues`] and [`Scenario::Large`].
-    pub const SELECTABLE: [Scenario; 6] = [
+    /// and then [`Scenario::Queues`], [`Scenario::Large`] and [`Scenario::Schemas`].
+    pub const SELECTABLE: [Scenario; 7] = [
         Scenario::Single,
         Scenario::Stored,
         Scenario::Fanout,
         Scenario::Auth,
         Scenario::Queues,
         Scenario::Large,
+        Scenario::Schemas,
     ];
 }
 
@@ -252,11 +256,11 @@ impl BenchConfig {
         self.scenarios.contains(&s)
     }
 
-    fn max_connections(&self) -> usize {
+    pub(crate) fn max_connections(&self) -> usize {
         self.connections.iter().copied().max().unwrap_or(1)
     }
 
-    fn closed(&self, connections: usize) -> ClosedLoop {
+    pub(crate) fn closed(&self, connections: usize) -> ClosedLoop {
         ClosedLoop {
             connections,
             warmup: self.warmup,
@@ -694,6 +698,8 @@ pub struct Report {
     pub large: Option<crate::large::LargeDoc>,
     /// Work queues beside Redis Streams ([`Scenario::Queues`]).
     pub queues: Option<crate::queues::QueuesDoc>,
+    /// Payload schemas off and on ([`Scenario::Schemas`]).
+    pub schemas: Option<crate::schemas::SchemasDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -726,7 +732,7 @@ fn total_events(stats: &serde_json::Value) -> u64 {
     stats["events"]["total"].as_u64().unwrap_or(0)
 }
 
-fn say(cfg: &BenchConfig, msg: &str) {
+pub(crate) fn say(cfg: &BenchConfig, msg: &str) {
     if cfg.mode != "test" {
         eprintln!("[bench] {msg}");
     }
@@ -758,6 +764,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         auth: None,
         large: None,
         queues: None,
+        schemas: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -784,6 +791,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Large) {
         rep.large = Some(crate::large::run_large(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Schemas) {
+        rep.schemas = Some(crate::schemas::run_schemas(cfg, launcher).await?);
     }
     rep.targets = report::targets(&rep);
     rep.machine.loadavg_end = report::loadavg();

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `publish` | `POST /events`, `POST /events/batch` |
 //! | `read` | `GET /events`, `/events/{seq}`, `/events/stream`, `/stats`; consumers: list, create, read, ack |
-//! | `admin` | everything: deleting a consumer or moving its cursor, `/alerts`, `/admin/*`, tokens |
+//! | `read` | also `GET /schemas`, `/schemas/{type}`, `/schemas/{type}/versions/{n}` |
+//! | `admin` | everything: deleting a consumer or moving its cursor, `/alerts`, `/admin/*`, tokens, `PUT`/`DELETE /schemas/{type}` |
 //!
 //! A token's [`Scope`] narrows what it publishes and sees (the handlers
 //! apply it; see `http::events`, `http::stream`, `http::consumers`).
@@ -117,6 +118,13 @@ pub fn need(method: &Method, path: &str, protected: Protected) -> Need {
     if path.starts_with("/consumers/") && method == Method::DELETE {
         return Need::Admin;
     }
+    // Registering a schema version or stopping validation changes what
+    // every publisher may send: admin work. Reading schemas is a read.
+    if (path == "/schemas" || path.starts_with("/schemas/"))
+        && (method == Method::PUT || method == Method::DELETE || method == Method::POST)
+    {
+        return Need::Admin;
+    }
     // Reads, consumers, and every other path: an unknown route asks for a
     // token too, so the answer to an anonymous caller says nothing of what
     // exists.
@@ -177,6 +185,10 @@ mod tests {
             (Method::PUT, "/consumers/w", Need::Read),
             (Method::POST, "/consumers/w/ack", Need::Read),
             (Method::DELETE, "/consumers/w", Need::Admin),
+            (Method::PUT, "/schemas/t.x", Need::Admin),
+            (Method::DELETE, "/schemas/t.x", Need::Admin),
+            (Method::GET, "/schemas", Need::Read),
+            (Method::GET, "/schemas/t.x/versions/1", Need::Read),
             (Method::GET, "/alerts", Need::Admin),
             (Method::POST, "/admin/backups", Need::Admin),
             (Method::GET, "/admin/tokens", Need::Admin),

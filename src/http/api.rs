@@ -43,6 +43,11 @@ pub enum Finding {
         /// What is wrong.
         detail: String,
     },
+    /// `schemas.json` is missing, damaged or differs from the writer's copy.
+    Schemas {
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl From<store::Finding> for Finding {
@@ -56,6 +61,7 @@ impl From<store::Finding> for Finding {
             }
             store::Finding::SegmentIndex { file, detail } => Finding::SegmentIndex { file, detail },
             store::Finding::Manifest { detail } => Finding::Manifest { detail },
+            store::Finding::Schemas { detail } => Finding::Schemas { detail },
         }
     }
 }

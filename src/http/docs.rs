@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, consumers, error, events, health, metrics, queues, stats, stream, tokens};
+use super::{
+    admin, consumers, error, events, health, metrics, queues, schemas, stats, stream, tokens,
+};
 use crate::event::{
     MAX_EXTENSIONS, MAX_EXTENSION_NAME_LEN, MAX_EXTENSION_VALUE_LEN, MAX_ID_LEN, MAX_META_LEN,
     MAX_SOURCE_LEN, MAX_SUBJECT_LEN, MAX_TYPE_LEN,
@@ -36,6 +38,7 @@ use crate::event::{
         consumers::list, consumers::put, consumers::get_one, consumers::delete,
         consumers::events, consumers::ack,
         queues::fetch, queues::nack, queues::extend, queues::dead, queues::redrive,
+        schemas::list, schemas::get_latest, schemas::put, schemas::delete, schemas::get_version,
         stats::stats, health::live, health::ready, health::health, metrics::metrics,
         admin::alerts, admin::list_backups, admin::take_backup, admin::verify,
         admin::verify_status,
@@ -46,6 +49,7 @@ use crate::event::{
         (name = "events", description = "Publish and read events"),
         (name = "consumers", description = "Durable named cursors: read after the cursor, ack to move it (at-least-once)"),
         (name = "queues", description = "Work queues (consumers with \"mode\": \"queue\"): fetch leases events to one worker at a time, ack makes them done, expired leases come back, and events that keep failing become dead letters"),
+        (name = "schemas", description = "Payload JSON Schemas per event type: publishing validates `data` against the latest version"),
         (name = "operations", description = "Stats, health, metrics, alerts, backups and integrity checks"),
         (name = "tokens", description = "Access tokens (admin role): create, list, revoke"),
     )

@@ -194,7 +194,7 @@ pub fn single_body_limit(max_event_bytes: usize) -> usize {
         (status = 413, description = "Event or body too large", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event, or its data does not match its type's schema (`errors` names each violation, e.g. `data/items/0/price`; non-JSON data, or a `dataschema` that is not a version of the type)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
@@ -214,18 +214,30 @@ pub async fn publish(
         state.settings.body_timeout,
     )
     .await?;
-    let prepared = if event::is_binary(&headers) {
-        event::from_binary(&headers, &bytes, limits)?
-    } else {
+    // Parse, scope, then the payload schema: on this task for a small
+    // body, in the bulk lane for a large one (its data is large too).
+    let binary = event::is_binary(&headers);
+    if !binary {
         body::require_media_type(&headers, EVENT_TYPES)?;
         body::require_body(&bytes)?;
-        if bytes.len() < bulk::PARSE_INLINE_MAX {
-            event::from_json(&bytes, "", limits)?
+    }
+    let large = bytes.len() >= bulk::PARSE_INLINE_MAX;
+    let (st, who) = (state.clone(), principal.clone());
+    let prepare = move || -> Result<PreparedEvent, Problem> {
+        let mut prepared = if binary {
+            event::from_binary(&headers, &bytes, limits)?
         } else {
-            bulk::run(move || event::from_json(&bytes, "", limits)).await?
-        }
+            event::from_json(&bytes, "", limits)?
+        };
+        check_scope(&who, std::slice::from_ref(&prepared), false)?;
+        super::schemas::check_payloads(&st, std::slice::from_mut(&mut prepared), false)?;
+        Ok(prepared)
     };
-    check_scope(&principal, std::slice::from_ref(&prepared), false)?;
+    let prepared = if large {
+        bulk::run(prepare).await?
+    } else {
+        prepare()?
+    };
     let answer = Answer::new(&prepared);
     let mut outcomes = state.store.append(vec![prepared]).await?;
     let outcome = outcomes
@@ -258,7 +270,7 @@ pub async fn publish(
         (status = 413, description = "Too many items, or an item or the body too large", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A browser request from another origin not allowed by --cors-allow-origin", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported or missing Content-Type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An item is invalid; `errors` names it, e.g. `[3].type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An item is invalid, or its data does not match its type's schema; `errors` names it, e.g. `[3].type`, `[3].data/price`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
@@ -281,12 +293,19 @@ pub async fn publish_batch(
     .await?;
     body::require_body(&bytes)?;
     let (limit, limits) = (settings.max_batch_events, settings.limits);
-    let prepared = if bytes.len() < bulk::PARSE_INLINE_MAX {
-        parse_batch(&bytes, limit, limits)?
-    } else {
-        bulk::run(move || parse_batch(&bytes, limit, limits)).await?
+    let large = bytes.len() >= bulk::PARSE_INLINE_MAX;
+    let st = state.clone();
+    let prepare = move || -> Result<Vec<PreparedEvent>, Problem> {
+        let mut prepared = parse_batch(&bytes, limit, limits)?;
+        check_scope(&principal, &prepared, true)?;
+        super::schemas::check_payloads(&st, &mut prepared, true)?;
+        Ok(prepared)
     };
-    check_scope(&principal, &prepared, true)?;
+    let prepared = if large {
+        bulk::run(prepare).await?
+    } else {
+        prepare()?
+    };
     let answers: Vec<Answer> = prepared.iter().map(Answer::new).collect();
     let outcomes = state.store.append(prepared).await?;
     let any_new = outcomes.iter().any(|o| !o.is_duplicate());

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::stats::snapshot;
+use super::stats::{schema_stats, snapshot};
 use super::AppState;
 
 /// Prometheus metrics.
@@ -250,6 +250,31 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     for (ty, n) in &s.events.by_type {
         let _ = writeln!(out, "msgbus_events_by_type{{type=\"{}\"}} {n}", escape(ty));
+    }
+    let sc = schema_stats(&state);
+    let _ = writeln!(
+        out,
+        "# HELP msgbus_schema_validations_total Events checked against their type's payload schema since start.\n# TYPE msgbus_schema_validations_total counter"
+    );
+    for (ty, c) in &sc.by_type {
+        let _ = writeln!(
+            out,
+            "msgbus_schema_validations_total{{type=\"{}\"}} {}",
+            escape(ty),
+            c.validations
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP msgbus_schema_rejections_total Events refused by their type's payload schema since start.\n# TYPE msgbus_schema_rejections_total counter"
+    );
+    for (ty, c) in &sc.by_type {
+        let _ = writeln!(
+            out,
+            "msgbus_schema_rejections_total{{type=\"{}\"}} {}",
+            escape(ty),
+            c.rejections
+        );
     }
     let r = &s.retention;
     for (name, kind, help, value) in [

@@ -6,6 +6,7 @@
 //! - [`stream`]: the live Server-Sent Events stream
 //! - [`consumers`]: durable named cursors (create, read, ack)
 //! - [`queues`]: work queues: fetch, ack, nack, extend, dead letters
+//! - [`schemas`]: payload schemas per event type, and the publish check
 //! - [`stats`]: the `/stats` snapshot
 //! - [`health`]: liveness and readiness probes
 //! - [`metrics`]: Prometheus text exposition
@@ -33,6 +34,7 @@ pub mod health;
 pub mod metrics;
 pub mod queues;
 pub mod rate;
+pub mod schemas;
 pub mod stats;
 pub mod stream;
 pub mod tokens;
@@ -100,6 +102,8 @@ pub struct AppStateParts {
     pub auth: Arc<auth::Auth>,
     /// The queue consumers' leases (`/consumers/{name}/fetch`).
     pub queues: Arc<crate::queue::Queues>,
+    /// The compiled payload schemas, refreshed after each change.
+    pub schemas: Arc<crate::schemas::Registry>,
 }
 
 /// The settings the HTTP layer uses.
@@ -134,6 +138,12 @@ pub struct HttpSettings {
     /// The largest body any route reads: the most one request takes from
     /// the body budget up front.
     pub max_request_body: usize,
+    /// Largest schema document (`--max-schema-bytes`).
+    pub max_schema_bytes: usize,
+    /// Most versions per type (`--max-schema-versions`).
+    pub max_schema_versions: usize,
+    /// Most types with a schema (`--max-schema-types`).
+    pub max_schema_types: usize,
 }
 
 impl AppState {
@@ -154,6 +164,8 @@ impl AppState {
                 max_read_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
             },
         ));
+        let schemas = Arc::new(crate::schemas::Registry::new(&config.public_url));
+        schemas.refresh(&store.schema_catalog());
         AppState(Arc::new(AppStateParts {
             store: dyn_store,
             queues,
@@ -180,7 +192,11 @@ impl AppState {
                 cors_allow_origins: config.cors_allow_origin.clone(),
                 max_request_body: (config.max_batch_bytes as usize)
                     .max(events::single_body_limit(config.max_event_bytes as usize))
-                    .max(consumers::MAX_BODY),
+                    .max(consumers::MAX_BODY)
+                    .max(config.max_schema_bytes as usize),
+                max_schema_bytes: config.max_schema_bytes as usize,
+                max_schema_versions: config.max_schema_versions,
+                max_schema_types: config.max_schema_types,
             }),
             shutdown,
             subscribers: Arc::new(stream::Subscribers::new(config.max_subscribers)),
@@ -197,6 +213,7 @@ impl AppState {
                 config.auth_failure_rate,
                 config.max_streams_per_token.max(1),
             )),
+            schemas,
         }))
     }
 }
@@ -226,6 +243,17 @@ pub fn router(state: AppState) -> Router {
         .route("/consumers/{name}/extend", post(queues::extend))
         .route("/consumers/{name}/dead", get(queues::dead))
         .route("/consumers/{name}/dead/redrive", post(queues::redrive))
+        .route("/schemas", get(schemas::list))
+        .route(
+            "/schemas/{type}",
+            get(schemas::get_latest)
+                .put(schemas::put)
+                .delete(schemas::delete),
+        )
+        .route(
+            "/schemas/{type}/versions/{version}",
+            get(schemas::get_version),
+        )
         .route("/stats", get(stats::stats))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

@@ -27,6 +27,8 @@ pub struct Stats {
     pub retention: RetentionStats,
     /// Durable consumers and their lag.
     pub consumers: ConsumerStats,
+    /// Payload schema validations and rejections.
+    pub schemas: SchemaStats,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
 }
@@ -58,6 +60,51 @@ pub struct BackupStats {
     pub newest_verified: Option<String>,
     /// Last seq held by the newest verified backup.
     pub newest_verified_last_seq: Option<u64>,
+}
+
+/// Payload schema validations since start.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct SchemaStats {
+    /// Types whose payloads are validated now.
+    pub active_types: u64,
+    /// Events checked against a schema.
+    pub validations: u64,
+    /// Events refused by their schema.
+    pub rejections: u64,
+    /// Per type: the `--max-label-series` types with the most validations,
+    /// and `other` summing the rest.
+    pub by_type: BTreeMap<String, SchemaTypeStats>,
+}
+
+/// One type's validations.
+#[derive(Debug, Default, Clone, Copy, Serialize, ToSchema)]
+pub struct SchemaTypeStats {
+    /// Events checked.
+    pub validations: u64,
+    /// Events refused.
+    pub rejections: u64,
+}
+
+/// The registry's counters, per type capped as `by_type` is.
+pub fn schema_stats(state: &AppState) -> SchemaStats {
+    let max = state.settings.max_label_series;
+    let mut all: Vec<(String, crate::schemas::TypeCounts)> =
+        state.schemas.counts().into_iter().collect();
+    let mut out = SchemaStats {
+        active_types: state.schemas.active_types() as u64,
+        validations: all.iter().map(|(_, c)| c.validations).sum(),
+        rejections: all.iter().map(|(_, c)| c.rejections).sum(),
+        by_type: BTreeMap::new(),
+    };
+    // Most validations first, ties by name so the choice is stable.
+    all.sort_by(|a, b| b.1.validations.cmp(&a.1.validations).then(a.0.cmp(&b.0)));
+    for (i, (ty, c)) in all.into_iter().enumerate() {
+        let key = if i < max { ty } else { OTHER.to_string() };
+        let e = out.by_type.entry(key).or_default();
+        e.validations += c.validations;
+        e.rejections += c.rejections;
+    }
+    out
 }
 
 /// Event totals.
@@ -223,6 +270,7 @@ pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> St
         },
         retention: retention.into(),
         consumers: consumers.into(),
+        schemas: SchemaStats::default(),
         writer: WriterStats {
             queue_depth: w.queue_depth,
             queue_capacity: w.queue_capacity,
@@ -255,9 +303,11 @@ pub const OTHER: &str = crate::store::OTHER_SERIES;
 #[utoipa::path(get, path = "/stats", tag = "operations",
     responses((status = 200, description = "A snapshot", body = Stats)))]
 pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    Json(snapshot(
+    let mut s = snapshot(
         state.store.as_ref(),
         state.settings.started.elapsed().as_secs_f64(),
         state.settings.max_label_series,
-    ))
+    );
+    s.schemas = schema_stats(&state);
+    Json(s)
 }

@@ -88,6 +88,8 @@ pub struct BackupSource {
     /// The committed consumers as a `consumers.json` snapshot (the live
     /// state is that file plus `consumers.log`), if there are any.
     pub consumers: Option<Vec<u8>>,
+    /// The committed `schemas.json` bytes, if any schema was registered.
+    pub schemas: Option<Vec<u8>>,
 }
 
 /// How many physically distinct backup copies of each sealed segment a
@@ -368,6 +370,17 @@ fn assemble(
         copied.push(files.len());
         files.push(BackupFile {
             path: layout::CONSUMERS.to_string(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        });
+    }
+    // Payload schemas: a restore brings back the schemas the events were
+    // validated against.
+    if let Some(bytes) = src.schemas.as_ref().filter(|b| !b.is_empty()) {
+        write_synced(&tmp.join(layout::SCHEMAS), bytes)?;
+        copied.push(files.len());
+        files.push(BackupFile {
+            path: layout::SCHEMAS.to_string(),
             bytes: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(bytes)),
         });

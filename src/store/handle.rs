@@ -38,6 +38,7 @@ pub struct CheckRecord {
 }
 
 mod consumers;
+mod schemas;
 
 /// A stored event: its sequence number and its exact stored bytes.
 #[derive(Debug, Clone)]
@@ -232,6 +233,15 @@ impl StoreHandle {
                 format!("at start-up: {}", note.detail),
             );
         }
+        let (schemas, schemas_note) = super::schemas::load(&config.data_dir)?;
+        if let Some(note) = schemas_note {
+            alerts.raise(
+                crate::alerts::Severity::Warning,
+                "repair",
+                Some(super::layout::SCHEMAS.to_string()),
+                format!("at start-up: {}", note.detail),
+            );
+        }
         let (head, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             index: RwLock::new(index::Index::new(1, 0)),
@@ -257,6 +267,7 @@ impl StoreHandle {
                 ..Default::default()
             }),
             consumers: super::consumers::load(&config.data_dir)?,
+            schemas,
             retention: super::retention::Retention::new(config.retention),
             descriptor_alert: Mutex::new(None),
         });

@@ -58,6 +58,11 @@ pub enum Finding {
         /// What is wrong.
         detail: String,
     },
+    /// `schemas.json` is missing, damaged or differs from the writer's copy.
+    Schemas {
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl Finding {
@@ -69,6 +74,7 @@ impl Finding {
             }
             Finding::SegmentIndex { file, .. } => layout::segment_index_rel(file),
             Finding::Manifest { .. } => layout::MANIFEST.to_string(),
+            Finding::Schemas { .. } => layout::SCHEMAS.to_string(),
         }
     }
 
@@ -78,7 +84,8 @@ impl Finding {
             Finding::ActiveSegment { detail, .. }
             | Finding::SealedSegment { detail, .. }
             | Finding::SegmentIndex { detail, .. }
-            | Finding::Manifest { detail } => detail,
+            | Finding::Manifest { detail }
+            | Finding::Schemas { detail } => detail,
         }
     }
 }
@@ -123,6 +130,10 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
         Err(e) => findings.push(Finding::Manifest {
             detail: e.to_string(),
         }),
+    }
+
+    if let Some(detail) = super::schemas::check(shared) {
+        findings.push(Finding::Schemas { detail });
     }
 
     let sealed = &state.manifest.sealed;

@@ -23,7 +23,8 @@ use super::error::Result;
 use super::handle::{EventPage, StoreHandle, StoredEvent};
 use super::{
     BackupInfo, Consumer, ConsumerError, ConsumerStart, Filter, Matcher, Outcome, PreparedEvent,
-    QueueDelta, QueueLedger, QueueSpec, RetentionStats, StatsSnapshot, Status,
+    QueueDelta, QueueLedger, QueueSpec, RetentionStats, SchemaCatalog, SchemaError, SchemaLimits,
+    SchemaType, StatsSnapshot, Status,
 };
 
 /// A boxed, sendable future: what the interface's async methods return.
@@ -112,6 +113,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         name: String,
     ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>>;
+
+    /// Registers the next version of `ty`'s payload schema, durably, and
+    /// answers the type's entry (validation resumes if it was deleted).
+    fn put_schema(
+        &self,
+        ty: String,
+        schema: std::sync::Arc<serde_json::Value>,
+        limits: SchemaLimits,
+    ) -> BoxFuture<'_, std::result::Result<SchemaType, SchemaError>>;
+
+    /// Stops validating `ty`'s payloads; its versions stay readable.
+    fn delete_schema(
+        &self,
+        ty: String,
+    ) -> BoxFuture<'_, std::result::Result<SchemaType, SchemaError>>;
+
+    /// The committed payload schemas.
+    fn schema_catalog(&self) -> std::sync::Arc<SchemaCatalog>;
 
     /// Health now: readiness, refusals, head and oldest seq.
     fn status(&self) -> Status;
@@ -217,6 +236,26 @@ impl Store for StoreHandle {
         name: String,
     ) -> BoxFuture<'_, std::result::Result<Consumer, ConsumerError>> {
         Box::pin(StoreHandle::delete_consumer(self, name))
+    }
+
+    fn put_schema(
+        &self,
+        ty: String,
+        schema: std::sync::Arc<serde_json::Value>,
+        limits: SchemaLimits,
+    ) -> BoxFuture<'_, std::result::Result<SchemaType, SchemaError>> {
+        Box::pin(StoreHandle::put_schema(self, ty, schema, limits))
+    }
+
+    fn delete_schema(
+        &self,
+        ty: String,
+    ) -> BoxFuture<'_, std::result::Result<SchemaType, SchemaError>> {
+        Box::pin(StoreHandle::delete_schema(self, ty))
+    }
+
+    fn schema_catalog(&self) -> std::sync::Arc<SchemaCatalog> {
+        StoreHandle::schema_catalog(self)
     }
 
     fn status(&self) -> Status {

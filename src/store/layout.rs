@@ -10,6 +10,7 @@
 //!   consumers.json            consumer cursors: the snapshot
 //!   consumers.log             consumer cursors: changes since the snapshot
 //!   keys.filter               the sealed segments' key filter, saved (keyfilter.rs)
+//!   schemas.json              payload schemas per event type, every version (schemas.rs)
 //!   segments/<seq>.jsonl      the log, one file per segment
 //!   segments/<seq>.jsonl.idx  the index of a sealed segment (segindex.rs)
 //!   quarantine/               damaged bytes moved aside, never deleted
@@ -32,6 +33,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub const CONSUMERS: &str = "consumers.json";
 /// The consumer change log, replayed over [`CONSUMERS`].
 pub const CONSUMERS_LOG: &str = "consumers.log";
+/// The payload schemas, every version of every type.
+pub const SCHEMAS: &str = "schemas.json";
 /// The lock file.
 pub const LOCK: &str = "LOCK";
 /// The saved key filter of the sealed segments.
@@ -115,6 +118,11 @@ pub fn consumers_path(data_dir: &Path) -> PathBuf {
 /// `<data dir>/consumers.log`.
 pub fn consumers_log_path(data_dir: &Path) -> PathBuf {
     data_dir.join(CONSUMERS_LOG)
+}
+
+/// `<data dir>/schemas.json`.
+pub fn schemas_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SCHEMAS)
 }
 
 /// `<data dir>/keys.filter`.

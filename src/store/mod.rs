@@ -17,6 +17,7 @@
 //! - [`writer`]: the actor: group commit, segment roll, poisoning, repairs
 //! - [`recovery`]: start-up: lock, verify, cut torn tails, rebuild the index
 //! - [`consumers`]: durable named cursors and queue ledgers (`consumers.json`)
+//! - [`schemas`]: payload schema documents per event type (`schemas.json`)
 //! - [`retention`]: deleting sealed segments outside the retention limits
 //! - [`integrity`]: checks of the files against what the writer left
 //! - [`backup`]: verified backups and restoring segments from them
@@ -56,6 +57,7 @@ pub mod lock;
 pub mod manifest;
 pub mod recovery;
 pub mod retention;
+pub mod schemas;
 pub mod sealed;
 pub mod segindex;
 pub mod segment;
@@ -81,6 +83,7 @@ pub use handle::{CheckRecord, EventPage, StoreHandle, StoredEvent};
 pub use integrity::Finding;
 pub use interface::{BoxFuture, Store};
 pub use retention::RetentionStats;
+pub use schemas::{SchemaCatalog, SchemaError, SchemaLimits, SchemaType, SchemaVersion};
 pub use snapshot::{EventCounts, StatsSnapshot, Status, WriterCounters, OTHER_SERIES};
 pub use writer::RepairOutcome;
 
@@ -173,7 +176,7 @@ pub struct WriterMetrics {
 /// | Field | Owner (writes) |
 /// |---|---|
 /// | `index`, `head`, `files`, `metrics`, `poisoned`, `read_only`, `writer_alive` | the writer |
-/// | `consumers`, `retention` | the writer (through their own types) |
+/// | `consumers`, `schemas`, `retention` | the writer (through their own types) |
 /// | `backups` | [`catalog::BackupCatalog`]: the backup thread records, the monitor's scrub marks |
 /// | `integrity`, `low_disk` | the integrity monitor, through [`StoreHandle::record_check`] and [`StoreHandle::set_low_disk`] |
 /// | `descriptor_alert` | [`Shared::descriptors_exhausted`] |
@@ -210,6 +213,8 @@ struct Shared {
     integrity: Mutex<IntegrityState>,
     /// Durable consumers, as last committed by the writer.
     consumers: consumers::Consumers,
+    /// Payload schemas, as last committed by the writer.
+    schemas: schemas::Schemas,
     /// Retention limits and what retention has deleted.
     retention: retention::Retention,
     /// When the last "descriptors exhausted" alert was raised.

@@ -77,6 +77,9 @@ pub enum Command {
     /// Create, update or delete a consumer, or commit its cursor (see
     /// [`super::consumers`]); requests in one batch share one file write.
     Consumer(super::consumers::Request),
+    /// Register a payload schema version or stop validating a type (see
+    /// [`super::schemas`]); written and fsynced before it is answered.
+    Schema(super::schemas::Request),
     /// Run a retention pass now (one also runs after every batch).
     EnforceRetention,
     /// Finish what is queued before this command, then stop.
@@ -236,6 +239,7 @@ impl Writer {
                 self.record_durable_floor();
                 self.request_backup(reply, backups::Trigger::Requested);
             }
+            Command::Schema(request) => super::schemas::apply(&self.shared, request),
             Command::Append { .. }
             | Command::Shutdown
             | Command::Consumer(_)

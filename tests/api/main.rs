@@ -28,6 +28,7 @@ mod read;
 mod read_rate;
 mod restart;
 mod retention;
+mod schemas;
 mod segindex;
 mod stream;
 mod tls;

@@ -120,6 +120,17 @@ impl Api {
         .await
     }
 
+    /// `PUT path` with `body` sent as is, labelled `application/json`.
+    pub async fn put_text(&self, path: &str, body: &str) -> Reply {
+        self.send(
+            self.client
+                .put(self.url(path))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     /// `PUT path` with a JSON body.
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.put(self.url(path)).json(body)).await

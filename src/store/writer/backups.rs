@@ -200,5 +200,6 @@ fn source(shared: &Shared) -> BackupSource {
         active_crc: state.active_crc,
         last_seq: state.last_seq,
         consumers: Some(shared.consumers.snapshot()),
+        schemas: Some(shared.schemas.file_bytes().to_vec()),
     }
 }

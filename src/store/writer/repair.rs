@@ -61,6 +61,8 @@ enum Repaired {
     },
     /// The manifest was rewritten from the writer's copy.
     ManifestRewritten,
+    /// `schemas.json` was rewritten from the writer's copy.
+    SchemasRewritten,
     /// A sealed segment's index file was rebuilt from the segment.
     IndexRebuilt {
         /// The segment's file name.
@@ -82,6 +84,9 @@ impl std::fmt::Display for Repaired {
             }
             Repaired::Restored { backup } => write!(f, "restored from backup {backup}"),
             Repaired::ManifestRewritten => write!(f, "rewrote the manifest from the writer's copy"),
+            Repaired::SchemasRewritten => {
+                write!(f, "rewrote {} from the writer's copy", layout::SCHEMAS)
+            }
             Repaired::IndexRebuilt {
                 file,
                 restored_from,
@@ -180,6 +185,11 @@ impl Writer {
                     Finding::SealedSegment { file, .. } => self.repair_sealed(file),
                     Finding::SegmentIndex { file, .. } => self.repair_index(file),
                     Finding::Manifest { .. } => self.repair_manifest(),
+                    Finding::Schemas { .. } => match crate::store::schemas::repair(&self.shared) {
+                        Ok(true) => Ok(Repaired::SchemasRewritten),
+                        Ok(false) => Ok(Repaired::AlreadyIntact),
+                        Err(e) => Err(RepairError::Store(e)),
+                    },
                 };
                 match result {
                     Ok(done) => RepairOutcome {

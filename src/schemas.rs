@@ -1,0 +1,687 @@
+//! Payload validation: the compiled JSON Schemas of every event type with
+//! a registered schema, and the one check of events' `data` against them
+//! ([`Registry::check`]), which every publish path calls before an event
+//! goes to the writer.
+//!
+//! The documents live in the store (`store::schemas`, `schemas.json`);
+//! this registry compiles each version once (with the `jsonschema` crate,
+//! draft 2020-12 by default, draft-07 when `$schema` names it) and keeps
+//! the validators in memory: an `Arc` map, type -> versions, replaced
+//! whole after each change ([`Registry::refresh`]). Validation runs on the
+//! request's task (or the bulk lane, with a large body's parse), never on
+//! the writer thread.
+//!
+//! No reference is fetched: the crate is built without its HTTP and file
+//! resolvers, so a `$ref` to another document is refused when the schema
+//! is registered (422), and only references inside the document work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{Draft, Validator};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::event::{FieldError, PreparedEvent};
+use crate::store::SchemaCatalog;
+
+/// The `$schema` values accepted, and the draft each selects.
+const DRAFTS: &[(&str, Draft)] = &[
+    (
+        "https://json-schema.org/draft/2020-12/schema",
+        Draft::Draft202012,
+    ),
+    ("http://json-schema.org/draft-07/schema", Draft::Draft7),
+    ("https://json-schema.org/draft-07/schema", Draft::Draft7),
+];
+
+/// Longest value text quoted in a message ("got the string ...").
+const MAX_QUOTED: usize = 60;
+
+/// Why a document is not a usable JSON Schema (the message says so for
+/// the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSchema(pub String);
+
+/// Compiles a JSON Schema document, or says why it is not a valid one.
+pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
+    let bad = |m: String| Err(InvalidSchema(m));
+    let draft = match doc.get("$schema") {
+        None => Draft::Draft202012,
+        Some(Value::String(s)) => {
+            let s = s.trim_end_matches('#');
+            match DRAFTS.iter().find(|(uri, _)| *uri == s) {
+                Some((_, d)) => *d,
+                None => {
+                    return bad(format!(
+                        "$schema {s:?} is not supported; use draft 2020-12 \
+                         (https://json-schema.org/draft/2020-12/schema, the default) or draft-07 \
+                         (http://json-schema.org/draft-07/schema#)"
+                    ))
+                }
+            }
+        }
+        Some(_) => return bad("$schema must be a string (a URI)".into()),
+    };
+    // Boolean schemas (`true`: anything, `false`: nothing) are valid JSON
+    // Schema, but as a type's whole schema they say nothing useful or
+    // refuse every event: registering one is refused as a likely mistake.
+    if !doc.is_object() {
+        return bad(
+            "a type's JSON Schema must be an object (true and false are not accepted here)".into(),
+        );
+    }
+    if let Err(e) = jsonschema::meta::validate(doc) {
+        let at = e.instance_path().as_str();
+        return bad(if at.is_empty() {
+            format!("not a valid JSON Schema: {e}")
+        } else {
+            format!("not a valid JSON Schema: at {at}: {e}")
+        });
+    }
+    jsonschema::options()
+        .with_draft(draft)
+        .should_validate_formats(true)
+        .build(doc)
+        .map_err(|e| {
+            InvalidSchema(match e.kind() {
+                ValidationErrorKind::Referencing(r) => format!(
+                    "a $ref cannot be resolved ({r}); msgbus fetches no remote or file references: \
+                     put every definition in the document ($defs)"
+                ),
+                _ => format!("not a valid JSON Schema: {e}"),
+            })
+        })
+}
+
+/// One type's compiled versions.
+#[derive(Clone)]
+pub struct TypeValidators {
+    /// False once `DELETE /schemas/{type}` stopped validation.
+    pub active: bool,
+    /// The newest version.
+    pub latest: u32,
+    /// Every compiled version.
+    pub versions: BTreeMap<u32, Arc<Validator>>,
+}
+
+/// Validations and rejections of one type since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeCounts {
+    /// Events checked against a schema.
+    pub validations: u64,
+    /// Events refused by it.
+    pub rejections: u64,
+}
+
+/// The compiled validators and the validation counters.
+#[derive(Default)]
+pub struct Registry {
+    types: RwLock<Arc<HashMap<String, TypeValidators>>>,
+    /// Serializes refreshes, so two never race to publish, and holds the
+    /// generation of the catalog last published: an older one (fetched
+    /// before a newer one but arriving later) is not published over it.
+    refreshing: Mutex<Option<u64>>,
+    counts: Mutex<HashMap<String, TypeCounts>>,
+    /// Where `dataschema` URLs point: `--public-url`, or empty for the
+    /// relative `/schemas/...` form.
+    public_url: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// What a refused publish lists: one entry per violation, the first
+/// `cap`, and how many more were found.
+#[derive(Debug, Default)]
+pub struct Violations {
+    /// The listed violations.
+    pub errors: Vec<FieldError>,
+    /// How many more were found than listed.
+    pub unlisted: usize,
+    /// Events that failed.
+    pub events: usize,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    data_base64: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    #[serde(default)]
+    dataschema: Option<String>,
+}
+
+impl Registry {
+    /// An empty registry whose `dataschema` URLs start with `public_url`
+    /// (empty: the relative form `/schemas/{type}/versions/{n}`).
+    pub fn new(public_url: &str) -> Self {
+        Registry {
+            public_url: public_url.trim_end_matches('/').to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The URL of a schema version, as `dataschema` and the API name it.
+    pub fn url(&self, ty: &str, version: u32) -> String {
+        format!("{}{}", self.public_url, schema_path(ty, version))
+    }
+
+    /// Compiles what `catalog` holds that is not compiled yet and
+    /// publishes the new map. A stored version that no longer compiles
+    /// (it did when it was registered) is logged and left out.
+    pub fn refresh(&self, catalog: &SchemaCatalog) {
+        let mut applied = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        if applied.is_some_and(|g| g > catalog.generation) {
+            return;
+        }
+        *applied = Some(catalog.generation);
+        let old = self.snapshot();
+        let mut next = HashMap::with_capacity(catalog.types.len());
+        for (ty, t) in &catalog.types {
+            let mut versions = BTreeMap::new();
+            for v in &t.versions {
+                let compiled = old
+                    .get(ty)
+                    .and_then(|o| o.versions.get(&v.version).cloned())
+                    .or_else(|| match compile(&v.schema) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            tracing::error!(r#type = %ty, version = v.version, error = %e, "a stored schema does not compile");
+                            None
+                        }
+                    });
+                if let Some(c) = compiled {
+                    versions.insert(v.version, c);
+                }
+            }
+            next.insert(
+                ty.clone(),
+                TypeValidators {
+                    active: t.active(),
+                    latest: t.latest().version,
+                    versions,
+                },
+            );
+        }
+        *self.types.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    fn snapshot(&self) -> Arc<HashMap<String, TypeValidators>> {
+        self.types.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Types whose payloads are validated now.
+    pub fn active_types(&self) -> usize {
+        self.snapshot().values().filter(|t| t.active).count()
+    }
+
+    /// Validations and rejections per type since start.
+    pub fn counts(&self) -> HashMap<String, TypeCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Checks every event whose type has an active schema: its `data`
+    /// must be JSON and validate against the latest version (or the one
+    /// its `dataschema` names). An event without `dataschema` gets the
+    /// version's URL. Field names are prefixed `[i].` when `batch`. At
+    /// most `cap` violations are listed; the rest are counted.
+    pub fn check(
+        &self,
+        events: &mut [PreparedEvent],
+        batch: bool,
+        cap: usize,
+    ) -> Result<(), Violations> {
+        let types = self.snapshot();
+        if types.is_empty() {
+            return Ok(());
+        }
+        let mut out = Violations::default();
+        let mut tally: HashMap<&str, TypeCounts> = HashMap::new();
+        for (i, ev) in events.iter_mut().enumerate() {
+            let Some(t) = types.get(&ev.ty).filter(|t| t.active) else {
+                continue;
+            };
+            let prefix = if batch {
+                format!("[{i}].")
+            } else {
+                String::new()
+            };
+            let before = out.errors.len() + out.unlisted;
+            let set_schema = check_one(self, ev, t, &prefix, cap, &mut out);
+            let failed = out.errors.len() + out.unlisted > before;
+            let c = tally
+                .entry(types.get_key_value(&ev.ty).expect("found").0)
+                .or_default();
+            c.validations += 1;
+            if failed {
+                c.rejections += 1;
+                out.events += 1;
+            } else if let Some(url) = set_schema {
+                add_dataschema(ev, &url);
+            }
+        }
+        if !tally.is_empty() {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            for (ty, c) in tally {
+                let e = counts.entry(ty.to_string()).or_default();
+                e.validations += c.validations;
+                e.rejections += c.rejections;
+            }
+        }
+        if out.events == 0 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    }
+}
+
+fn push(out: &mut Violations, cap: usize, field: String, message: String) {
+    if out.errors.len() < cap {
+        out.errors.push(FieldError { field, message });
+    } else {
+        out.unlisted += 1;
+    }
+}
+
+/// Checks one event; answers the `dataschema` to add, if it named none.
+fn check_one(
+    reg: &Registry,
+    ev: &PreparedEvent,
+    t: &TypeValidators,
+    prefix: &str,
+    cap: usize,
+    out: &mut Violations,
+) -> Option<String> {
+    let payload: Payload<'_> = match serde_json::from_slice(ev.bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            push(
+                out,
+                cap,
+                format!("{prefix}data"),
+                format!("cannot be read: {e}"),
+            );
+            return None;
+        }
+    };
+    if payload.data_base64.is_some() {
+        push(
+            out,
+            cap,
+            format!("{prefix}data_base64"),
+            format!(
+                "type {:?} has a JSON Schema, so its data must be JSON; binary data (data_base64) cannot match it",
+                ev.ty
+            ),
+        );
+        return None;
+    }
+    if let Some(ct) = payload.datacontenttype.as_deref().filter(|ct| !is_json(ct)) {
+        push(
+            out,
+            cap,
+            format!("{prefix}datacontenttype"),
+            format!(
+                "type {:?} has a JSON Schema, so its data must be JSON (application/json or a +json type), not {ct:?}",
+                ev.ty
+            ),
+        );
+        return None;
+    }
+    let (version, set) = match payload.dataschema.as_deref() {
+        None => (t.latest, true),
+        Some(named) => match version_named(named, &ev.ty) {
+            Some(n) if t.versions.contains_key(&n) => (n, false),
+            _ => {
+                push(
+                    out,
+                    cap,
+                    format!("{prefix}dataschema"),
+                    format!(
+                        "{named:?} is not a schema version of type {:?}; name one as {} (versions 1 to {}), or leave dataschema out to use the latest",
+                        ev.ty,
+                        reg.url(&ev.ty, t.latest),
+                        t.latest
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let Some(validator) = t.versions.get(&version) else {
+        push(
+            out,
+            cap,
+            format!("{prefix}data"),
+            format!("schema version {version} of type {:?} cannot be used (it does not compile); see the server log", ev.ty),
+        );
+        return None;
+    };
+    let data: Value = match payload.data {
+        None => Value::Null,
+        Some(raw) => match serde_json::from_str(raw.get()) {
+            Ok(v) => v,
+            Err(e) => {
+                push(
+                    out,
+                    cap,
+                    format!("{prefix}data"),
+                    format!("cannot be read: {e}"),
+                );
+                return None;
+            }
+        },
+    };
+    // The common case first: is_valid stops at nothing and builds no
+    // error; only a failing event walks its errors.
+    if validator.is_valid(&data) {
+        return set.then(|| reg.url(&ev.ty, version));
+    }
+    let mut any = false;
+    for e in validator.iter_errors(&data) {
+        any = true;
+        let (field, message) = describe(&e, &format!("{prefix}data"));
+        push(out, cap, field, message);
+        if out.errors.len() >= cap && out.unlisted > 10_000 {
+            break;
+        }
+    }
+    (!any && set).then(|| reg.url(&ev.ty, version))
+}
+
+/// Validates `data` of a stored event's bytes against `validator`, for
+/// the backward-compatibility check: `None` when it passes, or the first
+/// violation's (field, message).
+pub fn check_stored(validator: &Validator, ty: &str, bytes: &[u8]) -> Option<(String, String)> {
+    let payload: Payload<'_> = match serde_json::from_slice(bytes) {
+        Ok(p) => p,
+        Err(e) => return Some(("data".into(), format!("cannot be read: {e}"))),
+    };
+    if payload.data_base64.is_some() {
+        return Some((
+            "data_base64".into(),
+            "binary data (data_base64) cannot match a JSON Schema".into(),
+        ));
+    }
+    if let Some(ct) = payload.datacontenttype.as_deref().filter(|ct| !is_json(ct)) {
+        return Some((
+            "datacontenttype".into(),
+            format!(
+                "data of type {ct:?} is not JSON and cannot match a JSON Schema of type {ty:?}"
+            ),
+        ));
+    }
+    let data: Value = match payload.data {
+        None => Value::Null,
+        Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+    };
+    let e = validator.iter_errors(&data).next()?;
+    Some(describe(&e, "data"))
+}
+
+/// True for JSON media types: `application/json`, `*/*+json`, `text/json`.
+fn is_json(ct: &str) -> bool {
+    let m = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    m == "application/json" || m == "text/json" || m.ends_with("+json")
+}
+
+/// `/schemas/{type}/versions/{n}`, the type percent-encoded.
+pub fn schema_path(ty: &str, version: u32) -> String {
+    format!("/schemas/{}/versions/{version}", encode_segment(ty))
+}
+
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The version a `dataschema` names for `ty`: a URL or reference whose
+/// path ends in `/schemas/{type}/versions/{n}`.
+fn version_named(named: &str, ty: &str) -> Option<u32> {
+    let path = named.split(['?', '#']).next().unwrap_or("");
+    let (head, n) = path.rsplit_once("/versions/")?;
+    let n: u32 = n.parse().ok().filter(|&n| n > 0)?;
+    let (_, t) = head.rsplit_once("/schemas/")?;
+    (t == ty || t == encode_segment(ty)).then_some(n)
+}
+
+/// Adds `"dataschema":url` as the stored event's last member.
+fn add_dataschema(ev: &mut PreparedEvent, url: &str) {
+    if ev.buf.last() != Some(&b'}') {
+        return;
+    }
+    ev.buf.pop();
+    ev.buf.extend_from_slice(b",\"dataschema\":");
+    serde_json::to_writer(&mut ev.buf, url).expect("writing to a Vec cannot fail");
+    ev.buf.push(b'}');
+}
+
+/// The field (a JSON pointer into the event, `data/items/0/price`) and a
+/// message a person or an agent can act on.
+fn describe(e: &jsonschema::ValidationError<'_>, base: &str) -> (String, String) {
+    let field = format!("{base}{}", e.instance_path().as_str());
+    let got = quote(e.instance());
+    let msg = match e.kind() {
+        ValidationErrorKind::Type { kind } => {
+            let want = match kind {
+                TypeKind::Single(t) => article(&t.to_string()),
+                TypeKind::Multiple(ts) => {
+                    let names: Vec<String> = ts.iter().map(|t| article(&t.to_string())).collect();
+                    names.join(" or ")
+                }
+            };
+            format!("must be {want}, got {got}")
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| property.to_string());
+            return (
+                format!("{field}/{}", name.replace('~', "~0").replace('/', "~1")),
+                format!("is required but missing (property {name:?})"),
+            );
+        }
+        ValidationErrorKind::Enum { options } => {
+            format!("must be one of {}, got {got}", clip(&options.to_string()))
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            format!("must be {}, got {got}", clip(&expected_value.to_string()))
+        }
+        ValidationErrorKind::Format { format } => format!("must be a valid {format}, got {got}"),
+        ValidationErrorKind::OneOfNotValid { .. } => {
+            format!(
+                "must match exactly one of the oneOf alternatives, but matches none (got {got})"
+            )
+        }
+        ValidationErrorKind::OneOfMultipleValid { .. } => {
+            format!(
+                "must match exactly one of the oneOf alternatives, but matches several (got {got})"
+            )
+        }
+        ValidationErrorKind::AnyOf { .. } => {
+            format!("must match at least one of the anyOf alternatives (got {got})")
+        }
+        ValidationErrorKind::Minimum { limit } => format!("must be >= {limit}, got {got}"),
+        ValidationErrorKind::Maximum { limit } => format!("must be <= {limit}, got {got}"),
+        ValidationErrorKind::ExclusiveMinimum { limit } => format!("must be > {limit}, got {got}"),
+        ValidationErrorKind::ExclusiveMaximum { limit } => format!("must be < {limit}, got {got}"),
+        ValidationErrorKind::MinLength { limit } => {
+            format!("must be at least {limit} characters long, got {got}")
+        }
+        ValidationErrorKind::MaxLength { limit } => {
+            format!("must be at most {limit} characters long, got {got}")
+        }
+        ValidationErrorKind::MinItems { limit } => format!("must hold at least {limit} items"),
+        ValidationErrorKind::MaxItems { limit } => format!("must hold at most {limit} items"),
+        ValidationErrorKind::MinProperties { limit } => {
+            format!("must have at least {limit} properties")
+        }
+        ValidationErrorKind::MaxProperties { limit } => {
+            format!("must have at most {limit} properties")
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            format!("must match the pattern {pattern:?}, got {got}")
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => format!(
+            "has properties the schema does not allow: {}",
+            clip(&unexpected.join(", "))
+        ),
+        ValidationErrorKind::UniqueItems => "must hold unique items, but repeats one".into(),
+        ValidationErrorKind::FalseSchema => "is not allowed here".into(),
+        _ => clip(&e.to_string()),
+    };
+    (field, msg)
+}
+
+/// `object` -> `an object`.
+fn article(t: &str) -> String {
+    match t.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {t}"),
+        _ => format!("a {t}"),
+    }
+}
+
+/// What a value is, for a message: `the string "five"`, `the number 5`.
+fn quote(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {}", clip(&Value::String(s.clone()).to_string())),
+        Value::Array(a) => format!("an array of {} items", a.len()),
+        Value::Object(o) => format!("an object with {} properties", o.len()),
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_QUOTED {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(MAX_QUOTED).collect();
+    format!("{cut}...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_name_the_pointer_and_what_was_sent() {
+        let v = compile(&json!({
+            "type": "object",
+            "required": ["points", "owner"],
+            "properties": {
+                "points": {"type": "number"},
+                "items": {"type": "array", "items": {"type": "object", "properties": {"price": {"type": "number"}}}}
+            }
+        }))
+        .unwrap();
+        let data = json!({"points": "five", "items": [{"price": "x"}]});
+        let mut got: Vec<(String, String)> =
+            v.iter_errors(&data).map(|e| describe(&e, "data")).collect();
+        got.sort();
+        let want: Vec<(String, String)> = vec![
+            (
+                "data/items/0/price".into(),
+                "must be a number, got the string \"x\"".into(),
+            ),
+            (
+                "data/owner".into(),
+                "is required but missing (property \"owner\")".into(),
+            ),
+            (
+                "data/points".into(),
+                "must be a number, got the string \"five\"".into(),
+            ),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn invalid_schemas_and_remote_refs_are_refused() {
+        assert!(compile(&json!({"type": "nonsense"})).is_err());
+        assert!(compile(&json!({"minimum": "ten"})).is_err());
+        assert!(compile(&json!({"$ref": "https://example.com/s.json"})).is_err());
+        assert!(compile(&json!({"$schema": "http://json-schema.org/draft-04/schema#"})).is_err());
+        assert!(compile(
+            &json!({"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"})
+        )
+        .is_ok());
+        assert!(compile(&json!({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/a"})).is_ok());
+    }
+
+    #[test]
+    fn an_older_catalog_never_replaces_a_newer_one() {
+        use crate::store::{SchemaType, SchemaVersion};
+        let catalog = |generation: u64, deleted: bool| {
+            let mut c = SchemaCatalog {
+                generation,
+                ..Default::default()
+            };
+            c.types.insert(
+                "t".into(),
+                SchemaType {
+                    ty: "t".into(),
+                    versions: vec![SchemaVersion {
+                        version: 1,
+                        schema: Arc::new(json!({"type": "object"})),
+                        created_at: "2026-01-01T00:00:00Z".into(),
+                    }],
+                    deleted_at: deleted.then(|| "2026-01-02T00:00:00Z".into()),
+                },
+            );
+            c
+        };
+        let r = Registry::new("");
+        r.refresh(&catalog(2, true));
+        r.refresh(&catalog(1, false));
+        assert_eq!(
+            r.active_types(),
+            0,
+            "generation 1 arrived late and is ignored"
+        );
+        r.refresh(&catalog(3, false));
+        assert_eq!(r.active_types(), 1);
+    }
+
+    #[test]
+    fn dataschema_names_are_parsed() {
+        assert_eq!(version_named("/schemas/a.b/versions/3", "a.b"), Some(3));
+        assert_eq!(
+            version_named("https://bus.example/schemas/a.b/versions/12", "a.b"),
+            Some(12)
+        );
+        assert_eq!(version_named("/schemas/other/versions/3", "a.b"), None);
+        assert_eq!(version_named("/schemas/a.b/versions/0", "a.b"), None);
+        assert_eq!(version_named("https://example.com/order.json", "a.b"), None);
+        assert_eq!(version_named("/schemas/a%2Fb/versions/1", "a/b"), Some(1));
+    }
+}
