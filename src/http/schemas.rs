@@ -323,12 +323,24 @@ pub async fn delete(
     ))
 }
 
+/// `?compatibility=` of `PUT /schemas/{type}`: what a new version is
+/// checked against. Declared as an enum so the published document says
+/// exactly which values the server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compatibility {
+    /// Every retained event of the type must validate against it.
+    Backward,
+    /// No check.
+    None,
+}
+
 /// Register the next version of a type's schema.
 #[utoipa::path(
     put, path = "/schemas/{type}", tag = "schemas",
     params(
         ("type" = String, Path, description = "Event type"),
-        ("compatibility" = Option<String>, Query, description = "`backward` (default): every retained event of the type must validate against the new version; `none`: no check"),
+        ("compatibility" = inline(Option<Compatibility>), Query, description = "`backward` (default): every retained event of the type must validate against the new version; `none`: no check"),
         ("dry_run" = Option<bool>, Query, description = "`true`: check and report, store nothing"),
     ),
     request_body(content = Object, content_type = "application/json",
@@ -355,9 +367,9 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     let ty = type_param(ty)?;
     let q = QueryParams::parse(query.as_deref(), &["compatibility", "dry_run"])?;
-    let backward = match q.string("compatibility").as_deref() {
-        None | Some("backward") => true,
-        Some("none") => false,
+    let compatibility = match q.string("compatibility").as_deref() {
+        None | Some("backward") => Compatibility::Backward,
+        Some("none") => Compatibility::None,
         Some(_) => {
             return Err(Problem::bad_param(
                 "compatibility",
@@ -365,6 +377,7 @@ pub async fn put(
             ))
         }
     };
+    let backward = compatibility == Compatibility::Backward;
     let dry_run = match q.string("dry_run").as_deref() {
         None | Some("false") => false,
         Some("true") => true,
