@@ -448,12 +448,7 @@ pub async fn nack(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LeaseAnswer>, Problem> {
-    let name = body::path_param(name, "name")?;
-    let c = queue_of(&state, &name, &principal)?;
-    let mut obj = object_body(&headers, body, state.settings.body_timeout).await?;
-    let seq = take_u64(&mut obj, "seq")?
-        .ok_or_else(|| invalid("seq", "is required: the leased event's seq"))?;
-    let lease = take_lease(&mut obj)?;
+    let (c, mut obj, seq, lease) = leased_request(&state, name, &principal, &headers, body).await?;
     let delay = take_secs(&mut obj, "delay", MAX_DELAY_SECS)?;
     no_more(&obj, "seq, lease, delay")?;
     state
@@ -483,18 +478,32 @@ pub async fn extend(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<LeaseAnswer>, Problem> {
-    let name = body::path_param(name, "name")?;
-    let c = queue_of(&state, &name, &principal)?;
-    let mut obj = object_body(&headers, body, state.settings.body_timeout).await?;
-    let seq = take_u64(&mut obj, "seq")?
-        .ok_or_else(|| invalid("seq", "is required: the leased event's seq"))?;
-    let lease = take_lease(&mut obj)?;
+    let (c, obj, seq, lease) = leased_request(&state, name, &principal, &headers, body).await?;
     no_more(&obj, "seq, lease")?;
     let lease_ms = state
         .queues
         .extend(&c, seq, lease.as_deref())
         .map_err(queue_problem)?;
     Ok(Json(LeaseAnswer { seq, lease_ms }))
+}
+
+/// What `nack` and `extend` both start from: the queue consumer, the
+/// request's JSON object with `seq` (required) and `lease` (optional)
+/// taken out, and those two.
+async fn leased_request(
+    state: &AppState,
+    name: Result<Path<String>, PathRejection>,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Consumer, Map<String, Value>, u64, Option<String>), Problem> {
+    let name = body::path_param(name, "name")?;
+    let c = queue_of(state, &name, principal)?;
+    let mut obj = object_body(headers, body, state.settings.body_timeout).await?;
+    let seq = take_u64(&mut obj, "seq")?
+        .ok_or_else(|| invalid("seq", "is required: the leased event's seq"))?;
+    let lease = take_lease(&mut obj)?;
+    Ok((c, obj, seq, lease))
 }
 
 /// List a queue consumer's dead letters.
