@@ -151,6 +151,7 @@ impl Application {
             MonitorSettings {
                 interval: config.monitor_interval,
                 min_free_bytes: config.min_free_bytes,
+                read_rate: config.monitor_read_rate,
             },
             shutdown_tx.subscribe(),
         )));

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::alerts::Severity;
 use crate::jobs::{self, FirstTick, Job};
+use crate::store::fsutil::ReadPace;
 use crate::store::integrity::{Finding, Scope};
 use crate::store::writer::{self, RepairOutcome};
 use crate::store::{CheckRecord, StoreHandle};
@@ -23,6 +24,9 @@ pub struct MonitorSettings {
     pub interval: Duration,
     /// Free space below which publishing answers 507.
     pub min_free_bytes: u64,
+    /// Bytes a second the periodic checks and the first check after a
+    /// start read at most (`--monitor-read-rate`); 0: not paced.
+    pub read_rate: u64,
 }
 
 /// The result of one check.
@@ -67,29 +71,36 @@ pub fn spawn(
                 } else {
                     Scope::Tick { scrub: tick }
                 };
-                run_check(&store, scope, settings.min_free_bytes, &stop).await;
+                run_check(&store, scope, settings, &stop).await;
             }
         },
     )
 }
 
 /// A full check (every sealed segment, every backup file) now: what
-/// `POST /admin/verify` runs.
+/// `POST /admin/verify` runs. Not paced: an operator asked for it and
+/// waits for the answer.
 pub async fn run_full_check(
     store: &StoreHandle,
     min_free_bytes: u64,
     shutdown: &watch::Receiver<bool>,
 ) -> CheckReport {
-    run_check(store, Scope::Full, min_free_bytes, shutdown).await
+    let settings = MonitorSettings {
+        interval: Duration::ZERO,
+        min_free_bytes,
+        read_rate: 0,
+    };
+    run_check(store, Scope::Full, settings, shutdown).await
 }
 
 /// Runs one check, hands findings to the writer, raises alerts and updates
 /// the integrity state. Also used by `POST /admin/verify` with [`Scope::Full`].
-/// Reading the files stops between files once `shutdown` turns true.
+/// Reading the files stops between files once `shutdown` turns true, and
+/// goes no faster than `settings.read_rate`.
 pub async fn run_check(
     store: &StoreHandle,
     scope: Scope,
-    min_free_bytes: u64,
+    settings: MonitorSettings,
     shutdown: &watch::Receiver<bool>,
 ) -> CheckReport {
     let started = Instant::now();
@@ -97,16 +108,18 @@ pub async fn run_check(
     let files = store.clone();
     let check = move || {
         let stop = || *shutdown.borrow();
-        let findings = files.check_files(scope, &stop);
-        (findings, files.scrub_backups(scope, &stop))
+        let mut pace = ReadPace::new(settings.read_rate);
+        let findings = files.check_files(scope, &mut pace, &stop);
+        (findings, files.scrub_backups(scope, &mut pace, &stop))
     };
     // The first check after a start and a full check read every sealed
     // segment and index file (gigabytes in a large store: about a minute of
     // a core at 50 million events): in the low-priority bulk lane, so the
-    // server answers at full speed meanwhile. They take no lock the writer
-    // or the workers wait on for longer than a copy. The periodic check is
-    // small and stays at normal priority, so damage is found as fast under
-    // load as without.
+    // server answers at full speed meanwhile, and (but for a full check)
+    // paced to `read_rate`, so they do not take the disk either. They take
+    // no lock the writer or the workers wait on for longer than a copy. The
+    // periodic check is small and stays at normal priority, so damage is
+    // found as fast under load as without.
     let (findings, scrub) = match scope {
         Scope::Start | Scope::Full => crate::bulk::run(check).await,
         Scope::Tick { .. } => tokio::task::spawn_blocking(check).await.unwrap_or_default(),
@@ -158,7 +171,7 @@ pub async fn run_check(
         }
         _ => {}
     }
-    let free_bytes = check_disk(store, min_free_bytes);
+    let free_bytes = check_disk(store, settings.min_free_bytes);
     // Healthy again (or never damaged) but without a verified newest backup,
     // e.g. after a backup failed while the store was damaged: take one now.
     let newest_unverified = store.newest_backup_unverified();

@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::backup::{self, BackupInfo};
+use super::backup::BackupInfo;
+use super::fsutil::{self, ReadPace};
 use super::integrity::Scope;
 use super::{layout, lock};
 use crate::alerts::{Alerts, Severity};
@@ -103,6 +104,7 @@ impl BackupCatalog {
         data_dir: &Path,
         alerts: &Alerts,
         scope: Scope,
+        pace: &mut ReadPace,
         stop: &dyn Fn() -> bool,
     ) -> ScrubReport {
         let mut report = ScrubReport::default();
@@ -127,7 +129,7 @@ impl BackupCatalog {
                     return report;
                 }
                 report.files_checked += 1;
-                match backup::sha256_file(&dir.join(&f.path)) {
+                match fsutil::sha256_file_paced(&dir.join(&f.path), pace) {
                     Ok((len, sha)) if len == f.bytes && sha == f.sha256 => {}
                     Ok((len, sha)) => {
                         error = Some(format!(

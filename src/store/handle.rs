@@ -13,11 +13,12 @@ use super::backup::BackupInfo;
 use super::catalog::{BackupSummary, ScrubReport};
 use super::error::{Result, StoreError};
 use super::filter::Matcher;
+use super::fsutil::ReadPace;
 use super::index::{self, Hit};
 use super::integrity::{Finding, Scope};
 use super::recovery;
 use super::snapshot::{StatsSnapshot, Status};
-use super::writer::{Command, Writer};
+use super::writer::{Command, SealedCheck, Writer};
 use super::{IntegrityState, Outcome, PreparedEvent, Shared, StoreConfig, WriterMetrics};
 
 /// One finished integrity check, as the monitor records it.
@@ -270,6 +271,11 @@ impl StoreHandle {
             schemas,
             retention: super::retention::Retention::new(config.retention),
             descriptor_alert: Mutex::new(None),
+            // The recovered filter moves in with the writer (`Writer::new`).
+            sealed_keys: RwLock::new(super::keyfilter::SealedKeys {
+                filter: super::keyfilter::KeyFilter::with_capacity(0),
+                before: 0,
+            }),
         });
         rec.index.set_segment_fd_cache(config.segment_fd_cache);
         let (writer, index) = Writer::new(
@@ -299,13 +305,84 @@ impl StoreHandle {
 
     /// Stores `events` atomically with one durable commit. Returns one
     /// outcome per event, in order, once they are on disk.
+    ///
+    /// Duplicates of events in sealed segments are looked up here first,
+    /// on this request's time ([`SealedKeys`](super::keyfilter::SealedKeys)):
+    /// the key filter answers "no" for nearly every new event at the cost
+    /// of a cache line; a "maybe" reads one key block of each sealed
+    /// segment on a blocking thread. The writer then asks only the
+    /// segments sealed since, so a lookup that waits for the disk (a cold
+    /// page cache after a restart of a large store) never holds up the
+    /// commits of other requests.
     pub async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>> {
         if let Some(refusal) = self.shared.write_refusal() {
             return Err(refusal.into());
         }
+        let (events, sealed) = self.check_sealed(events).await?;
         let (reply, rx) = oneshot::channel();
-        self.try_send(Command::Append { events, reply })?;
+        self.try_send(Command::Append {
+            events,
+            sealed,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Looks `events` up in the sealed segments (see [`Self::append`]).
+    async fn check_sealed(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<(Vec<PreparedEvent>, SealedCheck)> {
+        let (before, maybe) = {
+            let keys = self
+                .shared
+                .sealed_keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let maybe: Vec<(usize, u64)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i, super::segindex::key_order(&e.source, &e.id)))
+                .filter(|&(_, order)| keys.filter.may_contain(order))
+                .collect();
+            (keys.before, maybe)
+        };
+        let mut check = SealedCheck {
+            before: Some(before),
+            found: Vec::new(),
+        };
+        if maybe.is_empty() {
+            return Ok((events, check));
+        }
+        let (parts, files) = {
+            let idx = self.shared.index();
+            (idx.sealed_list(), idx.segment_files().clone())
+        };
+        let parts: Vec<_> = parts
+            .into_iter()
+            .filter(|p| p.first_seq() < before)
+            .collect();
+        let shared = self.shared.clone();
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for (i, order) in maybe {
+                shared
+                    .metrics
+                    .sealed_key_lookups
+                    .fetch_add(1, Ordering::Relaxed);
+                let e = &events[i];
+                if let Some(o) = super::sealed::find_key(&parts, &files, order, &e.source, &e.id) {
+                    found.push((i, o));
+                }
+            }
+            (events, found)
+        })
+        .await;
+        // A lookup that did not finish (a panic, or the runtime shutting
+        // down) fails the request rather than risk storing an event twice.
+        let (events, found) = looked_up.map_err(|_| StoreError::Stopped)?;
+        check.found = found;
+        Ok((events, check))
     }
 
     /// Hands the integrity monitor's findings to the writer, which checks
@@ -576,16 +653,30 @@ impl StoreHandle {
     /// For the integrity monitor: checks the files against what the writer
     /// last left (blocking: call it off the async workers). Stops between
     /// files once `stop` says so.
-    pub fn check_files(&self, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
-        super::integrity::check_until(&self.shared, scope, stop)
+    pub fn check_files(
+        &self,
+        scope: Scope,
+        pace: &mut ReadPace,
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<Finding> {
+        super::integrity::check_until(&self.shared, scope, pace, stop)
     }
 
     /// For the integrity monitor: verifies backups against their manifests
     /// and marks those that fail (blocking).
-    pub fn scrub_backups(&self, scope: Scope, stop: &dyn Fn() -> bool) -> ScrubReport {
-        self.shared
-            .backups
-            .scrub(&self.shared.data_dir, &self.shared.alerts, scope, stop)
+    pub fn scrub_backups(
+        &self,
+        scope: Scope,
+        pace: &mut ReadPace,
+        stop: &dyn Fn() -> bool,
+    ) -> ScrubReport {
+        self.shared.backups.scrub(
+            &self.shared.data_dir,
+            &self.shared.alerts,
+            scope,
+            pace,
+            stop,
+        )
     }
 
     /// The integrity monitor's state.

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::fsutil;
+use super::fsutil::{self, ReadPace};
 use super::layout;
 use super::manifest::{Manifest, SealedMismatch, SealedSegment};
 use super::segindex;
@@ -112,7 +112,12 @@ pub enum Scope {
 /// Checks the store's files. Blocking (reads files). Gives up between
 /// files once `stop` returns true (at shutdown: a full check of a large
 /// store must not hold it up); what was found until then is returned.
-pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool) -> Vec<Finding> {
+pub(super) fn check_until(
+    shared: &Shared,
+    scope: Scope,
+    pace: &mut ReadPace,
+    stop: &dyn Fn() -> bool,
+) -> Vec<Finding> {
     let state = shared.file_state();
     let seg_dir = layout::segments_dir(&shared.data_dir);
     let mut findings = Vec::new();
@@ -146,13 +151,13 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
             Scope::Full | Scope::Start => true,
             Scope::Tick { scrub } => !sealed.is_empty() && scrub % sealed.len() == i,
         };
-        if let Some(detail) = check_index(&shared.data_dir, s, scrub) {
+        if let Some(detail) = check_index(&shared.data_dir, s, scrub, pace) {
             findings.push(Finding::SegmentIndex {
                 file: s.file.clone(),
                 detail,
             });
         }
-        match s.check_file(&path, scrub) {
+        match s.check_file_paced(&path, scrub, pace) {
             Ok(()) => {}
             // Out of descriptors: not checked this time, not damage.
             Err(SealedMismatch::Unreadable(e)) if e.is_descriptor_exhaustion() => {
@@ -200,7 +205,12 @@ pub(super) fn check_until(shared: &Shared, scope: Scope, stop: &dyn Fn() -> bool
 /// `whole`, that it decodes, passes its checksum and matches the manifest's
 /// entry. `None` when it is fine (or cannot be checked for lack of
 /// descriptors, which is not damage).
-fn check_index(data_dir: &Path, s: &SealedSegment, whole: bool) -> Option<String> {
+fn check_index(
+    data_dir: &Path,
+    s: &SealedSegment,
+    whole: bool,
+    pace: &mut ReadPace,
+) -> Option<String> {
     if !whole {
         let path = layout::segment_index_path(data_dir, &s.file);
         return match std::fs::metadata(&path) {
@@ -210,7 +220,11 @@ fn check_index(data_dir: &Path, s: &SealedSegment, whole: bool) -> Option<String
         };
     }
     match segindex::load(data_dir, s) {
-        Ok(_) => None,
+        Ok(_) => {
+            let path = layout::segment_index_path(data_dir, &s.file);
+            pace.read(std::fs::metadata(path).map_or(0, |m| m.len()));
+            None
+        }
         Err(e) if e.is_descriptor_exhaustion() => None,
         Err(e) => Some(e.to_string()),
     }

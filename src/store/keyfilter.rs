@@ -42,6 +42,27 @@ const BITS_SET: u32 = 8;
 /// The smallest filter: 4,096 blocks (256 KiB), for 131,072 keys.
 const MIN_BLOCKS: u64 = 4096;
 
+/// The sealed segments' key filter as the writer and the publish path
+/// share it (`Shared::sealed_keys`). A publishing request asks it before
+/// its events reach the writer, and reads the key tables its "maybe"s
+/// point to on its own task ([`StoreHandle::append`]); the writer then
+/// checks only the segments sealed since. So a lookup that reads key
+/// blocks from disk (one per sealed segment: a few hundred at 50 million
+/// events, slow on a cold page cache) delays that request alone, not
+/// every commit behind it.
+///
+/// [`StoreHandle::append`]: super::StoreHandle::append
+#[derive(Debug)]
+pub struct SealedKeys {
+    /// The filter.
+    pub filter: KeyFilter,
+    /// The active segment's first seq when the filter last changed: every
+    /// segment sealed before it has its keys in the filter (or, if its
+    /// index file could not be written, in the writer's exact set, which
+    /// the writer always asks).
+    pub before: u64,
+}
+
 /// The filter. Keys are [`key_order`](super::segindex::key_order) hashes.
 #[derive(Debug, Clone)]
 pub struct KeyFilter {

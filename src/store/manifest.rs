@@ -140,11 +140,23 @@ impl SealedSegment {
     /// integrity monitor (which hashes one segment per tick) and by the
     /// writer's repair (is the file intact after all?).
     pub fn check_file(&self, path: &Path, hash: bool) -> Result<(), SealedMismatch> {
+        self.check_file_paced(path, hash, &mut fsutil::ReadPace::unpaced())
+    }
+
+    /// [`SealedSegment::check_file`], hashing at most as fast as `pace`
+    /// allows (the integrity monitor's checks).
+    pub fn check_file_paced(
+        &self,
+        path: &Path,
+        hash: bool,
+        pace: &mut fsutil::ReadPace,
+    ) -> Result<(), SealedMismatch> {
         let md = std::fs::metadata(path)
             .map_err(|e| SealedMismatch::Unreadable(FileError::new("stat", path, e)))?;
         self.check_length(md.len())?;
         if hash {
-            let (len, sha) = fsutil::sha256_file(path).map_err(SealedMismatch::Unreadable)?;
+            let (len, sha) =
+                fsutil::sha256_file_paced(path, pace).map_err(SealedMismatch::Unreadable)?;
             self.check_length(len)?;
             self.check_sha256(&sha)?;
         }

@@ -219,6 +219,8 @@ struct Shared {
     retention: retention::Retention,
     /// When the last "descriptors exhausted" alert was raised.
     descriptor_alert: Mutex<Option<Instant>>,
+    /// The sealed segments' key filter (the writer adds to it at seals).
+    sealed_keys: RwLock<keyfilter::SealedKeys>,
 }
 
 /// At most one "descriptors exhausted" alert this often.

@@ -30,6 +30,47 @@ use sha2::{Digest, Sha256};
 use super::files::SegmentFiles;
 use super::segindex::{self, IndexError, Key, Name, Record, SegmentIndex, Summary};
 use super::segment;
+use super::{Original, Outcome};
+
+/// Where `(source, id)` (whose key hash is `order`) is stored in the
+/// sealed segments `parts`: their key tables, newest first (retries are
+/// usually recent), one block each, every match confirmed by the stored
+/// event itself. Blocking (reads files). A segment that cannot be read is
+/// logged and passed over: an event stored there could be stored again,
+/// which the error says.
+pub fn find_key(
+    parts: &[Arc<SealedPart>],
+    files: &SegmentFiles,
+    order: u64,
+    source: &str,
+    id: &str,
+) -> Option<Outcome> {
+    for part in parts.iter().rev() {
+        let found = part.seqs_with_order(files, order).and_then(|seqs| {
+            for seq in seqs {
+                if let Some((ty, time)) = part.confirm_key(files, seq, source, id)? {
+                    return Ok(Some((seq, ty, time)));
+                }
+            }
+            Ok(None)
+        });
+        match found {
+            Ok(Some((seq, ty, time))) => {
+                return Some(Outcome {
+                    seq,
+                    original: Some(Original { ty, time }),
+                })
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                segment_first_seq = part.first_seq(),
+                "cannot look a key up in a sealed segment (its index file and the segment both fail); an event already stored there could be stored again"
+            ),
+        }
+    }
+    None
+}
 
 /// A sealed segment read through its index file.
 #[derive(Debug)]

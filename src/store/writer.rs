@@ -36,7 +36,7 @@ use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
 use super::index::{self, Names, NewEntry};
-use super::keyfilter::{self, Covered, KeyFilter};
+use super::keyfilter::{self, Covered, KeyFilter, SealedKeys};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
@@ -47,6 +47,38 @@ use crate::sse::SseFrame;
 /// of them was stored.
 pub type AppendReply = oneshot::Sender<Result<Vec<Outcome>>>;
 
+/// What a publishing request found when it looked its events' keys up in
+/// the sealed segments before handing them to the writer
+/// ([`StoreHandle::append`](super::StoreHandle::append)).
+#[derive(Debug, Default)]
+pub struct SealedCheck {
+    /// The segments sealed before this seq were looked in (`None`: none
+    /// were, and the writer asks them all).
+    pub before: Option<u64>,
+    /// The events found there (position in the request, outcome).
+    pub found: Vec<(usize, Outcome)>,
+}
+
+impl SealedCheck {
+    fn of(&self, i: usize) -> Checked<'_> {
+        match self.found.iter().find(|(at, _)| *at == i) {
+            Some((_, o)) => Checked::Found(o),
+            None => self.before.map_or(Checked::Nothing, Checked::Before),
+        }
+    }
+}
+
+/// One event's part of a [`SealedCheck`].
+#[derive(Debug, Clone, Copy)]
+enum Checked<'a> {
+    /// Not looked up: the writer asks every sealed segment.
+    Nothing,
+    /// Not in the segments sealed before this seq.
+    Before(u64),
+    /// Stored already, in a sealed segment.
+    Found(&'a Outcome),
+}
+
 /// What the writer can be asked to do.
 #[derive(Debug)]
 pub enum Command {
@@ -54,6 +86,8 @@ pub enum Command {
     Append {
         /// Events in publish order.
         events: Vec<PreparedEvent>,
+        /// What the request found in the sealed segments already.
+        sealed: SealedCheck,
         /// Where to send the outcome.
         reply: AppendReply,
     },
@@ -98,9 +132,8 @@ pub struct Writer {
     next_seq: u64,
     /// The active segment's idempotency keys (exact, in memory).
     dedup: DedupIndex,
-    /// The sealed segments' keys: a filter in front of their key tables.
-    sealed_keys: KeyFilter,
-    /// The sealed segments whose keys `sealed_keys` holds (saved with it).
+    /// The sealed segments whose keys the filter (`Shared::sealed_keys`)
+    /// holds (saved with it).
     covered: Vec<Covered>,
     /// Seals since the filter was last saved.
     seals_since_save: u64,
@@ -152,6 +185,13 @@ impl Writer {
         backup_keep: usize,
         backup_copies: super::backup::Copies,
     ) -> (Self, index::Index) {
+        *shared
+            .sealed_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = SealedKeys {
+            filter: rec.sealed_keys,
+            before: rec.manifest.active_first_seq,
+        };
         let w = Writer {
             backups: backups::BackupWorker::spawn(shared.clone(), backup_keep, backup_copies),
             unrepaired: Vec::new(),
@@ -165,7 +205,6 @@ impl Writer {
             active: rec.active,
             next_seq: rec.next_seq,
             dedup: rec.dedup,
-            sealed_keys: rec.sealed_keys,
             covered: rec.covered,
             seals_since_save: 0,
             filter_saver: None,
@@ -204,7 +243,11 @@ impl Writer {
             let mut consumer_requests = Vec::new();
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Append { events, reply } => appends.push((events, reply)),
+                    Command::Append {
+                        events,
+                        sealed,
+                        reply,
+                    } => appends.push((events, sealed, reply)),
                     Command::Shutdown => stop = true,
                     Command::Consumer(r) => consumer_requests.push(r),
                     other => others.push(other),
@@ -269,9 +312,9 @@ impl Writer {
 
     // DEBUG: at the default INFO level the span costs nothing per commit.
     #[tracing::instrument(level = "debug", skip_all, fields(commands = appends.len()))]
-    fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, AppendReply)>) {
+    fn commit(&mut self, appends: Vec<(Vec<PreparedEvent>, SealedCheck, AppendReply)>) {
         if let Some(refusal) = self.shared.commit_refusal() {
-            for (_, reply) in appends {
+            for (_, _, reply) in appends {
                 let _ = reply.send(Err(refusal.clone().into()));
             }
             return;
@@ -303,11 +346,12 @@ impl Writer {
         let mut in_commit: HashMap<u64, usize, BuildHasherDefault<PreHashed>> = HashMap::default();
         let mut replies = Vec::with_capacity(appends.len());
         let mut duplicates = 0u64;
-        for (events, reply) in appends {
+        for (events, sealed, reply) in appends {
             let mut outcomes = Vec::with_capacity(events.len());
-            for event in events {
+            for (i, event) in events.into_iter().enumerate() {
                 let key = dedup::key_hash(&event.source, &event.id);
-                if let Some(o) = self.find_duplicate(&event, key, &in_commit, &accepted) {
+                let checked = sealed.of(i);
+                if let Some(o) = self.find_duplicate(&event, key, checked, &in_commit, &accepted) {
                     duplicates += 1;
                     outcomes.push(o);
                     continue;
@@ -469,6 +513,7 @@ impl Writer {
         &self,
         ev: &PreparedEvent,
         key: u64,
+        checked: Checked<'_>,
         in_commit: &HashMap<u64, usize, BuildHasherDefault<PreHashed>>,
         accepted: &[Accepted],
     ) -> Option<Outcome> {
@@ -494,7 +539,7 @@ impl Writer {
         // idempotency set keeps the seq and the time, the index the type
         // and source (never a read of the original from disk).
         let Some((seq, time)) = self.dedup.lookup(key, &ev.source, &ev.id) else {
-            return self.find_sealed_duplicate(ev);
+            return self.find_sealed_duplicate(ev, checked);
         };
         let (ty, source) = {
             let idx = self.shared.index();
@@ -519,7 +564,7 @@ impl Writer {
             }
         };
         if source != ev.source {
-            return self.find_sealed_duplicate(ev);
+            return self.find_sealed_duplicate(ev, checked);
         }
         Some(Outcome {
             seq,
@@ -527,49 +572,51 @@ impl Writer {
         })
     }
 
-    /// The outcome for `ev` if its `(source, id)` is in a sealed segment:
-    /// the key filter first (one cache line; "no" for all but about one in
-    /// a thousand new keys), then the key tables of the sealed segments,
+    /// The outcome for `ev` if its `(source, id)` is in a sealed segment.
+    /// When the request already looked in the segments sealed before
+    /// `checked.before` ([`StoreHandle::append`]), only those sealed since
+    /// are asked (their key blocks were just written: no disk read);
+    /// otherwise all of them: the key filter first (one cache line; "no"
+    /// for all but about one in a thousand new keys), then the key tables,
     /// newest first (retries are usually recent), one block each, every
     /// match confirmed by the stored event itself.
-    fn find_sealed_duplicate(&self, ev: &PreparedEvent) -> Option<Outcome> {
+    ///
+    /// [`StoreHandle::append`]: super::StoreHandle::append
+    fn find_sealed_duplicate(&self, ev: &PreparedEvent, checked: Checked<'_>) -> Option<Outcome> {
+        if let Checked::Found(o) = checked {
+            return Some(o.clone());
+        }
+        let after = match checked {
+            Checked::Before(seq) => seq,
+            _ => 0,
+        };
         let order = super::segindex::key_order(&ev.source, &ev.id);
-        if !self.sealed_keys.may_contain(order) {
+        let maybe = self
+            .shared
+            .sealed_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter
+            .may_contain(order);
+        if !maybe {
             return None;
         }
         let (parts, files) = {
             let idx = self.shared.index();
             (idx.sealed_list(), idx.segment_files().clone())
         };
+        let parts: Vec<_> = parts
+            .into_iter()
+            .filter(|p| p.first_seq() >= after)
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
         self.shared
             .metrics
             .sealed_key_lookups
             .fetch_add(1, Ordering::Relaxed);
-        for part in parts.iter().rev() {
-            let found = part.seqs_with_order(&files, order).and_then(|seqs| {
-                for seq in seqs {
-                    if let Some((ty, time)) = part.confirm_key(&files, seq, &ev.source, &ev.id)? {
-                        return Ok(Some((seq, ty, time)));
-                    }
-                }
-                Ok(None)
-            });
-            match found {
-                Ok(Some((seq, ty, time))) => {
-                    return Some(Outcome {
-                        seq,
-                        original: Some(Original { ty, time }),
-                    })
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(
-                    error = %e,
-                    segment_first_seq = part.first_seq(),
-                    "cannot look a key up in a sealed segment (its index file and the segment both fail); an event already stored there could be stored again"
-                ),
-            }
-        }
-        None
+        super::sealed::find_key(&parts, &files, order, &ev.source, &ev.id)
     }
 
     /// Builds the sealed segments' key filter anew, sized for the keys
@@ -604,7 +651,11 @@ impl Writer {
             ms = t0.elapsed().as_millis() as u64,
             "sealed segments' key filter rebuilt"
         );
-        self.sealed_keys = filter;
+        self.shared
+            .sealed_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter = filter;
         self.covered = covered;
         self.publish_key_filter_size();
         self.save_key_filter(true);
@@ -624,7 +675,13 @@ impl Writer {
         }
         let first = self.shared.index().first_seq();
         self.covered.retain(|c| c.first_seq >= first);
-        let bytes = self.sealed_keys.encode(&self.covered);
+        let bytes = self
+            .shared
+            .sealed_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter
+            .encode(&self.covered);
         let data_dir = self.shared.data_dir.clone();
         let save = move || {
             if let Err(e) = keyfilter::save(&data_dir, &bytes) {
@@ -648,10 +705,15 @@ impl Writer {
     }
 
     fn publish_key_filter_size(&self) {
-        self.shared
-            .metrics
-            .key_filter_bytes
-            .store(self.sealed_keys.heap_bytes() as u64, Ordering::Relaxed);
+        self.shared.metrics.key_filter_bytes.store(
+            self.shared
+                .sealed_keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .filter
+                .heap_bytes() as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Seals the active segment and starts the next. Out of descriptors
@@ -764,17 +826,37 @@ impl Writer {
             let converted = sealed && idx.entries_len() == 0;
             (idx.add_segment(reader), converted)
         };
+        let mut over_capacity = false;
         if converted {
             // The sealed segment's keys move from the exact set in memory
             // to the filter in front of its key table. (Otherwise the
             // set keeps them, with the entries that stayed in memory.)
-            for order in self.active.seg_index.key_orders() {
-                self.sealed_keys.insert(order);
+            // A few thousand at a time, so publishers asking the filter
+            // meanwhile wait at most that long; until `before` moves below,
+            // they leave this segment to the writer.
+            let orders: Vec<u64> = self.active.seg_index.key_orders().collect();
+            for chunk in orders.chunks(4096) {
+                let mut keys = self
+                    .shared
+                    .sealed_keys
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                chunk.iter().for_each(|&o| keys.filter.insert(o));
+                over_capacity = keys.filter.is_over_capacity();
             }
             self.covered.push(covered_entry);
             self.dedup = DedupIndex::default();
+        }
+        // Segments before the new one are in the filter, or their keys
+        // stayed in `dedup`, which the writer asks first.
+        self.shared
+            .sealed_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .before = new_first;
+        if converted {
             self.seals_since_save += 1;
-            if self.sealed_keys.is_over_capacity() {
+            if over_capacity {
                 self.rebuild_sealed_keys();
             } else if self.seals_since_save >= keyfilter::SAVE_EVERY_SEALS {
                 self.save_key_filter(true);

@@ -474,6 +474,64 @@ async fn duplicates_of_sealed_events_are_found_while_running_and_after_a_restart
     app.stop().await;
 }
 
+/// A publish looks its key up in the sealed segments before the writer
+/// takes it, and the writer asks only the segments sealed since: each id
+/// is published twice at once by two tasks while segments seal every ~20
+/// events (so the first copy's segment often seals between the second
+/// copy's lookup and its commit), then a third time once all is sealed.
+/// Every id is stored once, and every copy is answered with that seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_racing_seals_are_stored_once() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    const PAIRS: u64 = 4;
+    const EACH: u64 = 60;
+    let event = |p: u64, k: u64| {
+        json!({"type": "t.race", "source": format!("/race/{p}"), "id": format!("r{k}"),
+               "data": {"pad": "x".repeat(80)}})
+    };
+    let mut tasks = Vec::new();
+    for p in 0..PAIRS {
+        for _copy in 0..2 {
+            let api = app.api.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for k in 0..EACH {
+                    let r = api.publish(&event(p, k)).await;
+                    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+                    seqs.push((p, k, r.json()["seq"].as_u64().unwrap()));
+                }
+                seqs
+            }));
+        }
+    }
+    let mut seq_of = std::collections::HashMap::new();
+    for t in tasks {
+        for (p, k, seq) in t.await.unwrap() {
+            let first = *seq_of.entry((p, k)).or_insert(seq);
+            assert_eq!(
+                first, seq,
+                "both copies of /race/{p} r{k} answered with one seq"
+            );
+        }
+    }
+    // The third copy, once every earlier segment is sealed.
+    let filler: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "t.fill", "source": "/fill", "id": format!("f{i}")}))
+        .collect();
+    app.publish_batch(&filler).await;
+    for p in 0..PAIRS {
+        for k in [0, EACH / 2, EACH - 1] {
+            let r = app.publish(&event(p, k)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["seq"].as_u64(), Some(seq_of[&(p, k)]));
+        }
+    }
+    let all = app.read_all().await;
+    let races = all.iter().filter(|(_, e)| e["type"] == "t.race").count() as u64;
+    assert_eq!(races, PAIRS * EACH, "each id stored once");
+    app.stop().await;
+}
+
 /// The sealed segments' key filter is saved at a clean stop, and the next
 /// start loads it instead of reading the key tables of the segments it
 /// holds: damage to a key table then goes unnoticed at start-up (it is not
@@ -488,9 +546,12 @@ async fn a_start_loads_the_saved_key_filter_instead_of_reading_key_tables() {
     let filter = dir.path().join("keys.filter");
     assert!(filter.is_file(), "a clean stop saves the key filter");
     let idx = index_files(dir.path());
+    // Damage is written from the intact bytes each time: whether or not
+    // the monitor repaired the file in between, it is damaged afterwards.
+    let intact = std::fs::read(&idx[0]).unwrap();
     let damage_keys = |p: &std::path::Path| {
         // The keys section is the file's end.
-        let mut bytes = std::fs::read(p).unwrap();
+        let mut bytes = intact.clone();
         let at = bytes.len() - 20;
         bytes[at] ^= 0x04;
         std::fs::write(p, &bytes).unwrap();
@@ -602,4 +663,70 @@ async fn start_up_does_not_read_sealed_segments() {
         "{file} was read before the server listened: {:#}",
         log[first_mention]
     );
+}
+
+/// The first check after a start hashes the sealed segments no faster than
+/// `--monitor-read-rate`, so that on a large store it leaves the disk to
+/// publishers and readers: the server is ready at once, and damage in the
+/// newest sealed segment (hashed last) is found only once the older
+/// segments and their index files have been read at that rate.
+#[tokio::test]
+async fn the_first_check_reads_at_the_monitor_read_rate() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    fill(&app, 300).await;
+    let segs = sealed_segments(app.data_dir());
+    let newest = segs.last().unwrap().clone();
+    crate::common::monitor::wait_backup_holding(&app, &newest).await;
+    let dir = app.stop().await;
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let older: u64 = segs[..segs.len() - 1]
+        .iter()
+        .map(|s| size(s) + size(&index_file(s)))
+        .sum();
+    let original = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, vec![b'#'; original.len()]).unwrap();
+    let file = rel(&newest);
+
+    // Paced to read the older segments in about 3 s.
+    let paced = Duration::from_secs(3);
+    let rate = (older as f64 / paced.as_secs_f64()) as u64;
+    let rate_arg = rate.to_string();
+    let mut args = ARGS.to_vec();
+    args.extend([
+        "--monitor-interval",
+        "0.2",
+        "--monitor-read-rate",
+        &rate_arg,
+    ]);
+    let started = std::time::Instant::now();
+    let mut server = spawn_process(dir.path(), &args).await;
+    assert_eq!(server.api.get("/health/ready").await.status, 200);
+    let deadline = started + paced + Duration::from_secs(30);
+    loop {
+        let alerts = server.api.alerts().await;
+        if alerts
+            .iter()
+            .any(|a| a["kind"] == "repair" && a["file"] == file.as_str())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no repair of {file} within {:?}: {:#}",
+            deadline - started,
+            Value::from(alerts)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let found_after = started.elapsed();
+    assert!(
+        found_after >= paced,
+        "{file} was hashed {found_after:?} after the start; {older} bytes before it at {rate} bytes/s take {paced:?}"
+    );
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        original,
+        "restored byte for byte"
+    );
+    server.terminate(Duration::from_secs(15)).await;
 }
