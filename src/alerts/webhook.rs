@@ -295,6 +295,8 @@ fn cloudevent(ty: &str, time: &str, subject: Option<&str>, data: Value, ctx: &Co
 /// One attempt failed: may it be tried again?
 struct Failure {
     retry: bool,
+    /// False when the receiver could not be reached at all.
+    answered: bool,
     reason: String,
 }
 
@@ -334,11 +336,13 @@ async fn post_once(
             let s = r.status();
             Err(Failure {
                 retry: s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429,
+                answered: true,
                 reason: format!("answered {s}"),
             })
         }
         Err(e) => Err(Failure {
             retry: true,
+            answered: false,
             reason: format!("unreachable: {}", e.without_url()),
         }),
     }
@@ -354,26 +358,29 @@ async fn deliver(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     for attempt in 1..=ATTEMPTS {
-        match post_once(client, config, body).await {
+        let f = match post_once(client, config, body).await {
             Ok(()) => {
                 counts.sent.fetch_add(1, Relaxed);
                 return;
             }
-            Err(f) if !f.retry => {
-                tracing::error!(reason = %f.reason, webhook = %target, "alert webhook refused the alert for good; giving up on it");
-                counts.failed.fetch_add(1, Relaxed);
-                return;
-            }
-            Err(f) if attempt == ATTEMPTS => {
-                tracing::error!(reason = %f.reason, attempt, webhook = %target, "alert webhook failed {ATTEMPTS} times; giving up on this alert");
-                counts.failed.fetch_add(1, Relaxed);
-                return;
-            }
-            Err(f) => {
-                tracing::warn!(reason = %f.reason, attempt, webhook = %target, "alert webhook failed; retrying");
-                counts.retried.fetch_add(1, Relaxed);
-            }
+            Err(f) => f,
+        };
+        if f.answered {
+            tracing::warn!(reason = %f.reason, attempt, webhook = %target, "alert webhook refused the alert");
+        } else {
+            tracing::warn!(reason = %f.reason, attempt, webhook = %target, "alert webhook unreachable");
         }
+        if !f.retry {
+            tracing::error!(webhook = %target, "the answer will not change; giving up on this alert");
+            counts.failed.fetch_add(1, Relaxed);
+            return;
+        }
+        if attempt == ATTEMPTS {
+            tracing::error!(webhook = %target, "alert webhook failed {ATTEMPTS} times; giving up on this alert");
+            counts.failed.fetch_add(1, Relaxed);
+            return;
+        }
+        counts.retried.fetch_add(1, Relaxed);
         tokio::time::sleep(backoff(attempt)).await;
     }
 }
