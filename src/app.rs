@@ -60,8 +60,10 @@ impl Application {
             }
             _ => None,
         };
+        // A wrong alert setting is refused before the store opens, naming it.
+        let channels = crate::alerts::Channels::from_config(&config.alert_settings())?;
         let alerts = Arc::new(
-            Alerts::new(config.alert_capacity, config.alert_webhook.clone())
+            Alerts::with_channels(config.alert_capacity, channels)
                 .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
         );
         let (store, writer) = match StoreHandle::open(&config.store(), alerts.clone()) {
@@ -222,6 +224,9 @@ impl Application {
         jobs.stop().await;
         // A running `POST /admin/verify` check stops at its next file.
         verifications.stopped(config.shutdown_timeout).await;
+        // Alerts still queued (a mail waiting for its interval) go out now,
+        // for at most the shutdown timeout.
+        store.alerts().flush(config.shutdown_timeout).await;
         store.close().await;
         drop(store);
         writer.join().await;

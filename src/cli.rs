@@ -52,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::auth::command::TokenCommand,
     },
+    /// Alert channels.
+    Alert {
+        /// What to do.
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Replace a stopped store's manifest and segments with a verified
     /// backup (the replaced files are moved to quarantine/, not deleted).
     Restore {
@@ -62,6 +68,17 @@ pub enum Command {
         #[arg(long)]
         from: std::path::PathBuf,
     },
+}
+
+/// `msgbus alert ...`.
+// Parsed once at start; boxing the server settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a test alert through every configured channel (webhook, email),
+    /// read from the same flags and `MSGBUS_*` variables as `serve`; print
+    /// one line per channel; exit 1 if any failed (or none is configured).
+    Test(ServeConfig),
 }
 
 /// The data directory an offline tool works on.

@@ -192,10 +192,47 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_MIN_FREE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub min_free_bytes: u64,
 
-    /// URL to POST alerts to (Slack-compatible `{"text": ...}` body plus the
-    /// structured alert), retried with backoff. Empty: no webhook.
+    /// URL to POST alerts to, in `--alert-webhook-format`, retried with
+    /// backoff. Empty: no webhook (with the `pagerduty` format, PagerDuty's
+    /// Events v2 endpoint).
     #[arg(long, env = "MSGBUS_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
+
+    /// Body format of the alert webhook: `slack` (`{"text"}` plus the
+    /// structured alert), `discord` (`{"content"}`), `teams` (an Adaptive
+    /// Card message), `pagerduty` (Events v2 `trigger`, and `resolve` when
+    /// the condition clears; the routing key from
+    /// `MSGBUS_PAGERDUTY_ROUTING_KEY`), `cloudevents` (a CloudEvent per
+    /// alert raised or condition cleared). Default `slack`, as before.
+    #[arg(long, env = "MSGBUS_ALERT_WEBHOOK_FORMAT", value_enum, default_value_t = crate::alerts::WebhookFormat::Slack)]
+    pub alert_webhook_format: crate::alerts::WebhookFormat,
+
+    /// SMTP server for alert email: `smtp://[user@]host[:587]` (STARTTLS
+    /// required), `smtps://[user@]host[:465]` (TLS from the start), or
+    /// `smtp://host:25?tls=none` (plain, for a local relay). The password
+    /// comes only from `MSGBUS_SMTP_PASSWORD`. Unset (the default): no
+    /// email. Needs `--alert-email-from` and `--alert-email-to`.
+    #[arg(long, env = "MSGBUS_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// PEM file of CA certificates to trust for the SMTP server, besides
+    /// the bundled Mozilla roots (a private CA). Default: none.
+    #[arg(long, env = "MSGBUS_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
+    /// Sender of alert email, e.g. `msgbus <bus@example.com>`.
+    #[arg(long, env = "MSGBUS_ALERT_EMAIL_FROM")]
+    pub alert_email_from: Option<String>,
+
+    /// Recipients of alert email; repeat the flag or separate with commas.
+    #[arg(long, env = "MSGBUS_ALERT_EMAIL_TO", value_delimiter = ',')]
+    pub alert_email_to: Vec<String>,
+
+    /// Shortest time between two alert mails: alerts raised meanwhile are
+    /// grouped into the next one. Shorter tells sooner; longer sends fewer
+    /// mails in a storm of alerts.
+    #[arg(long, env = "MSGBUS_ALERT_EMAIL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub alert_email_interval: Duration,
 
     /// Alerts kept in memory for `GET /alerts` (oldest dropped first).
     #[arg(long, env = "MSGBUS_ALERT_CAPACITY", default_value_t = 1000)]
@@ -333,6 +370,21 @@ pub struct ServeConfig {
     /// SEC1). Needs --tls-cert. Keep it readable by msgbus only.
     #[arg(long, env = "MSGBUS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// The alert channel settings.
+    pub fn alert_settings(&self) -> crate::alerts::AlertSettings {
+        crate::alerts::AlertSettings {
+            alert_webhook: self.alert_webhook.clone(),
+            alert_webhook_format: self.alert_webhook_format,
+            smtp_url: self.smtp_url.clone(),
+            smtp_ca_file: self.smtp_ca_file.clone(),
+            alert_email_from: self.alert_email_from.clone(),
+            alert_email_to: self.alert_email_to.clone(),
+            alert_email_interval: self.alert_email_interval,
+        }
+    }
 }
 
 impl ServeConfig {

@@ -19,7 +19,8 @@
 //! - [`jobs`]: the periodic background jobs, started and stopped one way
 //! - [`monitor`]: the integrity monitor loop (detects; the writer repairs)
 //! - [`backup_timer`]: periodic backups when something changed
-//! - [`alerts`]: the alert list, its counters and the webhook sender
+//! - [`alerts`]: the alert list, its counters and the channels that deliver
+//!   alerts to people (webhook formats, email over SMTP)
 //! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
 
 #![forbid(unsafe_code)]

@@ -67,6 +67,20 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Token { command }) => {
             msgbus::auth::command::run(command, &mut std::io::stdout())
         }
+        Some(Command::Alert {
+            command: msgbus::cli::AlertCommand::Test(config),
+        }) => {
+            return match msgbus::alerts::send_test(&config.alert_settings(), &mut std::io::stdout())
+                .await
+            {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("msgbus: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Backup(args)) => msgbus::offline::backup(&args.data_dir)
             .map(|dir| println!("verified backup {}", dir.display()))
             .map_err(Into::into),

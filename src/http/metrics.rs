@@ -244,6 +244,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     for (kind, n) in &i.alerts {
         let _ = writeln!(out, "msgbus_alerts_total{{kind=\"{}\"}} {n}", escape(kind));
     }
+    let _ = writeln!(out, "# HELP msgbus_alert_deliveries_total Alert deliveries per channel (webhook, email) and outcome: sent, retried (an attempt failed and was tried again), failed (given up on).\n# TYPE msgbus_alert_deliveries_total counter");
+    for (channel, outcomes) in state.alerts.deliveries() {
+        for (outcome, n) in outcomes {
+            let _ = writeln!(
+                out,
+                "msgbus_alert_deliveries_total{{channel=\"{channel}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP msgbus_events_by_type Stored events per type.\n# TYPE msgbus_events_by_type gauge"
