@@ -67,7 +67,8 @@ impl Role {
 /// What a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// No token (the health probes; metrics and docs unless protected).
+    /// No token (the health probes, the dashboard's page; metrics and docs
+    /// unless protected).
     Nothing,
     /// The `publish` role.
     Publish,
@@ -92,7 +93,11 @@ impl Need {
 /// What the request `method path` needs. Finer rules that depend on the
 /// body (moving a consumer's cursor back is admin work) are the handlers'.
 pub fn need(method: &Method, path: &str, protected: Protected) -> Need {
-    if path == "/health" || path.starts_with("/health/") || method == Method::OPTIONS {
+    if path == "/health"
+        || path.starts_with("/health/")
+        || method == Method::OPTIONS
+        || crate::http::ui::is_ui_path(path)
+    {
         return Need::Nothing;
     }
     if path == "/metrics" {
@@ -195,6 +200,10 @@ mod tests {
             (Method::GET, "/health/ready", Need::Nothing),
             (Method::GET, "/metrics", Need::Nothing),
             (Method::GET, "/docs/", Need::Nothing),
+            (Method::GET, "/", Need::Nothing),
+            (Method::GET, "/ui/app.js", Need::Nothing),
+            (Method::GET, "/favicon.ico", Need::Nothing),
+            (Method::GET, "/uix", Need::Read),
             (Method::GET, "/nothing-here", Need::Read),
         ];
         for (m, path, want) in cases {
