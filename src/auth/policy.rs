@@ -90,13 +90,20 @@ impl Need {
     }
 }
 
+/// The dashboard's page and its files (`/`, `/ui/...`, `/favicon.ico`,
+/// served by `http::ui`): they hold no data, so they need no token; the
+/// page reads the data endpoints with the operator's token.
+pub fn is_dashboard_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/") || path == "/favicon.ico"
+}
+
 /// What the request `method path` needs. Finer rules that depend on the
 /// body (moving a consumer's cursor back is admin work) are the handlers'.
 pub fn need(method: &Method, path: &str, protected: Protected) -> Need {
     if path == "/health"
         || path.starts_with("/health/")
         || method == Method::OPTIONS
-        || crate::http::ui::is_ui_path(path)
+        || is_dashboard_page(path)
     {
         return Need::Nothing;
     }

@@ -78,12 +78,6 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/favicon.ico", get(favicon))
 }
 
-/// True for the paths the dashboard serves (no token needed: they hold no
-/// data).
-pub fn is_ui_path(path: &str) -> bool {
-    path == "/" || path == "/ui" || path.starts_with("/ui/") || path == "/favicon.ico"
-}
-
 async fn index(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
@@ -159,6 +153,17 @@ mod tests {
         }
         let js = std::str::from_utf8(ASSETS[2].body).unwrap();
         assert!(!js.contains("innerHTML"), "app.js must not use innerHTML");
+    }
+
+    #[test]
+    fn every_dashboard_path_is_open_to_the_access_policy() {
+        for a in ASSETS {
+            let path = format!("/ui/{}", a.name);
+            assert!(crate::auth::policy::is_dashboard_page(&path), "{path}");
+        }
+        for path in ["/", "/ui", "/ui/", "/favicon.ico"] {
+            assert!(crate::auth::policy::is_dashboard_page(path), "{path}");
+        }
     }
 
     #[test]
