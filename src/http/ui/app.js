@@ -145,7 +145,7 @@ function renderHealth(stats) {
     if (stats.writer.poisoned) items.push(pill('Writes refused', stats.writer.poisoned, 'bad'));
     items.push(pill('Uptime', fmtDuration(stats.uptime_seconds)));
     items.push(pill('Version', stats.version || '?'));
-    items.push(pill('Store', `${fmtBytes(stats.store.bytes)} in ${stats.store.segments} segments`));
+    items.push(pill('Store', `${fmtBytes(stats.store.bytes)} in ${stats.store.segments} segment${stats.store.segments === 1 ? '' : 's'}`));
     $('version').textContent = stats.version || '';
   }
   $('health').replaceChildren(...items);
