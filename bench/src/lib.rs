@@ -16,6 +16,7 @@
 
 pub mod ceiling;
 pub mod client;
+pub mod dashboard;
 pub mod event;
 pub mod fanout;
 pub mod large;

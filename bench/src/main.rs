@@ -78,7 +78,10 @@ struct Args {
     /// verify; long, never in the default run), queues (fetch + ack of a
     /// queue consumer with 16 workers beside Redis Streams with appendfsync
     /// always; installs redis-server when missing; never in the default
-    /// run) [default: all but large and queues]. The JSON
+    /// run), schemas (order events without and with a JSON Schema; never
+    /// in the default run), dashboard (single events without and with 10
+    /// simulated dashboard pages polling /stats once a second; never in
+    /// the default run) [default: single, stored, fanout, auth]. The JSON
     /// then goes to bench/results/only-<groups>.json unless --out says
     /// otherwise.
     #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]

@@ -455,6 +455,9 @@ pub fn render(r: &Report) -> String {
     if let Some(sc) = &r.schemas {
         render_schemas(&mut s, sc);
     }
+    if let Some(d) = &r.dashboard {
+        render_dashboard(&mut s, d);
+    }
     let _ = writeln!(s);
     if r.targets.is_empty() {
         let _ = writeln!(s, "Targets: none for the scenarios run");
@@ -968,6 +971,52 @@ fn render_schemas(s: &mut String, d: &crate::schemas::SchemasDoc) {
             c.ratio
         );
     }
+}
+
+fn render_dashboard(s: &mut String, d: &crate::dashboard::DashboardDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Dashboards: publishing without vs with {} simulated pages (each: /stats every 1 s, /consumers every 2 s, /health, /alerts, /admin/backups every 5 s); each run on a fresh store; pairs alternate which side runs first; * the pair with the median ratio",
+        d.pages
+    );
+    let _ = writeln!(
+        s,
+        "{:<24} {:>5} {:>4} | {:>11} {:>7} {:>7} | {:>11} {:>7} {:>7} | {:>7}",
+        "work",
+        "conns",
+        "pair",
+        "off ev/s",
+        "p50 ms",
+        "p99 ms",
+        "pages ev/s",
+        "p50 ms",
+        "p99 ms",
+        "on/off"
+    );
+    let c = &d.single;
+    for (i, p) in c.runs.iter().enumerate() {
+        let star = if i == c.median_run { "*" } else { "" };
+        let _ = writeln!(
+            s,
+            "{:<24} {:>5} {:>4} | {:>11} {:>7.2} {:>7.2} | {:>11} {:>7.2} {:>7.2} | {:>7.3}",
+            c.work,
+            c.connections,
+            format!("{}{star}", i + 1),
+            num(p.off.events_per_s),
+            p.off.p50_ms,
+            p.off.p99_ms,
+            num(p.on.events_per_s),
+            p.on.p50_ms,
+            p.on.p99_ms,
+            p.ratio
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  with ÷ without pages, median pair: {:.3} (the pages made {} requests, {:.1}/s)",
+        c.ratio, d.page_requests, d.page_requests_per_s
+    );
 }
 
 fn render_auth(s: &mut String, a: &AuthDoc) {

@@ -83,6 +83,10 @@ pub enum Scenario {
     /// Payload schemas: order events without and with a JSON Schema for
     /// their type (see [`crate::schemas`]). Only when asked for.
     Schemas,
+    /// Dashboards: single events without and with 10 simulated dashboard
+    /// pages polling `/stats` and the rest (see [`crate::dashboard`]).
+    /// Only when asked for.
+    Dashboard,
 }
 
 impl Scenario {
@@ -95,8 +99,9 @@ impl Scenario {
     ];
 
     /// Every group `--only` accepts, in the order they run: [`Scenario::ALL`]
-    /// and then [`Scenario::Queues`], [`Scenario::Large`] and [`Scenario::Schemas`].
-    pub const SELECTABLE: [Scenario; 7] = [
+    /// and then [`Scenario::Queues`], [`Scenario::Large`], [`Scenario::Schemas`]
+    /// and [`Scenario::Dashboard`].
+    pub const SELECTABLE: [Scenario; 8] = [
         Scenario::Single,
         Scenario::Stored,
         Scenario::Fanout,
@@ -104,6 +109,7 @@ impl Scenario {
         Scenario::Queues,
         Scenario::Large,
         Scenario::Schemas,
+        Scenario::Dashboard,
     ];
 }
 
@@ -700,6 +706,8 @@ pub struct Report {
     pub queues: Option<crate::queues::QueuesDoc>,
     /// Payload schemas off and on ([`Scenario::Schemas`]).
     pub schemas: Option<crate::schemas::SchemasDoc>,
+    /// Publishing without and with dashboard pages ([`Scenario::Dashboard`]).
+    pub dashboard: Option<crate::dashboard::DashboardDoc>,
     /// Each target of issue 4: met or the shortfall.
     pub targets: Vec<Target>,
 }
@@ -765,6 +773,7 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
         large: None,
         queues: None,
         schemas: None,
+        dashboard: None,
         targets: Vec::new(),
     };
     if cfg.runs(Scenario::Single) {
@@ -794,6 +803,9 @@ pub async fn run_all(cfg: &BenchConfig, launcher: &Launcher) -> Result<Report> {
     }
     if cfg.runs(Scenario::Schemas) {
         rep.schemas = Some(crate::schemas::run_schemas(cfg, launcher).await?);
+    }
+    if cfg.runs(Scenario::Dashboard) {
+        rep.dashboard = Some(crate::dashboard::run_dashboard(cfg, launcher).await?);
     }
     rep.targets = report::targets(&rep);
     rep.machine.loadavg_end = report::loadavg();

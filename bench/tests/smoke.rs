@@ -464,3 +464,38 @@ async fn the_large_group_grows_one_store_and_measures_each_size() {
         .iter()
         .all(|t| t.name.starts_with("large store")));
 }
+
+/// The dashboard group: pairs of publish runs without and with the
+/// simulated pages, every run all 201s, the pages' requests counted, and
+/// the table saying what was compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_group_compares_publishing_without_and_with_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = dir.path().join("run");
+    let cfg = BenchConfig {
+        scenarios: vec![Scenario::Dashboard],
+        repeat: 2,
+        ..test_config(work_dir.clone())
+    };
+    let rep = run_all(&cfg, &Launcher::InProcess).await.unwrap();
+    assert!(rep.single.is_empty() && rep.auth.is_none());
+    let d = rep.dashboard.as_ref().expect("the dashboard group ran");
+    assert_eq!(d.pages, 10);
+    assert_auth_compare(&d.single, 8, 1, 2);
+    // Every page polls /stats and the rest at once when it starts.
+    assert!(d.page_requests >= 5, "{d:?}");
+    let left: Vec<_> = std::fs::read_dir(&work_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let table = report::render(&rep);
+    assert!(
+        table.contains("Dashboards: publishing without vs with 10 simulated pages"),
+        "{table}"
+    );
+    assert!(
+        table.contains("with ÷ without pages, median pair"),
+        "{table}"
+    );
+}

@@ -67,7 +67,8 @@ impl Role {
 /// What a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// No token (the health probes; metrics and docs unless protected).
+    /// No token (the health probes, the dashboard's page; metrics and docs
+    /// unless protected).
     Nothing,
     /// The `publish` role.
     Publish,
@@ -89,10 +90,21 @@ impl Need {
     }
 }
 
+/// The dashboard's page and its files (`/`, `/ui/...`, `/favicon.ico`,
+/// served by `http::ui`): they hold no data, so they need no token; the
+/// page reads the data endpoints with the operator's token.
+pub fn is_dashboard_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/") || path == "/favicon.ico"
+}
+
 /// What the request `method path` needs. Finer rules that depend on the
 /// body (moving a consumer's cursor back is admin work) are the handlers'.
 pub fn need(method: &Method, path: &str, protected: Protected) -> Need {
-    if path == "/health" || path.starts_with("/health/") || method == Method::OPTIONS {
+    if path == "/health"
+        || path.starts_with("/health/")
+        || method == Method::OPTIONS
+        || is_dashboard_page(path)
+    {
         return Need::Nothing;
     }
     if path == "/metrics" {
@@ -195,6 +207,10 @@ mod tests {
             (Method::GET, "/health/ready", Need::Nothing),
             (Method::GET, "/metrics", Need::Nothing),
             (Method::GET, "/docs/", Need::Nothing),
+            (Method::GET, "/", Need::Nothing),
+            (Method::GET, "/ui/app.js", Need::Nothing),
+            (Method::GET, "/favicon.ico", Need::Nothing),
+            (Method::GET, "/uix", Need::Read),
             (Method::GET, "/nothing-here", Need::Read),
         ];
         for (m, path, want) in cases {

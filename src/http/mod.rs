@@ -13,6 +13,7 @@
 //! - [`admin`]: alerts, backups and the on-demand integrity check
 //! - [`api`]: the API's shapes of store data (schemas), built from snapshots
 //! - [`docs`]: the OpenAPI document and Swagger UI
+//! - [`ui`]: the dashboard at `/`, compiled in
 //! - [`error`]: the problem+json type; store errors and refusals as statuses
 //! - [`body`]: request-body and query helpers that answer in problem+json
 //! - [`guard`]: cross-origin refusal and CORS, Content-Type, the body budget
@@ -38,6 +39,7 @@ pub mod schemas;
 pub mod stats;
 pub mod stream;
 pub mod tokens;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -282,6 +284,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     api.merge(docs::router(doc_limits))
+        .merge(ui::router())
         // Outside the routing, so it sees every request: preflights
         // (OPTIONS has no route) and unknown paths too.
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))

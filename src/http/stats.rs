@@ -31,6 +31,9 @@ pub struct Stats {
     pub schemas: SchemaStats,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
+    /// The server's version (`msgbus --version`).
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
 }
 
 /// Self-healing state.
@@ -292,6 +295,7 @@ pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> St
             alive: status.writer_alive,
         },
         uptime_seconds,
+        version: env!("CARGO_PKG_VERSION"),
     }
 }
 
