@@ -21,6 +21,8 @@
 //! - [`backup_timer`]: periodic backups when something changed
 //! - [`alerts`]: the alert list, its counters and the webhook sender
 //! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
+//! - [`transfer`]: import and export files (formats, mapping, batches,
+//!   progress) through a [`transfer::Transport`]; knows no store, no HTTP client
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -46,3 +48,4 @@ pub mod sse;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transfer;

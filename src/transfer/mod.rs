@@ -1,0 +1,95 @@
+//! Moving events in and out of a store as files: `msgbus import` and
+//! `msgbus export`, online (over HTTP) and offline (on a stopped data
+//! directory) alike. Everything here talks to a store through
+//! [`Transport`], the HTTP API's requests and answers: the online transport
+//! is [`crate::client`]'s HTTP client, the offline one
+//! ([`crate::inprocess`]) sends the same requests to the server's own
+//! router in process. So both modes run the same validation and store code
+//! as a server, and this module knows nothing of either.
+//!
+//! - `records`: reading a file: NDJSON, a JSON array (a CloudEvents batch),
+//!   or the predecessor's message-bus file (`{"events": [...]}`), gzip or not
+//! - `mapping`: one record to the CloudEvent to publish (the predecessor's
+//!   field names, `--map`, `--default-source`, `--timezone`, ids from
+//!   content), with the reason when it cannot be made valid
+//! - `import`: batches of up to 1,000, per-record rejections, `--strict`
+//! - `export`: pages of `GET /events` to NDJSON lines
+//! - `progress`: the progress bar (terminal) or summary lines (log)
+
+pub mod export;
+pub mod import;
+pub mod mapping;
+pub mod progress;
+pub mod records;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A request's answer: the status and the body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// True for 2xx.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// What a refusal says: the problem's `detail` and each named field,
+    /// or the status and the start of the body when it is no problem
+    /// document.
+    pub fn describe(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct Item {
+            field: String,
+            message: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Problem {
+            #[serde(default)]
+            title: String,
+            #[serde(default)]
+            detail: String,
+            #[serde(default)]
+            errors: Vec<Item>,
+        }
+        match serde_json::from_slice::<Problem>(&self.body) {
+            Ok(p) => {
+                let mut s = format!("{} {}", self.status, p.title);
+                if !p.detail.is_empty() {
+                    s.push_str(": ");
+                    s.push_str(&p.detail);
+                }
+                for e in p.errors.iter().take(10) {
+                    s.push_str(&format!("; {}: {}", e.field, e.message));
+                }
+                s
+            }
+            Err(_) => {
+                let text = String::from_utf8_lossy(&self.body);
+                let text: String = text.chars().take(200).collect();
+                format!("HTTP {}: {}", self.status, text.trim())
+            }
+        }
+    }
+}
+
+/// A request that could not be made or answered at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// A boxed future of a [`Transport`].
+pub type Pending<'a> = Pin<Box<dyn Future<Output = Result<Reply, TransportError>> + Send + 'a>>;
+
+/// One request of the HTTP API: method, path with query, and a JSON body
+/// (sent with `Content-Type: application/json`) or none.
+pub trait Transport: Send + Sync {
+    /// Sends the request and reads the whole answer.
+    fn send<'a>(&'a self, method: &'a str, path: &'a str, body: Option<Vec<u8>>) -> Pending<'a>;
+}
