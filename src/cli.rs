@@ -1,4 +1,5 @@
-//! The command line: `msgbus serve` (the default) and the offline tools.
+//! The command line: `msgbus serve` (the default), the offline tools, and
+//! the client commands (`pub`, `sub`, `import`, `export`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -62,6 +63,11 @@ pub enum Command {
         #[arg(long)]
         from: std::path::PathBuf,
     },
+    /// Publish an event (or NDJSON batches) to a running server.
+    Pub(crate::client::publish::PubArgs),
+    /// Follow a running server's events (the live stream, or a durable
+    /// consumer) and print one per line.
+    Sub(crate::client::subscribe::SubArgs),
 }
 
 /// The data directory an offline tool works on.

@@ -23,6 +23,7 @@
 //! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
 //! - [`transfer`]: import and export files (formats, mapping, batches,
 //!   progress) through a [`transfer::Transport`]; knows no store, no HTTP client
+//! - [`client`]: `msgbus pub`/`sub` and the HTTP transport; the API only
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod backup_timer;
 pub mod bulk;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod event;

@@ -79,6 +79,14 @@ async fn run(cli: Cli) -> ExitCode {
                 )
             })
             .map_err(Into::into),
+        Some(Command::Pub(args)) => {
+            return ExitCode::from(msgbus::client::publish::run(args, &mut std::io::stdout()).await)
+        }
+        Some(Command::Sub(args)) => {
+            return ExitCode::from(
+                msgbus::client::subscribe::run(args, &mut std::io::stdout()).await,
+            )
+        }
         None => msgbus::app::serve(cli.serve).await,
     };
     match result {
