@@ -68,6 +68,13 @@ pub enum Command {
     /// Follow a running server's events (the live stream, or a durable
     /// consumer) and print one per line.
     Sub(crate::client::subscribe::SubArgs),
+    /// Import events from files (NDJSON, a JSON array, the predecessor's
+    /// message-bus file) into a running server or a stopped store.
+    /// Exit 0: all imported; 1: some rejected; 2: could not run; 3: the
+    /// data directory is held by a running server.
+    Import(crate::commands::ImportArgs),
+    /// Export stored events as NDJSON (one event per line, as stored).
+    Export(crate::commands::ExportArgs),
 }
 
 /// The data directory an offline tool works on.

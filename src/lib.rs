@@ -24,6 +24,8 @@
 //! - [`transfer`]: import and export files (formats, mapping, batches,
 //!   progress) through a [`transfer::Transport`]; knows no store, no HTTP client
 //! - [`client`]: `msgbus pub`/`sub` and the HTTP transport; the API only
+//! - [`inprocess`]: the offline transport: the store and the router in process
+//! - [`commands`]: `msgbus import`/`export`: arguments, online or offline
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -36,9 +38,11 @@ pub mod bulk;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod inprocess;
 pub mod jobs;
 pub mod monitor;
 pub mod offline;

@@ -87,6 +87,8 @@ async fn run(cli: Cli) -> ExitCode {
                 msgbus::client::subscribe::run(args, &mut std::io::stdout()).await,
             )
         }
+        Some(Command::Import(args)) => return ExitCode::from(msgbus::commands::import(args).await),
+        Some(Command::Export(args)) => return ExitCode::from(msgbus::commands::export(args).await),
         None => msgbus::app::serve(cli.serve).await,
     };
     match result {

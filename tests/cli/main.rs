@@ -7,6 +7,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod export;
+mod import;
 mod pubsub;
 
 use std::path::{Path, PathBuf};
