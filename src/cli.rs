@@ -83,6 +83,19 @@ pub struct OfflineArgs {
     /// The data directory of a stopped msgbus.
     #[arg(long, env = "MSGBUS_DATA_DIR", default_value = "./data")]
     pub data_dir: std::path::PathBuf,
+    /// No progress output (`verify`, `restore`).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Between progress summary lines when standard error is no terminal.
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub progress_every: std::time::Duration,
+}
+
+impl OfflineArgs {
+    /// The progress of `what`, as these arguments ask.
+    pub fn progress(&self, what: &'static str) -> crate::progress::Progress {
+        crate::progress::Progress::new(what, "files", None, self.quiet).every(self.progress_every)
+    }
 }
 
 /// Log output format.

@@ -70,6 +70,10 @@ pub struct ImportArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Between progress summary lines when standard error is no terminal
+    /// (a log): more often is more to read, less often says less.
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub progress_every: std::time::Duration,
 }
 
 /// Arguments of `msgbus export`.
@@ -102,6 +106,10 @@ pub struct ExportArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Between progress summary lines when standard error is no terminal
+    /// (a log): more often is more to read, less often says less.
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub progress_every: std::time::Duration,
 }
 
 enum Opened {
@@ -167,6 +175,7 @@ pub async fn import(args: ImportArgs) -> u8 {
         strict: args.strict,
         batch: args.batch_size,
         quiet: args.quiet,
+        progress_every: args.progress_every,
     };
     let mut log = std::io::stderr();
     let result = import::run(opened.transport(), &args.files, &opts, &mut log).await;
@@ -222,6 +231,7 @@ pub async fn export(args: ExportArgs) -> u8 {
         source: args.source.clone(),
         with_seq: args.with_seq,
         quiet: args.quiet,
+        progress_every: args.progress_every,
     };
     let result = if args.gzip {
         let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::default());

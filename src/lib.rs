@@ -21,6 +21,7 @@
 //! - [`backup_timer`]: periodic backups when something changed
 //! - [`alerts`]: the alert list, its counters and the webhook sender
 //! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
+//! - [`progress`]: the progress bar or summary lines of long commands
 //! - [`transfer`]: import and export files (formats, mapping, batches,
 //!   progress) through a [`transfer::Transport`]; knows no store, no HTTP client
 //! - [`client`]: `msgbus pub`/`sub` and the HTTP transport; the API only
@@ -46,6 +47,7 @@ pub mod inprocess;
 pub mod jobs;
 pub mod monitor;
 pub mod offline;
+pub mod progress;
 pub mod queue;
 pub mod redact;
 pub mod schemas;

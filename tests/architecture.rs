@@ -824,7 +824,7 @@ fn http_uses_only_the_store_interface() {
 /// reach around it. Each may use only the modules listed with it.
 const CLIENT_MAY_USE: &[(&str, &[&str])] = &[
     // Files in and out, through a Transport: the event checks, nothing else.
-    ("transfer", &["transfer", "event"]),
+    ("transfer", &["transfer", "event", "progress"]),
     // The HTTP client: the transfer shapes (Transport, Reply), the API only.
     ("client", &["client", "transfer"]),
 ];

@@ -10,8 +10,8 @@ use std::io::Write;
 use serde_json::value::RawValue;
 
 use super::mapping::SEQ_ATTRIBUTE;
-use super::progress::Progress;
 use super::{Transport, TransportError};
+use crate::progress::Progress;
 
 /// Settings of one export.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +28,8 @@ pub struct ExportOptions {
     pub with_seq: bool,
     /// No progress output.
     pub quiet: bool,
+    /// Between progress lines when standard error is no terminal.
+    pub progress_every: std::time::Duration,
 }
 
 /// What an export wrote.
@@ -77,7 +79,7 @@ pub async fn run(
     let mut report = ExportReport::default();
     let mut after = opts.after;
     let mut end = opts.until;
-    let mut progress = Progress::new("export", "seqs", None, opts.quiet);
+    let mut progress = Progress::new("export", "seqs", None, opts.quiet).every(opts.progress_every);
     let mut query = String::new();
     for (k, v) in [("type_prefix", &opts.type_prefix), ("source", &opts.source)] {
         if let Some(v) = v {

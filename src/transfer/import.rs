@@ -16,9 +16,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::mapping::Mapping;
-use super::progress::Progress;
 use super::records::{self, At, ReadError};
 use super::{Reply, Transport, TransportError};
+use crate::progress::Progress;
 
 /// Most events in one batch: the server's default `--max-batch-events`.
 pub const MAX_BATCH: usize = 1000;
@@ -37,6 +37,8 @@ pub struct ImportOptions {
     pub batch: usize,
     /// No progress output.
     pub quiet: bool,
+    /// Between progress lines when standard error is no terminal.
+    pub progress_every: std::time::Duration,
 }
 
 /// What an import did.
@@ -87,7 +89,8 @@ pub async fn run(
         read.push(records::read_file(f)?);
     }
     let total: usize = read.iter().map(|r| r.records.len()).sum();
-    let mut progress = Progress::new("import", "records", Some(total as u64), opts.quiet);
+    let mut progress = Progress::new("import", "records", Some(total as u64), opts.quiet)
+        .every(opts.progress_every);
     let mut report = ImportReport::default();
     let batch_size = opts.batch.clamp(1, MAX_BATCH);
     let mut pending = Vec::with_capacity(batch_size);

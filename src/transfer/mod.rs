@@ -14,12 +14,10 @@
 //!   content), with the reason when it cannot be made valid
 //! - `import`: batches of up to 1,000, per-record rejections, `--strict`
 //! - `export`: pages of `GET /events` to NDJSON lines
-//! - `progress`: the progress bar (terminal) or summary lines (log)
 
 pub mod export;
 pub mod import;
 pub mod mapping;
-pub mod progress;
 pub mod records;
 
 use std::future::Future;

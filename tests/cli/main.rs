@@ -9,6 +9,7 @@ mod common;
 
 mod export;
 mod import;
+mod progress;
 mod pubsub;
 
 use std::path::{Path, PathBuf};

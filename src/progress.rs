@@ -1,15 +1,16 @@
 //! Progress of a long command on standard error: on a terminal, a bar
 //! redrawn in place with the count, the rate and the time left; otherwise
-//! (a log, a pipe) a summary line every few seconds. `--quiet` silences
-//! both. Hand-written: a line of text needs no dependency.
+//! (a log, a pipe) a summary line every few seconds (`--progress-every`,
+//! 5 s by default). `--quiet` silences both. Used by `import`, `export`,
+//! `verify` and `restore`. Hand-written: a line of text needs no dependency.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 /// Between redraws of the bar.
 const DRAW_EVERY: Duration = Duration::from_millis(200);
-/// Between summary lines when standard error is no terminal.
-const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Between summary lines when standard error is no terminal, by default.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The progress of one command.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct Progress {
     started: Instant,
     last: Instant,
     mode: Mode,
+    log_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,19 @@ impl Progress {
             started: now,
             last: now,
             mode,
+            log_every: LOG_EVERY,
         }
+    }
+
+    /// Progress that shows nothing.
+    pub fn hidden() -> Self {
+        Progress::new("", "", None, true)
+    }
+
+    /// Between summary lines when standard error is no terminal.
+    pub fn every(mut self, every: Duration) -> Self {
+        self.log_every = every;
+        self
     }
 
     /// Sets the total once it is known.
@@ -64,7 +78,7 @@ impl Progress {
         let every = match self.mode {
             Mode::Quiet => return,
             Mode::Bar => DRAW_EVERY,
-            Mode::Lines => LOG_EVERY,
+            Mode::Lines => self.log_every,
         };
         if self.last.elapsed() >= every {
             self.last = Instant::now();
