@@ -63,8 +63,13 @@ impl Reply {
                     s.push_str(": ");
                     s.push_str(&p.detail);
                 }
+                // The detail of a single error often is that error.
                 for e in p.errors.iter().take(10) {
-                    s.push_str(&format!("; {}: {}", e.field, e.message));
+                    let item = format!("{}: {}", e.field, e.message);
+                    if !p.detail.contains(&item) {
+                        s.push_str("; ");
+                        s.push_str(&item);
+                    }
                 }
                 s
             }
@@ -90,4 +95,26 @@ pub type Pending<'a> = Pin<Box<dyn Future<Output = Result<Reply, TransportError>
 pub trait Transport: Send + Sync {
     /// Sends the request and reads the whole answer.
     fn send<'a>(&'a self, method: &'a str, path: &'a str, body: Option<Vec<u8>>) -> Pending<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+
+    #[test]
+    fn a_refusal_reads_as_its_problem() {
+        let r = Reply {
+            status: 422,
+            body: br#"{"title":"Invalid event","detail":"type: must not be empty","errors":[{"field":"type","message":"must not be empty"},{"field":"source","message":"is required"}]}"#.to_vec(),
+        };
+        assert_eq!(
+            r.describe(),
+            "422 Invalid event: type: must not be empty; source: is required"
+        );
+        let r = Reply {
+            status: 502,
+            body: b"<html>bad gateway</html>".to_vec(),
+        };
+        assert_eq!(r.describe(), "HTTP 502: <html>bad gateway</html>");
+    }
 }
