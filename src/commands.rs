@@ -132,8 +132,22 @@ impl Opened {
     }
 }
 
+/// Opens the target. Offline, `import` creates the store when the
+/// directory holds none; `export` refuses such a directory (a mistyped
+/// path must not become a new, empty store).
 fn open(t: &Target, what: &str) -> Result<Opened, u8> {
     if let Some(dir) = &t.data_dir {
+        let layout = crate::store::layout::manifest_path(dir);
+        let holds_store = layout.exists() || crate::store::layout::segments_dir(dir).is_dir();
+        if what == "export" && !holds_store {
+            eprintln!(
+                "msgbus export: {} holds no msgbus store (no {} and no {}/)",
+                dir.display(),
+                crate::store::layout::MANIFEST,
+                crate::store::layout::SEGMENTS_DIR
+            );
+            return Err(EXIT_CANNOT_RUN);
+        }
         return match Local::open(dir) {
             Ok(l) => Ok(Opened::Offline(l)),
             Err(e) => {

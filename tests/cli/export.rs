@@ -149,3 +149,18 @@ async fn export_reads_with_a_token_and_filters() {
     assert_eq!(lines[1]["msgbusseq"], 3);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn offline_export_of_a_directory_without_a_store_creates_nothing() {
+    let dir = DataDir::temp();
+    let missing = dir.path().join("no-such-store");
+    let m = missing.to_str().unwrap();
+    let out = run(&["export", "--data-dir", m], &[]).await;
+    assert_eq!(code(&out), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("holds no msgbus store"),
+        "{}",
+        out.stderr
+    );
+    assert!(!missing.exists(), "a mistyped path does not become a store");
+}
