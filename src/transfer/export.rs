@@ -122,14 +122,21 @@ pub async fn run(
     Ok(report)
 }
 
-/// One exported line.
+/// One exported line. An event that carries a `msgbusseq` attribute of
+/// its own is written as an envelope whatever `with_seq` says, so that an
+/// import (which drops the attribute an export adds) keeps the event's own.
 pub fn write_line(
     out: &mut dyn Write,
     seq: u64,
     event: &str,
     with_seq: bool,
 ) -> std::io::Result<()> {
-    if with_seq {
+    let own_seq_attribute = || {
+        event.contains(SEQ_ATTRIBUTE)
+            && super::mapping::raw_members(event)
+                .is_some_and(|m| m.iter().any(|(n, _)| n == SEQ_ATTRIBUTE))
+    };
+    if with_seq || own_seq_attribute() {
         return writeln!(out, "{{\"seq\":{seq},\"event\":{event}}}");
     }
     let body = event.trim_end();
@@ -152,5 +159,18 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"type\":\"a\",\"msgbusseq\":7}\n{\"seq\":8,\"event\":{\"type\":\"b\"}}\n"
         );
+    }
+
+    #[test]
+    fn an_event_with_its_own_msgbusseq_keeps_it_through_import() {
+        let stored = r#"{"type":"a","source":"/x","id":"1","msgbusseq":"mine"}"#;
+        let mut out = Vec::new();
+        write_line(&mut out, 9, stored, false).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        let raw = serde_json::value::RawValue::from_string(line.trim().to_string()).unwrap();
+        let back = crate::transfer::mapping::Mapping::default()
+            .convert(&raw, crate::transfer::records::Format::Ndjson)
+            .unwrap();
+        assert_eq!(String::from_utf8(back).unwrap(), stored);
     }
 }

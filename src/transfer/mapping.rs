@@ -6,7 +6,8 @@
 //! export imported again is stored byte for byte as it was; only the
 //! `msgbusseq` attribute an export adds is dropped (the new store assigns
 //! its own seqs), a `{"seq":N,"event":{...}}` envelope (`export
-//! --with-seq`) is unwrapped, `--default-source` fills a missing `source`,
+//! --with-seq`) is unwrapped (a `msgbusseq` inside it is the event's own
+//! and kept), `--default-source` fills a missing `source`,
 //! and a record without an `id` gets one from its content.
 //!
 //! **Predecessor records** (every record of a `{"events": [...]}` file, and
@@ -173,9 +174,11 @@ impl Mapping {
                 .find(|(n, _)| n == "event")
                 .map(|(_, v)| v)
                 .ok_or("an envelope without its event")?;
+            // The seq is outside: a msgbusseq inside is the event's own.
             members = raw_members(event.get()).ok_or("`event` must be a JSON object")?;
+        } else {
+            members.retain(|(n, _)| n != SEQ_ATTRIBUTE);
         }
-        members.retain(|(n, _)| n != SEQ_ATTRIBUTE);
         let has = |name: &str, m: &[(String, Box<RawValue>)]| m.iter().any(|(n, _)| n == name);
         if !has("source", &members) {
             if let Some(s) = &self.default_source {
