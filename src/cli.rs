@@ -1,4 +1,5 @@
-//! The command line: `msgbus serve` (the default) and the offline tools.
+//! The command line: `msgbus serve` (the default), the offline tools, and
+//! the client commands (`pub`, `sub`, `import`, `export`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -68,6 +69,18 @@ pub enum Command {
         #[arg(long)]
         from: std::path::PathBuf,
     },
+    /// Publish an event (or NDJSON batches) to a running server.
+    Pub(crate::client::publish::PubArgs),
+    /// Follow a running server's events (the live stream, or a durable
+    /// consumer) and print one per line.
+    Sub(crate::client::subscribe::SubArgs),
+    /// Import events from files (NDJSON, a JSON array, the predecessor's
+    /// message-bus file) into a running server or a stopped store.
+    /// Exit 0: all imported; 1: some rejected; 2: could not run; 3: the
+    /// data directory is held by a running server.
+    Import(crate::commands::ImportArgs),
+    /// Export stored events as NDJSON (one event per line, as stored).
+    Export(crate::commands::ExportArgs),
 }
 
 /// `msgbus alert ...`.
@@ -87,6 +100,19 @@ pub struct OfflineArgs {
     /// The data directory of a stopped msgbus.
     #[arg(long, env = "MSGBUS_DATA_DIR", default_value = "./data")]
     pub data_dir: std::path::PathBuf,
+    /// No progress output (`verify`, `restore`).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Between progress summary lines when standard error is no terminal.
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub progress_every: std::time::Duration,
+}
+
+impl OfflineArgs {
+    /// The progress of `what`, as these arguments ask.
+    pub fn progress(&self, what: &'static str) -> crate::progress::Progress {
+        crate::progress::Progress::new(what, "files", None, self.quiet).every(self.progress_every)
+    }
 }
 
 /// Log output format.

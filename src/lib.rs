@@ -22,6 +22,12 @@
 //! - [`alerts`]: the alert list, its counters and the channels that deliver
 //!   alerts to people (webhook formats, email over SMTP)
 //! - [`offline`]: `msgbus verify`, `backup` and `restore` on a stopped store
+//! - [`progress`]: the progress bar or summary lines of long commands
+//! - [`transfer`]: import and export files (formats, mapping, batches,
+//!   progress) through a [`transfer::Transport`]; knows no store, no HTTP client
+//! - [`client`]: `msgbus pub`/`sub` and the HTTP transport; the API only
+//! - [`inprocess`]: the offline transport: the store and the router in process
+//! - [`commands`]: `msgbus import`/`export`: arguments, online or offline
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -32,13 +38,17 @@ pub mod auth;
 pub mod backup_timer;
 pub mod bulk;
 pub mod cli;
+pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod inprocess;
 pub mod jobs;
 pub mod monitor;
 pub mod offline;
+pub mod progress;
 pub mod queue;
 pub mod redact;
 pub mod schemas;
@@ -47,3 +57,4 @@ pub mod sse;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transfer;

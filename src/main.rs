@@ -54,7 +54,11 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::Serve(config)) => msgbus::app::serve(config).await,
         Some(Command::Verify(args)) => {
-            return match msgbus::offline::verify(&args.data_dir, &mut std::io::stdout()) {
+            return match msgbus::offline::verify_showing(
+                &args.data_dir,
+                &mut std::io::stdout(),
+                &mut args.progress("verify"),
+            ) {
                 Ok(Verdict::Healthy) => ExitCode::SUCCESS,
                 Ok(Verdict::TornTail) => ExitCode::from(2),
                 Ok(Verdict::Damaged) => ExitCode::FAILURE,
@@ -84,15 +88,27 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Backup(args)) => msgbus::offline::backup(&args.data_dir)
             .map(|dir| println!("verified backup {}", dir.display()))
             .map_err(Into::into),
-        Some(Command::Restore { store, from }) => msgbus::offline::restore(&store.data_dir, &from)
-            .map(|last| {
-                println!(
-                    "restored {} from {}; last seq {last}",
-                    store.data_dir.display(),
-                    from.display()
-                )
-            })
-            .map_err(Into::into),
+        Some(Command::Restore { store, from }) => {
+            msgbus::offline::restore_showing(&store.data_dir, &from, &mut store.progress("restore"))
+                .map(|last| {
+                    println!(
+                        "restored {} from {}; last seq {last}",
+                        store.data_dir.display(),
+                        from.display()
+                    )
+                })
+                .map_err(Into::into)
+        }
+        Some(Command::Pub(args)) => {
+            return ExitCode::from(msgbus::client::publish::run(args, &mut std::io::stdout()).await)
+        }
+        Some(Command::Sub(args)) => {
+            return ExitCode::from(
+                msgbus::client::subscribe::run(args, &mut std::io::stdout()).await,
+            )
+        }
+        Some(Command::Import(args)) => return ExitCode::from(msgbus::commands::import(args).await),
+        Some(Command::Export(args)) => return ExitCode::from(msgbus::commands::export(args).await),
         None => msgbus::app::serve(cli.serve).await,
     };
     match result {

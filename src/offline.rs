@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use crate::store::backup::{self, BackupSource};
 use crate::store::layout::{self, BACKUPS_DIR, MANIFEST, SEGMENTS_DIR};
 use crate::store::lock::DirLock;
@@ -27,6 +28,15 @@ pub enum Verdict {
 /// Checks every file of a stopped store without changing anything and
 /// prints one line per file. Damage lines name the file and the offset.
 pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict, StoreError> {
+    verify_showing(data_dir, out, &mut Progress::hidden())
+}
+
+/// [`verify`], counting the files checked in `progress`.
+pub fn verify_showing(
+    data_dir: &Path,
+    out: &mut impl std::io::Write,
+    progress: &mut Progress,
+) -> Result<Verdict, StoreError> {
     let _lock = DirLock::acquire(data_dir)?;
     let any_damage = std::cell::Cell::new(false);
     let mut torn = false;
@@ -56,12 +66,14 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             return Ok(Verdict::Damaged);
         }
     };
+    progress.set_total(manifest.sealed.len() as u64 + 1 + backup::list_dirs(data_dir).len() as u64);
     let mut expect = manifest
         .sealed
         .first()
         .map(|s| s.first_seq)
         .unwrap_or(manifest.active_first_seq);
     for s in &manifest.sealed {
+        progress.add(1);
         let path = seg_dir.join(&s.file);
         let rel = layout::segment_rel(&s.file);
         let bytes = match std::fs::read(&path) {
@@ -156,7 +168,9 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
     }
     let mut checked = backup::CheckedFiles::default();
     let dirs = backup::list_dirs(data_dir);
+    progress.add(1);
     for dir in &dirs {
+        progress.add(1);
         let name = dir
             .file_name()
             .unwrap_or_default()
@@ -180,6 +194,7 @@ pub fn verify(data_dir: &Path, out: &mut impl std::io::Write) -> Result<Verdict,
             checked.hashed_bytes, checked.shared_bytes
         );
     }
+    progress.finish();
     Ok(if any_damage.get() {
         Verdict::Damaged
     } else if torn {
@@ -224,6 +239,15 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
 /// a verified backup's. The replaced files are moved to `quarantine/restore-<time>/`,
 /// never deleted. `from` is a backup directory or a backup name.
 pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
+    restore_showing(data_dir, from, &mut Progress::hidden())
+}
+
+/// [`restore`], counting the files copied in `progress`.
+pub fn restore_showing(
+    data_dir: &Path,
+    from: &Path,
+    progress: &mut Progress,
+) -> Result<u64, StoreError> {
     let src = if from.is_dir() {
         from.to_path_buf()
     } else {
@@ -263,7 +287,9 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
         }
         fsutil::fsync_dir(&aside).map_err(file_err("fsync", &aside))?;
         std::fs::create_dir_all(&seg_dir).map_err(file_err("create", &seg_dir))?;
+        progress.set_total(bm.files.len() as u64);
         for f in &bm.files {
+            progress.add(1);
             let bytes = std::fs::read(src.join(&f.path))
                 .map_err(io(format!("read {}", src.join(&f.path).display())))?;
             fsutil::write_atomic(&data_dir.join(&f.path), &bytes)
@@ -282,6 +308,7 @@ pub fn restore(data_dir: &Path, from: &Path) -> Result<u64, StoreError> {
             .map_err(file_err("write", &manifest_path))?;
         fsutil::fsync_dir(data_dir).map_err(file_err("fsync", data_dir))?;
     }
+    progress.finish();
     // Open it as a start would, to prove the restored store is whole.
     let rec = recovery::open(data_dir, 0)?;
     Ok(rec.next_seq - 1)

@@ -6,6 +6,8 @@
 //!   `store::writer::repair` is `writer`);
 //! * `src/http/` names nothing of `store` outside [`HTTP_MAY_USE`]: the
 //!   store interface, its handle, and the snapshot and error types;
+//! * `src/client/` and `src/transfer/` name no top-level module outside
+//!   [`CLIENT_MAY_USE`] (no store, no server: the HTTP API only);
 //! * no `Result<_, String>` in `src/`.
 //!
 //! What counts as a dependency: every path starting with `crate::`,
@@ -814,6 +816,52 @@ fn http_uses_only_the_store_interface() {
         bad.is_empty(),
         "src/http/ may use from the store only its interface, handle, snapshot and error types \
          (HTTP_MAY_USE in tests/architecture.rs), never a store submodule:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// The client side: top-level modules that speak the HTTP API and must not
+/// reach around it. Each may use only the modules listed with it.
+const CLIENT_MAY_USE: &[(&str, &[&str])] = &[
+    // Files in and out, through a Transport: the event checks, nothing else.
+    ("transfer", &["transfer", "event", "progress"]),
+    // The HTTP client: the transfer shapes (Transport, Reply), the API only.
+    ("client", &["client", "transfer"]),
+];
+
+#[test]
+fn client_modules_use_only_the_api() {
+    let sources = load();
+    let mut bad = Vec::new();
+    for (module, allowed) in CLIENT_MAY_USE {
+        for s in sources
+            .iter()
+            .filter(|s| s.module.first().is_some_and(|m| m == module))
+        {
+            for u in uses(s) {
+                let Some(first) = u.path.first() else {
+                    continue;
+                };
+                let top_level = sources
+                    .iter()
+                    .any(|o| o.module.len() == 1 && &o.module[0] == first);
+                if top_level && !allowed.contains(&first.as_str()) {
+                    bad.push(format!(
+                        "  {}:{} names {}",
+                        s.file.display(),
+                        u.line,
+                        u.path.join("::")
+                    ));
+                }
+            }
+        }
+    }
+    bad.dedup();
+    assert!(
+        bad.is_empty(),
+        "src/client/ and src/transfer/ reach a store only through the HTTP API (a \
+         Transport): they may not name the store, the server or each other's callers \
+         (CLIENT_MAY_USE in tests/architecture.rs):\n{}",
         bad.join("\n")
     );
 }
