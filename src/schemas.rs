@@ -16,6 +16,7 @@
 //! is registered (422), and only references inside the document work.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
@@ -104,8 +105,21 @@ pub struct TypeValidators {
     pub active: bool,
     /// The newest version.
     pub latest: u32,
+    /// The newest version's URL: the `dataschema` given to events that
+    /// name none (made once here, not per event).
+    latest_url: Arc<str>,
     /// Every compiled version.
     pub versions: BTreeMap<u32, Arc<Validator>>,
+    /// Validations and rejections since start, kept across refreshes:
+    /// counted with atomics, so concurrent publishers share no lock.
+    counts: Arc<AtomicCounts>,
+}
+
+/// [`TypeCounts`] as the publish path counts them.
+#[derive(Debug, Default)]
+struct AtomicCounts {
+    validations: AtomicU64,
+    rejections: AtomicU64,
 }
 
 /// Validations and rejections of one type since start.
@@ -125,7 +139,6 @@ pub struct Registry {
     /// generation of the catalog last published: an older one (fetched
     /// before a newer one but arriving later) is not published over it.
     refreshing: Mutex<Option<u64>>,
-    counts: Mutex<HashMap<String, TypeCounts>>,
     /// Where `dataschema` URLs point: `--public-url`, or empty for the
     /// relative `/schemas/...` form.
     public_url: String,
@@ -204,12 +217,15 @@ impl Registry {
                     versions.insert(v.version, c);
                 }
             }
+            let latest = t.latest().version;
             next.insert(
                 ty.clone(),
                 TypeValidators {
                     active: t.active(),
-                    latest: t.latest().version,
+                    latest,
+                    latest_url: self.url(ty, latest).into(),
                     versions,
+                    counts: old.get(ty).map(|o| o.counts.clone()).unwrap_or_default(),
                 },
             );
         }
@@ -227,10 +243,17 @@ impl Registry {
 
     /// Validations and rejections per type since start.
     pub fn counts(&self) -> HashMap<String, TypeCounts> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.snapshot()
+            .iter()
+            .map(|(ty, t)| {
+                let c = TypeCounts {
+                    validations: t.counts.validations.load(Ordering::Relaxed),
+                    rejections: t.counts.rejections.load(Ordering::Relaxed),
+                };
+                (ty.clone(), c)
+            })
+            .filter(|(_, c)| c.validations > 0)
+            .collect()
     }
 
     /// Checks every event whose type has an active schema: its `data`
@@ -249,36 +272,20 @@ impl Registry {
             return Ok(());
         }
         let mut out = Violations::default();
-        let mut tally: HashMap<&str, TypeCounts> = HashMap::new();
         for (i, ev) in events.iter_mut().enumerate() {
             let Some(t) = types.get(&ev.ty).filter(|t| t.active) else {
                 continue;
             };
-            let prefix = if batch {
-                format!("[{i}].")
-            } else {
-                String::new()
-            };
+            let prefix = Prefix(batch.then_some(i));
             let before = out.errors.len() + out.unlisted;
-            let set_schema = check_one(self, ev, t, &prefix, cap, &mut out);
+            let set_schema = check_one(self, ev, t, prefix, cap, &mut out);
             let failed = out.errors.len() + out.unlisted > before;
-            let c = tally
-                .entry(types.get_key_value(&ev.ty).expect("found").0)
-                .or_default();
-            c.validations += 1;
+            t.counts.validations.fetch_add(1, Ordering::Relaxed);
             if failed {
-                c.rejections += 1;
+                t.counts.rejections.fetch_add(1, Ordering::Relaxed);
                 out.events += 1;
             } else if let Some(url) = set_schema {
                 add_dataschema(ev, &url);
-            }
-        }
-        if !tally.is_empty() {
-            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            for (ty, c) in tally {
-                let e = counts.entry(ty.to_string()).or_default();
-                e.validations += c.validations;
-                e.rejections += c.rejections;
             }
         }
         if out.events == 0 {
@@ -297,15 +304,29 @@ fn push(out: &mut Violations, cap: usize, field: String, message: String) {
     }
 }
 
+/// What field names of a batch's event start with (`[3].`; nothing for a
+/// single event), written only when a violation is reported.
+#[derive(Debug, Clone, Copy)]
+struct Prefix(Option<usize>);
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "[{i}]."),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Checks one event; answers the `dataschema` to add, if it named none.
 fn check_one(
     reg: &Registry,
     ev: &PreparedEvent,
     t: &TypeValidators,
-    prefix: &str,
+    prefix: Prefix,
     cap: usize,
     out: &mut Violations,
-) -> Option<String> {
+) -> Option<Arc<str>> {
     let payload: Payload<'_> = match serde_json::from_slice(ev.bytes()) {
         Ok(p) => p,
         Err(e) => {
@@ -389,7 +410,7 @@ fn check_one(
     // The common case first: is_valid stops at nothing and builds no
     // error; only a failing event walks its errors.
     if validator.is_valid(&data) {
-        return set.then(|| reg.url(&ev.ty, version));
+        return set.then(|| t.latest_url.clone());
     }
     let mut any = false;
     for e in validator.iter_errors(&data) {
@@ -400,7 +421,7 @@ fn check_one(
             break;
         }
     }
-    (!any && set).then(|| reg.url(&ev.ty, version))
+    (!any && set).then(|| t.latest_url.clone())
 }
 
 /// Validates `data` of a stored event's bytes against `validator`, for
