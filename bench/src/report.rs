@@ -918,39 +918,35 @@ fn render_fanout(s: &mut String, f: &FanoutDoc) {
     );
 }
 
-fn render_schemas(s: &mut String, d: &crate::schemas::SchemasDoc) {
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "Payload schemas: {} events (10 data fields, nested) without a schema vs with one registered (every event validated); each run on a fresh store; * the pair with the median ratio",
-        d.event_type
-    );
-    let _ = writeln!(
-        s,
-        "{:<40} {:>5} {:>4} | {:>11} {:>7} {:>7} | {:>11} {:>7} {:>7} | {:>7}",
-        "work",
-        "conns",
-        "pair",
-        "off ev/s",
-        "p50 ms",
-        "p99 ms",
-        "on ev/s",
-        "p50 ms",
-        "p99 ms",
-        "on/off"
-    );
-    for c in [&d.single, &d.batch] {
-        let work = if c.events_per_request > 1 {
+/// The rows of off/on pairs measured in events/s (the schemas and
+/// dashboard groups): a header, then one row per pair of each comparison,
+/// `*` marking the pair with the median ratio.
+fn events_pair_rows(s: &mut String, on: &str, compares: &[&AuthCompare]) {
+    let work = |c: &AuthCompare| {
+        if c.events_per_request > 1 {
             format!("{} of {}", c.work, c.events_per_request)
         } else {
             c.work.clone()
-        };
+        }
+    };
+    let w = compares
+        .iter()
+        .map(|c| work(c).len())
+        .max()
+        .unwrap_or(0)
+        .max(24);
+    let _ = writeln!(
+        s,
+        "{:<w$} {:>5} {:>4} | {:>11} {:>7} {:>7} | {:>11} {:>7} {:>7} | {:>7}",
+        "work", "conns", "pair", "off ev/s", "p50 ms", "p99 ms", on, "p50 ms", "p99 ms", "on/off"
+    );
+    for c in compares {
         for (i, p) in c.runs.iter().enumerate() {
             let star = if i == c.median_run { "*" } else { "" };
             let _ = writeln!(
                 s,
-                "{:<40} {:>5} {:>4} | {:>11} {:>7.2} {:>7.2} | {:>11} {:>7.2} {:>7.2} | {:>7.3}",
-                work,
+                "{:<w$} {:>5} {:>4} | {:>11} {:>7.2} {:>7.2} | {:>11} {:>7.2} {:>7.2} | {:>7.3}",
+                work(c),
                 c.connections,
                 format!("{}{star}", i + 1),
                 num(p.off.events_per_s),
@@ -963,6 +959,16 @@ fn render_schemas(s: &mut String, d: &crate::schemas::SchemasDoc) {
             );
         }
     }
+}
+
+fn render_schemas(s: &mut String, d: &crate::schemas::SchemasDoc) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Payload schemas: {} events (10 data fields, nested) without a schema vs with one registered (every event validated); each run on a fresh store; * the pair with the median ratio",
+        d.event_type
+    );
+    events_pair_rows(s, "on ev/s", &[&d.single, &d.batch]);
     for (what, c) in [("single events", &d.single), ("batches", &d.batch)] {
         let verdict = if c.ratio >= 0.9 { "met" } else { "missed" };
         let _ = writeln!(
@@ -980,42 +986,11 @@ fn render_dashboard(s: &mut String, d: &crate::dashboard::DashboardDoc) {
         "Dashboards: publishing without vs with {} simulated pages (each: /stats every 1 s, /consumers every 2 s, /health, /alerts, /admin/backups every 5 s); each run on a fresh store; pairs alternate which side runs first; * the pair with the median ratio",
         d.pages
     );
-    let _ = writeln!(
-        s,
-        "{:<24} {:>5} {:>4} | {:>11} {:>7} {:>7} | {:>11} {:>7} {:>7} | {:>7}",
-        "work",
-        "conns",
-        "pair",
-        "off ev/s",
-        "p50 ms",
-        "p99 ms",
-        "pages ev/s",
-        "p50 ms",
-        "p99 ms",
-        "on/off"
-    );
-    let c = &d.single;
-    for (i, p) in c.runs.iter().enumerate() {
-        let star = if i == c.median_run { "*" } else { "" };
-        let _ = writeln!(
-            s,
-            "{:<24} {:>5} {:>4} | {:>11} {:>7.2} {:>7.2} | {:>11} {:>7.2} {:>7.2} | {:>7.3}",
-            c.work,
-            c.connections,
-            format!("{}{star}", i + 1),
-            num(p.off.events_per_s),
-            p.off.p50_ms,
-            p.off.p99_ms,
-            num(p.on.events_per_s),
-            p.on.p50_ms,
-            p.on.p99_ms,
-            p.ratio
-        );
-    }
+    events_pair_rows(s, "pages ev/s", &[&d.single]);
     let _ = writeln!(
         s,
         "  with ÷ without pages, median pair: {:.3} (the pages made {} requests, {:.1}/s)",
-        c.ratio, d.page_requests, d.page_requests_per_s
+        d.single.ratio, d.page_requests, d.page_requests_per_s
     );
 }
 

@@ -334,11 +334,7 @@ impl StoreHandle {
         events: Vec<PreparedEvent>,
     ) -> Result<(Vec<PreparedEvent>, SealedCheck)> {
         let (before, maybe) = {
-            let keys = self
-                .shared
-                .sealed_keys
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let keys = self.shared.sealed_keys();
             let maybe: Vec<(usize, u64)> = events
                 .iter()
                 .enumerate()

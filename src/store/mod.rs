@@ -255,6 +255,16 @@ impl Shared {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The sealed segments' key filter, to ask.
+    fn sealed_keys(&self) -> std::sync::RwLockReadGuard<'_, keyfilter::SealedKeys> {
+        self.sealed_keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sealed segments' key filter, to change (the writer only).
+    fn sealed_keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, keyfilter::SealedKeys> {
+        self.sealed_keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The poisoning reason, if any.
     fn poison_reason(&self) -> Option<String> {
         self.poisoned

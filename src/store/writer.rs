@@ -185,10 +185,7 @@ impl Writer {
         backup_keep: usize,
         backup_copies: super::backup::Copies,
     ) -> (Self, index::Index) {
-        *shared
-            .sealed_keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = SealedKeys {
+        *shared.sealed_keys_mut() = SealedKeys {
             filter: rec.sealed_keys,
             before: rec.manifest.active_first_seq,
         };
@@ -591,13 +588,7 @@ impl Writer {
             _ => 0,
         };
         let order = super::segindex::key_order(&ev.source, &ev.id);
-        let maybe = self
-            .shared
-            .sealed_keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .filter
-            .may_contain(order);
+        let maybe = self.shared.sealed_keys().filter.may_contain(order);
         if !maybe {
             return None;
         }
@@ -651,11 +642,7 @@ impl Writer {
             ms = t0.elapsed().as_millis() as u64,
             "sealed segments' key filter rebuilt"
         );
-        self.shared
-            .sealed_keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .filter = filter;
+        self.shared.sealed_keys_mut().filter = filter;
         self.covered = covered;
         self.publish_key_filter_size();
         self.save_key_filter(true);
@@ -675,13 +662,7 @@ impl Writer {
         }
         let first = self.shared.index().first_seq();
         self.covered.retain(|c| c.first_seq >= first);
-        let bytes = self
-            .shared
-            .sealed_keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .filter
-            .encode(&self.covered);
+        let bytes = self.shared.sealed_keys().filter.encode(&self.covered);
         let data_dir = self.shared.data_dir.clone();
         let save = move || {
             if let Err(e) = keyfilter::save(&data_dir, &bytes) {
@@ -706,12 +687,7 @@ impl Writer {
 
     fn publish_key_filter_size(&self) {
         self.shared.metrics.key_filter_bytes.store(
-            self.shared
-                .sealed_keys
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .filter
-                .heap_bytes() as u64,
+            self.shared.sealed_keys().filter.heap_bytes() as u64,
             Ordering::Relaxed,
         );
     }
@@ -836,11 +812,7 @@ impl Writer {
             // they leave this segment to the writer.
             let orders: Vec<u64> = self.active.seg_index.key_orders().collect();
             for chunk in orders.chunks(4096) {
-                let mut keys = self
-                    .shared
-                    .sealed_keys
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut keys = self.shared.sealed_keys_mut();
                 chunk.iter().for_each(|&o| keys.filter.insert(o));
                 over_capacity = keys.filter.is_over_capacity();
             }
@@ -849,11 +821,7 @@ impl Writer {
         }
         // Segments before the new one are in the filter, or their keys
         // stayed in `dedup`, which the writer asks first.
-        self.shared
-            .sealed_keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .before = new_first;
+        self.shared.sealed_keys_mut().before = new_first;
         if converted {
             self.seals_since_save += 1;
             if over_capacity {

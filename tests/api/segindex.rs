@@ -16,6 +16,26 @@ use crate::common::sse::SseReader;
 /// Small segments, so 300 events make many sealed ones.
 const ARGS: &[&str] = &["--segment-bytes", "4KiB"];
 
+/// Waits until the alert list holds a repair of `file`, at most `within`.
+async fn wait_for_repair_alert(api: &Api, file: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let alerts = api.alerts().await;
+        if alerts
+            .iter()
+            .any(|a| a["kind"] == "repair" && a["file"] == file)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no repair of {file} within {within:?}: {:#}",
+            Value::from(alerts)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Publishes `n` events with varied types, sources and subjects, in batches.
 async fn fill(api: &Api, n: u64) {
     let mut i = 1;
@@ -625,22 +645,7 @@ async fn start_up_does_not_read_sealed_segments() {
     let mut args = ARGS.to_vec();
     args.extend(["--monitor-interval", "0.2"]);
     let mut server = spawn_process(dir.path(), &args).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let alerts = server.api.alerts().await;
-        if alerts
-            .iter()
-            .any(|a| a["kind"] == "repair" && a["file"] == file.as_str())
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no repair of {file} within 20 s: {:#}",
-            Value::from(alerts)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_repair_alert(&server.api, &file, Duration::from_secs(20)).await;
     assert_eq!(
         std::fs::read(&seg).unwrap(),
         original,
@@ -701,23 +706,7 @@ async fn the_first_check_reads_at_the_monitor_read_rate() {
     let started = std::time::Instant::now();
     let mut server = spawn_process(dir.path(), &args).await;
     assert_eq!(server.api.get("/health/ready").await.status, 200);
-    let deadline = started + paced + Duration::from_secs(30);
-    loop {
-        let alerts = server.api.alerts().await;
-        if alerts
-            .iter()
-            .any(|a| a["kind"] == "repair" && a["file"] == file.as_str())
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no repair of {file} within {:?}: {:#}",
-            deadline - started,
-            Value::from(alerts)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_repair_alert(&server.api, &file, paced + Duration::from_secs(30)).await;
     let found_after = started.elapsed();
     assert!(
         found_after >= paced,
