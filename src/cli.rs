@@ -100,7 +100,7 @@ pub struct OfflineArgs {
     /// The data directory of a stopped msgbus.
     #[arg(long, env = "MSGBUS_DATA_DIR", default_value = "./data")]
     pub data_dir: std::path::PathBuf,
-    /// No progress output (`verify`, `restore`).
+    /// No progress output (`verify`, `backup`, `restore`).
     #[arg(long, short)]
     pub quiet: bool,
     /// Between progress summary lines when standard error is no terminal.

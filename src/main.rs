@@ -85,9 +85,11 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Some(Command::Backup(args)) => msgbus::offline::backup(&args.data_dir)
-            .map(|dir| println!("verified backup {}", dir.display()))
-            .map_err(Into::into),
+        Some(Command::Backup(args)) => {
+            msgbus::offline::backup_showing(&args.data_dir, &mut args.progress("backup"))
+                .map(|dir| println!("verified backup {}", dir.display()))
+                .map_err(Into::into)
+        }
         Some(Command::Restore { store, from }) => {
             msgbus::offline::restore_showing(&store.data_dir, &from, &mut store.progress("restore"))
                 .map(|last| {

@@ -207,7 +207,13 @@ pub fn verify_showing(
 /// Opens a stopped store (recovering it as a start would) and takes a
 /// verified backup. Returns the backup's directory.
 pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    backup_showing(data_dir, &mut Progress::hidden())
+}
+
+/// [`backup`], counting the segments copied or linked in `progress`.
+pub fn backup_showing(data_dir: &Path, progress: &mut Progress) -> Result<PathBuf, StoreError> {
     let rec = recovery::open(data_dir, 0)?;
+    progress.set_total(rec.manifest.sealed.len() as u64 + 1);
     let src = BackupSource {
         data_dir: data_dir.to_path_buf(),
         manifest: std::sync::Arc::new(rec.manifest.clone()),
@@ -222,16 +228,18 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
                 .to_vec(),
         ),
     };
-    let info = backup::take(
+    let info = backup::take_showing(
         &src,
         backup::Copies::Two,
         &mut backup::HashedCopies::default(),
+        &mut || progress.add(1),
     )
     .map_err(|e| match e {
         // A full disk, a permission, an I/O error: not damage.
         backup::BackupError::Io(e) => e.into(),
         e => StoreError::Corrupt(e.to_string()),
     })?;
+    progress.finish();
     Ok(layout::backups_dir(data_dir).join(info.manifest.name))
 }
 

@@ -262,6 +262,18 @@ pub fn take(
     copies: Copies,
     hashed: &mut HashedCopies,
 ) -> Result<BackupInfo, BackupError> {
+    take_showing(src, copies, hashed, &mut || {})
+}
+
+/// [`take`], calling `file_done` once for each segment linked or copied
+/// (`msgbus backup` counts them in its progress line): the sealed
+/// segments, then the active one.
+pub fn take_showing(
+    src: &BackupSource,
+    copies: Copies,
+    hashed: &mut HashedCopies,
+    file_done: &mut dyn FnMut(),
+) -> Result<BackupInfo, BackupError> {
     let root = layout::backups_dir(&src.data_dir);
     fsutil::create_dir_durable(&root).map_err(FileError::at("create", &root))?;
     let now = chrono::Utc::now();
@@ -279,7 +291,15 @@ pub fn take(
     let tmp_segments = tmp.join(SEGMENTS_DIR);
     fs::create_dir_all(&tmp_segments).map_err(FileError::at("create", &tmp_segments))?;
     hashed.expire();
-    let result = assemble(src, &name, &now.to_rfc3339(), &tmp, copies, hashed);
+    let result = assemble(
+        src,
+        &name,
+        &now.to_rfc3339(),
+        &tmp,
+        copies,
+        hashed,
+        file_done,
+    );
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
         return result;
@@ -297,6 +317,7 @@ fn assemble(
     tmp: &Path,
     copies: Copies,
     hashed: &mut HashedCopies,
+    file_done: &mut dyn FnMut(),
 ) -> Result<BackupInfo, BackupError> {
     let seg_dir = layout::segments_dir(&src.data_dir);
     let previous: Vec<(PathBuf, BackupManifest)> = list_dirs(&src.data_dir)
@@ -324,6 +345,7 @@ fn assemble(
                 bytes: sealed.bytes,
                 sha256: sealed.sha256.clone(),
             });
+            file_done();
             continue;
         }
         // Checked against the manifest's SHA-256 with the other copies below:
@@ -336,6 +358,7 @@ fn assemble(
             bytes: sealed.bytes,
             sha256: sealed.sha256.clone(),
         });
+        file_done();
     }
     let active_name = segment::file_name(src.manifest.active_first_seq);
     let active_rel = layout::segment_rel(&active_name);
@@ -347,6 +370,7 @@ fn assemble(
     if crc != src.active_crc {
         return Err(BackupError::ActiveDiffers { file: active_name });
     }
+    file_done();
     copied.push(files.len());
     files.push(BackupFile {
         path: active_rel,

@@ -1,4 +1,4 @@
-//! Progress on standard error when it is no terminal: summary lines
+//! Progress of import, export, verify and backup on standard error when it is no terminal: summary lines
 //! (`--progress-every`), none with `--quiet`.
 
 use crate::common::files::DataDir;
@@ -71,6 +71,16 @@ async fn long_commands_report_progress_unless_quiet() {
     )
     .await;
     assert!(!out.stderr.contains("verify:"), "{}", out.stderr);
+    let out = run(&["backup", "--data-dir", d, "--progress-every", "0s"], &[]).await;
+    assert_eq!(code(&out), 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("backup: 1 files of 1 (100%)"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["backup", "--data-dir", d, "--quiet"], &[]).await;
+    assert_eq!(code(&out), 0, "{}{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("backup:"), "{}", out.stderr);
     let out = run(
         &["export", "--data-dir", d, "--progress-every", "0s", "-q"],
         &[],
