@@ -186,6 +186,13 @@ impl QueryParams {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()
     }
 
+    /// A parameter whose value must be one of a few words, as sent: empty
+    /// is not absent here (`?compatibility=` names no choice and is refused
+    /// by the caller's match, as the document's enum says).
+    pub fn choice(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
     /// An unsigned integer parameter within `min..=max`.
     pub fn u64_in(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, Problem> {
         let Some(raw) = self.0.get(name) else {

@@ -367,7 +367,7 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     let ty = type_param(ty)?;
     let q = QueryParams::parse(query.as_deref(), &["compatibility", "dry_run"])?;
-    let compatibility = match q.string("compatibility").as_deref() {
+    let compatibility = match q.choice("compatibility") {
         None | Some("backward") => Compatibility::Backward,
         Some("none") => Compatibility::None,
         Some(_) => {
@@ -378,7 +378,7 @@ pub async fn put(
         }
     };
     let backward = compatibility == Compatibility::Backward;
-    let dry_run = match q.string("dry_run").as_deref() {
+    let dry_run = match q.choice("dry_run") {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(Problem::bad_param("dry_run", "must be true or false")),
