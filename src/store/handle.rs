@@ -344,7 +344,7 @@ impl StoreHandle {
             (keys.before, maybe)
         };
         let mut check = SealedCheck {
-            before: Some(before),
+            before,
             found: Vec::new(),
         };
         if maybe.is_empty() {

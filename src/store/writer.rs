@@ -52,9 +52,9 @@ pub type AppendReply = oneshot::Sender<Result<Vec<Outcome>>>;
 /// ([`StoreHandle::append`](super::StoreHandle::append)).
 #[derive(Debug, Default)]
 pub struct SealedCheck {
-    /// The segments sealed before this seq were looked in (`None`: none
-    /// were, and the writer asks them all).
-    pub before: Option<u64>,
+    /// The segments sealed before this seq were looked in (0: none were,
+    /// and the writer asks them all).
+    pub before: u64,
     /// The events found there (position in the request, outcome).
     pub found: Vec<(usize, Outcome)>,
 }
@@ -63,7 +63,7 @@ impl SealedCheck {
     fn of(&self, i: usize) -> Checked<'_> {
         match self.found.iter().find(|(at, _)| *at == i) {
             Some((_, o)) => Checked::Found(o),
-            None => self.before.map_or(Checked::Nothing, Checked::Before),
+            None => Checked::Before(self.before),
         }
     }
 }
@@ -71,9 +71,7 @@ impl SealedCheck {
 /// One event's part of a [`SealedCheck`].
 #[derive(Debug, Clone, Copy)]
 enum Checked<'a> {
-    /// Not looked up: the writer asks every sealed segment.
-    Nothing,
-    /// Not in the segments sealed before this seq.
+    /// Not in the segments sealed before this seq (0: none looked in).
     Before(u64),
     /// Stored already, in a sealed segment.
     Found(&'a Outcome),
@@ -580,12 +578,9 @@ impl Writer {
     ///
     /// [`StoreHandle::append`]: super::StoreHandle::append
     fn find_sealed_duplicate(&self, ev: &PreparedEvent, checked: Checked<'_>) -> Option<Outcome> {
-        if let Checked::Found(o) = checked {
-            return Some(o.clone());
-        }
         let after = match checked {
+            Checked::Found(o) => return Some(o.clone()),
             Checked::Before(seq) => seq,
-            _ => 0,
         };
         let order = super::segindex::key_order(&ev.source, &ev.id);
         let maybe = self.shared.sealed_keys().filter.may_contain(order);
