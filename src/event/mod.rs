@@ -138,6 +138,7 @@ fn from_members(
             .sum::<usize>()
             + 128,
     );
+    let mut spans = PayloadSpans::default();
     out.push(b'{');
     let just_opened = out.len();
     for (i, (name, raw)) in members.iter().enumerate() {
@@ -146,7 +147,16 @@ fn from_members(
         }
         serde_json::to_writer(&mut out, name.as_ref()).expect("writing to a Vec cannot fail");
         out.push(b':');
+        let at = out.len() - FRAME_HEADROOM;
         out.extend_from_slice(raw.get().as_bytes());
+        let span = Some(at..out.len() - FRAME_HEADROOM);
+        match name.as_ref() {
+            "data" => spans.data = span,
+            "data_base64" => spans.data_base64 = true,
+            "datacontenttype" => spans.datacontenttype = span,
+            "dataschema" => spans.dataschema = span,
+            _ => {}
+        }
     }
     for (name, value) in checked.filled() {
         if out.len() > just_opened {
@@ -157,7 +167,9 @@ fn from_members(
         serde_json::to_writer(&mut out, value).expect("writing to a Vec cannot fail");
     }
     out.push(b'}');
-    checked.prepare(out, limits)
+    let mut ev = checked.prepare(out, limits)?;
+    ev.payload = Some(spans);
+    Ok(ev)
 }
 
 /// Parses a structured-mode event already parsed into a `Value` (binary
@@ -216,6 +228,25 @@ pub struct PreparedEvent {
     pub subject: Option<String>,
     /// `time`.
     pub time: String,
+    /// Where the payload's attributes sit in the bytes, when the event was
+    /// built member by member (the common case): the payload check then
+    /// finds `data` without reading the event again. `None`: read it.
+    pub payload: Option<PayloadSpans>,
+}
+
+/// Where an event's payload attributes sit in its stored bytes (ranges of
+/// [`PreparedEvent::bytes`]; each a member's JSON text, a string's with
+/// its quotes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PayloadSpans {
+    /// `data`.
+    pub data: Option<std::ops::Range<usize>>,
+    /// Whether `data_base64` is present.
+    pub data_base64: bool,
+    /// `datacontenttype`.
+    pub datacontenttype: Option<std::ops::Range<usize>>,
+    /// `dataschema`.
+    pub dataschema: Option<std::ops::Range<usize>>,
 }
 
 impl PreparedEvent {

@@ -100,6 +100,7 @@ impl Checked {
             ty: self.ty,
             subject: self.subject,
             time: self.time,
+            payload: None,
         })
     }
 }

@@ -775,6 +775,7 @@ mod tests {
             ty: "t.\"quoted\"".into(),
             subject: None,
             time: "2026-01-31T12:00:00Z".into(),
+            payload: None,
         }
     }
 

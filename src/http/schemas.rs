@@ -489,7 +489,7 @@ pub async fn put(
 async fn backward_check(
     state: &AppState,
     ty: &str,
-    validator: Arc<jsonschema::Validator>,
+    validator: Arc<crate::schemas::Compiled>,
 ) -> Result<CompatReport, Problem> {
     let matcher = Matcher::new(Filter {
         ty: Some(ty.to_string()),

@@ -15,18 +15,22 @@
 //! resolvers, so a `$ref` to another document is refused when the schema
 //! is registered (422), and only references inside the document work.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
-use jsonschema::{Draft, Validator};
+use jsonschema::json::Json;
+use jsonschema::{Draft, ErrorIterator, ValidationError, Validator};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::event::{FieldError, PreparedEvent};
 use crate::store::SchemaCatalog;
+
+pub mod borrowed;
 
 /// The `$schema` values accepted, and the draft each selects.
 const DRAFTS: &[(&str, Draft)] = &[
@@ -48,7 +52,7 @@ const MAX_QUOTED: usize = 60;
 pub struct InvalidSchema(pub String);
 
 /// Compiles a JSON Schema document, or says why it is not a valid one.
-pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
+pub fn compile(doc: &Value) -> Result<Compiled, InvalidSchema> {
     let bad = |m: String| Err(InvalidSchema(m));
     let draft = match doc.get("$schema") {
         None => Draft::Draft202012,
@@ -83,7 +87,14 @@ pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
             format!("not a valid JSON Schema: at {at}: {e}")
         });
     }
-    jsonschema::options()
+    let tree = build::<jsonschema::json::SerdeJson>(doc, draft)?;
+    let borrowed = build::<borrowed::Borrowed>(doc, draft)?;
+    Ok(Compiled { tree, borrowed })
+}
+
+/// One representation's validator for `doc`, or why `doc` is no schema.
+fn build<F: Json>(doc: &Value, draft: Draft) -> Result<Validator<F>, InvalidSchema> {
+    jsonschema::options_for::<F>()
         .with_draft(draft)
         .should_validate_formats(true)
         .build(doc)
@@ -98,6 +109,51 @@ pub fn compile(doc: &Value) -> Result<Validator, InvalidSchema> {
         })
 }
 
+/// One schema version, compiled twice: over [`borrowed::Borrowed`], the
+/// reading of a payload's text that valid events take (no tree built),
+/// and over `serde_json::Value`, for payloads that reading leaves alone
+/// and for listing violations (see [`borrowed`]'s docs).
+pub struct Compiled {
+    tree: Validator,
+    borrowed: Validator<borrowed::Borrowed>,
+}
+
+impl Compiled {
+    /// Whether `data`, a JSON value's text, validates, read without
+    /// building a tree; `None` when the borrowed reading does not take it
+    /// (ask [`Compiled::is_valid`] with a `Value`).
+    pub fn accepts(&self, data: &str) -> Option<bool> {
+        let doc = borrowed::Doc::read(data)?;
+        Some(self.accepts_doc(&doc))
+    }
+
+    /// Whether a payload already read borrowed validates.
+    pub fn accepts_doc(&self, doc: &borrowed::Doc<'_>) -> bool {
+        self.borrowed.is_valid(doc.root())
+    }
+
+    /// Whether `data` validates.
+    pub fn is_valid(&self, data: &Value) -> bool {
+        self.tree.is_valid(data)
+    }
+
+    /// Every violation of `data`.
+    pub fn iter_errors<'i>(&'i self, data: &'i Value) -> ErrorIterator<'i> {
+        self.tree.iter_errors(data)
+    }
+
+    /// The first violation of `data`, if any.
+    pub fn first_error<'i>(&'i self, data: &'i Value) -> Option<ValidationError<'i>> {
+        self.iter_errors(data).next()
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
 /// One type's compiled versions.
 #[derive(Clone)]
 pub struct TypeValidators {
@@ -109,7 +165,7 @@ pub struct TypeValidators {
     /// name none (made once here, not per event).
     latest_url: Arc<str>,
     /// Every compiled version.
-    pub versions: BTreeMap<u32, Arc<Validator>>,
+    pub versions: BTreeMap<u32, Arc<Compiled>>,
     /// Validations and rejections since start, kept across refreshes:
     /// counted with atomics, so concurrent publishers share no lock.
     counts: Arc<AtomicCounts>,
@@ -168,10 +224,65 @@ struct Payload<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     data_base64: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    datacontenttype: Option<String>,
-    #[serde(default)]
-    dataschema: Option<String>,
+    #[serde(borrow, default)]
+    datacontenttype: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    dataschema: Option<Cow<'a, str>>,
+}
+
+/// The payload attributes the check reads, borrowed from the event.
+struct PayloadView<'a> {
+    /// `data`'s JSON text.
+    data: Option<&'a str>,
+    data_base64: bool,
+    datacontenttype: Option<Cow<'a, str>>,
+    dataschema: Option<Cow<'a, str>>,
+}
+
+impl<'a> PayloadView<'a> {
+    /// Reads them from `bytes`, a whole event.
+    fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let p: Payload<'a> = serde_json::from_slice(bytes)?;
+        Ok(PayloadView {
+            data: p.data.map(RawValue::get),
+            data_base64: p.data_base64.is_some(),
+            datacontenttype: p.datacontenttype,
+            dataschema: p.dataschema,
+        })
+    }
+
+    /// Takes them from where the envelope's parse noted them, else reads
+    /// the event.
+    fn of(ev: &'a PreparedEvent) -> Result<Self, serde_json::Error> {
+        let bytes = ev.bytes();
+        let noted = ev.payload.as_ref().and_then(|spans| {
+            let text = |span: &Option<std::ops::Range<usize>>| match span {
+                None => Some(None),
+                Some(r) => std::str::from_utf8(bytes.get(r.clone())?).ok().map(Some),
+            };
+            let string = |span: &Option<std::ops::Range<usize>>| -> Option<Option<Cow<'a, str>>> {
+                match text(span)? {
+                    None => Some(None),
+                    Some(t) => match t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                        Some(inner) if !inner.contains('\\') => Some(Some(Cow::Borrowed(inner))),
+                        _ => serde_json::from_str::<String>(t)
+                            .ok()
+                            .map(|s| Some(Cow::Owned(s))),
+                    },
+                }
+            };
+            Some(PayloadView {
+                data: text(&spans.data)?,
+                data_base64: spans.data_base64,
+                datacontenttype: string(&spans.datacontenttype)?,
+                dataschema: string(&spans.dataschema)?,
+            })
+        });
+        match noted {
+            Some(view) => Ok(view),
+            None => Self::parse(bytes),
+        }
+    }
 }
 
 impl Registry {
@@ -327,7 +438,7 @@ fn check_one(
     cap: usize,
     out: &mut Violations,
 ) -> Option<Arc<str>> {
-    let payload: Payload<'_> = match serde_json::from_slice(ev.bytes()) {
+    let payload = match PayloadView::of(ev) {
         Ok(p) => p,
         Err(e) => {
             push(
@@ -339,7 +450,7 @@ fn check_one(
             return None;
         }
     };
-    if payload.data_base64.is_some() {
+    if payload.data_base64 {
         push(
             out,
             cap,
@@ -392,24 +503,28 @@ fn check_one(
         );
         return None;
     };
-    let data: Value = match payload.data {
-        None => Value::Null,
-        Some(raw) => match serde_json::from_str(raw.get()) {
-            Ok(v) => v,
-            Err(e) => {
-                push(
-                    out,
-                    cap,
-                    format!("{prefix}data"),
-                    format!("cannot be read: {e}"),
-                );
-                return None;
-            }
-        },
+    // The common case first: a valid payload, read borrowed (no tree) and
+    // checked with `is_valid`, which stops at nothing and builds no error.
+    let text = payload.data.unwrap_or("null");
+    let borrowed = validator.accepts(text);
+    if borrowed == Some(true) {
+        return set.then(|| t.latest_url.clone());
+    }
+    let data: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            push(
+                out,
+                cap,
+                format!("{prefix}data"),
+                format!("cannot be read: {e}"),
+            );
+            return None;
+        }
     };
-    // The common case first: is_valid stops at nothing and builds no
-    // error; only a failing event walks its errors.
-    if validator.is_valid(&data) {
+    // A payload the borrowed reading left alone is checked as a tree;
+    // only a failing event walks its errors.
+    if borrowed.is_none() && validator.is_valid(&data) {
         return set.then(|| t.latest_url.clone());
     }
     let mut any = false;
@@ -427,12 +542,12 @@ fn check_one(
 /// Validates `data` of a stored event's bytes against `validator`, for
 /// the backward-compatibility check: `None` when it passes, or the first
 /// violation's (field, message).
-pub fn check_stored(validator: &Validator, ty: &str, bytes: &[u8]) -> Option<(String, String)> {
-    let payload: Payload<'_> = match serde_json::from_slice(bytes) {
+pub fn check_stored(validator: &Compiled, ty: &str, bytes: &[u8]) -> Option<(String, String)> {
+    let payload = match PayloadView::parse(bytes) {
         Ok(p) => p,
         Err(e) => return Some(("data".into(), format!("cannot be read: {e}"))),
     };
-    if payload.data_base64.is_some() {
+    if payload.data_base64 {
         return Some((
             "data_base64".into(),
             "binary data (data_base64) cannot match a JSON Schema".into(),
@@ -446,11 +561,12 @@ pub fn check_stored(validator: &Validator, ty: &str, bytes: &[u8]) -> Option<(St
             ),
         ));
     }
-    let data: Value = match payload.data {
-        None => Value::Null,
-        Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-    };
-    let e = validator.iter_errors(&data).next()?;
+    let text = payload.data.unwrap_or("null");
+    if validator.accepts(text) == Some(true) {
+        return None;
+    }
+    let data: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let e = validator.first_error(&data)?;
     Some(describe(&e, "data"))
 }
 
@@ -498,6 +614,7 @@ fn add_dataschema(ev: &mut PreparedEvent, url: &str) {
         return;
     }
     ev.buf.pop();
+    ev.payload = None;
     ev.buf.extend_from_slice(b",\"dataschema\":");
     serde_json::to_writer(&mut ev.buf, url).expect("writing to a Vec cannot fail");
     ev.buf.push(b'}');
@@ -644,6 +761,172 @@ mod tests {
             ),
         ];
         assert_eq!(got, want);
+    }
+
+    /// The borrowed reading and the `Value` tree answer the same for every
+    /// payload: random values (from small alphabets, so that schemas match
+    /// some and refuse others) against schemas that use the keywords whose
+    /// code paths differ between representations (lookups, member and item
+    /// iteration, string lengths, formats, `enum`/`const` comparisons,
+    /// uniqueness, property names, references, unevaluated members).
+    #[test]
+    fn borrowed_and_tree_validation_agree() {
+        let schemas = [
+            json!({"type": "object", "required": ["a", "b"], "properties": {
+                "a": {"type": "integer", "minimum": 0, "multipleOf": 2},
+                "b": {"type": "string", "minLength": 2, "maxLength": 3, "pattern": "^[aé]"},
+                "c": {"enum": ["x", 1, 1.5, null, true, [1, "x"], {"a": 1}]},
+                "d": {"const": {"a": [1, 2.0]}}
+            }, "additionalProperties": {"type": ["array", "boolean", "null"]}}),
+            json!({"type": "array", "prefixItems": [{"type": "number"}, {"type": "string", "format": "email"}],
+                   "items": {"type": ["object", "string"]}, "uniqueItems": true,
+                   "contains": {"type": "string"}, "minContains": 1, "maxItems": 4}),
+            json!({"$defs": {"node": {"type": "object", "properties": {
+                       "a": {"$ref": "#/$defs/node"}, "b": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                       "propertyNames": {"maxLength": 1}}},
+                   "oneOf": [{"$ref": "#/$defs/node"}, {"type": "string", "format": "date-time"}]}),
+            json!({"type": "object", "patternProperties": {"^[ab]$": {"type": "number"}},
+                   "dependentRequired": {"a": ["b"]}, "minProperties": 1,
+                   "if": {"required": ["c"]}, "then": {"properties": {"c": {"not": {"type": "string"}}}},
+                   "else": {"properties": {"d": {"anyOf": [{"type": "integer"}, {"const": "x"}]}}},
+                   "unevaluatedProperties": false}),
+        ];
+        let validators: Vec<Compiled> = schemas.iter().map(|s| compile(s).unwrap()).collect();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        fn value(next: &mut impl FnMut(u64) -> u64, depth: u32) -> Value {
+            let strings = [
+                "x",
+                "ab",
+                "abc",
+                "e\u{301}é",
+                "a@b.c",
+                "2026-11-30T12:00:00Z",
+                "\"q\"",
+                "🦀🦀",
+            ];
+            let keys = ["a", "b", "c", "d", "ab", "é"];
+            // Half the time one of the values the schemas name, so that
+            // objects and arrays pass often enough to tell a wrong answer.
+            let named = [
+                json!(0),
+                json!(2),
+                json!(3),
+                json!("ab"),
+                json!("é1"),
+                json!("x"),
+                json!(1),
+                json!(1.5),
+                json!(1.0),
+                json!(null),
+                json!(true),
+                json!([1, "x"]),
+                json!([1.0, "x"]),
+                json!({"a": 1}),
+                json!({"a": [1, 2.0]}),
+                json!({"a": [1, 2]}),
+                json!("abcd"),
+            ];
+            if depth > 0 && next(2) == 0 {
+                return named[next(named.len() as u64) as usize].clone();
+            }
+            let kind = match depth {
+                0 => 6 + next(2),
+                1 | 2 => next(8),
+                _ => next(6),
+            };
+            match kind {
+                0 => Value::Null,
+                1 => Value::Bool(next(2) == 0),
+                2 => json!(next(7) as i64 - 2),
+                3 => json!([1.5, 2.0, -0.5, 1e300, 4.0, 1.0][next(6) as usize]),
+                4 | 5 => json!(strings[next(strings.len() as u64) as usize]),
+                6 => Value::Array((0..next(5)).map(|_| value(next, depth + 1)).collect()),
+                _ => Value::Object(
+                    (0..next(5))
+                        .map(|_| {
+                            (
+                                keys[next(keys.len() as u64) as usize].to_string(),
+                                value(next, depth + 1),
+                            )
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        // Edge cases the generator reaches rarely: numbers equal across
+        // written forms, escapes, code points against byte lengths.
+        for (schema, instance, want) in [
+            (json!({"enum": [1, "x"]}), "1.0", true),
+            (json!({"const": 2}), "2.0", true),
+            (json!({"const": {"a": [1]}}), r#"{"a":[1.0]}"#, true),
+            (json!({"enum": ["é", 3]}), r#""\u00e9""#, true),
+            (json!({"maxLength": 2}), r#""🦀🦀""#, true),
+            (json!({"minLength": 3}), r#""🦀🦀""#, false),
+            (
+                json!({"properties": {"é": false}}),
+                r#"{"\u00e9": 1}"#,
+                false,
+            ),
+            (json!({"uniqueItems": true}), "[1, 1.0]", false),
+        ] {
+            let c = compile(&schema).unwrap();
+            assert_eq!(c.accepts(instance), Some(want), "{schema} on {instance}");
+            let tree: Value = serde_json::from_str(instance).unwrap();
+            assert_eq!(c.is_valid(&tree), want, "{schema} on {instance}");
+        }
+        let (mut valid, mut invalid) = (0, 0);
+        for _ in 0..20_000 {
+            let v = value(&mut next, 0);
+            let text = v.to_string();
+            for (schema, c) in schemas.iter().zip(&validators) {
+                let tree = c.is_valid(&v);
+                assert_eq!(c.accepts(&text), Some(tree), "{schema} on {text}");
+                if tree {
+                    valid += 1
+                } else {
+                    invalid += 1
+                }
+            }
+        }
+        assert!(
+            valid > 1_000 && invalid > 1_000,
+            "{valid} valid, {invalid} invalid"
+        );
+    }
+
+    /// The payload attributes noted by the envelope's parse are the ones
+    /// a full read of the stored bytes finds.
+    #[test]
+    fn noted_payload_attributes_match_the_stored_bytes() {
+        let limits = crate::event::Limits {
+            max_event_bytes: 1 << 20,
+        };
+        for text in [
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"a":[1,"x"]}}"#,
+            r#"{"type":"t","source":"/s","data":null,"datacontenttype":"application/json","dataschema":"/schemas/t/versions/1"}"#,
+            r#"{"type":"t","source":"/s","datacontenttype":"text/pla\u0069n","data":"x\"y"}"#,
+            r#"{"type":"t","source":"/s","data_base64":"AAEC","dataschema":"/sch\u00e9mas"}"#,
+            r#"{"type":"t","source":"/s"}"#,
+        ] {
+            let ev = crate::event::from_json(text.as_bytes(), "", limits).unwrap();
+            assert!(ev.payload.is_some(), "{text}");
+            let noted = PayloadView::of(&ev).unwrap();
+            let read = PayloadView::parse(ev.bytes()).unwrap();
+            assert_eq!(
+                noted.data.unwrap_or("null"),
+                read.data.unwrap_or("null"),
+                "{text}"
+            );
+            assert_eq!(noted.data_base64, read.data_base64, "{text}");
+            assert_eq!(noted.datacontenttype, read.datacontenttype, "{text}");
+            assert_eq!(noted.dataschema, read.dataschema, "{text}");
+        }
     }
 
     #[test]
