@@ -454,6 +454,58 @@ mod tests {
         }
     }
 
+    /// Texts as clients write them (spaces, escapes, every number form)
+    /// read as serde_json reads them; any text at all, damaged at random,
+    /// is either read exactly as a `Value` would be or refused, never
+    /// misread and never a panic.
+    #[test]
+    fn reads_text_exactly_as_serde_json_does_or_refuses_it() {
+        let texts = [
+            r#" { "a" : [ 1 , -2 , 3.5e2 , -0 , 0 , -0.0 , 1E-3 , 18446744073709551615 , 18446744073709551616 , -9223372036854775808 , 123456789012345678 ] , "b" : "x\ty\u00e9\ud83e\udd80\"" , "c":{}, "d":[] , "e" : true , "f" : false , "g" : null } "#,
+            r#"[["a"],[{"\u0041":"\/"}],"é🦀",1e308]"#,
+            r#""just a string""#,
+            "42",
+            "-7",
+        ];
+        for text in texts {
+            let want: Value = serde_json::from_str(text).unwrap();
+            let doc = Doc::read(text).unwrap_or_else(|| panic!("refused {text}"));
+            assert_eq!(doc.root().to_value().into_owned(), want, "{text}");
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let alphabet = b" \t\"\\{}[]:,-+.eE0123456789tfnulrsx\x01";
+        for _ in 0..50_000 {
+            let mut bytes = texts[next(texts.len())].as_bytes().to_vec();
+            for _ in 0..1 + next(3) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = next(bytes.len());
+                match next(3) {
+                    0 => bytes[at] = alphabet[next(alphabet.len())],
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, alphabet[next(alphabet.len())]),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            if let Some(doc) = Doc::read(text) {
+                let want: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("read {text:?}, which is not JSON: {e}"));
+                assert_eq!(doc.root().to_value().into_owned(), want, "{text:?}");
+            }
+        }
+    }
+
     #[test]
     fn leaves_large_objects_repeated_names_and_bad_text_to_value() {
         let large: serde_json::Map<String, Value> = (0..=MAX_MEMBERS)
