@@ -7,9 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use common::nats::{
-    info, monitor_get, nats_server_binary, parse_version, show, NatsCluster, NatsServer,
-    CLUSTER_MIN_VERSION,
+    info, js_request, monitor_get, nats_server_binary, parse_version, show, NatsCluster,
+    NatsServer, CLUSTER_MIN_VERSION,
 };
 
 fn gone(pid: u32) -> bool {
@@ -78,7 +80,6 @@ async fn cluster_elects_a_meta_leader_and_survives_a_killed_node() {
         assert_eq!(i["server_name"], node.name());
         assert_eq!(i["cluster"], "msgbus-test", "{i}");
     }
-    let leader = cluster.meta_leader().await.expect("a meta leader");
     let varz = monitor_get(cluster.nodes[0].monitor_port(), "/routez")
         .await
         .expect("routez");
@@ -87,6 +88,35 @@ async fn cluster_elects_a_meta_leader_and_survives_a_killed_node() {
         Some(true),
         "{varz}"
     );
+
+    // An R3 stream: the harness names its leader, and after that leader is
+    // killed, the next one.
+    let created = js_request(
+        cluster.nodes[0].addr(),
+        "$JS.API.STREAM.CREATE.HARNESS",
+        &json!({"name": "HARNESS", "subjects": ["harness.>"], "storage": "file", "num_replicas": 3}),
+    )
+    .await
+    .expect("a stream-create answer");
+    assert!(created.get("error").is_none(), "{created}");
+    let stream_leader = cluster
+        .wait_stream_leader("HARNESS", Duration::from_secs(30))
+        .await;
+    cluster.kill(&stream_leader);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.stream_leader("HARNESS").await {
+            Some(l) if l != stream_leader => break,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new stream leader after {stream_leader} died"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.restart(&stream_leader).await;
+    let leader = cluster.meta_leader().await.expect("a meta leader");
 
     // Kill the meta leader: the other two elect another one.
     cluster.kill(&leader);

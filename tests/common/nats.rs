@@ -273,6 +273,54 @@ pub async fn info(addr: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
+/// One JetStream API request over the plain NATS protocol (no client
+/// library): `CONNECT`, a reply subscription, `PUB subject`, the reply's
+/// JSON. For tests that need a stream or its info without msgbus, e.g.
+/// `js_request(addr, "$JS.API.STREAM.CREATE.S", &json!({...}))`. `None`
+/// when nothing answered within 10 s.
+pub async fn js_request(addr: SocketAddr, subject: &str, body: &Value) -> Option<Value> {
+    let exchange = async {
+        let s = TcpStream::connect(addr).await.ok()?;
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        r.read_line(&mut line).await.ok()?; // INFO
+        let body = body.to_string();
+        let msg = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}}\r\n\
+             SUB _INBOX.harness 1\r\nPUB {subject} _INBOX.harness {}\r\n{body}\r\n",
+            body.len()
+        );
+        w.write_all(msg.as_bytes()).await.ok()?;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            if line.starts_with("PING") {
+                w.write_all(b"PONG\r\n").await.ok()?;
+                continue;
+            }
+            let is_msg = line.starts_with("MSG ");
+            if is_msg || line.starts_with("HMSG ") {
+                let n: usize = line.split_whitespace().last()?.parse().ok()?;
+                let mut data = vec![0; n + 2];
+                r.read_exact(&mut data).await.ok()?;
+                data.truncate(n);
+                // A header block (no responders: 503) comes before the body.
+                let start = data.iter().position(|b| *b == b'{').unwrap_or(n);
+                return serde_json::from_slice(&data[start..])
+                    .ok()
+                    .or(Some(Value::Null));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// How one server is started: everything needed to start it again on the
 /// same ports and store.
 #[derive(Debug, Clone)]
