@@ -615,6 +615,13 @@ impl Shared {
         if (cursor || after != 0) && after < first - 1 {
             return Err(StoreError::Gone { oldest: first });
         }
+        if after >= head {
+            // Nothing after it yet (a cursor past the head stays where it is).
+            return Ok(EventPage {
+                events: Vec::new(),
+                next_after: after,
+            });
+        }
         let f = m.filter();
         let filter = subject::filter(&self.prefix, f.ty.as_deref(), f.type_prefix.as_deref());
         let limit = limit.max(1);
@@ -646,7 +653,8 @@ impl Shared {
                 }
             }
             page.next_after = seq;
-            next = seq + 1;
+            let Some(n) = seq.checked_add(1) else { break };
+            next = n;
         }
         Ok(page)
     }
@@ -656,6 +664,7 @@ impl Shared {
         let id = msg_id(&ev.source, &ev.id);
         let skip = ev.buf.len() - ev.bytes().len();
         let payload = Bytes::from(ev.buf).slice(skip..);
+        let len = payload.len() as u64;
         let ack = self
             .js
             .send_publish(
@@ -668,6 +677,15 @@ impl Shared {
             .map_err(|e| unavailable("publish ack", e))?;
         if !ack.duplicate {
             self.counters.events.fetch_add(1, Ordering::Relaxed);
+            {
+                // Until the next stream info says exactly.
+                let mut st = lock(&self.state);
+                if ack.sequence > st.last_seq {
+                    st.last_seq = ack.sequence;
+                    st.messages += 1;
+                    st.bytes += len;
+                }
+            }
             bump(&self.head, ack.sequence);
             return Ok(Outcome {
                 seq: ack.sequence,
