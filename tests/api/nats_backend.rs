@@ -1,0 +1,186 @@
+//! What only the NATS JetStream backend does: the server-version refusal
+//! of replicated streams, 501 for the file backend's `/admin` routes,
+//! readiness that follows the NATS connection, and two msgbus instances
+//! serving one stream (a publish through one wakes the other's long-polls
+//! and streams). Each test prints SKIPPED and passes when no nats-server
+//! can be installed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::files::DataDir;
+use crate::common::nats::{nats_server_binary, version_of, NatsServer, CLUSTER_MIN_VERSION};
+use crate::common::server::{
+    serve_config, spawn_nats, spawn_on, unique_stream, Backend, NatsTarget,
+};
+use crate::common::sse::SseReader;
+
+/// A nats-server of its own for a test that kills it, or `None` (SKIPPED).
+async fn own_server() -> Option<NatsServer> {
+    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return None;
+    };
+    Some(NatsServer::start(&bin, &[]).await)
+}
+
+#[tokio::test]
+async fn replicas_above_one_are_refused_on_servers_older_than_2_10_11() {
+    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return;
+    };
+    let version = version_of(&bin).expect("nats-server --version");
+    if version >= CLUSTER_MIN_VERSION {
+        eprintln!(
+            "SKIPPED: the only nats-server here ({}) is too new to be refused",
+            bin.display()
+        );
+        return;
+    }
+    let server = NatsServer::start(&bin, &[]).await;
+    let dir = DataDir::temp();
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let mut args = target.args();
+    args.extend(["--replicas".to_string(), "3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = match msgbus::app::Application::build(serve_config(dir.path(), &args)).await {
+        Ok(_) => panic!("--replicas 3 on nats-server {version:?} must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--replicas 3"), "{err}");
+    assert!(err.contains("2.10.11"), "names the version needed: {err}");
+    assert!(
+        err.contains("lose messages they had acknowledged"),
+        "says why: {err}"
+    );
+    // With one replica the same server serves.
+    let app = spawn_nats(&target, &[]).await;
+    app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+}
+
+#[tokio::test]
+async fn the_file_backends_admin_routes_answer_501() {
+    let Some(app) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    for (method, path) in [
+        ("GET", "/admin/backups"),
+        ("POST", "/admin/backups"),
+        ("GET", "/admin/verify"),
+        ("POST", "/admin/verify"),
+    ] {
+        let res = match method {
+            "GET" => app.get(path).await,
+            _ => app.post(path, None).await,
+        };
+        let problem = res.assert_problem_type(501, "not-implemented", path);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("file backend") && detail.contains("replicas"),
+            "{method} {path}: {detail}"
+        );
+    }
+    // Tokens are the HTTP layer's, not the file store's: still served.
+    assert_eq!(app.get("/admin/tokens").await.status, 200);
+    // Consumers are not mapped yet: 501 too, saying so.
+    app.put("/consumers/c", &json!({}))
+        .await
+        .assert_problem_type(501, "not-implemented", "PUT /consumers/c");
+}
+
+/// Polls `/health/ready` until its status is `want`, for at most `within`.
+async fn wait_ready(app: &crate::common::http::Api, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let res = app.get("/health/ready").await;
+        if res.status == want {
+            return res.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health/ready still {} after {within:?}: {}",
+            res.status,
+            res.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_follows_the_nats_server_down_and_up_again() {
+    let Some(mut server) = own_server().await else {
+        return;
+    };
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let app = spawn_nats(&target, &[]).await;
+    let first = app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+    wait_ready(&app, 200, Duration::from_secs(10)).await;
+
+    server.kill();
+    let why = wait_ready(&app, 503, Duration::from_secs(10)).await;
+    assert!(why.contains("NATS") || why.contains("stream"), "{why}");
+    // A publish now is answered (503), not left hanging.
+    let res = app
+        .publish(&json!({"type": "t", "source": "/s", "id": "down"}))
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+
+    server.restart().await;
+    wait_ready(&app, 200, Duration::from_secs(30)).await;
+    // The stream survived (file storage): the first event reads back, and
+    // publishing works again.
+    let got = app.get_json(&format!("/events/{}", first["seq"])).await;
+    assert_eq!(got["event"]["source"], "/s");
+    app.publish_ok(&json!({"type": "t", "source": "/s", "id": "up"}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_through_one_instance_wakes_the_other_instances_readers() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+
+    // A long-poll on B, then a publish through A.
+    let poll = {
+        let b = b.api.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let page = b.get_json("/events?after=0&wait=20").await;
+            (page, started.elapsed())
+        })
+    };
+    let mut sse = SseReader::open(&b, "/events/stream", None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = a
+        .publish_ok(&json!({"type": "cross.instance", "source": "/a"}))
+        .await;
+    let (page, took) = poll.await.unwrap();
+    assert_eq!(page["events"][0]["seq"], sent["seq"], "{page}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the long-poll on B waited {took:?}, as if it never woke"
+    );
+    let msg = sse
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("B's stream gets the event published through A");
+    assert_eq!(msg.json()["event"]["type"], "cross.instance");
+
+    // And the other way round, read back by seq.
+    let back = b
+        .publish_ok(&json!({"type": "cross.instance", "source": "/b"}))
+        .await;
+    let got = a.get_json(&format!("/events/{}", back["seq"])).await;
+    assert_eq!(got["event"]["source"], "/b");
+}
