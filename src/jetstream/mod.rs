@@ -61,6 +61,14 @@ const READ_EXAMINED: usize = 10_000;
 /// How often stream info is fetched (head, first seq, leader, counts).
 const INFO_EVERY: Duration = Duration::from_secs(1);
 
+/// Most messages in one atomic batch (nats-server's limit); larger batches
+/// are published one by one.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// JetStream's error code for an atomic batch holding a `Nats-Msg-Id`
+/// already stored (or twice): the whole batch is refused.
+const ERR_ATOMIC_DUPLICATE: u64 = 10201;
+
 /// How long a JetStream API request or publish ack may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -203,6 +211,8 @@ struct Shared {
     stream: jetstream::stream::Stream,
     prefix: String,
     direct: bool,
+    /// The stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
+    atomic: bool,
     head: watch::Sender<u64>,
     state: Mutex<StreamState>,
     counters: Counters,
@@ -372,6 +382,10 @@ impl JetStream {
             tracing::warn!(stream = %settings.stream, "the stream has no direct get (allow_direct); reads go to the stream leader");
         }
         let direct = cfg.allow_direct;
+        let atomic = cfg.allow_atomic_publish;
+        if !atomic {
+            tracing::info!(stream = %settings.stream, version = %info.version, "no atomic batch publish (nats-server 2.12+ and a stream with allow_atomic): a batch is published one event at a time");
+        }
         let state = StreamState {
             first_seq: sinfo.state.first_sequence.max(1),
             last_seq: sinfo.state.last_sequence,
@@ -394,6 +408,7 @@ impl JetStream {
             stream,
             prefix,
             direct,
+            atomic,
             head,
             state: Mutex::new(state),
             counters: Counters::default(),
@@ -713,8 +728,9 @@ impl Shared {
         })
     }
 
-    /// Publishes one by one, each after the previous one's ack: a failure
-    /// leaves a stored prefix of the batch, which the error names.
+    /// Stores a batch: atomically where the stream takes atomic batches
+    /// (all or nothing, one ack); a batch with a duplicate inside, or
+    /// without atomic batches, one event at a time.
     async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>, StoreError> {
         let n = events.len();
         if n > 1 {
@@ -722,7 +738,115 @@ impl Shared {
             self.counters
                 .max_batch
                 .fetch_max(n as u64, Ordering::Relaxed);
+            if self.atomic && n <= MAX_ATOMIC_BATCH {
+                if let Some(out) = self.append_atomic(&events).await? {
+                    return Ok(out);
+                }
+            }
         }
+        self.append_one_by_one(events).await
+    }
+
+    /// One atomic batch (`Nats-Batch-Id`, `Nats-Batch-Sequence`, and
+    /// `Nats-Batch-Commit` on the last): every event stored with
+    /// consecutive seqs, or none. `None` when JetStream refused it for a
+    /// `Nats-Msg-Id` already stored (a retry of a batch, or a duplicate
+    /// inside it): then nothing was stored and the caller publishes one by
+    /// one, so each duplicate answers its original.
+    async fn append_atomic(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Result<Option<Vec<Outcome>>, StoreError> {
+        let n = events.len();
+        let batch = uuid::Uuid::new_v4().simple().to_string();
+        let mut commit = None;
+        for (i, ev) in events.iter().enumerate() {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Batch-Id", batch.as_str());
+            h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            h.insert("Nats-Msg-Id", msg_id(&ev.source, &ev.id).as_str());
+            let subject = subject::of_type(&self.prefix, &ev.ty);
+            let payload = Bytes::copy_from_slice(ev.bytes());
+            if i + 1 == n {
+                h.insert("Nats-Batch-Commit", "1");
+                commit = Some(tokio::time::timeout(
+                    API_TIMEOUT,
+                    self.client.request_with_headers(subject, h, payload),
+                ));
+            } else {
+                self.client
+                    .publish_with_headers(subject, h, payload)
+                    .await
+                    .map_err(|e| unavailable("atomic batch publish (nothing stored)", e))?;
+            }
+        }
+        let Some(commit) = commit else {
+            return Ok(Some(Vec::new()));
+        };
+        let reply = match commit.await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                return Err(unavailable(
+                    "atomic batch commit (the batch is stored whole or not at all; \
+                     publishing it again is safe)",
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "atomic batch commit: no answer within {API_TIMEOUT:?}; the batch is stored \
+                     whole or not at all, and publishing it again is safe"
+                )))
+            }
+        };
+        let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+        if let Some(err) = ack.get("error") {
+            if err["err_code"].as_u64() == Some(ERR_ATOMIC_DUPLICATE) {
+                return Ok(None);
+            }
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch refused, nothing stored: {}",
+                err["description"].as_str().unwrap_or("no description")
+            )));
+        }
+        let (Some(last), Some(count)) = (ack["seq"].as_u64(), ack["count"].as_u64()) else {
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch commit: unexpected answer {ack}"
+            )));
+        };
+        if count != n as u64 || last < count {
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch commit stored {count} of {n} events (last seq {last})"
+            )));
+        }
+        let first = last - count + 1;
+        {
+            let mut st = lock(&self.state);
+            if last > st.last_seq {
+                st.last_seq = last;
+                st.messages += count;
+                st.bytes += events.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
+            }
+        }
+        self.counters.events.fetch_add(count, Ordering::Relaxed);
+        bump(&self.head, last);
+        Ok(Some(
+            (first..=last)
+                .map(|seq| Outcome {
+                    seq,
+                    original: None,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Publishes one by one, each after the previous one's ack: a failure
+    /// leaves a stored prefix of the batch, which the error names.
+    async fn append_one_by_one(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let n = events.len();
         let mut out: Vec<Outcome> = Vec::with_capacity(n);
         for ev in events {
             match self.publish(ev).await {

@@ -184,3 +184,76 @@ async fn a_publish_through_one_instance_wakes_the_other_instances_readers() {
     let got = a.get_json(&format!("/events/{}", back["seq"])).await;
     assert_eq!(got["event"]["source"], "/b");
 }
+
+#[tokio::test]
+async fn batches_are_atomic_on_servers_with_atomic_batch_publish() {
+    let Some(bin) = nats_server_binary(crate::common::nats::ATOMIC_BATCH_MIN_VERSION).await else {
+        eprintln!("SKIPPED: no nats-server 2.12+ could be installed");
+        return;
+    };
+    // Messages of at most 8 KiB, so one event of a batch can fail.
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), "max_payload: 8192\n").unwrap();
+    let server = NatsServer::start(&bin, &["-c", conf.path().to_str().unwrap()]).await;
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let app = spawn_nats(&target, &[]).await;
+    app.publish_ok(&json!({"type": "t", "source": "/s", "id": "before"}))
+        .await;
+    let batch = |ids: &[&str]| {
+        json!(ids
+            .iter()
+            .map(|id| json!({"type": "b.x", "source": "/b", "id": id}))
+            .collect::<Vec<_>>())
+    };
+    // All new: one atomic commit, consecutive seqs.
+    let res = app.batch(&batch(&["1", "2", "3"])).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let seqs: Vec<u64> = res.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    let stats = app.get_json("/stats").await;
+    assert_eq!(stats["writer"]["batches"], 1, "{stats}");
+
+    // The same batch again: JetStream refuses an atomic batch holding a
+    // stored Nats-Msg-Id; msgbus then answers each as the duplicate it is.
+    let res = app.batch(&batch(&["1", "2", "3"])).await;
+    let again = res.json();
+    for (r, want) in again["results"].as_array().unwrap().iter().zip([2, 3, 4]) {
+        assert_eq!(r["seq"], want, "{again}");
+        assert_eq!(r["duplicate"], true, "{again}");
+    }
+    // A duplicate beside new events: the new ones are stored, the
+    // duplicate answers its original.
+    let res = app.batch(&batch(&["2", "4"])).await;
+    let mixed = res.json();
+    assert_eq!(mixed["results"][0]["seq"], 3, "{mixed}");
+    assert_eq!(mixed["results"][0]["duplicate"], true, "{mixed}");
+    assert_eq!(mixed["results"][1]["seq"], 5, "{mixed}");
+    assert_eq!(mixed["results"][1]["duplicate"], false, "{mixed}");
+    assert_eq!(app.read_all().await.len(), 5);
+
+    // All or nothing: an event the server cannot take in the middle of a
+    // batch stores none of it (one at a time, the first would be stored).
+    let big = "x".repeat(10_000);
+    let res = app
+        .batch(&json!([
+            {"type": "b.x", "source": "/b", "id": "5"},
+            {"type": "b.x", "source": "/b", "id": "6", "data": big},
+            {"type": "b.x", "source": "/b", "id": "7"},
+        ]))
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.read_all().await.len(),
+        5,
+        "nothing of the failed batch is stored"
+    );
+}
