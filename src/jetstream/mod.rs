@@ -18,12 +18,14 @@
 //!   and streams;
 //! - health, `/stats` and retention come from the stream's info.
 //!
-//! Durable consumers, queue consumers and payload schemas are not mapped
-//! yet: they answer 501 ([`StoreError::Unsupported`]).
+//! - durable (cursor) consumers live in a KV bucket beside the stream
+//!   ([`consumers`]); queue consumers and payload schemas are not mapped
+//!   yet: they answer 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
 
+pub mod consumers;
 pub mod subject;
 
 use std::borrow::Cow;
@@ -214,6 +216,7 @@ struct Shared {
     /// The stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
     atomic: bool,
     head: watch::Sender<u64>,
+    consumers: Arc<consumers::Consumers>,
     state: Mutex<StreamState>,
     counters: Counters,
     settings: Settings,
@@ -401,6 +404,7 @@ impl JetStream {
             last_seq = state.last_seq,
             "NATS JetStream backend ready"
         );
+        let consumers = consumers::Consumers::open(&js, &settings.stream, cfg.num_replicas).await?;
         let (head, _) = watch::channel(state.last_seq);
         let shared = Arc::new(Shared {
             client,
@@ -410,6 +414,7 @@ impl JetStream {
             direct,
             atomic,
             head,
+            consumers: consumers.clone(),
             state: Mutex::new(state),
             counters: Counters::default(),
             settings,
@@ -417,6 +422,12 @@ impl JetStream {
         let tasks = Arc::new(Tasks::default());
         lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(async move {
+            loop {
+                consumers.watch().await;
+                tokio::time::sleep(INFO_EVERY).await;
+            }
+        }));
         Ok(JetStream { shared, tasks })
     }
 
@@ -901,13 +912,13 @@ impl Shared {
     }
 }
 
-const CONSUMERS_UNSUPPORTED: &str = "durable consumers are not available with --backend nats yet; \
-     read with GET /events?after=<seq> and keep the cursor in the client, or use --backend file";
+const QUEUES_UNSUPPORTED: &str = "queue consumers (\"mode\": \"queue\") are not available with \
+     --backend nats yet; use cursor consumers, or --backend file";
 const SCHEMAS_UNSUPPORTED: &str = "payload schemas are not available with --backend nats yet; \
      use --backend file to validate payloads";
 
 fn consumers_unsupported() -> ConsumerError {
-    ConsumerError::Store(StoreError::Unsupported(CONSUMERS_UNSUPPORTED.into()))
+    ConsumerError::Store(StoreError::Unsupported(QUEUES_UNSUPPORTED.into()))
 }
 
 fn schemas_unsupported() -> SchemaError {
@@ -976,13 +987,22 @@ impl Store for JetStream {
 
     fn put_consumer(
         &self,
-        _name: String,
-        _filter: Filter,
-        _start: Option<ConsumerStart>,
-        _max_consumers: usize,
-        _queue: Option<QueueSpec>,
+        name: String,
+        filter: Filter,
+        start: Option<ConsumerStart>,
+        max_consumers: usize,
+        queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, Result<(Consumer, bool), ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+        let s = &self.shared;
+        Box::pin(s.consumers.put(
+            name,
+            filter,
+            start,
+            max_consumers,
+            queue,
+            s.first_seq(),
+            *s.head.borrow(),
+        ))
     }
 
     fn queue_ledger(&self, _name: &str) -> Option<QueueLedger> {
@@ -997,20 +1017,21 @@ impl Store for JetStream {
         Box::pin(async { Err(consumers_unsupported()) })
     }
 
-    fn consumer(&self, _name: &str) -> Option<Consumer> {
-        None
+    fn consumer(&self, name: &str) -> Option<Consumer> {
+        self.shared.consumers.get(name)
     }
 
     fn consumers(&self) -> Vec<Consumer> {
-        Vec::new()
+        self.shared.consumers.list()
     }
 
-    fn ack(&self, _name: String, _seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+    fn ack(&self, name: String, seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        let head = *self.shared.head.borrow();
+        Box::pin(self.shared.consumers.ack(name, seq, head))
     }
 
-    fn delete_consumer(&self, _name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+    fn delete_consumer(&self, name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        Box::pin(self.shared.consumers.delete(name))
     }
 
     fn put_schema(
@@ -1060,10 +1081,20 @@ impl Store for JetStream {
             backups: BackupSummary::default(),
             alerts: Default::default(),
             retention: self.shared.retention(),
-            consumers: ConsumerStats {
-                count: 0,
-                max_lag: 0,
-                lag: Default::default(),
+            consumers: {
+                let head = status.last_seq;
+                let lag: std::collections::BTreeMap<String, u64> = self
+                    .shared
+                    .consumers
+                    .list()
+                    .into_iter()
+                    .map(|c| (c.name, head.saturating_sub(c.cursor)))
+                    .collect();
+                ConsumerStats {
+                    count: lag.len() as u64,
+                    max_lag: lag.values().copied().max().unwrap_or(0),
+                    lag,
+                }
             },
             status,
         }

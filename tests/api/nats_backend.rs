@@ -87,10 +87,15 @@ async fn the_file_backends_admin_routes_answer_501() {
     }
     // Tokens are the HTTP layer's, not the file store's: still served.
     assert_eq!(app.get("/admin/tokens").await.status, 200);
-    // Consumers are not mapped yet: 501 too, saying so.
-    app.put("/consumers/c", &json!({}))
+    // Queue consumers are not mapped yet: 501 too, saying so.
+    let problem = app
+        .put("/consumers/q", &json!({"mode": "queue"}))
         .await
-        .assert_problem_type(501, "not-implemented", "PUT /consumers/c");
+        .assert_problem_type(501, "not-implemented", "PUT /consumers/q");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("queue"),
+        "{problem}"
+    );
 }
 
 /// Polls `/health/ready` until its status is `want`, for at most `within`.
@@ -256,4 +261,49 @@ async fn batches_are_atomic_on_servers_with_atomic_batch_publish() {
         5,
         "nothing of the failed batch is stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_is_shared_by_every_instance_and_its_cursor_never_moves_back() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+    for i in 0..5 {
+        a.publish_ok(&json!({"type": "c.x", "source": "/c", "id": i.to_string()}))
+            .await;
+    }
+    let res = a
+        .put("/consumers/shared", &json!({"type_prefix": "c."}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    // B sees it (its copy follows the KV bucket) and acks through it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.get("/consumers/shared").await.status != 200 {
+        assert!(Instant::now() < deadline, "B never saw the consumer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = b
+        .post("/consumers/shared/ack", Some(&json!({"seq": 3})))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // A reads from the cursor B committed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = a.get_json("/consumers/shared/events").await;
+        if page["events"][0]["seq"] == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A still reads from before B's ack: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An ack behind the cursor through A is refused, whichever instance
+    // committed the cursor.
+    a.post("/consumers/shared/ack", Some(&json!({"seq": 2})))
+        .await
+        .assert_problem(409);
 }
