@@ -191,7 +191,16 @@ pub fn shared_nats_url() -> Option<String> {
                             let _ = tx.send(None);
                             return;
                         };
+                        sweep_shared_nats_dirs();
                         let server = super::nats::NatsServer::start(&bin, &[]).await;
+                        // Never dropped (the process ends first), so its temp
+                        // dir is noted for the next run to remove.
+                        if let Some(dir) = server.store_dir().parent() {
+                            let _ = std::fs::write(
+                                shared_nats_note(std::process::id()),
+                                dir.display().to_string(),
+                            );
+                        }
                         let _ = tx.send(Some(server.url()));
                         // Keep it (and its thread) for the process's life.
                         std::future::pending::<()>().await;
@@ -202,6 +211,37 @@ pub fn shared_nats_url() -> Option<String> {
             rx.recv().ok().flatten()
         })
         .clone()
+}
+
+/// Where a test binary with process id `pid` notes its shared
+/// nats-server's temp dir.
+fn shared_nats_note(pid: u32) -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shared-nats-{pid}.dir"))
+}
+
+/// Removes the temp dirs of shared nats-servers whose test binary has
+/// ended (their notes name them), so runs do not pile them up.
+fn sweep_shared_nats_dirs() {
+    let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("shared-nats-")
+            .and_then(|r| r.strip_suffix(".dir"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(dir) = std::fs::read_to_string(e.path()) {
+            let _ = std::fs::remove_dir_all(dir.trim());
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
 }
 
 /// A server on a fresh data directory on `backend`, with extra flags.
