@@ -103,7 +103,14 @@ pub struct Settings {
     pub max_age: Option<Duration>,
     /// Stream limit: most bytes (`--retention-max-bytes`).
     pub max_bytes: Option<u64>,
+    /// The largest event msgbus accepts (`--max-event-bytes`), checked
+    /// against the servers' largest message at start.
+    pub max_event_bytes: u64,
 }
+
+/// Room for the headers msgbus sends with an event (`Nats-Msg-Id` and the
+/// atomic batch headers).
+const HEADER_ROOM: u64 = 512;
 
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +341,15 @@ impl JetStream {
             });
         }
         let atomic = version.is_some_and(|v| v >= MIN_ATOMIC_VERSION);
+        if settings.max_event_bytes + HEADER_ROOM > info.max_payload as u64 {
+            tracing::warn!(
+                max_event_bytes = settings.max_event_bytes,
+                max_payload = info.max_payload,
+                "--max-event-bytes plus {HEADER_ROOM} bytes of headers is more than the NATS servers' \
+                 max_payload: events near the limit will be answered 503; lower --max-event-bytes \
+                 or raise max_payload in the servers' configuration"
+            );
+        }
         let js = jetstream::ContextBuilder::new()
             .timeout(API_TIMEOUT)
             .build(client.clone());

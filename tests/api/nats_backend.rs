@@ -307,3 +307,33 @@ async fn a_consumer_is_shared_by_every_instance_and_its_cursor_never_moves_back(
         .await
         .assert_problem(409);
 }
+
+#[tokio::test]
+async fn an_event_limit_the_nats_servers_cannot_carry_is_warned_about_at_start() {
+    let Some(url) = crate::common::server::shared_nats_url() else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return;
+    };
+    let dir = DataDir::temp();
+    let target = NatsTarget {
+        url,
+        stream: unique_stream(),
+    };
+    let warned = |p: &crate::common::process::TestProcess| {
+        p.stderr_text().contains("--max-event-bytes plus")
+    };
+    // The defaults: 1 MiB events, 1 MiB NATS messages, no room for headers.
+    let mut args = target.args();
+    args.extend(["--max-event-bytes".to_string(), "1MiB".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::common::process::spawn_process(dir.path(), &args).await;
+    assert!(warned(&p), "{}", p.stderr_text());
+    p.stop().await;
+    // Events that fit: no warning.
+    let mut args = target.args();
+    args.extend(["--max-event-bytes".to_string(), "512KiB".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::common::process::spawn_process(dir.path(), &args).await;
+    assert!(!warned(&p), "{}", p.stderr_text());
+    p.stop().await;
+}
