@@ -8,6 +8,7 @@
 //! - [`servers`]: starting msgbus and the ceiling as processes or in-process
 //! - [`scenarios`]: every measured scenario and the orchestration of a whole run
 //! - [`large`]: the large-store group (a store grown to millions of events)
+//! - [`nats`]: the NATS backend beside the file backend (`--backend nats`)
 //! - [`queues`]: the work-queue group: fetch + ack beside Redis Streams
 //! - [`report`]: the targets, the table and the JSON
 
@@ -21,6 +22,7 @@ pub mod event;
 pub mod fanout;
 pub mod large;
 pub mod loadgen;
+pub mod nats;
 pub mod queues;
 pub mod report;
 pub mod scenarios;

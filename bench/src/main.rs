@@ -11,6 +11,12 @@ use msgbus_bench::report;
 use msgbus_bench::scenarios::{self, BenchConfig, Scenario};
 use msgbus_bench::servers::Launcher;
 
+// The tests' nats-server harness: finds or installs nats-server, starts a
+// single server and a three-node cluster, kills them with this process.
+#[allow(dead_code)]
+#[path = "../../tests/common/nats.rs"]
+mod natsharness;
+
 /// The msgbus performance benchmark.
 #[derive(Parser, Debug)]
 #[command(name = "msgbus-bench")]
@@ -103,6 +109,13 @@ struct Args {
     /// Publisher connections of the fan-out scenario [default: 64, smoke 8].
     #[arg(long, env = "BENCH_FANOUT_PUBLISHERS")]
     fanout_publishers: Option<usize>,
+    /// `nats`: instead of the scenarios, the NATS backend beside the file
+    /// backend: single events and batches through one and two msgbus
+    /// instances in front of an R1 and an R3 stream (nats-server started
+    /// here, installed when missing). The JSON goes to
+    /// bench/results/nats.json unless --out says otherwise.
+    #[arg(long, env = "BENCH_BACKEND", value_parser = ["nats"])]
+    backend: Option<String>,
     /// Worker threads of the load generator [default: the number of cores].
     #[arg(long, env = "BENCH_CLIENT_THREADS")]
     client_threads: Option<usize>,
@@ -224,6 +237,36 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     if cfg.fanout_rate <= 0.0 || cfg.write_rate <= 0.0 {
         return Err("--fanout-rate and --write-rate must be above 0".into());
     }
+    if args.backend.as_deref() == Some("nats") {
+        let launcher = Launcher::Processes {
+            msgbus: args.msgbus.clone(),
+            ceiling: args.ceiling.clone(),
+            logs: run_dir.path().to_path_buf(),
+        };
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("bench/results/nats.json"));
+        let r = nats_group(&cfg, &launcher, run_dir.path()).await;
+        if args.keep_data {
+            let kept = run_dir.keep();
+            eprintln!("[bench] kept {}", kept.display());
+        }
+        let rep = r?;
+        write_json(&out, &rep)?;
+        print!("{}", msgbus_bench::nats::render(&rep));
+        println!("JSON: {}", out.display());
+        let errors: u64 = rep
+            .rows
+            .iter()
+            .map(|r| r.single.errors + r.batch.errors)
+            .sum();
+        if errors > 0 {
+            eprintln!("msgbus-bench: {errors} failed requests in the nats group");
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut partial = None;
     if let Some(only) = &args.only {
         // Always in the fixed order, each once.
@@ -268,14 +311,7 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     }
     let rep = result?;
 
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = out.with_extension("json.tmp");
-    let mut json = serde_json::to_vec_pretty(&rep)?;
-    json.push(b'\n');
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, &out)?;
+    write_json(&out, &rep)?;
     print!("{}", report::render(&rep));
     println!("JSON: {}", out.display());
 
@@ -311,6 +347,50 @@ async fn run(args: Args) -> msgbus_bench::client::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes `rep` as pretty JSON to `out` (through a temp file and a rename).
+fn write_json(
+    out: &std::path::Path,
+    rep: &impl serde::Serialize,
+) -> msgbus_bench::client::Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = out.with_extension("json.tmp");
+    let mut json = serde_json::to_vec_pretty(rep)?;
+    json.push(b'\n');
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+/// `--backend nats`: a single nats-server (R1) and a three-node cluster
+/// (R3) on loopback, kept for the whole group.
+async fn nats_group(
+    cfg: &BenchConfig,
+    launcher: &Launcher,
+    dir: &std::path::Path,
+) -> msgbus_bench::client::Result<msgbus_bench::nats::NatsReport> {
+    let bin = natsharness::nats_server_binary(natsharness::CLUSTER_MIN_VERSION)
+        .await
+        .ok_or("no nats-server >= 2.10.11 could be found or installed")?;
+    let version = natsharness::version_of(&bin).map_or("?".into(), natsharness::show);
+    eprintln!("[bench] nats-server {version} at {}", bin.display());
+    let single = natsharness::NatsServer::start(&bin, &[]).await;
+    let cluster = natsharness::NatsCluster::start(&bin, 3).await;
+    let ncfg = msgbus_bench::nats::NatsConfig {
+        work_dir: dir.to_path_buf(),
+        warmup: cfg.warmup,
+        duration: cfg.duration,
+        r1_urls: single.url(),
+        r3_urls: cluster.urls(),
+        nats_version: version,
+    };
+    let r = msgbus_bench::nats::run(&ncfg, launcher).await;
+    drop(cluster);
+    drop(single);
+    r
 }
 
 /// Raises this process's open-file limit (which msgbus, started from it,

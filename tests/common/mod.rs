@@ -13,6 +13,8 @@
 //! - [`integrity`]: publishing while recording exactly what every
 //!   acknowledged event read back as, and checking it is never lost or
 //!   served corrupt.
+//! - [`nats`]: nats-server found or installed, single servers and
+//!   clusters with JetStream.
 //! - [`monitor`]: the self-healing monitor's settings, alerts, repairs and
 //!   a webhook receiver.
 //!
@@ -31,6 +33,7 @@ pub mod files;
 pub mod http;
 pub mod integrity;
 pub mod monitor;
+pub mod nats;
 pub mod process;
 pub mod server;
 pub mod sse;

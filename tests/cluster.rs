@@ -1,0 +1,419 @@
+//! The NATS backend on a three-node JetStream cluster (issue 17): two real
+//! `msgbus` processes in front of an R3 stream on three real nats-server
+//! processes, the stream leader killed with SIGKILL and restarted three
+//! times while clients publish through both instances.
+//!
+//! What must hold: every event acknowledged (a `201`, or the `200` of a
+//! retried duplicate) is readable through either instance exactly once,
+//! with the seq it was acknowledged with; and an SSE subscriber on one
+//! instance sees every event published through the other, in seq order.
+//! Errors while the stream has no leader (503 and the like, timeouts) are
+//! allowed: the publisher retries with the same id, as a client should.
+//!
+//! Needs a nats-server >= 2.10.11 (older ones lost acknowledged messages
+//! when a leader died); the harness installs PyPI's when Debian's is older,
+//! and the test is SKIPPED only when none can be installed.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use common::events::{check_served, checkable_event};
+use common::http::Api;
+use common::nats::{nats_server_binary, show, NatsCluster, CLUSTER_MIN_VERSION};
+use common::process::{run_msgbus, spawn_process, TestProcess};
+use common::sse::SseReader;
+
+/// The stream msgbus creates (its default `--nats-stream`).
+const STREAM: &str = "MSGBUS";
+/// Publishing tasks per msgbus instance.
+const PUBLISHERS_PER_INSTANCE: usize = 3;
+/// Leader kills.
+const KILLS: usize = 3;
+/// The whole test, start to finish.
+const TEST_BOUND: Duration = Duration::from_secs(240);
+/// One publish attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An acknowledged event: what was sent and the seq it was acknowledged
+/// with.
+#[derive(Debug, Clone)]
+struct Acked {
+    seq: u64,
+    event: Value,
+    /// 0 or 1: the instance it was published through.
+    via: usize,
+}
+
+/// `(source, id)` -> the acknowledgement.
+type Ledger = Arc<Mutex<HashMap<(String, String), Acked>>>;
+
+/// True when this build's `msgbus serve` has the NATS backend (`--backend`).
+async fn serve_has_nats_backend() -> bool {
+    let (_, out, err) = run_msgbus(&["serve", "--help"]).await;
+    (out + &err).contains("--nats-url")
+}
+
+async fn start_instance(dir: &std::path::Path, urls: &str) -> TestProcess {
+    spawn_process(
+        dir,
+        &[
+            "--backend",
+            "nats",
+            "--nats-url",
+            urls,
+            "--nats-stream",
+            STREAM,
+            "--replicas",
+            "3",
+        ],
+    )
+    .await
+}
+
+/// Publishes `prefix-0`, `prefix-1`, ... through `api` until `stop`, each
+/// retried with the same id until acknowledged; records every
+/// acknowledgement in `ledger`. Returns the number of failed attempts.
+async fn publisher(
+    api: Api,
+    via: usize,
+    prefix: String,
+    ledger: Ledger,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut failures = 0;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let event = checkable_event(&prefix, n, 40);
+        let key = (
+            event["source"].as_str().unwrap().to_string(),
+            event["id"].as_str().unwrap().to_string(),
+        );
+        // Retry until acknowledged, even after `stop`: an event whose
+        // publish was attempted may be stored, and only an acknowledged
+        // one is in the ledger.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let res = api
+                .client
+                .post(api.url("/events"))
+                .timeout(ATTEMPT_TIMEOUT)
+                .json(&event)
+                .send()
+                .await;
+            let answer = match res {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    Some((status, body))
+                }
+                Err(_) => None,
+            };
+            match answer {
+                Some((201, body)) | Some((200, body)) => {
+                    let seq = body["seq"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("an acknowledgement carries a seq: {body}"));
+                    let prev = ledger.lock().unwrap().insert(
+                        key.clone(),
+                        Acked {
+                            seq,
+                            event: event.clone(),
+                            via,
+                        },
+                    );
+                    assert!(prev.is_none(), "{key:?} acknowledged twice");
+                    break;
+                }
+                Some((status, body)) if status >= 500 || status == 408 || status == 429 => {
+                    failures += 1;
+                    let _ = body;
+                }
+                None => failures += 1,
+                Some((status, body)) => {
+                    panic!("publish of {key:?} answered {status}, not retryable: {body}")
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{key:?} not acknowledged within 60 s of retries"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        n += 1;
+    }
+    failures
+}
+
+/// Follows `GET /events/stream` on `api` from the start, reconnecting with
+/// `Last-Event-ID` when the stream ends or reports an error, and records
+/// every `(seq, event)` it is sent, in order, until `stop` and a quiet
+/// second.
+async fn subscriber(api: Api, seen: Arc<Mutex<Vec<(u64, Value)>>>, stop: Arc<AtomicBool>) {
+    let mut last: Option<u64> = None;
+    loop {
+        let mut reader = match SseReader::connect(&api, "/events/stream", last).await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            match reader.next(Duration::from_secs(1)).await {
+                Some(m) if m.id.is_some() && m.event.is_none() => {
+                    let v = m.json();
+                    let seq = m.id.unwrap();
+                    seen.lock().unwrap().push((seq, v["event"].clone()));
+                    last = Some(seq);
+                }
+                // `retry:`; `event: error` ends the stream, reconnect.
+                Some(m) if m.event.is_none() => {}
+                Some(_) => break,
+                None if reader.ended => break,
+                None if stop.load(Ordering::Relaxed) => return,
+                None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event stored, oldest first, through `api`, retrying a page that
+/// fails (the cluster may still be settling).
+async fn read_everything(api: &Api) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = api
+            .client
+            .get(api.url(&format!("/events?after={after}&limit=1000")))
+            .send()
+            .await;
+        let page: Value = match res {
+            Ok(r) if r.status() == 200 => r.json().await.expect("a page is JSON"),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "GET /events?after={after} keeps failing: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let events = page["events"].as_array().expect("events array");
+        if events.is_empty() {
+            return out;
+        }
+        for e in events {
+            out.push((e["seq"].as_u64().expect("seq"), e["event"].clone()));
+        }
+        let next = page["next_after"].as_u64().expect("next_after");
+        assert!(next > after, "next_after must advance: {after} -> {next}");
+        after = next;
+    }
+}
+
+/// The fields a publisher chose, which the bus must serve unchanged.
+fn same_event(sent: &Value, served: &Value) -> bool {
+    ["id", "source", "type", "data"]
+        .iter()
+        .all(|f| sent[*f] == served[*f])
+}
+
+fn key_of(ev: &Value) -> (String, String) {
+    (
+        ev["source"].as_str().unwrap_or_default().to_string(),
+        ev["id"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_events_survive_three_stream_leader_kills() {
+    if !serve_has_nats_backend().await {
+        eprintln!("SKIPPED: this msgbus has no NATS backend (serve --nats-url)");
+        return;
+    }
+    let Some(bin) = nats_server_binary(CLUSTER_MIN_VERSION).await else {
+        eprintln!(
+            "SKIPPED: no nats-server >= {} could be found or installed",
+            show(CLUSTER_MIN_VERSION)
+        );
+        return;
+    };
+    tokio::time::timeout(TEST_BOUND, run(bin))
+        .await
+        .unwrap_or_else(|_| panic!("the cluster test did not finish within {TEST_BOUND:?}"));
+}
+
+async fn run(bin: std::path::PathBuf) {
+    let mut cluster = NatsCluster::start(&bin, 3).await;
+    let urls = cluster.urls();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = start_instance(dirs[0].path(), &urls).await;
+    let b = start_instance(dirs[1].path(), &urls).await;
+    let first_leader = cluster
+        .wait_stream_leader(STREAM, Duration::from_secs(30))
+        .await;
+    common::note(format!("stream {STREAM} led by {first_leader}"));
+
+    // The subscriber on A, from the oldest event on.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop_sub = Arc::new(AtomicBool::new(false));
+    let sub = tokio::spawn(subscriber(a.api.clone(), seen.clone(), stop_sub.clone()));
+
+    let ledger: Ledger = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pubs = Vec::new();
+    for (via, inst) in [&a, &b].into_iter().enumerate() {
+        for p in 0..PUBLISHERS_PER_INSTANCE {
+            let prefix = format!("i{via}p{p}");
+            pubs.push(tokio::spawn(publisher(
+                inst.api.clone(),
+                via,
+                prefix,
+                ledger.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+
+    for round in 1..=KILLS {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = cluster
+            .wait_stream_leader(STREAM, Duration::from_secs(30))
+            .await;
+        let before = ledger.lock().unwrap().len();
+        cluster.kill(&leader);
+        common::note(format!(
+            "kill {round}: SIGKILL to stream leader {leader} after {before} acknowledged events"
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart(&leader).await;
+        let next = cluster
+            .wait_stream_leader(STREAM, Duration::from_secs(30))
+            .await;
+        common::note(format!("kill {round}: {leader} back, stream led by {next}"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for p in pubs {
+        failures += p.await.expect("publisher");
+    }
+    let ledger = ledger.lock().unwrap().clone();
+    common::note(format!(
+        "{} events acknowledged, {failures} failed attempts retried",
+        ledger.len()
+    ));
+    assert!(
+        ledger.len() >= 100,
+        "too few events published to mean anything"
+    );
+    for via in 0..2 {
+        assert!(
+            ledger.values().any(|a| a.via == via),
+            "nothing acknowledged through instance {via}"
+        );
+    }
+
+    // Every acknowledged event, through either instance: once, at its seq.
+    let by_seq: BTreeMap<u64, &Acked> = ledger.values().map(|a| (a.seq, a)).collect();
+    assert_eq!(
+        by_seq.len(),
+        ledger.len(),
+        "two acknowledgements share a seq"
+    );
+    for (name, inst) in [("A", &a), ("B", &b)] {
+        let all = read_everything(&inst.api).await;
+        let mut count: HashMap<(String, String), Vec<u64>> = HashMap::new();
+        let mut prev = 0;
+        for (seq, ev) in &all {
+            assert!(*seq > prev, "{name}: seqs ascend: {prev} then {seq}");
+            prev = *seq;
+            check_served(ev).unwrap_or_else(|e| panic!("{name}: seq {seq}: {e}"));
+            count.entry(key_of(ev)).or_default().push(*seq);
+        }
+        for (key, seqs) in &count {
+            assert_eq!(
+                seqs.len(),
+                1,
+                "{name}: {key:?} stored more than once at {seqs:?}"
+            );
+        }
+        let stored: HashMap<u64, &Value> = all.iter().map(|(s, e)| (*s, e)).collect();
+        for (key, acked) in &ledger {
+            let served = stored.get(&acked.seq).unwrap_or_else(|| {
+                panic!(
+                    "{name}: {key:?} acknowledged with seq {} is not served (stored at {:?})",
+                    acked.seq,
+                    count.get(key)
+                )
+            });
+            assert!(
+                same_event(&acked.event, served),
+                "{name}: seq {} acknowledged for {key:?} serves {served}",
+                acked.seq
+            );
+        }
+        common::note(format!(
+            "{name}: {} stored events read back, every acknowledged one at its seq",
+            all.len()
+        ));
+    }
+
+    // The subscriber on A saw every event published through B, in order.
+    let last_b = by_seq
+        .values()
+        .filter(|a| a.via == 1)
+        .map(|a| a.seq)
+        .max()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().last().map(|(s, _)| *s) < Some(last_b) {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber on A did not reach seq {last_b} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_sub.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sub).await;
+    let seen = seen.lock().unwrap().clone();
+    let mut prev = 0;
+    for (seq, _) in &seen {
+        assert!(
+            *seq > prev,
+            "the stream on A is in order: {prev} then {seq}"
+        );
+        prev = *seq;
+    }
+    let streamed: HashMap<u64, &Value> = seen.iter().map(|(s, e)| (*s, e)).collect();
+    for acked in ledger.values().filter(|a| a.via == 1) {
+        let ev = streamed.get(&acked.seq).unwrap_or_else(|| {
+            panic!(
+                "the stream on A skipped seq {} published through B",
+                acked.seq
+            )
+        });
+        assert!(
+            same_event(&acked.event, ev),
+            "streamed seq {}: {ev}",
+            acked.seq
+        );
+    }
+    common::note(format!(
+        "the stream on A delivered {} events in order",
+        seen.len()
+    ));
+
+    a.stop().await;
+    b.stop().await;
+}
