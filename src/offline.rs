@@ -166,6 +166,30 @@ pub fn verify_showing(
             }
         }
     }
+    // Payload schemas are the store's own data: a damaged file is replaced
+    // from the newest backup at the next start, or the start is refused.
+    let schemas = layout::schemas_path(data_dir);
+    match std::fs::read(&schemas) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => damaged(out, format!("{}: cannot be read: {e}", layout::SCHEMAS)),
+        Ok(bytes) => match crate::store::schemas::decode(&bytes) {
+            Ok(catalog) => {
+                let _ = writeln!(
+                    out,
+                    "ok      {}: {} type(s), checksum matches",
+                    layout::SCHEMAS,
+                    catalog.types.len()
+                );
+            }
+            Err(why) => damaged(
+                out,
+                format!(
+                    "{}: {why}; the next start replaces it from the newest backup that holds an intact copy, or refuses to start",
+                    layout::SCHEMAS
+                ),
+            ),
+        },
+    }
     let mut checked = backup::CheckedFiles::default();
     let dirs = backup::list_dirs(data_dir);
     progress.add(1);

@@ -303,3 +303,45 @@ async fn verify_hashes_a_shared_backup_copy_once_and_reports_it_in_every_backup(
         );
     }
 }
+
+/// `msgbus verify` checks `schemas.json` (the payload schemas are the
+/// store's own data): intact, it is listed with its types; damaged, verify
+/// fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_the_payload_schemas_file() {
+    let app = start_monitored(DataDir::temp(), &[]).await;
+    let r = app
+        .put(
+            "/schemas/story.created",
+            &serde_json::json!({"type": "object", "required": ["points"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dir = app.stop().await;
+    let d = dir.path().display().to_string();
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok      schemas.json: 1 type(s), checksum matches"),
+        "{out}"
+    );
+
+    let path = dir.path().join("schemas.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"points")
+        .expect("the schema is in the file");
+    bytes[at] = b'q';
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, err) = run_msgbus(&["verify", "--data-dir", &d]).await;
+    assert_ne!(
+        code, 0,
+        "verify must fail on a damaged schemas.json:\n{out}{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("DAMAGED schemas.json: checksum mismatch")),
+        "{out}"
+    );
+}
