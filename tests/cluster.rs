@@ -37,7 +37,7 @@ const PUBLISHERS_PER_INSTANCE: usize = 3;
 /// Leader kills.
 const KILLS: usize = 3;
 /// The whole test, start to finish.
-const TEST_BOUND: Duration = Duration::from_secs(240);
+const TEST_BOUND: Duration = Duration::from_secs(180);
 /// One publish attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
