@@ -13,6 +13,7 @@ use crate::alerts::{Alerts, Severity};
 use crate::auth::{AuthMode, Keyring};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
+use crate::jetstream::JetStream;
 use crate::jobs::{self, FirstTick, Jobs};
 use crate::monitor::{self, MonitorSettings};
 use crate::store::handle::WriterThread;
@@ -23,11 +24,21 @@ use tokio::signal::unix::{Signal, SignalKind};
 /// Errors that stop the server from starting or running.
 pub type AppError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The store a server runs on (`--backend`).
+enum Backend {
+    /// The data directory's file store and its writer thread.
+    File {
+        store: StoreHandle,
+        writer: WriterThread,
+    },
+    /// A NATS JetStream stream.
+    Nats(JetStream),
+}
+
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
-    store: StoreHandle,
-    writer: WriterThread,
+    backend: Backend,
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
     config: ServeConfig,
@@ -66,6 +77,9 @@ impl Application {
             Alerts::with_channels(config.alert_capacity, channels)
                 .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
         );
+        if config.backend == crate::config::Backend::Nats {
+            return Self::build_nats(config, alerts, tls, hangup).await;
+        }
         let (store, writer) = match StoreHandle::open(&config.store(), alerts.clone()) {
             Ok(opened) => opened,
             Err(e) => {
@@ -94,8 +108,43 @@ impl Application {
         let state = AppState::new(store.clone(), &config, keyring, shutdown_rx);
         Ok(Application {
             listener,
-            store,
-            writer,
+            backend: Backend::File { store, writer },
+            state,
+            shutdown_tx,
+            config,
+            tls,
+            hangup,
+        })
+    }
+
+    /// [`Application::build`] for `--backend nats`: connects, checks the
+    /// server version, finds or creates the stream. No data directory
+    /// lock, file store, monitor, backups or retention ticker (the
+    /// stream's replicas and limits do that work); the data directory
+    /// holds only the token file.
+    async fn build_nats(
+        config: ServeConfig,
+        alerts: Arc<Alerts>,
+        tls: Option<Arc<Tls>>,
+        hangup: Signal,
+    ) -> Result<Application, AppError> {
+        let js = JetStream::open(config.jetstream()).await?;
+        let keyring = Arc::new(open_keyring(&config)?);
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = AppState::with_store(
+            Arc::new(js.clone()),
+            None,
+            alerts,
+            &config,
+            keyring,
+            shutdown_rx,
+        );
+        Ok(Application {
+            listener,
+            backend: Backend::Nats(js),
             state,
             shutdown_tx,
             config,
@@ -122,8 +171,7 @@ impl Application {
     ) -> Result<(), AppError> {
         let Application {
             listener,
-            store,
-            writer,
+            backend,
             state,
             shutdown_tx,
             config,
@@ -136,6 +184,7 @@ impl Application {
         let verifications = state.verifications.clone();
         let keyring = state.auth.keyring.clone();
         let queues = state.queues.clone();
+        let alerts = state.alerts.clone();
         let router = http::router(state);
         let mut jobs = Jobs::default();
         jobs.add(Some(jobs::every(
@@ -148,33 +197,35 @@ impl Application {
                 async move { queues.reap().await }
             },
         )));
-        jobs.add(Some(monitor::spawn(
-            store.clone(),
-            MonitorSettings {
-                interval: config.monitor_interval,
-                min_free_bytes: config.min_free_bytes,
-                read_rate: config.monitor_read_rate,
-            },
-            shutdown_tx.subscribe(),
-        )));
-        jobs.add(Some(crate::backup_timer::spawn(
-            store.clone(),
-            config.backup_interval,
-            shutdown_tx.subscribe(),
-        )));
-        jobs.add(store.retention_tick().map(|every| {
-            let store = store.clone();
-            jobs::every(
-                "retention ticker",
-                every,
-                FirstTick::AfterInterval,
-                shutdown_tx.subscribe(),
-                move |_| {
-                    store.enforce_retention();
-                    std::future::ready(())
+        if let Backend::File { store, .. } = &backend {
+            jobs.add(Some(monitor::spawn(
+                store.clone(),
+                MonitorSettings {
+                    interval: config.monitor_interval,
+                    min_free_bytes: config.min_free_bytes,
+                    read_rate: config.monitor_read_rate,
                 },
-            )
-        }));
+                shutdown_tx.subscribe(),
+            )));
+            jobs.add(Some(crate::backup_timer::spawn(
+                store.clone(),
+                config.backup_interval,
+                shutdown_tx.subscribe(),
+            )));
+            jobs.add(store.retention_tick().map(|every| {
+                let store = store.clone();
+                jobs::every(
+                    "retention ticker",
+                    every,
+                    FirstTick::AfterInterval,
+                    shutdown_tx.subscribe(),
+                    move |_| {
+                        store.enforce_retention();
+                        std::future::ready(())
+                    },
+                )
+            }));
+        }
         let state_keyring = keyring.clone();
         jobs.add(Some(keyring_refresh(keyring, shutdown_tx.subscribe())));
         let acceptor = tls.as_ref().map(|t| t.acceptor());
@@ -184,7 +235,7 @@ impl Application {
                 hangup,
                 tls,
                 state_keyring,
-                store.alerts().clone(),
+                alerts.clone(),
                 shutdown_tx.subscribe(),
             )),
         )));
@@ -226,10 +277,15 @@ impl Application {
         verifications.stopped(config.shutdown_timeout).await;
         // Alerts still queued (a mail waiting for its interval) go out now,
         // for at most the shutdown timeout.
-        store.alerts().flush(config.shutdown_timeout).await;
-        store.close().await;
-        drop(store);
-        writer.join().await;
+        alerts.flush(config.shutdown_timeout).await;
+        match backend {
+            Backend::File { store, writer } => {
+                store.close().await;
+                drop(store);
+                writer.join().await;
+            }
+            Backend::Nats(js) => js.close().await,
+        }
         tracing::info!("msgbus stopped");
         Ok(())
     }

@@ -370,6 +370,89 @@ pub struct ServeConfig {
     /// SEC1). Needs --tls-cert. Keep it readable by msgbus only.
     #[arg(long, env = "MSGBUS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Where events are kept: `file` (the default: this process's data
+    /// directory, one node) or `nats` (a NATS JetStream stream, which
+    /// stateless msgbus instances can share; see `--nats-*`). With `nats`
+    /// the data directory holds only the token file: no lock, no
+    /// segments, no backups, monitor or retention ticker.
+    #[arg(long, env = "MSGBUS_BACKEND", value_enum, default_value_t = Backend::File)]
+    pub backend: Backend,
+
+    /// The NATS JetStream backend's settings (used with `--backend nats`).
+    #[command(flatten)]
+    pub nats: NatsConfig,
+}
+
+/// Where events are kept (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Backend {
+    /// The data directory's segments (one node).
+    #[default]
+    File,
+    /// A NATS JetStream stream.
+    Nats,
+}
+
+/// How to reach and use NATS JetStream (`--backend nats`).
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfig {
+    /// NATS servers, comma-separated (`nats://h1:4222,nats://h2:4222`;
+    /// `tls://` for TLS). Name several so msgbus can connect while one is
+    /// down; the client learns the rest of the cluster from them.
+    #[arg(
+        long,
+        env = "MSGBUS_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: Vec<String>,
+
+    /// The JetStream stream holding the events, created if missing; its
+    /// subjects are `<name>.>`. Instances that share a stream serve the
+    /// same events.
+    #[arg(long, env = "MSGBUS_NATS_STREAM", default_value = "MSGBUS")]
+    pub nats_stream: String,
+
+    /// Replicas of the stream when msgbus creates it (1 to 5): 3 keeps
+    /// serving, without losing an acknowledged event, while one server is
+    /// down; every publish then waits for two servers. Refused above 1 on
+    /// servers older than 2.10.11. An existing stream keeps its own count
+    /// (a warning says so).
+    #[arg(long, env = "MSGBUS_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+
+    /// JetStream's duplicate window for a stream msgbus creates: a publish
+    /// of an already stored `(source, id)` is answered as a duplicate only
+    /// within this time of the original. 2 minutes (JetStream's own
+    /// default) covers a client's retries after a timeout or a failover;
+    /// longer costs server memory for every id published in the window.
+    #[arg(long, env = "MSGBUS_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub nats_duplicate_window: Duration,
+
+    /// A NATS credentials file (user JWT and NKey seed) to connect with.
+    #[arg(long, env = "MSGBUS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// A NATS user name; the password comes from `MSGBUS_NATS_PASSWORD`
+    /// (environment only, so it is not in the process list).
+    #[arg(long, env = "MSGBUS_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// A NATS authentication token (prefer `MSGBUS_NATS_TOKEN`, which is
+    /// not in the process list).
+    #[arg(long, env = "MSGBUS_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// PEM file of CA certificates to trust for `tls://` NATS servers
+    /// (otherwise the bundled public roots).
+    #[arg(long, env = "MSGBUS_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+
+    /// How long connecting to NATS may take at start before msgbus gives
+    /// up; after start it reconnects for as long as it runs.
+    #[arg(long, env = "MSGBUS_NATS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub nats_connect_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -388,6 +471,34 @@ impl ServeConfig {
 }
 
 impl ServeConfig {
+    /// The NATS JetStream backend's settings (`--nats-*`, and the
+    /// `--retention-*` limits as the stream's limits).
+    pub fn jetstream(&self) -> crate::jetstream::Settings {
+        let n = &self.nats;
+        crate::jetstream::Settings {
+            urls: n
+                .nats_url
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            stream: n.nats_stream.clone(),
+            replicas: n.replicas,
+            duplicate_window: n.nats_duplicate_window,
+            creds: n.nats_creds.clone(),
+            user: n.nats_user.clone(),
+            password: std::env::var("MSGBUS_NATS_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
+            token: n.nats_token.clone(),
+            ca_file: n.nats_ca_file.clone(),
+            connect_timeout: n.nats_connect_timeout,
+            max_messages: self.retention_max_events,
+            max_age: self.retention_max_age,
+            max_bytes: self.retention_max_bytes,
+        }
+    }
+
     /// The store's part of the settings.
     pub fn store(&self) -> StoreConfig {
         StoreConfig {

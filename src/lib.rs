@@ -13,6 +13,8 @@
 //! - [`event`]: the CloudEvents model and its validation
 //! - [`schemas`]: payload JSON Schemas compiled once, and the publish check
 //! - [`store`]: the durable log: one writer thread, segments, manifest, recovery
+//! - [`jetstream`]: the second backend: the same [`store::Store`] over a NATS
+//!   JetStream stream (`--backend nats`)
 //! - [`auth`]: access control: tokens, roles, scopes, `auth/tokens.json`
 //! - [`queue`]: work queues: leases, acks and dead letters of queue consumers
 //! - [`http`]: the REST API, one file per resource, RFC 9457 errors
@@ -45,6 +47,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod inprocess;
+pub mod jetstream;
 pub mod jobs;
 pub mod monitor;
 pub mod offline;

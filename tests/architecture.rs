@@ -6,6 +6,10 @@
 //!   `store::writer::repair` is `writer`);
 //! * `src/http/` names nothing of `store` outside [`HTTP_MAY_USE`]: the
 //!   store interface, its handle, and the snapshot and error types;
+//! * `src/jetstream/` (the NATS JetStream backend) names nothing of
+//!   `store` outside [`JETSTREAM_MAY_USE`]: the store interface and the
+//!   snapshot and error types (no handle, no submodule), and no top-level
+//!   module outside [`JETSTREAM_MODULES`];
 //! * `src/client/` and `src/transfer/` name no top-level module outside
 //!   [`CLIENT_MAY_USE`] (no store, no server: the HTTP API only);
 //! * no `Result<_, String>` in `src/`.
@@ -66,6 +70,47 @@ const HTTP_MAY_USE: &[&str] = &[
     "ConsumerError",
     "SchemaError",
 ];
+
+/// Names `src/jetstream/` may use from `crate::store`: the interface it
+/// implements, what the interface takes and returns, the snapshots and
+/// the errors; not the file store's handle nor any store submodule.
+const JETSTREAM_MAY_USE: &[&str] = &[
+    "Store",
+    "BoxFuture",
+    "Filter",
+    "Scope",
+    "Matcher",
+    "PreparedEvent",
+    "Outcome",
+    "Original",
+    "StoredEvent",
+    "EventPage",
+    "Consumer",
+    "ConsumerStart",
+    "QueueSpec",
+    "QueueDelta",
+    "QueueLedger",
+    "SchemaLimits",
+    "SchemaType",
+    "SchemaCatalog",
+    "Status",
+    "StatsSnapshot",
+    "EventCounts",
+    "WriterCounters",
+    "BackupSummary",
+    "BackupInfo",
+    "IntegrityState",
+    "RetentionStats",
+    "ConsumerStats",
+    "StoreError",
+    "WriteRefusal",
+    "ConsumerError",
+    "SchemaError",
+];
+
+/// The top-level modules `src/jetstream/` may name: itself and the store
+/// (through [`JETSTREAM_MAY_USE`]); no HTTP, no server, no config.
+const JETSTREAM_MODULES: &[&str] = &["jetstream", "store"];
 
 /// One source file, its module path and its code with comments, string
 /// literals and `#[cfg(test)]` items blanked out (lines kept).
@@ -816,6 +861,59 @@ fn http_uses_only_the_store_interface() {
         bad.is_empty(),
         "src/http/ may use from the store only its interface, handle, snapshot and error types \
          (HTTP_MAY_USE in tests/architecture.rs), never a store submodule:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn jetstream_uses_only_the_store_interface() {
+    let sources = load();
+    let mut bad = Vec::new();
+    for s in sources
+        .iter()
+        .filter(|s| s.module.first().is_some_and(|m| m == "jetstream"))
+    {
+        for u in uses(s) {
+            let Some(first) = u.path.first() else {
+                continue;
+            };
+            let top_level = sources
+                .iter()
+                .any(|o| o.module.len() == 1 && &o.module[0] == first);
+            let ok = if first == "store" {
+                match u.path.len() {
+                    1 => true,
+                    2 => JETSTREAM_MAY_USE.contains(&u.path[1].as_str()),
+                    _ => {
+                        JETSTREAM_MAY_USE.contains(&u.path[1].as_str())
+                            && u.path[1].starts_with(char::is_uppercase)
+                    }
+                }
+            } else {
+                !top_level || JETSTREAM_MODULES.contains(&first.as_str())
+            };
+            if !ok {
+                bad.push(format!(
+                    "  {}:{} names {}",
+                    s.file.display(),
+                    u.line,
+                    u.path.join("::")
+                ));
+            }
+        }
+    }
+    bad.dedup();
+    assert!(
+        !sources
+            .iter()
+            .all(|s| s.module.first().is_none_or(|m| m != "jetstream")),
+        "src/jetstream/ not found: the checker would pass on nothing"
+    );
+    assert!(
+        bad.is_empty(),
+        "src/jetstream/ may use from the store only its interface, snapshot and error types \
+         (JETSTREAM_MAY_USE in tests/architecture.rs), never the file store's handle or a \
+         store submodule, and no other top-level module (JETSTREAM_MODULES):\n{}",
         bad.join("\n")
     );
 }

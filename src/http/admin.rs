@@ -17,6 +17,7 @@ use super::error::Problem;
 use super::AppState;
 use crate::alerts::Alert;
 use crate::monitor;
+use crate::store::StoreHandle;
 
 /// Locks a mutex, ignoring poisoning: every value behind it is replaced
 /// whole, so a panic cannot leave one half-written.
@@ -53,11 +54,24 @@ pub async fn alerts(State(state): State<AppState>) -> Json<AlertList> {
 
 /// List backups with their event range, size and verification state.
 #[utoipa::path(get, path = "/admin/backups", tag = "operations",
-    responses((status = 200, description = "Backups, oldest first", body = BackupList)))]
-pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
-    Json(BackupList {
+    responses(
+        (status = 200, description = "Backups, oldest first", body = BackupList),
+        (status = 501, description = "The NATS JetStream backend keeps no backups of its own", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_backups(State(state): State<AppState>) -> Result<Json<BackupList>, Problem> {
+    file_store(&state, "GET /admin/backups (the file store's backups)")?;
+    Ok(Json(BackupList {
         backups: state.store.backups().into_iter().map(Into::into).collect(),
-    })
+    }))
+}
+
+/// The file store's handle, or the `501` of a route only the file backend
+/// has.
+fn file_store<'a>(state: &'a AppState, what: &str) -> Result<&'a StoreHandle, Problem> {
+    state
+        .file_store
+        .as_ref()
+        .ok_or_else(|| Problem::file_backend_only(what))
 }
 
 /// Take a verified backup now.
@@ -65,11 +79,13 @@ pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
     responses(
         (status = 201, description = "Taken and verified", body = BackupInfo),
         (status = 500, description = "The backup failed; `detail` says why", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "The NATS JetStream backend keeps no backups of its own", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down or timed out", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Problem> {
-    match state.file_store.backup().await? {
+    let store = file_store(&state, "POST /admin/backups (a backup of the file store)")?;
+    match store.backup().await? {
         Ok(info) => Ok((StatusCode::CREATED, Json(BackupInfo::from(info))).into_response()),
         Err(reason) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +163,7 @@ impl Verifications {
     fn start_or_join(
         self: &Arc<Self>,
         state: &AppState,
+        store: StoreHandle,
     ) -> (watch::Receiver<Option<VerifyStatus>>, VerifyStatus, bool) {
         let mut g = lock(&self.inner);
         if let (Some(rx), Some(now)) = (&g.running, &g.latest) {
@@ -163,11 +180,7 @@ impl Verifications {
         let (tx, rx) = watch::channel(None);
         g.latest = Some(now.clone());
         g.running = Some(rx.clone());
-        let (me, store, min_free) = (
-            Arc::clone(self),
-            state.file_store.clone(),
-            state.settings.min_free_bytes,
-        );
+        let (me, min_free) = (Arc::clone(self), state.settings.min_free_bytes);
         let mut shutdown = state.shutdown.clone();
         let started = now.clone();
         g.task = Some(tokio::spawn(async move {
@@ -221,11 +234,19 @@ impl Verifications {
         (status = 200, description = "The check's report (of the run this request started or joined)", body = VerifyResult),
         (status = 202, description = "Still running after the request timeout; poll `GET /admin/verify`", body = VerifyStatus,
             headers(("Location" = String, description = "`/admin/verify`"))),
+        (status = 501, description = "The NATS JetStream backend has no integrity check of its own", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down: the check was stopped", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ))]
 pub async fn verify(State(state): State<AppState>) -> Response {
-    let (mut rx, now, joined) = state.verifications.start_or_join(&state);
+    let store = match file_store(
+        &state,
+        "POST /admin/verify (the file store's integrity check)",
+    ) {
+        Ok(s) => s.clone(),
+        Err(p) => return p.into_response(),
+    };
+    let (mut rx, now, joined) = state.verifications.start_or_join(&state, store);
     // Answer before the request timeout would, with something useful.
     let within = state.settings.request_timeout * 9 / 10;
     let done = match tokio::time::timeout(within, rx.wait_for(Option::is_some)).await {
@@ -269,7 +290,14 @@ pub async fn verify(State(state): State<AppState>) -> Response {
 
 /// The latest verification: running or finished, when, and its report.
 #[utoipa::path(get, path = "/admin/verify", tag = "operations",
-    responses((status = 200, description = "The latest verification's status", body = VerifyStatus)))]
-pub async fn verify_status(State(state): State<AppState>) -> Json<VerifyStatus> {
-    Json(state.verifications.status())
+    responses(
+        (status = 200, description = "The latest verification's status", body = VerifyStatus),
+        (status = 501, description = "The NATS JetStream backend has no integrity check of its own", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verify_status(State(state): State<AppState>) -> Result<Json<VerifyStatus>, Problem> {
+    file_store(
+        &state,
+        "GET /admin/verify (the file store's integrity check)",
+    )?;
+    Ok(Json(state.verifications.status()))
 }

@@ -171,6 +171,26 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 501: the backend in use does not implement this.
+    pub fn not_implemented(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-implemented",
+            "Not implemented by this backend",
+            detail,
+        )
+    }
+
+    /// 501 for an `/admin/*` operation of the file backend (`what`) asked
+    /// of the NATS JetStream backend, where the stream's replicas do its
+    /// job.
+    pub fn file_backend_only(what: &str) -> Self {
+        Problem::not_implemented(format!(
+            "{what} belongs to the file backend (--backend file); with --backend nats the \
+             JetStream stream's replicas keep and repair the data, so msgbus has none of its own"
+        ))
+    }
+
     /// 503 with a `Retry-After`.
     pub fn unavailable(
         slug: &'static str,
@@ -239,6 +259,13 @@ impl From<StoreError> for Problem {
                 ),
                 1,
             ),
+            StoreError::Unavailable(detail) => Problem::unavailable(
+                "backend-unavailable",
+                "Backend unavailable",
+                detail,
+                1,
+            ),
+            StoreError::Unsupported(detail) => Problem::not_implemented(detail),
             other @ (StoreError::Io { .. } | StoreError::Locked { .. }) => {
                 Problem::internal(&other)
             }

@@ -45,6 +45,9 @@ fn unready_reasons(state: &AppState, status: &Status) -> Vec<String> {
     if let Some(r) = &status.read_only {
         reasons.push(format!("damaged data could not be repaired yet: {r}"));
     }
+    if let Some(u) = &status.unavailable {
+        reasons.push(format!("the backend is unavailable: {u}"));
+    }
     if *state.shutdown.borrow() {
         reasons.push("the server is shutting down".to_string());
     }

@@ -81,7 +81,9 @@ pub struct AppStateParts {
     pub store: Arc<dyn Store>,
     /// The file store's own operations that are not part of [`Store`]:
     /// backups on demand and the on-demand integrity check (`/admin`).
-    pub file_store: StoreHandle,
+    /// `None` with another backend (NATS JetStream), where those routes
+    /// answer 501.
+    pub file_store: Option<StoreHandle>,
     /// The alert list (`/alerts`).
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Limits and settings the handlers apply.
@@ -149,17 +151,37 @@ pub struct HttpSettings {
 }
 
 impl AppState {
-    /// State for a server with `config`.
+    /// State for a server with `config` over the file store.
     pub fn new(
         store: StoreHandle,
         config: &ServeConfig,
         keyring: Arc<crate::auth::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+        let alerts = store.alerts().clone();
+        Self::with_store(
+            Arc::new(store.clone()),
+            Some(store),
+            alerts,
+            config,
+            keyring,
+            shutdown,
+        )
+    }
+
+    /// State for a server with `config` over any [`Store`]; `file_store`
+    /// is the file store's handle when that is the backend.
+    pub fn with_store(
+        dyn_store: Arc<dyn Store>,
+        file_store: Option<StoreHandle>,
+        alerts: Arc<crate::alerts::Alerts>,
+        config: &ServeConfig,
+        keyring: Arc<crate::auth::Keyring>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let queues = Arc::new(crate::queue::Queues::new(
             dyn_store.clone(),
-            store.alerts().clone(),
+            alerts.clone(),
             crate::queue::QueueLimits {
                 max_leases: config.queue_max_leases.max(1),
                 max_acked: config.queue_max_acked.max(1),
@@ -167,12 +189,12 @@ impl AppState {
             },
         ));
         let schemas = Arc::new(crate::schemas::Registry::new(&config.public_url));
-        schemas.refresh(&store.schema_catalog());
+        schemas.refresh(&dyn_store.schema_catalog());
         AppState(Arc::new(AppStateParts {
             store: dyn_store,
             queues,
-            alerts: store.alerts().clone(),
-            file_store: store,
+            alerts,
+            file_store,
             settings: Arc::new(HttpSettings {
                 limits: Limits {
                     max_event_bytes: config.max_event_bytes as usize,

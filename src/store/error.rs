@@ -128,6 +128,15 @@ pub enum StoreError {
         /// the store holds none).
         oldest: u64,
     },
+    /// A backend that serves over the network (the NATS JetStream one)
+    /// cannot reach its servers, or they did not answer in time; the
+    /// detail says what happened to the request (503, retry).
+    #[error("the backend is unavailable: {0}")]
+    Unavailable(String),
+    /// The backend does not implement this operation; the detail says
+    /// which and what to use instead (501).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {

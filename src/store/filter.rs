@@ -157,6 +157,18 @@ impl Matcher {
         &self.filter
     }
 
+    /// True when an event with these attributes matches the whole filter
+    /// and its scope: for a backend that filters events one by one (the
+    /// NATS JetStream one), not for the file store's indexed reads.
+    pub fn matches_event(&self, ty: &str, source: &str, subject: Option<&str>) -> bool {
+        let f = &*self.filter;
+        f.ty.as_deref().is_none_or(|t| t == ty)
+            && self.allows_type(ty)
+            && f.source.as_deref().is_none_or(|s| s == source)
+            && f.scope.allows_source(source)
+            && f.subject.as_deref().is_none_or(|s| Some(s) == subject)
+    }
+
     /// The prefixes a matching type starts with (the filter's
     /// `type_prefix` and its scope's together), `None` when any type does.
     pub(super) fn type_prefixes(&self) -> Option<&[String]> {

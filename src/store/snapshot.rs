@@ -30,6 +30,10 @@ pub struct Status {
     pub first_seq: u64,
     /// Commands waiting for the writer.
     pub queue_depth: usize,
+    /// Why a backend that serves over the network cannot serve now (not
+    /// connected, no stream leader), if it cannot; never set by the file
+    /// store.
+    pub unavailable: Option<String>,
 }
 
 impl Status {
@@ -151,6 +155,7 @@ impl Shared {
             last_seq: *self.head.borrow(),
             first_seq: self.index().first_seq(),
             queue_depth,
+            unavailable: None,
         }
     }
 

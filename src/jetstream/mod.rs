@@ -1,0 +1,959 @@
+//! The NATS JetStream backend (`msgbus serve --backend nats`): the same
+//! [`Store`] interface over a JetStream stream, so stateless msgbus
+//! instances can serve one replicated stream.
+//!
+//! - a publish is the stored event's bytes (exactly what the file store
+//!   writes) as the payload of a message on `<stream>.<type as tokens>`
+//!   ([`subject`]), with `Nats-Msg-Id` derived from `(source, id)`; the
+//!   event's seq is the stream sequence, answered after the publish ack
+//!   (for R3: once a quorum stored it);
+//! - a read walks the stream with direct gets (`next_by_subject` from a
+//!   seq, with the type filter as the subject filter), filtering `source`
+//!   and `subject` itself, bounded in events, bytes and time; a "not
+//!   found" below the known head is confirmed by the stream leader, since
+//!   a direct get may be served by a replica that is behind;
+//! - the head and its watch follow the stream: an ordered, headers-only
+//!   consumer on `<stream>.>` and stream info once a second, so events
+//!   published through another msgbus instance wake this one's long-polls
+//!   and streams;
+//! - health, `/stats` and retention come from the stream's info.
+//!
+//! Durable consumers, queue consumers and payload schemas are not mapped
+//! yet: they answer 501 ([`StoreError::Unsupported`]).
+//!
+//! This module knows the store only by its interface, snapshot and error
+//! types (`tests/architecture.rs` checks it).
+
+pub mod subject;
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::store::{
+    BackupInfo, BackupSummary, BoxFuture, Consumer, ConsumerError, ConsumerStart, ConsumerStats,
+    EventCounts, EventPage, Filter, IntegrityState, Matcher, Original, Outcome, PreparedEvent,
+    QueueDelta, QueueLedger, QueueSpec, RetentionStats, SchemaCatalog, SchemaError, SchemaLimits,
+    SchemaType, StatsSnapshot, Status, Store, StoreError, StoredEvent, WriterCounters,
+};
+
+/// The oldest nats-server that may run a replicated stream: older ones
+/// could lose acknowledged messages when a stream leader was killed.
+pub const MIN_REPLICATED_VERSION: (u64, u64, u64) = (2, 10, 11);
+
+/// The oldest nats-server with atomic batch publish.
+pub const MIN_ATOMIC_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+/// Longest one read walks the stream before it answers what it has (its
+/// `next_after` continues from there).
+const READ_TIME: Duration = Duration::from_secs(2);
+
+/// Most messages one read looks at (matching or not) before it answers.
+const READ_EXAMINED: usize = 10_000;
+
+/// How often stream info is fetched (head, first seq, leader, counts).
+const INFO_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a JetStream API request or publish ack may take.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings of the backend (built from `msgbus serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server URLs (`nats://h1:4222`, `tls://...`).
+    pub urls: Vec<String>,
+    /// The stream's name; its subjects are `<name>.>`.
+    pub stream: String,
+    /// Replicas of a stream created by msgbus.
+    pub replicas: usize,
+    /// JetStream's duplicate window for `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// An authentication token.
+    pub token: Option<String>,
+    /// PEM file of CA certificates to trust for `tls://` servers.
+    pub ca_file: Option<PathBuf>,
+    /// How long connecting at start may take.
+    pub connect_timeout: Duration,
+    /// Stream limit: most messages (`--retention-max-events`).
+    pub max_messages: Option<u64>,
+    /// Stream limit: oldest age (`--retention-max-age`).
+    pub max_age: Option<Duration>,
+    /// Stream limit: most bytes (`--retention-max-bytes`).
+    pub max_bytes: Option<u64>,
+}
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is unusable.
+    #[error("{0}")]
+    Setting(String),
+    /// No server could be reached or the connection was refused.
+    #[error("cannot connect to NATS at {urls}: {source}")]
+    Connect {
+        /// The URLs tried.
+        urls: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The server is too old for what was asked.
+    #[error(
+        "--replicas {replicas} needs nats-server {}.{}.{} or newer, but the server msgbus reached \
+         ({server}) runs {version}: older servers could lose messages they had acknowledged when \
+         a stream leader was killed. Upgrade the NATS servers, or use --replicas 1",
+        MIN_REPLICATED_VERSION.0, MIN_REPLICATED_VERSION.1, MIN_REPLICATED_VERSION.2
+    )]
+    TooOld {
+        /// `--replicas`.
+        replicas: usize,
+        /// The server's name.
+        server: String,
+        /// Its version.
+        version: String,
+    },
+    /// The stream could not be created, read or used.
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// `major.minor.patch` of a server version string (`2.10.11`,
+/// `2.12.0-beta.1`); `None` when it is not one.
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// The `Nats-Msg-Id` of an event: a hash of its `(source, id)`, so the
+/// header stays short and holds no character a header cannot.
+pub fn msg_id(source: &str, id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((source.len() as u64).to_be_bytes());
+    h.update(source.as_bytes());
+    h.update(id.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The attributes of a stored event the backend looks at.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(default, borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    time: Option<Cow<'a, str>>,
+}
+
+fn head_of(payload: &[u8]) -> Option<Head<'_>> {
+    serde_json::from_slice(payload).ok()
+}
+
+/// What the info poller last saw of the stream.
+#[derive(Debug, Clone, Default)]
+struct StreamState {
+    /// Oldest stored seq (the next one when empty).
+    first_seq: u64,
+    /// Newest stored seq.
+    last_seq: u64,
+    /// Messages stored.
+    messages: u64,
+    /// Bytes stored.
+    bytes: u64,
+    /// Why the stream cannot serve, if it cannot.
+    unavailable: Option<String>,
+}
+
+/// Counters for `/stats` and `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    events: AtomicU64,
+    duplicates: AtomicU64,
+    batches: AtomicU64,
+    max_batch: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    prefix: String,
+    direct: bool,
+    head: watch::Sender<u64>,
+    state: Mutex<StreamState>,
+    counters: Counters,
+    settings: Settings,
+}
+
+/// The backend: cheap to clone; background tasks stop with
+/// [`JetStream::close`] (or when the last clone is dropped).
+#[derive(Debug, Clone)]
+pub struct JetStream {
+    shared: Arc<Shared>,
+    tasks: Arc<Tasks>,
+}
+
+#[derive(Debug, Default)]
+struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in lock(&self.0).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+/// Connects to the servers of `settings` (credentials and TLS as given),
+/// failing at once when none answers.
+pub async fn connect(settings: &Settings) -> Result<async_nats::Client, StartError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("msgbus")
+        .connection_timeout(settings.connect_timeout);
+    if let Some(path) = &settings.creds {
+        opts = opts.credentials_file(path).await.map_err(|e| {
+            StartError::Setting(format!("--nats-creds: cannot read {}: {e}", path.display()))
+        })?;
+    }
+    match (&settings.user, &settings.password) {
+        (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
+        (Some(_), None) => {
+            return Err(StartError::Setting(
+                "--nats-user needs MSGBUS_NATS_PASSWORD".into(),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(t) = &settings.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(ca) = &settings.ca_file {
+        if !ca.is_file() {
+            return Err(StartError::Setting(format!(
+                "--nats-ca-file: {} is not a readable file",
+                ca.display()
+            )));
+        }
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    let mut addrs = Vec::new();
+    for u in &settings.urls {
+        let a: async_nats::ServerAddr = u
+            .parse()
+            .map_err(|e| StartError::Setting(format!("--nats-url: {u:?} is not a URL: {e}")))?;
+        addrs.push(a);
+    }
+    if addrs.is_empty() {
+        return Err(StartError::Setting("--nats-url names no server".into()));
+    }
+    opts.connect(addrs.as_slice())
+        .await
+        .map_err(|source| StartError::Connect {
+            urls: settings.urls.join(","),
+            source,
+        })
+}
+
+impl JetStream {
+    /// Connects, checks the server version, and finds or creates the
+    /// stream; then starts following it.
+    pub async fn open(settings: Settings) -> Result<JetStream, StartError> {
+        let stream_err = |detail: String| StartError::Stream {
+            stream: settings.stream.clone(),
+            detail,
+        };
+        if settings.stream.is_empty()
+            || settings
+                .stream
+                .contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
+            return Err(StartError::Setting(format!(
+                "--nats-stream {:?}: a stream name may not be empty nor hold whitespace, '.', '*', '>', '/' or '\\'",
+                settings.stream
+            )));
+        }
+        if settings.replicas == 0 || settings.replicas > 5 {
+            return Err(StartError::Setting(format!(
+                "--replicas {}: JetStream keeps 1 to 5 replicas",
+                settings.replicas
+            )));
+        }
+        let client = connect(&settings).await?;
+        let info = client.server_info();
+        let version = parse_version(&info.version);
+        if settings.replicas > 1 && version.is_none_or(|v| v < MIN_REPLICATED_VERSION) {
+            return Err(StartError::TooOld {
+                replicas: settings.replicas,
+                server: info.server_name.clone(),
+                version: info.version.clone(),
+            });
+        }
+        let atomic = version.is_some_and(|v| v >= MIN_ATOMIC_VERSION);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(API_TIMEOUT)
+            .build(client.clone());
+        let prefix = settings.stream.clone();
+        let wanted = jetstream::stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: settings.replicas,
+            duplicate_window: settings.duplicate_window,
+            allow_direct: true,
+            allow_atomic_publish: atomic,
+            max_messages: settings
+                .max_messages
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            max_bytes: settings
+                .max_bytes
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            max_age: settings.max_age.unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(wanted)
+            .await
+            .map_err(|e| stream_err(format!("cannot find or create it: {e}")))?;
+        let sinfo = stream
+            .info()
+            .await
+            .map_err(|e| stream_err(format!("cannot read its info: {e}")))?
+            .clone();
+        let cfg = &sinfo.config;
+        let all = format!("{prefix}.>");
+        if !cfg.subjects.iter().any(|s| s == &all) {
+            return Err(stream_err(format!(
+                "it exists with subjects {:?}, without {all:?}: msgbus stores events on \
+                 {all:?}; use another --nats-stream or add the subject",
+                cfg.subjects
+            )));
+        }
+        if cfg.num_replicas != settings.replicas {
+            tracing::warn!(
+                stream = %settings.stream,
+                replicas = cfg.num_replicas,
+                asked = settings.replicas,
+                "the stream exists with another replica count; used as it is (change it with `nats stream edit`)"
+            );
+        }
+        if !cfg.allow_direct {
+            tracing::warn!(stream = %settings.stream, "the stream has no direct get (allow_direct); reads go to the stream leader");
+        }
+        let direct = cfg.allow_direct;
+        let state = StreamState {
+            first_seq: sinfo.state.first_sequence.max(1),
+            last_seq: sinfo.state.last_sequence,
+            messages: sinfo.state.messages,
+            bytes: sinfo.state.bytes,
+            unavailable: None,
+        };
+        tracing::info!(
+            server = %info.server_name,
+            version = %info.version,
+            stream = %settings.stream,
+            replicas = cfg.num_replicas,
+            last_seq = state.last_seq,
+            "NATS JetStream backend ready"
+        );
+        let (head, _) = watch::channel(state.last_seq);
+        let shared = Arc::new(Shared {
+            client,
+            js,
+            stream,
+            prefix,
+            direct,
+            head,
+            state: Mutex::new(state),
+            counters: Counters::default(),
+            settings,
+        });
+        let tasks = Arc::new(Tasks::default());
+        lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
+        Ok(JetStream { shared, tasks })
+    }
+
+    /// Stops following the stream and flushes what the client buffers.
+    pub async fn close(&self) {
+        for t in lock(&self.tasks.0).drain(..) {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(API_TIMEOUT, self.shared.client.flush()).await;
+    }
+
+    /// The stream's subject prefix (its name).
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+}
+
+/// Raises the head to `seq` (never lowers it).
+fn bump(head: &watch::Sender<u64>, seq: u64) {
+    head.send_if_modified(|h| {
+        if seq > *h {
+            *h = seq;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Fetches stream info every [`INFO_EVERY`]: first and last seq, counts,
+/// and whether the stream can serve (connected, a leader).
+async fn poll_info(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(INFO_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let got = tokio::time::timeout(API_TIMEOUT, s.stream.get_info()).await;
+        let connected = s.client.connection_state() == async_nats::connection::State::Connected;
+        let mut st = lock(&s.state);
+        match got {
+            Ok(Ok(info)) => {
+                st.first_seq = info.state.first_sequence.max(1);
+                st.last_seq = info.state.last_sequence;
+                st.messages = info.state.messages;
+                st.bytes = info.state.bytes;
+                let no_leader = info
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.leader.as_deref().is_none_or(str::is_empty))
+                    && info.config.num_replicas > 1;
+                st.unavailable = if !connected {
+                    Some("not connected to any NATS server".into())
+                } else if no_leader {
+                    Some(format!("stream {} has no leader", s.prefix))
+                } else {
+                    None
+                };
+                bump(&s.head, info.state.last_sequence);
+            }
+            Ok(Err(e)) => {
+                st.unavailable = Some(if connected {
+                    format!("cannot read stream {}: {e}", s.prefix)
+                } else {
+                    "not connected to any NATS server".into()
+                })
+            }
+            Err(_) => {
+                st.unavailable = Some(if connected {
+                    format!("stream {} did not answer within {API_TIMEOUT:?}", s.prefix)
+                } else {
+                    "not connected to any NATS server".into()
+                })
+            }
+        }
+    }
+}
+
+/// Follows new messages with an ordered, headers-only consumer and
+/// raises the head at each: events published through any msgbus instance
+/// wake this one's waiters at once. Recreated after any failure (the info
+/// poller covers the gap).
+async fn follow(shared: std::sync::Weak<Shared>) {
+    use futures_util::StreamExt;
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let consumer = s
+            .stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.>", s.prefix),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await;
+        let head = s.head.clone();
+        drop(s);
+        let messages = match consumer {
+            Ok(c) => c.messages().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot create the ordered consumer; retrying");
+                tokio::time::sleep(INFO_EVERY).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow the stream; retrying");
+                tokio::time::sleep(INFO_EVERY).await;
+                continue;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(m) => {
+                    if let Ok(info) = m.info() {
+                        bump(&head, info.stream_sequence);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the ordered consumer failed; recreating it");
+                    break;
+                }
+            }
+            if shared.strong_count() == 0 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Shared {
+    fn first_seq(&self) -> u64 {
+        lock(&self.state).first_seq
+    }
+
+    /// The message at `seq`, if any: a direct get, confirmed by the leader
+    /// when it says "none" at or below the known head.
+    async fn message(&self, seq: u64) -> Result<Option<(u64, Bytes)>, StoreError> {
+        if self.direct {
+            match self.stream.direct_get(seq).await {
+                Ok(m) => return Ok(Some((m.sequence, m.payload))),
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    if seq > *self.head.borrow() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(unavailable("direct get", e)),
+            }
+        }
+        match self.stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Some((m.sequence, m.payload))),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("message get", e)),
+        }
+    }
+
+    /// The first message at or after `seq` on `filter`, if any (direct get,
+    /// confirmed by the leader when "none" is answered at or below `head`).
+    async fn next_message(
+        &self,
+        filter: &str,
+        seq: u64,
+        head: u64,
+    ) -> Result<Option<(u64, Bytes)>, StoreError> {
+        if self.direct {
+            match self
+                .stream
+                .direct_get_next_for_subject(filter, Some(seq))
+                .await
+            {
+                Ok(m) => return Ok(Some((m.sequence, m.payload))),
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    if seq > head {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(unavailable("direct get", e)),
+            }
+        }
+        match self
+            .stream
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(filter)
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some((m.sequence, m.payload))),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("message get", e)),
+        }
+    }
+
+    async fn read_page(
+        &self,
+        after: u64,
+        m: &Matcher,
+        limit: usize,
+        max_bytes: usize,
+        cursor: bool,
+    ) -> Result<EventPage, StoreError> {
+        let first = self.first_seq();
+        let head = *self.head.borrow();
+        if (cursor || after != 0) && after < first - 1 {
+            return Err(StoreError::Gone { oldest: first });
+        }
+        let f = m.filter();
+        let filter = subject::filter(&self.prefix, f.ty.as_deref(), f.type_prefix.as_deref());
+        let limit = limit.max(1);
+        let deadline = Instant::now() + READ_TIME;
+        let mut page = EventPage {
+            events: Vec::new(),
+            next_after: after,
+        };
+        let mut bytes = 0usize;
+        let mut next = after.max(first - 1) + 1;
+        let mut examined = 0;
+        while page.events.len() < limit && examined < READ_EXAMINED && Instant::now() < deadline {
+            let Some((seq, payload)) = self.next_message(&filter, next, head).await? else {
+                page.next_after = page.next_after.max(head);
+                break;
+            };
+            examined += 1;
+            if let Some(h) = head_of(&payload) {
+                if m.matches_event(&h.ty, &h.source, h.subject.as_deref()) {
+                    if !page.events.is_empty() && bytes + payload.len() > max_bytes {
+                        break;
+                    }
+                    bytes += payload.len();
+                    page.events.push(StoredEvent {
+                        seq,
+                        bytes: payload,
+                        frame: None,
+                    });
+                }
+            }
+            page.next_after = seq;
+            next = seq + 1;
+        }
+        Ok(page)
+    }
+
+    async fn publish(&self, ev: PreparedEvent) -> Result<Outcome, StoreError> {
+        let subject = subject::of_type(&self.prefix, &ev.ty);
+        let id = msg_id(&ev.source, &ev.id);
+        let skip = ev.buf.len() - ev.bytes().len();
+        let payload = Bytes::from(ev.buf).slice(skip..);
+        let ack = self
+            .js
+            .send_publish(
+                subject,
+                PublishMessage::build().payload(payload).message_id(id),
+            )
+            .await
+            .map_err(|e| unavailable("publish", e))?
+            .await
+            .map_err(|e| unavailable("publish ack", e))?;
+        if !ack.duplicate {
+            self.counters.events.fetch_add(1, Ordering::Relaxed);
+            bump(&self.head, ack.sequence);
+            return Ok(Outcome {
+                seq: ack.sequence,
+                original: None,
+            });
+        }
+        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        // The original's attributes; if retention deleted it meanwhile,
+        // the duplicate's own.
+        let stored = self.message(ack.sequence).await?;
+        let original = stored
+            .as_ref()
+            .and_then(|(_, p)| head_of(p))
+            .map(|h| Original {
+                ty: h.ty.into_owned(),
+                time: h.time.map(Cow::into_owned).unwrap_or_default(),
+            })
+            .unwrap_or(Original {
+                ty: ev.ty,
+                time: ev.time,
+            });
+        Ok(Outcome {
+            seq: ack.sequence,
+            original: Some(original),
+        })
+    }
+
+    /// Publishes one by one, each after the previous one's ack: a failure
+    /// leaves a stored prefix of the batch, which the error names.
+    async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>, StoreError> {
+        let n = events.len();
+        if n > 1 {
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .max_batch
+                .fetch_max(n as u64, Ordering::Relaxed);
+        }
+        let mut out: Vec<Outcome> = Vec::with_capacity(n);
+        for ev in events {
+            match self.publish(ev).await {
+                Ok(o) => out.push(o),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{e}; the batch is not all stored: its first {} of {n} events are \
+                         (the last of them at seq {}), the rest are not. Publishing the same \
+                         batch again stores the rest; the stored ones answer as duplicates \
+                         within the stream's duplicate window ({})",
+                        out.len(),
+                        out.last().map_or(0, |o| o.seq),
+                        humantime::format_duration(self.settings.duplicate_window),
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> Status {
+        let st = lock(&self.state).clone();
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let unavailable = if !connected {
+            Some("not connected to any NATS server".to_string())
+        } else {
+            st.unavailable
+        };
+        Status {
+            writer_alive: true,
+            poisoned: None,
+            read_only: None,
+            low_disk: None,
+            last_seq: (*self.head.borrow()).max(st.last_seq),
+            first_seq: st.first_seq,
+            queue_depth: 0,
+            unavailable,
+        }
+    }
+
+    fn retention(&self) -> RetentionStats {
+        RetentionStats {
+            oldest_seq: self.first_seq(),
+            max_events: self.settings.max_messages,
+            max_age_seconds: self.settings.max_age.map(|d| d.as_secs_f64()),
+            max_bytes: self.settings.max_bytes,
+            segments_deleted: 0,
+            events_deleted: 0,
+            bytes_reclaimed: 0,
+        }
+    }
+}
+
+const CONSUMERS_UNSUPPORTED: &str = "durable consumers are not available with --backend nats yet; \
+     read with GET /events?after=<seq> and keep the cursor in the client, or use --backend file";
+const SCHEMAS_UNSUPPORTED: &str = "payload schemas are not available with --backend nats yet; \
+     use --backend file to validate payloads";
+
+fn consumers_unsupported() -> ConsumerError {
+    ConsumerError::Store(StoreError::Unsupported(CONSUMERS_UNSUPPORTED.into()))
+}
+
+fn schemas_unsupported() -> SchemaError {
+    SchemaError::Store(StoreError::Unsupported(SCHEMAS_UNSUPPORTED.into()))
+}
+
+impl Store for JetStream {
+    fn append(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Outcome>, StoreError>> {
+        Box::pin(self.shared.append(events))
+    }
+
+    fn read<'a>(
+        &'a self,
+        after: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage, StoreError>> {
+        Box::pin(
+            self.shared
+                .read_page(after, filter, limit, max_bytes, false),
+        )
+    }
+
+    fn read_cursor<'a>(
+        &'a self,
+        cursor: u64,
+        filter: &'a Matcher,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<EventPage, StoreError>> {
+        Box::pin(
+            self.shared
+                .read_page(cursor, filter, limit, max_bytes, true),
+        )
+    }
+
+    fn get(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+        Box::pin(async move {
+            if seq == 0 {
+                return Ok(None);
+            }
+            Ok(self
+                .shared
+                .message(seq)
+                .await?
+                .filter(|(_, p)| head_of(p).is_some())
+                .map(|(seq, bytes)| StoredEvent {
+                    seq,
+                    bytes,
+                    frame: None,
+                }))
+        })
+    }
+
+    fn head(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    fn put_consumer(
+        &self,
+        _name: String,
+        _filter: Filter,
+        _start: Option<ConsumerStart>,
+        _max_consumers: usize,
+        _queue: Option<QueueSpec>,
+    ) -> BoxFuture<'_, Result<(Consumer, bool), ConsumerError>> {
+        Box::pin(async { Err(consumers_unsupported()) })
+    }
+
+    fn queue_ledger(&self, _name: &str) -> Option<QueueLedger> {
+        None
+    }
+
+    fn queue_change(
+        &self,
+        _change: QueueDelta,
+        _max_acked: usize,
+    ) -> BoxFuture<'_, Result<u64, ConsumerError>> {
+        Box::pin(async { Err(consumers_unsupported()) })
+    }
+
+    fn consumer(&self, _name: &str) -> Option<Consumer> {
+        None
+    }
+
+    fn consumers(&self) -> Vec<Consumer> {
+        Vec::new()
+    }
+
+    fn ack(&self, _name: String, _seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        Box::pin(async { Err(consumers_unsupported()) })
+    }
+
+    fn delete_consumer(&self, _name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        Box::pin(async { Err(consumers_unsupported()) })
+    }
+
+    fn put_schema(
+        &self,
+        _ty: String,
+        _schema: Arc<serde_json::Value>,
+        _limits: SchemaLimits,
+    ) -> BoxFuture<'_, Result<SchemaType, SchemaError>> {
+        Box::pin(async { Err(schemas_unsupported()) })
+    }
+
+    fn delete_schema(&self, _ty: String) -> BoxFuture<'_, Result<SchemaType, SchemaError>> {
+        Box::pin(async { Err(schemas_unsupported()) })
+    }
+
+    fn schema_catalog(&self) -> Arc<SchemaCatalog> {
+        Arc::default()
+    }
+
+    fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    fn stats(&self, _max_series: usize) -> StatsSnapshot {
+        let status = self.shared.status();
+        let st = lock(&self.shared.state).clone();
+        let c = &self.shared.counters;
+        StatsSnapshot {
+            events: EventCounts {
+                total: st.messages,
+                first_seq: if st.messages == 0 { 0 } else { st.first_seq },
+                last_seq: if st.messages == 0 { 0 } else { st.last_seq },
+                bytes: st.bytes,
+                ..EventCounts::default()
+            },
+            writer: WriterCounters {
+                events_written: c.events.load(Ordering::Relaxed),
+                duplicates: c.duplicates.load(Ordering::Relaxed),
+                batches: c.batches.load(Ordering::Relaxed),
+                max_batch_events: c.max_batch.load(Ordering::Relaxed),
+                ..WriterCounters::default()
+            },
+            integrity: IntegrityState {
+                status: "not_applicable".into(),
+                ..IntegrityState::default()
+            },
+            backups: BackupSummary::default(),
+            alerts: Default::default(),
+            retention: self.shared.retention(),
+            consumers: ConsumerStats {
+                count: 0,
+                max_lag: 0,
+                lag: Default::default(),
+            },
+            status,
+        }
+    }
+
+    fn retention(&self) -> RetentionStats {
+        self.shared.retention()
+    }
+
+    fn backups(&self) -> Vec<BackupInfo> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("2.10.11"), Some((2, 10, 11)));
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("v2.12.0-beta.1"), Some((2, 12, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(parse_version("2.10.10").unwrap() < MIN_REPLICATED_VERSION);
+        assert!(parse_version("2.10.11").unwrap() >= MIN_REPLICATED_VERSION);
+    }
+
+    #[test]
+    fn msg_ids_separate_source_and_id() {
+        assert_ne!(msg_id("ab", "c"), msg_id("a", "bc"));
+        assert_eq!(msg_id("a", "b"), msg_id("a", "b"));
+        assert_eq!(msg_id("a", "b").len(), 64);
+    }
+}
