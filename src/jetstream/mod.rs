@@ -24,6 +24,7 @@
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
 
+pub mod migrate;
 pub mod subject;
 
 use std::borrow::Cow;
