@@ -496,6 +496,7 @@ impl ServeConfig {
             max_messages: self.retention_max_events,
             max_age: self.retention_max_age,
             max_bytes: self.retention_max_bytes,
+            max_event_bytes: self.max_event_bytes,
         }
     }
 

@@ -18,12 +18,14 @@
 //!   and streams;
 //! - health, `/stats` and retention come from the stream's info.
 //!
-//! Durable consumers, queue consumers and payload schemas are not mapped
-//! yet: they answer 501 ([`StoreError::Unsupported`]).
+//! - durable (cursor) consumers live in a KV bucket beside the stream
+//!   ([`consumers`]); queue consumers and payload schemas are not mapped
+//!   yet: they answer 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
 
+pub mod consumers;
 pub mod migrate;
 pub mod subject;
 
@@ -62,6 +64,14 @@ const READ_EXAMINED: usize = 10_000;
 /// How often stream info is fetched (head, first seq, leader, counts).
 const INFO_EVERY: Duration = Duration::from_secs(1);
 
+/// Most messages in one atomic batch (nats-server's limit); larger batches
+/// are published one by one.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// JetStream's error code for an atomic batch holding a `Nats-Msg-Id`
+/// already stored (or twice): the whole batch is refused.
+const ERR_ATOMIC_DUPLICATE: u64 = 10201;
+
 /// How long a JetStream API request or publish ack may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,7 +104,14 @@ pub struct Settings {
     pub max_age: Option<Duration>,
     /// Stream limit: most bytes (`--retention-max-bytes`).
     pub max_bytes: Option<u64>,
+    /// The largest event msgbus accepts (`--max-event-bytes`), checked
+    /// against the servers' largest message at start.
+    pub max_event_bytes: u64,
 }
+
+/// Room for the headers msgbus sends with an event (`Nats-Msg-Id` and the
+/// atomic batch headers).
+const HEADER_ROOM: u64 = 512;
 
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +221,10 @@ struct Shared {
     stream: jetstream::stream::Stream,
     prefix: String,
     direct: bool,
+    /// The stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
+    atomic: bool,
     head: watch::Sender<u64>,
+    consumers: Arc<consumers::Consumers>,
     state: Mutex<StreamState>,
     counters: Counters,
     settings: Settings,
@@ -322,6 +342,15 @@ impl JetStream {
             });
         }
         let atomic = version.is_some_and(|v| v >= MIN_ATOMIC_VERSION);
+        if settings.max_event_bytes + HEADER_ROOM > info.max_payload as u64 {
+            tracing::warn!(
+                max_event_bytes = settings.max_event_bytes,
+                max_payload = info.max_payload,
+                "--max-event-bytes plus {HEADER_ROOM} bytes of headers is more than the NATS servers' \
+                 max_payload: events near the limit will be answered 503; lower --max-event-bytes \
+                 or raise max_payload in the servers' configuration"
+            );
+        }
         let js = jetstream::ContextBuilder::new()
             .timeout(API_TIMEOUT)
             .build(client.clone());
@@ -373,6 +402,10 @@ impl JetStream {
             tracing::warn!(stream = %settings.stream, "the stream has no direct get (allow_direct); reads go to the stream leader");
         }
         let direct = cfg.allow_direct;
+        let atomic = cfg.allow_atomic_publish;
+        if !atomic {
+            tracing::info!(stream = %settings.stream, version = %info.version, "no atomic batch publish (nats-server 2.12+ and a stream with allow_atomic): a batch is published one event at a time");
+        }
         let state = StreamState {
             first_seq: sinfo.state.first_sequence.max(1),
             last_seq: sinfo.state.last_sequence,
@@ -388,6 +421,7 @@ impl JetStream {
             last_seq = state.last_seq,
             "NATS JetStream backend ready"
         );
+        let consumers = consumers::Consumers::open(&js, &settings.stream, cfg.num_replicas).await?;
         let (head, _) = watch::channel(state.last_seq);
         let shared = Arc::new(Shared {
             client,
@@ -395,7 +429,9 @@ impl JetStream {
             stream,
             prefix,
             direct,
+            atomic,
             head,
+            consumers: consumers.clone(),
             state: Mutex::new(state),
             counters: Counters::default(),
             settings,
@@ -403,6 +439,12 @@ impl JetStream {
         let tasks = Arc::new(Tasks::default());
         lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(async move {
+            loop {
+                consumers.watch().await;
+                tokio::time::sleep(INFO_EVERY).await;
+            }
+        }));
         Ok(JetStream { shared, tasks })
     }
 
@@ -616,6 +658,13 @@ impl Shared {
         if (cursor || after != 0) && after < first - 1 {
             return Err(StoreError::Gone { oldest: first });
         }
+        if after >= head {
+            // Nothing after it yet (a cursor past the head stays where it is).
+            return Ok(EventPage {
+                events: Vec::new(),
+                next_after: after,
+            });
+        }
         let f = m.filter();
         let filter = subject::filter(&self.prefix, f.ty.as_deref(), f.type_prefix.as_deref());
         let limit = limit.max(1);
@@ -647,7 +696,8 @@ impl Shared {
                 }
             }
             page.next_after = seq;
-            next = seq + 1;
+            let Some(n) = seq.checked_add(1) else { break };
+            next = n;
         }
         Ok(page)
     }
@@ -657,6 +707,7 @@ impl Shared {
         let id = msg_id(&ev.source, &ev.id);
         let skip = ev.buf.len() - ev.bytes().len();
         let payload = Bytes::from(ev.buf).slice(skip..);
+        let len = payload.len() as u64;
         let ack = self
             .js
             .send_publish(
@@ -669,6 +720,15 @@ impl Shared {
             .map_err(|e| unavailable("publish ack", e))?;
         if !ack.duplicate {
             self.counters.events.fetch_add(1, Ordering::Relaxed);
+            {
+                // Until the next stream info says exactly.
+                let mut st = lock(&self.state);
+                if ack.sequence > st.last_seq {
+                    st.last_seq = ack.sequence;
+                    st.messages += 1;
+                    st.bytes += len;
+                }
+            }
             bump(&self.head, ack.sequence);
             return Ok(Outcome {
                 seq: ack.sequence,
@@ -696,8 +756,9 @@ impl Shared {
         })
     }
 
-    /// Publishes one by one, each after the previous one's ack: a failure
-    /// leaves a stored prefix of the batch, which the error names.
+    /// Stores a batch: atomically where the stream takes atomic batches
+    /// (all or nothing, one ack); a batch with a duplicate inside, or
+    /// without atomic batches, one event at a time.
     async fn append(&self, events: Vec<PreparedEvent>) -> Result<Vec<Outcome>, StoreError> {
         let n = events.len();
         if n > 1 {
@@ -705,7 +766,115 @@ impl Shared {
             self.counters
                 .max_batch
                 .fetch_max(n as u64, Ordering::Relaxed);
+            if self.atomic && n <= MAX_ATOMIC_BATCH {
+                if let Some(out) = self.append_atomic(&events).await? {
+                    return Ok(out);
+                }
+            }
         }
+        self.append_one_by_one(events).await
+    }
+
+    /// One atomic batch (`Nats-Batch-Id`, `Nats-Batch-Sequence`, and
+    /// `Nats-Batch-Commit` on the last): every event stored with
+    /// consecutive seqs, or none. `None` when JetStream refused it for a
+    /// `Nats-Msg-Id` already stored (a retry of a batch, or a duplicate
+    /// inside it): then nothing was stored and the caller publishes one by
+    /// one, so each duplicate answers its original.
+    async fn append_atomic(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Result<Option<Vec<Outcome>>, StoreError> {
+        let n = events.len();
+        let batch = uuid::Uuid::new_v4().simple().to_string();
+        let mut commit = None;
+        for (i, ev) in events.iter().enumerate() {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Batch-Id", batch.as_str());
+            h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            h.insert("Nats-Msg-Id", msg_id(&ev.source, &ev.id).as_str());
+            let subject = subject::of_type(&self.prefix, &ev.ty);
+            let payload = Bytes::copy_from_slice(ev.bytes());
+            if i + 1 == n {
+                h.insert("Nats-Batch-Commit", "1");
+                commit = Some(tokio::time::timeout(
+                    API_TIMEOUT,
+                    self.client.request_with_headers(subject, h, payload),
+                ));
+            } else {
+                self.client
+                    .publish_with_headers(subject, h, payload)
+                    .await
+                    .map_err(|e| unavailable("atomic batch publish (nothing stored)", e))?;
+            }
+        }
+        let Some(commit) = commit else {
+            return Ok(Some(Vec::new()));
+        };
+        let reply = match commit.await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                return Err(unavailable(
+                    "atomic batch commit (the batch is stored whole or not at all; \
+                     publishing it again is safe)",
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "atomic batch commit: no answer within {API_TIMEOUT:?}; the batch is stored \
+                     whole or not at all, and publishing it again is safe"
+                )))
+            }
+        };
+        let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+        if let Some(err) = ack.get("error") {
+            if err["err_code"].as_u64() == Some(ERR_ATOMIC_DUPLICATE) {
+                return Ok(None);
+            }
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch refused, nothing stored: {}",
+                err["description"].as_str().unwrap_or("no description")
+            )));
+        }
+        let (Some(last), Some(count)) = (ack["seq"].as_u64(), ack["count"].as_u64()) else {
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch commit: unexpected answer {ack}"
+            )));
+        };
+        if count != n as u64 || last < count {
+            return Err(StoreError::Unavailable(format!(
+                "atomic batch commit stored {count} of {n} events (last seq {last})"
+            )));
+        }
+        let first = last - count + 1;
+        {
+            let mut st = lock(&self.state);
+            if last > st.last_seq {
+                st.last_seq = last;
+                st.messages += count;
+                st.bytes += events.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
+            }
+        }
+        self.counters.events.fetch_add(count, Ordering::Relaxed);
+        bump(&self.head, last);
+        Ok(Some(
+            (first..=last)
+                .map(|seq| Outcome {
+                    seq,
+                    original: None,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Publishes one by one, each after the previous one's ack: a failure
+    /// leaves a stored prefix of the batch, which the error names.
+    async fn append_one_by_one(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let n = events.len();
         let mut out: Vec<Outcome> = Vec::with_capacity(n);
         for ev in events {
             match self.publish(ev).await {
@@ -760,13 +929,13 @@ impl Shared {
     }
 }
 
-const CONSUMERS_UNSUPPORTED: &str = "durable consumers are not available with --backend nats yet; \
-     read with GET /events?after=<seq> and keep the cursor in the client, or use --backend file";
+const QUEUES_UNSUPPORTED: &str = "queue consumers (\"mode\": \"queue\") are not available with \
+     --backend nats yet; use cursor consumers, or --backend file";
 const SCHEMAS_UNSUPPORTED: &str = "payload schemas are not available with --backend nats yet; \
      use --backend file to validate payloads";
 
 fn consumers_unsupported() -> ConsumerError {
-    ConsumerError::Store(StoreError::Unsupported(CONSUMERS_UNSUPPORTED.into()))
+    ConsumerError::Store(StoreError::Unsupported(QUEUES_UNSUPPORTED.into()))
 }
 
 fn schemas_unsupported() -> SchemaError {
@@ -835,13 +1004,22 @@ impl Store for JetStream {
 
     fn put_consumer(
         &self,
-        _name: String,
-        _filter: Filter,
-        _start: Option<ConsumerStart>,
-        _max_consumers: usize,
-        _queue: Option<QueueSpec>,
+        name: String,
+        filter: Filter,
+        start: Option<ConsumerStart>,
+        max_consumers: usize,
+        queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, Result<(Consumer, bool), ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+        let s = &self.shared;
+        Box::pin(s.consumers.put(
+            name,
+            filter,
+            start,
+            max_consumers,
+            queue,
+            s.first_seq(),
+            *s.head.borrow(),
+        ))
     }
 
     fn queue_ledger(&self, _name: &str) -> Option<QueueLedger> {
@@ -856,20 +1034,21 @@ impl Store for JetStream {
         Box::pin(async { Err(consumers_unsupported()) })
     }
 
-    fn consumer(&self, _name: &str) -> Option<Consumer> {
-        None
+    fn consumer(&self, name: &str) -> Option<Consumer> {
+        self.shared.consumers.get(name)
     }
 
     fn consumers(&self) -> Vec<Consumer> {
-        Vec::new()
+        self.shared.consumers.list()
     }
 
-    fn ack(&self, _name: String, _seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+    fn ack(&self, name: String, seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        let head = *self.shared.head.borrow();
+        Box::pin(self.shared.consumers.ack(name, seq, head))
     }
 
-    fn delete_consumer(&self, _name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        Box::pin(async { Err(consumers_unsupported()) })
+    fn delete_consumer(&self, name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
+        Box::pin(self.shared.consumers.delete(name))
     }
 
     fn put_schema(
@@ -919,10 +1098,20 @@ impl Store for JetStream {
             backups: BackupSummary::default(),
             alerts: Default::default(),
             retention: self.shared.retention(),
-            consumers: ConsumerStats {
-                count: 0,
-                max_lag: 0,
-                lag: Default::default(),
+            consumers: {
+                let head = status.last_seq;
+                let lag: std::collections::BTreeMap<String, u64> = self
+                    .shared
+                    .consumers
+                    .list()
+                    .into_iter()
+                    .map(|c| (c.name, head.saturating_sub(c.cursor)))
+                    .collect();
+                ConsumerStats {
+                    count: lag.len() as u64,
+                    max_lag: lag.values().copied().max().unwrap_or(0),
+                    lag,
+                }
             },
             status,
         }

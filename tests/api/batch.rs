@@ -3,11 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::common::http::error_fields;
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, TestApp};
 
-#[tokio::test]
-async fn batch_stores_every_item_in_order_with_one_result_each() {
-    let app = spawn_app().await;
+async fn batch_stores_every_item_in_order_with_one_result_each(app: TestApp) {
     app.publish_ok(&json!({"type": "t.single", "source": "/s"}))
         .await;
     let items: Vec<Value> = (0..5)
@@ -41,9 +39,7 @@ async fn batch_stores_every_item_in_order_with_one_result_each() {
     }
 }
 
-#[tokio::test]
-async fn one_bad_item_stores_nothing_and_is_named() {
-    let app = spawn_app().await;
+async fn one_bad_item_stores_nothing_and_is_named(app: TestApp) {
     let res = app
         .batch(&json!([
             {"type": "t.ok", "source": "/b", "id": "1"},
@@ -84,9 +80,7 @@ async fn one_bad_item_stores_nothing_and_is_named() {
     assert_eq!(app.read_all().await.len(), 2);
 }
 
-#[tokio::test]
-async fn an_oversized_item_stores_nothing() {
-    let app = spawn_app_with(&["--max-event-bytes", "512"]).await;
+async fn an_oversized_item_stores_nothing(app: TestApp) {
     let res = app
         .batch(&json!([
             {"type": "t.ok", "source": "/b"},
@@ -101,10 +95,7 @@ async fn an_oversized_item_stores_nothing() {
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
 
-#[tokio::test]
-async fn empty_non_array_and_too_many_items_are_refused() {
-    let app = spawn_app_with(&["--max-batch-events", "3"]).await;
-
+async fn empty_non_array_and_too_many_items_are_refused(app: TestApp) {
     let problem = app.batch(&json!([])).await.assert_problem(422);
     assert_eq!(error_fields(&problem), vec!["$"]);
 
@@ -136,9 +127,7 @@ async fn empty_non_array_and_too_many_items_are_refused() {
     assert_eq!(app.read_all().await.len(), 3);
 }
 
-#[tokio::test]
-async fn oversized_batch_body_is_413() {
-    let app = spawn_app_with(&["--max-batch-bytes", "2KiB"]).await;
+async fn oversized_batch_body_is_413(app: TestApp) {
     let items: Vec<Value> = (0..20)
         .map(|i| json!({"type": "t", "source": "/s", "data": format!("{i:0>200}")}))
         .collect();
@@ -151,9 +140,7 @@ async fn oversized_batch_body_is_413() {
 /// What follows that item is never looked at, so a body that turns
 /// malformed after it is still a 413 (a parse of the whole array first
 /// answered 400 here), and a huge array of tiny items is refused the same way.
-#[tokio::test]
-async fn items_are_counted_while_parsing_and_refused_at_the_limit() {
-    let app = spawn_app_with(&["--max-batch-events", "3"]).await;
+async fn items_are_counted_while_parsing_and_refused_at_the_limit(app: TestApp) {
     let body = format!(
         "[{}, this is never parsed",
         [r#"{"type":"t","source":"/s"}"#; 4].join(",")
@@ -175,3 +162,12 @@ async fn items_are_counted_while_parsing_and_refused_at_the_limit() {
         .assert_problem(413);
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
+
+on_both!(
+    batch_stores_every_item_in_order_with_one_result_each,
+    one_bad_item_stores_nothing_and_is_named,
+    an_oversized_item_stores_nothing("--max-event-bytes", "512"),
+    empty_non_array_and_too_many_items_are_refused("--max-batch-events", "3"),
+    oversized_batch_body_is_413("--max-batch-bytes", "2KiB"),
+    items_are_counted_while_parsing_and_refused_at_the_limit("--max-batch-events", "3"),
+);

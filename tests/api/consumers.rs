@@ -7,7 +7,7 @@ use crate::common::events::{event, events};
 use crate::common::files::DataDir;
 use crate::common::http::Api;
 use crate::common::process::spawn_process;
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, spawn_app, TestApp};
 use serde_json::{json, Value};
 
 async fn put(api: &Api, name: &str, body: Value) -> (u16, Value) {
@@ -34,9 +34,7 @@ fn seqs(page: &Value) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn create_read_ack_restart_and_read_again_from_the_acked_cursor() {
-    let s = spawn_app().await;
+async fn create_read_ack_restart_and_read_again_from_the_acked_cursor(s: TestApp) {
     let mut batch = Vec::new();
     for n in 1..=40u64 {
         let ty = if n % 2 == 0 {
@@ -166,9 +164,7 @@ async fn an_ack_answered_200_survives_sigkill() {
 /// field), so a client cannot make the consumer state, written by the
 /// writer on every change, grow without bound (300 consumers with 60 KB
 /// filters made an 18 MB file).
-#[tokio::test]
-async fn consumer_count_and_filter_sizes_are_bounded() {
-    let app = spawn_app_with(&["--max-consumers", "3"]).await;
+async fn consumer_count_and_filter_sizes_are_bounded(app: TestApp) {
     for name in ["a", "b", "c"] {
         assert_eq!(put(&app, name, json!({})).await.0, 201);
     }
@@ -256,3 +252,8 @@ async fn acks_append_to_a_log_and_replay_after_restart() {
     let app = app.restart(&[]).await;
     assert_eq!(app.get_json("/consumers/worker").await["cursor"], 31);
 }
+
+on_both!(
+    create_read_ack_restart_and_read_again_from_the_acked_cursor,
+    consumer_count_and_filter_sizes_are_bounded("--max-consumers", "3"),
+);

@@ -4,11 +4,9 @@
 use serde_json::{json, Value};
 
 use crate::common::http::Reply;
-use crate::common::server::spawn_app;
+use crate::common::server::{on_both, on_both_multi, TestApp};
 
-#[tokio::test]
-async fn repeat_of_source_and_id_answers_200_with_the_original_seq() {
-    let app = spawn_app().await;
+async fn repeat_of_source_and_id_answers_200_with_the_original_seq(app: TestApp) {
     app.publish_ok(&json!({"type": "t.a", "source": "/other"}))
         .await;
     let first = app
@@ -73,9 +71,7 @@ async fn repeat_of_source_and_id_answers_200_with_the_original_seq() {
     assert_eq!(stats["writer"]["duplicates"], 2, "{stats}");
 }
 
-#[tokio::test]
-async fn duplicates_inside_one_batch_and_against_the_store() {
-    let app = spawn_app().await;
+async fn duplicates_inside_one_batch_and_against_the_store(app: TestApp) {
     let res = app
         .batch(&json!([
             {"type": "t.b", "source": "/b", "id": "x"},
@@ -125,9 +121,7 @@ async fn duplicates_inside_one_batch_and_against_the_store() {
     assert_eq!(app.read_all().await.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_repeats_store_one_event() {
-    let app = spawn_app().await;
+async fn concurrent_repeats_store_one_event(app: TestApp) {
     let ev = json!({"type": "t.race", "source": "/race", "id": "only-once"});
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -153,3 +147,10 @@ async fn concurrent_repeats_store_one_event() {
     assert_eq!(created, 1, "exactly one publish creates the event");
     assert_eq!(app.read_all().await.len(), 1);
 }
+
+on_both!(
+    repeat_of_source_and_id_answers_200_with_the_original_seq,
+    duplicates_inside_one_batch_and_against_the_store,
+);
+
+on_both_multi!(concurrent_repeats_store_one_event,);

@@ -4,12 +4,10 @@
 use serde_json::json;
 
 use crate::common::http::error_fields;
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, spawn_app_with, TestApp};
 use crate::common::sse::SseReader;
 
-#[tokio::test]
-async fn malformed_json_is_400() {
-    let app = spawn_app().await;
+async fn malformed_json_is_400(app: TestApp) {
     for (path, body) in [
         ("/events", "{not json"),
         ("/events", "{\"type\": \"t\","),
@@ -53,9 +51,7 @@ async fn malformed_json_is_400() {
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
 
-#[tokio::test]
-async fn invalid_events_are_422_naming_the_field() {
-    let app = spawn_app().await;
+async fn invalid_events_are_422_naming_the_field(app: TestApp) {
     let cases = [
         (json!({"source": "/s"}), "type"),
         (json!({"type": "t"}), "source"),
@@ -126,10 +122,7 @@ async fn invalid_events_are_422_naming_the_field() {
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
 
-#[tokio::test]
-async fn oversized_event_and_body_are_413() {
-    let app = spawn_app_with(&["--max-event-bytes", "1KiB"]).await;
-
+async fn oversized_event_and_body_are_413(app: TestApp) {
     // Under the limit: fine.
     app.publish_ok(&json!({"type": "t", "source": "/s", "data": "x".repeat(800)}))
         .await;
@@ -179,9 +172,7 @@ async fn oversized_event_and_body_are_413() {
     assert_eq!(app.get_json("/events").await["last_seq"], 1);
 }
 
-#[tokio::test]
-async fn max_event_bytes_is_exact() {
-    let app = spawn_app_with(&["--max-event-bytes", "1000"]).await;
+async fn max_event_bytes_is_exact(app: TestApp) {
     // With every attribute given, the stored event is the body as sent.
     let event = |pad: usize| {
         json!({
@@ -206,9 +197,7 @@ async fn max_event_bytes_is_exact() {
     );
 }
 
-#[tokio::test]
-async fn unknown_seq_is_404_and_bad_seq_is_400() {
-    let app = spawn_app().await;
+async fn unknown_seq_is_404_and_bad_seq_is_400(app: TestApp) {
     app.get("/events/1").await.assert_problem(404);
     app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
     assert_eq!(app.get("/events/1").await.status, 200);
@@ -223,9 +212,7 @@ async fn unknown_seq_is_404_and_bad_seq_is_400() {
     }
 }
 
-#[tokio::test]
-async fn bad_query_parameters_are_400_naming_them() {
-    let app = spawn_app().await;
+async fn bad_query_parameters_are_400_naming_them(app: TestApp) {
     for (query, field) in [
         ("typ=t", "typ"),
         ("after=1&after=2", "after"),
@@ -241,9 +228,7 @@ async fn bad_query_parameters_are_400_naming_them() {
     }
 }
 
-#[tokio::test]
-async fn unsupported_content_type_is_415() {
-    let app = spawn_app().await;
+async fn unsupported_content_type_is_415(app: TestApp) {
     for (path, ct) in [
         ("/events", "text/plain"),
         ("/events", "application/xml"),
@@ -268,9 +253,7 @@ async fn unsupported_content_type_is_415() {
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
 
-#[tokio::test]
-async fn unknown_route_is_404_and_wrong_method_is_405() {
-    let app = spawn_app().await;
+async fn unknown_route_is_404_and_wrong_method_is_405(app: TestApp) {
     for path in ["/nope", "/events/1/extra", "/eventsx", "/health/deep"] {
         app.get(path).await.assert_problem(404);
     }
@@ -293,9 +276,7 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
 /// Found by API fuzzing: a cursor of u64::MAX overflowed the index's scan
 /// start and answered 500. It is an empty page, and the stream likewise
 /// starts (and stays) empty.
-#[tokio::test]
-async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500() {
-    let app = spawn_app().await;
+async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500(app: TestApp) {
     app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
     let max = u64::MAX;
     let page = app.get_json(&format!("/events?after={max}")).await;
@@ -306,9 +287,7 @@ async fn a_cursor_at_u64_max_is_an_empty_page_not_a_500() {
 }
 
 /// Found by API fuzzing: axum's own path rejection was plain text.
-#[tokio::test]
-async fn a_path_parameter_that_is_not_utf8_is_problem_json() {
-    let app = spawn_app().await;
+async fn a_path_parameter_that_is_not_utf8_is_problem_json(app: TestApp) {
     for path in ["/events/%FF", "/consumers/%FF", "/consumers/%FF/events"] {
         let res = app.get(path).await;
         let problem = res.assert_problem(400);
@@ -352,9 +331,7 @@ async fn a_stalled_request_body_is_408_not_a_server_error() {
 /// refused as any JSON parser refuses it (it used to be stored, and then
 /// `jq` and Python failed on the page holding it), while a string full of
 /// brackets is an ordinary value.
-#[tokio::test]
-async fn nesting_is_counted_outside_strings_only() {
-    let app = spawn_app().await;
+async fn nesting_is_counted_outside_strings_only(app: TestApp) {
     let deep = format!(
         r#"{{"type":"t","source":"/s","data":{}0{}}}"#,
         r#"["]","#.repeat(5000),
@@ -383,9 +360,7 @@ async fn nesting_is_counted_outside_strings_only() {
 /// A 422 lists at most 100 field errors and counts the rest in
 /// `more_errors`, so a hostile body cannot make the answer many times its
 /// own size (1,000 empty items used to list 2,000 errors).
-#[tokio::test]
-async fn listed_validation_errors_are_capped() {
-    let app = spawn_app().await;
+async fn listed_validation_errors_are_capped(app: TestApp) {
     let items = vec![json!({}); 1000];
     let res = app.batch(&json!(items)).await;
     let problem = res.assert_problem(422);
@@ -416,3 +391,18 @@ async fn listed_validation_errors_are_capped() {
     );
     assert_eq!(app.get_json("/events").await["last_seq"], 0);
 }
+
+on_both!(
+    malformed_json_is_400,
+    invalid_events_are_422_naming_the_field,
+    oversized_event_and_body_are_413("--max-event-bytes", "1KiB"),
+    max_event_bytes_is_exact("--max-event-bytes", "1000"),
+    unknown_seq_is_404_and_bad_seq_is_400,
+    bad_query_parameters_are_400_naming_them,
+    unsupported_content_type_is_415,
+    unknown_route_is_404_and_wrong_method_is_405,
+    a_cursor_at_u64_max_is_an_empty_page_not_a_500,
+    a_path_parameter_that_is_not_utf8_is_problem_json,
+    nesting_is_counted_outside_strings_only,
+    listed_validation_errors_are_capped,
+);

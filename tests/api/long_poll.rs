@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::http::error_fields;
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, on_both_multi, TestApp};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_returns_as_soon_as_an_event_is_published() {
-    let app = spawn_app().await;
+async fn long_poll_returns_as_soon_as_an_event_is_published(app: TestApp) {
     app.publish_ok(&json!({"type": "t.lp", "source": "/lp"}))
         .await;
     let head = app.get_json("/events").await["last_seq"].as_u64().unwrap();
@@ -45,9 +43,7 @@ async fn long_poll_returns_as_soon_as_an_event_is_published() {
     assert_eq!(page["last_seq"], 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filtered_long_poll_ignores_other_events() {
-    let app = spawn_app().await;
+async fn filtered_long_poll_ignores_other_events(app: TestApp) {
     let api = app.api.clone();
     let started = Instant::now();
     let poll = tokio::spawn(async move {
@@ -76,9 +72,7 @@ async fn filtered_long_poll_ignores_other_events() {
     assert_eq!(page["next_after"], 2);
 }
 
-#[tokio::test]
-async fn long_poll_with_nothing_new_returns_empty_after_the_wait() {
-    let app = spawn_app().await;
+async fn long_poll_with_nothing_new_returns_empty_after_the_wait(app: TestApp) {
     app.publish_ok(&json!({"type": "t.lp", "source": "/lp"}))
         .await;
     let started = Instant::now();
@@ -105,10 +99,18 @@ async fn long_poll_with_nothing_new_returns_empty_after_the_wait() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn wait_is_bounded_by_max_wait() {
-    let app = spawn_app_with(&["--max-wait", "2s"]).await;
+async fn wait_is_bounded_by_max_wait(app: TestApp) {
     let problem = app.get("/events?wait=3").await.assert_problem(400);
     assert_eq!(error_fields(&problem), vec!["wait"]);
     app.get("/events?wait=soon").await.assert_problem(400);
 }
+
+on_both!(
+    long_poll_with_nothing_new_returns_empty_after_the_wait,
+    wait_is_bounded_by_max_wait("--max-wait", "2s"),
+);
+
+on_both_multi!(
+    long_poll_returns_as_soon_as_an_event_is_published,
+    filtered_long_poll_ignores_other_events,
+);

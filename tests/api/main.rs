@@ -18,6 +18,7 @@ mod errors;
 mod fds;
 mod guard;
 mod long_poll;
+mod nats_backend;
 mod ops;
 mod processes;
 mod publish;

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::common::files::first_segment;
-use crate::common::server::spawn_app;
+use crate::common::server::{on_both, spawn_app, TestApp};
 
 /// The raw bytes of the `event` member of a `{"seq":N,"event":...}` object,
 /// as it appears in a response body (which msgbus splices from storage).
@@ -93,9 +93,7 @@ async fn structured_event_reads_back_exactly_as_stored() {
     assert_eq!(crc, &format!("{:08x}", crc32c::crc32c(event.as_bytes())));
 }
 
-#[tokio::test]
-async fn id_specversion_and_time_are_filled_in_when_absent() {
-    let app = spawn_app().await;
+async fn id_specversion_and_time_are_filled_in_when_absent(app: TestApp) {
     let before = chrono::Utc::now();
     let res = app
         .publish_ok(&json!({"type": "t.gen", "source": "/gen", "data": 1}))
@@ -134,9 +132,7 @@ async fn id_specversion_and_time_are_filled_in_when_absent() {
     assert!(second["id"].as_str().unwrap() > id, "UUIDv7s sort by time");
 }
 
-#[tokio::test]
-async fn cloudevents_json_media_type_is_accepted() {
-    let app = spawn_app().await;
+async fn cloudevents_json_media_type_is_accepted(app: TestApp) {
     let res = app
         .send(
             app.client
@@ -154,10 +150,7 @@ async fn cloudevents_json_media_type_is_accepted() {
     assert_eq!(stored["event"]["id"], "x1");
 }
 
-#[tokio::test]
-async fn binary_mode_stores_json_text_and_bytes() {
-    let app = spawn_app().await;
-
+async fn binary_mode_stores_json_text_and_bytes(app: TestApp) {
     // JSON data stays JSON.
     let res = app
         .send(
@@ -240,3 +233,9 @@ async fn binary_mode_stores_json_text_and_bytes() {
     let id = body["id"].as_str().unwrap();
     assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
 }
+
+on_both!(
+    id_specversion_and_time_are_filled_in_when_absent,
+    cloudevents_json_media_type_is_accepted,
+    binary_mode_stores_json_text_and_bytes,
+);

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::common::http::{error_fields, Api};
-use crate::common::server::spawn_app;
+use crate::common::server::{on_both, TestApp};
 
 fn seqs(page: &Value) -> Vec<u64> {
     page["events"]
@@ -76,9 +76,7 @@ fn expect(events: &[Value], keep: impl Fn(&Value) -> bool) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn filters_select_exactly_the_matching_events() {
-    let app = spawn_app().await;
+async fn filters_select_exactly_the_matching_events(app: TestApp) {
     let events = seed(&app).await;
 
     let cases: Vec<(&str, Vec<u64>)> = vec![
@@ -132,9 +130,7 @@ async fn filters_select_exactly_the_matching_events() {
     assert_eq!(seqs(&app.get_json("/events?type=&source=").await).len(), 30);
 }
 
-#[tokio::test]
-async fn cursor_paging_visits_everything_once() {
-    let app = spawn_app().await;
+async fn cursor_paging_visits_everything_once(app: TestApp) {
     let events = seed(&app).await;
 
     let (pages_, end) = pages(&app, "", 7).await;
@@ -164,9 +160,7 @@ async fn cursor_paging_visits_everything_once() {
     assert_eq!(past["last_seq"], 30);
 }
 
-#[tokio::test]
-async fn limit_defaults_and_bounds() {
-    let app = spawn_app().await;
+async fn limit_defaults_and_bounds(app: TestApp) {
     let items: Vec<Value> = (0..1005)
         .map(|i| json!({"type": "t.many", "source": "/m", "id": format!("{i}")}))
         .collect();
@@ -205,3 +199,9 @@ async fn limit_defaults_and_bounds() {
         assert_eq!(error_fields(&problem), vec![name], "{bad}: {problem}");
     }
 }
+
+on_both!(
+    filters_select_exactly_the_matching_events,
+    cursor_paging_visits_everything_once,
+    limit_defaults_and_bounds,
+);

@@ -6,14 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::events::{event, events};
 use crate::common::http::Api;
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, spawn_app_with, TestApp};
 use crate::common::sse::SseReader;
 
 const SEC: Duration = Duration::from_secs(1);
 
-#[tokio::test]
-async fn round_trip_with_filters_sends_the_stored_json_live() {
-    let s = spawn_app().await;
+async fn round_trip_with_filters_sends_the_stored_json_live(s: TestApp) {
     let mut batch = Vec::new();
     for n in 1..=30u64 {
         let ty = ["agent.task.created", "agent.task.done", "audit.login"][(n % 3) as usize];
@@ -81,9 +79,7 @@ async fn read_then_cut(s: &Api, last: Option<u64>, n: usize) -> Vec<u64> {
     sse.take_seqs(n).await
 }
 
-#[tokio::test]
-async fn reconnect_with_last_event_id_gets_every_event_once_across_a_restart() {
-    let s = spawn_app().await;
+async fn reconnect_with_last_event_id_gets_every_event_once_across_a_restart(s: TestApp) {
     let mut received = Vec::new();
 
     // Publish 1..=300 in the background while a client follows the stream
@@ -163,9 +159,7 @@ async fn a_stalled_subscriber_never_slows_publishing_and_catches_up_completely()
     s.stop().await;
 }
 
-#[tokio::test]
-async fn idle_streams_get_heartbeats() {
-    let s = spawn_app_with(&["--sse-heartbeat", "200ms"]).await;
+async fn idle_streams_get_heartbeats(s: TestApp) {
     let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert!(sse.next(5 * SEC).await.unwrap().retry.is_some());
     assert!(sse.next(Duration::from_millis(900)).await.is_none());
@@ -174,9 +168,7 @@ async fn idle_streams_get_heartbeats() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn subscribers_are_capped_with_a_503_problem() {
-    let s = spawn_app_with(&["--max-subscribers", "2"]).await;
+async fn subscribers_are_capped_with_a_503_problem(s: TestApp) {
     let url = "/events/stream";
     let a = SseReader::open(&s, url, None).await;
     let _b = SseReader::open(&s, url, None).await;
@@ -199,9 +191,7 @@ async fn subscribers_are_capped_with_a_503_problem() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn streams_end_cleanly_on_shutdown() {
-    let s = spawn_app_with(&["--shutdown-timeout", "20s"]).await;
+async fn streams_end_cleanly_on_shutdown(s: TestApp) {
     s.publish_batch(&events(1, 3, 0)).await;
     let mut sse = SseReader::open(&s, "/events/stream", None).await;
     assert_eq!(sse.take_seqs(3).await, vec![1, 2, 3]);
@@ -215,3 +205,11 @@ async fn streams_end_cleanly_on_shutdown() {
     assert!(sse.next(5 * SEC).await.is_none());
     assert!(sse.ended, "the stream ended instead of hanging");
 }
+
+on_both!(
+    round_trip_with_filters_sends_the_stored_json_live,
+    reconnect_with_last_event_id_gets_every_event_once_across_a_restart,
+    idle_streams_get_heartbeats("--sse-heartbeat", "200ms"),
+    subscribers_are_capped_with_a_503_problem("--max-subscribers", "2"),
+    streams_end_cleanly_on_shutdown("--shutdown-timeout", "20s"),
+);

@@ -1,0 +1,332 @@
+//! Durable (cursor) consumers of the NATS backend, in a JetStream KV
+//! bucket beside the stream: one key per consumer (its name, hex-encoded,
+//! so any name msgbus accepts is a valid key), the value the consumer as
+//! the file store keeps it in `consumers.json` (name, filter, cursor,
+//! times). Every change is a compare-and-set on the key's revision, so two
+//! msgbus instances acking the same consumer never move its cursor back;
+//! the answer is sent after the KV write's ack (replicated like the
+//! stream). A KV watch keeps every instance's copy current, which the
+//! synchronous reads of the [`Store`](crate::store::Store) interface
+//! (`consumer`, `consumers`) answer from.
+//!
+//! Why a KV bucket and not JetStream durable consumers: a msgbus cursor
+//! is one number any instance moves forward with a single ack of a seq,
+//! and a read at it is an ordinary read of the stream. A JetStream
+//! consumer's ack floor moves only as delivered messages are acked one by
+//! one (or with `AckAll` on a delivered message), needs a delivery to
+//! ack, and has its own pending and redelivery state that msgbus's cursor
+//! consumers do not have; mapping a cursor onto it would cost a fetch per
+//! ack. Queue consumers, which do have leases and redelivery, are where
+//! JetStream consumers would fit; they are not mapped yet.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+
+use crate::store::{Consumer, ConsumerError, ConsumerStart, Filter, QueueSpec, StoreError};
+
+/// How often a compare-and-set lost to another instance is retried.
+const CAS_TRIES: usize = 8;
+
+/// The consumers' bucket and this instance's copy of it.
+#[derive(Debug)]
+pub struct Consumers {
+    kv: kv::Store,
+    /// Name to (consumer, KV revision).
+    cache: RwLock<BTreeMap<String, (Consumer, u64)>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ConsumerError {
+    ConsumerError::Store(StoreError::Unavailable(format!("consumers: {what}: {e}")))
+}
+
+/// The KV bucket of a stream's consumers (bucket names hold only
+/// letters, digits, `-` and `_`).
+pub fn bucket_name(stream: &str) -> String {
+    let clean: String = stream
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{clean}_CONSUMERS")
+}
+
+fn key(name: &str) -> String {
+    hex::encode(name.as_bytes())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Consumers {
+    /// Finds or creates the bucket and loads every consumer.
+    pub async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        replicas: usize,
+    ) -> Result<Arc<Consumers>, super::StartError> {
+        let bucket = bucket_name(stream);
+        let err = |detail: String| super::StartError::Stream {
+            stream: stream.to_string(),
+            detail,
+        };
+        // The bucket's stream as async-nats's `create_key_value` makes it,
+        // created here because that call first reads the account's info,
+        // which it cannot parse from nats-server 2.9.
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            err(format!(
+                "cannot create the consumers' KV bucket {bucket}: {e}"
+            ))
+        })?;
+        let kv = js.get_key_value(&bucket).await.map_err(|e| {
+            err(format!(
+                "cannot open the consumers' KV bucket {bucket}: {e}"
+            ))
+        })?;
+        let me = Arc::new(Consumers {
+            kv,
+            cache: RwLock::default(),
+        });
+        me.load().await.map_err(|e| {
+            err(format!(
+                "cannot read the consumers' KV bucket {bucket}: {e}"
+            ))
+        })?;
+        Ok(me)
+    }
+
+    async fn load(&self) -> Result<(), async_nats::Error> {
+        use futures_util::StreamExt;
+        let mut keys = self.kv.keys().await?;
+        let mut names = Vec::new();
+        while let Some(k) = keys.next().await {
+            names.push(k?);
+        }
+        for k in names {
+            if let Some(e) = self.kv.entry(k).await? {
+                self.seen(&e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a KV entry (a put or a delete) to the copy, unless the copy
+    /// already has a newer revision.
+    fn seen(&self, e: &kv::Entry) {
+        let Ok(raw) = hex::decode(&e.key) else {
+            return;
+        };
+        let Ok(name) = String::from_utf8(raw) else {
+            return;
+        };
+        let mut cache = write(&self.cache);
+        if cache.get(&name).is_some_and(|(_, rev)| *rev >= e.revision) {
+            return;
+        }
+        match e.operation {
+            kv::Operation::Put => {
+                if let Ok(c) = serde_json::from_slice::<Consumer>(&e.value) {
+                    cache.insert(name, (c, e.revision));
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                cache.remove(&name);
+            }
+        }
+    }
+
+    /// Follows the bucket so changes made through other instances reach
+    /// this copy; returns when the watch ends (the caller restarts it).
+    pub async fn watch(self: &Arc<Self>) {
+        use futures_util::StreamExt;
+        let Ok(mut w) = self.kv.watch_all().await else {
+            return;
+        };
+        while let Some(Ok(e)) = w.next().await {
+            self.seen(&e);
+        }
+    }
+
+    /// The committed consumer `name`, with its revision (`None`: absent).
+    async fn fetch(&self, name: &str) -> Result<Option<(Consumer, u64)>, ConsumerError> {
+        let e = self
+            .kv
+            .entry(key(name))
+            .await
+            .map_err(|e| unavailable("read", e))?;
+        Ok(match e {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let c = serde_json::from_slice::<Consumer>(&e.value)
+                    .map_err(|e| unavailable("a stored consumer is not JSON", e))?;
+                Some((c, e.revision))
+            }
+            _ => None,
+        })
+    }
+
+    /// Writes `c` if the key is still at `revision` (`None`: absent);
+    /// `Ok(false)` when another instance changed it first.
+    async fn commit(&self, c: &Consumer, revision: Option<u64>) -> Result<bool, ConsumerError> {
+        let value = Bytes::from(serde_json::to_vec(c).unwrap_or_default());
+        let k = key(&c.name);
+        let rev = match revision {
+            Some(r) => match self.kv.update(&k, value, r).await {
+                Ok(rev) => rev,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
+                Err(e) => return Err(unavailable("write", e)),
+            },
+            None => match self.kv.create(&k, value).await {
+                Ok(rev) => rev,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(unavailable("write", e)),
+            },
+        };
+        let mut cache = write(&self.cache);
+        if cache.get(&c.name).is_none_or(|(_, r)| *r < rev) {
+            cache.insert(c.name.clone(), (c.clone(), rev));
+        }
+        Ok(true)
+    }
+
+    /// Creates or updates a cursor consumer (as the file store does:
+    /// `start` repositions it; a new one starts at the oldest event).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put(
+        &self,
+        name: String,
+        filter: Filter,
+        start: Option<ConsumerStart>,
+        max_consumers: usize,
+        queue: Option<QueueSpec>,
+        first_seq: u64,
+        head: u64,
+    ) -> Result<(Consumer, bool), ConsumerError> {
+        if queue.is_some() {
+            return Err(ConsumerError::Store(StoreError::Unsupported(
+                "queue consumers (\"mode\": \"queue\") are not available with --backend nats yet; \
+                 use cursor consumers, or --backend file"
+                    .into(),
+            )));
+        }
+        for _ in 0..CAS_TRIES {
+            let existing = self.fetch(&name).await?;
+            let count = read(&self.cache).len();
+            let cursor = match (start, &existing) {
+                (_, None) if count >= max_consumers => Err(ConsumerError::TooMany {
+                    limit: max_consumers,
+                }),
+                (None, Some((c, _))) => Ok(c.cursor),
+                (None, None) | (Some(ConsumerStart::Earliest), _) => Ok(first_seq - 1),
+                (Some(ConsumerStart::Latest), _) => Ok(head),
+                (Some(ConsumerStart::Seq(s)), _) if s > head.saturating_add(1) => {
+                    Err(ConsumerError::PastHead { seq: s, head })
+                }
+                (Some(ConsumerStart::Seq(s)), _) if s < first_seq => {
+                    Err(StoreError::Gone { oldest: first_seq }.into())
+                }
+                (Some(ConsumerStart::Seq(s)), _) => Ok(s - 1),
+            }?;
+            let created = existing.is_none();
+            let c = Consumer {
+                name: name.clone(),
+                filter: filter.clone(),
+                cursor,
+                created_at: existing
+                    .as_ref()
+                    .map_or_else(now, |(c, _)| c.created_at.clone()),
+                updated_at: now(),
+                queue: None,
+            };
+            if self.commit(&c, existing.map(|(_, r)| r)).await? {
+                return Ok((c, created));
+            }
+        }
+        Err(unavailable(
+            "put",
+            "other instances kept changing the consumer; retry",
+        ))
+    }
+
+    /// Moves the cursor of `name` to `seq` (never back).
+    pub async fn ack(&self, name: String, seq: u64, head: u64) -> Result<Consumer, ConsumerError> {
+        for _ in 0..CAS_TRIES {
+            let Some((mut c, rev)) = self.fetch(&name).await? else {
+                return Err(ConsumerError::NotFound(name));
+            };
+            if seq < c.cursor {
+                return Err(ConsumerError::Backwards {
+                    seq,
+                    cursor: c.cursor,
+                });
+            }
+            if seq > head {
+                return Err(ConsumerError::PastHead { seq, head });
+            }
+            if seq == c.cursor {
+                return Ok(c);
+            }
+            c.cursor = seq;
+            c.updated_at = now();
+            if self.commit(&c, Some(rev)).await? {
+                return Ok(c);
+            }
+        }
+        Err(unavailable(
+            "ack",
+            "other instances kept changing the consumer; retry",
+        ))
+    }
+
+    /// Deletes `name`.
+    pub async fn delete(&self, name: String) -> Result<Consumer, ConsumerError> {
+        let Some((c, _)) = self.fetch(&name).await? else {
+            return Err(ConsumerError::NotFound(name));
+        };
+        self.kv
+            .delete(key(&name))
+            .await
+            .map_err(|e| unavailable("delete", e))?;
+        write(&self.cache).remove(&name);
+        Ok(c)
+    }
+
+    /// One consumer, as this instance last saw it.
+    pub fn get(&self, name: &str) -> Option<Consumer> {
+        read(&self.cache).get(name).map(|(c, _)| c.clone())
+    }
+
+    /// Every consumer, by name.
+    pub fn list(&self) -> Vec<Consumer> {
+        read(&self.cache).values().map(|(c, _)| c.clone()).collect()
+    }
+}

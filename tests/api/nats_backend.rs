@@ -1,0 +1,339 @@
+//! What only the NATS JetStream backend does: the server-version refusal
+//! of replicated streams, 501 for the file backend's `/admin` routes,
+//! readiness that follows the NATS connection, and two msgbus instances
+//! serving one stream (a publish through one wakes the other's long-polls
+//! and streams). Each test prints SKIPPED and passes when no nats-server
+//! can be installed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::files::DataDir;
+use crate::common::nats::{nats_server_binary, version_of, NatsServer, CLUSTER_MIN_VERSION};
+use crate::common::server::{
+    serve_config, spawn_nats, spawn_on, unique_stream, Backend, NatsTarget,
+};
+use crate::common::sse::SseReader;
+
+/// A nats-server of its own for a test that kills it, or `None` (SKIPPED).
+async fn own_server() -> Option<NatsServer> {
+    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return None;
+    };
+    Some(NatsServer::start(&bin, &[]).await)
+}
+
+#[tokio::test]
+async fn replicas_above_one_are_refused_on_servers_older_than_2_10_11() {
+    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return;
+    };
+    let version = version_of(&bin).expect("nats-server --version");
+    if version >= CLUSTER_MIN_VERSION {
+        eprintln!(
+            "SKIPPED: the only nats-server here ({}) is too new to be refused",
+            bin.display()
+        );
+        return;
+    }
+    let server = NatsServer::start(&bin, &[]).await;
+    let dir = DataDir::temp();
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let mut args = target.args();
+    args.extend(["--replicas".to_string(), "3".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = match msgbus::app::Application::build(serve_config(dir.path(), &args)).await {
+        Ok(_) => panic!("--replicas 3 on nats-server {version:?} must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--replicas 3"), "{err}");
+    assert!(err.contains("2.10.11"), "names the version needed: {err}");
+    assert!(
+        err.contains("lose messages they had acknowledged"),
+        "says why: {err}"
+    );
+    // With one replica the same server serves.
+    let app = spawn_nats(&target, &[]).await;
+    app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+}
+
+#[tokio::test]
+async fn the_file_backends_admin_routes_answer_501() {
+    let Some(app) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    for (method, path) in [
+        ("GET", "/admin/backups"),
+        ("POST", "/admin/backups"),
+        ("GET", "/admin/verify"),
+        ("POST", "/admin/verify"),
+    ] {
+        let res = match method {
+            "GET" => app.get(path).await,
+            _ => app.post(path, None).await,
+        };
+        let problem = res.assert_problem_type(501, "not-implemented", path);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("file backend") && detail.contains("replicas"),
+            "{method} {path}: {detail}"
+        );
+    }
+    // Tokens are the HTTP layer's, not the file store's: still served.
+    assert_eq!(app.get("/admin/tokens").await.status, 200);
+    // Queue consumers are not mapped yet: 501 too, saying so.
+    let problem = app
+        .put("/consumers/q", &json!({"mode": "queue"}))
+        .await
+        .assert_problem_type(501, "not-implemented", "PUT /consumers/q");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("queue"),
+        "{problem}"
+    );
+}
+
+/// Polls `/health/ready` until its status is `want`, for at most `within`.
+async fn wait_ready(app: &crate::common::http::Api, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let res = app.get("/health/ready").await;
+        if res.status == want {
+            return res.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health/ready still {} after {within:?}: {}",
+            res.status,
+            res.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_follows_the_nats_server_down_and_up_again() {
+    let Some(mut server) = own_server().await else {
+        return;
+    };
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let app = spawn_nats(&target, &[]).await;
+    let first = app.publish_ok(&json!({"type": "t", "source": "/s"})).await;
+    wait_ready(&app, 200, Duration::from_secs(10)).await;
+
+    server.kill();
+    let why = wait_ready(&app, 503, Duration::from_secs(10)).await;
+    assert!(why.contains("NATS") || why.contains("stream"), "{why}");
+    // A publish now is answered (503), not left hanging.
+    let res = app
+        .publish(&json!({"type": "t", "source": "/s", "id": "down"}))
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+
+    server.restart().await;
+    wait_ready(&app, 200, Duration::from_secs(30)).await;
+    // The stream survived (file storage): the first event reads back, and
+    // publishing works again.
+    let got = app.get_json(&format!("/events/{}", first["seq"])).await;
+    assert_eq!(got["event"]["source"], "/s");
+    app.publish_ok(&json!({"type": "t", "source": "/s", "id": "up"}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_through_one_instance_wakes_the_other_instances_readers() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+
+    // A long-poll on B, then a publish through A.
+    let poll = {
+        let b = b.api.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let page = b.get_json("/events?after=0&wait=20").await;
+            (page, started.elapsed())
+        })
+    };
+    let mut sse = SseReader::open(&b, "/events/stream", None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = a
+        .publish_ok(&json!({"type": "cross.instance", "source": "/a"}))
+        .await;
+    let (page, took) = poll.await.unwrap();
+    assert_eq!(page["events"][0]["seq"], sent["seq"], "{page}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the long-poll on B waited {took:?}, as if it never woke"
+    );
+    let msg = sse
+        .next_event(Duration::from_secs(10))
+        .await
+        .expect("B's stream gets the event published through A");
+    assert_eq!(msg.json()["event"]["type"], "cross.instance");
+
+    // And the other way round, read back by seq.
+    let back = b
+        .publish_ok(&json!({"type": "cross.instance", "source": "/b"}))
+        .await;
+    let got = a.get_json(&format!("/events/{}", back["seq"])).await;
+    assert_eq!(got["event"]["source"], "/b");
+}
+
+#[tokio::test]
+async fn batches_are_atomic_on_servers_with_atomic_batch_publish() {
+    let Some(bin) = nats_server_binary(crate::common::nats::ATOMIC_BATCH_MIN_VERSION).await else {
+        eprintln!("SKIPPED: no nats-server 2.12+ could be installed");
+        return;
+    };
+    // Messages of at most 8 KiB, so one event of a batch can fail.
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), "max_payload: 8192\n").unwrap();
+    let server = NatsServer::start(&bin, &["-c", conf.path().to_str().unwrap()]).await;
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let app = spawn_nats(&target, &[]).await;
+    app.publish_ok(&json!({"type": "t", "source": "/s", "id": "before"}))
+        .await;
+    let batch = |ids: &[&str]| {
+        json!(ids
+            .iter()
+            .map(|id| json!({"type": "b.x", "source": "/b", "id": id}))
+            .collect::<Vec<_>>())
+    };
+    // All new: one atomic commit, consecutive seqs.
+    let res = app.batch(&batch(&["1", "2", "3"])).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let seqs: Vec<u64> = res.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    let stats = app.get_json("/stats").await;
+    assert_eq!(stats["writer"]["batches"], 1, "{stats}");
+
+    // The same batch again: JetStream refuses an atomic batch holding a
+    // stored Nats-Msg-Id; msgbus then answers each as the duplicate it is.
+    let res = app.batch(&batch(&["1", "2", "3"])).await;
+    let again = res.json();
+    for (r, want) in again["results"].as_array().unwrap().iter().zip([2, 3, 4]) {
+        assert_eq!(r["seq"], want, "{again}");
+        assert_eq!(r["duplicate"], true, "{again}");
+    }
+    // A duplicate beside new events: the new ones are stored, the
+    // duplicate answers its original.
+    let res = app.batch(&batch(&["2", "4"])).await;
+    let mixed = res.json();
+    assert_eq!(mixed["results"][0]["seq"], 3, "{mixed}");
+    assert_eq!(mixed["results"][0]["duplicate"], true, "{mixed}");
+    assert_eq!(mixed["results"][1]["seq"], 5, "{mixed}");
+    assert_eq!(mixed["results"][1]["duplicate"], false, "{mixed}");
+    assert_eq!(app.read_all().await.len(), 5);
+
+    // All or nothing: an event the server cannot take in the middle of a
+    // batch stores none of it (one at a time, the first would be stored).
+    let big = "x".repeat(10_000);
+    let res = app
+        .batch(&json!([
+            {"type": "b.x", "source": "/b", "id": "5"},
+            {"type": "b.x", "source": "/b", "id": "6", "data": big},
+            {"type": "b.x", "source": "/b", "id": "7"},
+        ]))
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.read_all().await.len(),
+        5,
+        "nothing of the failed batch is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_is_shared_by_every_instance_and_its_cursor_never_moves_back() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+    for i in 0..5 {
+        a.publish_ok(&json!({"type": "c.x", "source": "/c", "id": i.to_string()}))
+            .await;
+    }
+    let res = a
+        .put("/consumers/shared", &json!({"type_prefix": "c."}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    // B sees it (its copy follows the KV bucket) and acks through it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.get("/consumers/shared").await.status != 200 {
+        assert!(Instant::now() < deadline, "B never saw the consumer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = b
+        .post("/consumers/shared/ack", Some(&json!({"seq": 3})))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // A reads from the cursor B committed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = a.get_json("/consumers/shared/events").await;
+        if page["events"][0]["seq"] == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A still reads from before B's ack: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An ack behind the cursor through A is refused, whichever instance
+    // committed the cursor.
+    a.post("/consumers/shared/ack", Some(&json!({"seq": 2})))
+        .await
+        .assert_problem(409);
+}
+
+#[tokio::test]
+async fn an_event_limit_the_nats_servers_cannot_carry_is_warned_about_at_start() {
+    let Some(url) = crate::common::server::shared_nats_url() else {
+        eprintln!("SKIPPED: no nats-server could be installed");
+        return;
+    };
+    let dir = DataDir::temp();
+    let target = NatsTarget {
+        url,
+        stream: unique_stream(),
+    };
+    let warned = |p: &crate::common::process::TestProcess| {
+        p.stderr_text().contains("--max-event-bytes plus")
+    };
+    // The defaults: 1 MiB events, 1 MiB NATS messages, no room for headers.
+    let mut args = target.args();
+    args.extend(["--max-event-bytes".to_string(), "1MiB".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::common::process::spawn_process(dir.path(), &args).await;
+    assert!(warned(&p), "{}", p.stderr_text());
+    p.stop().await;
+    // Events that fit: no warning.
+    let mut args = target.args();
+    args.extend(["--max-event-bytes".to_string(), "512KiB".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::common::process::spawn_process(dir.path(), &args).await;
+    assert!(!warned(&p), "{}", p.stderr_text());
+    p.stop().await;
+}
