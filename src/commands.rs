@@ -349,7 +349,9 @@ pub struct MigrateArgs {
 }
 
 impl MigrateArgs {
-    fn settings(&self) -> crate::jetstream::Settings {
+    /// The backend's settings; `max_event_bytes` is the store's own limit
+    /// (the backend warns when the servers take less).
+    fn settings(&self, max_event_bytes: u64) -> crate::jetstream::Settings {
         crate::jetstream::Settings {
             urls: self.to_nats.clone(),
             stream: self.nats_stream.clone(),
@@ -364,21 +366,23 @@ impl MigrateArgs {
             max_messages: None,
             max_age: None,
             max_bytes: None,
+            max_event_bytes,
         }
     }
 }
 
+/// A stopped store opened by `migrate`: its handle, its writer thread and
+/// its `--max-event-bytes`.
+type OpenedStore = (
+    crate::store::StoreHandle,
+    crate::store::handle::WriterThread,
+    u64,
+);
+
 /// Opens a stopped store as the offline tools do: its lock first, then
 /// recovery and the writer thread, with the server's settings.
-fn open_store(
-    dir: &std::path::Path,
-) -> Result<
-    (
-        crate::store::StoreHandle,
-        crate::store::handle::WriterThread,
-    ),
-    crate::app::AppError,
-> {
+/// Also answers the store's `--max-event-bytes`.
+fn open_store(dir: &std::path::Path) -> Result<OpenedStore, crate::app::AppError> {
     use clap::Parser;
     /// The server's settings alone.
     #[derive(Parser)]
@@ -397,7 +401,8 @@ fn open_store(
         crate::alerts::Alerts::new(config.alert_capacity, None)
             .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
     );
-    Ok(crate::store::StoreHandle::open(&config.store(), alerts)?)
+    let (store, writer) = crate::store::StoreHandle::open(&config.store(), alerts)?;
+    Ok((store, writer, config.max_event_bytes))
 }
 
 /// Runs `msgbus migrate`; returns the exit status.
@@ -415,7 +420,7 @@ pub async fn migrate(args: MigrateArgs) -> u8 {
         );
         return EXIT_CANNOT_RUN;
     }
-    let (store, writer) = match open_store(dir) {
+    let (store, writer, max_event_bytes) = match open_store(dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("msgbus migrate: {e}");
@@ -436,7 +441,7 @@ pub async fn migrate(args: MigrateArgs) -> u8 {
     let result = m::migrate(
         &store,
         &dir.display().to_string(),
-        args.settings(),
+        args.settings(max_event_bytes),
         args.limit,
         &mut on_progress,
     )
