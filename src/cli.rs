@@ -81,6 +81,12 @@ pub enum Command {
     Import(crate::commands::ImportArgs),
     /// Export stored events as NDJSON (one event per line, as stored).
     Export(crate::commands::ExportArgs),
+    /// Move a stopped store into the NATS JetStream stream that
+    /// `serve --backend nats` serves, keeping every event's seq and bytes;
+    /// resumable and idempotent. Exit 0: done (or --limit reached); 1:
+    /// stopped partway (run again); 2: could not run; 3: the data
+    /// directory is held by a running server.
+    Migrate(crate::commands::MigrateArgs),
 }
 
 /// `msgbus alert ...`.

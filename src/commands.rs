@@ -9,6 +9,10 @@
 //! 2 the command could not run (a file that cannot be read, a server that
 //! cannot be reached, bad arguments); 3 the data directory is held by a
 //! running server (as for every command).
+//!
+//! `msgbus migrate` too: a stopped store moved into a NATS JetStream
+//! stream; the publishing is [`crate::jetstream::migrate`]'s, this opens the
+//! store and shows the progress (exit statuses in [`MigrateArgs`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -291,5 +295,190 @@ mod tests {
     #[test]
     fn the_locked_status_is_every_commands() {
         assert_eq!(super::EXIT_LOCKED, crate::cli::EXIT_LOCKED);
+    }
+}
+
+/// Arguments of `msgbus migrate`.
+///
+/// Exit status: 0 every event is in the stream (or `--limit` stopped the
+/// run; the summary says whether to run again); 1 stopped partway (what is
+/// in the stream stays; run again to continue); 2 nothing could be done
+/// (no store, no server, a stream holding other events); 3 the data
+/// directory is held by a running server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The data directory of a stopped msgbus (file backend).
+    #[arg(long)]
+    pub from_data_dir: PathBuf,
+    /// NATS server URLs, comma-separated (`nats://h1:4222,nats://h2:4222`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub to_nats: Vec<String>,
+    /// The stream (created if missing, as `msgbus serve --backend nats`
+    /// creates it); its subjects are `<stream>.>`.
+    #[arg(long, default_value = "MSGBUS")]
+    pub nats_stream: String,
+    /// Replicas of the stream if it is created.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// JetStream's duplicate window of the stream if it is created.
+    #[arg(long, default_value = "2m", value_parser = crate::config::parse_duration)]
+    pub nats_duplicate_window: std::time::Duration,
+    /// A NATS credentials file (JWT and NKey seed), as for `serve`.
+    #[arg(long, env = "MSGBUS_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from `MSGBUS_NATS_PASSWORD`, as
+    /// for `serve`.
+    #[arg(long, env = "MSGBUS_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS authentication token, as for `serve`.
+    #[arg(long, env = "MSGBUS_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// PEM file of CA certificates to trust for `tls://` servers, as for
+    /// `serve`.
+    #[arg(long, env = "MSGBUS_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+    /// Stop after this many events (a later run continues).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Between progress summary lines when standard error is no terminal.
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub progress_every: std::time::Duration,
+}
+
+impl MigrateArgs {
+    /// The backend's settings; `max_event_bytes` is the store's own limit
+    /// (the backend warns when the servers take less).
+    fn settings(&self, max_event_bytes: u64) -> crate::jetstream::Settings {
+        crate::jetstream::Settings {
+            urls: self.to_nats.clone(),
+            stream: self.nats_stream.clone(),
+            replicas: self.replicas,
+            duplicate_window: self.nats_duplicate_window,
+            creds: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: std::env::var("MSGBUS_NATS_PASSWORD").ok(),
+            token: self.nats_token.clone(),
+            ca_file: self.nats_ca_file.clone(),
+            connect_timeout: std::time::Duration::from_secs(10),
+            max_messages: None,
+            max_age: None,
+            max_bytes: None,
+            max_event_bytes,
+        }
+    }
+}
+
+/// A stopped store opened by `migrate`: its handle, its writer thread and
+/// its `--max-event-bytes`.
+type OpenedStore = (
+    crate::store::StoreHandle,
+    crate::store::handle::WriterThread,
+    u64,
+);
+
+/// Opens a stopped store as the offline tools do: its lock first, then
+/// recovery and the writer thread, with the server's settings.
+/// Also answers the store's `--max-event-bytes`.
+fn open_store(dir: &std::path::Path) -> Result<OpenedStore, crate::app::AppError> {
+    use clap::Parser;
+    /// The server's settings alone.
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        serve: crate::config::ServeConfig,
+    }
+    let cli = Settings::try_parse_from([
+        std::ffi::OsStr::new("msgbus"),
+        std::ffi::OsStr::new("--data-dir"),
+        dir.as_os_str(),
+    ])
+    .map_err(|e| format!("the server settings in MSGBUS_* variables: {e}"))?;
+    let config = cli.serve;
+    let alerts = std::sync::Arc::new(
+        crate::alerts::Alerts::new(config.alert_capacity, None)
+            .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
+    );
+    let (store, writer) = crate::store::StoreHandle::open(&config.store(), alerts)?;
+    Ok((store, writer, config.max_event_bytes))
+}
+
+/// Runs `msgbus migrate`; returns the exit status.
+pub async fn migrate(args: MigrateArgs) -> u8 {
+    use crate::jetstream::migrate::{self as m, Failure};
+    let dir = &args.from_data_dir;
+    let holds_store = crate::store::layout::manifest_path(dir).exists()
+        || crate::store::layout::segments_dir(dir).is_dir();
+    if !holds_store {
+        eprintln!(
+            "msgbus migrate: {} holds no msgbus store (no {} and no {}/)",
+            dir.display(),
+            crate::store::layout::MANIFEST,
+            crate::store::layout::SEGMENTS_DIR
+        );
+        return EXIT_CANNOT_RUN;
+    }
+    let (store, writer, max_event_bytes) = match open_store(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("msgbus migrate: {e}");
+            return match e.downcast_ref::<crate::store::StoreError>() {
+                Some(crate::store::StoreError::Locked { .. }) => EXIT_LOCKED,
+                _ => EXIT_CANNOT_RUN,
+            };
+        }
+    };
+    let mut progress = crate::progress::Progress::new("migrate", "events", None, args.quiet)
+        .every(args.progress_every);
+    let mut shown = 0;
+    let mut on_progress = |done: u64, total: u64| {
+        progress.set_total(total);
+        progress.add(done - shown);
+        shown = done;
+    };
+    let result = m::migrate(
+        &store,
+        &dir.display().to_string(),
+        args.settings(max_event_bytes),
+        args.limit,
+        &mut on_progress,
+    )
+    .await;
+    progress.finish();
+    store.close().await;
+    drop(store);
+    writer.join().await;
+    let stream = &args.nats_stream;
+    match result {
+        Ok(done) if done.last == 0 => {
+            eprintln!("the store holds no event: nothing to migrate");
+            0
+        }
+        Ok(done) if done.stream_last >= done.last => {
+            eprintln!(
+                "migrated {} event(s) in this run; stream {stream} holds seqs {}..={} of the \
+                 store: the migration is complete",
+                done.published, done.first, done.last
+            );
+            0
+        }
+        Ok(done) => {
+            eprintln!(
+                "migrated {} event(s) in this run; stream {stream} holds seqs {}..={} of \
+                 {}..={}: run again to continue",
+                done.published, done.first, done.stream_last, done.first, done.last
+            );
+            0
+        }
+        Err(Failure::CannotRun(why)) => {
+            eprintln!("msgbus migrate: {why}");
+            EXIT_CANNOT_RUN
+        }
+        Err(Failure::Failed(why)) => {
+            eprintln!("msgbus migrate: {why}");
+            EXIT_REFUSED
+        }
     }
 }

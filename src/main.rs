@@ -111,6 +111,9 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::Import(args)) => return ExitCode::from(msgbus::commands::import(args).await),
         Some(Command::Export(args)) => return ExitCode::from(msgbus::commands::export(args).await),
+        Some(Command::Migrate(args)) => {
+            return ExitCode::from(msgbus::commands::migrate(args).await)
+        }
         None => msgbus::app::serve(cli.serve).await,
     };
     match result {

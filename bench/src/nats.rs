@@ -98,10 +98,13 @@ pub struct NatsReport {
     pub rows: Vec<Row>,
 }
 
-/// Runs `work` with `connections` spread over `addrs` at once.
+/// Runs `work(i)` against instance `i` of `addrs`, all at once, with
+/// `connections` spread over them. Each instance's work has its own ids:
+/// the same `(source, id)` sent through two instances would be answered as
+/// a duplicate by the one stream behind them.
 async fn measure(
     addrs: &[SocketAddr],
-    work: &Work,
+    work: impl Fn(usize) -> Work,
     connections: usize,
     cfg: &NatsConfig,
 ) -> Result<Figure> {
@@ -112,8 +115,8 @@ async fn measure(
         duration: cfg.duration,
         max_requests: None,
     };
-    let runs = futures_join(addrs.iter().map(|a| {
-        let (a, work, spec) = (*a, work.clone(), spec.clone());
+    let runs = futures_join(addrs.iter().enumerate().map(|(i, a)| {
+        let (a, work, spec) = (*a, work(i), spec.clone());
         tokio::spawn(async move { loadgen::closed_loop(a, &work, &spec).await })
     }))
     .await?;
@@ -147,8 +150,8 @@ async fn row(backend: &str, servers: &[Server], tag: &str, cfg: &NatsConfig) -> 
     );
     let single = measure(
         &addrs,
-        &Work::Single {
-            tag: Arc::from(format!("{tag}-s")),
+        |i| Work::Single {
+            tag: Arc::from(format!("{tag}-i{i}-s")),
             head: None,
         },
         SINGLE_CONNECTIONS,
@@ -161,8 +164,8 @@ async fn row(backend: &str, servers: &[Server], tag: &str, cfg: &NatsConfig) -> 
     );
     let batch = measure(
         &addrs,
-        &Work::Batch {
-            tag: Arc::from(format!("{tag}-b")),
+        |i| Work::Batch {
+            tag: Arc::from(format!("{tag}-i{i}-b")),
             size: BATCH_SIZE,
         },
         BATCH_CONNECTIONS,

@@ -26,6 +26,7 @@
 //! types (`tests/architecture.rs` checks it).
 
 pub mod consumers;
+pub mod migrate;
 pub mod subject;
 
 use std::borrow::Cow;

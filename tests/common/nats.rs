@@ -700,24 +700,73 @@ impl NatsCluster {
         }
     }
 
-    /// The node leading stream `stream` (in account `$G`), as the running
-    /// nodes report it in `/jsz?streams=true`; `None` while it has none.
-    pub async fn stream_leader(&mut self, stream: &str) -> Option<String> {
-        for (_, v) in self.jsz_all("?accounts=true&streams=true").await {
+    /// What each running node's `/jsz?streams=true` says of stream
+    /// `stream`'s cluster (`{leader, replicas: [{name, current, ...}]}`).
+    pub async fn stream_cluster(&mut self, stream: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for (node, v) in self.jsz_all("?accounts=true&streams=true").await {
             let accounts = v["account_details"].as_array().cloned().unwrap_or_default();
             for acc in accounts {
-                for s in acc["stream_detail"].as_array().into_iter().flatten() {
-                    if s["name"] == stream {
-                        if let Some(l) = s["cluster"]["leader"].as_str() {
-                            if !l.is_empty() {
-                                return Some(l.to_string());
-                            }
-                        }
+                for st in acc["stream_detail"].as_array().into_iter().flatten() {
+                    if st["name"] == stream {
+                        out.push((node.clone(), st["cluster"].clone()));
                     }
                 }
             }
         }
-        None
+        out
+    }
+
+    /// The node leading stream `stream`: only when every running node that
+    /// knows the stream names the same leader, and that leader runs and
+    /// says so itself (a node that was just killed, or one that has not
+    /// heard of an election yet, makes the answer `None` until they agree).
+    pub async fn stream_leader(&mut self, stream: &str) -> Option<String> {
+        let reports = self.stream_cluster(stream).await;
+        let leaders: Vec<&str> = reports
+            .iter()
+            .map(|(_, c)| c["leader"].as_str().unwrap_or(""))
+            .collect();
+        let first = *leaders.first()?;
+        if first.is_empty() || leaders.iter().any(|l| *l != first) {
+            return None;
+        }
+        // The leader's own report is among them (it runs).
+        reports
+            .iter()
+            .any(|(node, _)| node == first)
+            .then(|| first.to_string())
+    }
+
+    /// True when stream `stream` has an agreed leader (see
+    /// [`NatsCluster::stream_leader`]) that reports every other node as a
+    /// current replica: killing any one node then leaves a quorum that
+    /// holds every acknowledged message.
+    pub async fn stream_current(&mut self, stream: &str) -> bool {
+        let Some(leader) = self.stream_leader(stream).await else {
+            return false;
+        };
+        let reports = self.stream_cluster(stream).await;
+        let Some((_, c)) = reports.iter().find(|(n, _)| *n == leader) else {
+            return false;
+        };
+        let replicas = c["replicas"].as_array().cloned().unwrap_or_default();
+        replicas.len() + 1 == self.nodes.len()
+            && replicas
+                .iter()
+                .all(|r| r["current"] == true && r["offline"] != true)
+    }
+
+    /// Waits (at most `timeout`) until [`NatsCluster::stream_current`].
+    pub async fn wait_stream_current(&mut self, stream: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stream_current(stream).await {
+            if Instant::now() > deadline {
+                let state = self.stream_cluster(stream).await;
+                panic!("stream {stream} has no leader with current replicas after {timeout:?}: {state:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits (at most `timeout`) until stream `stream` has a leader.
