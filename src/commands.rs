@@ -383,25 +383,7 @@ type OpenedStore = (
 /// recovery and the writer thread, with the server's settings.
 /// Also answers the store's `--max-event-bytes`.
 fn open_store(dir: &std::path::Path) -> Result<OpenedStore, crate::app::AppError> {
-    use clap::Parser;
-    /// The server's settings alone.
-    #[derive(Parser)]
-    struct Settings {
-        #[command(flatten)]
-        serve: crate::config::ServeConfig,
-    }
-    let cli = Settings::try_parse_from([
-        std::ffi::OsStr::new("msgbus"),
-        std::ffi::OsStr::new("--data-dir"),
-        dir.as_os_str(),
-    ])
-    .map_err(|e| format!("the server settings in MSGBUS_* variables: {e}"))?;
-    let config = cli.serve;
-    let alerts = std::sync::Arc::new(
-        crate::alerts::Alerts::new(config.alert_capacity, None)
-            .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
-    );
-    let (store, writer) = crate::store::StoreHandle::open(&config.store(), alerts)?;
+    let (config, store, writer) = crate::inprocess::open_store(dir)?;
     Ok((store, writer, config.max_event_bytes))
 }
 

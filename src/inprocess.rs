@@ -34,25 +34,7 @@ impl Local {
     /// Opens the store in `data_dir` (created if missing). Fails with
     /// [`crate::store::StoreError::Locked`] while a server holds it.
     pub fn open(data_dir: &Path) -> Result<Local, AppError> {
-        use clap::Parser;
-        /// The server's settings alone.
-        #[derive(Parser)]
-        struct Settings {
-            #[command(flatten)]
-            serve: crate::config::ServeConfig,
-        }
-        let cli = Settings::try_parse_from([
-            std::ffi::OsStr::new("msgbus"),
-            std::ffi::OsStr::new("--data-dir"),
-            data_dir.as_os_str(),
-        ])
-        .map_err(|e| format!("the server settings in MSGBUS_* variables: {e}"))?;
-        let config = cli.serve;
-        let alerts = Arc::new(
-            crate::alerts::Alerts::new(config.alert_capacity, None)
-                .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
-        );
-        let (store, writer) = StoreHandle::open(&config.store(), alerts)?;
+        let (config, store, writer) = open_store(data_dir)?;
         let keyring = Arc::new(Keyring::open(&config.data_dir, AuthMode::Off, None)?);
         let (shutdown, rx) = watch::channel(false);
         let state = AppState::new(store.clone(), &config, keyring, rx);
@@ -106,4 +88,32 @@ impl Transport for Local {
             })
         })
     }
+}
+
+/// Opens a stopped store as the offline tools do, with the server's
+/// settings (its `MSGBUS_*` variables; no flags): the directory's lock
+/// first, then recovery and the writer thread. Answers the settings too.
+pub fn open_store(
+    data_dir: &Path,
+) -> Result<(crate::config::ServeConfig, StoreHandle, WriterThread), AppError> {
+    use clap::Parser;
+    /// The server's settings alone.
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        serve: crate::config::ServeConfig,
+    }
+    let cli = Settings::try_parse_from([
+        std::ffi::OsStr::new("msgbus"),
+        std::ffi::OsStr::new("--data-dir"),
+        data_dir.as_os_str(),
+    ])
+    .map_err(|e| format!("the server settings in MSGBUS_* variables: {e}"))?;
+    let config = cli.serve;
+    let alerts = Arc::new(
+        crate::alerts::Alerts::new(config.alert_capacity, None)
+            .hiding(crate::http::error::HidePaths::new(&config.data_dir)),
+    );
+    let (store, writer) = StoreHandle::open(&config.store(), alerts)?;
+    Ok((config, store, writer))
 }
