@@ -105,34 +105,9 @@ pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Chunk size of [`file_equals`] and [`crc32c_prefix`]: whole-file reads of
+/// Chunk size of the chunked reads here ([`crc32c_prefix`]): whole-file reads of
 /// a 64 MiB segment allocated and zeroed 64 MiB each time.
 const CHUNK: usize = 1 << 20;
-
-/// Whether the file at `path` holds exactly `expected`, compared chunk by
-/// chunk without reading the whole file into memory.
-pub fn file_equals(path: &Path, expected: &[u8]) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    if f.metadata()?.len() != expected.len() as u64 {
-        return Ok(false);
-    }
-    let mut buf = vec![0u8; CHUNK.min(expected.len())];
-    for want in expected.chunks(CHUNK) {
-        let got = &mut buf[..want.len()];
-        match f.read_exact(got) {
-            Ok(()) => {}
-            // Cut while being read.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if got != want {
-            return Ok(false);
-        }
-    }
-    // Grown while being read.
-    Ok(f.read(&mut [0u8; 1])? == 0)
-}
 
 /// CRC32C of the first `len` bytes of `f`, read in chunks.
 pub fn crc32c_prefix(f: &mut File, len: u64) -> std::io::Result<u32> {

@@ -38,6 +38,7 @@
 //!   helpers, typed errors
 //! - [`layout`]: every name and path in the data directory
 
+pub mod active_copy;
 pub mod backup;
 mod catalog;
 pub mod chunked;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::active_copy::ActiveCopy;
 use super::backup;
 use super::dedup::DedupIndex;
 use super::error::{Result, StoreError};
@@ -86,8 +87,8 @@ pub struct ActiveSegment {
     pub index_pos: u32,
     /// The writer's own copy of the durable bytes, to rewrite the file from
     /// if it is damaged, truncated or deleted.
-    pub bytes: Vec<u8>,
-    /// CRC32C of `bytes`, which the integrity monitor compares the file with.
+    pub copy: ActiveCopy,
+    /// CRC32C of the durable bytes, which the integrity monitor compares the file with.
     pub crc: u32,
     /// Its records as its index file will hold them, written when it is
     /// sealed (see [`segindex`]).
@@ -613,7 +614,7 @@ fn index_active_segment(
         count: frames.len() as u64,
         index_pos: pos,
         crc: crc32c::crc32c(&bytes),
-        bytes,
+        copy: ActiveCopy::new(data_dir, bytes),
         seg_index,
     };
     Ok((active, hasher))

@@ -10,9 +10,10 @@
 //! retries an fsync, because after a failed fsync the kernel may already
 //! have dropped the dirty pages it was asked to write.
 //!
-//! The writer keeps its own copy of the active segment's bytes, so that when
-//! the file is damaged, truncated or deleted under it, it can rewrite it
-//! without losing an acknowledged event (`repair`). Two threads it feeds
+//! The writer keeps its own copy of the active segment's bytes (in an
+//! anonymous file: `active_copy`), so that when the file is damaged,
+//! truncated or deleted under it, it can rewrite it without losing an
+//! acknowledged event (`repair`). Two threads it feeds
 //! keep work off the commit path: backups are copied by one (`backups`),
 //! and the active segment's SHA-256, recorded in the manifest at sealing,
 //! is computed by the other (`hasher`).
@@ -32,6 +33,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::active_copy::ActiveCopy;
 use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
@@ -192,11 +194,6 @@ impl Writer {
             unrepaired: Vec::new(),
             shared,
             manifest: Arc::new(rec.manifest),
-            // The recovered active segment's buffer is left at its size:
-            // growing it here would copy it and hold both copies at start-up
-            // (peak RSS at ready with a million events: 230 MiB with, 191 MiB
-            // without, in bench/run). It grows to a whole segment at the
-            // first commit that needs room (`grow_active_copy`).
             active: rec.active,
             next_seq: rec.next_seq,
             dedup: rec.dedup,
@@ -439,10 +436,11 @@ impl Writer {
     /// Makes a durable commit visible: index entries, head, dedup, counters.
     fn publish(&mut self, accepted: &mut [Accepted]) {
         let base = self.active.len;
-        self.grow_active_copy();
-        self.active.bytes.extend_from_slice(&self.buf);
         self.active.crc = crc32c::crc32c_append(self.active.crc, &self.buf);
         self.active.len += self.buf.len() as u64;
+        if let Err(e) = self.active.copy.append(&self.buf) {
+            self.refill_copy(&e);
+        }
         self.active.count += accepted.len() as u64;
         {
             let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
@@ -486,20 +484,46 @@ impl Writer {
         *self.shared.files.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
-    /// Makes room in the active segment's in-memory copy for the current
-    /// commit. When it is full, it grows straight to a whole segment (see
-    /// [`segment_room`]) instead of doubling: each doubling re-copied the
-    /// copy and faulted its pages in again, on the commit path (5.6% of
-    /// all server CPU samples in a profile of 64 connections publishing
-    /// into an empty store, all of it in the writer). Capacity not yet
-    /// written is address space, not memory.
-    fn grow_active_copy(&mut self) {
-        let bytes = &mut self.active.bytes;
-        if bytes.capacity() - bytes.len() >= self.buf.len() {
-            return;
+    /// The copy of the active segment could not take the commit just made
+    /// durable: read the copy again from the segment file, which holds it
+    /// (checked against the CRC the writer keeps), into memory. If that
+    /// fails too, a later repair could not restore every acknowledged
+    /// event, so writes stop (poison), as after a failed write.
+    fn refill_copy(&mut self, append: &std::io::Error) {
+        let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
+        let read = self.active.file.read_exact_at(&mut bytes, 0);
+        match read {
+            Ok(()) if crc32c::crc32c(&bytes) == self.active.crc => {
+                tracing::warn!(error = %append, "the active segment's copy could not be appended to; it was read again from the segment file and is kept in memory");
+                self.active.copy = ActiveCopy::in_memory(bytes);
+            }
+            Ok(()) => self.poison(format!(
+                "the active segment's copy could not be appended to ({append}), and the segment file no longer matches what was written"
+            )),
+            Err(e) => self.poison(format!(
+                "the active segment's copy could not be appended to ({append}), and the segment file cannot be read: {e}"
+            )),
         }
-        let room = segment_room(self.segment_bytes);
-        bytes.reserve_exact(room.saturating_sub(bytes.len()).max(self.buf.len()));
+    }
+
+    /// The active segment's durable bytes, for the hasher to start over
+    /// on; from the segment file (checked against the writer's CRC) if the
+    /// copy cannot be read.
+    fn active_bytes(&self) -> Vec<u8> {
+        match self.active.copy.to_vec() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the active segment's copy; hashing the segment file");
+                let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
+                match self.active.file.read_exact_at(&mut bytes, 0) {
+                    Ok(()) if crc32c::crc32c(&bytes) == self.active.crc => {}
+                    // The seal that uses this hash checks the file against
+                    // the copy first and repairs or stops.
+                    _ => tracing::error!("the active segment file cannot be read back either"),
+                }
+                bytes
+            }
+        }
     }
 
     /// The outcome for `ev` if its `(source, id)` is stored already or
@@ -765,7 +789,7 @@ impl Writer {
             if matches!(err, StoreError::TooManyOpenFiles { .. }) {
                 drop(file);
                 undo_create(&path);
-                let _ = self.hasher.update(self.active.bytes.clone());
+                let _ = self.hasher.update(self.active_bytes());
                 return Err(err);
             }
             // Not fatal: the segment is whole; the integrity monitor finds
@@ -784,7 +808,7 @@ impl Writer {
                 // segment again (the hasher started over at `finish`).
                 drop(file);
                 undo_create(&path);
-                let _ = self.hasher.update(self.active.bytes.clone());
+                let _ = self.hasher.update(self.active_bytes());
             }
             return Err(err);
         }
@@ -833,10 +857,13 @@ impl Writer {
             len: 0,
             count: 0,
             index_pos,
-            // The sealed segment's buffer is reused: growing a fresh one
-            // to tens of MiB re-copied it at every doubling and faulted in
-            // new zeroed pages, 13% of the server's CPU in batch profiles.
-            bytes: reuse_buffer(std::mem::take(&mut self.active.bytes), self.segment_bytes),
+            // The sealed segment's copy is emptied and reused: its
+            // anonymous file stays open.
+            copy: {
+                let mut copy = std::mem::replace(&mut self.active.copy, ActiveCopy::in_memory(Vec::new()));
+                copy.clear();
+                copy
+            },
             crc: 0,
             seg_index: Default::default(),
         };
@@ -915,24 +942,6 @@ enum WriteFailed {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Empties `buf` and makes room for [`segment_room`] bytes, so the next
-/// active segment's in-memory copy does not reallocate while it fills.
-fn reuse_buffer(mut buf: Vec<u8>, segment_bytes: u64) -> Vec<u8> {
-    buf.clear();
-    buf.reserve_exact(segment_room(segment_bytes));
-    buf
-}
-
-/// Bytes the active segment's in-memory copy holds at most before the
-/// segment is sealed: a whole segment plus one commit, capped at 1 GiB
-/// (larger segments grow the copy as they fill).
-fn segment_room(segment_bytes: u64) -> usize {
-    usize::try_from(segment_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(MAX_COMMIT_BYTES)
-        .min(1 << 30)
 }
 
 fn command_bytes(cmd: &Command) -> usize {

@@ -265,7 +265,7 @@ impl Writer {
     /// Out of descriptors, the file cannot be checked: the seal waits
     /// ([`StoreError::TooManyOpenFiles`]) instead of taking that for damage.
     pub(super) fn verify_active_file_before_seal(&mut self) -> crate::store::error::Result<()> {
-        let detail = match fsutil::file_equals(&self.active.path, &self.active.bytes) {
+        let detail = match self.active.copy.equals_file(&self.active.path) {
             Ok(true) => return Ok(()),
             Err(e) if fsutil::is_descriptor_exhaustion(&e) => {
                 return Err(crate::store::StoreError::io(
@@ -306,16 +306,19 @@ impl Writer {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev() && a.nlink() > 0,
             _ => false,
         };
-        if same_inode && fsutil::file_equals(&path, &self.active.bytes).unwrap_or(false) {
+        if same_inode && self.active.copy.equals_file(&path).unwrap_or(false) {
             return Ok(Repaired::AlreadyIntact);
         }
         if let Some(bytes) = std::fs::read(&path).ok().filter(|b| !b.is_empty()) {
             fsutil::quarantine(&self.shared.data_dir, &path, 0, &bytes)?;
         }
-        let bytes = std::mem::take(&mut self.active.bytes);
-        let written = fsutil::write_atomic(&path, &bytes).map_err(FileError::at("rewrite", &path));
-        self.active.bytes = bytes;
-        written?;
+        let bytes = self
+            .active
+            .copy
+            .to_vec()
+            .map_err(FileError::at("read the writer's copy of", &path))?;
+        fsutil::write_atomic(&path, &bytes).map_err(FileError::at("rewrite", &path))?;
+        drop(bytes);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
