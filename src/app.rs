@@ -97,6 +97,9 @@ impl Application {
                 return Err(e.into());
             }
         };
+        // Start-up's transient buffers (the active segment read whole) are
+        // freed by now; hand them back before the store answers "ready".
+        crate::memory::release_freed();
         // Before the first request: a server started on a full disk must
         // refuse the very first publish, not the one after the first tick.
         monitor::check_disk(&store, config.min_free_bytes);

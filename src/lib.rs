@@ -49,6 +49,7 @@ pub mod http;
 pub mod inprocess;
 pub mod jetstream;
 pub mod jobs;
+pub mod memory;
 pub mod monitor;
 pub mod offline;
 pub mod progress;

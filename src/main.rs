@@ -7,10 +7,10 @@ use msgbus::cli::{Cli, Command};
 use msgbus::offline::Verdict;
 use msgbus::store::StoreError;
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     msgbus::telemetry::init(cli.log_format);
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));

@@ -29,6 +29,9 @@ pub const FRAME_END: &[u8] = b"}\n\n";
 pub struct SseFrame {
     frame: Bytes,
     event_start: u32,
+    /// Bytes of memory the frame's buffer holds (its capacity, not its
+    /// length: see [`SseFrame::footprint`]).
+    allocated: u32,
 }
 
 impl SseFrame {
@@ -46,6 +49,7 @@ impl SseFrame {
         let start = FRAME_HEADROOM - len;
         buf[start..FRAME_HEADROOM].copy_from_slice(&prefix[..len]);
         buf.extend_from_slice(FRAME_END);
+        let allocated = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
         let mut frame = Bytes::from(buf);
         // `advance` moves the start; `slice` would clone the handle, which
         // for a `Bytes` made from a `Vec` allocates a shared header.
@@ -53,7 +57,18 @@ impl SseFrame {
         SseFrame {
             frame,
             event_start: len as u32,
+            allocated,
         }
+    }
+
+    /// The memory this frame keeps alive: its buffer's capacity (an event's
+    /// buffer is sized before its attributes are filled in, so it is
+    /// larger than the message), the shared header of a `Bytes` made from a
+    /// `Vec` whose capacity is not its length, and the frame itself. A
+    /// cache bounded by message lengths held about 1.6 times its bound.
+    pub fn footprint(&self) -> usize {
+        const BYTES_SHARED_HEADER: usize = 32;
+        self.allocated as usize + BYTES_SHARED_HEADER + std::mem::size_of::<Self>()
     }
 
     /// The message for `event` at `seq`, copying the event.

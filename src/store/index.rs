@@ -306,6 +306,13 @@ struct Recent {
     frame: SseFrame,
 }
 
+impl Recent {
+    /// What it costs the cache's bound: the frame's memory and its slot.
+    fn footprint(&self) -> usize {
+        self.frame.footprint() + std::mem::size_of::<u64>()
+    }
+}
+
 /// One event selected by a query: its bytes if cached, else where to read them.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -754,7 +761,7 @@ impl Index {
         self.first_seq = new_first;
         while self.recent.front().is_some_and(|r| r.seq < new_first) {
             if let Some(r) = self.recent.pop_front() {
-                self.recent_bytes -= r.frame.message().len();
+                self.recent_bytes -= r.footprint();
             }
         }
         while self.segments.len() > 1 && self.segments[1].first_seq <= new_first {
@@ -835,11 +842,11 @@ impl Index {
         });
         if let Some(frame) = e.frame {
             let recent = Recent { seq: e.seq, frame };
-            self.recent_bytes += recent.frame.message().len();
+            self.recent_bytes += recent.footprint();
             self.recent.push_back(recent);
             while self.recent_bytes > self.recent_capacity {
                 match self.recent.pop_front() {
-                    Some(r) => self.recent_bytes -= r.frame.message().len(),
+                    Some(r) => self.recent_bytes -= r.footprint(),
                     None => break,
                 }
             }
@@ -1317,6 +1324,35 @@ pub fn load(segments_file: &File, path: &std::path::Path, hit: &Hit) -> Result<B
 mod tests {
     use super::Interner;
     use crate::store::Scope;
+
+    /// The bound of `--read-cache-bytes` is memory: an event's buffer is
+    /// sized before its attributes are filled in, so it can hold much more
+    /// than its message, and a bound on message lengths let the cache hold
+    /// several times its setting.
+    #[test]
+    fn the_recent_cache_counts_the_memory_its_frames_hold() {
+        let frame = |seq: u64| {
+            // A 100-byte event in a buffer with room for 4,000.
+            let mut buf = crate::sse::buffer(4000);
+            buf.extend_from_slice(&[b'x'; 100]);
+            crate::sse::SseFrame::in_place(seq, buf)
+        };
+        let each = frame(1).footprint();
+        assert!(each > 4000, "a frame's footprint is its buffer: {each}");
+        let mut idx = super::Index::new(1, 10 * each + each / 2);
+        for seq in 1..=100u64 {
+            idx.push(super::NewEntry {
+                frame: Some(frame(seq)),
+                ..entry(seq, "t")
+            });
+        }
+        assert!(idx.cache_bytes() <= 10 * each + each / 2);
+        assert!(
+            idx.get(90).unwrap().cached.is_none(),
+            "older events left the cache"
+        );
+        assert!(idx.get(100).unwrap().cached.is_some());
+    }
 
     #[test]
     fn a_prefix_over_more_types_than_the_scan_budget_still_finds_its_events() {

@@ -379,8 +379,10 @@ mod tests {
         assert_eq!(idx.segment(last_pos).unwrap().first_seq, 21);
         assert!(idx.get(20).is_none());
         assert_eq!(idx.get(21).unwrap().entry.segment, last_pos);
-        // Ten cached SSE messages `id: NN\ndata: {"seq":NN,"event":x}\n\n` of 35 bytes.
-        assert_eq!(idx.cache_bytes(), 350);
+        // Ten cached SSE messages `id: NN\ndata: {"seq":NN,"event":x}\n\n`,
+        // counted by the memory each holds.
+        let each = crate::sse::SseFrame::copied(21, b"x").footprint() + 8;
+        assert_eq!(idx.cache_bytes(), 10 * each);
         assert_eq!(idx.get(21).unwrap().cached.as_deref(), Some(&b"x"[..]));
         let mut counts: Vec<(&str, u64)> = idx.type_counts().collect();
         counts.sort();

@@ -860,7 +860,8 @@ impl Writer {
             // The sealed segment's copy is emptied and reused: its
             // anonymous file stays open.
             copy: {
-                let mut copy = std::mem::replace(&mut self.active.copy, ActiveCopy::in_memory(Vec::new()));
+                let mut copy =
+                    std::mem::replace(&mut self.active.copy, ActiveCopy::in_memory(Vec::new()));
                 copy.clear();
                 copy
             },
