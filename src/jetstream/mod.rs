@@ -19,8 +19,10 @@
 //! - health, `/stats` and retention come from the stream's info.
 //!
 //! - durable (cursor) consumers live in a KV bucket beside the stream
-//!   ([`consumers`]); queue consumers and payload schemas are not mapped
-//!   yet: they answer 501 ([`StoreError::Unsupported`]).
+//!   ([`consumers`]), payload schemas in another ([`schemas`]), each
+//!   followed by a KV watch so every instance shares them; queue
+//!   consumers are not mapped yet: they answer 501
+//!   ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
