@@ -71,6 +71,16 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Waits before compare-and-set attempt `attempt` (none before the
+/// first): 10 ms, doubling up to 160 ms, so instances that lost to each
+/// other, or read a replica that was behind, do not retry in lockstep.
+async fn backoff(attempt: usize) {
+    if attempt > 0 {
+        let ms = 10u64 << (attempt - 1).min(4);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 /// Why a type's entry cannot be stored: larger than one NATS message.
 fn too_large_detail(ty: &str, size: usize, max: usize) -> String {
     format!(
@@ -259,7 +269,8 @@ impl Schemas {
         schema: Arc<serde_json::Value>,
         limits: SchemaLimits,
     ) -> Result<SchemaType, SchemaError> {
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..CAS_TRIES {
+            backoff(attempt).await;
             let existing = self.fetch(&ty).await?;
             let (t, revision) = match existing {
                 Some((t, _)) if t.versions.len() >= limits.max_versions => {
@@ -312,7 +323,8 @@ impl Schemas {
 
     /// Stops validating `ty` (its versions stay).
     pub async fn delete(&self, ty: String) -> Result<SchemaType, SchemaError> {
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..CAS_TRIES {
+            backoff(attempt).await;
             let Some((mut t, rev)) = self.fetch(&ty).await? else {
                 return Err(SchemaError::NotFound(ty));
             };
