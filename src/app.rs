@@ -188,8 +188,10 @@ impl Application {
         let keyring = state.auth.keyring.clone();
         let queues = state.queues.clone();
         let alerts = state.alerts.clone();
+        let schema_follower = schema_follower(&state, shutdown_tx.subscribe());
         let router = http::router(state);
         let mut jobs = Jobs::default();
+        jobs.add(schema_follower);
         jobs.add(Some(jobs::every(
             "queue reaper",
             crate::queue::REAP_EVERY,
@@ -299,6 +301,34 @@ impl Application {
 const KEYRING_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often `last_used` times are written back, in refresh ticks.
 const LAST_USED_EVERY: usize = 60;
+
+/// With a store whose payload schemas other instances change too (the
+/// NATS backend), the job that recompiles the validators at every change
+/// its copy applies, so a schema registered through another instance is
+/// enforced here within about a second (the time its KV watch takes).
+/// `None` with the file store: the handlers refresh after each change
+/// they make, the only changes there are.
+fn schema_follower(state: &AppState, mut shutdown: watch::Receiver<bool>) -> Option<jobs::Job> {
+    let mut changes = state.store.schema_changes()?;
+    let (store, registry) = (state.store.clone(), state.schemas.clone());
+    Some(jobs::task(
+        "schema follower",
+        tokio::spawn(async move {
+            loop {
+                changes.borrow_and_update();
+                registry.refresh(&store.schema_catalog());
+                tokio::select! {
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }),
+    ))
+}
 
 /// The job that re-reads the token file when it changes and writes
 /// `last_used` back once a minute.

@@ -278,7 +278,9 @@ pub struct ServeConfig {
     /// Largest JSON Schema document `PUT /schemas/{type}` accepts, in
     /// bytes (413 beyond). Every version is kept in memory compiled and in
     /// `schemas.json`, rewritten whole at each change: larger documents
-    /// cost memory and a longer rewrite.
+    /// cost memory and a longer rewrite. With `--backend nats` every
+    /// version of a type must also fit in one NATS message (the servers'
+    /// max_payload, 1 MiB by default; 413 beyond).
     #[arg(long, env = "MSGBUS_MAX_SCHEMA_BYTES", default_value_t = 256 * 1024)]
     pub max_schema_bytes: u64,
 
@@ -290,6 +292,9 @@ pub struct ServeConfig {
 
     /// Most event types with a schema, deleted ones included (409 beyond).
     /// Bounds memory, `schemas.json` and the per-type series of `/stats`.
+    /// With `--backend nats` it is checked against each instance's copy of
+    /// the schemas, so instances adding types at once may pass it by one
+    /// each.
     #[arg(long, env = "MSGBUS_MAX_SCHEMA_TYPES", default_value_t = 1000)]
     pub max_schema_types: usize,
 

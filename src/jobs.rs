@@ -11,6 +11,7 @@
 //! | token file watcher ([`crate::app`]) | 1 s | rereads `auth/tokens.json` when it changed (create, revoke); writes tokens' `last_used` back once a minute |
 //! | queue reaper ([`crate::queue`]) | 1 s | returns expired leases of queue consumers, writes their dead letters, raises the dead-letter alerts that waited |
 //! | SIGHUP reloader ([`crate::app`]) | each SIGHUP | rereads the token file at once and, with `--tls-cert`, the certificate and key (a bad file keeps the old ones and raises an alert) |
+//! | schema follower ([`crate::app`], `--backend nats` only) | each schema change its KV watch applies | recompiles the payload validators, so a schema registered or deleted through another instance is enforced here |
 //!
 //! The store's own threads (the writer, its backup thread and its SHA-256
 //! thread) are not jobs: they belong to the writer, start with the store

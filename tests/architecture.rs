@@ -92,6 +92,7 @@ const JETSTREAM_MAY_USE: &[&str] = &[
     "QueueLedger",
     "SchemaLimits",
     "SchemaType",
+    "SchemaVersion",
     "SchemaCatalog",
     "Status",
     "StatsSnapshot",

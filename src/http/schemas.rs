@@ -28,7 +28,9 @@ use super::error::{Problem, MAX_LISTED_ERRORS};
 use super::AppState;
 use crate::auth::Principal;
 use crate::event::{FieldError, PreparedEvent};
-use crate::store::{Filter, Matcher, SchemaError, SchemaLimits, SchemaType, StoreError};
+use crate::store::{
+    Filter, Matcher, SchemaError, SchemaLimits, SchemaType, SchemaVersion, StoreError,
+};
 
 /// Media types accepted for a schema document.
 const SCHEMA_TYPES: &[&str] = &["application/json", "application/schema+json"];
@@ -351,7 +353,7 @@ pub enum Compatibility {
         (status = 200, description = "Dry run: what would happen; nothing stored", body = PutSchemaResult),
         (status = 400, description = "Malformed JSON or query", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Retained events do not validate against it (backward), or a schema limit is reached", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The document is larger than --max-schema-bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The document is larger than --max-schema-bytes, or (--backend nats) the type's versions with it would not fit in one NATS message", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid JSON Schema (the detail says why)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only or shutting down", body = Problem, content_type = "application/problem+json"),
@@ -405,6 +407,8 @@ pub async fn put(
             return Err(p);
         }
     };
+    let schema = Arc::new(schema);
+    fits_the_store(&state, &ty, &schema)?;
     let check = if backward {
         backward_check(&state, &ty, validator).await?
     } else {
@@ -459,7 +463,7 @@ pub async fn put(
     // In its own task, as for delete.
     let (st, t2) = (state.clone(), ty.clone());
     let t = tokio::spawn(async move {
-        let t = st.store.put_schema(t2, Arc::new(schema), limits).await;
+        let t = st.store.put_schema(t2, schema, limits).await;
         st.schemas.refresh(&st.store.schema_catalog());
         t
     })
@@ -482,6 +486,49 @@ pub async fn put(
         res.headers_mut().insert(header::LOCATION, v);
     }
     Ok(res)
+}
+
+/// 413 when the store bounds a type's stored schemas (the NATS backend
+/// keeps every version of a type in one message) and `ty`'s, with
+/// `schema` as its next version, would pass that bound: checked on this
+/// instance's copy before anything is done; the store checks again as it
+/// commits (then 503, when another instance added a version meanwhile).
+fn fits_the_store(state: &AppState, ty: &str, schema: &Arc<Value>) -> Result<(), Problem> {
+    let Some(max) = state.store.max_schema_entry_bytes() else {
+        return Ok(());
+    };
+    let catalog = state.store.schema_catalog();
+    let mut t = catalog
+        .types
+        .get(ty)
+        .cloned()
+        .unwrap_or_else(|| SchemaType {
+            ty: ty.to_string(),
+            versions: Vec::new(),
+            deleted_at: None,
+        });
+    t.versions.push(SchemaVersion {
+        version: t.versions.last().map_or(1, |v| v.version + 1),
+        schema: schema.clone(),
+        created_at: crate::clock::now_rfc3339(),
+    });
+    t.deleted_at = None;
+    let size = serde_json::to_vec(&t).map_or(0, |v| v.len());
+    if size <= max {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "schema-too-large",
+        "Schema versions too large for the backend",
+        format!(
+            "type {ty:?}'s schemas with this version would take {size} bytes, more than the \
+             {max} bytes the backend keeps for one type (--backend nats keeps every version of \
+             a type in one NATS message: the servers' max_payload, less room for headers). \
+             Nothing was stored; register a smaller document, or raise max_payload in the NATS \
+             servers' configuration"
+        ),
+    ))
 }
 
 /// Validates every retained event of `ty` against `validator`, a page at

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use crate::store::{Consumer, ConsumerError, ConsumerStart, Filter, QueueSpec, StoreError};
 
 /// How often a compare-and-set lost to another instance is retried.
-const CAS_TRIES: usize = 8;
+pub(super) const CAS_TRIES: usize = 8;
 
 /// The consumers' bucket and this instance's copy of it.
 #[derive(Debug)]
@@ -39,11 +39,11 @@ pub struct Consumers {
     cache: RwLock<BTreeMap<String, (Consumer, u64)>>,
 }
 
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(super) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(super) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -54,6 +54,12 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ConsumerError {
 /// The KV bucket of a stream's consumers (bucket names hold only
 /// letters, digits, `-` and `_`).
 pub fn bucket_name(stream: &str) -> String {
+    bucket_named(stream, "CONSUMERS")
+}
+
+/// The KV bucket `<stream>_<suffix>` beside a stream (the stream's name
+/// with every character a bucket name cannot hold replaced by `_`).
+pub(super) fn bucket_named(stream: &str, suffix: &str) -> String {
     let clean: String = stream
         .chars()
         .map(|c| {
@@ -64,11 +70,54 @@ pub fn bucket_name(stream: &str) -> String {
             }
         })
         .collect();
-    format!("{clean}_CONSUMERS")
+    format!("{clean}_{suffix}")
 }
 
-fn key(name: &str) -> String {
+/// The KV key of a name msgbus accepts (a consumer's, an event type):
+/// hex-encoded, so any name is a valid key.
+pub(super) fn key(name: &str) -> String {
     hex::encode(name.as_bytes())
+}
+
+/// The name a key encodes (`None`: not a key msgbus wrote).
+pub(super) fn name_of(key: &str) -> Option<String> {
+    String::from_utf8(hex::decode(key).ok()?).ok()
+}
+
+/// Finds or creates the KV bucket `<stream>_<suffix>` (`what` names its
+/// contents in errors) with the stream's replicas, and opens it.
+pub(super) async fn open_bucket(
+    js: &jetstream::Context,
+    stream: &str,
+    suffix: &str,
+    what: &str,
+    replicas: usize,
+) -> Result<kv::Store, super::StartError> {
+    let bucket = bucket_named(stream, suffix);
+    let err = |detail: String| super::StartError::Stream {
+        stream: stream.to_string(),
+        detail,
+    };
+    // The bucket's stream as async-nats's `create_key_value` makes it,
+    // created here because that call first reads the account's info,
+    // which it cannot parse from nats-server 2.9.
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(format!("cannot create the {what}' KV bucket {bucket}: {e}")))?;
+    js.get_key_value(&bucket)
+        .await
+        .map_err(|e| err(format!("cannot open the {what}' KV bucket {bucket}: {e}")))
 }
 
 fn now() -> String {
@@ -82,37 +131,12 @@ impl Consumers {
         stream: &str,
         replicas: usize,
     ) -> Result<Arc<Consumers>, super::StartError> {
+        let kv = open_bucket(js, stream, "CONSUMERS", "consumers", replicas).await?;
         let bucket = bucket_name(stream);
         let err = |detail: String| super::StartError::Stream {
             stream: stream.to_string(),
             detail,
         };
-        // The bucket's stream as async-nats's `create_key_value` makes it,
-        // created here because that call first reads the account's info,
-        // which it cannot parse from nats-server 2.9.
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            err(format!(
-                "cannot create the consumers' KV bucket {bucket}: {e}"
-            ))
-        })?;
-        let kv = js.get_key_value(&bucket).await.map_err(|e| {
-            err(format!(
-                "cannot open the consumers' KV bucket {bucket}: {e}"
-            ))
-        })?;
         let me = Arc::new(Consumers {
             kv,
             cache: RwLock::default(),
@@ -143,10 +167,7 @@ impl Consumers {
     /// Applies a KV entry (a put or a delete) to the copy, unless the copy
     /// already has a newer revision.
     fn seen(&self, e: &kv::Entry) {
-        let Ok(raw) = hex::decode(&e.key) else {
-            return;
-        };
-        let Ok(name) = String::from_utf8(raw) else {
+        let Some(name) = name_of(&e.key) else {
             return;
         };
         let mut cache = write(&self.cache);

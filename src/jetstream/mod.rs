@@ -19,14 +19,17 @@
 //! - health, `/stats` and retention come from the stream's info.
 //!
 //! - durable (cursor) consumers live in a KV bucket beside the stream
-//!   ([`consumers`]); queue consumers and payload schemas are not mapped
-//!   yet: they answer 501 ([`StoreError::Unsupported`]).
+//!   ([`consumers`]), payload schemas in another ([`schemas`]), each
+//!   followed by a KV watch so every instance shares them; queue
+//!   consumers are not mapped yet: they answer 501
+//!   ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
 
 pub mod consumers;
 pub mod migrate;
+pub mod schemas;
 pub mod subject;
 
 use std::borrow::Cow;
@@ -225,6 +228,7 @@ struct Shared {
     atomic: bool,
     head: watch::Sender<u64>,
     consumers: Arc<consumers::Consumers>,
+    schemas: Arc<schemas::Schemas>,
     state: Mutex<StreamState>,
     counters: Counters,
     settings: Settings,
@@ -422,6 +426,9 @@ impl JetStream {
             "NATS JetStream backend ready"
         );
         let consumers = consumers::Consumers::open(&js, &settings.stream, cfg.num_replicas).await?;
+        let schemas =
+            schemas::Schemas::open(&js, &settings.stream, cfg.num_replicas, info.max_payload)
+                .await?;
         let (head, _) = watch::channel(state.last_seq);
         let shared = Arc::new(Shared {
             client,
@@ -432,6 +439,7 @@ impl JetStream {
             atomic,
             head,
             consumers: consumers.clone(),
+            schemas: schemas.clone(),
             state: Mutex::new(state),
             counters: Counters::default(),
             settings,
@@ -442,6 +450,12 @@ impl JetStream {
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
+                tokio::time::sleep(INFO_EVERY).await;
+            }
+        }));
+        lock(&tasks.0).push(tokio::spawn(async move {
+            loop {
+                schemas.watch().await;
                 tokio::time::sleep(INFO_EVERY).await;
             }
         }));
@@ -931,15 +945,9 @@ impl Shared {
 
 const QUEUES_UNSUPPORTED: &str = "queue consumers (\"mode\": \"queue\") are not available with \
      --backend nats yet; use cursor consumers, or --backend file";
-const SCHEMAS_UNSUPPORTED: &str = "payload schemas are not available with --backend nats yet; \
-     use --backend file to validate payloads";
 
 fn consumers_unsupported() -> ConsumerError {
     ConsumerError::Store(StoreError::Unsupported(QUEUES_UNSUPPORTED.into()))
-}
-
-fn schemas_unsupported() -> SchemaError {
-    SchemaError::Store(StoreError::Unsupported(SCHEMAS_UNSUPPORTED.into()))
 }
 
 impl Store for JetStream {
@@ -1053,19 +1061,27 @@ impl Store for JetStream {
 
     fn put_schema(
         &self,
-        _ty: String,
-        _schema: Arc<serde_json::Value>,
-        _limits: SchemaLimits,
+        ty: String,
+        schema: Arc<serde_json::Value>,
+        limits: SchemaLimits,
     ) -> BoxFuture<'_, Result<SchemaType, SchemaError>> {
-        Box::pin(async { Err(schemas_unsupported()) })
+        Box::pin(self.shared.schemas.put(ty, schema, limits))
     }
 
-    fn delete_schema(&self, _ty: String) -> BoxFuture<'_, Result<SchemaType, SchemaError>> {
-        Box::pin(async { Err(schemas_unsupported()) })
+    fn delete_schema(&self, ty: String) -> BoxFuture<'_, Result<SchemaType, SchemaError>> {
+        Box::pin(self.shared.schemas.delete(ty))
     }
 
     fn schema_catalog(&self) -> Arc<SchemaCatalog> {
-        Arc::default()
+        self.shared.schemas.catalog()
+    }
+
+    fn schema_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.schemas.subscribe())
+    }
+
+    fn max_schema_entry_bytes(&self) -> Option<usize> {
+        Some(self.shared.schemas.max_value())
     }
 
     fn status(&self) -> Status {

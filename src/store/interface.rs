@@ -132,6 +132,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The committed payload schemas.
     fn schema_catalog(&self) -> std::sync::Arc<SchemaCatalog>;
 
+    /// A receiver of the catalog's generation, for a store whose schemas
+    /// may change without this instance's HTTP layer asking (another
+    /// msgbus instance serving the same NATS stream): it changes at every
+    /// change, and the HTTP layer then recompiles its validators. `None`
+    /// (the file store, whose writer makes every change this instance
+    /// asks for, and nothing else) means the answer to each `put_schema`
+    /// and `delete_schema` is the only change.
+    fn schema_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// The most bytes one type's schemas (its [`SchemaType`] as JSON,
+    /// every version) may take, for a store that bounds it (the NATS
+    /// backend keeps a type in one message); `None`: only
+    /// [`SchemaLimits`] and `--max-schema-bytes` bound it.
+    fn max_schema_entry_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Health now: readiness, refusals, head and oldest seq.
     fn status(&self) -> Status;
 

@@ -337,3 +337,155 @@ async fn an_event_limit_the_nats_servers_cannot_carry_is_warned_about_at_start()
     assert!(!warned(&p), "{}", p.stderr_text());
     p.stop().await;
 }
+
+/// Publishes `event` through `app` until the answer is `want`, for at
+/// most 10 s (another instance's schema change reaches this one's
+/// validators within about a second); answers the last response.
+async fn publish_until(
+    app: &crate::common::http::Api,
+    event: &serde_json::Value,
+    want: u16,
+) -> crate::common::http::Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        let mut ev = event.clone();
+        n += 1;
+        ev["id"] = json!(format!("try-{n}-{}", uuid_ish()));
+        let res = app.publish(&ev).await;
+        if res.status == want {
+            return res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} instead of {want} after 10 s: {}",
+            res.status,
+            res.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn uuid_ish() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_registered_through_one_instance_validates_on_every_instance() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+    let schema = json!({"type": "object", "required": ["points"],
+                        "properties": {"points": {"type": "number"}}});
+    let res = a.put("/schemas/story.created", &schema).await;
+    assert_eq!(res.status, 201, "PUT through A: {}", res.text());
+    assert_eq!(res.json()["version"], 1);
+
+    // B refuses an invalid event once its copy follows the bucket.
+    let bad = json!({"type": "story.created", "source": "/b", "data": {"points": "five"}});
+    let res = publish_until(&b, &bad, 422).await;
+    let p = res.assert_problem_type(422, "schema-mismatch", "an invalid event through B");
+    assert_eq!(crate::common::http::error_fields(&p), vec!["data/points"]);
+    // A valid one is stored, with dataschema naming A's version.
+    let ok = b
+        .publish_ok(&json!({"type": "story.created", "source": "/b", "data": {"points": 5}}))
+        .await;
+    let got = b.get_json(&format!("/events/{}", ok["seq"])).await;
+    assert_eq!(
+        got["event"]["dataschema"],
+        "/schemas/story.created/versions/1"
+    );
+    assert_eq!(b.get_json("/schemas/story.created").await["schema"], schema);
+
+    // A delete through B stops validation on A.
+    let res = b.delete("/schemas/story.created").await;
+    assert_eq!(res.status, 200, "DELETE through B: {}", res.text());
+    publish_until(&a, &bad, 201).await;
+    a.delete("/schemas/story.created").await.assert_problem(404);
+
+    // A restarted instance has the schemas (a new version resumes
+    // validation, seen by the restarted A at once).
+    let res = b
+        .put("/schemas/story.created?compatibility=none", &schema)
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(res.json()["version"], 2);
+    let a = a.restart(&[]).await;
+    let latest = a.get_json("/schemas/story.created").await;
+    assert_eq!(latest["version"], 2, "{latest}");
+    assert_eq!(latest["status"], "active", "{latest}");
+    a.publish(&bad).await.assert_problem(422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_versions_through_two_instances_get_distinct_numbers_and_none_is_lost() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+    let put_many = |api: crate::common::http::Api, who: &'static str| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..10 {
+                let schema = json!({"type": "object", "description": format!("{who} {i}")});
+                let res = api.put("/schemas/race.x?compatibility=none", &schema).await;
+                assert_eq!(res.status, 201, "{who} {i}: {}", res.text());
+                got.push((
+                    res.json()["version"].as_u64().unwrap(),
+                    format!("{who} {i}"),
+                ));
+            }
+            got
+        })
+    };
+    let (ga, gb) = (put_many(a.api.clone(), "a"), put_many(b.api.clone(), "b"));
+    let mut all = ga.await.unwrap();
+    all.extend(gb.await.unwrap());
+    let mut versions: Vec<u64> = all.iter().map(|(v, _)| *v).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=20).collect::<Vec<u64>>(), "{all:?}");
+    // Every version holds the document its PUT was answered for, read
+    // through either instance.
+    for app in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.get_json("/schemas/race.x").await["version"] != 20 {
+            assert!(
+                Instant::now() < deadline,
+                "an instance never saw version 20"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (v, description) in &all {
+            let doc = app.get_json(&format!("/schemas/race.x/versions/{v}")).await;
+            assert_eq!(doc["schema"]["description"], *description, "{doc}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_type_whose_versions_outgrow_a_nats_message_is_refused_413() {
+    let Some(app) = spawn_on(Backend::Nats, &["--max-schema-bytes", "700000"]).await else {
+        return;
+    };
+    // The shared server's max_payload is NATS's default, 1 MiB: one type's
+    // versions are one KV value, so a second 600 KB version cannot fit.
+    let big = json!({"type": "object", "description": "x".repeat(600_000)});
+    let res = app.put("/schemas/big.x", &big).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = app.put("/schemas/big.x?compatibility=none", &big).await;
+    let p = res.assert_problem_type(413, "schema-too-large", "a second 600 KB version");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("max_payload"), "{detail}");
+    // Nothing changed, and other types still take versions.
+    assert_eq!(app.get_json("/schemas/big.x").await["version"], 1);
+    let res = app
+        .put("/schemas/small.x", &json!({"type": "object"}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+}

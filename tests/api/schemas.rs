@@ -2,7 +2,10 @@
 //! malformed payloads with pointer-accurate errors (single, batch, binary
 //! mode), `dataschema` set and honoured, the backward-compatibility check
 //! and its dry run, invalid schemas, roles, and the versions' durability
-//! (SIGKILL, backups, restore, the integrity monitor).
+//! (SIGKILL, backups, restore, the integrity monitor). The tests that use
+//! no data directory run on both backends (`on_both!`); what only the
+//! NATS backend does (two instances sharing schemas) is in
+//! `nats_backend.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,7 @@ use crate::common::files::DataDir;
 use crate::common::http::{error_fields, metric, Api};
 use crate::common::monitor::{expect_repair, start_monitored};
 use crate::common::process::{create_token, run_msgbus, spawn_process};
-use crate::common::server::{spawn_app, start_app};
+use crate::common::server::{on_both, start_app, TestApp};
 
 /// A story with nested objects, arrays, `required`, `enum`, `format` and
 /// `oneOf`.
@@ -82,9 +85,7 @@ fn message_of(problem: &Value, field: &str) -> String {
         .1
 }
 
-#[tokio::test]
-async fn a_registered_schema_refuses_malformed_payloads_naming_each_violation() {
-    let app = spawn_app().await;
+async fn a_registered_schema_refuses_malformed_payloads_naming_each_violation(app: TestApp) {
     let put = register(&app, "story.created", &story_schema()).await;
     assert_eq!(put["version"], 1);
     assert_eq!(put["url"], "/schemas/story.created/versions/1");
@@ -193,9 +194,7 @@ async fn a_registered_schema_refuses_malformed_payloads_naming_each_violation() 
     );
 }
 
-#[tokio::test]
-async fn a_batch_with_one_bad_item_stores_nothing_and_names_the_item() {
-    let app = spawn_app().await;
+async fn a_batch_with_one_bad_item_stores_nothing_and_names_the_item(app: TestApp) {
     register(&app, "story.created", &story_schema()).await;
     let items = json!([
         story(good_data()),
@@ -239,9 +238,7 @@ async fn a_batch_with_one_bad_item_stores_nothing_and_names_the_item() {
     }
 }
 
-#[tokio::test]
-async fn binary_mode_is_validated_and_non_json_data_cannot_match() {
-    let app = spawn_app().await;
+async fn binary_mode_is_validated_and_non_json_data_cannot_match(app: TestApp) {
     register(&app, "story.created", &story_schema()).await;
     let binary = |body: &str, ct: &str| {
         app.client
@@ -291,9 +288,7 @@ async fn binary_mode_is_validated_and_non_json_data_cannot_match() {
     app.publish_ok(&ev).await;
 }
 
-#[tokio::test]
-async fn dataschema_names_the_version_used_and_a_wrong_one_is_refused() {
-    let app = spawn_app_with_public_url().await;
+async fn dataschema_names_the_version_used_and_a_wrong_one_is_refused(app: TestApp) {
     let v1 = json!({"type": "object", "properties": {"points": {"type": "number"}}});
     let v2 = json!({"type": "object", "properties": {"points": {"type": "string"}}});
     register(&app, "t.x", &v1).await;
@@ -357,13 +352,7 @@ async fn dataschema_names_the_version_used_and_a_wrong_one_is_refused() {
     }
 }
 
-async fn spawn_app_with_public_url() -> crate::common::server::TestApp {
-    crate::common::server::spawn_app_with(&["--public-url", "https://bus.example/"]).await
-}
-
-#[tokio::test]
-async fn a_new_version_must_accept_every_retained_event_unless_told_otherwise() {
-    let app = spawn_app().await;
+async fn a_new_version_must_accept_every_retained_event_unless_told_otherwise(app: TestApp) {
     let v1 = json!({"type": "object", "properties": {"points": {"type": "number"}}});
     register(&app, "t.x", &v1).await;
     for n in 0..30 {
@@ -425,9 +414,7 @@ async fn a_new_version_must_accept_every_retained_event_unless_told_otherwise() 
     }
 }
 
-#[tokio::test]
-async fn an_invalid_schema_is_refused_saying_why() {
-    let app = spawn_app().await;
+async fn an_invalid_schema_is_refused_saying_why(app: TestApp) {
     for (schema, says) in [
         (json!({"type": "nonsense"}), "not a valid JSON Schema"),
         (
@@ -473,9 +460,7 @@ async fn an_invalid_schema_is_refused_saying_why() {
     );
 }
 
-#[tokio::test]
-async fn delete_stops_validation_and_a_later_version_resumes_it() {
-    let app = spawn_app().await;
+async fn delete_stops_validation_and_a_later_version_resumes_it(app: TestApp) {
     let v1 = json!({"type": "object", "properties": {"points": {"type": "number"}}});
     register(&app, "t.x", &v1).await;
     let bad = json!({"type": "t.x", "source": "/s", "data": {"points": "five"}});
@@ -503,13 +488,25 @@ async fn delete_stops_validation_and_a_later_version_resumes_it() {
     );
 }
 
-#[tokio::test]
-async fn admins_change_schemas_and_readers_read_them() {
-    let dir = DataDir::temp();
-    let admin = create_token(dir.path(), "ops", "admin", &[]).await;
-    let publisher = create_token(dir.path(), "agent", "publish", &[]).await;
-    let reader = create_token(dir.path(), "dash", "read", &[]).await;
-    let app = start_app(dir, &["--auth", "required"]).await;
+on_both!(
+    a_registered_schema_refuses_malformed_payloads_naming_each_violation,
+    a_batch_with_one_bad_item_stores_nothing_and_names_the_item,
+    binary_mode_is_validated_and_non_json_data_cannot_match,
+    dataschema_names_the_version_used_and_a_wrong_one_is_refused(
+        "--public-url",
+        "https://bus.example/"
+    ),
+    a_new_version_must_accept_every_retained_event_unless_told_otherwise,
+    an_invalid_schema_is_refused_saying_why,
+    delete_stops_validation_and_a_later_version_resumes_it,
+    admins_change_schemas_and_readers_read_them,
+);
+
+async fn admins_change_schemas_and_readers_read_them(app: TestApp) {
+    let admin = create_token(app.data_dir(), "ops", "admin", &[]).await;
+    let publisher = create_token(app.data_dir(), "agent", "publish", &[]).await;
+    let reader = create_token(app.data_dir(), "dash", "read", &[]).await;
+    let app = app.restart(&["--auth", "required"]).await;
     let (admin, publisher, reader) = (
         app.with_token(&admin),
         app.with_token(&publisher),
