@@ -31,6 +31,23 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_atomic_as(path, mode, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for a file written by `write` (for one too large to
+/// build in memory first).
+pub fn write_atomic_streamed(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    write_atomic_as(path, None, write)
+}
+
+fn write_atomic_as(
+    path: &Path,
+    mode: Option<u32>,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let tmp = layout::tmp_path(path);
@@ -45,7 +62,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::R
             // A temp file left by a crash keeps its old mode: set it.
             f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
-        f.write_all(bytes)?;
+        write(&mut f)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;

@@ -25,6 +25,7 @@
 //! only costs that read: it holds no data, and a segment it does not name
 //! is read whatever it says.
 
+use std::io::Write as _;
 use std::path::Path;
 
 /// Seals between two saves of the filter while the store runs (plus one
@@ -150,67 +151,139 @@ impl KeyFilter {
     /// each), the blocks, and a CRC32C u32 of everything before it.
     pub fn encode(&self, covered: &[Covered]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.blocks.len() * 64 + covered.len() * 40 + 64);
-        out.extend_from_slice(MAGIC);
+        self.write_to(covered, &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Writes the saved form ([`encode`](Self::encode)) to `w` a chunk at a
+    /// time: at 50 million events the filter is 111 MB, and encoding it
+    /// whole first held a second copy of it (on the writer's thread).
+    pub fn write_to(
+        &self,
+        covered: &[Covered],
+        w: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut crc = 0u32;
+        let mut put = |bytes: &[u8], w: &mut dyn std::io::Write| {
+            crc = crc32c::crc32c_append(crc, bytes);
+            w.write_all(bytes)
+        };
+        let mut head = Vec::with_capacity(28 + covered.len() * 40);
+        head.extend_from_slice(MAGIC);
         for n in [self.keys, self.capacity, self.blocks.len() as u64] {
-            out.extend_from_slice(&n.to_le_bytes());
+            head.extend_from_slice(&n.to_le_bytes());
         }
-        out.extend_from_slice(&(covered.len() as u32).to_le_bytes());
+        head.extend_from_slice(&(covered.len() as u32).to_le_bytes());
         for c in covered {
-            out.extend_from_slice(&c.first_seq.to_le_bytes());
-            out.extend_from_slice(&c.sha256);
+            head.extend_from_slice(&c.first_seq.to_le_bytes());
+            head.extend_from_slice(&c.sha256);
         }
+        put(&head, w)?;
+        let mut chunk = Vec::with_capacity(IO_CHUNK);
         for block in &self.blocks {
             for word in block {
-                out.extend_from_slice(&word.to_le_bytes());
+                chunk.extend_from_slice(&word.to_le_bytes());
+            }
+            if chunk.len() >= IO_CHUNK {
+                put(&chunk, w)?;
+                chunk.clear();
             }
         }
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        put(&chunk, w)?;
+        w.write_all(&crc.to_le_bytes())
     }
 
     /// Decodes a saved filter; `None` when the bytes are not one whole.
     pub fn decode(bytes: &[u8]) -> Option<(KeyFilter, Vec<Covered>)> {
-        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
-            return None;
-        }
-        let body = body.strip_prefix(MAGIC.as_slice())?;
-        let u64_at = |b: &[u8], i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        Self::read_from(&mut &bytes[..], bytes.len() as u64)
+            .ok()
+            .flatten()
+    }
+
+    /// Reads a saved filter of `len` bytes from `r` a chunk at a time, into
+    /// the filter's own blocks (reading the file whole first held it twice
+    /// at start-up); `Ok(None)` when it is not one whole.
+    pub fn read_from(
+        r: &mut impl std::io::Read,
+        len: u64,
+    ) -> std::io::Result<Option<(KeyFilter, Vec<Covered>)>> {
+        let mut crc = 0u32;
+        let mut take = |buf: &mut [u8], r: &mut dyn std::io::Read| -> std::io::Result<()> {
+            r.read_exact(buf)?;
+            crc = crc32c::crc32c_append(crc, buf);
+            Ok(())
         };
-        let (keys, capacity, blocks) = (u64_at(body, 0)?, u64_at(body, 8)?, u64_at(body, 16)?);
-        let n = u32::from_le_bytes(body.get(24..28)?.try_into().ok()?) as usize;
-        let mut pos = 28;
-        let mut covered = Vec::with_capacity(n.min(body.len() / 40));
+        let whole = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Ok(None),
+            _ => Err(e),
+        };
+        let mut head = [0u8; 36];
+        if let Err(e) = take(&mut head, r) {
+            return whole(e);
+        }
+        if &head[..8] != MAGIC {
+            return Ok(None);
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
+        let (keys, capacity, blocks) = (u64_at(8), u64_at(16), u64_at(24));
+        let n = u32::from_le_bytes(head[32..36].try_into().expect("4 bytes")) as u64;
+        // Everything the header says must add up to the file's length
+        // before anything is allocated from it.
+        let expected = blocks
+            .checked_mul(64)
+            .and_then(|b| b.checked_add(n.checked_mul(40)?))
+            .and_then(|b| b.checked_add(36 + 4));
+        if blocks == 0 || expected != Some(len) {
+            return Ok(None);
+        }
+        let mut covered = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let first_seq = u64_at(body, pos)?;
-            let sha256 = body.get(pos + 8..pos + 40)?.try_into().ok()?;
-            covered.push(Covered { first_seq, sha256 });
-            pos += 40;
+            let mut c = [0u8; 40];
+            if let Err(e) = take(&mut c, r) {
+                return whole(e);
+            }
+            covered.push(Covered {
+                first_seq: u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+                sha256: c[8..].try_into().expect("32 bytes"),
+            });
         }
-        let words = body.get(pos..)?;
-        if blocks == 0 || words.len() as u64 != blocks.checked_mul(64)? {
-            return None;
-        }
-        let blocks: Vec<[u64; 8]> = words
-            .chunks_exact(64)
-            .map(|b| {
+        let mut filter = Vec::with_capacity(blocks as usize);
+        let mut chunk = vec![0u8; IO_CHUNK];
+        let mut left = blocks as usize;
+        while left > 0 {
+            let now = left.min(IO_CHUNK / 64);
+            let buf = &mut chunk[..now * 64];
+            if let Err(e) = take(buf, r) {
+                return whole(e);
+            }
+            filter.extend(buf.chunks_exact(64).map(|b| {
                 std::array::from_fn(|i| {
                     u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
                 })
-            })
-            .collect();
-        Some((
+            }));
+            left -= now;
+        }
+        let mut stored = [0u8; 4];
+        if let Err(e) = r.read_exact(&mut stored) {
+            return whole(e);
+        }
+        if u32::from_le_bytes(stored) != crc {
+            return Ok(None);
+        }
+        Ok(Some((
             KeyFilter {
-                blocks,
+                blocks: filter,
                 keys,
                 capacity,
             },
             covered,
-        ))
+        )))
     }
 }
+
+/// Bytes a save or load of the filter moves at a time.
+const IO_CHUNK: usize = 1 << 20;
 
 /// A sealed segment whose keys a saved filter holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -237,17 +310,31 @@ impl Covered {
 /// Loads the saved filter of `data_dir`, if there is a whole one.
 pub fn load(data_dir: &Path) -> Option<(KeyFilter, Vec<Covered>)> {
     let path = super::layout::key_filter_path(data_dir);
-    let bytes = std::fs::read(&path).ok()?;
-    let loaded = KeyFilter::decode(&bytes);
+    let file = std::fs::File::open(&path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let loaded = KeyFilter::read_from(&mut std::io::BufReader::new(file), len)
+        .ok()
+        .flatten();
     if loaded.is_none() {
         tracing::warn!(file = %path.display(), "the saved key filter is damaged; it is built again from the key tables");
     }
     loaded
 }
 
-/// Saves `bytes` (an encoded filter) atomically.
-pub fn save(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    super::fsutil::write_atomic(&super::layout::key_filter_path(data_dir), bytes)
+/// Saves the filter in `keys` atomically, written from it a chunk at a
+/// time under its read lock (publishing requests only read it too; the
+/// writer's next change waits for the write, not for the fsync).
+pub fn save(
+    data_dir: &Path,
+    keys: &std::sync::RwLock<SealedKeys>,
+    covered: &[Covered],
+) -> std::io::Result<()> {
+    super::fsutil::write_atomic_streamed(&super::layout::key_filter_path(data_dir), |f| {
+        let keys = keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut w = std::io::BufWriter::with_capacity(IO_CHUNK, f);
+        keys.filter.write_to(covered, &mut w)?;
+        w.flush()
+    })
 }
 
 #[cfg(test)]
@@ -298,6 +385,35 @@ mod tests {
         }
         assert!(KeyFilter::decode(&bytes[..bytes.len() - 1]).is_none());
         assert!(KeyFilter::decode(&[]).is_none());
+    }
+
+    /// Saved and loaded through a file a chunk at a time, with more blocks
+    /// than one chunk holds, the filter comes back bit for bit.
+    #[test]
+    fn a_filter_larger_than_a_chunk_is_saved_and_loaded_through_its_file() {
+        let n = 1_500_000u64;
+        let mut f = KeyFilter::with_capacity(n);
+        for i in 0..n {
+            f.insert(key_order("/s", &i.to_string()));
+        }
+        assert!(f.heap_bytes() > 2 * IO_CHUNK);
+        let dir = tempfile::tempdir().unwrap();
+        let covered = vec![Covered::of(5, &"cd".repeat(32))];
+        let keys = std::sync::RwLock::new(SealedKeys {
+            filter: f.clone(),
+            before: 0,
+        });
+        save(dir.path(), &keys, &covered).unwrap();
+        let path = crate::store::layout::key_filter_path(dir.path());
+        assert_eq!(std::fs::read(&path).unwrap(), f.encode(&covered));
+        let (g, c) = load(dir.path()).unwrap();
+        assert_eq!((g.blocks, c), (f.blocks, covered));
+        // One byte short, or one more: not a whole filter.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(load(dir.path()).is_none());
+        std::fs::write(&path, [bytes.as_slice(), b"x"].concat()).unwrap();
+        assert!(load(dir.path()).is_none());
     }
 
     #[test]

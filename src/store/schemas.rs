@@ -312,7 +312,7 @@ fn newest_backup_copy(data_dir: &Path) -> Option<(String, Vec<u8>, SchemaCatalog
 /// Applies one change, on the writer thread: the new catalog is written
 /// and fsynced before it is published and answered; a failed write
 /// changes nothing.
-pub(super) fn apply(shared: &Shared, request: Request) {
+pub(super) fn apply(shared: &Shared, request: Request) -> bool {
     let now = crate::clock::now_rfc3339();
     let current = shared.schemas.catalog();
     let mut next = (*current).clone();
@@ -386,7 +386,9 @@ pub(super) fn apply(shared: &Shared, request: Request) {
         shared.schemas.set(next, bytes);
         Ok(entry)
     });
+    let committed = result.is_ok();
     let _ = reply.send(result);
+    committed
 }
 
 /// Rewrites `schemas.json` from the writer's copy when it differs (the

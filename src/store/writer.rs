@@ -274,7 +274,14 @@ impl Writer {
                 self.record_durable_floor();
                 self.request_backup(reply, backups::Trigger::Requested);
             }
-            Command::Schema(request) => super::schemas::apply(&self.shared, request),
+            Command::Schema(request) => {
+                // A backup right away: `schemas.json` damaged while the
+                // server is stopped is restored from the newest backup, which
+                // must hold the version just registered (or the deletion).
+                if super::schemas::apply(&self.shared, request) {
+                    self.request_backup(None, backups::Trigger::Schema);
+                }
+            }
             Command::Append { .. }
             | Command::Shutdown
             | Command::Consumer(_)
@@ -485,45 +492,52 @@ impl Writer {
     }
 
     /// The copy of the active segment could not take the commit just made
-    /// durable: read the copy again from the segment file, which holds it
-    /// (checked against the CRC the writer keeps), into memory. If that
-    /// fails too, a later repair could not restore every acknowledged
-    /// event, so writes stop (poison), as after a failed write.
+    /// durable: read the copy again from the segment file, which holds it,
+    /// into memory. If that fails too, a later repair could not restore
+    /// every acknowledged event, so writes stop (poison), as after a failed
+    /// write.
     fn refill_copy(&mut self, append: &std::io::Error) {
-        let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
-        let read = self.active.file.read_exact_at(&mut bytes, 0);
-        match read {
-            Ok(()) if crc32c::crc32c(&bytes) == self.active.crc => {
+        match self.read_active_file() {
+            Ok(bytes) => {
                 tracing::warn!(error = %append, "the active segment's copy could not be appended to; it was read again from the segment file and is kept in memory");
                 self.active.copy = ActiveCopy::in_memory(bytes);
             }
-            Ok(()) => self.poison(format!(
-                "the active segment's copy could not be appended to ({append}), and the segment file no longer matches what was written"
-            )),
-            Err(e) => self.poison(format!(
-                "the active segment's copy could not be appended to ({append}), and the segment file cannot be read: {e}"
+            Err(why) => self.poison(format!(
+                "the active segment's copy could not be appended to ({append}), and {why}"
             )),
         }
     }
 
     /// The active segment's durable bytes, for the hasher to start over
-    /// on; from the segment file (checked against the writer's CRC) if the
-    /// copy cannot be read.
+    /// on: from the copy, else from the segment file. If neither can be
+    /// read, nothing: the seal that would use the hash first checks the
+    /// file against the copy, and that check then fails and stops it.
     fn active_bytes(&self) -> Vec<u8> {
-        match self.active.copy.to_vec() {
-            Ok(bytes) => bytes,
-            Err(e) => {
+        self.active
+            .copy
+            .to_vec()
+            .or_else(|e| {
                 tracing::warn!(error = %e, "cannot read the active segment's copy; hashing the segment file");
-                let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
-                match self.active.file.read_exact_at(&mut bytes, 0) {
-                    Ok(()) if crc32c::crc32c(&bytes) == self.active.crc => {}
-                    // The seal that uses this hash checks the file against
-                    // the copy first and repairs or stops.
-                    _ => tracing::error!("the active segment file cannot be read back either"),
-                }
-                bytes
-            }
+                self.read_active_file()
+            })
+            .unwrap_or_else(|why| {
+                tracing::error!("cannot hash the active segment again: {why}");
+                Vec::new()
+            })
+    }
+
+    /// The active segment's durable bytes read back from its file, checked
+    /// against the CRC32C the writer keeps of what it wrote.
+    fn read_active_file(&self) -> std::result::Result<Vec<u8>, String> {
+        let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
+        self.active
+            .file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| format!("the segment file cannot be read: {e}"))?;
+        if crc32c::crc32c(&bytes) != self.active.crc {
+            return Err("the segment file no longer matches what was written".into());
         }
+        Ok(bytes)
     }
 
     /// The outcome for `ev` if its `(source, id)` is stored already or
@@ -681,10 +695,10 @@ impl Writer {
         }
         let first = self.shared.index().first_seq();
         self.covered.retain(|c| c.first_seq >= first);
-        let bytes = self.shared.sealed_keys().filter.encode(&self.covered);
-        let data_dir = self.shared.data_dir.clone();
+        let covered = self.covered.clone();
+        let shared = Arc::clone(&self.shared);
         let save = move || {
-            if let Err(e) = keyfilter::save(&data_dir, &bytes) {
+            if let Err(e) = keyfilter::save(&shared.data_dir, &shared.sealed_keys, &covered) {
                 tracing::warn!(error = %e, "cannot save the key filter; the next start reads the key tables instead");
             }
         };

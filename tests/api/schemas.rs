@@ -586,6 +586,41 @@ async fn versions_survive_sigkill_and_come_back_from_backups() {
     );
 }
 
+/// A registered version is in a backup at once: `schemas.json` damaged
+/// while the server is stopped is restored from the newest backup, which
+/// must already hold it (before, no backup was taken until the timer's or a
+/// seal's, so the version was lost with the file).
+#[tokio::test]
+async fn a_registered_version_is_backed_up_before_the_file_can_be_lost() {
+    let app = start_app(DataDir::temp(), &[]).await;
+    let v1 = json!({"type": "object", "properties": {"points": {"type": "number"}}});
+    register(&app, "t.x", &v1).await;
+    let t0 = Instant::now();
+    loop {
+        let backups = app.get_json("/admin/backups").await;
+        if backups["backups"].as_array().is_some_and(|b| !b.is_empty()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no backup after registering a schema: {backups:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = app.stop().await;
+    let file = dir.path().join("schemas.json");
+    let mut bad = std::fs::read(&file).unwrap();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x20;
+    std::fs::write(&file, &bad).unwrap();
+    let app = start_app(dir, &[]).await;
+    assert_eq!(app.get_json("/schemas/t.x/versions/1").await["schema"], v1);
+    let r = app
+        .publish(&json!({"type": "t.x", "source": "/s", "data": {"points": "five"}}))
+        .await;
+    assert_eq!(error_fields(&r.assert_problem(422)), vec!["data/points"]);
+}
+
 #[tokio::test]
 async fn the_integrity_monitor_rewrites_a_damaged_schemas_file() {
     let app = start_monitored(DataDir::temp(), &[]).await;

@@ -29,6 +29,8 @@ pub(super) enum Trigger {
     Seal,
     /// The timer, the monitor or `POST /admin/backups`.
     Requested,
+    /// A payload schema was registered or deleted.
+    Schema,
 }
 
 /// Handle to the backup thread.
@@ -142,10 +144,13 @@ fn run(shared: Arc<Shared>, keep: usize, wanted: backup::Copies, rx: mpsc::Recei
         if shared.backups.any_unverified() {
             hashed = backup::HashedCopies::default();
         }
-        // Seal-time backups share any verified earlier copy of an older
+        // Seal-time and schema backups share any verified earlier copy of an older
         // sealed segment; the others also make sure `--backup-copies`
         // distinct copies of each exist (see `backup::Copies`).
-        let copies = if jobs.iter().all(|j| j.trigger == Trigger::Seal) {
+        let copies = if jobs
+            .iter()
+            .all(|j| matches!(j.trigger, Trigger::Seal | Trigger::Schema))
+        {
             backup::Copies::One
         } else {
             wanted
