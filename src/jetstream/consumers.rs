@@ -73,6 +73,24 @@ pub(super) fn bucket_named(stream: &str, suffix: &str) -> String {
     format!("{clean}_{suffix}")
 }
 
+/// Every entry of a KV bucket now (its keys, then each key's entry), for a
+/// copy to start from before its watch takes over.
+pub(super) async fn entries(kv: &kv::Store) -> Result<Vec<kv::Entry>, async_nats::Error> {
+    use futures_util::StreamExt;
+    let mut keys = kv.keys().await?;
+    let mut names = Vec::new();
+    while let Some(k) = keys.next().await {
+        names.push(k?);
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for k in names {
+        if let Some(e) = kv.entry(k).await? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 /// The KV key of a name msgbus accepts (a consumer's, an event type):
 /// hex-encoded, so any name is a valid key.
 pub(super) fn key(name: &str) -> String {
@@ -150,16 +168,8 @@ impl Consumers {
     }
 
     async fn load(&self) -> Result<(), async_nats::Error> {
-        use futures_util::StreamExt;
-        let mut keys = self.kv.keys().await?;
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k?);
-        }
-        for k in names {
-            if let Some(e) = self.kv.entry(k).await? {
-                self.seen(&e);
-            }
+        for e in entries(&self.kv).await? {
+            self.seen(&e);
         }
         Ok(())
     }

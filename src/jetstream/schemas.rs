@@ -127,16 +127,8 @@ impl Schemas {
     }
 
     async fn load(&self) -> Result<(), async_nats::Error> {
-        use futures_util::StreamExt;
-        let mut keys = self.kv.keys().await?;
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k?);
-        }
-        for k in names {
-            if let Some(e) = self.kv.entry(k).await? {
-                self.seen(&e);
-            }
+        for e in consumers::entries(&self.kv).await? {
+            self.seen(&e);
         }
         Ok(())
     }
