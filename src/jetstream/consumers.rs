@@ -73,6 +73,44 @@ pub(super) fn bucket_named(stream: &str, suffix: &str) -> String {
     format!("{clean}_{suffix}")
 }
 
+/// The committed JSON value at `key` and its revision (`None`: absent or
+/// deleted); an error says what failed and why.
+pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+    kv: &kv::Store,
+    key: String,
+) -> Result<Option<(T, u64)>, (&'static str, String)> {
+    let e = kv.entry(key).await.map_err(|e| ("read", e.to_string()))?;
+    match e {
+        Some(e) if e.operation == kv::Operation::Put => serde_json::from_slice::<T>(&e.value)
+            .map(|v| Some((v, e.revision)))
+            .map_err(|err| ("a stored entry does not decode", err.to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Writes `value` at `key` if the key is still at `revision` (`None`:
+/// absent or deleted): the new revision, or `None` when another instance
+/// changed it first.
+pub(super) async fn compare_and_set(
+    kv: &kv::Store,
+    key: String,
+    value: Bytes,
+    revision: Option<u64>,
+) -> Result<Option<u64>, String> {
+    match revision {
+        Some(r) => match kv.update(&key, value, r).await {
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match kv.create(&key, value).await {
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 /// Every entry of a KV bucket now (its keys, then each key's entry), for a
 /// copy to start from before its watch takes over.
 pub(super) async fn entries(kv: &kv::Store) -> Result<Vec<kv::Entry>, async_nats::Error> {
@@ -210,37 +248,20 @@ impl Consumers {
 
     /// The committed consumer `name`, with its revision (`None`: absent).
     async fn fetch(&self, name: &str) -> Result<Option<(Consumer, u64)>, ConsumerError> {
-        let e = self
-            .kv
-            .entry(key(name))
+        get_json(&self.kv, key(name))
             .await
-            .map_err(|e| unavailable("read", e))?;
-        Ok(match e {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let c = serde_json::from_slice::<Consumer>(&e.value)
-                    .map_err(|e| unavailable("a stored consumer is not JSON", e))?;
-                Some((c, e.revision))
-            }
-            _ => None,
-        })
+            .map_err(|(what, e)| unavailable(what, e))
     }
 
     /// Writes `c` if the key is still at `revision` (`None`: absent);
     /// `Ok(false)` when another instance changed it first.
     async fn commit(&self, c: &Consumer, revision: Option<u64>) -> Result<bool, ConsumerError> {
         let value = Bytes::from(serde_json::to_vec(c).unwrap_or_default());
-        let k = key(&c.name);
-        let rev = match revision {
-            Some(r) => match self.kv.update(&k, value, r).await {
-                Ok(rev) => rev,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
-                Err(e) => return Err(unavailable("write", e)),
-            },
-            None => match self.kv.create(&k, value).await {
-                Ok(rev) => rev,
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
-                Err(e) => return Err(unavailable("write", e)),
-            },
+        let Some(rev) = compare_and_set(&self.kv, key(&c.name), value, revision)
+            .await
+            .map_err(|e| unavailable("write", e))?
+        else {
+            return Ok(false);
         };
         let mut cache = write(&self.cache);
         if cache.get(&c.name).is_none_or(|(_, r)| *r < rev) {

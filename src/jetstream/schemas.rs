@@ -211,19 +211,9 @@ impl Schemas {
 
     /// The committed entry of `ty`, with its revision (`None`: absent).
     async fn fetch(&self, ty: &str) -> Result<Option<(SchemaType, u64)>, SchemaError> {
-        let e = self
-            .kv
-            .entry(consumers::key(ty))
+        consumers::get_json(&self.kv, consumers::key(ty))
             .await
-            .map_err(|e| unavailable("read", e))?;
-        Ok(match e {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let t = serde_json::from_slice::<SchemaType>(&e.value)
-                    .map_err(|e| unavailable("a stored schema entry is not a schema type", e))?;
-                Some((t, e.revision))
-            }
-            _ => None,
-        })
+            .map_err(|(what, e)| unavailable(what, e))
     }
 
     /// Writes `t` if its key is still at `revision` (`None`: absent or
@@ -235,19 +225,16 @@ impl Schemas {
                 too_large_detail(&t.ty, value.len(), self.max_value),
             )));
         }
-        let value = Bytes::from(value);
-        let k = consumers::key(&t.ty);
-        let rev = match revision {
-            Some(r) => match self.kv.update(&k, value, r).await {
-                Ok(rev) => rev,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
-                Err(e) => return Err(unavailable("write", e)),
-            },
-            None => match self.kv.create(&k, value).await {
-                Ok(rev) => rev,
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
-                Err(e) => return Err(unavailable("write", e)),
-            },
+        let Some(rev) = consumers::compare_and_set(
+            &self.kv,
+            consumers::key(&t.ty),
+            Bytes::from(value),
+            revision,
+        )
+        .await
+        .map_err(|e| unavailable("write", e))?
+        else {
+            return Ok(false);
         };
         self.apply(t.ty.clone(), Some(t.clone()), rev);
         Ok(true)
