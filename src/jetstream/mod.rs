@@ -89,6 +89,23 @@ pub struct Settings {
     pub replicas: usize,
     /// JetStream's duplicate window for `Nats-Msg-Id`.
     pub duplicate_window: Duration,
+    /// Credentials, TLS and the connect timeout.
+    pub connect: ConnectSettings,
+    /// Stream limit: most messages (`--retention-max-events`).
+    pub max_messages: Option<u64>,
+    /// Stream limit: oldest age (`--retention-max-age`).
+    pub max_age: Option<Duration>,
+    /// Stream limit: most bytes (`--retention-max-bytes`).
+    pub max_bytes: Option<u64>,
+    /// The largest event msgbus accepts (`--max-event-bytes`), checked
+    /// against the servers' largest message at start.
+    pub max_event_bytes: u64,
+}
+
+/// How to connect: credentials, TLS and the connect timeout (the same
+/// for `msgbus serve --backend nats` and `msgbus migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSettings {
     /// A NATS credentials file (JWT and NKey seed).
     pub creds: Option<PathBuf>,
     /// User name (with `password`).
@@ -101,15 +118,6 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     /// How long connecting at start may take.
     pub connect_timeout: Duration,
-    /// Stream limit: most messages (`--retention-max-events`).
-    pub max_messages: Option<u64>,
-    /// Stream limit: oldest age (`--retention-max-age`).
-    pub max_age: Option<Duration>,
-    /// Stream limit: most bytes (`--retention-max-bytes`).
-    pub max_bytes: Option<u64>,
-    /// The largest event msgbus accepts (`--max-event-bytes`), checked
-    /// against the servers' largest message at start.
-    pub max_event_bytes: u64,
 }
 
 /// Room for the headers msgbus sends with an event (`Nats-Msg-Id` and the
@@ -264,15 +272,16 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// Connects to the servers of `settings` (credentials and TLS as given),
 /// failing at once when none answers.
 pub async fn connect(settings: &Settings) -> Result<async_nats::Client, StartError> {
+    let c = &settings.connect;
     let mut opts = async_nats::ConnectOptions::new()
         .name("msgbus")
-        .connection_timeout(settings.connect_timeout);
-    if let Some(path) = &settings.creds {
+        .connection_timeout(c.connect_timeout);
+    if let Some(path) = &c.creds {
         opts = opts.credentials_file(path).await.map_err(|e| {
             StartError::Setting(format!("--nats-creds: cannot read {}: {e}", path.display()))
         })?;
     }
-    match (&settings.user, &settings.password) {
+    match (&c.user, &c.password) {
         (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
         (Some(_), None) => {
             return Err(StartError::Setting(
@@ -281,10 +290,10 @@ pub async fn connect(settings: &Settings) -> Result<async_nats::Client, StartErr
         }
         _ => {}
     }
-    if let Some(t) = &settings.token {
+    if let Some(t) = &c.token {
         opts = opts.token(t.clone());
     }
-    if let Some(ca) = &settings.ca_file {
+    if let Some(ca) = &c.ca_file {
         if !ca.is_file() {
             return Err(StartError::Setting(format!(
                 "--nats-ca-file: {} is not a readable file",
