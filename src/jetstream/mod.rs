@@ -16,7 +16,9 @@
 //!   consumer on `<stream>.>` and stream info once a second, so events
 //!   published through another msgbus instance wake this one's long-polls
 //!   and streams;
-//! - health, `/stats` and retention come from the stream's info.
+//! - health, `/stats` and retention come from the stream's info; the
+//!   per-type counts from a subject-filtered stream info every few
+//!   seconds (types are subjects), none per source (sources are not);
 //!
 //! - durable (cursor) consumers live in a KV bucket beside the stream
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
@@ -33,6 +35,7 @@ pub mod schemas;
 pub mod subject;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,6 +241,8 @@ struct Shared {
     consumers: Arc<consumers::Consumers>,
     schemas: Arc<schemas::Schemas>,
     state: Mutex<StreamState>,
+    /// Events per type, refreshed by [`count_types`].
+    type_counts: Mutex<Arc<TypeCounts>>,
     counters: Counters,
     settings: Settings,
 }
@@ -450,12 +455,14 @@ impl JetStream {
             consumers: consumers.clone(),
             schemas: schemas.clone(),
             state: Mutex::new(state),
+            type_counts: Mutex::default(),
             counters: Counters::default(),
             settings,
         });
         let tasks = Arc::new(Tasks::default());
         lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(count_types(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
@@ -599,6 +606,132 @@ async fn follow(shared: std::sync::Weak<Shared>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How often the messages per subject (the per-type counts of `/stats`)
+/// are read from the stream: a subject-filtered stream info lists every
+/// subject, so it is read more rarely than the plain info.
+const TYPE_COUNTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Most subjects (types) read for the per-type counts: one page of
+/// nats-server's subject listing. The messages of the subjects beyond it
+/// are counted under [`OTHER_SERIES`].
+const MAX_COUNTED_SUBJECTS: usize = 100_000;
+
+/// The label `/stats` sums every series beyond the busiest under.
+const OTHER_SERIES: &str = "other";
+
+/// Events per type, as the type counter last read them from the stream.
+#[derive(Debug, Default)]
+struct TypeCounts {
+    /// `(type, events)` per subject read.
+    types: Vec<(String, u64)>,
+    /// Events on subjects not read (beyond [`MAX_COUNTED_SUBJECTS`], or
+    /// not made by msgbus).
+    uncounted: u64,
+    /// Distinct subjects of the stream.
+    subjects: u64,
+}
+
+/// One page of a subject-filtered stream info (`$JS.API.STREAM.INFO`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SubjectsPage {
+    #[serde(default)]
+    state: SubjectsState,
+    /// Subjects in all pages.
+    #[serde(default)]
+    total: usize,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct SubjectsState {
+    #[serde(default)]
+    messages: u64,
+    #[serde(default)]
+    subjects: Option<std::collections::HashMap<String, u64>>,
+    #[serde(default)]
+    num_subjects: u64,
+}
+
+/// Reads the messages per subject of the stream (paged, up to
+/// [`MAX_COUNTED_SUBJECTS`]) and maps the subjects back to types.
+async fn read_type_counts(s: &Shared) -> Result<TypeCounts, String> {
+    let api = format!("STREAM.INFO.{}", s.prefix);
+    let filter = format!("{}.>", s.prefix);
+    let mut out = TypeCounts::default();
+    let mut messages = None;
+    let mut counted = 0u64;
+    let mut offset = 0usize;
+    loop {
+        let page: SubjectsPage =
+            s.js.request(
+                api.clone(),
+                &serde_json::json!({"subjects_filter": filter, "offset": offset}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = page.error {
+            return Err(e.to_string());
+        }
+        let total_messages = *messages.get_or_insert(page.state.messages);
+        out.subjects = out
+            .subjects
+            .max(page.state.num_subjects)
+            .max(page.total as u64);
+        let subjects = page.state.subjects.unwrap_or_default();
+        let n = subjects.len();
+        for (subject, count) in subjects {
+            if out.types.len() >= MAX_COUNTED_SUBJECTS {
+                break;
+            }
+            if let Some(ty) = subject::type_of(&s.prefix, &subject) {
+                counted += count;
+                out.types.push((ty, count));
+            }
+        }
+        offset += n;
+        if n == 0 || offset >= page.total || out.types.len() >= MAX_COUNTED_SUBJECTS {
+            out.uncounted = total_messages.saturating_sub(counted);
+            return Ok(out);
+        }
+    }
+}
+
+/// Refreshes the per-type counts every [`TYPE_COUNTS_EVERY`], off the
+/// request path (`/stats` reads the last ones).
+async fn count_types(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(TYPE_COUNTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        match tokio::time::timeout(API_TIMEOUT, read_type_counts(&s)).await {
+            Ok(Ok(counts)) => *lock(&s.type_counts) = Arc::new(counts),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the messages per subject"),
+            Err(_) => {
+                tracing::debug!("the messages per subject did not come within {API_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// The `n` largest counts, ties by name, plus [`OTHER_SERIES`] summing
+/// the rest and `extra`.
+fn busiest(counts: &[(String, u64)], n: usize, extra: u64) -> BTreeMap<String, u64> {
+    let mut all: Vec<&(String, u64)> = counts.iter().collect();
+    let mut rest = extra;
+    if all.len() > n {
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        rest += all[n..].iter().map(|(_, c)| c).sum::<u64>();
+        all.truncate(n);
+    }
+    let mut out: BTreeMap<String, u64> = all.into_iter().cloned().collect();
+    if rest > 0 {
+        *out.entry(OTHER_SERIES.to_string()).or_default() += rest;
+    }
+    out
 }
 
 impl Shared {
@@ -1097,9 +1230,10 @@ impl Store for JetStream {
         self.shared.status()
     }
 
-    fn stats(&self, _max_series: usize) -> StatsSnapshot {
+    fn stats(&self, max_series: usize) -> StatsSnapshot {
         let status = self.shared.status();
         let st = lock(&self.shared.state).clone();
+        let types = lock(&self.shared.type_counts).clone();
         let c = &self.shared.counters;
         StatsSnapshot {
             events: EventCounts {
@@ -1107,6 +1241,8 @@ impl Store for JetStream {
                 first_seq: if st.messages == 0 { 0 } else { st.first_seq },
                 last_seq: if st.messages == 0 { 0 } else { st.last_seq },
                 bytes: st.bytes,
+                by_type: busiest(&types.types, max_series, types.uncounted),
+                distinct_types: types.subjects,
                 ..EventCounts::default()
             },
             writer: WriterCounters {

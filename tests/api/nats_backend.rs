@@ -489,3 +489,47 @@ async fn a_type_whose_versions_outgrow_a_nats_message_is_refused_413() {
         .await;
     assert_eq!(res.status, 201, "{}", res.text());
 }
+
+/// `/stats` counts events per type on NATS (types are subjects, counted
+/// by the stream), capped at `--max-label-series` with `other` summing the
+/// rest as on the file backend; no per-source counts (sources are not
+/// subjects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_events_per_type_from_the_stream() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed server");
+    let b = spawn_nats(&target, &["--max-label-series", "2"]).await;
+    for (ty, n) in [
+        ("order.created", 3),
+        ("order.paid", 2),
+        ("user.signed_up", 1),
+    ] {
+        for i in 0..n {
+            a.publish_ok(
+                &json!({"type": ty, "source": format!("/s{i}"), "id": format!("{ty}-{i}")}),
+            )
+            .await;
+        }
+    }
+    let all = json!({"order.created": 3, "order.paid": 2, "user.signed_up": 1});
+    let capped = json!({"order.created": 3, "order.paid": 2, "other": 1});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sa, sb) = (a.get_json("/stats").await, b.get_json("/stats").await);
+        if sa["events"]["by_type"] == all && sb["events"]["by_type"] == capped {
+            assert_eq!(sa["events"]["total"], 6, "{sa}");
+            assert_eq!(sa["store"]["distinct"]["types"], 3, "{sa}");
+            assert_eq!(sa["events"]["by_source"], json!({}), "{sa}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "per-type counts within 20 s: {} / {}",
+            sa["events"],
+            sb["events"]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
