@@ -9,9 +9,11 @@
 //!   (for R3: once a quorum stored it);
 //! - a read walks the stream with direct gets (`next_by_subject` from a
 //!   seq, with the type filter as the subject filter), filtering `source`
-//!   and `subject` itself, bounded in events, bytes and time; a "not
-//!   found" below the known head is confirmed by the stream leader, since
-//!   a direct get may be served by a replica that is behind;
+//!   and `subject` itself, bounded in events, bytes and time; on
+//!   nats-server 2.11+ one batched direct get answers up to a page of
+//!   messages per round trip, on older servers each message is one get; a
+//!   "not found" below the known head is confirmed by the stream leader,
+//!   since a direct get may be served by a replica that is behind;
 //! - the head and its watch follow the stream: an ordered, headers-only
 //!   consumer on `<stream>.>` and stream info once a second, so events
 //!   published through another msgbus instance wake this one's long-polls
@@ -59,6 +61,13 @@ pub const MIN_REPLICATED_VERSION: (u64, u64, u64) = (2, 10, 11);
 
 /// The oldest nats-server with atomic batch publish.
 pub const MIN_ATOMIC_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+/// The oldest nats-server whose direct get answers a batch of messages
+/// (`batch`, `max_bytes`, then an end-of-batch status).
+pub const MIN_BATCH_GET_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+/// Most messages one batched direct get asks for.
+const GET_BATCH: usize = 1000;
 
 /// Longest one read walks the stream before it answers what it has (its
 /// `next_after` continues from there).
@@ -235,6 +244,9 @@ struct Shared {
     stream: jetstream::stream::Stream,
     prefix: String,
     direct: bool,
+    /// Direct gets answer batches (nats-server 2.11+): a catch-up read
+    /// asks for many messages in one round trip.
+    batched: bool,
     /// The stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
     atomic: bool,
     head: watch::Sender<u64>,
@@ -420,6 +432,7 @@ impl JetStream {
             tracing::warn!(stream = %settings.stream, "the stream has no direct get (allow_direct); reads go to the stream leader");
         }
         let direct = cfg.allow_direct;
+        let batched = direct && version.is_some_and(|v| v >= MIN_BATCH_GET_VERSION);
         let atomic = cfg.allow_atomic_publish;
         if !atomic {
             tracing::info!(stream = %settings.stream, version = %info.version, "no atomic batch publish (nats-server 2.12+ and a stream with allow_atomic): a batch is published one event at a time");
@@ -450,6 +463,7 @@ impl JetStream {
             stream,
             prefix,
             direct,
+            batched,
             atomic,
             head,
             consumers: consumers.clone(),
@@ -801,6 +815,89 @@ impl Shared {
         }
     }
 
+    /// Up to `batch` messages at or after `seq` on `filter` (about
+    /// `max_bytes` of them at most), in seq order, in one batched direct
+    /// get: the messages, then an end-of-batch status. Empty when the
+    /// server that answered has none there (it may be a replica that is
+    /// behind: the caller then asks [`Shared::next_message`], which
+    /// confirms with the leader). A server without batches answers the
+    /// first message only (no `Nats-Num-Pending` header): that one is
+    /// the batch.
+    async fn batch_get(
+        &self,
+        filter: &str,
+        seq: u64,
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        use futures_util::StreamExt;
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("batched direct get", e))?;
+        let request = serde_json::json!({
+            "seq": seq,
+            "next_by_subj": filter,
+            "batch": batch,
+            "max_bytes": max_bytes,
+        });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.prefix),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| unavailable("batched direct get", e))?;
+        let mut out = Vec::new();
+        loop {
+            let m = match tokio::time::timeout(API_TIMEOUT, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(StoreError::Unavailable(
+                        "batched direct get: the reply subscription ended".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "batched direct get: no end of batch within {API_TIMEOUT:?}"
+                    )))
+                }
+            };
+            match m.status.map(|s| s.as_u16()) {
+                None | Some(200) => {}
+                // 204: the end of the batch; 404: nothing there.
+                Some(204) | Some(404) => return Ok(out),
+                Some(code) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "batched direct get: status {code} {}",
+                        m.description.unwrap_or_default()
+                    )))
+                }
+            }
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let Some(got) = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok()) else {
+                return Err(StoreError::Unavailable(
+                    "batched direct get: a message without Nats-Sequence".into(),
+                ));
+            };
+            let more = header("Nats-Num-Pending").is_some();
+            if got >= seq {
+                out.push((got, m.payload));
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn read_page(
         &self,
         after: u64,
@@ -832,8 +929,20 @@ impl Shared {
         let mut bytes = 0usize;
         let mut next = after.max(first - 1) + 1;
         let mut examined = 0;
+        let mut fetched = std::collections::VecDeque::new();
         while page.events.len() < limit && examined < READ_EXAMINED && Instant::now() < deadline {
-            let Some((seq, payload)) = self.next_message(&filter, next, head).await? else {
+            if fetched.is_empty() && self.batched && next <= head {
+                let want = (limit - page.events.len())
+                    .min(READ_EXAMINED - examined)
+                    .clamp(1, GET_BATCH);
+                let room = max_bytes.saturating_sub(bytes).max(1);
+                fetched.extend(self.batch_get(&filter, next, want, room).await?);
+            }
+            let got = match fetched.pop_front() {
+                Some(m) => Some(m),
+                None => self.next_message(&filter, next, head).await?,
+            };
+            let Some((seq, payload)) = got else {
                 page.next_after = page.next_after.max(head);
                 break;
             };
