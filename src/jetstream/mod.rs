@@ -671,7 +671,7 @@ struct SubjectsState {
 
 /// Reads the messages per subject of the stream (paged, up to
 /// [`MAX_COUNTED_SUBJECTS`]) and maps the subjects back to types.
-async fn read_type_counts(s: &Shared) -> Result<TypeCounts, String> {
+async fn read_type_counts(s: &Shared) -> Result<TypeCounts, StoreError> {
     let api = format!("STREAM.INFO.{}", s.prefix);
     let filter = format!("{}.>", s.prefix);
     let mut out = TypeCounts::default();
@@ -685,9 +685,9 @@ async fn read_type_counts(s: &Shared) -> Result<TypeCounts, String> {
                 &serde_json::json!({"subjects_filter": filter, "offset": offset}),
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable("stream info with subjects", e))?;
         if let Some(e) = page.error {
-            return Err(e.to_string());
+            return Err(unavailable("stream info with subjects", e));
         }
         let total_messages = *messages.get_or_insert(page.state.messages);
         out.subjects = out
