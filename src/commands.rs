@@ -323,20 +323,9 @@ pub struct MigrateArgs {
     /// JetStream's duplicate window of the stream if it is created.
     #[arg(long, default_value = "2m", value_parser = crate::config::parse_duration)]
     pub nats_duplicate_window: std::time::Duration,
-    /// A NATS credentials file (JWT and NKey seed), as for `serve`.
-    #[arg(long, env = "MSGBUS_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name; the password comes from `MSGBUS_NATS_PASSWORD`, as
-    /// for `serve`.
-    #[arg(long, env = "MSGBUS_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// NATS authentication token, as for `serve`.
-    #[arg(long, env = "MSGBUS_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-    /// PEM file of CA certificates to trust for `tls://` servers, as for
-    /// `serve`.
-    #[arg(long, env = "MSGBUS_NATS_CA_FILE")]
-    pub nats_ca_file: Option<PathBuf>,
+    /// Credentials, TLS and the connect timeout, as for `serve`.
+    #[command(flatten)]
+    pub connect: crate::config::NatsConnectArgs,
     /// Stop after this many events (a later run continues).
     #[arg(long)]
     pub limit: Option<u64>,
@@ -357,12 +346,7 @@ impl MigrateArgs {
             stream: self.nats_stream.clone(),
             replicas: self.replicas,
             duplicate_window: self.nats_duplicate_window,
-            creds: self.nats_creds.clone(),
-            user: self.nats_user.clone(),
-            password: std::env::var("MSGBUS_NATS_PASSWORD").ok(),
-            token: self.nats_token.clone(),
-            ca_file: self.nats_ca_file.clone(),
-            connect_timeout: std::time::Duration::from_secs(10),
+            connect: self.connect.settings(),
             max_messages: None,
             max_age: None,
             max_bytes: None,

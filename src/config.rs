@@ -435,6 +435,16 @@ pub struct NatsConfig {
     #[arg(long, env = "MSGBUS_NATS_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub nats_duplicate_window: Duration,
 
+    /// Credentials, TLS and the connect timeout.
+    #[command(flatten)]
+    pub connect: NatsConnectArgs,
+}
+
+/// How to connect to NATS: credentials, TLS and the connect timeout. The
+/// same flags (and `MSGBUS_*` variables) for `msgbus serve --backend nats`
+/// and `msgbus migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct NatsConnectArgs {
     /// A NATS credentials file (user JWT and NKey seed) to connect with.
     #[arg(long, env = "MSGBUS_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
@@ -458,6 +468,23 @@ pub struct NatsConfig {
     /// up; after start it reconnects for as long as it runs.
     #[arg(long, env = "MSGBUS_NATS_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub nats_connect_timeout: Duration,
+}
+
+impl NatsConnectArgs {
+    /// These options as the backend takes them, with the password from
+    /// `MSGBUS_NATS_PASSWORD` (an empty one is none).
+    pub fn settings(&self) -> crate::jetstream::ConnectSettings {
+        crate::jetstream::ConnectSettings {
+            creds: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: std::env::var("MSGBUS_NATS_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
+            token: self.nats_token.clone(),
+            ca_file: self.nats_ca_file.clone(),
+            connect_timeout: self.nats_connect_timeout,
+        }
+    }
 }
 
 impl ServeConfig {
@@ -490,14 +517,7 @@ impl ServeConfig {
             stream: n.nats_stream.clone(),
             replicas: n.replicas,
             duplicate_window: n.nats_duplicate_window,
-            creds: n.nats_creds.clone(),
-            user: n.nats_user.clone(),
-            password: std::env::var("MSGBUS_NATS_PASSWORD")
-                .ok()
-                .filter(|p| !p.is_empty()),
-            token: n.nats_token.clone(),
-            ca_file: n.nats_ca_file.clone(),
-            connect_timeout: n.nats_connect_timeout,
+            connect: n.connect.settings(),
             max_messages: self.retention_max_events,
             max_age: self.retention_max_age,
             max_bytes: self.retention_max_bytes,
@@ -775,6 +795,52 @@ mod tests {
         ] {
             assert!(parse_public_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn serve_and_migrate_take_the_same_nats_connection_flags() {
+        use clap::Parser;
+        let flags = [
+            "--nats-creds",
+            "/etc/msgbus/nats.creds",
+            "--nats-user",
+            "bus",
+            "--nats-token",
+            "tok",
+            "--nats-ca-file",
+            "/etc/msgbus/ca.pem",
+            "--nats-connect-timeout",
+            "3s",
+        ];
+        let serve = crate::cli::Cli::try_parse_from(["msgbus", "serve"].into_iter().chain(flags))
+            .expect("serve takes the NATS connection flags");
+        let migrate = crate::cli::Cli::try_parse_from(
+            [
+                "msgbus",
+                "migrate",
+                "--from-data-dir",
+                "/var/lib/msgbus",
+                "--to-nats",
+                "nats://127.0.0.1:4222",
+            ]
+            .into_iter()
+            .chain(flags),
+        )
+        .expect("migrate takes the NATS connection flags");
+        let serve = match serve.command {
+            Some(crate::cli::Command::Serve(c)) => c.jetstream().connect,
+            other => panic!("not serve: {other:?}"),
+        };
+        let migrate = match migrate.command {
+            Some(crate::cli::Command::Migrate(a)) => a.connect.settings(),
+            other => panic!("not migrate: {other:?}"),
+        };
+        assert_eq!(serve, migrate);
+        assert_eq!(serve.creds, Some(PathBuf::from("/etc/msgbus/nats.creds")));
+        assert_eq!(serve.user.as_deref(), Some("bus"));
+        assert_eq!(serve.token.as_deref(), Some("tok"));
+        assert_eq!(serve.ca_file, Some(PathBuf::from("/etc/msgbus/ca.pem")));
+        assert_eq!(serve.connect_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -9,14 +9,18 @@
 //!   (for R3: once a quorum stored it);
 //! - a read walks the stream with direct gets (`next_by_subject` from a
 //!   seq, with the type filter as the subject filter), filtering `source`
-//!   and `subject` itself, bounded in events, bytes and time; a "not
-//!   found" below the known head is confirmed by the stream leader, since
-//!   a direct get may be served by a replica that is behind;
+//!   and `subject` itself, bounded in events, bytes and time; on
+//!   nats-server 2.11+ one batched direct get answers up to a page of
+//!   messages per round trip, on older servers each message is one get; a
+//!   "not found" below the known head is confirmed by the stream leader,
+//!   since a direct get may be served by a replica that is behind;
 //! - the head and its watch follow the stream: an ordered, headers-only
 //!   consumer on `<stream>.>` and stream info once a second, so events
 //!   published through another msgbus instance wake this one's long-polls
 //!   and streams;
-//! - health, `/stats` and retention come from the stream's info.
+//! - health, `/stats` and retention come from the stream's info; the
+//!   per-type counts from a subject-filtered stream info every few
+//!   seconds (types are subjects), none per source (sources are not);
 //!
 //! - durable (cursor) consumers live in a KV bucket beside the stream
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
@@ -33,6 +37,7 @@ pub mod schemas;
 pub mod subject;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +61,13 @@ pub const MIN_REPLICATED_VERSION: (u64, u64, u64) = (2, 10, 11);
 
 /// The oldest nats-server with atomic batch publish.
 pub const MIN_ATOMIC_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+/// The oldest nats-server whose direct get answers a batch of messages
+/// (`batch`, `max_bytes`, then an end-of-batch status).
+pub const MIN_BATCH_GET_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+/// Most messages one batched direct get asks for.
+const GET_BATCH: usize = 1000;
 
 /// Longest one read walks the stream before it answers what it has (its
 /// `next_after` continues from there).
@@ -89,6 +101,23 @@ pub struct Settings {
     pub replicas: usize,
     /// JetStream's duplicate window for `Nats-Msg-Id`.
     pub duplicate_window: Duration,
+    /// Credentials, TLS and the connect timeout.
+    pub connect: ConnectSettings,
+    /// Stream limit: most messages (`--retention-max-events`).
+    pub max_messages: Option<u64>,
+    /// Stream limit: oldest age (`--retention-max-age`).
+    pub max_age: Option<Duration>,
+    /// Stream limit: most bytes (`--retention-max-bytes`).
+    pub max_bytes: Option<u64>,
+    /// The largest event msgbus accepts (`--max-event-bytes`), checked
+    /// against the servers' largest message at start.
+    pub max_event_bytes: u64,
+}
+
+/// How to connect: credentials, TLS and the connect timeout (the same
+/// for `msgbus serve --backend nats` and `msgbus migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSettings {
     /// A NATS credentials file (JWT and NKey seed).
     pub creds: Option<PathBuf>,
     /// User name (with `password`).
@@ -101,15 +130,6 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     /// How long connecting at start may take.
     pub connect_timeout: Duration,
-    /// Stream limit: most messages (`--retention-max-events`).
-    pub max_messages: Option<u64>,
-    /// Stream limit: oldest age (`--retention-max-age`).
-    pub max_age: Option<Duration>,
-    /// Stream limit: most bytes (`--retention-max-bytes`).
-    pub max_bytes: Option<u64>,
-    /// The largest event msgbus accepts (`--max-event-bytes`), checked
-    /// against the servers' largest message at start.
-    pub max_event_bytes: u64,
 }
 
 /// Room for the headers msgbus sends with an event (`Nats-Msg-Id` and the
@@ -224,12 +244,17 @@ struct Shared {
     stream: jetstream::stream::Stream,
     prefix: String,
     direct: bool,
+    /// Direct gets answer batches (nats-server 2.11+): a catch-up read
+    /// asks for many messages in one round trip.
+    batched: bool,
     /// The stream takes atomic batches (nats-server 2.12+, `allow_atomic`).
     atomic: bool,
     head: watch::Sender<u64>,
     consumers: Arc<consumers::Consumers>,
     schemas: Arc<schemas::Schemas>,
     state: Mutex<StreamState>,
+    /// Events per type, refreshed by [`count_types`].
+    type_counts: Mutex<Arc<TypeCounts>>,
     counters: Counters,
     settings: Settings,
 }
@@ -264,15 +289,16 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 /// Connects to the servers of `settings` (credentials and TLS as given),
 /// failing at once when none answers.
 pub async fn connect(settings: &Settings) -> Result<async_nats::Client, StartError> {
+    let c = &settings.connect;
     let mut opts = async_nats::ConnectOptions::new()
         .name("msgbus")
-        .connection_timeout(settings.connect_timeout);
-    if let Some(path) = &settings.creds {
+        .connection_timeout(c.connect_timeout);
+    if let Some(path) = &c.creds {
         opts = opts.credentials_file(path).await.map_err(|e| {
             StartError::Setting(format!("--nats-creds: cannot read {}: {e}", path.display()))
         })?;
     }
-    match (&settings.user, &settings.password) {
+    match (&c.user, &c.password) {
         (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
         (Some(_), None) => {
             return Err(StartError::Setting(
@@ -281,10 +307,10 @@ pub async fn connect(settings: &Settings) -> Result<async_nats::Client, StartErr
         }
         _ => {}
     }
-    if let Some(t) = &settings.token {
+    if let Some(t) = &c.token {
         opts = opts.token(t.clone());
     }
-    if let Some(ca) = &settings.ca_file {
+    if let Some(ca) = &c.ca_file {
         if !ca.is_file() {
             return Err(StartError::Setting(format!(
                 "--nats-ca-file: {} is not a readable file",
@@ -406,6 +432,7 @@ impl JetStream {
             tracing::warn!(stream = %settings.stream, "the stream has no direct get (allow_direct); reads go to the stream leader");
         }
         let direct = cfg.allow_direct;
+        let batched = direct && version.is_some_and(|v| v >= MIN_BATCH_GET_VERSION);
         let atomic = cfg.allow_atomic_publish;
         if !atomic {
             tracing::info!(stream = %settings.stream, version = %info.version, "no atomic batch publish (nats-server 2.12+ and a stream with allow_atomic): a batch is published one event at a time");
@@ -436,17 +463,20 @@ impl JetStream {
             stream,
             prefix,
             direct,
+            batched,
             atomic,
             head,
             consumers: consumers.clone(),
             schemas: schemas.clone(),
             state: Mutex::new(state),
+            type_counts: Mutex::default(),
             counters: Counters::default(),
             settings,
         });
         let tasks = Arc::new(Tasks::default());
         lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(count_types(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
@@ -592,6 +622,132 @@ async fn follow(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// How often the messages per subject (the per-type counts of `/stats`)
+/// are read from the stream: a subject-filtered stream info lists every
+/// subject, so it is read more rarely than the plain info.
+const TYPE_COUNTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Most subjects (types) read for the per-type counts: one page of
+/// nats-server's subject listing. The messages of the subjects beyond it
+/// are counted under [`OTHER_SERIES`].
+const MAX_COUNTED_SUBJECTS: usize = 100_000;
+
+/// The label `/stats` sums every series beyond the busiest under.
+const OTHER_SERIES: &str = "other";
+
+/// Events per type, as the type counter last read them from the stream.
+#[derive(Debug, Default)]
+struct TypeCounts {
+    /// `(type, events)` per subject read.
+    types: Vec<(String, u64)>,
+    /// Events on subjects not read (beyond [`MAX_COUNTED_SUBJECTS`], or
+    /// not made by msgbus).
+    uncounted: u64,
+    /// Distinct subjects of the stream.
+    subjects: u64,
+}
+
+/// One page of a subject-filtered stream info (`$JS.API.STREAM.INFO`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SubjectsPage {
+    #[serde(default)]
+    state: SubjectsState,
+    /// Subjects in all pages.
+    #[serde(default)]
+    total: usize,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct SubjectsState {
+    #[serde(default)]
+    messages: u64,
+    #[serde(default)]
+    subjects: Option<std::collections::HashMap<String, u64>>,
+    #[serde(default)]
+    num_subjects: u64,
+}
+
+/// Reads the messages per subject of the stream (paged, up to
+/// [`MAX_COUNTED_SUBJECTS`]) and maps the subjects back to types.
+async fn read_type_counts(s: &Shared) -> Result<TypeCounts, StoreError> {
+    let api = format!("STREAM.INFO.{}", s.prefix);
+    let filter = format!("{}.>", s.prefix);
+    let mut out = TypeCounts::default();
+    let mut messages = None;
+    let mut counted = 0u64;
+    let mut offset = 0usize;
+    loop {
+        let page: SubjectsPage =
+            s.js.request(
+                api.clone(),
+                &serde_json::json!({"subjects_filter": filter, "offset": offset}),
+            )
+            .await
+            .map_err(|e| unavailable("stream info with subjects", e))?;
+        if let Some(e) = page.error {
+            return Err(unavailable("stream info with subjects", e));
+        }
+        let total_messages = *messages.get_or_insert(page.state.messages);
+        out.subjects = out
+            .subjects
+            .max(page.state.num_subjects)
+            .max(page.total as u64);
+        let subjects = page.state.subjects.unwrap_or_default();
+        let n = subjects.len();
+        for (subject, count) in subjects {
+            if out.types.len() >= MAX_COUNTED_SUBJECTS {
+                break;
+            }
+            if let Some(ty) = subject::type_of(&s.prefix, &subject) {
+                counted += count;
+                out.types.push((ty, count));
+            }
+        }
+        offset += n;
+        if n == 0 || offset >= page.total || out.types.len() >= MAX_COUNTED_SUBJECTS {
+            out.uncounted = total_messages.saturating_sub(counted);
+            return Ok(out);
+        }
+    }
+}
+
+/// Refreshes the per-type counts every [`TYPE_COUNTS_EVERY`], off the
+/// request path (`/stats` reads the last ones).
+async fn count_types(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(TYPE_COUNTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        match tokio::time::timeout(API_TIMEOUT, read_type_counts(&s)).await {
+            Ok(Ok(counts)) => *lock(&s.type_counts) = Arc::new(counts),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the messages per subject"),
+            Err(_) => {
+                tracing::debug!("the messages per subject did not come within {API_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// The `n` largest counts, ties by name, plus [`OTHER_SERIES`] summing
+/// the rest and `extra`.
+fn busiest(counts: &[(String, u64)], n: usize, extra: u64) -> BTreeMap<String, u64> {
+    let mut all: Vec<&(String, u64)> = counts.iter().collect();
+    let mut rest = extra;
+    if all.len() > n {
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        rest += all[n..].iter().map(|(_, c)| c).sum::<u64>();
+        all.truncate(n);
+    }
+    let mut out: BTreeMap<String, u64> = all.into_iter().cloned().collect();
+    if rest > 0 {
+        *out.entry(OTHER_SERIES.to_string()).or_default() += rest;
+    }
+    out
+}
+
 impl Shared {
     fn first_seq(&self) -> u64 {
         lock(&self.state).first_seq
@@ -659,6 +815,89 @@ impl Shared {
         }
     }
 
+    /// Up to `batch` messages at or after `seq` on `filter` (about
+    /// `max_bytes` of them at most), in seq order, in one batched direct
+    /// get: the messages, then an end-of-batch status. Empty when the
+    /// server that answered has none there (it may be a replica that is
+    /// behind: the caller then asks [`Shared::next_message`], which
+    /// confirms with the leader). A server without batches answers the
+    /// first message only (no `Nats-Num-Pending` header): that one is
+    /// the batch.
+    async fn batch_get(
+        &self,
+        filter: &str,
+        seq: u64,
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        use futures_util::StreamExt;
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("batched direct get", e))?;
+        let request = serde_json::json!({
+            "seq": seq,
+            "next_by_subj": filter,
+            "batch": batch,
+            "max_bytes": max_bytes,
+        });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.prefix),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| unavailable("batched direct get", e))?;
+        let mut out = Vec::new();
+        loop {
+            let m = match tokio::time::timeout(API_TIMEOUT, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(StoreError::Unavailable(
+                        "batched direct get: the reply subscription ended".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "batched direct get: no end of batch within {API_TIMEOUT:?}"
+                    )))
+                }
+            };
+            match m.status.map(|s| s.as_u16()) {
+                None | Some(200) => {}
+                // 204: the end of the batch; 404: nothing there.
+                Some(204) | Some(404) => return Ok(out),
+                Some(code) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "batched direct get: status {code} {}",
+                        m.description.unwrap_or_default()
+                    )))
+                }
+            }
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let Some(got) = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok()) else {
+                return Err(StoreError::Unavailable(
+                    "batched direct get: a message without Nats-Sequence".into(),
+                ));
+            };
+            let more = header("Nats-Num-Pending").is_some();
+            if got >= seq {
+                out.push((got, m.payload));
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn read_page(
         &self,
         after: u64,
@@ -690,8 +929,20 @@ impl Shared {
         let mut bytes = 0usize;
         let mut next = after.max(first - 1) + 1;
         let mut examined = 0;
+        let mut fetched = std::collections::VecDeque::new();
         while page.events.len() < limit && examined < READ_EXAMINED && Instant::now() < deadline {
-            let Some((seq, payload)) = self.next_message(&filter, next, head).await? else {
+            if fetched.is_empty() && self.batched && next <= head {
+                let want = (limit - page.events.len())
+                    .min(READ_EXAMINED - examined)
+                    .clamp(1, GET_BATCH);
+                let room = max_bytes.saturating_sub(bytes).max(1);
+                fetched.extend(self.batch_get(&filter, next, want, room).await?);
+            }
+            let got = match fetched.pop_front() {
+                Some(m) => Some(m),
+                None => self.next_message(&filter, next, head).await?,
+            };
+            let Some((seq, payload)) = got else {
                 page.next_after = page.next_after.max(head);
                 break;
             };
@@ -1088,9 +1339,10 @@ impl Store for JetStream {
         self.shared.status()
     }
 
-    fn stats(&self, _max_series: usize) -> StatsSnapshot {
+    fn stats(&self, max_series: usize) -> StatsSnapshot {
         let status = self.shared.status();
         let st = lock(&self.shared.state).clone();
+        let types = lock(&self.shared.type_counts).clone();
         let c = &self.shared.counters;
         StatsSnapshot {
             events: EventCounts {
@@ -1098,6 +1350,8 @@ impl Store for JetStream {
                 first_seq: if st.messages == 0 { 0 } else { st.first_seq },
                 last_seq: if st.messages == 0 { 0 } else { st.last_seq },
                 bytes: st.bytes,
+                by_type: busiest(&types.types, max_series, types.uncounted),
+                distinct_types: types.subjects,
                 ..EventCounts::default()
             },
             writer: WriterCounters {

@@ -43,6 +43,10 @@ pub const CLUSTER_MIN_VERSION: Version = (2, 10, 11);
 /// The oldest server with atomic batch publish.
 pub const ATOMIC_BATCH_MIN_VERSION: Version = (2, 12, 0);
 
+/// The oldest nats-server whose direct get answers batches, which the
+/// NATS backend's catch-up reads use.
+pub const BATCH_GET_MIN_VERSION: Version = (2, 11, 0);
+
 /// How long a server may take to accept connections (and a cluster to
 /// elect its meta leader) before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
