@@ -78,12 +78,12 @@ pub(super) fn bucket_named(stream: &str, suffix: &str) -> String {
 pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
     kv: &kv::Store,
     key: String,
-) -> Result<Option<(T, u64)>, (&'static str, String)> {
-    let e = kv.entry(key).await.map_err(|e| ("read", e.to_string()))?;
+) -> Result<Option<(T, u64)>, (&'static str, async_nats::Error)> {
+    let e = kv.entry(key).await.map_err(|e| ("read", e.into()))?;
     match e {
         Some(e) if e.operation == kv::Operation::Put => serde_json::from_slice::<T>(&e.value)
             .map(|v| Some((v, e.revision)))
-            .map_err(|err| ("a stored entry does not decode", err.to_string())),
+            .map_err(|err| ("a stored entry does not decode", err.into())),
         _ => Ok(None),
     }
 }
@@ -96,17 +96,17 @@ pub(super) async fn compare_and_set(
     key: String,
     value: Bytes,
     revision: Option<u64>,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, async_nats::Error> {
     match revision {
         Some(r) => match kv.update(&key, value, r).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         },
         None => match kv.create(&key, value).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         },
     }
 }

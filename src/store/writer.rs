@@ -502,8 +502,8 @@ impl Writer {
                 tracing::warn!(error = %append, "the active segment's copy could not be appended to; it was read again from the segment file and is kept in memory");
                 self.active.copy = ActiveCopy::in_memory(bytes);
             }
-            Err(why) => self.poison(format!(
-                "the active segment's copy could not be appended to ({append}), and {why}"
+            Err(e) => self.poison(format!(
+                "the active segment's copy could not be appended to ({append}), and the segment file could not be read back: {e}"
             )),
         }
     }
@@ -520,22 +520,22 @@ impl Writer {
                 tracing::warn!(error = %e, "cannot read the active segment's copy; hashing the segment file");
                 self.read_active_file()
             })
-            .unwrap_or_else(|why| {
-                tracing::error!("cannot hash the active segment again: {why}");
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot hash the active segment again: the segment file could not be read back");
                 Vec::new()
             })
     }
 
     /// The active segment's durable bytes read back from its file, checked
     /// against the CRC32C the writer keeps of what it wrote.
-    fn read_active_file(&self) -> std::result::Result<Vec<u8>, String> {
+    fn read_active_file(&self) -> std::io::Result<Vec<u8>> {
         let mut bytes = vec![0u8; usize::try_from(self.active.len).unwrap_or(usize::MAX)];
-        self.active
-            .file
-            .read_exact_at(&mut bytes, 0)
-            .map_err(|e| format!("the segment file cannot be read: {e}"))?;
+        self.active.file.read_exact_at(&mut bytes, 0)?;
         if crc32c::crc32c(&bytes) != self.active.crc {
-            return Err("the segment file no longer matches what was written".into());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it no longer matches what was written (CRC32C)",
+            ));
         }
         Ok(bytes)
     }
