@@ -429,6 +429,12 @@ impl std::fmt::Display for Prefix {
     }
 }
 
+/// Records why an event is refused; `check_one` answers with it.
+fn refuse(out: &mut Violations, cap: usize, field: String, message: String) -> Option<Arc<str>> {
+    push(out, cap, field, message);
+    None
+}
+
 /// Checks one event; answers the `dataschema` to add, if it named none.
 fn check_one(
     reg: &Registry,
@@ -441,17 +447,16 @@ fn check_one(
     let payload = match PayloadView::of(ev) {
         Ok(p) => p,
         Err(e) => {
-            push(
+            return refuse(
                 out,
                 cap,
                 format!("{prefix}data"),
                 format!("cannot be read: {e}"),
             );
-            return None;
         }
     };
     if payload.data_base64 {
-        push(
+        return refuse(
             out,
             cap,
             format!("{prefix}data_base64"),
@@ -460,10 +465,9 @@ fn check_one(
                 ev.ty
             ),
         );
-        return None;
     }
     if let Some(ct) = payload.datacontenttype.as_deref().filter(|ct| !is_json(ct)) {
-        push(
+        return refuse(
             out,
             cap,
             format!("{prefix}datacontenttype"),
@@ -472,14 +476,13 @@ fn check_one(
                 ev.ty
             ),
         );
-        return None;
     }
     let (version, set) = match payload.dataschema.as_deref() {
         None => (t.latest, true),
         Some(named) => match version_named(named, &ev.ty) {
             Some(n) if t.versions.contains_key(&n) => (n, false),
             _ => {
-                push(
+                return refuse(
                     out,
                     cap,
                     format!("{prefix}dataschema"),
@@ -490,18 +493,16 @@ fn check_one(
                         t.latest
                     ),
                 );
-                return None;
             }
         },
     };
     let Some(validator) = t.versions.get(&version) else {
-        push(
+        return refuse(
             out,
             cap,
             format!("{prefix}data"),
             format!("schema version {version} of type {:?} cannot be used (it does not compile); see the server log", ev.ty),
         );
-        return None;
     };
     // The common case first: a valid payload, read borrowed (no tree) and
     // checked with `is_valid`, which stops at nothing and builds no error.
@@ -513,13 +514,12 @@ fn check_one(
     let data: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            push(
+            return refuse(
                 out,
                 cap,
                 format!("{prefix}data"),
                 format!("cannot be read: {e}"),
             );
-            return None;
         }
     };
     // A payload the borrowed reading left alone is checked as a tree;
