@@ -253,7 +253,7 @@ fn copy_synced(from: &Path, to: &Path) -> Result<u64, BackupError> {
     Ok(n)
 }
 
-pub use super::fsutil::sha256_file;
+pub use super::fsutil::{sha256_file, AfterRead};
 
 /// Takes a verified backup of `src`. Blocking; run it off the commit path.
 /// `hashed` remembers which earlier copies were checked recently.
@@ -521,7 +521,7 @@ fn verified_copy(
     }
     let good = candidates
         .into_iter()
-        .find(|path| matches!(sha256_file(path), Ok((n, sha)) if n == bytes && sha == sha256))?;
+        .find(|path| matches!(sha256_file(path, AfterRead::DropCached), Ok((n, sha)) if n == bytes && sha == sha256))?;
     hashed.record(&good, sha256);
     Some(good)
 }
@@ -557,7 +557,7 @@ impl CheckedFiles {
             self.shared_bytes += hit.0;
             return Ok(hit.clone());
         }
-        let (bytes, sha) = sha256_file(path)?;
+        let (bytes, sha) = sha256_file(path, AfterRead::DropCached)?;
         self.hashed_bytes += bytes;
         // Identity read before the hash: a file changed meanwhile has a
         // new mtime, so a stale entry is never matched again.

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::backup::BackupInfo;
-use super::fsutil::{self, ReadPace};
+use super::fsutil::{self, AfterRead, ReadPace};
 use super::integrity::Scope;
 use super::{layout, lock};
 use crate::alerts::{Alerts, Severity};
@@ -129,7 +129,7 @@ impl BackupCatalog {
                     return report;
                 }
                 report.files_checked += 1;
-                match fsutil::sha256_file_paced(&dir.join(&f.path), pace) {
+                match fsutil::sha256_file_paced(&dir.join(&f.path), pace, AfterRead::DropCached) {
                     Ok((len, sha)) if len == f.bytes && sha == f.sha256 => {}
                     Ok((len, sha)) => {
                         error = Some(format!(

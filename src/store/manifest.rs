@@ -155,8 +155,8 @@ impl SealedSegment {
             .map_err(|e| SealedMismatch::Unreadable(FileError::new("stat", path, e)))?;
         self.check_length(md.len())?;
         if hash {
-            let (len, sha) =
-                fsutil::sha256_file_paced(path, pace).map_err(SealedMismatch::Unreadable)?;
+            let (len, sha) = fsutil::sha256_file_paced(path, pace, fsutil::AfterRead::KeepCached)
+                .map_err(SealedMismatch::Unreadable)?;
             self.check_length(len)?;
             self.check_sha256(&sha)?;
         }

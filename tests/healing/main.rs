@@ -17,6 +17,7 @@ mod disk;
 mod manifest;
 mod must_show;
 mod offline;
+mod page_cache;
 mod process;
 mod quiet;
 mod sealed;

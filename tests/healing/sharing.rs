@@ -60,7 +60,9 @@ fn assert_backup_intact(data_dir: &Path, name: &str) {
         serde_json::from_slice(&std::fs::read(dir.join("backup.json")).unwrap()).unwrap();
     for f in manifest["files"].as_array().unwrap() {
         let path = dir.join(f["path"].as_str().unwrap());
-        let (len, sha) = msgbus::store::backup::sha256_file(&path).unwrap();
+        let (len, sha) =
+            msgbus::store::backup::sha256_file(&path, msgbus::store::backup::AfterRead::KeepCached)
+                .unwrap();
         assert_eq!(
             (len, sha.as_str()),
             (f["bytes"].as_u64().unwrap(), f["sha256"].as_str().unwrap()),
