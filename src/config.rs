@@ -98,6 +98,14 @@ pub struct ServeConfig {
     #[arg(long, env = "MSGBUS_READ_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub read_cache_bytes: u64,
 
+    /// Idempotency keys the sealed segments' key filter has room for beyond
+    /// the events it holds and an eighth more (2 bytes of memory each).
+    /// When it fills up it is rebuilt larger, on a thread of its own, from
+    /// the sealed segments' key tables (about 16 bytes read per sealed
+    /// event); more headroom means rarer rebuilds for a fast-growing store.
+    #[arg(long, env = "MSGBUS_KEY_FILTER_HEADROOM", default_value_t = crate::store::keyfilter::DEFAULT_HEADROOM)]
+    pub key_filter_headroom: u64,
+
     /// Longest long-poll a client may ask for with `wait=` (seconds).
     #[arg(long, env = "MSGBUS_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -532,6 +540,7 @@ impl ServeConfig {
             segment_bytes: self.segment_bytes,
             queue_capacity: self.queue_capacity.max(1),
             read_cache_bytes: self.read_cache_bytes as usize,
+            key_filter_headroom: self.key_filter_headroom,
             backup_keep: self.backup_keep,
             backup_copies: if self.backup_copies == 1 {
                 crate::store::backup::Copies::One

@@ -236,7 +236,7 @@ pub fn backup(data_dir: &Path) -> Result<PathBuf, StoreError> {
 
 /// [`backup`], counting the segments copied or linked in `progress`.
 pub fn backup_showing(data_dir: &Path, progress: &mut Progress) -> Result<PathBuf, StoreError> {
-    let rec = recovery::open(data_dir, 0)?;
+    let rec = recovery::open(data_dir, 0, crate::store::keyfilter::DEFAULT_HEADROOM)?;
     progress.set_total(rec.manifest.sealed.len() as u64 + 1);
     let src = BackupSource {
         data_dir: data_dir.to_path_buf(),
@@ -342,7 +342,7 @@ pub fn restore_showing(
     }
     progress.finish();
     // Open it as a start would, to prove the restored store is whole.
-    let rec = recovery::open(data_dir, 0)?;
+    let rec = recovery::open(data_dir, 0, crate::store::keyfilter::DEFAULT_HEADROOM)?;
     Ok(rec.next_seq - 1)
 }
 

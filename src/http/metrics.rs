@@ -168,6 +168,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         s.writer.key_filter_bytes as f64,
     );
     metric(
+        "key_filter_rebuilds_total",
+        "counter",
+        "Times the sealed segments' key filter filled up and was rebuilt larger, in the background.",
+        s.writer.key_filter_rebuilds as f64,
+    );
+    metric(
         "writer_segments_sealed_total",
         "counter",
         "Segments sealed.",

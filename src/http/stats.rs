@@ -196,6 +196,9 @@ pub struct WriterStats {
     pub sealed_key_lookups: u64,
     /// Bytes of the sealed segments' key filter (about 2 per sealed event).
     pub key_filter_bytes: u64,
+    /// Times the key filter filled up and was rebuilt larger (in the
+    /// background) since the server started.
+    pub key_filter_rebuilds: u64,
     /// Why writes are refused, if they are.
     pub poisoned: Option<String>,
     /// Whether the writer thread runs.
@@ -291,6 +294,7 @@ pub fn snapshot(store: &dyn Store, uptime_seconds: f64, max_series: usize) -> St
             segments_sealed: w.segments_sealed,
             sealed_key_lookups: w.sealed_key_lookups,
             key_filter_bytes: w.key_filter_bytes,
+            key_filter_rebuilds: w.key_filter_rebuilds,
             poisoned: status.poisoned,
             alive: status.writer_alive,
         },

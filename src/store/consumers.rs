@@ -1004,6 +1004,7 @@ mod tests {
             segment_bytes: 1 << 20,
             queue_capacity: 64,
             read_cache_bytes: 1 << 20,
+            key_filter_headroom: crate::store::keyfilter::DEFAULT_HEADROOM,
             backup_keep: 1,
             backup_copies: crate::store::backup::Copies::Two,
             segment_fd_cache: 4,

@@ -213,7 +213,11 @@ impl StoreHandle {
         config: &StoreConfig,
         alerts: Arc<crate::alerts::Alerts>,
     ) -> Result<(StoreHandle, WriterThread)> {
-        let rec = recovery::open(&config.data_dir, config.read_cache_bytes)?;
+        let rec = recovery::open(
+            &config.data_dir,
+            config.read_cache_bytes,
+            config.key_filter_headroom,
+        )?;
         let report = rec.report.clone();
         let last = rec.next_seq - 1;
         tracing::info!(
@@ -282,6 +286,7 @@ impl StoreHandle {
             rec,
             shared.clone(),
             config.segment_bytes,
+            config.key_filter_headroom,
             config.backup_keep,
             config.backup_copies,
         );

@@ -15,7 +15,10 @@
 //! Keys of segments deleted by retention stay in the filter: they only make
 //! "maybe" a little more likely, never a wrong answer. The writer rebuilds
 //! it, larger, from the key tables when it holds more keys than it was
-//! sized for.
+//! sized for: on a thread of its own, while publishing goes on with the
+//! full filter (at 50 million events a rebuild reads 800 MB of key tables,
+//! seconds that every commit would otherwise wait). Until it is swapped
+//! in, both filters are in memory.
 //!
 //! It is saved (`keys.filter` in the data directory: the bits, the sealed
 //! segments whose keys it holds, each named by first seq and SHA-256, and a
@@ -40,8 +43,20 @@ const MAGIC: &[u8; 8] = b"MBKEYF1\n";
 const BITS_PER_KEY: u64 = 16;
 /// Bits set per key (all in one block).
 const BITS_SET: u32 = 8;
-/// The smallest filter: 4,096 blocks (256 KiB), for 131,072 keys.
-const MIN_BLOCKS: u64 = 4096;
+/// The smallest filter: 64 blocks (4 KiB), for 2,048 keys. (Sizes come
+/// from [`capacity_for`], whose headroom is a million keys by default.)
+const MIN_BLOCKS: u64 = 64;
+
+/// Keys of room a filter is given beyond what it holds and an eighth more,
+/// by default (`--key-filter-headroom`).
+pub const DEFAULT_HEADROOM: u64 = 1_000_000;
+
+/// What the filter is sized for when the sealed segments hold `events`
+/// keys: room for an eighth more and `headroom` besides, so it is rebuilt
+/// larger (see [`KeyFilter::is_over_capacity`]) only after many seals.
+pub fn capacity_for(events: u64, headroom: u64) -> u64 {
+    events.saturating_add(events / 8).saturating_add(headroom)
+}
 
 /// The sealed segments' key filter as the writer and the publish path
 /// share it (`Shared::sealed_keys`). A publishing request asks it before
@@ -285,6 +300,26 @@ impl KeyFilter {
 /// Bytes a save or load of the filter moves at a time.
 const IO_CHUNK: usize = 1 << 20;
 
+/// A filter built anew from the key tables of the segments sealed at one
+/// moment, on a thread of its own, while the writer went on sealing.
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// The filter.
+    pub filter: KeyFilter,
+    /// The segments whose keys it holds.
+    pub covered: Vec<Covered>,
+}
+
+impl Rebuilt {
+    /// Adds the keys of a segment sealed after the build listed the
+    /// segments: without them a duplicate of its events would be stored
+    /// again once the rebuilt filter is swapped in.
+    pub fn add_segment(&mut self, orders: &[u64], covered: Covered) {
+        orders.iter().for_each(|&o| self.filter.insert(o));
+        self.covered.push(covered);
+    }
+}
+
 /// A sealed segment whose keys a saved filter holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Covered {
@@ -414,6 +449,29 @@ mod tests {
         assert!(load(dir.path()).is_none());
         std::fs::write(&path, [bytes.as_slice(), b"x"].concat()).unwrap();
         assert!(load(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_rebuilt_filter_gets_the_keys_of_segments_sealed_during_the_build() {
+        let mut built = Rebuilt {
+            filter: KeyFilter::with_capacity(1000),
+            covered: vec![Covered::of(1, "aa")],
+        };
+        (0..100u64).for_each(|k| built.filter.insert(key_order("/s", &k.to_string())));
+        let since: Vec<u64> = (100..200u64)
+            .map(|k| key_order("/s", &k.to_string()))
+            .collect();
+        built.add_segment(&since, Covered::of(101, "bb"));
+        for k in 0..200u64 {
+            assert!(
+                built.filter.may_contain(key_order("/s", &k.to_string())),
+                "key {k}"
+            );
+        }
+        assert_eq!(
+            built.covered,
+            vec![Covered::of(1, "aa"), Covered::of(101, "bb")]
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Bytes of recent events kept in memory for tail reads.
     pub read_cache_bytes: usize,
+    /// Keys of headroom in the sealed segments' key filter (see
+    /// [`keyfilter::capacity_for`]).
+    pub key_filter_headroom: u64,
     /// Backups to keep (the newest verified one is always kept).
     pub backup_keep: usize,
     /// Distinct backup copies of each sealed segment that timer and
@@ -155,6 +158,8 @@ pub struct WriterMetrics {
     pub sealed_key_lookups: AtomicU64,
     /// Bytes of the sealed segments' key filter.
     pub key_filter_bytes: AtomicU64,
+    /// Times the key filter was rebuilt larger since the start.
+    pub key_filter_rebuilds: AtomicU64,
     /// Bytes appended to segments.
     pub bytes: AtomicU64,
     /// Sum of fsync latencies, microseconds.

@@ -139,7 +139,11 @@ fn file_err<'a>(
 /// files of segments that are not sealed), index the sealed segments from
 /// their index files, judge and index the active segment, record its
 /// durable floor.
-pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
+pub fn open(
+    data_dir: &Path,
+    recent_cache_bytes: usize,
+    key_filter_headroom: u64,
+) -> Result<Recovered> {
     let lock = lock_and_create_dirs(data_dir)?;
     remove_temp_files(data_dir)?;
     let mut report = RecoveryReport::default();
@@ -153,7 +157,13 @@ pub fn open(data_dir: &Path, recent_cache_bytes: usize) -> Result<Recovered> {
         sealed_keys,
         covered,
         next_seq: active_first_seq,
-    } = index_sealed_segments(data_dir, &manifest, recent_cache_bytes, &mut report)?;
+    } = index_sealed_segments(
+        data_dir,
+        &manifest,
+        recent_cache_bytes,
+        key_filter_headroom,
+        &mut report,
+    )?;
     let mut dedup = DedupIndex::default();
     let (active, active_sha256) = index_active_segment(
         data_dir,
@@ -347,6 +357,7 @@ fn index_sealed_segments(
     data_dir: &Path,
     manifest: &Manifest,
     recent_cache_bytes: usize,
+    key_filter_headroom: u64,
     report: &mut RecoveryReport,
 ) -> Result<Indexed> {
     let first_seq = manifest
@@ -362,7 +373,10 @@ fn index_sealed_segments(
         None => {
             let sealed_events: u64 = manifest.sealed.iter().map(|s| s.count).sum();
             (
-                KeyFilter::with_capacity(sealed_keys_capacity(sealed_events)),
+                KeyFilter::with_capacity(keyfilter::capacity_for(
+                    sealed_events,
+                    key_filter_headroom,
+                )),
                 Vec::new(),
             )
         }
@@ -455,13 +469,6 @@ fn index_sealed_segments(
         covered,
         next_seq: expect,
     })
-}
-
-/// What the sealed segments' key filter is sized for, holding `events`:
-/// room for an eighth more and a million besides, so it is rebuilt
-/// larger (see [`KeyFilter::is_over_capacity`]) only after many seals.
-pub fn sealed_keys_capacity(events: u64) -> u64 {
-    events + events / 8 + 1_000_000
 }
 
 /// The old way of indexing a sealed segment, for a segment or index file

@@ -118,6 +118,8 @@ pub struct WriterCounters {
     pub sealed_key_lookups: u64,
     /// Bytes of the sealed segments' key filter.
     pub key_filter_bytes: u64,
+    /// Times the key filter was rebuilt larger since start.
+    pub key_filter_rebuilds: u64,
 }
 
 /// Everything `/stats` and `/metrics` show of the store.
@@ -198,6 +200,7 @@ impl Shared {
             segments_sealed: m.segments_sealed.load(Ordering::Relaxed),
             sealed_key_lookups: m.sealed_key_lookups.load(Ordering::Relaxed),
             key_filter_bytes: m.key_filter_bytes.load(Ordering::Relaxed),
+            key_filter_rebuilds: m.key_filter_rebuilds.load(Ordering::Relaxed),
         };
         StatsSnapshot {
             events,

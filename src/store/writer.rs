@@ -38,7 +38,7 @@ use super::dedup::DedupIndex;
 use super::dedup::{self, PreHashed};
 use super::error::{Result, StoreError, WriteRefusal};
 use super::index::{self, Names, NewEntry};
-use super::keyfilter::{self, Covered, KeyFilter, SealedKeys};
+use super::keyfilter::{self, Covered, KeyFilter, Rebuilt, SealedKeys};
 use super::manifest::{Manifest, SealedSegment};
 use super::recovery::{self, ActiveSegment, Recovered};
 use super::segment::{self, Framed};
@@ -139,6 +139,10 @@ pub struct Writer {
     seals_since_save: u64,
     /// The thread saving the filter, if one was started.
     filter_saver: Option<std::thread::JoinHandle<()>>,
+    /// A larger filter being built, once the filter is over capacity.
+    filter_rebuild: Option<FilterRebuild>,
+    /// Headroom of a rebuilt filter (`--key-filter-headroom`).
+    key_filter_headroom: u64,
     segment_bytes: u64,
     buf: Vec<u8>,
     /// SHA-256 of the active segment, for the manifest when it is sealed.
@@ -182,6 +186,7 @@ impl Writer {
         rec: Recovered,
         shared: Arc<Shared>,
         segment_bytes: u64,
+        key_filter_headroom: u64,
         backup_keep: usize,
         backup_copies: super::backup::Copies,
     ) -> (Self, index::Index) {
@@ -200,6 +205,8 @@ impl Writer {
             covered: rec.covered,
             seals_since_save: 0,
             filter_saver: None,
+            filter_rebuild: None,
+            key_filter_headroom,
             segment_bytes,
             buf: Vec::with_capacity(1 << 20),
             hasher: hasher::SegmentHasher::spawn(rec.active_sha256),
@@ -255,7 +262,11 @@ impl Writer {
                 super::consumers::apply(&self.shared, consumer_requests, self.next_seq - 1);
             }
             self.enforce_retention();
+            self.finish_filter_rebuild();
         }
+        // A rebuild still running is left to end with the process: the
+        // full filter saved below answers as correctly.
+        self.filter_rebuild = None;
         self.record_durable_floor();
         self.save_key_filter(false);
         tracing::info!(last_seq = self.next_seq - 1, "writer stopped");
@@ -643,40 +654,84 @@ impl Writer {
         super::sealed::find_key(&parts, &files, order, &ev.source, &ev.id)
     }
 
-    /// Builds the sealed segments' key filter anew, sized for the keys
-    /// they hold now (it was full; this also drops keys of segments that
-    /// retention deleted). Reads every sealed segment's key table, on the
-    /// writer: rare (each time the store has grown by an eighth since the
-    /// last build), about 16 bytes per sealed event. If a table cannot be
-    /// read, the full filter stays: fuller means more lookups, never a
-    /// wrong answer.
-    fn rebuild_sealed_keys(&mut self) {
+    /// Starts building the sealed segments' key filter anew, sized for the
+    /// keys they hold now (it is full; this also drops keys of segments
+    /// that retention deleted), on a thread of its own: reading every
+    /// sealed segment's key table (about 16 bytes per sealed event, 800 MB
+    /// at 50 million) took seconds on the writer, and every commit waited.
+    /// Meanwhile the full filter keeps answering (fuller means more
+    /// lookups, never a wrong answer) and the keys of segments sealed
+    /// since are kept for the new one ([`Self::finish_filter_rebuild`]).
+    fn start_filter_rebuild(&mut self) {
         let (parts, files) = {
             let idx = self.shared.index();
             (idx.sealed_list(), idx.segment_files().clone())
         };
-        let events: u64 = parts.iter().map(|p| p.summary.count()).sum();
-        let t0 = std::time::Instant::now();
-        let mut filter = KeyFilter::with_capacity(recovery::sealed_keys_capacity(events));
-        let mut covered = Vec::with_capacity(parts.len());
-        for p in &parts {
-            match p.key_orders(&files) {
-                Ok(orders) => orders.into_iter().for_each(|o| filter.insert(o)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot rebuild the sealed segments' key filter; keeping the full one");
-                    return;
+        let headroom = self.key_filter_headroom;
+        let build = move || {
+            let events: u64 = parts.iter().map(|p| p.summary.count()).sum();
+            let t0 = std::time::Instant::now();
+            let mut filter = KeyFilter::with_capacity(keyfilter::capacity_for(events, headroom));
+            let mut covered = Vec::with_capacity(parts.len());
+            for p in &parts {
+                match p.key_orders(&files) {
+                    Ok(orders) => orders.into_iter().for_each(|o| filter.insert(o)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot rebuild the sealed segments' key filter; keeping the full one");
+                        return None;
+                    }
                 }
+                covered.push(Covered::of(p.first_seq(), &p.summary.header.sha256));
             }
-            covered.push(Covered::of(p.first_seq(), &p.summary.header.sha256));
+            tracing::info!(
+                keys = filter.len(),
+                bytes = filter.heap_bytes(),
+                ms = t0.elapsed().as_millis() as u64,
+                "sealed segments' key filter rebuilt"
+            );
+            Some(Rebuilt { filter, covered })
+        };
+        match std::thread::Builder::new()
+            .name("msgbus-keyfilter-rebuild".into())
+            .spawn(build)
+        {
+            Ok(thread) => {
+                self.filter_rebuild = Some(FilterRebuild {
+                    thread,
+                    sealed_since: Vec::new(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to rebuild the key filter; the next seal tries again")
+            }
         }
-        tracing::info!(
-            keys = filter.len(),
-            bytes = filter.heap_bytes(),
-            ms = t0.elapsed().as_millis() as u64,
-            "sealed segments' key filter rebuilt"
-        );
-        self.shared.sealed_keys_mut().filter = filter;
-        self.covered = covered;
+    }
+
+    /// Swaps in the filter [`Self::start_filter_rebuild`] built, once it
+    /// is done, with the keys of the segments sealed since it started.
+    fn finish_filter_rebuild(&mut self) {
+        if !self
+            .filter_rebuild
+            .as_ref()
+            .is_some_and(|r| r.thread.is_finished())
+        {
+            return;
+        }
+        let Some(r) = self.filter_rebuild.take() else {
+            return;
+        };
+        let Ok(Some(mut rebuilt)) = r.thread.join() else {
+            return;
+        };
+        for (orders, entry) in r.sealed_since {
+            rebuilt.add_segment(&orders, entry);
+        }
+        self.shared.sealed_keys_mut().filter = rebuilt.filter;
+        self.covered = rebuilt.covered;
+        self.shared
+            .metrics
+            .key_filter_rebuilds
+            .fetch_add(1, Ordering::Relaxed);
         self.publish_key_filter_size();
         self.save_key_filter(true);
     }
@@ -729,7 +784,9 @@ impl Writer {
     /// ([`StoreError::TooManyOpenFiles`]), it changes nothing and can be
     /// tried again.
     fn seal_and_roll(&mut self) -> Result<()> {
+        let mut took = SealTimes::start();
         self.verify_active_file_before_seal()?;
+        took.lap(|t| &mut t.check);
         let data_dir = self.shared.data_dir.clone();
         let seg_dir = super::layout::segments_dir(&data_dir);
         let new_first = self.next_seq;
@@ -762,6 +819,7 @@ impl Writer {
                 ));
             }
         };
+        took.lap(|t| &mut t.hash);
         let sealed = SealedSegment {
             file: segment::file_name(self.active.first_seq),
             first_seq: self.active.first_seq,
@@ -780,6 +838,7 @@ impl Writer {
             .encode(&super::segindex::Header::of(&sealed));
         let idx_path = super::layout::segment_index_path(&data_dir, &sealed.file);
         let written = super::segindex::store(&data_dir, &sealed.file, &idx_bytes);
+        took.lap(|t| &mut t.index);
         // Readers of the sealed segment go through its index file from now
         // on, and its entries leave memory (if the file could not be
         // written, they stay until the next start).
@@ -827,6 +886,7 @@ impl Writer {
             return Err(err);
         }
         self.manifest = Arc::new(manifest);
+        took.lap(|t| &mut t.manifest);
         let reader = recovery::reader(&path, new_first, 0)?;
         let (index_pos, converted) = {
             let mut idx = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
@@ -849,6 +909,9 @@ impl Writer {
                 chunk.iter().for_each(|&o| keys.filter.insert(o));
                 over_capacity = keys.filter.is_over_capacity();
             }
+            if let Some(r) = &mut self.filter_rebuild {
+                r.sealed_since.push((orders, covered_entry.clone()));
+            }
             self.covered.push(covered_entry);
             self.dedup = DedupIndex::default();
         }
@@ -857,13 +920,25 @@ impl Writer {
         self.shared.sealed_keys_mut().before = new_first;
         if converted {
             self.seals_since_save += 1;
-            if over_capacity {
-                self.rebuild_sealed_keys();
+            if over_capacity && self.filter_rebuild.is_none() {
+                self.start_filter_rebuild();
             } else if self.seals_since_save >= keyfilter::SAVE_EVERY_SEALS {
                 self.save_key_filter(true);
             }
         }
-        tracing::info!(sealed = %self.active.path.display(), events = self.active.count, bytes = self.active.len, "segment sealed");
+        took.lap(|t| &mut t.keys);
+        tracing::info!(
+            sealed = %self.active.path.display(),
+            events = self.active.count,
+            bytes = self.active.len,
+            ms = took.total_ms(),
+            check_ms = took.check,
+            hash_ms = took.hash,
+            index_ms = took.index,
+            manifest_ms = took.manifest,
+            keys_ms = took.keys,
+            "segment sealed"
+        );
         self.active = ActiveSegment {
             file,
             path,
@@ -964,4 +1039,61 @@ fn command_bytes(cmd: &Command) -> usize {
         Command::Append { events, .. } => events.iter().map(|e| e.bytes().len() + 64).sum(),
         _ => 0,
     }
+}
+
+/// Where a seal's time went, in milliseconds (logged with "segment
+/// sealed"): every commit waits behind a seal, so its parts are what a
+/// publisher's worst latency is made of.
+#[derive(Debug)]
+struct SealTimes {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    /// Comparing the segment file with the writer's copy.
+    check: u64,
+    /// Finishing the segment's SHA-256.
+    hash: u64,
+    /// Encoding and writing its index file.
+    index: u64,
+    /// Replacing the manifest.
+    manifest: u64,
+    /// Swapping the index and moving its keys into the filter (with a
+    /// rebuild of the filter when it is over capacity).
+    keys: u64,
+}
+
+impl SealTimes {
+    fn start() -> Self {
+        let now = std::time::Instant::now();
+        SealTimes {
+            started: now,
+            last: now,
+            check: 0,
+            hash: 0,
+            index: 0,
+            manifest: 0,
+            keys: 0,
+        }
+    }
+
+    /// Charges the time since the last lap to the part `part` picks.
+    fn lap(&mut self, part: impl FnOnce(&mut Self) -> &mut u64) {
+        let now = std::time::Instant::now();
+        let ms = now.duration_since(self.last).as_millis() as u64;
+        *part(self) = ms;
+        self.last = now;
+    }
+
+    fn total_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// A key filter being rebuilt on its own thread.
+struct FilterRebuild {
+    /// Answers the new filter and the segments it holds, or `None` when a
+    /// key table could not be read (the full filter then stays).
+    thread: std::thread::JoinHandle<Option<Rebuilt>>,
+    /// The keys of each segment sealed since the rebuild listed the sealed
+    /// segments, to add before the swap.
+    sealed_since: Vec<(Vec<u64>, Covered)>,
 }

@@ -396,7 +396,11 @@ pub fn lock_released_soon(error: &(dyn std::error::Error + 'static), started: In
 pub fn open_store(dir: &Path) -> msgbus::store::error::Result<msgbus::store::recovery::Recovered> {
     let started = Instant::now();
     loop {
-        match msgbus::store::recovery::open(dir, 1 << 20) {
+        match msgbus::store::recovery::open(
+            dir,
+            1 << 20,
+            msgbus::store::keyfilter::DEFAULT_HEADROOM,
+        ) {
             Err(e) if lock_released_soon(&e, started) => {
                 std::thread::sleep(Duration::from_millis(10));
             }
