@@ -141,6 +141,7 @@ impl Application {
             Arc::new(js.clone()),
             None,
             alerts,
+            None,
             &config,
             keyring,
             shutdown_rx,

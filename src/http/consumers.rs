@@ -110,7 +110,7 @@ pub struct ConsumerView {
 }
 
 impl ConsumerView {
-    fn new(c: Consumer, head: u64, queues: &crate::queue::Queues) -> Self {
+    fn new(c: Consumer, head: u64, queues: &dyn crate::queue::QueueService) -> Self {
         let queue = c
             .queue
             .is_some()
@@ -562,7 +562,7 @@ pub async fn put(
             ),
             e => consumer_problem(e),
         })?;
-    let view = ConsumerView::new(c, state.store.head(), &state.queues);
+    let view = ConsumerView::new(c, state.store.head(), state.queues.as_ref());
     if created {
         let mut res = (StatusCode::CREATED, Json(view)).into_response();
         res.headers_mut().insert(header::LOCATION, location(&name));
@@ -588,7 +588,7 @@ pub async fn list(
             .consumers()
             .into_iter()
             .filter(|c| principal.scope.contains(&c.filter.scope))
-            .map(|c| ConsumerView::new(c, head, &state.queues))
+            .map(|c| ConsumerView::new(c, head, state.queues.as_ref()))
             .collect(),
     })
 }
@@ -634,7 +634,7 @@ pub async fn get_one(
     Ok(Json(ConsumerView::new(
         c,
         state.store.head(),
-        &state.queues,
+        state.queues.as_ref(),
     )))
 }
 
@@ -753,5 +753,10 @@ pub async fn ack(
         return Err(invalid(k, "unknown field; known: seq"));
     }
     let c = state.store.ack(name, seq).await.map_err(consumer_problem)?;
-    Ok(Json(ConsumerView::new(c, state.store.head(), &state.queues)).into_response())
+    Ok(Json(ConsumerView::new(
+        c,
+        state.store.head(),
+        state.queues.as_ref(),
+    ))
+    .into_response())
 }

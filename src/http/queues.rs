@@ -454,6 +454,7 @@ pub async fn nack(
     state
         .queues
         .nack(&c, seq, lease.as_deref(), Duration::from_secs_f64(delay))
+        .await
         .map_err(queue_problem)?;
     Ok(Json(LeaseAnswer { seq, lease_ms: 0 }))
 }
@@ -483,6 +484,7 @@ pub async fn extend(
     let lease_ms = state
         .queues
         .extend(&c, seq, lease.as_deref())
+        .await
         .map_err(queue_problem)?;
     Ok(Json(LeaseAnswer { seq, lease_ms }))
 }
@@ -523,11 +525,10 @@ pub async fn dead(
 ) -> Result<Json<DeadList>, Problem> {
     let name = body::path_param(name, "name")?;
     let c = queue_of(&state, &name, &principal)?;
-    let ledger = state.store.queue_ledger(&c.name).unwrap_or_default();
+    let dead = state.queues.dead(&c).await.map_err(queue_problem)?;
     Ok(Json(DeadList {
         consumer: c.name,
-        dead: ledger
-            .dead
+        dead: dead
             .into_iter()
             .map(|(seq, d)| DeadLetterView {
                 seq,
