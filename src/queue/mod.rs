@@ -21,6 +21,7 @@
 //! every second) returns expired leases and writes dead letters when no
 //! fetch comes.
 
+pub mod nats;
 pub mod state;
 
 use std::collections::HashMap;
