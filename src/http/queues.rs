@@ -20,6 +20,10 @@
 //! a client that retries an ack whose answer it lost may take that 409 as
 //! done. Nack and extend may name the lease (`lease`): a lease that is no
 //! longer the event's current one is refused with 409 (`lease-lost`).
+//!
+//! The handlers call [`crate::queue::QueueService`], whichever backend
+//! serves it; with `--backend nats` some answers differ where JetStream
+//! cannot tell (see `crate::jetstream::queues` and the README).
 
 use std::time::Duration;
 
@@ -65,13 +69,17 @@ pub struct QueueView {
     /// Events read and waiting for a worker.
     pub pending: u64,
     /// Stored events after the last one the queue read (of any type: the
-    /// filter is applied when they are read); they wait too.
+    /// filter is applied when they are read); they wait too. Always 0 with
+    /// `--backend nats`, whose `pending` counts every matching event not
+    /// yet delivered.
     pub unread: u64,
     /// Events leased now.
     pub leased: u64,
-    /// Events acknowledged since the server started.
+    /// Events acknowledged since the server started (with `--backend
+    /// nats`: through this instance).
     pub acknowledged: u64,
-    /// Deliveries after the first, since the server started.
+    /// Deliveries after the first, since the server started (with
+    /// `--backend nats`: events being redelivered now).
     pub redelivered: u64,
     /// Dead letters kept (durable).
     pub dead: u64,
@@ -552,6 +560,7 @@ pub async fn dead(
         (status = 409, description = "A cursor consumer, or a listed seq is not a dead letter (`not-dead`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "With `--backend nats`: JetStream cannot deliver a message again to a consumer that gave up on it", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )

@@ -432,10 +432,11 @@ impl JsQueues {
         let mut local = lock(&self.local);
         let l = local.entry(c.name.clone()).or_default();
         if l.created_at != c.created_at {
-            *l = Local {
-                created_at: c.created_at.clone(),
-                ..Local::default()
-            };
+            if !l.created_at.is_empty() {
+                // Deleted and created again: nothing of the old one holds.
+                *l = Local::default();
+            }
+            l.created_at = c.created_at.clone();
         }
         l.info = Some((Instant::now(), info.clone()));
         let floor = info.ack_floor.stream_seq;
