@@ -560,7 +560,6 @@ pub async fn dead(
         (status = 409, description = "A cursor consumer, or a listed seq is not a dead letter (`not-dead`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "With `--backend nats`: JetStream cannot deliver a message again to a consumer that gave up on it", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down or timed out", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )

@@ -26,8 +26,8 @@
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
 //!   followed by a KV watch so every instance shares them; queue
 //!   consumers are JetStream durable pull consumers, their dead letters
-//!   in a third bucket ([`queues`]); `"ordering": "subject"` and redrive
-//!   answer 501 ([`StoreError::Unsupported`]).
+//!   and redriven events in a third bucket ([`queues`]); `"ordering":
+//!   "subject"` answers 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
@@ -468,6 +468,7 @@ impl JetStream {
             js.clone(),
             &settings.stream,
             cfg.num_replicas,
+            stream.clone(),
             consumers.clone(),
             settings.queue_max_leases,
             head.subscribe(),

@@ -30,8 +30,13 @@
 //!   records the dead letter in the `<stream>_QUEUES` KV bucket (one key
 //!   per queue, a compare-and-set, so it is recorded once), and the one
 //!   whose write recorded it raises the alert.
-//! - Redrive is not available: JetStream cannot deliver a message again to
-//!   a consumer that gave up on it (501).
+//! - Redrive: JetStream cannot deliver a message again to a consumer that
+//!   gave up on it, so a redriven dead letter moves to the ledger's `redo`
+//!   entries, and fetches serve those first (the event by a direct get),
+//!   each with its own lease in the ledger: claimed, renewed, given back
+//!   and acknowledged by compare-and-set, so two instances never lease it
+//!   at once either. Its lease id starts with `r`. After `max_deliver`
+//!   more deliveries without an ack it is a dead letter again.
 //!
 //! This module knows the store only by its interface types (the
 //! architecture test checks it); the adapter to msgbus's queue interface
@@ -47,7 +52,38 @@ use tokio::sync::watch;
 
 use super::consumers::{self, compare_and_set, get_json, Consumers, CAS_TRIES};
 use super::{lock, API_TIMEOUT};
-use crate::store::{Consumer, ConsumerError, DeadLetter, Matcher, QueueLedger, StoreError};
+use crate::store::{Consumer, ConsumerError, DeadLetter, Matcher, StoreError};
+
+/// A queue's durable record in `<stream>_QUEUES`: its dead letters and
+/// the redriven ones waiting or leased again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    #[serde(default)]
+    dead: std::collections::BTreeMap<u64, DeadLetter>,
+    #[serde(default)]
+    redo: std::collections::BTreeMap<u64, Redo>,
+}
+
+/// A redriven event: its deliveries since the redrive and its lease.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Redo {
+    #[serde(default)]
+    attempts: u32,
+    /// Leased until then (Unix ms); waiting when in the past.
+    #[serde(default)]
+    until_ms: i64,
+    /// The current lease id (empty: not leased).
+    #[serde(default)]
+    lease: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 /// How long cached consumer info serves `stats`.
 const INFO_FRESH: Duration = Duration::from_secs(1);
@@ -181,6 +217,8 @@ pub struct JsQueues {
     stream: String,
     prefix: String,
     ledger: kv::Store,
+    /// The stream, for redriven events (direct get by seq).
+    events: jetstream::stream::Stream,
     consumers: Arc<Consumers>,
     max_leases: usize,
     /// The stream's newest seq.
@@ -247,11 +285,14 @@ struct Advisory {
 }
 
 impl JsQueues {
+    /// Opens the queues' KV bucket of `stream`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn open(
         client: async_nats::Client,
         js: jetstream::Context,
         stream: &str,
         replicas: usize,
+        events: jetstream::stream::Stream,
         consumers: Arc<Consumers>,
         max_leases: usize,
         head: watch::Receiver<u64>,
@@ -263,6 +304,7 @@ impl JsQueues {
             stream: stream.to_string(),
             prefix: stream.to_string(),
             ledger,
+            events,
             consumers,
             max_leases: max_leases.max(1),
             head,
@@ -477,12 +519,21 @@ impl JsQueues {
         let lease_ms = c.queue.map_or(0, |q| q.lease_ms);
         let matcher = Matcher::new(c.filter.clone());
         let deadline = tokio::time::Instant::now() + wait;
-        let mut got: Vec<Leased> = Vec::new();
+        let (mut got, mut next_redo) = self.claim_redo(c, max).await?;
+        if got.len() >= max {
+            return Ok(got);
+        }
         let mut recreated = false;
         loop {
+            // Redriven events came first: the rest without waiting.
             let now = tokio::time::Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            let no_wait = remaining < Duration::from_millis(100);
+            let mut remaining = deadline.saturating_duration_since(now);
+            if let Some(ms) = next_redo {
+                // Back in time for a redriven event whose lease ends.
+                let wait_ms = (ms - now_ms()).max(0) as u64 + 20;
+                remaining = remaining.min(Duration::from_millis(wait_ms));
+            }
+            let no_wait = remaining < Duration::from_millis(100) || !got.is_empty();
             let want = max - got.len();
             let inbox = self.client.new_inbox();
             let mut sub = self
@@ -506,7 +557,7 @@ impl JsQueues {
             let until = if no_wait {
                 now + API_TIMEOUT
             } else {
-                deadline + Duration::from_secs(1)
+                now + remaining + Duration::from_secs(1)
             };
             let mut missing = false;
             loop {
@@ -565,6 +616,11 @@ impl JsQueues {
                 self.ensure(c, false).await?;
                 continue;
             }
+            if got.len() < max && next_redo.is_some_and(|ms| ms <= now_ms()) {
+                let (more, next) = self.claim_redo(c, max - got.len()).await?;
+                got.extend(more);
+                next_redo = next;
+            }
             if !got.is_empty()
                 || tokio::time::Instant::now() + Duration::from_millis(100) >= deadline
                 || *shutdown.borrow()
@@ -584,12 +640,245 @@ impl JsQueues {
     }
 
     /// The dead letters of `c` and the ledger's revision.
-    async fn ledger_of(&self, name: &str) -> Result<(QueueLedger, Option<u64>), LeaseError> {
-        match get_json::<QueueLedger>(&self.ledger, consumers::key(name)).await {
+    async fn ledger_of(&self, name: &str) -> Result<(Ledger, Option<u64>), LeaseError> {
+        match get_json::<Ledger>(&self.ledger, consumers::key(name)).await {
             Ok(Some((l, rev))) => Ok((l, Some(rev))),
-            Ok(None) => Ok((QueueLedger::default(), None)),
+            Ok(None) => Ok((Ledger::default(), None)),
             Err((what, e)) => Err(unavailable(what, e)),
         }
+    }
+
+    /// Applies `change` to the ledger of `name` by compare-and-set
+    /// (retried when another instance wrote first); `change` answers what
+    /// to return, and `None` to write nothing.
+    async fn change_ledger<T>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut Ledger) -> Result<Option<T>, LeaseError>,
+    ) -> Result<Option<T>, LeaseError> {
+        for _ in 0..CAS_TRIES {
+            let (mut ledger, rev) = self.ledger_of(name).await?;
+            let Some(out) = change(&mut ledger)? else {
+                return Ok(None);
+            };
+            let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
+            match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
+                Ok(Some(_)) => {
+                    lock(&self.local).entry(name.to_string()).or_default().dead =
+                        ledger.dead.len() as u64;
+                    return Ok(Some(out));
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(unavailable("write the queue's ledger", e)),
+            }
+        }
+        Err(unavailable(
+            "write the queue's ledger",
+            "other instances kept changing it; retry",
+        ))
+    }
+
+    /// Moves dead letters of `c` (`seqs`, or all) to the redriven ones,
+    /// from attempt 1; answers the seqs.
+    pub async fn redrive(
+        &self,
+        c: &Consumer,
+        seqs: Option<Vec<u64>>,
+    ) -> Result<Vec<u64>, LeaseError> {
+        let done = self
+            .change_ledger(&c.name, |l| {
+                let seqs: Vec<u64> = match &seqs {
+                    Some(s) => s.clone(),
+                    None => l.dead.keys().copied().collect(),
+                };
+                if seqs.is_empty() {
+                    return Ok(None);
+                }
+                for s in &seqs {
+                    if !l.dead.contains_key(s) {
+                        return Err(ConsumerError::NotDead(*s).into());
+                    }
+                }
+                for s in &seqs {
+                    l.dead.remove(s);
+                    l.redo.insert(*s, Redo::default());
+                }
+                Ok(Some(seqs))
+            })
+            .await?;
+        Ok(done.unwrap_or_default())
+    }
+
+    /// Leases up to `max` redriven events of `c` whose lease is free (and
+    /// makes dead letters again of those out of deliveries); also answers
+    /// when the next redriven lease or nack delay ends (Unix ms), if any.
+    async fn claim_redo(
+        &self,
+        c: &Consumer,
+        max: usize,
+    ) -> Result<(Vec<Leased>, Option<i64>), LeaseError> {
+        let q = c.queue.unwrap_or(crate::store::QueueSpec {
+            lease_ms: 30_000,
+            max_deliver: 5,
+            ordered_by_subject: false,
+        });
+        let mut died = Vec::new();
+        let mut next = None;
+        let claimed = self
+            .change_ledger(&c.name, |l| {
+                died.clear();
+                let now = now_ms();
+                next = l
+                    .redo
+                    .values()
+                    .filter(|r| r.until_ms > now)
+                    .map(|r| r.until_ms)
+                    .min();
+                let free: Vec<u64> = l
+                    .redo
+                    .iter()
+                    .filter(|(_, r)| r.until_ms <= now)
+                    .map(|(s, _)| *s)
+                    .collect();
+                if free.is_empty() {
+                    return Ok(None);
+                }
+                let mut out = Vec::new();
+                for s in free {
+                    let Some(r) = l.redo.get_mut(&s) else {
+                        continue;
+                    };
+                    if r.attempts >= q.max_deliver {
+                        let attempts = r.attempts;
+                        l.redo.remove(&s);
+                        l.dead.insert(
+                            s,
+                            DeadLetter {
+                                attempts,
+                                at: now_rfc3339(),
+                                reason: format!(
+                                    "redriven, then delivered {attempts} times without an ack"
+                                ),
+                            },
+                        );
+                        died.push(s);
+                        continue;
+                    }
+                    if out.len() >= max {
+                        continue;
+                    }
+                    r.attempts += 1;
+                    r.until_ms = now + q.lease_ms as i64;
+                    next = Some(next.map_or(r.until_ms, |n: i64| n.min(r.until_ms)));
+                    r.lease = format!("r{}.{}", r.attempts, uuid::Uuid::new_v4().simple());
+                    out.push((s, r.attempts, r.lease.clone()));
+                }
+                if out.is_empty() && died.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(out))
+            })
+            .await?
+            .unwrap_or_default();
+        if !died.is_empty() {
+            let mut d = lock(&self.new_dead);
+            for s in &died {
+                if d.len() < MAX_NEW_DEAD {
+                    d.push((c.name.clone(), *s));
+                }
+            }
+        }
+        let mut got = Vec::new();
+        for (seq, attempt, lease) in claimed {
+            let event = match self.events.direct_get(seq).await {
+                Ok(m) => Some(m.payload),
+                Err(_) => self
+                    .events
+                    .get_raw_message(seq)
+                    .await
+                    .ok()
+                    .map(|m| m.payload),
+            };
+            match event {
+                Some(event) => got.push(Leased {
+                    seq,
+                    attempt,
+                    lease,
+                    lease_ms: q.lease_ms,
+                    event,
+                }),
+                None => {
+                    // Gone (retention): nothing to deliver.
+                    let _ = self
+                        .change_ledger(&c.name, |l| Ok(l.redo.remove(&seq).map(|_| ())))
+                        .await;
+                }
+            }
+        }
+        Ok((got, next))
+    }
+
+    /// A nack (`delay`) or extend (`None`) of a redriven event: answers
+    /// `None` when `seq` is not one.
+    async fn redo_lease(
+        &self,
+        c: &Consumer,
+        seq: u64,
+        lease: Option<&str>,
+        delay: Option<Duration>,
+    ) -> Result<Option<()>, LeaseError> {
+        let q = c.queue.map_or((30_000, 5), |q| (q.lease_ms, q.max_deliver));
+        let mut died = false;
+        let out = self
+            .change_ledger(&c.name, |l| {
+                died = false;
+                let now = now_ms();
+                let Some(r) = l.redo.get_mut(&seq) else {
+                    return Ok(None);
+                };
+                if r.until_ms <= now || r.lease.is_empty() {
+                    return Err(LeaseError::NotLeased(seq));
+                }
+                if let Some(named) = lease {
+                    if named != r.lease {
+                        return Err(LeaseError::LeaseLost {
+                            seq,
+                            lease: named.to_string(),
+                        });
+                    }
+                }
+                match delay {
+                    None => r.until_ms = now + q.0 as i64,
+                    Some(_) if r.attempts >= q.1 => {
+                        let attempts = r.attempts;
+                        l.redo.remove(&seq);
+                        l.dead.insert(
+                            seq,
+                            DeadLetter {
+                                attempts,
+                                at: now_rfc3339(),
+                                reason: format!(
+                                    "redriven, then delivered {attempts} times without an ack"
+                                ),
+                            },
+                        );
+                        died = true;
+                    }
+                    Some(d) => {
+                        r.until_ms = now + d.as_millis() as i64;
+                        r.lease.clear();
+                    }
+                }
+                Ok(Some(()))
+            })
+            .await?;
+        if died {
+            let mut d = lock(&self.new_dead);
+            if d.len() < MAX_NEW_DEAD {
+                d.push((c.name.clone(), seq));
+            }
+        }
+        Ok(out)
     }
 
     /// The dead letters of `c`, by seq.
@@ -615,10 +904,19 @@ impl JsQueues {
         if top > info.delivered.stream_seq {
             info = self.info(c).await?;
         }
-        let dead = self.ledger_of(&c.name).await?.0.dead;
+        let ledger = self.ledger_of(&c.name).await?.0;
+        let redo: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| ledger.redo.contains_key(s))
+            .collect();
+        let dead = ledger.dead;
         for &s in seqs {
             if dead.contains_key(&s) {
                 return Err(ConsumerError::Dead(s).into());
+            }
+            if redo.contains(&s) {
+                continue;
             }
             let acked_here = lock(&self.local)
                 .get(&c.name)
@@ -630,7 +928,17 @@ impl JsQueues {
                 return Err(LeaseError::NotPending(s));
             }
         }
-        let acks = seqs.iter().map(|&s| {
+        if !redo.is_empty() {
+            self.change_ledger(&c.name, |l| {
+                let mut any = false;
+                for s in &redo {
+                    any |= l.redo.remove(s).is_some();
+                }
+                Ok(any.then_some(()))
+            })
+            .await?;
+        }
+        let acks = seqs.iter().filter(|s| !redo.contains(s)).map(|&s| {
             let (dc, cseq) = self.known(c, s).unwrap_or((1, 0));
             self.confirm(self.ack_subject(c, dc, s, cseq), "+ACK")
         });
@@ -726,6 +1034,9 @@ impl JsQueues {
         lease: Option<&str>,
         delay: Duration,
     ) -> Result<(), LeaseError> {
+        if self.redo_lease(c, seq, lease, Some(delay)).await?.is_some() {
+            return Ok(());
+        }
         let (dc, cseq) = self.leased(c, seq, lease).await?;
         let body = if delay.is_zero() {
             "-NAK".to_string()
@@ -758,6 +1069,9 @@ impl JsQueues {
         seq: u64,
         lease: Option<&str>,
     ) -> Result<u64, LeaseError> {
+        if self.redo_lease(c, seq, lease, None).await?.is_some() {
+            return Ok(c.queue.map_or(0, |q| q.lease_ms));
+        }
         let (dc, cseq) = self.leased(c, seq, lease).await?;
         // nats-server's AckProgress is "+WPI" (sic); "+WIP" would be
         // answered and ignored.
@@ -816,34 +1130,23 @@ impl JsQueues {
     /// Records the dead letter of an advisory in the ledger; true when
     /// this write recorded it (another instance may have first).
     async fn record_dead(&self, name: &str, seq: u64, attempts: u64) -> Result<bool, LeaseError> {
-        for _ in 0..CAS_TRIES {
-            let (mut ledger, rev) = self.ledger_of(name).await?;
-            if ledger.dead.contains_key(&seq) {
-                return Ok(false);
-            }
-            ledger.dead.insert(
-                seq,
-                DeadLetter {
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    reason: format!("delivered {attempts} times without an ack"),
-                },
-            );
-            let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
-            match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
-                Ok(Some(_)) => {
-                    lock(&self.local).entry(name.to_string()).or_default().dead =
-                        ledger.dead.len() as u64;
-                    return Ok(true);
+        let done = self
+            .change_ledger(name, |l| {
+                if l.dead.contains_key(&seq) {
+                    return Ok(None);
                 }
-                Ok(None) => continue,
-                Err(e) => return Err(unavailable("write a dead letter", e)),
-            }
-        }
-        Err(unavailable(
-            "write a dead letter",
-            "other instances kept changing the ledger",
-        ))
+                l.dead.insert(
+                    seq,
+                    DeadLetter {
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        at: now_rfc3339(),
+                        reason: format!("delivered {attempts} times without an ack"),
+                    },
+                );
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(done.is_some())
     }
 
     /// Follows the MAX_DELIVERIES advisories of the stream's consumers and

@@ -14,12 +14,7 @@ use super::state::QueueError;
 use super::{dead_alert, DeadAlert, Delivery, QueueFailure, QueueLimits, QueueService, QueueStats};
 use crate::alerts::Alerts;
 use crate::jetstream::queues::{JsQueues, LeaseError};
-use crate::store::{BoxFuture, Consumer, ConsumerError, DeadLetter, StoreError};
-
-/// Why redrive answers 501 on NATS.
-const REDRIVE_UNSUPPORTED: &str = "redrive is not available with --backend nats: JetStream \
-     cannot deliver a message again to a consumer that gave up on it after max_deliver \
-     deliveries. The dead letters stay listed; republish their events to process them again";
+use crate::store::{BoxFuture, Consumer, ConsumerError, DeadLetter};
 
 /// The NATS backend's queues.
 pub struct NatsQueues {
@@ -154,11 +149,12 @@ impl QueueService for NatsQueues {
 
     fn redrive<'a>(
         &'a self,
-        _c: &'a Consumer,
-        _seqs: Option<Vec<u64>>,
+        c: &'a Consumer,
+        seqs: Option<Vec<u64>>,
     ) -> BoxFuture<'a, Result<Vec<u64>, QueueFailure>> {
         Box::pin(async move {
-            Err(ConsumerError::Store(StoreError::Unsupported(REDRIVE_UNSUPPORTED.into())).into())
+            queue_only(c)?;
+            self.js.redrive(c, seqs).await.map_err(failure)
         })
     }
 

@@ -15,6 +15,7 @@ on_both!(
     an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_once,
     extend_holds_a_lease_nack_delays_and_max_deliver_makes_a_dead_letter,
     queue_requests_are_checked,
+    a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once,
 );
 
 /// `count` events numbered from `first`, with subject `subject(n)`.
@@ -563,5 +564,97 @@ async fn queue_requests_are_checked(app: TestApp) {
     r.assert_problem_type(409, "not-leased", "extend of an acked event");
     assert_eq!(app.delete("/consumers/q").await.status, 204);
     assert_eq!(app.get("/consumers/q").await.status, 404);
+    app.stop().await;
+}
+
+async fn a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once(
+    app: TestApp,
+) {
+    create_queue(&app, "rd", json!({"max_deliver": 2, "lease": 1})).await;
+    app.publish_batch(&events(1, 2, |n| format!("s{n}"))).await;
+    // Seq 1 fails twice: a dead letter; seq 2 is done.
+    for attempt in 1..=2 {
+        let got = fetch(&app, "rd", 1, 5).await;
+        assert_eq!(seqs(&got), vec![1]);
+        assert_eq!(got[0]["attempt"], attempt);
+        let r = app
+            .post("/consumers/rd/nack", Some(&json!({"seq": 1})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let got = fetch(&app, "rd", 1, 2).await;
+    assert_eq!(seqs(&got), vec![2]);
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 2})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = app.get_json("/consumers/rd/dead").await;
+        if dead["dead"].as_array().unwrap().len() == 1 {
+            assert_eq!(dead["dead"][0]["seq"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = app
+        .post("/consumers/rd/dead/redrive", Some(&json!({"seqs": [2]})))
+        .await;
+    r.assert_problem_type(409, "not-dead", "redrive of an acked event");
+    let r = app.post("/consumers/rd/dead/redrive", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], json!([1]));
+    assert!(app.get_json("/consumers/rd/dead").await["dead"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Back from attempt 1, leased to one worker at a time.
+    let got = fetch(&app, "rd", 10, 2).await;
+    assert_eq!(seqs(&got), vec![1]);
+    assert_eq!(got[0]["attempt"], 1);
+    assert!(fetch(&app, "rd", 10, 0).await.is_empty(), "leased once");
+    let r = app
+        .post(
+            "/consumers/rd/extend",
+            Some(&json!({"seq": 1, "lease": got[0]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post(
+            "/consumers/rd/nack",
+            Some(&json!({"seq": 1, "lease": "not-its-lease"})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Its lease runs out: another worker gets it, attempt 2; the first
+    // lease is lost.
+    let again = fetch(&app, "rd", 10, 5).await;
+    assert_eq!(seqs(&again), vec![1]);
+    assert_eq!(again[0]["attempt"], 2);
+    let r = app
+        .post(
+            "/consumers/rd/extend",
+            Some(&json!({"seq": 1, "lease": got[0]["lease"]})),
+        )
+        .await;
+    r.assert_problem_type(409, "lease-lost", "extend of the first lease");
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 1})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 1})))
+        .await;
+    r.assert_problem_type(409, "already-acknowledged", "a second ack");
+    assert!(fetch(&app, "rd", 10, 1).await.is_empty(), "nothing waits");
+    assert!(app.get_json("/consumers/rd/dead").await["dead"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     app.stop().await;
 }
