@@ -137,10 +137,17 @@ impl Application {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let queues: Arc<dyn crate::queue::QueueService> =
+            Arc::new(crate::queue::nats::NatsQueues::new(
+                js.queues(),
+                alerts.clone(),
+                crate::queue::QueueLimits::of(&config),
+            ));
         let state = AppState::with_store(
             Arc::new(js.clone()),
             None,
             alerts,
+            Some(queues),
             &config,
             keyring,
             shutdown_rx,

@@ -351,6 +351,8 @@ impl MigrateArgs {
             max_age: None,
             max_bytes: None,
             max_event_bytes,
+            // Migrating creates no queue consumer.
+            queue_max_leases: 1,
         }
     }
 }

@@ -530,6 +530,7 @@ impl ServeConfig {
             max_age: self.retention_max_age,
             max_bytes: self.retention_max_bytes,
             max_event_bytes: self.max_event_bytes,
+            queue_max_leases: self.queue_max_leases.max(1),
         }
     }
 

@@ -90,6 +90,8 @@ const JETSTREAM_MAY_USE: &[&str] = &[
     "QueueSpec",
     "QueueDelta",
     "QueueLedger",
+    // A queue ledger's dead letters (the NATS backend keeps them in KV).
+    "DeadLetter",
     "SchemaLimits",
     "SchemaType",
     "SchemaVersion",

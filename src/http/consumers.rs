@@ -110,7 +110,7 @@ pub struct ConsumerView {
 }
 
 impl ConsumerView {
-    fn new(c: Consumer, head: u64, queues: &crate::queue::Queues) -> Self {
+    fn new(c: Consumer, head: u64, queues: &dyn crate::queue::QueueService) -> Self {
         let queue = c
             .queue
             .is_some()
@@ -507,6 +507,7 @@ fn location(name: &str) -> HeaderValue {
         (status = 409, description = "Creating it would pass --max-consumers, or `mode` differs from the existing consumer's", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 characters, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`\"ordering\": \"subject\"` with `--backend nats` (no JetStream equivalent)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),
@@ -562,7 +563,7 @@ pub async fn put(
             ),
             e => consumer_problem(e),
         })?;
-    let view = ConsumerView::new(c, state.store.head(), &state.queues);
+    let view = ConsumerView::new(c, state.store.head(), state.queues.as_ref());
     if created {
         let mut res = (StatusCode::CREATED, Json(view)).into_response();
         res.headers_mut().insert(header::LOCATION, location(&name));
@@ -588,7 +589,7 @@ pub async fn list(
             .consumers()
             .into_iter()
             .filter(|c| principal.scope.contains(&c.filter.scope))
-            .map(|c| ConsumerView::new(c, head, &state.queues))
+            .map(|c| ConsumerView::new(c, head, state.queues.as_ref()))
             .collect(),
     })
 }
@@ -634,7 +635,7 @@ pub async fn get_one(
     Ok(Json(ConsumerView::new(
         c,
         state.store.head(),
-        &state.queues,
+        state.queues.as_ref(),
     )))
 }
 
@@ -753,5 +754,10 @@ pub async fn ack(
         return Err(invalid(k, "unknown field; known: seq"));
     }
     let c = state.store.ack(name, seq).await.map_err(consumer_problem)?;
-    Ok(Json(ConsumerView::new(c, state.store.head(), &state.queues)).into_response())
+    Ok(Json(ConsumerView::new(
+        c,
+        state.store.head(),
+        state.queues.as_ref(),
+    ))
+    .into_response())
 }

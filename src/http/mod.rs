@@ -105,7 +105,7 @@ pub struct AppStateParts {
     /// Access control: the tokens and the failed-authentication limits.
     pub auth: Arc<auth::Auth>,
     /// The queue consumers' leases (`/consumers/{name}/fetch`).
-    pub queues: Arc<crate::queue::Queues>,
+    pub queues: Arc<dyn crate::queue::QueueService>,
     /// The compiled payload schemas, refreshed after each change.
     pub schemas: Arc<crate::schemas::Registry>,
 }
@@ -163,6 +163,7 @@ impl AppState {
             Arc::new(store.clone()),
             Some(store),
             alerts,
+            None,
             config,
             keyring,
             shutdown,
@@ -170,24 +171,25 @@ impl AppState {
     }
 
     /// State for a server with `config` over any [`Store`]; `file_store`
-    /// is the file store's handle when that is the backend.
+    /// is the file store's handle when that is the backend; `queues` the
+    /// backend's work queues (`None`: the file backend's, over
+    /// `dyn_store`).
     pub fn with_store(
         dyn_store: Arc<dyn Store>,
         file_store: Option<StoreHandle>,
         alerts: Arc<crate::alerts::Alerts>,
+        queues: Option<Arc<dyn crate::queue::QueueService>>,
         config: &ServeConfig,
         keyring: Arc<crate::auth::Keyring>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let queues = Arc::new(crate::queue::Queues::new(
-            dyn_store.clone(),
-            alerts.clone(),
-            crate::queue::QueueLimits {
-                max_leases: config.queue_max_leases.max(1),
-                max_acked: config.queue_max_acked.max(1),
-                max_read_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
-            },
-        ));
+        let queues = queues.unwrap_or_else(|| {
+            Arc::new(crate::queue::Queues::new(
+                dyn_store.clone(),
+                alerts.clone(),
+                crate::queue::QueueLimits::of(config),
+            ))
+        });
         let schemas = Arc::new(crate::schemas::Registry::new(&config.public_url));
         schemas.refresh(&dyn_store.schema_catalog());
         AppState(Arc::new(AppStateParts {

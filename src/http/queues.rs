@@ -20,6 +20,10 @@
 //! a client that retries an ack whose answer it lost may take that 409 as
 //! done. Nack and extend may name the lease (`lease`): a lease that is no
 //! longer the event's current one is refused with 409 (`lease-lost`).
+//!
+//! The handlers call [`crate::queue::QueueService`], whichever backend
+//! serves it; with `--backend nats` some answers differ where JetStream
+//! cannot tell (see `crate::jetstream::queues` and the README).
 
 use std::time::Duration;
 
@@ -65,13 +69,17 @@ pub struct QueueView {
     /// Events read and waiting for a worker.
     pub pending: u64,
     /// Stored events after the last one the queue read (of any type: the
-    /// filter is applied when they are read); they wait too.
+    /// filter is applied when they are read); they wait too. Always 0 with
+    /// `--backend nats`, whose `pending` counts every matching event not
+    /// yet delivered.
     pub unread: u64,
     /// Events leased now.
     pub leased: u64,
-    /// Events acknowledged since the server started.
+    /// Events acknowledged since the server started (with `--backend
+    /// nats`: through this instance).
     pub acknowledged: u64,
-    /// Deliveries after the first, since the server started.
+    /// Deliveries after the first, since the server started (with
+    /// `--backend nats`: events being redelivered now).
     pub redelivered: u64,
     /// Dead letters kept (durable).
     pub dead: u64,
@@ -454,6 +462,7 @@ pub async fn nack(
     state
         .queues
         .nack(&c, seq, lease.as_deref(), Duration::from_secs_f64(delay))
+        .await
         .map_err(queue_problem)?;
     Ok(Json(LeaseAnswer { seq, lease_ms: 0 }))
 }
@@ -483,6 +492,7 @@ pub async fn extend(
     let lease_ms = state
         .queues
         .extend(&c, seq, lease.as_deref())
+        .await
         .map_err(queue_problem)?;
     Ok(Json(LeaseAnswer { seq, lease_ms }))
 }
@@ -523,11 +533,10 @@ pub async fn dead(
 ) -> Result<Json<DeadList>, Problem> {
     let name = body::path_param(name, "name")?;
     let c = queue_of(&state, &name, &principal)?;
-    let ledger = state.store.queue_ledger(&c.name).unwrap_or_default();
+    let dead = state.queues.dead(&c).await.map_err(queue_problem)?;
     Ok(Json(DeadList {
         consumer: c.name,
-        dead: ledger
-            .dead
+        dead: dead
             .into_iter()
             .map(|(seq, d)| DeadLetterView {
                 seq,

@@ -283,10 +283,11 @@ impl Consumers {
         first_seq: u64,
         head: u64,
     ) -> Result<(Consumer, bool), ConsumerError> {
-        if queue.is_some() {
+        if queue.is_some_and(|q| q.ordered_by_subject) {
             return Err(ConsumerError::Store(StoreError::Unsupported(
-                "queue consumers (\"mode\": \"queue\") are not available with --backend nats yet; \
-                 use cursor consumers, or --backend file"
+                "\"ordering\": \"subject\" (one event per subject in flight) has no JetStream \
+                 equivalent and is not available with --backend nats; use \"ordering\": \"none\", \
+                 or --backend file"
                     .into(),
             )));
         }
@@ -297,6 +298,12 @@ impl Consumers {
                 (_, None) if count >= max_consumers => Err(ConsumerError::TooMany {
                     limit: max_consumers,
                 }),
+                (_, Some((c, _))) if c.queue.is_some() != queue.is_some() => {
+                    Err(ConsumerError::ModeChange {
+                        name: name.clone(),
+                        mode: if c.queue.is_some() { "queue" } else { "cursor" },
+                    })
+                }
                 (None, Some((c, _))) => Ok(c.cursor),
                 (None, None) | (Some(ConsumerStart::Earliest), _) => Ok(first_seq - 1),
                 (Some(ConsumerStart::Latest), _) => Ok(head),
@@ -317,7 +324,7 @@ impl Consumers {
                     .as_ref()
                     .map_or_else(now, |(c, _)| c.created_at.clone()),
                 updated_at: now(),
-                queue: None,
+                queue,
             };
             if self.commit(&c, existing.map(|(_, r)| r)).await? {
                 return Ok((c, created));

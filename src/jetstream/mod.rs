@@ -25,14 +25,16 @@
 //! - durable (cursor) consumers live in a KV bucket beside the stream
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
 //!   followed by a KV watch so every instance shares them; queue
-//!   consumers are not mapped yet: they answer 501
-//!   ([`StoreError::Unsupported`]).
+//!   consumers are JetStream durable pull consumers, their dead letters
+//!   and redriven events in a third bucket ([`queues`]); `"ordering":
+//!   "subject"` answers 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
 
 pub mod consumers;
 pub mod migrate;
+pub mod queues;
 pub mod schemas;
 pub mod subject;
 
@@ -112,6 +114,9 @@ pub struct Settings {
     /// The largest event msgbus accepts (`--max-event-bytes`), checked
     /// against the servers' largest message at start.
     pub max_event_bytes: u64,
+    /// Most events leased at once per queue consumer
+    /// (`--queue-max-leases`): its JetStream consumer's MaxAckPending.
+    pub queue_max_leases: usize,
 }
 
 /// How to connect: credentials, TLS and the connect timeout (the same
@@ -251,6 +256,7 @@ struct Shared {
     atomic: bool,
     head: watch::Sender<u64>,
     consumers: Arc<consumers::Consumers>,
+    queues: Arc<queues::JsQueues>,
     schemas: Arc<schemas::Schemas>,
     state: Mutex<StreamState>,
     /// Events per type, refreshed by [`count_types`].
@@ -457,6 +463,17 @@ impl JetStream {
             schemas::Schemas::open(&js, &settings.stream, cfg.num_replicas, info.max_payload)
                 .await?;
         let (head, _) = watch::channel(state.last_seq);
+        let queues = queues::JsQueues::open(
+            client.clone(),
+            js.clone(),
+            &settings.stream,
+            cfg.num_replicas,
+            stream.clone(),
+            consumers.clone(),
+            settings.queue_max_leases,
+            head.subscribe(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             client,
             js,
@@ -467,6 +484,7 @@ impl JetStream {
             atomic,
             head,
             consumers: consumers.clone(),
+            queues: queues.clone(),
             schemas: schemas.clone(),
             state: Mutex::new(state),
             type_counts: Mutex::default(),
@@ -480,6 +498,12 @@ impl JetStream {
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
+                tokio::time::sleep(INFO_EVERY).await;
+            }
+        }));
+        lock(&tasks.0).push(tokio::spawn(async move {
+            loop {
+                queues.follow_dead().await;
                 tokio::time::sleep(INFO_EVERY).await;
             }
         }));
@@ -503,6 +527,11 @@ impl JetStream {
     /// The stream's subject prefix (its name).
     pub fn prefix(&self) -> &str {
         &self.shared.prefix
+    }
+
+    /// The work queues of the stream, as this instance serves them.
+    pub fn queues(&self) -> Arc<queues::JsQueues> {
+        self.shared.queues.clone()
     }
 }
 
@@ -1194,8 +1223,8 @@ impl Shared {
     }
 }
 
-const QUEUES_UNSUPPORTED: &str = "queue consumers (\"mode\": \"queue\") are not available with \
-     --backend nats yet; use cursor consumers, or --backend file";
+const QUEUES_UNSUPPORTED: &str = "the queue ledger is the file store's; with --backend nats the \
+     queue consumers' leases and dead letters are JetStream's (jetstream::queues)";
 
 fn consumers_unsupported() -> ConsumerError {
     ConsumerError::Store(StoreError::Unsupported(QUEUES_UNSUPPORTED.into()))
@@ -1270,15 +1299,19 @@ impl Store for JetStream {
         queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, Result<(Consumer, bool), ConsumerError>> {
         let s = &self.shared;
-        Box::pin(s.consumers.put(
-            name,
-            filter,
-            start,
-            max_consumers,
-            queue,
-            s.first_seq(),
-            *s.head.borrow(),
-        ))
+        let (first, head) = (s.first_seq(), *s.head.borrow());
+        Box::pin(async move {
+            let (c, created) = s
+                .consumers
+                .put(name, filter, start, max_consumers, queue, first, head)
+                .await?;
+            if c.queue.is_some() {
+                // The JetStream consumer follows the record (a fetch makes
+                // it again if this fails).
+                s.queues.ensure(&c, created || start.is_some()).await?;
+            }
+            Ok((c, created))
+        })
     }
 
     fn queue_ledger(&self, _name: &str) -> Option<QueueLedger> {
@@ -1307,7 +1340,13 @@ impl Store for JetStream {
     }
 
     fn delete_consumer(&self, name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        Box::pin(self.shared.consumers.delete(name))
+        Box::pin(async move {
+            let c = self.shared.consumers.delete(name).await?;
+            if c.queue.is_some() {
+                self.shared.queues.remove(&c).await?;
+            }
+            Ok(c)
+        })
     }
 
     fn put_schema(

@@ -21,6 +21,7 @@
 //! every second) returns expired leases and writes dead letters when no
 //! fetch comes.
 
+pub mod nats;
 pub mod state;
 
 use std::collections::HashMap;
@@ -33,7 +34,8 @@ use tokio::sync::watch;
 
 use crate::alerts::{Alerts, Severity};
 use crate::store::{
-    Consumer, ConsumerError, DeadLetter, Matcher, QueueDelta, QueueSpec, Store, StoreError,
+    BoxFuture, Consumer, ConsumerError, DeadLetter, Matcher, QueueDelta, QueueSpec, Store,
+    StoreError,
 };
 use state::{Commit, Item, QueueError, QueueState};
 
@@ -59,6 +61,17 @@ pub struct QueueLimits {
     pub max_acked: usize,
     /// Most event bytes read in one step.
     pub max_read_bytes: usize,
+}
+
+impl QueueLimits {
+    /// The limits `msgbus serve` was given.
+    pub fn of(config: &crate::config::ServeConfig) -> Self {
+        QueueLimits {
+            max_leases: config.queue_max_leases.max(1),
+            max_acked: config.queue_max_acked.max(1),
+            max_read_bytes: usize::try_from(config.max_page_bytes).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// Why a queue request failed.
@@ -121,6 +134,102 @@ pub struct QueueStats {
     pub oldest_unacked_age_seconds: Option<f64>,
 }
 
+/// The work queues as the HTTP layer sees them: one interface, two
+/// implementations chosen where the application state is built: [`Queues`]
+/// (the file backend: leases in this process, the ledger in the store) and
+/// [`nats::NatsQueues`] (the NATS backend: leases kept by JetStream pull
+/// consumers, so every msgbus instance serving the stream shares them).
+/// Object-safe, with boxed futures, as the store interface is.
+pub trait QueueService: Send + Sync + std::fmt::Debug {
+    /// Leases up to `max` events of queue consumer `c`, waiting up to
+    /// `wait` (or until `shutdown`) when none is available.
+    fn fetch<'a>(
+        &'a self,
+        c: &'a Consumer,
+        max: usize,
+        wait: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueFailure>>;
+
+    /// Acknowledges `seqs` of `c` (all or none where the backend can tell
+    /// beforehand), durably; answers the ack floor.
+    fn ack<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<u64, QueueFailure>>;
+
+    /// Gives a leased event back, to be delivered again after `delay`.
+    fn nack<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seq: u64,
+        lease: Option<&'a str>,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<(), QueueFailure>>;
+
+    /// Renews a lease; answers the milliseconds until it runs out.
+    fn extend<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seq: u64,
+        lease: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, QueueFailure>>;
+
+    /// The dead letters of `c`, by seq.
+    fn dead<'a>(
+        &'a self,
+        c: &'a Consumer,
+    ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueFailure>>;
+
+    /// Puts dead letters of `c` back in the queue: `seqs`, or all of them.
+    /// Answers the seqs redriven.
+    fn redrive<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seqs: Option<Vec<u64>>,
+    ) -> BoxFuture<'a, Result<Vec<u64>, QueueFailure>>;
+
+    /// The numbers of `c` (never waits long: a backend that must ask a
+    /// server answers from a short cache).
+    fn stats(&self, c: &Consumer) -> QueueStats;
+
+    /// Every [`REAP_EVERY`]: the backend's periodic work (expired leases,
+    /// dead letters, their alerts).
+    fn reap(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Raises the dead-letter alert of consumer `c` in `alerts`, at most once
+/// per [`DEAD_ALERT_EVERY`]: dead letters in between wait in `a` for the
+/// next one (the reaper raises it when the time has come).
+pub(crate) fn dead_alert(alerts: &Alerts, a: &Mutex<DeadAlert>, c: &Consumer, seqs: &[u64]) {
+    let mut a = a.lock().unwrap_or_else(|e| e.into_inner());
+    a.waiting.extend_from_slice(seqs);
+    let due = a.last.is_none_or(|t| t.elapsed() >= DEAD_ALERT_EVERY);
+    if a.waiting.is_empty() || !due {
+        return;
+    }
+    a.last = Some(Instant::now());
+    let seqs = std::mem::take(&mut a.waiting);
+    let shown: Vec<String> = seqs.iter().take(10).map(u64::to_string).collect();
+    let more = if seqs.len() > 10 { ", …" } else { "" };
+    alerts.raise(
+        Severity::Warning,
+        "dead_letter",
+        None,
+        format!(
+            "{} event(s) of queue consumer {:?} became dead letters after {} deliveries without an ack (seqs {}{more}); \
+             see GET /consumers/{}/dead, and POST /consumers/{}/dead/redrive to deliver them again",
+            seqs.len(),
+            c.name,
+            c.queue.map_or(0, |q| q.max_deliver),
+            shown.join(", "),
+            c.name,
+            c.name,
+        ),
+    );
+}
+
 struct Entry {
     /// The consumer it was built for (rebuilt when it changes).
     consumer: Consumer,
@@ -131,8 +240,10 @@ struct Entry {
     alert: Mutex<DeadAlert>,
 }
 
-#[derive(Default)]
-struct DeadAlert {
+/// When a consumer's last dead-letter alert was raised, and the dead
+/// letters waiting for the next one.
+#[derive(Debug, Default)]
+pub(crate) struct DeadAlert {
     last: Option<Instant>,
     waiting: Vec<u64>,
 }
@@ -219,7 +330,7 @@ impl Queues {
 
     /// Leases up to `max` events of queue consumer `c`, waiting up to
     /// `wait` (or until `shutdown`) when none is available.
-    pub async fn fetch(
+    async fn fetch_now(
         &self,
         c: &Consumer,
         max: usize,
@@ -308,7 +419,7 @@ impl Queues {
         if !gone.is_empty() {
             // Retention deleted them after they were read: nothing to
             // deliver, so they are done.
-            let _ = self.ack(c, &gone).await;
+            let _ = self.ack_now(c, &gone).await;
         }
         Ok(out)
     }
@@ -395,40 +506,13 @@ impl Queues {
         Self::lock(e).finish(c, result.as_ref().ok().copied(), dead);
     }
 
-    /// Raises the dead-letter alert of `e`, at most once per
-    /// [`DEAD_ALERT_EVERY`]: dead letters in between wait for the next one
-    /// (the reaper raises it when the time has come).
     fn dead_alert(&self, e: &Entry, seqs: &[u64]) {
-        let mut a = e.alert.lock().unwrap_or_else(|e| e.into_inner());
-        a.waiting.extend_from_slice(seqs);
-        let due = a.last.is_none_or(|t| t.elapsed() >= DEAD_ALERT_EVERY);
-        if a.waiting.is_empty() || !due {
-            return;
-        }
-        a.last = Some(Instant::now());
-        let seqs = std::mem::take(&mut a.waiting);
-        let shown: Vec<String> = seqs.iter().take(10).map(u64::to_string).collect();
-        let more = if seqs.len() > 10 { ", …" } else { "" };
-        self.alerts.raise(
-            Severity::Warning,
-            "dead_letter",
-            None,
-            format!(
-                "{} event(s) of queue consumer {:?} became dead letters after {} deliveries without an ack (seqs {}{more}); \
-                 see GET /consumers/{}/dead, and POST /consumers/{}/dead/redrive to deliver them again",
-                seqs.len(),
-                e.consumer.name,
-                e.consumer.queue.map_or(0, |q| q.max_deliver),
-                shown.join(", "),
-                e.consumer.name,
-                e.consumer.name,
-            ),
-        );
+        dead_alert(&self.alerts, &e.alert, &e.consumer, seqs);
     }
 
     /// Acknowledges `seqs` of queue consumer `c` (all or none), durably;
     /// answers the ack floor.
-    pub async fn ack(&self, c: &Consumer, seqs: &[u64]) -> Result<u64, QueueFailure> {
+    async fn ack_now(&self, c: &Consumer, seqs: &[u64]) -> Result<u64, QueueFailure> {
         let e = self.entry(c)?;
         let begun = Self::lock(&e).begin_ack(seqs);
         let commit = match begun {
@@ -458,7 +542,7 @@ impl Queues {
     }
 
     /// Gives a leased event back, to be delivered again after `delay`.
-    pub fn nack(
+    fn nack_now(
         &self,
         c: &Consumer,
         seq: u64,
@@ -471,7 +555,7 @@ impl Queues {
     }
 
     /// Renews a lease; answers the milliseconds until it runs out.
-    pub fn extend(&self, c: &Consumer, seq: u64, lease: Option<&str>) -> Result<u64, QueueFailure> {
+    fn extend_now(&self, c: &Consumer, seq: u64, lease: Option<&str>) -> Result<u64, QueueFailure> {
         let e = self.entry(c)?;
         let now = Instant::now();
         let until = Self::lock(&e).extend(seq, lease, now)?;
@@ -480,7 +564,7 @@ impl Queues {
 
     /// Puts dead letters of `c` back in the queue: `seqs`, or all of them.
     /// Answers the seqs redriven.
-    pub async fn redrive(
+    async fn redrive_now(
         &self,
         c: &Consumer,
         seqs: Option<Vec<u64>>,
@@ -510,7 +594,7 @@ impl Queues {
     }
 
     /// The numbers of queue consumer `c`.
-    pub fn stats(&self, c: &Consumer) -> QueueStats {
+    fn stats_now(&self, c: &Consumer) -> QueueStats {
         let Ok(e) = self.entry(c) else {
             return QueueStats::default();
         };
@@ -533,7 +617,7 @@ impl Queues {
 
     /// Every second: returns expired leases, writes dead letters, raises
     /// the dead-letter alerts that waited, and forgets deleted consumers.
-    pub async fn reap(&self) {
+    async fn reap_now(&self) {
         let entries: Vec<Arc<Entry>> = {
             let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             map.retain(|name, e| self.store.consumer(name).as_ref() == Some(&e.consumer));
@@ -543,5 +627,70 @@ impl Queues {
             self.settle(&e).await;
             self.dead_alert(&e, &[]);
         }
+    }
+}
+
+impl QueueService for Queues {
+    fn fetch<'a>(
+        &'a self,
+        c: &'a Consumer,
+        max: usize,
+        wait: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueFailure>> {
+        Box::pin(self.fetch_now(c, max, wait, shutdown))
+    }
+
+    fn ack<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<u64, QueueFailure>> {
+        Box::pin(self.ack_now(c, seqs))
+    }
+
+    fn nack<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seq: u64,
+        lease: Option<&'a str>,
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<(), QueueFailure>> {
+        let r = self.nack_now(c, seq, lease, delay);
+        Box::pin(async move { r })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seq: u64,
+        lease: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, QueueFailure>> {
+        let r = self.extend_now(c, seq, lease);
+        Box::pin(async move { r })
+    }
+
+    fn dead<'a>(
+        &'a self,
+        c: &'a Consumer,
+    ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueFailure>> {
+        let ledger = self.store.queue_ledger(&c.name).unwrap_or_default();
+        Box::pin(async move { Ok(ledger.dead.into_iter().collect()) })
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        c: &'a Consumer,
+        seqs: Option<Vec<u64>>,
+    ) -> BoxFuture<'a, Result<Vec<u64>, QueueFailure>> {
+        Box::pin(self.redrive_now(c, seqs))
+    }
+
+    fn stats(&self, c: &Consumer) -> QueueStats {
+        self.stats_now(c)
+    }
+
+    fn reap(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.reap_now())
     }
 }

@@ -19,6 +19,7 @@ mod fds;
 mod guard;
 mod long_poll;
 mod nats_backend;
+mod nats_queues;
 mod ops;
 mod processes;
 mod publish;

@@ -87,15 +87,6 @@ async fn the_file_backends_admin_routes_answer_501() {
     }
     // Tokens are the HTTP layer's, not the file store's: still served.
     assert_eq!(app.get("/admin/tokens").await.status, 200);
-    // Queue consumers are not mapped yet: 501 too, saying so.
-    let problem = app
-        .put("/consumers/q", &json!({"mode": "queue"}))
-        .await
-        .assert_problem_type(501, "not-implemented", "PUT /consumers/q");
-    assert!(
-        problem["detail"].as_str().unwrap().contains("queue"),
-        "{problem}"
-    );
 }
 
 /// Polls `/health/ready` until its status is `want`, for at most `within`.

@@ -9,7 +9,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::http::{error_fields, metric, Api};
-use crate::common::server::{spawn_app, spawn_app_with};
+use crate::common::server::{on_both, spawn_app, spawn_app_with, TestApp};
+
+on_both!(
+    an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_once,
+    extend_holds_a_lease_nack_delays_and_max_deliver_makes_a_dead_letter,
+    queue_requests_are_checked,
+    a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once,
+);
 
 /// `count` events numbered from `first`, with subject `subject(n)`.
 pub fn events(first: u64, count: u64, subject: impl Fn(u64) -> String) -> Vec<Value> {
@@ -180,9 +187,7 @@ async fn a_poison_event_becomes_a_dead_letter_with_one_alert_and_redrive_brings_
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_once() {
-    let app = spawn_app().await;
+async fn an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_once(app: TestApp) {
     create_queue(&app, "w", json!({"lease": 0.5})).await;
     app.publish_batch(&events(1, 2, |_| "s".into())).await;
     let first = fetch(&app, "w", 1, 0).await;
@@ -397,5 +402,259 @@ async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order(
     }
     let c = app.get_json("/consumers/ord").await;
     assert_eq!(c["queue"]["ack_floor"], total, "{c}");
+    app.stop().await;
+}
+
+async fn extend_holds_a_lease_nack_delays_and_max_deliver_makes_a_dead_letter(app: TestApp) {
+    create_queue(&app, "jobs", json!({"max_deliver": 2, "lease": 1})).await;
+    app.publish_batch(&events(1, 3, |n| format!("s{n}"))).await;
+    // Extended past its lease, an event stays with its worker.
+    let held = fetch(&app, "jobs", 1, 0).await;
+    assert_eq!(seqs(&held), vec![1]);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let r = app
+            .post(
+                "/consumers/jobs/extend",
+                Some(&json!({"seq": 1, "lease": held[0]["lease"]})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["lease_ms"], 1000);
+    }
+    let other = fetch(&app, "jobs", 1, 0).await;
+    assert_eq!(
+        seqs(&other),
+        vec![2],
+        "1 is still leased: {held:?} {other:?}"
+    );
+    let r = app
+        .post("/consumers/jobs/ack", Some(&json!({"seqs": [1, 2]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A nack with a delay: not before it.
+    let got = fetch(&app, "jobs", 1, 0).await;
+    assert_eq!(seqs(&got), vec![3]);
+    assert_eq!(got[0]["attempt"], 1);
+    let r = app
+        .post(
+            "/consumers/jobs/nack",
+            Some(&json!({"seq": 3, "lease": got[0]["lease"], "delay": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["lease_ms"], 0);
+    let started = std::time::Instant::now();
+    assert!(fetch(&app, "jobs", 1, 0).await.is_empty(), "still delayed");
+    let again = fetch(&app, "jobs", 1, 8).await;
+    assert_eq!(seqs(&again), vec![3]);
+    assert_eq!(again[0]["attempt"], 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "delivered again before its delay: {:?}",
+        started.elapsed()
+    );
+    // Its second failure is its last (max_deliver 2): a dead letter.
+    let r = app
+        .post(
+            "/consumers/jobs/nack",
+            Some(&json!({"seq": 3, "lease": again[0]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(fetch(&app, "jobs", 1, 1).await.is_empty(), "set aside");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = app.get_json("/consumers/jobs/dead").await;
+        let alerts = app.get_json("/alerts").await;
+        let c = app.get_json("/consumers/jobs").await;
+        let alerted = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "dead_letter")
+            .count();
+        if dead["dead"].as_array().unwrap().len() == 1 && alerted == 1 && c["queue"]["dead"] == 1 {
+            assert_eq!(dead["dead"][0]["seq"], 3);
+            assert_eq!(dead["dead"][0]["attempts"], 2);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter: {dead} {alerts} {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = app
+        .post("/consumers/jobs/ack", Some(&json!({"seq": 3})))
+        .await;
+    r.assert_problem_type(409, "dead-letter", "an ack of a dead letter");
+    app.stop().await;
+}
+
+async fn queue_requests_are_checked(app: TestApp) {
+    // A cursor consumer is no queue, and modes do not change.
+    let r = app.put("/consumers/cur", &json!({})).await;
+    assert_eq!(r.status, 201);
+    let r = app
+        .post("/consumers/cur/fetch", Some(&json!({"max": 1})))
+        .await;
+    r.assert_problem_type(409, "wrong-mode", "fetch from a cursor consumer");
+    let r = app.put("/consumers/cur", &json!({"mode": "queue"})).await;
+    r.assert_problem_type(409, "wrong-mode", "mode change");
+    for (body, field) in [
+        (json!({"mode": "queue", "lease": 0}), "lease"),
+        (json!({"mode": "queue", "max_deliver": 0}), "max_deliver"),
+        (json!({"mode": "stack"}), "mode"),
+    ] {
+        let p = app.put("/consumers/bad", &body).await.assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    let c = create_queue(&app, "q", json!({"lease": 60})).await;
+    assert_eq!(c["mode"], "queue");
+    assert_eq!(c["queue"]["lease"], 60.0);
+    assert_eq!(c["queue"]["max_deliver"], 5);
+    let r = app.put("/consumers/q", &json!({"mode": "cursor"})).await;
+    r.assert_problem_type(409, "wrong-mode", "mode change of a queue");
+    for (body, field) in [
+        (json!({"max": 0}), "max"),
+        (json!({"max": 1001}), "max"),
+        (json!({"wait": 100_000}), "wait"),
+        (json!({"limit": 1}), "limit"),
+    ] {
+        let p = app
+            .post("/consumers/q/fetch", Some(&body))
+            .await
+            .assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    app.publish_batch(&events(1, 3, |n| format!("s{n}"))).await;
+    let got = fetch(&app, "q", 2, 0).await;
+    assert_eq!(seqs(&got), vec![1, 2]);
+    for (body, field) in [
+        (json!({"seqs": [2, 2]}), "seqs"),
+        (json!({"seq": 1, "seqs": [2]}), "seq"),
+        (json!({}), "seq"),
+        (json!({"seqs": []}), "seqs"),
+    ] {
+        let p = app
+            .post("/consumers/q/ack", Some(&body))
+            .await
+            .assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    let r = app
+        .post("/consumers/q/ack", Some(&json!({"seq": 99})))
+        .await;
+    r.assert_problem_type(422, "past-head", "ack past the head");
+    let r = app
+        .post("/consumers/q/nack", Some(&json!({"seq": 3})))
+        .await;
+    r.assert_problem_type(409, "not-leased", "nack of an event not leased");
+    let r = app
+        .post("/consumers/q/ack", Some(&json!({"seqs": [1, 2]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["acked"], json!([1, 2]));
+    let r = app.post("/consumers/q/ack", Some(&json!({"seq": 2}))).await;
+    r.assert_problem_type(409, "already-acknowledged", "a second ack");
+    let r = app
+        .post("/consumers/q/extend", Some(&json!({"seq": 1})))
+        .await;
+    r.assert_problem_type(409, "not-leased", "extend of an acked event");
+    assert_eq!(app.delete("/consumers/q").await.status, 204);
+    assert_eq!(app.get("/consumers/q").await.status, 404);
+    app.stop().await;
+}
+
+async fn a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once(
+    app: TestApp,
+) {
+    create_queue(&app, "rd", json!({"max_deliver": 2, "lease": 1})).await;
+    app.publish_batch(&events(1, 2, |n| format!("s{n}"))).await;
+    // Seq 1 fails twice: a dead letter; seq 2 is done.
+    for attempt in 1..=2 {
+        let got = fetch(&app, "rd", 1, 5).await;
+        assert_eq!(seqs(&got), vec![1]);
+        assert_eq!(got[0]["attempt"], attempt);
+        let r = app
+            .post("/consumers/rd/nack", Some(&json!({"seq": 1})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let got = fetch(&app, "rd", 1, 2).await;
+    assert_eq!(seqs(&got), vec![2]);
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 2})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = app.get_json("/consumers/rd/dead").await;
+        if dead["dead"].as_array().unwrap().len() == 1 {
+            assert_eq!(dead["dead"][0]["seq"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = app
+        .post("/consumers/rd/dead/redrive", Some(&json!({"seqs": [2]})))
+        .await;
+    r.assert_problem_type(409, "not-dead", "redrive of an acked event");
+    let r = app.post("/consumers/rd/dead/redrive", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["redriven"], json!([1]));
+    assert!(app.get_json("/consumers/rd/dead").await["dead"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Back from attempt 1, leased to one worker at a time.
+    let got = fetch(&app, "rd", 10, 2).await;
+    assert_eq!(seqs(&got), vec![1]);
+    assert_eq!(got[0]["attempt"], 1);
+    assert!(fetch(&app, "rd", 10, 0).await.is_empty(), "leased once");
+    let r = app
+        .post(
+            "/consumers/rd/extend",
+            Some(&json!({"seq": 1, "lease": got[0]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post(
+            "/consumers/rd/nack",
+            Some(&json!({"seq": 1, "lease": "not-its-lease"})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Its lease runs out: another worker gets it, attempt 2; the first
+    // lease is lost.
+    let again = fetch(&app, "rd", 10, 5).await;
+    assert_eq!(seqs(&again), vec![1]);
+    assert_eq!(again[0]["attempt"], 2);
+    let r = app
+        .post(
+            "/consumers/rd/extend",
+            Some(&json!({"seq": 1, "lease": got[0]["lease"]})),
+        )
+        .await;
+    r.assert_problem_type(409, "lease-lost", "extend of the first lease");
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 1})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post("/consumers/rd/ack", Some(&json!({"seq": 1})))
+        .await;
+    r.assert_problem_type(409, "already-acknowledged", "a second ack");
+    assert!(fetch(&app, "rd", 10, 1).await.is_empty(), "nothing waits");
+    assert!(app.get_json("/consumers/rd/dead").await["dead"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     app.stop().await;
 }

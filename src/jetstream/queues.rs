@@ -1,0 +1,1235 @@
+//! Work queues (queue consumers) of the NATS backend, shared by every
+//! msgbus instance serving the stream: the leases are JetStream's.
+//!
+//! - Each queue consumer is one durable JetStream pull consumer
+//!   ([`js_name`]), AckPolicy explicit, AckWait = the queue's `lease`,
+//!   MaxDeliver = `max_deliver`, MaxAckPending = `--queue-max-leases`, the
+//!   type filter as its FilterSubject, delivering from the consumer's
+//!   `start`. It is created and updated with the msgbus consumer (whose KV
+//!   record stays the definition) and deleted with it; a fetch recreates
+//!   it if it is missing.
+//! - A fetch is a pull request (batch `max`, expires `wait`); an event the
+//!   rest of the filter (source, subject, scope) does not match is acked
+//!   and skipped. The lease id is `<delivered>.<consumer seq>` of the
+//!   message's ack subject, so any instance can rebuild the ack subject
+//!   (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<consumer seq>.0.0`).
+//! - ack (`+ACK`), nack (`-NAK`, with a delay) and extend (the progress
+//!   ack, which nats-server spells `+WPI`, not `+WIP`: `AckProgress` in
+//!   its `consumer.go`; anything else is ignored without a word) are
+//!   requests to that subject, answered after the server's reply (for an
+//!   ack: after the consumer's leader stored it; on R3 after its replicas
+//!   agreed). nats-server keys an explicit ack by stream seq only (the
+//!   delivery count and consumer seq of the subject are not checked), so
+//!   a stale ack counts, as on the file backend. A stale nack or extend is
+//!   not refused by the server either: msgbus refuses it (409 `lease-lost`)
+//!   when this instance saw a later delivery of the event, and cannot tell
+//!   when only another instance did.
+//! - Dead letters: when an event had `max_deliver` deliveries without an
+//!   ack, the server drops it from the consumer's pending set and
+//!   publishes a MAX_DELIVERIES advisory; every instance hears it and
+//!   records the dead letter in the `<stream>_QUEUES` KV bucket (one key
+//!   per queue, a compare-and-set, so it is recorded once), and the one
+//!   whose write recorded it raises the alert.
+//! - Redrive: JetStream cannot deliver a message again to a consumer that
+//!   gave up on it, so a redriven dead letter moves to the ledger's `redo`
+//!   entries, and fetches serve those first (the event by a direct get),
+//!   each with its own lease in the ledger: claimed, renewed, given back
+//!   and acknowledged by compare-and-set, so two instances never lease it
+//!   at once either. Its lease id starts with `r`. After `max_deliver`
+//!   more deliveries without an ack it is a dead letter again.
+//!
+//! This module knows the store only by its interface types (the
+//! architecture test checks it); the adapter to msgbus's queue interface
+//! is `crate::queue::nats`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::consumers::{self, compare_and_set, get_json, Consumers, CAS_TRIES};
+use super::{lock, API_TIMEOUT};
+use crate::store::{Consumer, ConsumerError, DeadLetter, Matcher, StoreError};
+
+/// A queue's durable record in `<stream>_QUEUES`: its dead letters and
+/// the redriven ones waiting or leased again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    #[serde(default)]
+    dead: std::collections::BTreeMap<u64, DeadLetter>,
+    #[serde(default)]
+    redo: std::collections::BTreeMap<u64, Redo>,
+}
+
+/// A redriven event: its deliveries since the redrive and its lease.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Redo {
+    #[serde(default)]
+    attempts: u32,
+    /// Leased until then (Unix ms); waiting when in the past.
+    #[serde(default)]
+    until_ms: i64,
+    /// The current lease id (empty: not leased).
+    #[serde(default)]
+    lease: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How long cached consumer info serves `stats`.
+const INFO_FRESH: Duration = Duration::from_secs(1);
+
+/// Most leases and acknowledged seqs this instance remembers per queue.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// Most dead letters waiting for their alert.
+const MAX_NEW_DEAD: usize = 10_000;
+
+/// Why a queue request was refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaseError {
+    /// The event is not leased (nack, extend): acknowledged, or never
+    /// delivered.
+    #[error("seq {0} is not leased")]
+    NotLeased(u64),
+    /// The lease named is not the event's current one.
+    #[error("lease {lease:?} of seq {seq} is no longer valid")]
+    LeaseLost {
+        /// The seq.
+        seq: u64,
+        /// The lease named.
+        lease: String,
+    },
+    /// The event was never delivered to this queue (ack).
+    #[error("seq {0} is not waiting for an ack")]
+    NotPending(u64),
+    /// A seq listed twice.
+    #[error("seq {0} is listed twice")]
+    Duplicate(u64),
+    /// `--queue-max-leases` events are leased.
+    #[error("too many leases")]
+    TooManyLeases(usize),
+    /// The consumer's own errors (already acknowledged, dead, past the
+    /// head, unavailable, unsupported).
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+}
+
+impl From<StoreError> for LeaseError {
+    fn from(e: StoreError) -> Self {
+        LeaseError::Consumer(e.into())
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LeaseError {
+    StoreError::Unavailable(format!("queue: {what}: {e}")).into()
+}
+
+/// One event leased to a worker.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// Its seq.
+    pub seq: u64,
+    /// The delivery count (from 1).
+    pub attempt: u32,
+    /// The lease id: `<delivered>.<consumer seq>`.
+    pub lease: String,
+    /// Milliseconds until the lease runs out.
+    pub lease_ms: u64,
+    /// The stored event.
+    pub event: Bytes,
+}
+
+/// A queue's numbers from the JetStream consumer's info.
+#[derive(Debug, Clone, Default)]
+pub struct Numbers {
+    /// Matching messages not yet delivered.
+    pub pending: u64,
+    /// Delivered and not acknowledged (leased, or waiting for redelivery).
+    pub leased: u64,
+    /// Messages being redelivered now.
+    pub redelivered: u64,
+    /// Every message at or below it is acknowledged (or dead).
+    pub ack_floor: u64,
+    /// Acknowledged through this instance since it started.
+    pub acknowledged: u64,
+    /// Dead letters recorded.
+    pub dead: u64,
+}
+
+/// The parts of `$JS.API.CONSUMER.INFO` msgbus reads.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+struct Info {
+    #[serde(default)]
+    delivered: Seqs,
+    #[serde(default)]
+    ack_floor: Seqs,
+    #[serde(default)]
+    num_ack_pending: u64,
+    #[serde(default)]
+    num_redelivered: u64,
+    #[serde(default)]
+    num_pending: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+struct Seqs {
+    #[serde(default)]
+    consumer_seq: u64,
+    #[serde(default)]
+    stream_seq: u64,
+}
+
+/// What this instance remembers of one queue.
+#[derive(Debug, Default)]
+struct Local {
+    /// Seq to (delivered count, consumer seq) of the latest delivery this
+    /// instance handed out.
+    leases: HashMap<u64, (u64, u64)>,
+    /// Seqs acknowledged through this instance above the ack floor.
+    acked: BTreeSet<u64>,
+    /// Acks through this instance.
+    acked_total: u64,
+    /// The last consumer info and when it came.
+    info: Option<(Instant, Info)>,
+    refreshing: bool,
+    /// Dead letters recorded, as last read or written.
+    dead: u64,
+    /// The consumer the info is of (its creation time: a consumer deleted
+    /// and created again starts afresh).
+    created_at: String,
+}
+
+/// The work queues of one stream, as one msgbus instance serves them.
+#[derive(Debug)]
+pub struct JsQueues {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    prefix: String,
+    ledger: kv::Store,
+    /// The stream, for redriven events (direct get by seq).
+    events: jetstream::stream::Stream,
+    consumers: Arc<Consumers>,
+    max_leases: usize,
+    /// The stream's newest seq.
+    head: watch::Receiver<u64>,
+    local: Mutex<HashMap<String, Local>>,
+    /// Dead letters this instance recorded, for the alert: (consumer,
+    /// seq).
+    new_dead: Mutex<Vec<(String, u64)>>,
+}
+
+/// The JetStream consumer name of queue consumer `name`: msgbus names hold
+/// `A-Z a-z 0-9 - _ .`, JetStream's no `.`; `_` is doubled and `.` becomes
+/// `_d`, so the name stays readable and distinct; a name that would grow
+/// too long is hashed.
+pub fn js_name(name: &str) -> String {
+    let mut out = String::from("msgbus_q_");
+    for ch in name.chars() {
+        match ch {
+            '_' => out.push_str("__"),
+            '.' => out.push_str("_d"),
+            c => out.push(c),
+        }
+    }
+    if out.len() > 200 {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(name.as_bytes());
+        return format!("msgbus_q_h{}", hex::encode(&h[..16]));
+    }
+    out
+}
+
+/// `(delivered, stream seq, consumer seq)` of an ack subject
+/// (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>`,
+/// or the 11+ token form with domain and account).
+fn ack_info(subject: &str) -> Option<(u64, u64, u64)> {
+    let t: Vec<&str> = subject.split('.').collect();
+    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+        return None;
+    }
+    let off = if t.len() >= 11 { 4 } else { 2 };
+    Some((
+        t[off + 2].parse().ok()?,
+        t[off + 3].parse().ok()?,
+        t[off + 4].parse().ok()?,
+    ))
+}
+
+/// `(delivered, consumer seq)` of a lease id.
+fn parse_lease(lease: &str) -> Option<(u64, u64)> {
+    let (dc, cseq) = lease.split_once('.')?;
+    Some((dc.parse().ok()?, cseq.parse().ok()?))
+}
+
+#[derive(serde::Deserialize)]
+struct Advisory {
+    #[serde(default)]
+    stream: String,
+    #[serde(default)]
+    consumer: String,
+    #[serde(default)]
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+impl JsQueues {
+    /// Opens the queues' KV bucket of `stream`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn open(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        stream: &str,
+        replicas: usize,
+        events: jetstream::stream::Stream,
+        consumers: Arc<Consumers>,
+        max_leases: usize,
+        head: watch::Receiver<u64>,
+    ) -> Result<Arc<JsQueues>, super::StartError> {
+        let ledger = consumers::open_bucket(&js, stream, "QUEUES", "queues", replicas).await?;
+        Ok(Arc::new(JsQueues {
+            client,
+            js,
+            stream: stream.to_string(),
+            prefix: stream.to_string(),
+            ledger,
+            events,
+            consumers,
+            max_leases: max_leases.max(1),
+            head,
+            local: Mutex::default(),
+            new_dead: Mutex::default(),
+        }))
+    }
+
+    fn ack_subject(&self, c: &Consumer, dc: u64, seq: u64, cseq: u64) -> String {
+        format!(
+            "$JS.ACK.{}.{}.{dc}.{seq}.{cseq}.0.0",
+            self.stream,
+            js_name(&c.name)
+        )
+    }
+
+    /// The JetStream consumer's configuration for `c`, delivering from
+    /// `start`.
+    fn config(&self, c: &Consumer, start: u64) -> serde_json::Value {
+        let q = c.queue.unwrap_or(crate::store::QueueSpec {
+            lease_ms: 30_000,
+            max_deliver: 5,
+            ordered_by_subject: false,
+        });
+        let name = js_name(&c.name);
+        serde_json::json!({
+            "stream_name": self.stream,
+            "config": {
+                "durable_name": name,
+                "description": format!("msgbus queue consumer {}", c.name),
+                "deliver_policy": "by_start_sequence",
+                "opt_start_seq": start.max(1),
+                "ack_policy": "explicit",
+                "ack_wait": (q.lease_ms.max(1) as u128 * 1_000_000) as u64,
+                "max_deliver": q.max_deliver.max(1),
+                "max_ack_pending": self.max_leases,
+                "replay_policy": "instant",
+                "filter_subject": super::subject::filter(
+                    &self.prefix,
+                    c.filter.ty.as_deref(),
+                    c.filter.type_prefix.as_deref(),
+                ),
+            }
+        })
+    }
+
+    async fn api(
+        &self,
+        subject: String,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, LeaseError> {
+        let v: serde_json::Value = self
+            .js
+            .request(subject, body)
+            .await
+            .map_err(|e| unavailable("JetStream API", e))?;
+        Ok(v)
+    }
+
+    /// Creates or updates the JetStream consumer of `c`; `restart`: start
+    /// over at the msgbus consumer's cursor (a new consumer, or a new
+    /// `start`), dropping the old one's state.
+    pub async fn ensure(&self, c: &Consumer, restart: bool) -> Result<(), ConsumerError> {
+        let name = js_name(&c.name);
+        if restart {
+            self.remove_js(&name).await?;
+            lock(&self.local).remove(&c.name);
+        }
+        let created = self
+            .api(
+                format!("CONSUMER.DURABLE.CREATE.{}.{name}", self.stream),
+                &self.config(c, c.cursor + 1),
+            )
+            .await
+            .map_err(|e| match e {
+                LeaseError::Consumer(c) => c,
+                other => ConsumerError::Store(StoreError::Unavailable(other.to_string())),
+            })?;
+        let Some(err) = created.get("error") else {
+            return Ok(());
+        };
+        if restart {
+            return Err(ConsumerError::Store(StoreError::Unavailable(format!(
+                "cannot create JetStream consumer {name}: {}",
+                err["description"]
+            ))));
+        }
+        // A change JetStream cannot make in place (the filter, on older
+        // servers): start the consumer again from its ack floor.
+        let floor = match self.raw_info(c).await {
+            Ok(Some(i)) => i.ack_floor.stream_seq,
+            _ => c.cursor,
+        };
+        tracing::warn!(consumer = %c.name, error = %err["description"], floor,
+            "JetStream cannot change the queue's consumer in place; it starts again after its ack floor (acks above it are forgotten)");
+        self.remove_js(&name).await?;
+        lock(&self.local).remove(&c.name);
+        let created = self
+            .api(
+                format!("CONSUMER.DURABLE.CREATE.{}.{name}", self.stream),
+                &self.config(c, floor + 1),
+            )
+            .await
+            .map_err(|e| ConsumerError::Store(StoreError::Unavailable(e.to_string())))?;
+        match created.get("error") {
+            None => Ok(()),
+            Some(err) => Err(ConsumerError::Store(StoreError::Unavailable(format!(
+                "cannot create JetStream consumer {name}: {}",
+                err["description"]
+            )))),
+        }
+    }
+
+    async fn remove_js(&self, name: &str) -> Result<(), ConsumerError> {
+        let v = self
+            .api(
+                format!("CONSUMER.DELETE.{}.{name}", self.stream),
+                &serde_json::json!({}),
+            )
+            .await
+            .map_err(|e| ConsumerError::Store(StoreError::Unavailable(e.to_string())))?;
+        match v.get("error") {
+            Some(err) if err["code"].as_u64() != Some(404) => {
+                Err(ConsumerError::Store(StoreError::Unavailable(format!(
+                    "cannot delete JetStream consumer {name}: {}",
+                    err["description"]
+                ))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the JetStream consumer and the dead letters of `c`.
+    pub async fn remove(&self, c: &Consumer) -> Result<(), ConsumerError> {
+        self.remove_js(&js_name(&c.name)).await?;
+        lock(&self.local).remove(&c.name);
+        let _ = self.ledger.purge(consumers::key(&c.name)).await;
+        Ok(())
+    }
+
+    /// The consumer's info (`None`: no such JetStream consumer).
+    async fn raw_info(&self, c: &Consumer) -> Result<Option<Info>, LeaseError> {
+        let name = js_name(&c.name);
+        let v = self
+            .api(
+                format!("CONSUMER.INFO.{}.{name}", self.stream),
+                &serde_json::json!({}),
+            )
+            .await?;
+        if let Some(err) = v.get("error") {
+            if err["code"].as_u64() == Some(404) {
+                return Ok(None);
+            }
+            return Err(unavailable("consumer info", &err["description"]));
+        }
+        Ok(Some(serde_json::from_value(v).unwrap_or_default()))
+    }
+
+    /// The consumer's info now (and cached).
+    async fn info(&self, c: &Consumer) -> Result<Info, LeaseError> {
+        let Some(info) = self.raw_info(c).await? else {
+            // Created with the msgbus consumer; gone (deleted by hand, or
+            // its creation failed): make it again.
+            self.ensure(c, false).await?;
+            return Ok(Info::default());
+        };
+        let mut local = lock(&self.local);
+        let l = local.entry(c.name.clone()).or_default();
+        if l.created_at != c.created_at {
+            if !l.created_at.is_empty() {
+                // Deleted and created again: nothing of the old one holds.
+                *l = Local::default();
+            }
+            l.created_at = c.created_at.clone();
+        }
+        l.info = Some((Instant::now(), info.clone()));
+        let floor = info.ack_floor.stream_seq;
+        l.acked = l.acked.split_off(&(floor + 1));
+        Ok(info)
+    }
+
+    /// The cached info of `c` if fresh enough, else asked for.
+    async fn info_within(&self, c: &Consumer, fresh: Duration) -> Result<Info, LeaseError> {
+        if let Some(i) = self.cached(c, fresh) {
+            return Ok(i);
+        }
+        self.info(c).await
+    }
+
+    fn cached(&self, c: &Consumer, fresh: Duration) -> Option<Info> {
+        let local = lock(&self.local);
+        let l = local.get(&c.name)?;
+        if l.created_at != c.created_at {
+            return None;
+        }
+        l.info
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < fresh)
+            .map(|(_, i)| i.clone())
+    }
+
+    /// Leases up to `max` events of `c`, waiting up to `wait` for one.
+    pub async fn fetch(
+        &self,
+        c: &Consumer,
+        max: usize,
+        wait: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<Leased>, LeaseError> {
+        use futures_util::StreamExt;
+        let name = js_name(&c.name);
+        let lease_ms = c.queue.map_or(0, |q| q.lease_ms);
+        let matcher = Matcher::new(c.filter.clone());
+        let deadline = tokio::time::Instant::now() + wait;
+        let (mut got, mut next_redo) = self.claim_redo(c, max).await?;
+        if got.len() >= max {
+            return Ok(got);
+        }
+        let mut recreated = false;
+        loop {
+            // Redriven events came first: the rest without waiting.
+            let now = tokio::time::Instant::now();
+            let mut remaining = deadline.saturating_duration_since(now);
+            if let Some(ms) = next_redo {
+                // Back in time for a redriven event whose lease ends.
+                let wait_ms = (ms - now_ms()).max(0) as u64 + 20;
+                remaining = remaining.min(Duration::from_millis(wait_ms));
+            }
+            let no_wait = remaining < Duration::from_millis(100) || !got.is_empty();
+            let want = max - got.len();
+            let inbox = self.client.new_inbox();
+            let mut sub = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| unavailable("subscribe", e))?;
+            let req = if no_wait {
+                serde_json::json!({"batch": want, "no_wait": true})
+            } else {
+                serde_json::json!({"batch": want, "expires": remaining.as_nanos() as u64})
+            };
+            self.client
+                .publish_with_reply(
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{}.{name}", self.stream),
+                    inbox,
+                    Bytes::from(serde_json::to_vec(&req).unwrap_or_default()),
+                )
+                .await
+                .map_err(|e| unavailable("pull request", e))?;
+            let until = if no_wait {
+                now + API_TIMEOUT
+            } else {
+                now + remaining + Duration::from_secs(1)
+            };
+            let mut missing = false;
+            loop {
+                let m = tokio::select! {
+                    m = sub.next() => m,
+                    () = tokio::time::sleep_until(until) => None,
+                    _ = shutdown.changed() => None,
+                };
+                let Some(m) = m else { break };
+                if let Some(status) = m.status {
+                    // 404 no messages, 408 request expired, 409 limits;
+                    // 503 no responders: the consumer does not exist.
+                    if status == async_nats::StatusCode::NO_RESPONDERS {
+                        missing = true;
+                    }
+                    break;
+                }
+                let Some((dc, seq, cseq)) = m.reply.as_deref().and_then(ack_info) else {
+                    continue;
+                };
+                let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                let matches = super::head_of(&m.payload)
+                    .is_some_and(|h| matcher.matches_event(&h.ty, &h.source, h.subject.as_deref()));
+                if !matches {
+                    // Not for this queue (its source, subject or scope, or
+                    // not an event): done for it.
+                    let _ = self
+                        .client
+                        .publish(reply, Bytes::from_static(b"+ACK"))
+                        .await;
+                    continue;
+                }
+                {
+                    let mut local = lock(&self.local);
+                    let l = local.entry(c.name.clone()).or_default();
+                    if l.leases.len() >= MAX_REMEMBERED {
+                        l.leases.clear();
+                    }
+                    l.leases.insert(seq, (dc, cseq));
+                    l.acked.remove(&seq);
+                }
+                got.push(Leased {
+                    seq,
+                    attempt: u32::try_from(dc).unwrap_or(u32::MAX),
+                    lease: format!("{dc}.{cseq}"),
+                    lease_ms,
+                    event: m.payload,
+                });
+                if got.len() >= max {
+                    break;
+                }
+            }
+            drop(sub);
+            if missing && !recreated {
+                recreated = true;
+                self.ensure(c, false).await?;
+                continue;
+            }
+            if got.len() < max && next_redo.is_some_and(|ms| ms <= now_ms()) {
+                let (more, next) = self.claim_redo(c, max - got.len()).await?;
+                got.extend(more);
+                next_redo = next;
+            }
+            if !got.is_empty()
+                || tokio::time::Instant::now() + Duration::from_millis(100) >= deadline
+                || *shutdown.borrow()
+            {
+                break;
+            }
+        }
+        if got.is_empty() {
+            if let Ok(info) = self.info_within(c, Duration::ZERO).await {
+                if info.num_ack_pending >= self.max_leases as u64 {
+                    return Err(LeaseError::TooManyLeases(self.max_leases));
+                }
+            }
+        }
+        got.sort_by_key(|l| l.seq);
+        Ok(got)
+    }
+
+    /// The dead letters of `c` and the ledger's revision.
+    async fn ledger_of(&self, name: &str) -> Result<(Ledger, Option<u64>), LeaseError> {
+        match get_json::<Ledger>(&self.ledger, consumers::key(name)).await {
+            Ok(Some((l, rev))) => Ok((l, Some(rev))),
+            Ok(None) => Ok((Ledger::default(), None)),
+            Err((what, e)) => Err(unavailable(what, e)),
+        }
+    }
+
+    /// Applies `change` to the ledger of `name` by compare-and-set
+    /// (retried when another instance wrote first); `change` answers what
+    /// to return, and `None` to write nothing.
+    async fn change_ledger<T>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut Ledger) -> Result<Option<T>, LeaseError>,
+    ) -> Result<Option<T>, LeaseError> {
+        for _ in 0..CAS_TRIES {
+            let (mut ledger, rev) = self.ledger_of(name).await?;
+            let Some(out) = change(&mut ledger)? else {
+                return Ok(None);
+            };
+            let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
+            match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
+                Ok(Some(_)) => {
+                    lock(&self.local).entry(name.to_string()).or_default().dead =
+                        ledger.dead.len() as u64;
+                    return Ok(Some(out));
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(unavailable("write the queue's ledger", e)),
+            }
+        }
+        Err(unavailable(
+            "write the queue's ledger",
+            "other instances kept changing it; retry",
+        ))
+    }
+
+    /// Moves dead letters of `c` (`seqs`, or all) to the redriven ones,
+    /// from attempt 1; answers the seqs.
+    pub async fn redrive(
+        &self,
+        c: &Consumer,
+        seqs: Option<Vec<u64>>,
+    ) -> Result<Vec<u64>, LeaseError> {
+        let done = self
+            .change_ledger(&c.name, |l| {
+                let seqs: Vec<u64> = match &seqs {
+                    Some(s) => s.clone(),
+                    None => l.dead.keys().copied().collect(),
+                };
+                if seqs.is_empty() {
+                    return Ok(None);
+                }
+                for s in &seqs {
+                    if !l.dead.contains_key(s) {
+                        return Err(ConsumerError::NotDead(*s).into());
+                    }
+                }
+                for s in &seqs {
+                    l.dead.remove(s);
+                    l.redo.insert(*s, Redo::default());
+                }
+                Ok(Some(seqs))
+            })
+            .await?;
+        Ok(done.unwrap_or_default())
+    }
+
+    /// Leases up to `max` redriven events of `c` whose lease is free (and
+    /// makes dead letters again of those out of deliveries); also answers
+    /// when the next redriven lease or nack delay ends (Unix ms), if any.
+    async fn claim_redo(
+        &self,
+        c: &Consumer,
+        max: usize,
+    ) -> Result<(Vec<Leased>, Option<i64>), LeaseError> {
+        let q = c.queue.unwrap_or(crate::store::QueueSpec {
+            lease_ms: 30_000,
+            max_deliver: 5,
+            ordered_by_subject: false,
+        });
+        let mut died = Vec::new();
+        let mut next = None;
+        let claimed = self
+            .change_ledger(&c.name, |l| {
+                died.clear();
+                let now = now_ms();
+                next = l
+                    .redo
+                    .values()
+                    .filter(|r| r.until_ms > now)
+                    .map(|r| r.until_ms)
+                    .min();
+                let free: Vec<u64> = l
+                    .redo
+                    .iter()
+                    .filter(|(_, r)| r.until_ms <= now)
+                    .map(|(s, _)| *s)
+                    .collect();
+                if free.is_empty() {
+                    return Ok(None);
+                }
+                let mut out = Vec::new();
+                for s in free {
+                    let Some(r) = l.redo.get_mut(&s) else {
+                        continue;
+                    };
+                    if r.attempts >= q.max_deliver {
+                        let attempts = r.attempts;
+                        l.redo.remove(&s);
+                        l.dead.insert(
+                            s,
+                            DeadLetter {
+                                attempts,
+                                at: now_rfc3339(),
+                                reason: format!(
+                                    "redriven, then delivered {attempts} times without an ack"
+                                ),
+                            },
+                        );
+                        died.push(s);
+                        continue;
+                    }
+                    if out.len() >= max {
+                        continue;
+                    }
+                    r.attempts += 1;
+                    r.until_ms = now + q.lease_ms as i64;
+                    next = Some(next.map_or(r.until_ms, |n: i64| n.min(r.until_ms)));
+                    r.lease = format!("r{}.{}", r.attempts, uuid::Uuid::new_v4().simple());
+                    out.push((s, r.attempts, r.lease.clone()));
+                }
+                if out.is_empty() && died.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(out))
+            })
+            .await?
+            .unwrap_or_default();
+        if !died.is_empty() {
+            let mut d = lock(&self.new_dead);
+            for s in &died {
+                if d.len() < MAX_NEW_DEAD {
+                    d.push((c.name.clone(), *s));
+                }
+            }
+        }
+        let mut got = Vec::new();
+        for (seq, attempt, lease) in claimed {
+            let event = match self.events.direct_get(seq).await {
+                Ok(m) => Some(m.payload),
+                Err(_) => self
+                    .events
+                    .get_raw_message(seq)
+                    .await
+                    .ok()
+                    .map(|m| m.payload),
+            };
+            match event {
+                Some(event) => got.push(Leased {
+                    seq,
+                    attempt,
+                    lease,
+                    lease_ms: q.lease_ms,
+                    event,
+                }),
+                None => {
+                    // Gone (retention): nothing to deliver.
+                    let _ = self
+                        .change_ledger(&c.name, |l| Ok(l.redo.remove(&seq).map(|_| ())))
+                        .await;
+                }
+            }
+        }
+        Ok((got, next))
+    }
+
+    /// A nack (`delay`) or extend (`None`) of a redriven event: answers
+    /// `None` when `seq` is not one.
+    async fn redo_lease(
+        &self,
+        c: &Consumer,
+        seq: u64,
+        lease: Option<&str>,
+        delay: Option<Duration>,
+    ) -> Result<Option<()>, LeaseError> {
+        let q = c.queue.map_or((30_000, 5), |q| (q.lease_ms, q.max_deliver));
+        let mut died = false;
+        let out = self
+            .change_ledger(&c.name, |l| {
+                died = false;
+                let now = now_ms();
+                let Some(r) = l.redo.get_mut(&seq) else {
+                    return Ok(None);
+                };
+                if r.until_ms <= now || r.lease.is_empty() {
+                    return Err(LeaseError::NotLeased(seq));
+                }
+                if let Some(named) = lease {
+                    if named != r.lease {
+                        return Err(LeaseError::LeaseLost {
+                            seq,
+                            lease: named.to_string(),
+                        });
+                    }
+                }
+                match delay {
+                    None => r.until_ms = now + q.0 as i64,
+                    Some(_) if r.attempts >= q.1 => {
+                        let attempts = r.attempts;
+                        l.redo.remove(&seq);
+                        l.dead.insert(
+                            seq,
+                            DeadLetter {
+                                attempts,
+                                at: now_rfc3339(),
+                                reason: format!(
+                                    "redriven, then delivered {attempts} times without an ack"
+                                ),
+                            },
+                        );
+                        died = true;
+                    }
+                    Some(d) => {
+                        r.until_ms = now + d.as_millis() as i64;
+                        r.lease.clear();
+                    }
+                }
+                Ok(Some(()))
+            })
+            .await?;
+        if died {
+            let mut d = lock(&self.new_dead);
+            if d.len() < MAX_NEW_DEAD {
+                d.push((c.name.clone(), seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dead letters of `c`, by seq.
+    pub async fn dead(&self, c: &Consumer) -> Result<Vec<(u64, DeadLetter)>, LeaseError> {
+        Ok(self.ledger_of(&c.name).await?.0.dead.into_iter().collect())
+    }
+
+    /// Acknowledges `seqs` (each checked first: all or none where this
+    /// instance can tell); answers the ack floor.
+    pub async fn ack(&self, c: &Consumer, seqs: &[u64]) -> Result<u64, LeaseError> {
+        let head = *self.head.borrow();
+        let mut seen = BTreeSet::new();
+        for &s in seqs {
+            if !seen.insert(s) {
+                return Err(LeaseError::Duplicate(s));
+            }
+            if s > head {
+                return Err(ConsumerError::PastHead { seq: s, head }.into());
+            }
+        }
+        let top = seqs.iter().copied().max().unwrap_or(0);
+        let mut info = self.info_within(c, INFO_FRESH).await?;
+        if top > info.delivered.stream_seq {
+            info = self.info(c).await?;
+        }
+        let ledger = self.ledger_of(&c.name).await?.0;
+        let redo: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| ledger.redo.contains_key(s))
+            .collect();
+        let dead = ledger.dead;
+        for &s in seqs {
+            if dead.contains_key(&s) {
+                return Err(ConsumerError::Dead(s).into());
+            }
+            if redo.contains(&s) {
+                continue;
+            }
+            let acked_here = lock(&self.local)
+                .get(&c.name)
+                .is_some_and(|l| l.acked.contains(&s));
+            if s <= info.ack_floor.stream_seq || acked_here {
+                return Err(ConsumerError::AlreadyAcked(s).into());
+            }
+            if s > info.delivered.stream_seq {
+                return Err(LeaseError::NotPending(s));
+            }
+        }
+        if !redo.is_empty() {
+            self.change_ledger(&c.name, |l| {
+                let mut any = false;
+                for s in &redo {
+                    any |= l.redo.remove(s).is_some();
+                }
+                Ok(any.then_some(()))
+            })
+            .await?;
+        }
+        let acks = seqs.iter().filter(|s| !redo.contains(s)).map(|&s| {
+            let (dc, cseq) = self.known(c, s).unwrap_or((1, 0));
+            self.confirm(self.ack_subject(c, dc, s, cseq), "+ACK")
+        });
+        futures_util::future::try_join_all(acks).await?;
+        {
+            let mut local = lock(&self.local);
+            let l = local.entry(c.name.clone()).or_default();
+            for &s in seqs {
+                l.leases.remove(&s);
+                if l.acked.len() >= MAX_REMEMBERED {
+                    l.acked.pop_first();
+                }
+                l.acked.insert(s);
+            }
+            l.acked_total += seqs.len() as u64;
+        }
+        Ok(self
+            .info(c)
+            .await
+            .map_or(info.ack_floor.stream_seq, |i| i.ack_floor.stream_seq))
+    }
+
+    /// The latest delivery of `seq` this instance handed out.
+    fn known(&self, c: &Consumer, seq: u64) -> Option<(u64, u64)> {
+        lock(&self.local)
+            .get(&c.name)
+            .and_then(|l| l.leases.get(&seq).copied())
+    }
+
+    /// Sends `what` to an ack subject and waits for the server's reply.
+    async fn confirm(&self, subject: String, what: &'static str) -> Result<(), LeaseError> {
+        match tokio::time::timeout(
+            API_TIMEOUT,
+            self.client
+                .request(subject, Bytes::from_static(what.as_bytes())),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(what, e)),
+            Err(_) => Err(unavailable(what, "no answer from the server")),
+        }
+    }
+
+    /// The delivery a nack or extend of `seq` names: refused when the
+    /// event is not leased or the lease is stale, as far as this instance
+    /// can tell.
+    async fn leased(
+        &self,
+        c: &Consumer,
+        seq: u64,
+        lease: Option<&str>,
+    ) -> Result<(u64, u64), LeaseError> {
+        let named = match lease {
+            Some(l) => Some(parse_lease(l).ok_or_else(|| LeaseError::LeaseLost {
+                seq,
+                lease: l.to_string(),
+            })?),
+            None => None,
+        };
+        let known = self.known(c, seq);
+        let acked_here = lock(&self.local)
+            .get(&c.name)
+            .is_some_and(|l| l.acked.contains(&seq));
+        if acked_here {
+            return Err(LeaseError::NotLeased(seq));
+        }
+        let mut info = self.info_within(c, INFO_FRESH).await?;
+        if seq > info.delivered.stream_seq {
+            info = self.info(c).await?;
+        }
+        if seq <= info.ack_floor.stream_seq || seq > info.delivered.stream_seq {
+            return Err(LeaseError::NotLeased(seq));
+        }
+        match (named, known) {
+            (Some((dc, _)), Some((kdc, _))) if dc < kdc => Err(LeaseError::LeaseLost {
+                seq,
+                lease: lease.unwrap_or_default().to_string(),
+            }),
+            (Some(d), _) => Ok(d),
+            (None, Some(k)) => Ok(k),
+            // Delivered through another instance: the newest consumer seq
+            // passes the server's range check for any pending message.
+            (None, None) => Ok((1, info.delivered.consumer_seq)),
+        }
+    }
+
+    /// Gives a leased event back, to be delivered again after `delay`.
+    pub async fn nack(
+        &self,
+        c: &Consumer,
+        seq: u64,
+        lease: Option<&str>,
+        delay: Duration,
+    ) -> Result<(), LeaseError> {
+        if self.redo_lease(c, seq, lease, Some(delay)).await?.is_some() {
+            return Ok(());
+        }
+        let (dc, cseq) = self.leased(c, seq, lease).await?;
+        let body = if delay.is_zero() {
+            "-NAK".to_string()
+        } else {
+            format!("-NAK {{\"delay\":{}}}", delay.as_nanos())
+        };
+        match tokio::time::timeout(
+            API_TIMEOUT,
+            self.client
+                .request(self.ack_subject(c, dc, seq, cseq), Bytes::from(body)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unavailable("-NAK", e)),
+            Err(_) => return Err(unavailable("-NAK", "no answer from the server")),
+        }
+        if let Some(l) = lock(&self.local).get_mut(&c.name) {
+            // Not leased by anyone now; a later delivery counts higher.
+            l.leases.insert(seq, (dc, cseq));
+        }
+        Ok(())
+    }
+
+    /// Renews a lease for another AckWait (a progress ack); answers its
+    /// milliseconds.
+    pub async fn extend(
+        &self,
+        c: &Consumer,
+        seq: u64,
+        lease: Option<&str>,
+    ) -> Result<u64, LeaseError> {
+        if self.redo_lease(c, seq, lease, None).await?.is_some() {
+            return Ok(c.queue.map_or(0, |q| q.lease_ms));
+        }
+        let (dc, cseq) = self.leased(c, seq, lease).await?;
+        // nats-server's AckProgress is "+WPI" (sic); "+WIP" would be
+        // answered and ignored.
+        self.confirm(self.ack_subject(c, dc, seq, cseq), "+WPI")
+            .await?;
+        Ok(c.queue.map_or(0, |q| q.lease_ms))
+    }
+
+    /// The numbers of `c` from the cached info; a stale cache is refreshed
+    /// in the background (the answer never waits for the server).
+    pub fn numbers(self: &Arc<Self>, c: &Consumer) -> Numbers {
+        let (info, acknowledged, dead, stale) = {
+            let mut local = lock(&self.local);
+            let l = local.entry(c.name.clone()).or_default();
+            let fresh = l.created_at == c.created_at
+                && l.info
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < INFO_FRESH);
+            let stale = !fresh && !l.refreshing;
+            if stale {
+                l.refreshing = true;
+            }
+            let info = if l.created_at == c.created_at {
+                l.info.as_ref().map(|(_, i)| i.clone()).unwrap_or_default()
+            } else {
+                Info::default()
+            };
+            (info, l.acked_total, l.dead, stale)
+        };
+        if stale {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let me = self.clone();
+                let c = c.clone();
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(API_TIMEOUT, me.info(&c)).await;
+                    let dead = me.ledger_of(&c.name).await.map(|(l, _)| l.dead.len());
+                    let mut local = lock(&me.local);
+                    let l = local.entry(c.name.clone()).or_default();
+                    l.refreshing = false;
+                    if let Ok(n) = dead {
+                        l.dead = n as u64;
+                    }
+                });
+            }
+        }
+        Numbers {
+            pending: info.num_pending,
+            leased: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+            ack_floor: info.ack_floor.stream_seq,
+            acknowledged,
+            dead,
+        }
+    }
+
+    /// Records the dead letter of an advisory in the ledger; true when
+    /// this write recorded it (another instance may have first).
+    async fn record_dead(&self, name: &str, seq: u64, attempts: u64) -> Result<bool, LeaseError> {
+        let done = self
+            .change_ledger(name, |l| {
+                if l.dead.contains_key(&seq) {
+                    return Ok(None);
+                }
+                l.dead.insert(
+                    seq,
+                    DeadLetter {
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        at: now_rfc3339(),
+                        reason: format!("delivered {attempts} times without an ack"),
+                    },
+                );
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// Follows the MAX_DELIVERIES advisories of the stream's consumers and
+    /// records their dead letters; returns when the subscription ends (the
+    /// caller starts it again).
+    pub(super) async fn follow_dead(self: &Arc<Self>) {
+        use futures_util::StreamExt;
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.stream
+        );
+        let Ok(mut sub) = self.client.subscribe(subject).await else {
+            return;
+        };
+        while let Some(m) = sub.next().await {
+            let Ok(a) = serde_json::from_slice::<Advisory>(&m.payload) else {
+                continue;
+            };
+            if a.stream != self.stream {
+                continue;
+            }
+            let Some(c) = self
+                .consumers
+                .list()
+                .into_iter()
+                .find(|c| c.queue.is_some() && js_name(&c.name) == a.consumer)
+            else {
+                continue;
+            };
+            match self.record_dead(&c.name, a.stream_seq, a.deliveries).await {
+                Ok(true) => {
+                    let mut d = lock(&self.new_dead);
+                    if d.len() < MAX_NEW_DEAD {
+                        d.push((c.name.clone(), a.stream_seq));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(consumer = %c.name, seq = a.stream_seq, error = %e,
+                        "cannot record a dead letter");
+                }
+            }
+        }
+    }
+
+    /// Queue consumer `name` as this instance last saw it.
+    pub fn consumer(&self, name: &str) -> Option<Consumer> {
+        self.consumers.get(name).filter(|c| c.queue.is_some())
+    }
+
+    /// The dead letters recorded by this instance since the last call.
+    pub fn take_new_dead(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *lock(&self.new_dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_subjects_parse_in_both_forms() {
+        assert_eq!(
+            ack_info("$JS.ACK.S.C.3.57.12.1700000000.4"),
+            Some((3, 57, 12))
+        );
+        assert_eq!(
+            ack_info("$JS.ACK.dom.acc.S.C.3.57.12.1700000000.4.tok"),
+            Some((3, 57, 12))
+        );
+        assert_eq!(ack_info("$JS.ACK.S.C.x.57.12.1.4"), None);
+        assert_eq!(ack_info("inbox.1"), None);
+        assert_eq!(parse_lease("3.12"), Some((3, 12)));
+        assert_eq!(parse_lease("3"), None);
+    }
+
+    #[test]
+    fn js_names_are_valid_and_distinct() {
+        assert_eq!(js_name("billing-q"), "msgbus_q_billing-q");
+        assert_ne!(js_name("a.b"), js_name("a_b"));
+        assert_ne!(js_name("a_d"), js_name("a.d"));
+        assert!(!js_name("a.b").contains('.'));
+        let long = "x.".repeat(64);
+        assert!(js_name(&long).len() <= 200);
+    }
+}
