@@ -790,6 +790,12 @@ mod tests {
                    "if": {"required": ["c"]}, "then": {"properties": {"c": {"not": {"type": "string"}}}},
                    "else": {"properties": {"d": {"anyOf": [{"type": "integer"}, {"const": "x"}]}}},
                    "unevaluatedProperties": false}),
+            // Numbers of every kind against integer and float bounds.
+            json!({"type": "object", "additionalProperties": {"anyOf": [
+                       {"type": "integer", "multipleOf": 2, "minimum": -9223372036854775808i64},
+                       {"type": "number", "exclusiveMinimum": 1, "maximum": 1e300},
+                       {"enum": [1.5, 18446744073709551616.0, "x", -0.5]},
+                       {"type": ["array", "object"], "items": {"type": "number", "maximum": 2}}]}}),
         ];
         let validators: Vec<Compiled> = schemas.iter().map(|s| compile(s).unwrap()).collect();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -898,6 +904,203 @@ mod tests {
             valid > 1_000 && invalid > 1_000,
             "{valid} valid, {invalid} invalid"
         );
+        // The same from texts spelled every way JSON allows (white space,
+        // escapes, number forms, deep nesting), which serializing a
+        // `Value` never writes: the reading of each is serde_json's, and
+        // both validators answer alike. A text with a repeated member name
+        // is left to the `Value` path.
+        let (mut valid, mut invalid, mut deep) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            let mut repeated = false;
+            let depth = if next(200) == 0 {
+                deep += 1;
+                100 + next(27) as u32
+            } else {
+                0
+            };
+            spelled(&mut next, depth, depth, &mut text, &mut repeated);
+            let tree: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            match borrowed::Doc::read(&text) {
+                None => assert!(repeated, "refused {text}"),
+                Some(doc) => {
+                    assert!(!repeated, "read a repeated name in {text}");
+                    use jsonschema::json::Node;
+                    assert_eq!(doc.root().to_value().into_owned(), tree, "{text}");
+                }
+            }
+            for (schema, c) in schemas.iter().zip(&validators) {
+                let want = c.is_valid(&tree);
+                let got = c.accepts(&text);
+                assert_eq!(got, (!repeated).then_some(want), "{schema} on {text}");
+                if want {
+                    valid += 1
+                } else {
+                    invalid += 1
+                }
+            }
+        }
+        assert!(
+            valid > 1_000 && invalid > 1_000 && deep > 50,
+            "{valid} valid, {invalid} invalid, {deep} deep"
+        );
+    }
+
+    /// Writes a random JSON value's text, spelled in any of the ways JSON
+    /// allows: white space between tokens, characters escaped or not,
+    /// numbers in every form. `nest` wraps it first in that many arrays
+    /// and objects. Sets `repeated` when an object repeats a member name.
+    fn spelled(
+        next: &mut impl FnMut(u64) -> u64,
+        nest: u32,
+        depth: u32,
+        out: &mut String,
+        repeated: &mut bool,
+    ) {
+        let space = |next: &mut dyn FnMut(u64) -> u64, out: &mut String| {
+            out.push_str(["", "", "", " ", "\t", "\n  ", " \r\n"][next(7) as usize]);
+        };
+        space(next, out);
+        if nest > 0 {
+            if next(2) == 0 {
+                out.push('[');
+                spelled(next, nest - 1, depth, out, repeated);
+                out.push(']');
+            } else {
+                out.push_str(r#"{"a":"#);
+                spelled(next, nest - 1, depth, out, repeated);
+                out.push('}');
+            }
+            space(next, out);
+            return;
+        }
+        let strings = [
+            "x",
+            "ab",
+            "é1",
+            "a@b.c",
+            "2026-11-30T12:00:00Z",
+            "\"q\" \\ /",
+            "🦀🦀",
+            "line\nbreak\ttab\u{8}\u{c}\u{1f}",
+            "",
+        ];
+        let keys = ["a", "b", "c", "d", "é", "🦀", "q\"", ""];
+        let numbers = [
+            "0",
+            "-0",
+            "2",
+            "-2",
+            "3",
+            "1.0",
+            "2.0",
+            "1.5",
+            "-0.5",
+            "0.5e1",
+            "15e-1",
+            "-1.5E+0",
+            "1e300",
+            "1E0",
+            "2e0",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "123456789012345.6",
+            "0.30000000000000004",
+            "1e-7",
+            "100000000000000000000",
+            "4",
+            "-0.0",
+        ];
+        let kind = match depth {
+            0 => 7 + next(2),
+            1 | 2 => next(9),
+            _ => next(7),
+        };
+        match kind {
+            0 => out.push_str("null"),
+            1 => out.push_str(["true", "false"][next(2) as usize]),
+            2 | 3 => out.push_str(numbers[next(numbers.len() as u64) as usize]),
+            4..=6 => {
+                let s = strings[next(strings.len() as u64) as usize];
+                escaped(next, s, out)
+            }
+            7 => {
+                out.push('[');
+                for i in 0..next(5) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    spelled(next, 0, depth + 1, out, repeated);
+                }
+                space(next, out);
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                let mut names = Vec::new();
+                for _ in 0..next(5) {
+                    let name = keys[next(keys.len() as u64) as usize];
+                    if names.contains(&name) {
+                        // Mostly another name; now and then a repetition.
+                        if next(20) > 0 {
+                            continue;
+                        }
+                        *repeated = true;
+                    }
+                    if !names.is_empty() {
+                        out.push(',');
+                    }
+                    names.push(name);
+                    space(next, out);
+                    escaped(next, name, out);
+                    space(next, out);
+                    out.push(':');
+                    spelled(next, 0, depth + 1, out, repeated);
+                }
+                space(next, out);
+                out.push('}');
+            }
+        }
+        space(next, out);
+    }
+
+    /// Writes `s` as a JSON string, each character as itself, a short
+    /// escape or a `\u` escape (a surrogate pair beyond the BMP), at random.
+    fn escaped(next: &mut impl FnMut(u64) -> u64, s: &str, out: &mut String) {
+        use std::fmt::Write;
+        out.push('"');
+        for c in s.chars() {
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '/' => Some("\\/"),
+                '\n' => Some("\\n"),
+                '\t' => Some("\\t"),
+                '\u{8}' => Some("\\b"),
+                '\u{c}' => Some("\\f"),
+                '\r' => Some("\\r"),
+                _ => None,
+            };
+            match (next(3), short) {
+                (0, _) => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        if next(2) == 0 {
+                            write!(out, "\\u{unit:04x}").unwrap();
+                        } else {
+                            write!(out, "\\u{unit:04X}").unwrap();
+                        }
+                    }
+                }
+                (_, Some(short)) if c != '/' || next(2) == 0 => out.push_str(short),
+                _ if (c as u32) < 0x20 || c == '"' || c == '\\' => {
+                    write!(out, "\\u{:04x}", c as u32).unwrap();
+                }
+                _ => out.push(c),
+            }
+        }
+        out.push('"');
     }
 
     /// The payload attributes noted by the envelope's parse are the ones
