@@ -219,9 +219,10 @@ pub struct TypeValidators {
     pub active: bool,
     /// The newest version.
     pub latest: u32,
-    /// The newest version's URL: the `dataschema` given to events that
-    /// name none (made once here, not per event).
-    latest_url: Arc<str>,
+    /// The newest version's URL as the member added to events that name
+    /// no `dataschema`: `,"dataschema":"..."}` (made once here, not per
+    /// event).
+    latest_member: Arc<[u8]>,
     /// Every compiled version.
     pub versions: BTreeMap<u32, Arc<Compiled>>,
     /// Validations and rejections since start, kept across refreshes:
@@ -392,7 +393,7 @@ impl Registry {
                 TypeValidators {
                     active: t.active(),
                     latest,
-                    latest_url: self.url(ty, latest).into(),
+                    latest_member: dataschema_member(&self.url(ty, latest)).into(),
                     versions,
                     counts: old.get(ty).map(|o| o.counts.clone()).unwrap_or_default(),
                 },
@@ -453,8 +454,8 @@ impl Registry {
             if failed {
                 t.counts.rejections.fetch_add(1, Ordering::Relaxed);
                 out.events += 1;
-            } else if let Some(url) = set_schema {
-                add_dataschema(ev, &url);
+            } else if set_schema {
+                add_dataschema(ev, &t.latest_member);
             }
         }
         if out.events == 0 {
@@ -488,12 +489,13 @@ impl std::fmt::Display for Prefix {
 }
 
 /// Records why an event is refused; `check_one` answers with it.
-fn refuse(out: &mut Violations, cap: usize, field: String, message: String) -> Option<Arc<str>> {
+fn refuse(out: &mut Violations, cap: usize, field: String, message: String) -> bool {
     push(out, cap, field, message);
-    None
+    false
 }
 
-/// Checks one event; answers the `dataschema` to add, if it named none.
+/// Checks one event; answers whether to add the latest version's
+/// `dataschema` (it named none and passed).
 fn check_one(
     reg: &Registry,
     ev: &PreparedEvent,
@@ -501,7 +503,7 @@ fn check_one(
     prefix: Prefix,
     cap: usize,
     out: &mut Violations,
-) -> Option<Arc<str>> {
+) -> bool {
     let payload = match PayloadView::of(ev) {
         Ok(p) => p,
         Err(e) => {
@@ -567,7 +569,7 @@ fn check_one(
     let text = payload.data.unwrap_or("null");
     let borrowed = validator.accepts(text);
     if borrowed == Some(true) {
-        return set.then(|| t.latest_url.clone());
+        return set;
     }
     let data: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -583,7 +585,7 @@ fn check_one(
     // A payload the borrowed reading left alone is checked as a tree;
     // only a failing event walks its errors.
     if borrowed.is_none() && validator.is_valid(&data) {
-        return set.then(|| t.latest_url.clone());
+        return set;
     }
     let mut any = false;
     for e in validator.iter_errors(&data) {
@@ -594,7 +596,7 @@ fn check_one(
             break;
         }
     }
-    (!any && set).then(|| t.latest_url.clone())
+    !any && set
 }
 
 /// Validates `data` of a stored event's bytes against `validator`, for
@@ -628,15 +630,15 @@ pub fn check_stored(validator: &Compiled, ty: &str, bytes: &[u8]) -> Option<(Str
     Some(describe(&e, "data"))
 }
 
-/// True for JSON media types: `application/json`, `*/*+json`, `text/json`.
+/// True for JSON media types: `application/json`, `*/*+json`, `text/json`
+/// (any case; compared in place, as it is asked once per event).
 fn is_json(ct: &str) -> bool {
-    let m = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    m == "application/json" || m == "text/json" || m.ends_with("+json")
+    let m = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    m.eq_ignore_ascii_case(b"application/json")
+        || m.eq_ignore_ascii_case(b"text/json")
+        || m.len()
+            .checked_sub(5)
+            .is_some_and(|at| m[at..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// `/schemas/{type}/versions/{n}`, the type percent-encoded.
@@ -666,16 +668,24 @@ fn version_named(named: &str, ty: &str) -> Option<u32> {
     (t == ty || t == encode_segment(ty)).then_some(n)
 }
 
-/// Adds `"dataschema":url` as the stored event's last member.
-fn add_dataschema(ev: &mut PreparedEvent, url: &str) {
+/// `,"dataschema":"url"}`: what [`add_dataschema`] puts in place of an
+/// event's closing brace.
+fn dataschema_member(url: &str) -> Vec<u8> {
+    let mut out = b",\"dataschema\":".to_vec();
+    serde_json::to_writer(&mut out, url).expect("writing to a Vec cannot fail");
+    out.push(b'}');
+    out
+}
+
+/// Adds `member` (see [`dataschema_member`]) as the stored event's last
+/// member.
+fn add_dataschema(ev: &mut PreparedEvent, member: &[u8]) {
     if ev.buf.last() != Some(&b'}') {
         return;
     }
     ev.buf.pop();
     ev.payload = None;
-    ev.buf.extend_from_slice(b",\"dataschema\":");
-    serde_json::to_writer(&mut ev.buf, url).expect("writing to a Vec cannot fail");
-    ev.buf.push(b'}');
+    ev.buf.extend_from_slice(member);
 }
 
 /// The field (a JSON pointer into the event, `data/items/0/price`) and a
@@ -1301,6 +1311,44 @@ mod tests {
         );
         r.refresh(&catalog(3, false));
         assert_eq!(r.active_types(), 1);
+    }
+
+    #[test]
+    fn json_media_types_are_told_apart_in_any_case() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " text/json ",
+            "application/cloudevents+json",
+            "APPLICATION/VND.A+JSON;x=1",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "",
+            "json",
+            "+jso",
+            "text/plain",
+            "application/jsonx",
+            "é+json5",
+            "é",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn dataschema_is_added_as_the_last_member() {
+        let limits = crate::event::Limits {
+            max_event_bytes: 1 << 20,
+        };
+        let text = r#"{"type":"t","source":"/s","data":{"a":1}}"#;
+        let mut ev = crate::event::from_json(text.as_bytes(), "", limits).unwrap();
+        add_dataschema(&mut ev, &dataschema_member("/schemas/t/versions/2"));
+        let v: Value = serde_json::from_slice(ev.bytes()).unwrap();
+        assert_eq!(v["dataschema"], "/schemas/t/versions/2");
+        assert_eq!(v["data"], serde_json::json!({"a": 1}));
+        assert!(ev.payload.is_none());
     }
 
     #[test]
