@@ -229,35 +229,29 @@ async fn an_expired_lease_goes_to_another_worker_and_a_stale_ack_is_accepted_onc
     app.stop().await;
 }
 
-#[tokio::test]
-async fn queue_requests_are_checked_and_bounded() {
-    let app = spawn_app_with(&["--queue-max-leases", "3", "--queue-max-acked", "2"]).await;
-    // A cursor consumer is no queue, and modes do not change.
+/// A cursor consumer is no queue and keeps its mode; queue definitions
+/// out of range are refused naming the field. (Every backend.)
+async fn cursors_and_bad_definitions_are_refused(app: &TestApp) {
     let r = app.put("/consumers/cur", &json!({})).await;
     assert_eq!(r.status, 201);
-    assert_eq!(r.json()["mode"], "cursor");
     let r = app
         .post("/consumers/cur/fetch", Some(&json!({"max": 1})))
         .await;
     r.assert_problem_type(409, "wrong-mode", "fetch from a cursor consumer");
     let r = app.put("/consumers/cur", &json!({"mode": "queue"})).await;
     r.assert_problem_type(409, "wrong-mode", "mode change");
-    let r = app.put("/consumers/cur2", &json!({"lease": 5})).await;
-    let p = r.assert_problem(422);
-    assert_eq!(error_fields(&p), vec!["lease"]);
     for (body, field) in [
         (json!({"mode": "queue", "lease": 0}), "lease"),
         (json!({"mode": "queue", "max_deliver": 0}), "max_deliver"),
-        (json!({"mode": "queue", "ordering": "type"}), "ordering"),
         (json!({"mode": "stack"}), "mode"),
     ] {
         let p = app.put("/consumers/bad", &body).await.assert_problem(422);
         assert_eq!(error_fields(&p), vec![field], "{body}");
     }
-    let c = create_queue(&app, "q", json!({"ordering": "subject", "lease": 60})).await;
-    assert_eq!(c["queue"]["lease"], 60.0);
-    assert_eq!(c["queue"]["max_deliver"], 5);
-    assert_eq!(c["queue"]["ordering"], "subject");
+}
+
+/// Fetch bodies out of range are refused naming the field.
+async fn fetch_bodies_are_refused(app: &TestApp, queue: &str) {
     for (body, field) in [
         (json!({"max": 0}), "max"),
         (json!({"max": 1001}), "max"),
@@ -265,11 +259,34 @@ async fn queue_requests_are_checked_and_bounded() {
         (json!({"limit": 1}), "limit"),
     ] {
         let p = app
-            .post("/consumers/q/fetch", Some(&body))
+            .post(&format!("/consumers/{queue}/fetch"), Some(&body))
             .await
             .assert_problem(422);
         assert_eq!(error_fields(&p), vec![field], "{body}");
     }
+}
+
+#[tokio::test]
+async fn queue_requests_are_checked_and_bounded() {
+    let app = spawn_app_with(&["--queue-max-leases", "3", "--queue-max-acked", "2"]).await;
+    cursors_and_bad_definitions_are_refused(&app).await;
+    assert_eq!(app.get_json("/consumers/cur").await["mode"], "cursor");
+    let r = app.put("/consumers/cur2", &json!({"lease": 5})).await;
+    let p = r.assert_problem(422);
+    assert_eq!(error_fields(&p), vec!["lease"]);
+    let p = app
+        .put(
+            "/consumers/bad",
+            &json!({"mode": "queue", "ordering": "type"}),
+        )
+        .await
+        .assert_problem(422);
+    assert_eq!(error_fields(&p), vec!["ordering"]);
+    let c = create_queue(&app, "q", json!({"ordering": "subject", "lease": 60})).await;
+    assert_eq!(c["queue"]["lease"], 60.0);
+    assert_eq!(c["queue"]["max_deliver"], 5);
+    assert_eq!(c["queue"]["ordering"], "subject");
+    fetch_bodies_are_refused(&app, "q").await;
     app.publish_batch(&events(1, 6, |n| format!("s{n}"))).await;
     // The lease cap: 3 leased, then 429.
     let got = fetch(&app, "q", 5, 0).await;
@@ -493,41 +510,14 @@ async fn extend_holds_a_lease_nack_delays_and_max_deliver_makes_a_dead_letter(ap
 }
 
 async fn queue_requests_are_checked(app: TestApp) {
-    // A cursor consumer is no queue, and modes do not change.
-    let r = app.put("/consumers/cur", &json!({})).await;
-    assert_eq!(r.status, 201);
-    let r = app
-        .post("/consumers/cur/fetch", Some(&json!({"max": 1})))
-        .await;
-    r.assert_problem_type(409, "wrong-mode", "fetch from a cursor consumer");
-    let r = app.put("/consumers/cur", &json!({"mode": "queue"})).await;
-    r.assert_problem_type(409, "wrong-mode", "mode change");
-    for (body, field) in [
-        (json!({"mode": "queue", "lease": 0}), "lease"),
-        (json!({"mode": "queue", "max_deliver": 0}), "max_deliver"),
-        (json!({"mode": "stack"}), "mode"),
-    ] {
-        let p = app.put("/consumers/bad", &body).await.assert_problem(422);
-        assert_eq!(error_fields(&p), vec![field], "{body}");
-    }
+    cursors_and_bad_definitions_are_refused(&app).await;
     let c = create_queue(&app, "q", json!({"lease": 60})).await;
     assert_eq!(c["mode"], "queue");
     assert_eq!(c["queue"]["lease"], 60.0);
     assert_eq!(c["queue"]["max_deliver"], 5);
     let r = app.put("/consumers/q", &json!({"mode": "cursor"})).await;
     r.assert_problem_type(409, "wrong-mode", "mode change of a queue");
-    for (body, field) in [
-        (json!({"max": 0}), "max"),
-        (json!({"max": 1001}), "max"),
-        (json!({"wait": 100_000}), "wait"),
-        (json!({"limit": 1}), "limit"),
-    ] {
-        let p = app
-            .post("/consumers/q/fetch", Some(&body))
-            .await
-            .assert_problem(422);
-        assert_eq!(error_fields(&p), vec![field], "{body}");
-    }
+    fetch_bodies_are_refused(&app, "q").await;
     app.publish_batch(&events(1, 3, |n| format!("s{n}"))).await;
     let got = fetch(&app, "q", 2, 0).await;
     assert_eq!(seqs(&got), vec![1, 2]);
