@@ -300,11 +300,13 @@ mod tests {
 
 /// Arguments of `msgbus migrate`.
 ///
-/// Exit status: 0 every event is in the stream (or `--limit` stopped the
-/// run; the summary says whether to run again); 1 stopped partway (what is
-/// in the stream stays; run again to continue); 2 nothing could be done
-/// (no store, no server, a stream holding other events); 3 the data
-/// directory is held by a running server.
+/// Exit status: 0 every event is in the stream, with the payload schemas
+/// and consumers (or `--limit` stopped the run; the summary says whether
+/// to run again); 1 stopped partway (what is in the stream stays; run
+/// again to continue), or a schema or consumer was refused (the target
+/// holds a different one of that name; each is listed); 2 nothing could
+/// be done (no store, no server, a stream holding other events); 3 the
+/// data directory is held by a running server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
     /// The data directory of a stopped msgbus (file backend).
@@ -326,7 +328,13 @@ pub struct MigrateArgs {
     /// Credentials, TLS and the connect timeout, as for `serve`.
     #[command(flatten)]
     pub connect: crate::config::NatsConnectArgs,
-    /// Stop after this many events (a later run continues).
+    /// Most events leased at once per migrated queue consumer, as
+    /// `serve --queue-max-leases` (its JetStream consumer's MaxAckPending,
+    /// set when it is created): give the servers' value.
+    #[arg(long, env = "MSGBUS_QUEUE_MAX_LEASES", default_value_t = 10_000)]
+    pub queue_max_leases: usize,
+    /// Stop after this many events (a later run continues; schemas and
+    /// consumers follow once every event is in the stream).
     #[arg(long)]
     pub limit: Option<u64>,
     /// No progress output.
@@ -351,8 +359,7 @@ impl MigrateArgs {
             max_age: None,
             max_bytes: None,
             max_event_bytes,
-            // Migrating creates no queue consumer.
-            queue_max_leases: 1,
+            queue_max_leases: self.queue_max_leases.max(1),
         }
     }
 }
@@ -420,22 +427,55 @@ pub async fn migrate(args: MigrateArgs) -> u8 {
     writer.join().await;
     let stream = &args.nats_stream;
     match result {
-        Ok(done) if done.last == 0 => {
-            eprintln!("the store holds no event: nothing to migrate");
-            0
-        }
-        Ok(done) if done.stream_last >= done.last => {
+        Ok(done) if done.events_complete() => {
+            if done.first == 0 {
+                eprintln!("the store holds no event: no event to migrate");
+            } else {
+                eprintln!(
+                    "migrated {} event(s) in this run; stream {stream} holds seqs {}..={} of \
+                     the store: every event is migrated",
+                    done.published, done.first, done.last
+                );
+            }
+            let Some(c) = done.carried else {
+                eprintln!(
+                    "the store has no payload schema and no consumer: the migration is complete"
+                );
+                return 0;
+            };
             eprintln!(
-                "migrated {} event(s) in this run; stream {stream} holds seqs {}..={} of the \
-                 store: the migration is complete",
-                done.published, done.first, done.last
+                "payload schemas: {} type(s) in the store; {} version(s) registered and {} \
+                 type(s)' validation stopped in this run",
+                c.schema_types, c.schema_versions, c.schemas_stopped
             );
-            0
+            eprintln!(
+                "consumers: {} in the store; {} created in this run; {} queue ledger(s) written \
+                 in this run, with {} dead letter(s)",
+                c.consumers, c.consumers_created, c.ledgers, c.dead_letters
+            );
+            for note in &c.notes {
+                eprintln!("note: {note}");
+            }
+            for why in &c.refused {
+                eprintln!("refused: {why}");
+            }
+            if c.refused.is_empty() {
+                eprintln!("the migration is complete");
+                0
+            } else {
+                eprintln!(
+                    "msgbus migrate: {} schema(s) or consumer(s) refused (listed above); the \
+                     rest is migrated",
+                    c.refused.len()
+                );
+                EXIT_REFUSED
+            }
         }
         Ok(done) => {
             eprintln!(
                 "migrated {} event(s) in this run; stream {stream} holds seqs {}..={} of \
-                 {}..={}: run again to continue",
+                 {}..={}: run again to continue (payload schemas and consumers follow once \
+                 every event is in the stream)",
                 done.published, done.first, done.stream_last, done.first, done.last
             );
             0

@@ -2,10 +2,15 @@
 //! stream on a real nats-server, interrupted (`--limit`, then SIGKILL
 //! midway) and resumed, run once more to show it stores nothing new; then
 //! a NATS-backed msgbus serves every event byte for byte at the seq the
-//! file store gave it, and filters by type find the same events.
+//! file store gave it, and filters by type find the same events. The
+//! payload schemas and consumers move too: validation goes on, the
+//! versions keep their numbers and documents, a cursor consumer reads on
+//! from its cursor, a queue leases only what was not done; and a target
+//! that holds a different schema or consumer of the same name keeps it.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,9 +18,9 @@ use serde_json::{json, Value};
 use common::events::event;
 use common::files::DataDir;
 use common::http::Api;
-use common::nats::{nats_server_binary, show, NatsServer, CLUSTER_MIN_VERSION};
+use common::nats::{nats_server_binary, show, NatsServer, Version, CLUSTER_MIN_VERSION};
 use common::process::{run_msgbus, spawn_process};
-use common::server::spawn_app_with;
+use common::server::{spawn_app, spawn_app_with, spawn_nats, NatsTarget};
 
 /// Events in the store.
 const EVENTS: u64 = 3000;
@@ -56,7 +61,7 @@ async fn listing(api: &Api, query: &str) -> Vec<(u64, Value)> {
     }
 }
 
-async fn migrate(dir: &std::path::Path, url: &str, extra: &[&str]) -> (i32, String) {
+async fn migrate(dir: &Path, url: &str, extra: &[&str]) -> (i32, String) {
     let d = dir.display().to_string();
     let mut args = vec![
         "migrate",
@@ -86,41 +91,47 @@ async fn stream_last_seq(server: &NatsServer) -> u64 {
         .map_or(0, |s| s["state"]["last_seq"].as_u64().unwrap_or(0))
 }
 
+/// A nats-server of at least version `min`, once this msgbus is known to
+/// have the NATS backend; `None` (the test is skipped, saying why)
+/// otherwise.
+async fn nats_binary(min: Version) -> Option<PathBuf> {
+    let Some(bin) = nats_server_binary(min).await else {
+        eprintln!(
+            "SKIPPED: no nats-server >= {} could be found or installed",
+            show(min)
+        );
+        return None;
+    };
+    if !serve_has_nats_backend().await {
+        eprintln!("SKIPPED: this msgbus has no NATS backend (serve --nats-url)");
+        return None;
+    }
+    common::note(format!(
+        "nats-server {:?}",
+        common::nats::version_of(&bin).map(show)
+    ));
+    Some(bin)
+}
+
 /// On Debian's nats-server (2.9): no `Nats-Expected-Last-Sequence`, each
 /// ack's seq checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_resumable_idempotent_and_keeps_bytes_and_seqs() {
-    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
-        eprintln!("SKIPPED: no nats-server could be found or installed");
-        return;
-    };
-    scenario(&bin).await;
+    if let Some(bin) = nats_binary((2, 9, 0)).await {
+        scenario(&bin).await;
+    }
 }
 
 /// On a current nats-server (>= 2.10.11): every publish also carries
 /// `Nats-Expected-Last-Sequence`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_to_a_current_nats_server_keeps_bytes_and_seqs() {
-    let Some(bin) = nats_server_binary(CLUSTER_MIN_VERSION).await else {
-        eprintln!(
-            "SKIPPED: no nats-server >= {} could be found or installed",
-            show(CLUSTER_MIN_VERSION)
-        );
-        return;
-    };
-    scenario(&bin).await;
+    if let Some(bin) = nats_binary(CLUSTER_MIN_VERSION).await {
+        scenario(&bin).await;
+    }
 }
 
-async fn scenario(bin: &std::path::Path) {
-    if !serve_has_nats_backend().await {
-        eprintln!("SKIPPED: this msgbus has no NATS backend (serve --nats-url)");
-        return;
-    }
-    common::note(format!(
-        "nats-server {:?}",
-        common::nats::version_of(bin).map(show)
-    ));
-
+async fn scenario(bin: &Path) {
     // A file store with a few thousand events of several types and sources,
     // whose oldest ones retention deleted: its first seq is past 1, so the
     // migration must move the stream's first seq to keep the seqs.
@@ -245,5 +256,345 @@ async fn scenario(bin: &std::path::Path) {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("not migrated from this store"), "{out}");
     assert_eq!(stream_last_seq(&nats).await, EVENTS + 1);
+    bus.stop().await;
+}
+
+/// Version 1 of `order.created`'s schema.
+fn order_v1() -> Value {
+    json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}})
+}
+
+/// Version 2: `note`, which version 1 leaves free, must be a string.
+fn order_v2() -> Value {
+    json!({"type": "object", "required": ["id"],
+           "properties": {"id": {"type": "integer"}, "note": {"type": "string"}}})
+}
+
+fn order(n: u64) -> Value {
+    json!({"id": format!("o-{n}"), "type": "order.created", "source": "/shop",
+           "data": {"id": n}})
+}
+
+fn signup(n: u64) -> Value {
+    json!({"id": format!("u-{n}"), "type": "user.signup", "source": "/users",
+           "data": {"anything": n}})
+}
+
+fn seqs(events: &Value) -> Vec<u64> {
+    events
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// `(type, versions, status)` of every type with a schema.
+async fn schema_summary(api: &Api) -> Vec<(String, u64, String)> {
+    let list = api.get_json("/schemas").await;
+    list["schemas"]
+        .as_array()
+        .expect("schemas")
+        .iter()
+        .map(|t| {
+            (
+                t["type"].as_str().unwrap().to_string(),
+                t["versions"].as_u64().unwrap(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The JSON Schema document of a version, as the server's JSON text of it.
+async fn schema_doc(api: &Api, ty: &str, version: u32) -> String {
+    let r = api.get(&format!("/schemas/{ty}/versions/{version}")).await;
+    assert_eq!(r.status, 200, "{ty} v{version}: {}", r.text());
+    r.json()["schema"].to_string()
+}
+
+/// A file store with two versions of `order.created`'s schema, the
+/// stopped schema of `user.signup`, a cursor consumer `reader` at a cursor
+/// and a queue consumer `jobs` with an ack floor, an acknowledged event
+/// above it and a dead letter above it. Answers the stopped store, what
+/// its server answered about them, and the order events' seqs.
+struct Source {
+    dir: DataDir,
+    v1: String,
+    v2: String,
+    reader_page: Vec<u64>,
+    reader_cursor: u64,
+    orders: Vec<u64>,
+    /// Queue `jobs`: its floor, the seq acknowledged above it, its dead
+    /// letter.
+    floor: u64,
+    acked: u64,
+    dead: u64,
+}
+
+async fn source_store() -> Source {
+    let app = spawn_app().await;
+    // The first order is published under version 1 (its `dataschema`
+    // names it), the rest under version 2.
+    let mut orders = Vec::new();
+    for (n, doc) in [(0, order_v1()), (1, order_v2())] {
+        let r = app.put("/schemas/order.created", &doc).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        if n == 0 {
+            orders.push(app.publish_ok(&order(n)).await["seq"].as_u64().unwrap());
+        }
+    }
+    let r = app
+        .put("/schemas/user.signup", &json!({"type": "object"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = app.delete("/schemas/user.signup").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in 1..=20 {
+        let ev = if n % 3 == 0 { signup(n) } else { order(n) };
+        let r = app.publish_ok(&ev).await;
+        if n % 3 != 0 {
+            orders.push(r["seq"].as_u64().unwrap());
+        }
+    }
+    // The file store refuses what version 2 refuses.
+    let mut bad = order(99);
+    bad["data"]["note"] = json!(5);
+    app.publish(&bad).await.assert_problem(422);
+
+    let r = app
+        .put("/consumers/reader", &json!({"type": "order.created"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let reader_cursor = orders[3];
+    let r = app
+        .post(
+            "/consumers/reader/ack",
+            Some(&json!({"seq": reader_cursor})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reader_page = seqs(&app.get_json("/consumers/reader/events?limit=100").await["events"]);
+    assert_eq!(reader_page, orders[4..].to_vec());
+
+    let r = app
+        .put(
+            "/consumers/jobs",
+            &json!({"mode": "queue", "type": "order.created", "max_deliver": 1, "lease": 60}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = app
+        .post("/consumers/jobs/fetch", Some(&json!({"max": 5, "wait": 0})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let leased = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(seqs(&json!(leased)), orders[..5].to_vec());
+    // Ack the 1st, 2nd and 4th; the 5th nacked (max_deliver 1: dead); the
+    // 3rd stays leased, so the floor stops below it.
+    let r = app
+        .post(
+            "/consumers/jobs/ack",
+            Some(&json!({"seqs": [orders[0], orders[1], orders[3]]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = app
+        .post(
+            "/consumers/jobs/nack",
+            Some(&json!({"seq": orders[4], "lease": leased[4]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead = app.get_json("/consumers/jobs/dead").await;
+        if dead["dead"].as_array().is_some_and(|d| d.len() == 1) {
+            assert_eq!(dead["dead"][0]["seq"], orders[4]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v1 = schema_doc(&app, "order.created", 1).await;
+    let v2 = schema_doc(&app, "order.created", 2).await;
+    Source {
+        dir: app.stop().await,
+        v1,
+        v2,
+        reader_page,
+        reader_cursor,
+        floor: orders[1],
+        acked: orders[3],
+        dead: orders[4],
+        orders,
+    }
+}
+
+/// Every seq queue `name` leases now (nothing acked).
+async fn lease_all(api: &Api, name: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    loop {
+        let r = api
+            .post(
+                &format!("/consumers/{name}/fetch"),
+                Some(&json!({"max": 100, "wait": 1})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = seqs(&r.json()["events"]);
+        if got.is_empty() {
+            out.sort_unstable();
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// On Debian's nats-server (2.9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_and_consumers_move_with_the_events_once_and_conflicts_are_refused() {
+    if let Some(bin) = nats_binary((2, 9, 0)).await {
+        carried(&bin).await;
+    }
+}
+
+/// On a current nats-server (>= 2.10.11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_and_consumers_move_to_a_current_nats_server() {
+    if let Some(bin) = nats_binary(CLUSTER_MIN_VERSION).await {
+        carried(&bin).await;
+    }
+}
+
+async fn carried(bin: &Path) {
+    let src = source_store().await;
+    let nats = NatsServer::start(bin, &[]).await;
+    let url = nats.url();
+
+    let (code, out) = migrate(src.dir.path(), &url, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("every event is migrated"), "{out}");
+    assert!(
+        out.contains("payload schemas: 2 type(s) in the store; 3 version(s) registered and 1 type(s)' validation stopped in this run"),
+        "{out}"
+    );
+    assert!(
+        out.contains("consumers: 2 in the store; 2 created in this run; 1 queue ledger(s) written in this run, with 1 dead letter(s)"),
+        "{out}"
+    );
+    assert!(out.contains("the migration is complete"), "{out}");
+    // Once more: nothing new.
+    let (code, out) = migrate(src.dir.path(), &url, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("migrated 0 event(s)"), "{out}");
+    assert!(
+        out.contains("0 version(s) registered and 0 type(s)' validation stopped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 created in this run; 0 queue ledger(s) written"),
+        "{out}"
+    );
+
+    let target = NatsTarget {
+        url: url.clone(),
+        stream: "MSGBUS".into(),
+    };
+    let bus = spawn_nats(&target, &[]).await;
+    // The schemas: the same versions under the same numbers, validation
+    // on where it was (by the latest version) and off where it was not.
+    assert_eq!(
+        schema_summary(&bus).await,
+        vec![
+            ("order.created".to_string(), 2, "active".to_string()),
+            ("user.signup".to_string(), 1, "deleted".to_string()),
+        ]
+    );
+    assert_eq!(schema_doc(&bus, "order.created", 1).await, src.v1);
+    assert_eq!(schema_doc(&bus, "order.created", 2).await, src.v2);
+    // An event's `dataschema` still names the version it was checked by.
+    let first = bus.get_json(&format!("/events/{}", src.orders[0])).await;
+    assert_eq!(
+        first["event"]["dataschema"], "/schemas/order.created/versions/1",
+        "{first}"
+    );
+    // The cursor consumer reads on from its cursor.
+    let reader = bus.get_json("/consumers/reader").await;
+    assert_eq!(reader["cursor"], src.reader_cursor, "{reader}");
+    assert_eq!(reader["filter"], json!({"type": "order.created"}));
+    let page = bus.get_json("/consumers/reader/events?limit=100").await;
+    assert_eq!(seqs(&page["events"]), src.reader_page);
+    // The queue keeps its dead letter, and leases only what was not done:
+    // above the floor, neither the acknowledged event nor the dead one.
+    let dead = bus.get_json("/consumers/jobs/dead").await;
+    assert_eq!(dead["dead"].as_array().map(Vec::len), Some(1), "{dead}");
+    assert_eq!(dead["dead"][0]["seq"], src.dead);
+    assert_eq!(dead["dead"][0]["attempts"], 1);
+    let want: Vec<u64> = src
+        .orders
+        .iter()
+        .copied()
+        .filter(|s| *s > src.floor && *s != src.acked && *s != src.dead)
+        .collect();
+    assert_eq!(lease_all(&bus, "jobs").await, want);
+    // Validation did not stop: version 2 refuses what version 1 allowed.
+    let mut bad = order(99);
+    bad["data"]["note"] = json!(5);
+    let p = bus.publish(&bad).await.assert_problem(422);
+    assert!(p.to_string().contains("data/note"), "{p}");
+    bus.publish(
+        &json!({"id": "x", "type": "order.created", "source": "/shop", "data": {"id": "seven"}}),
+    )
+    .await
+    .assert_problem(422);
+    bus.publish_ok(&order(100)).await;
+    bus.publish_ok(&signup(101)).await;
+    bus.stop().await;
+
+    // A target that already holds a different version 1 of a type and a
+    // consumer of the same name with another filter keeps them; the rest
+    // moves.
+    let other = NatsTarget {
+        url: url.clone(),
+        stream: "OTHER".into(),
+    };
+    let bus = spawn_nats(&other, &[]).await;
+    let r = bus
+        .put("/schemas/order.created", &json!({"type": "object"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = bus
+        .put("/consumers/reader", &json!({"type": "user.signup"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let theirs = schema_doc(&bus, "order.created", 1).await;
+    bus.stop().await;
+    let (code, out) = migrate(src.dir.path(), &url, &["--nats-stream", "OTHER"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"refused: schema of type "order.created": the target's version 1 is not the store's version 1"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"refused: consumer "reader": the target has a consumer of that name with another definition"#),
+        "{out}"
+    );
+    assert!(out.contains("2 schema(s) or consumer(s) refused"), "{out}");
+    let bus = spawn_nats(&other, &[]).await;
+    assert_eq!(
+        schema_summary(&bus).await,
+        vec![
+            ("order.created".to_string(), 1, "active".to_string()),
+            ("user.signup".to_string(), 1, "deleted".to_string()),
+        ]
+    );
+    assert_eq!(schema_doc(&bus, "order.created", 1).await, theirs);
+    let reader = bus.get_json("/consumers/reader").await;
+    assert_eq!(reader["filter"], json!({"type": "user.signup"}), "{reader}");
+    assert_eq!(bus.get_json("/consumers/jobs").await["mode"], "queue");
     bus.stop().await;
 }

@@ -21,6 +21,32 @@
 //!   newest), and a stream whose last message is not one of this store's
 //!   is refused with the reason. No duplicate window is involved.
 //!
+//! - Once every event is in the stream, payload schemas and durable
+//!   consumers follow ([`Carried`]), both ways through the [`Store`]
+//!   interface (the target is the backend `serve --backend nats` runs):
+//!   - each type's schema versions in order, each checked to come back
+//!     with the file store's number (the NATS side numbers them itself),
+//!     so the `dataschema` URLs events carry resolve to the same
+//!     documents, then the type's validation stopped if it was. A type
+//!     whose versions on the target are not a prefix of the store's (a
+//!     different document under a number, a version the store has not),
+//!     or whose validation is stopped only there, is refused, not
+//!     overwritten.
+//!   - each consumer with its filter (and scope): a cursor consumer at its
+//!     cursor, a queue consumer with its definition, its JetStream
+//!     consumer starting after its ack floor, and its dead letters,
+//!     redriven events and the seqs settled above its floor in its ledger
+//!     ([`super::queues::JsQueues::import`]). A consumer of the same name
+//!     with another filter, mode or queue settings is refused; one with
+//!     the same is left as it is (it may have moved on since).
+//!
+//!   Not carried: registration and creation times (the target's are the
+//!   run's), a cursor behind the store's oldest retained event (the
+//!   consumer starts at the oldest, and the run says so), and queues with
+//!   `"ordering": "subject"`, which the NATS backend does not have
+//!   (refused). A run stopped by `--limit` carries neither schemas nor
+//!   consumers: a cursor or ack floor must not point past the stream.
+//!
 //! This module sees the source only through the [`Store`] interface;
 //! `msgbus migrate` (`src/commands.rs`) opens the stopped file store, as
 //! `msgbus export --data-dir` does, and shows the progress.
@@ -31,7 +57,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 
-use crate::store::{Filter, Matcher, Store};
+use crate::store::{
+    Consumer, ConsumerStart, Filter, Matcher, QueueLedger, SchemaLimits, SchemaType, Store,
+};
 
 /// The header naming an event's seq in the store it was migrated from.
 pub const MIGRATED_SEQ: &str = "Msgbus-Migrated-Seq";
@@ -66,6 +94,42 @@ pub struct Done {
     pub last: u64,
     /// The stream's last seq at the end.
     pub stream_last: u64,
+    /// Schemas and consumers, once every event is in the stream (`None`
+    /// before).
+    pub carried: Option<Carried>,
+}
+
+impl Done {
+    /// True when every event of the store is in the stream.
+    pub fn events_complete(&self) -> bool {
+        self.first == 0 || self.stream_last >= self.last
+    }
+}
+
+/// What a run did with the store's payload schemas and consumers.
+#[derive(Debug, Default)]
+pub struct Carried {
+    /// Types with a schema in the store.
+    pub schema_types: usize,
+    /// Schema versions this run registered on the target.
+    pub schema_versions: usize,
+    /// Types whose validation this run stopped on the target (stopped in
+    /// the store).
+    pub schemas_stopped: usize,
+    /// Consumers in the store.
+    pub consumers: usize,
+    /// Consumers this run created on the target.
+    pub consumers_created: usize,
+    /// Queue ledgers (dead letters, redriven and settled seqs) this run
+    /// wrote.
+    pub ledgers: usize,
+    /// Dead letters among them.
+    pub dead_letters: usize,
+    /// What was left out or changed on the way, one line each.
+    pub notes: Vec<String>,
+    /// Schemas and consumers refused, one reason each (the target keeps
+    /// what it has).
+    pub refused: Vec<String>,
 }
 
 /// A progress callback: events published so far, of how many this run.
@@ -87,12 +151,40 @@ fn migrated_seq(m: &jetstream::message::StreamMessage) -> Option<u64> {
 
 /// Publishes the events of `store` after the stream's last migrated one,
 /// at most `limit` of them, into the stream `settings` names (created if
-/// missing, as `serve --backend nats` creates it). `source` names the store
-/// in messages.
+/// missing, as `serve --backend nats` creates it); once they are all
+/// there, carries its payload schemas and consumers. `source` names the
+/// store in messages.
 pub async fn migrate(
     store: &dyn Store,
     source: &str,
     settings: super::Settings,
+    limit: Option<u64>,
+    on_progress: OnProgress<'_>,
+) -> Result<Done, Failure> {
+    let mut done = events(store, source, &settings, limit, on_progress).await?;
+    if !done.events_complete()
+        || (store.schema_catalog().types.is_empty() && store.consumers().is_empty())
+    {
+        return Ok(done);
+    }
+    // Opened after the events, so its head and first seq are the stream's
+    // with every event in it.
+    let target = super::JetStream::open(settings)
+        .await
+        .map_err(|e| Failure::CannotRun(e.to_string()))?;
+    let mut carried = Carried::default();
+    carry_schemas(store, &target, &mut carried).await;
+    carry_consumers(store, &target, &mut carried).await;
+    target.close().await;
+    done.carried = Some(carried);
+    Ok(done)
+}
+
+/// The events part of [`migrate`].
+async fn events(
+    store: &dyn Store,
+    source: &str,
+    settings: &super::Settings,
     limit: Option<u64>,
     on_progress: OnProgress<'_>,
 ) -> Result<Done, Failure> {
@@ -117,7 +209,7 @@ pub async fn migrate(
         .map_err(|e| Failure::CannotRun(e.to_string()))?;
     backend.close().await;
     drop(backend);
-    let client = super::connect(&settings)
+    let client = super::connect(settings)
         .await
         .map_err(|e| Failure::CannotRun(e.to_string()))?;
     // nats-server 2.9 checks Nats-Expected-Last-Sequence against a counter
@@ -282,4 +374,195 @@ async fn confirm(
     done.stream_last = seq;
     progress(done.published);
     Ok(())
+}
+
+/// Why the target's schemas of a type cannot be brought to the store's
+/// without overwriting something, if they cannot: its versions must be a
+/// prefix of the store's, number for number and byte for byte, and its
+/// validation stopped only where the store's is.
+fn schema_conflict(want: &SchemaType, have: &SchemaType) -> Option<String> {
+    let ty = &want.ty;
+    if have.versions.len() > want.versions.len() {
+        return Some(format!(
+            "schema of type {ty:?}: the target has {} version(s), the store only {}; \
+             the target's were registered elsewhere",
+            have.versions.len(),
+            want.versions.len()
+        ));
+    }
+    for (w, h) in want.versions.iter().zip(&have.versions) {
+        let same = w.version == h.version
+            && serde_json::to_vec(&*w.schema).ok() == serde_json::to_vec(&*h.schema).ok();
+        if !same {
+            return Some(format!(
+                "schema of type {ty:?}: the target's version {} is not the store's version {} \
+                 (a different document under the same number); events' dataschema URLs would \
+                 name another document, so it is not overwritten",
+                h.version, w.version
+            ));
+        }
+    }
+    if have.versions.len() == want.versions.len() && want.active() && !have.active() {
+        return Some(format!(
+            "schema of type {ty:?}: validation is stopped on the target but active in the \
+             store; resuming it would take a new version number the store does not have"
+        ));
+    }
+    None
+}
+
+/// Registers every type's schema versions the target lacks, in order and
+/// under the store's numbers, then stops validation where the store has.
+async fn carry_schemas(from: &dyn Store, to: &dyn Store, out: &mut Carried) {
+    // The store enforced its limits when the versions were registered;
+    // what it holds is copied whatever the target's flags will be.
+    let limits = SchemaLimits {
+        max_versions: usize::MAX,
+        max_types: usize::MAX,
+    };
+    let target = to.schema_catalog();
+    for (ty, want) in &from.schema_catalog().types {
+        out.schema_types += 1;
+        let have = target.types.get(ty);
+        if let Some(why) = have.and_then(|h| schema_conflict(want, h)) {
+            out.refused.push(why);
+            continue;
+        }
+        let mut active = have.is_none_or(SchemaType::active);
+        let from_version = have.map_or(0, |h| h.versions.len());
+        for v in &want.versions[from_version..] {
+            match to.put_schema(ty.clone(), v.schema.clone(), limits).await {
+                Ok(t) if t.latest().version == v.version => {
+                    out.schema_versions += 1;
+                    active = true;
+                }
+                Ok(t) => {
+                    out.refused.push(format!(
+                        "schema of type {ty:?}: version {} was stored as version {} on the \
+                         target (another writer registered one meanwhile); remove the type's \
+                         schemas there and run again",
+                        v.version,
+                        t.latest().version
+                    ));
+                    active = false;
+                    break;
+                }
+                Err(e) => {
+                    out.refused
+                        .push(format!("schema of type {ty:?}, version {}: {e}", v.version));
+                    active = false;
+                    break;
+                }
+            }
+        }
+        if active && !want.active() {
+            match to.delete_schema(ty.clone()).await {
+                Ok(_) => out.schemas_stopped += 1,
+                Err(e) => out.refused.push(format!(
+                    "schema of type {ty:?}: cannot stop its validation on the target: {e}"
+                )),
+            }
+        }
+    }
+}
+
+/// Whether `have` (on the target) is `want`'s definition: filter (with
+/// scope), mode and queue settings.
+fn same_definition(want: &Consumer, have: &Consumer) -> bool {
+    want.filter == have.filter && want.queue == have.queue
+}
+
+/// Creates every consumer the target lacks, at the store's cursor or ack
+/// floor, and writes each queue's ledger.
+async fn carry_consumers(from: &dyn Store, to: &super::JetStream, out: &mut Carried) {
+    let oldest = to.status().first_seq.max(1);
+    for c in from.consumers() {
+        out.consumers += 1;
+        let name = &c.name;
+        let ledger = c.queue.is_some().then(|| from.queue_ledger(name)).flatten();
+        // A queue's floor may be past the cursor it started at.
+        let floor = ledger.as_ref().map_or(c.cursor, |l| l.floor.max(c.cursor));
+        if floor + 1 < oldest && c.queue.is_none() {
+            out.notes.push(format!(
+                "consumer {name:?}: its cursor {floor} is behind the oldest retained event \
+                 {oldest} (the store answers 410 to its reads); on the target it starts at \
+                 event {oldest}"
+            ));
+        }
+        match to.consumer(name) {
+            Some(have) if !same_definition(&c, &have) => {
+                out.refused.push(format!(
+                    "consumer {name:?}: the target has a consumer of that name with another \
+                     definition (store: {}; target: {}); it is not overwritten",
+                    describe(&c),
+                    describe(&have)
+                ));
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                let start = ConsumerStart::Seq((floor + 1).max(oldest));
+                match to
+                    .put_consumer(
+                        name.clone(),
+                        c.filter.clone(),
+                        Some(start),
+                        usize::MAX,
+                        c.queue,
+                    )
+                    .await
+                {
+                    Ok(_) => out.consumers_created += 1,
+                    Err(e) => {
+                        out.refused.push(format!("consumer {name:?}: {e}"));
+                        continue;
+                    }
+                }
+            }
+        }
+        if let Some(l) = ledger {
+            import_ledger(to, name, l, out).await;
+        }
+    }
+}
+
+/// Writes what a queue's ledger holds beyond its floor, if anything, into
+/// a target queue that has no ledger yet.
+async fn import_ledger(to: &super::JetStream, name: &str, l: QueueLedger, out: &mut Carried) {
+    let floor = l.floor;
+    let mut settled = l.acked;
+    settled.extend(l.dead.keys().filter(|s| **s > floor));
+    settled.extend(l.redo.iter().filter(|s| **s > floor));
+    if l.dead.is_empty() && l.redo.is_empty() && settled.is_empty() {
+        return;
+    }
+    let dead = l.dead.len();
+    match to.queues().import(name, l.dead, &l.redo, settled).await {
+        Ok(true) => {
+            out.ledgers += 1;
+            out.dead_letters += dead;
+        }
+        Ok(false) => {}
+        Err(e) => out.refused.push(format!(
+            "consumer {name:?}: cannot write its queue ledger: {e}"
+        )),
+    }
+}
+
+/// A consumer's definition, for a refusal.
+fn describe(c: &Consumer) -> String {
+    let filter = serde_json::to_string(&c.filter).unwrap_or_default();
+    match c.queue {
+        None => format!("cursor consumer, filter {filter}"),
+        Some(q) => format!(
+            "queue consumer, filter {filter}, lease {} ms, max_deliver {}{}",
+            q.lease_ms,
+            q.max_deliver,
+            if q.ordered_by_subject {
+                ", ordering subject"
+            } else {
+                ""
+            }
+        ),
+    }
 }

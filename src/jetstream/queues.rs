@@ -42,7 +42,7 @@
 //! architecture test checks it); the adapter to msgbus's queue interface
 //! is `crate::queue::nats`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,9 +59,16 @@ use crate::store::{Consumer, ConsumerError, DeadLetter, Matcher, StoreError};
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Ledger {
     #[serde(default)]
-    dead: std::collections::BTreeMap<u64, DeadLetter>,
+    dead: BTreeMap<u64, DeadLetter>,
     #[serde(default)]
-    redo: std::collections::BTreeMap<u64, Redo>,
+    redo: BTreeMap<u64, Redo>,
+    /// Seqs above the ack floor that were already acknowledged, dead or
+    /// redriven when the queue was migrated from a file store
+    /// ([`JsQueues::import`]): its JetStream consumer starts at the floor
+    /// and would deliver them again, so a fetch acks them unseen, as it
+    /// does events the filter does not match. Never written otherwise.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    settled: BTreeSet<u64>,
 }
 
 /// A redriven event: its deliveries since the redrive and its lease.
@@ -519,7 +526,7 @@ impl JsQueues {
         let lease_ms = c.queue.map_or(0, |q| q.lease_ms);
         let matcher = Matcher::new(c.filter.clone());
         let deadline = tokio::time::Instant::now() + wait;
-        let (mut got, mut next_redo) = self.claim_redo(c, max).await?;
+        let (mut got, mut next_redo, settled) = self.claim_redo(c, max).await?;
         if got.len() >= max {
             return Ok(got);
         }
@@ -581,9 +588,10 @@ impl JsQueues {
                 let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
                 let matches = super::head_of(&m.payload)
                     .is_some_and(|h| matcher.matches_event(&h.ty, &h.source, h.subject.as_deref()));
-                if !matches {
+                if !matches || settled.contains(&seq) {
                     // Not for this queue (its source, subject or scope, or
-                    // not an event): done for it.
+                    // not an event), or settled before a migration: done
+                    // for it.
                     let _ = self
                         .client
                         .publish(reply, Bytes::from_static(b"+ACK"))
@@ -617,7 +625,7 @@ impl JsQueues {
                 continue;
             }
             if got.len() < max && next_redo.is_some_and(|ms| ms <= now_ms()) {
-                let (more, next) = self.claim_redo(c, max - got.len()).await?;
+                let (more, next, _) = self.claim_redo(c, max - got.len()).await?;
                 got.extend(more);
                 next_redo = next;
             }
@@ -711,12 +719,13 @@ impl JsQueues {
 
     /// Leases up to `max` redriven events of `c` whose lease is free (and
     /// makes dead letters again of those out of deliveries); also answers
-    /// when the next redriven lease or nack delay ends (Unix ms), if any.
+    /// when the next redriven lease or nack delay ends (Unix ms), if any,
+    /// and the ledger's settled seqs (read in the same look at it).
     async fn claim_redo(
         &self,
         c: &Consumer,
         max: usize,
-    ) -> Result<(Vec<Leased>, Option<i64>), LeaseError> {
+    ) -> Result<(Vec<Leased>, Option<i64>, BTreeSet<u64>), LeaseError> {
         let q = c.queue.unwrap_or(crate::store::QueueSpec {
             lease_ms: 30_000,
             max_deliver: 5,
@@ -724,9 +733,11 @@ impl JsQueues {
         });
         let mut died = Vec::new();
         let mut next = None;
+        let mut settled = BTreeSet::new();
         let claimed = self
             .change_ledger(&c.name, |l| {
                 died.clear();
+                settled.clone_from(&l.settled);
                 let now = now_ms();
                 next = l
                     .redo
@@ -815,7 +826,7 @@ impl JsQueues {
                 }
             }
         }
-        Ok((got, next))
+        Ok((got, next, settled))
     }
 
     /// A nack (`delay`) or extend (`None`) of a redriven event: answers
@@ -884,6 +895,36 @@ impl JsQueues {
     /// The dead letters of `c`, by seq.
     pub async fn dead(&self, c: &Consumer) -> Result<Vec<(u64, DeadLetter)>, LeaseError> {
         Ok(self.ledger_of(&c.name).await?.0.dead.into_iter().collect())
+    }
+
+    /// Records, for queue `name` migrated from a file store (`msgbus
+    /// migrate`), what its ledger held beyond the ack floor its JetStream
+    /// consumer starts after: its dead letters (as they were: attempts,
+    /// time, reason), its redriven events (waiting again, from attempt 1)
+    /// and the seqs above the floor already settled (acknowledged, dead or
+    /// redriven), which fetches then skip. Written once, into a queue that
+    /// has no ledger yet: one that has one was migrated already or has run
+    /// on NATS since, and keeps what it has. Answers whether it wrote.
+    pub async fn import(
+        &self,
+        name: &str,
+        dead: BTreeMap<u64, DeadLetter>,
+        redo: &BTreeSet<u64>,
+        settled: BTreeSet<u64>,
+    ) -> Result<bool, LeaseError> {
+        if self.ledger_of(name).await?.1.is_some() {
+            return Ok(false);
+        }
+        let ledger = Ledger {
+            dead,
+            redo: redo.iter().map(|s| (*s, Redo::default())).collect(),
+            settled,
+        };
+        let value = serde_json::to_vec(&ledger).map_err(|e| unavailable("encode", e))?;
+        compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None)
+            .await
+            .map(|rev| rev.is_some())
+            .map_err(|e| unavailable("write the queue's ledger", e))
     }
 
     /// Acknowledges `seqs` (each checked first: all or none where this

@@ -16,6 +16,8 @@ on_both!(
     extend_holds_a_lease_nack_delays_and_max_deliver_makes_a_dead_letter,
     queue_requests_are_checked,
     a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once,
+    the_lease_cap_answers_429_until_an_ack_frees_a_lease("--queue-max-leases", "3"),
+    a_queue_updated_in_place_keeps_its_acks_and_leases_by_its_new_definition,
 );
 
 /// `count` events numbered from `first`, with subject `subject(n)`.
@@ -647,4 +649,72 @@ async fn a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked
         .unwrap()
         .is_empty());
     app.stop().await;
+}
+
+/// `--queue-max-leases`: that many events leased at once (a larger fetch
+/// gets that many), then `429` with `Retry-After` until an ack frees a
+/// lease (on NATS: the JetStream consumer's MaxAckPending).
+async fn the_lease_cap_answers_429_until_an_ack_frees_a_lease(app: TestApp) {
+    create_queue(&app, "capped", json!({"lease": 60})).await;
+    app.publish_batch(&events(1, 6, |n| format!("s{n}"))).await;
+    let got = fetch(&app, "capped", 5, 0).await;
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    let r = app
+        .post(
+            "/consumers/capped/fetch",
+            Some(&json!({"max": 1, "wait": 0})),
+        )
+        .await;
+    r.assert_problem_type(429, "too-many-leases", "a fourth lease");
+    assert!(r.header("retry-after").is_some());
+    let r = app
+        .post("/consumers/capped/ack", Some(&json!({"seq": 1})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = fetch(&app, "capped", 5, 0).await;
+    assert_eq!(seqs(&got), vec![4], "one lease freed, one more leased");
+}
+
+/// `PUT` of an existing queue consumer with other settings changes it in
+/// place: `200`, what was acknowledged stays acknowledged, and the next
+/// deliveries follow the new lease (an event leased for 1 s instead of 60
+/// comes back within seconds).
+async fn a_queue_updated_in_place_keeps_its_acks_and_leases_by_its_new_definition(app: TestApp) {
+    create_queue(&app, "upd", json!({"lease": 60})).await;
+    app.publish_batch(&events(1, 3, |n| format!("s{n}"))).await;
+    let got = fetch(&app, "upd", 2, 0).await;
+    assert_eq!(seqs(&got), vec![1, 2]);
+    let r = app
+        .post("/consumers/upd/ack", Some(&json!({"seqs": [1, 2]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = app
+        .put(
+            "/consumers/upd",
+            &json!({"mode": "queue", "lease": 1, "max_deliver": 3}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "an update, not a creation: {}", r.text());
+    let c = r.json();
+    assert_eq!(
+        (&c["queue"]["lease"], &c["queue"]["max_deliver"]),
+        (&json!(1.0), &json!(3)),
+        "{c}"
+    );
+    let c = app.get_json("/consumers/upd").await;
+    assert_eq!(c["queue"]["lease"], 1.0, "{c}");
+
+    let got = fetch(&app, "upd", 1, 0).await;
+    assert_eq!(seqs(&got), vec![3], "the acknowledged events stay done");
+    assert_eq!(got[0]["attempt"], 1);
+    let asked = std::time::Instant::now();
+    let got = fetch(&app, "upd", 1, 10).await;
+    assert_eq!(seqs(&got), vec![3], "its 1 s lease ran out");
+    assert_eq!(got[0]["attempt"], 2);
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "back after {:?}",
+        asked.elapsed()
+    );
 }
