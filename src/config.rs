@@ -548,6 +548,7 @@ impl ServeConfig {
             } else {
                 crate::store::backup::Copies::Two
             },
+            backup_read_rate: self.monitor_read_rate,
             segment_fd_cache: self.segment_fd_cache.max(1),
             retention: crate::store::retention::RetentionPolicy {
                 max_events: self.retention_max_events,

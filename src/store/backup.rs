@@ -127,11 +127,13 @@ pub const REHASH_SHARED_AFTER: Duration = Duration::from_secs(600);
 /// modification time), is linked without re-reading it; the integrity
 /// monitor scrubs the newest backup's files meanwhile, one per tick, and a
 /// backup failing that scrub empties this record. Kept by the backup thread
-/// for the life of the process (empty after a start, so the first backup
-/// checks every copy it links).
+/// for the life of the process (after a start it holds the newest backup's
+/// copies, checked then: [`verify_recording`]). Its hashing is paced.
 #[derive(Debug, Default)]
 pub struct HashedCopies {
     checked: HashMap<(u64, u64), Checked>,
+    /// Bytes a second its hashing reads (0: no limit).
+    read_rate: u64,
 }
 
 /// When a copy was hashed, what it hashed to, and which file it was then.
@@ -164,6 +166,31 @@ impl FileId {
 }
 
 impl HashedCopies {
+    /// An empty record whose hashing reads at most `read_rate` bytes a
+    /// second (0: no limit), so checking copies that are not cached (the
+    /// whole store, after a start) leaves the disk to commits and reads.
+    pub fn paced(read_rate: u64) -> Self {
+        HashedCopies {
+            checked: HashMap::new(),
+            read_rate,
+        }
+    }
+
+    /// Forgets every copy (a backup failed its check: any may be damaged).
+    pub fn forget(&mut self) {
+        self.checked.clear();
+    }
+
+    /// Length and SHA-256 of the backup copy at `path`, read at the pace,
+    /// dropped from the page cache after.
+    fn sha256(&self, path: &Path) -> Result<(u64, String), FileError> {
+        super::fsutil::sha256_file_paced(
+            path,
+            &mut super::fsutil::ReadPace::new(self.read_rate),
+            AfterRead::DropCached,
+        )
+    }
+
     /// True when the copy at `path` was checked recently against `sha256`
     /// and has not been written to since.
     fn is_fresh(&self, path: &Path, sha256: &str) -> bool {
@@ -521,7 +548,7 @@ fn verified_copy(
     }
     let good = candidates
         .into_iter()
-        .find(|path| matches!(sha256_file(path, AfterRead::DropCached), Ok((n, sha)) if n == bytes && sha == sha256))?;
+        .find(|path| matches!(hashed.sha256(path), Ok((n, sha)) if n == bytes && sha == sha256))?;
     hashed.record(&good, sha256);
     Some(good)
 }
@@ -602,6 +629,31 @@ pub fn read_manifest(dir: &Path) -> Result<BackupManifest, BackupError> {
 /// Verifies every file of the backup `dir` against its SHA-256.
 pub fn verify(dir: &Path) -> Result<BackupManifest, BackupError> {
     verify_sharing(dir, &mut CheckedFiles::default())
+}
+
+/// [`verify`], at `hashed`'s pace, recording each good copy there (the
+/// server's check of its newest backup at start, whose copies the next
+/// backup then shares without reading them again).
+pub fn verify_recording(
+    dir: &Path,
+    hashed: &mut HashedCopies,
+) -> Result<BackupManifest, BackupError> {
+    let bm = read_manifest(dir)?;
+    for f in &bm.files {
+        let path = dir.join(&f.path);
+        let (bytes, sha) = hashed.sha256(&path)?;
+        if bytes != f.bytes || sha != f.sha256 {
+            return Err(BackupError::Mismatch {
+                path,
+                bytes,
+                sha256: sha,
+                expected_bytes: f.bytes,
+                expected_sha256: f.sha256.clone(),
+            });
+        }
+        hashed.record(&path, &sha);
+    }
+    Ok(bm)
 }
 
 /// [`verify`], hashing only the files `checked` has not hashed yet (for a
@@ -812,6 +864,85 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup directory `name` under `root` holding `files` (path,
+    /// bytes), with a manifest naming each file's true SHA-256.
+    fn backup_of(root: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = layout::backups_dir(root).join(name);
+        let mut listed = Vec::new();
+        for (path, bytes) in files {
+            let at = dir.join(path);
+            fs::create_dir_all(at.parent().unwrap()).unwrap();
+            fs::write(&at, bytes).unwrap();
+            let (n, sha256) = sha256_file(&at, AfterRead::KeepCached).unwrap();
+            listed.push(BackupFile {
+                path: path.to_string(),
+                bytes: n,
+                sha256,
+            });
+        }
+        let bm = BackupManifest {
+            name: name.to_string(),
+            lineage: None,
+            created_at: "2026-11-30T00:00:00Z".to_string(),
+            first_seq: 1,
+            last_seq: 1,
+            bytes: files.iter().map(|(_, b)| b.len() as u64).sum(),
+            files: listed,
+        };
+        fs::write(dir.join(BACKUP_MANIFEST), serde_json::to_vec(&bm).unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_start_check_of_the_newest_backup_lets_the_next_backup_share_its_copies_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = backup_of(
+            tmp.path(),
+            "00000001-20261130T000000.000000Z",
+            &[
+                ("segments/a.jsonl", b"first"),
+                ("segments/b.jsonl", b"second"),
+            ],
+        );
+        let bm = read_manifest(&dir).unwrap();
+        let mut hashed = HashedCopies::paced(64 << 20);
+        verify_recording(&dir, &mut hashed).unwrap();
+        for f in &bm.files {
+            assert!(hashed.is_fresh(&dir.join(&f.path), &f.sha256), "{}", f.path);
+        }
+        // A later backup links the copy without reading it again.
+        let previous = vec![(dir.clone(), bm.clone())];
+        let f = &bm.files[0];
+        let linked = verified_copy(
+            &previous,
+            &f.path,
+            &f.sha256,
+            f.bytes,
+            Copies::One,
+            &mut hashed,
+        );
+        assert_eq!(linked, Some(dir.join(&f.path)));
+    }
+
+    #[test]
+    fn a_damaged_copy_fails_the_start_check_and_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = backup_of(
+            tmp.path(),
+            "00000001-20261130T000000.000000Z",
+            &[
+                ("segments/a.jsonl", b"first"),
+                ("segments/b.jsonl", b"second"),
+            ],
+        );
+        let bm = read_manifest(&dir).unwrap();
+        fs::write(dir.join("segments/b.jsonl"), b"sEcond").unwrap();
+        let mut hashed = HashedCopies::paced(0);
+        let err = verify_recording(&dir, &mut hashed).unwrap_err();
+        assert!(matches!(err, BackupError::Mismatch { .. }), "{err}");
+        assert!(!hashed.is_fresh(&dir.join("segments/b.jsonl"), &bm.files[1].sha256));
+    }
 
     fn make(root: &Path, name: &str) {
         let dir = layout::backups_dir(root).join(name);

@@ -1007,6 +1007,7 @@ mod tests {
             key_filter_headroom: crate::store::keyfilter::DEFAULT_HEADROOM,
             backup_keep: 1,
             backup_copies: crate::store::backup::Copies::Two,
+            backup_read_rate: 0,
             segment_fd_cache: 4,
             retention: Default::default(),
         }

@@ -289,6 +289,7 @@ impl StoreHandle {
             config.key_filter_headroom,
             config.backup_keep,
             config.backup_copies,
+            config.backup_read_rate,
         );
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         let (tx, rx) = mpsc::channel(config.queue_capacity);

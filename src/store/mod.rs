@@ -107,6 +107,10 @@ pub struct StoreConfig {
     /// Distinct backup copies of each sealed segment that timer and
     /// on-demand backups make sure exist (see [`backup::Copies`]).
     pub backup_copies: backup::Copies,
+    /// Bytes a second the backup thread reads when it checks a copy it did
+    /// not just write (the newest backup at start, a copy before it is
+    /// shared); 0: no limit. The integrity monitor's rate.
+    pub backup_read_rate: u64,
     /// Sealed segment files kept open for readers (see [`index::SegmentFiles`]).
     pub segment_fd_cache: usize,
     /// Retention limits (all off by default).

@@ -189,13 +189,19 @@ impl Writer {
         key_filter_headroom: u64,
         backup_keep: usize,
         backup_copies: super::backup::Copies,
+        backup_read_rate: u64,
     ) -> (Self, index::Index) {
         *shared.sealed_keys_mut() = SealedKeys {
             filter: rec.sealed_keys,
             before: rec.manifest.active_first_seq,
         };
         let w = Writer {
-            backups: backups::BackupWorker::spawn(shared.clone(), backup_keep, backup_copies),
+            backups: backups::BackupWorker::spawn(
+                shared.clone(),
+                backup_keep,
+                backup_copies,
+                backup_read_rate,
+            ),
             unrepaired: Vec::new(),
             shared,
             manifest: Arc::new(rec.manifest),
