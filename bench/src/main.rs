@@ -124,7 +124,8 @@ struct Args {
     /// print its result as JSON.
     #[arg(long)]
     load: Option<std::net::SocketAddr>,
-    /// With `--load`: single, batch, page, stats or get:PATH (any GET).
+    /// With `--load`: single, batch, page, stats, get:PATH (any GET) or
+    /// random:MAX (`GET /events/{seq}` at random seqs from 1 to MAX).
     #[arg(long, default_value = "single")]
     load_work: String,
     /// With `--load`: connections.
@@ -438,6 +439,11 @@ async fn load(addr: std::net::SocketAddr, args: &Args) -> msgbus_bench::client::
         },
         other if other.starts_with("get:") => Work::Get {
             path: other["get:".len()..].into(),
+        },
+        other if other.starts_with("random:") => Work::RandomEvent {
+            max: other["random:".len()..]
+                .parse()
+                .map_err(|e| format!("--load-work {other:?}: {e}"))?,
         },
         other => return Err(format!("unknown --load-work {other:?}").into()),
     };
