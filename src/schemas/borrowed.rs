@@ -550,107 +550,132 @@ impl<'t> Scanner<'t> {
         Some(self.push(slot))
     }
 
-    /// A string's contents (after its opening quote): borrowed when it
-    /// holds no escape, else unescaped by serde_json (which knows every
-    /// escape and surrogate pair rule).
+    /// A string's contents (after its opening quote): see [`read_string`].
     fn string(&mut self) -> Option<Cow<'t, str>> {
-        let start = self.at;
-        let mut escaped = false;
-        loop {
-            // Eight bytes at a time to the next byte that is not plain text.
-            while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
-                let stops = stops(u64::from_le_bytes(chunk.try_into().ok()?));
-                if stops != 0 {
-                    self.at += (stops.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                self.at += 8;
-            }
-            match *self.bytes.get(self.at)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.at += 2;
-                }
-                // A control character is not allowed raw in a string.
-                0..=0x1f => return None,
-                _ => self.at += 1,
-            }
-        }
-        let end = self.at;
-        self.at += 1;
-        if escaped {
-            // The text with its quotes.
-            let quoted = self.text.get(start - 1..end + 1)?;
-            serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
-        } else {
-            // The quotes and backslash are ASCII, so these are character
-            // boundaries.
-            self.text.get(start..end).map(Cow::Borrowed)
-        }
+        read_string(self.text, &mut self.at)
     }
 
-    /// A number (from its first character, already consumed) as serde_json
-    /// makes it: an integer written without fraction or exponent is a
-    /// `u64` when it fits, negative an `i64` (`-0` and one below `i64::MIN`
-    /// are floats); anything else a float.
+    /// A number (from its first character, already consumed): see
+    /// [`read_number`].
     fn number(&mut self) -> Option<Number> {
-        let start = self.at - 1;
-        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.bytes.get(self.at) {
-            self.at += 1;
+        read_number(self.text, &mut self.at)
+    }
+}
+
+/// Where the string whose contents start at `at` (after its opening
+/// quote) ends: the index of its closing quote, and whether it holds an
+/// escape.
+pub(super) fn string_end(bytes: &[u8], mut at: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        // Eight bytes at a time to the next byte that is not plain text.
+        while let Some(chunk) = bytes.get(at..at + 8) {
+            let stops = stops(u64::from_le_bytes(chunk.try_into().ok()?));
+            if stops != 0 {
+                at += (stops.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
         }
-        let text = &self.bytes[start..self.at];
-        let (negative, digits) = match text.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, text),
-        };
-        let int_len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-        // No digit, or a leading zero before another digit: not JSON.
-        if int_len == 0 || (digits[0] == b'0' && int_len > 1) {
-            return None;
+        match *bytes.get(at)? {
+            b'"' => return Some((at, escaped)),
+            b'\\' => {
+                escaped = true;
+                at += 2;
+            }
+            // A control character is not allowed raw in a string.
+            0..=0x1f => return None,
+            _ => at += 1,
         }
-        let fast = match digits.get(int_len) {
-            // An integer of at most 19 digits always fits a u64.
-            None if int_len <= 19 => {
-                let n = digits
+    }
+}
+
+/// A string's contents, read from `*at` (after its opening quote) to
+/// past its closing quote: borrowed when it holds no escape, else
+/// unescaped by serde_json (which knows every escape and surrogate pair
+/// rule).
+pub(super) fn read_string<'t>(text: &'t str, at: &mut usize) -> Option<Cow<'t, str>> {
+    let start = *at;
+    let (end, escaped) = string_end(text.as_bytes(), start)?;
+    *at = end + 1;
+    if escaped {
+        // The text with its quotes.
+        let quoted = text.get(start - 1..end + 1)?;
+        serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+    } else {
+        // The quotes and backslash are ASCII, so these are character
+        // boundaries.
+        text.get(start..end).map(Cow::Borrowed)
+    }
+}
+
+/// Moves `*at` from a number's first character (already consumed) past
+/// its last; answers the number's text.
+pub(super) fn number_text<'t>(text: &'t str, at: &mut usize) -> Option<&'t str> {
+    let bytes = text.as_bytes();
+    let start = at.checked_sub(1)?;
+    while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = bytes.get(*at) {
+        *at += 1;
+    }
+    text.get(start..*at)
+}
+
+/// A number (from its first character, already consumed at `*at - 1`) as
+/// serde_json makes it: an integer written without fraction or exponent
+/// is a `u64` when it fits, negative an `i64` (`-0` and one below
+/// `i64::MIN` are floats); anything else a float.
+pub(super) fn read_number(text: &str, at: &mut usize) -> Option<Number> {
+    let number = number_text(text, at)?;
+    let (negative, digits) = match number.as_bytes().split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, number.as_bytes()),
+    };
+    let int_len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    // No digit, or a leading zero before another digit: not JSON.
+    if int_len == 0 || (digits[0] == b'0' && int_len > 1) {
+        return None;
+    }
+    let fast = match digits.get(int_len) {
+        // An integer of at most 19 digits always fits a u64.
+        None if int_len <= 19 => {
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if !negative {
+                Some(Number::from(n))
+            } else {
+                let neg = (n as i64).wrapping_neg();
+                if neg >= 0 {
+                    Number::from_f64(-(n as f64))
+                } else {
+                    Some(Number::from(neg))
+                }
+            }
+        }
+        // A decimal of at most 15 digits in all: its digits are an
+        // exact f64 and the power of ten too, so one division gives the
+        // correctly rounded value, as every parser must.
+        Some(b'.') => {
+            let frac = &digits[int_len + 1..];
+            let frac_len = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+            if frac_len == 0 || frac_len < frac.len() || int_len + frac_len > 15 {
+                None
+            } else {
+                let n = digits[..int_len]
                     .iter()
+                    .chain(frac)
                     .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-                if !negative {
-                    Some(Number::from(n))
-                } else {
-                    let neg = (n as i64).wrapping_neg();
-                    if neg >= 0 {
-                        Number::from_f64(-(n as f64))
-                    } else {
-                        Some(Number::from(neg))
-                    }
-                }
+                let f = n as f64 / POW10[frac_len];
+                Number::from_f64(if negative { -f } else { f })
             }
-            // A decimal of at most 15 digits in all: its digits are an
-            // exact f64 and the power of ten too, so one division gives the
-            // correctly rounded value, as every parser must.
-            Some(b'.') => {
-                let frac = &digits[int_len + 1..];
-                let frac_len = frac.iter().take_while(|b| b.is_ascii_digit()).count();
-                if frac_len == 0 || frac_len < frac.len() || int_len + frac_len > 15 {
-                    None
-                } else {
-                    let n = digits[..int_len]
-                        .iter()
-                        .chain(frac)
-                        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-                    let f = n as f64 / POW10[frac_len];
-                    Number::from_f64(if negative { -f } else { f })
-                }
-            }
-            _ => None,
-        };
-        match fast {
-            Some(n) => Some(n),
-            // Exponents, long digit strings, big integers: serde_json's own
-            // conversion (also when the text is not a number: it refuses).
-            None => serde_json::from_str(self.text.get(start..self.at)?).ok(),
         }
+        _ => None,
+    };
+    match fast {
+        Some(n) => Some(n),
+        // Exponents, long digit strings, big integers: serde_json's own
+        // conversion (also when the text is not a number: it refuses).
+        None => serde_json::from_str(number).ok(),
     }
 }
 

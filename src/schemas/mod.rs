@@ -31,6 +31,7 @@ use crate::event::{FieldError, PreparedEvent};
 use crate::store::SchemaCatalog;
 
 pub mod borrowed;
+mod quick;
 
 /// The `$schema` values accepted, and the draft each selects.
 const DRAFTS: &[(&str, Draft)] = &[
@@ -89,7 +90,14 @@ pub fn compile(doc: &Value) -> Result<Compiled, InvalidSchema> {
     }
     let tree = build::<jsonschema::json::SerdeJson>(doc, draft)?;
     let borrowed = build::<borrowed::Borrowed>(doc, draft)?;
-    Ok(Compiled { tree, borrowed })
+    let quick = quick::Checker::compile(doc, draft, &|sub, draft| {
+        build::<borrowed::Borrowed>(sub, draft).ok()
+    });
+    Ok(Compiled {
+        tree,
+        borrowed,
+        quick,
+    })
 }
 
 /// One representation's validator for `doc`, or why `doc` is no schema.
@@ -167,22 +175,43 @@ fn builtin_email(s: &str) -> bool {
         .is_valid(&Value::String(s.to_owned()))
 }
 
-/// One schema version, compiled twice: over [`borrowed::Borrowed`], the
-/// reading of a payload's text that valid events take (no tree built),
-/// and over `serde_json::Value`, for payloads that reading leaves alone
-/// and for listing violations (see [`borrowed`]'s docs).
+/// One schema version, compiled three times: as a quick validator of the
+/// payload's text (`quick`: the keywords events' schemas mostly use,
+/// checked while the text is scanned; `None` for a schema using others),
+/// over [`borrowed::Borrowed`], the reading of a payload's text that valid
+/// events take when the quick one cannot answer (no tree built), and over
+/// `serde_json::Value`, for payloads that reading leaves alone and for
+/// listing violations (see [`borrowed`]'s docs).
 pub struct Compiled {
     tree: Validator,
     borrowed: Validator<borrowed::Borrowed>,
+    quick: Option<quick::Checker>,
 }
 
 impl Compiled {
     /// Whether `data`, a JSON value's text, validates, read without
-    /// building a tree; `None` when the borrowed reading does not take it
-    /// (ask [`Compiled::is_valid`] with a `Value`).
+    /// building a tree: by the quick validator, else the borrowed
+    /// reading; `None` when neither takes it (ask [`Compiled::is_valid`]
+    /// with a `Value`).
     pub fn accepts(&self, data: &str) -> Option<bool> {
+        // Only its "valid" is taken: an invalid payload goes on to the
+        // readings whose answers the violations are listed from.
+        if self.quick_check(data) == Some(true) {
+            return Some(true);
+        }
         let doc = borrowed::Doc::read(data)?;
         Some(self.accepts_doc(&doc))
+    }
+
+    /// The quick validator's answer alone: `None` when the schema has no
+    /// quick validator or it cannot be sure for `data`.
+    pub fn quick_check(&self, data: &str) -> Option<bool> {
+        self.quick.as_ref()?.check(data)
+    }
+
+    /// Whether the schema has a quick validator (uses only its keywords).
+    pub fn has_quick_check(&self) -> bool {
+        self.quick.is_some()
     }
 
     /// Whether a payload already read borrowed validates.
@@ -864,7 +893,40 @@ mod tests {
                        {"type": "number", "exclusiveMinimum": 1, "maximum": 1e300},
                        {"enum": [1.5, 18446744073709551616.0, "x", -0.5]},
                        {"type": ["array", "object"], "items": {"type": "number", "maximum": 2}}]}}),
+            // The quick validator's keywords (see `quick`), in every
+            // combination the values below reach.
+            json!({"type": "object", "required": ["a"], "additionalProperties": false, "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 2},
+                "b": {"type": "string", "pattern": "^[aé]", "minLength": 2, "maxLength": 3},
+                "c": {"enum": ["x", 1, 1.5, null, true]},
+                "d": {"type": ["array", "null"], "items": {"type": "number", "exclusiveMaximum": 2},
+                      "minItems": 1, "maxItems": 3},
+                "é": {"const": "ab"},
+                "ab": {"type": "string", "format": "email"}}}),
+            json!({"type": "array", "maxItems": 3, "items": {
+                "type": ["object", "string", "boolean"], "minLength": 2, "required": ["b"],
+                "properties": {"a": {"type": "number", "exclusiveMinimum": 1.5}},
+                "additionalProperties": {"type": ["string", "null"], "format": "date-time", "maxLength": 20}}}),
+            json!({"$schema": "http://json-schema.org/draft-07/schema#", "title": "t",
+                   "type": ["object", "array", "integer"], "minimum": 1,
+                   "properties": {"a": {"const": 1}, "b": true, "c": false},
+                   "additionalProperties": {"type": "integer", "minimum": -2, "maximum": 18446744073709551615u64},
+                   "items": {"enum": [1, "x", null, true, 1.5]}}),
+            json!({"type": ["object", "string", "number"], "required": ["a", "b"],
+                   "properties": {"a": {"type": ["integer", "null"], "exclusiveMinimum": -1,
+                                        "exclusiveMaximum": 1e300, "enum": [0, 2, 3, null, 1.5]}},
+                   "maxLength": 2, "minimum": -0.5, "maximum": 1e300, "const": "x",
+                   "additionalProperties": {"items": {"type": "object", "additionalProperties": false}}}),
         ];
+        // The quick validator takes exactly the schemas of its keywords.
+        let quick: Vec<bool> = schemas
+            .iter()
+            .map(|s| compile(s).unwrap().has_quick_check())
+            .collect();
+        assert_eq!(
+            quick,
+            [false, false, false, false, false, true, true, true, true]
+        );
         let validators: Vec<Compiled> = schemas.iter().map(|s| compile(s).unwrap()).collect();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
@@ -954,6 +1016,21 @@ mod tests {
             let tree: Value = serde_json::from_str(instance).unwrap();
             assert_eq!(c.is_valid(&tree), want, "{schema} on {instance}");
         }
+        // How often the quick validator answered, valid and invalid.
+        let mut quick = [0usize; 2];
+        // Its "valid" is always the crate's; its "invalid" too unless a
+        // member name repeats (it stops at the first violation, before a
+        // repetition that would replace the value).
+        let mut record_quick =
+            |c: &Compiled, text: &str, want: bool, schema: &Value, repeated: bool| match c
+                .quick_check(text)
+            {
+                Some(got) if !repeated || got => {
+                    assert_eq!(got, want, "quick: {schema} on {text}");
+                    quick[usize::from(want)] += 1;
+                }
+                _ => {}
+            };
         let (mut valid, mut invalid) = (0, 0);
         for _ in 0..20_000 {
             let v = value(&mut next, 0);
@@ -961,6 +1038,7 @@ mod tests {
             for (schema, c) in schemas.iter().zip(&validators) {
                 let tree = c.is_valid(&v);
                 assert_eq!(c.accepts(&text), Some(tree), "{schema} on {text}");
+                record_quick(c, &text, tree, schema, false);
                 if tree {
                     valid += 1
                 } else {
@@ -1000,7 +1078,14 @@ mod tests {
             for (schema, c) in schemas.iter().zip(&validators) {
                 let want = c.is_valid(&tree);
                 let got = c.accepts(&text);
-                assert_eq!(got, (!repeated).then_some(want), "{schema} on {text}");
+                record_quick(c, &text, want, schema, repeated);
+                if repeated {
+                    // Only the quick validator may answer, and only where
+                    // the repetition cannot change the answer.
+                    assert!(got.is_none_or(|got| got == want), "{schema} on {text}");
+                } else {
+                    assert_eq!(got, Some(want), "{schema} on {text}");
+                }
                 if want {
                     valid += 1
                 } else {
@@ -1011,6 +1096,13 @@ mod tests {
         assert!(
             valid > 1_000 && invalid > 1_000 && deep > 50,
             "{valid} valid, {invalid} invalid, {deep} deep"
+        );
+        // Of 4 x 40,000 checks by schemas with a quick validator.
+        assert!(
+            quick[0] > 20_000 && quick[1] > 10_000,
+            "the quick validator answered {} invalid, {} valid",
+            quick[0],
+            quick[1]
         );
     }
 
