@@ -163,8 +163,10 @@ pub struct ServeConfig {
     /// the disk and page cache from publishers and readers for minutes;
     /// paced at the default it takes about 5 minutes at that size, and
     /// damage in a sealed segment is found that much later. Each periodic
-    /// check hashes one segment (64 MiB: about a second). `POST
-    /// /admin/verify` is never paced.
+    /// check hashes one segment (64 MiB: about a second). The backup
+    /// thread reads at the same pace when it checks copies it did not just
+    /// write (the newest backup at start, an older copy before a new backup
+    /// links it). `POST /admin/verify` is never paced.
     #[arg(long, env = "MSGBUS_MONITOR_READ_RATE", default_value = "64MiB", value_parser = parse_bytes)]
     pub monitor_read_rate: u64,
 
