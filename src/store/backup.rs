@@ -894,11 +894,10 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn the_start_check_of_the_newest_backup_lets_the_next_backup_share_its_copies_unread() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A backup of two small segment copies, and its manifest.
+    fn two_copies(root: &Path) -> (PathBuf, BackupManifest) {
         let dir = backup_of(
-            tmp.path(),
+            root,
             "00000001-20261130T000000.000000Z",
             &[
                 ("segments/a.jsonl", b"first"),
@@ -906,6 +905,13 @@ mod tests {
             ],
         );
         let bm = read_manifest(&dir).unwrap();
+        (dir, bm)
+    }
+
+    #[test]
+    fn the_start_check_of_the_newest_backup_lets_the_next_backup_share_its_copies_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, bm) = two_copies(tmp.path());
         let mut hashed = HashedCopies::paced(64 << 20);
         verify_recording(&dir, &mut hashed).unwrap();
         for f in &bm.files {
@@ -928,15 +934,7 @@ mod tests {
     #[test]
     fn a_damaged_copy_fails_the_start_check_and_is_not_trusted() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = backup_of(
-            tmp.path(),
-            "00000001-20261130T000000.000000Z",
-            &[
-                ("segments/a.jsonl", b"first"),
-                ("segments/b.jsonl", b"second"),
-            ],
-        );
-        let bm = read_manifest(&dir).unwrap();
+        let (dir, bm) = two_copies(tmp.path());
         fs::write(dir.join("segments/b.jsonl"), b"sEcond").unwrap();
         let mut hashed = HashedCopies::paced(0);
         let err = verify_recording(&dir, &mut hashed).unwrap_err();
