@@ -602,18 +602,27 @@ fn verify_files<'a>(
 ) -> Result<(), BackupError> {
     for f in files {
         let path = dir.join(&f.path);
-        let (bytes, sha) = checked.sha256(&path)?;
-        if bytes != f.bytes || sha != f.sha256 {
+        let hashed = checked.sha256(&path)?;
+        f.check(path, hashed)?;
+    }
+    Ok(())
+}
+
+impl BackupFile {
+    /// The copy at `path`, of `(bytes, sha256)`, against this entry: the
+    /// SHA-256 back when it matches, else why not.
+    fn check(&self, path: PathBuf, (bytes, sha256): (u64, String)) -> Result<String, BackupError> {
+        if bytes != self.bytes || sha256 != self.sha256 {
             return Err(BackupError::Mismatch {
                 path,
                 bytes,
-                sha256: sha,
-                expected_bytes: f.bytes,
-                expected_sha256: f.sha256.clone(),
+                sha256,
+                expected_bytes: self.bytes,
+                expected_sha256: self.sha256.clone(),
             });
         }
+        Ok(sha256)
     }
-    Ok(())
 }
 
 /// Reads a backup's manifest.
@@ -641,16 +650,7 @@ pub fn verify_recording(
     let bm = read_manifest(dir)?;
     for f in &bm.files {
         let path = dir.join(&f.path);
-        let (bytes, sha) = hashed.sha256(&path)?;
-        if bytes != f.bytes || sha != f.sha256 {
-            return Err(BackupError::Mismatch {
-                path,
-                bytes,
-                sha256: sha,
-                expected_bytes: f.bytes,
-                expected_sha256: f.sha256.clone(),
-            });
-        }
+        let sha = f.check(path.clone(), hashed.sha256(&path)?)?;
         hashed.record(&path, &sha);
     }
     Ok(bm)

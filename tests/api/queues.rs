@@ -268,6 +268,23 @@ async fn fetch_bodies_are_refused(app: &TestApp, queue: &str) {
     }
 }
 
+/// Ack bodies that name no seq, a seq twice, both fields, or a seq past
+/// the head are refused naming the field.
+async fn ack_bodies_are_refused(app: &TestApp, queue: &str) {
+    let path = format!("/consumers/{queue}/ack");
+    for (body, field) in [
+        (json!({"seqs": [2, 2]}), "seqs"),
+        (json!({"seq": 1, "seqs": [2]}), "seq"),
+        (json!({}), "seq"),
+        (json!({"seqs": []}), "seqs"),
+    ] {
+        let p = app.post(&path, Some(&body)).await.assert_problem(422);
+        assert_eq!(error_fields(&p), vec![field], "{body}");
+    }
+    let r = app.post(&path, Some(&json!({"seq": 99}))).await;
+    r.assert_problem_type(422, "past-head", "ack past the head");
+}
+
 #[tokio::test]
 async fn queue_requests_are_checked_and_bounded() {
     let app = spawn_app_with(&["--queue-max-leases", "3", "--queue-max-acked", "2"]).await;
@@ -299,22 +316,7 @@ async fn queue_requests_are_checked_and_bounded() {
     r.assert_problem_type(429, "too-many-leases", "a fourth lease");
     assert!(r.header("retry-after").is_some());
     // Acks: unknown, duplicate, past the head, both fields.
-    for (body, status, field) in [
-        (json!({"seqs": [2, 2]}), 422, "seqs"),
-        (json!({"seq": 1, "seqs": [2]}), 422, "seq"),
-        (json!({}), 422, "seq"),
-        (json!({"seqs": []}), 422, "seqs"),
-    ] {
-        let p = app
-            .post("/consumers/q/ack", Some(&body))
-            .await
-            .assert_problem(status);
-        assert_eq!(error_fields(&p), vec![field], "{body}");
-    }
-    let r = app
-        .post("/consumers/q/ack", Some(&json!({"seq": 99})))
-        .await;
-    r.assert_problem_type(422, "past-head", "ack past the head");
+    ack_bodies_are_refused(&app, "q").await;
     // The acked-above-floor cap: 2 and 3 fit, 5 would be a third above
     // the floor (1 is still leased), 1 moves the floor and always fits.
     let r = app
@@ -523,22 +525,7 @@ async fn queue_requests_are_checked(app: TestApp) {
     app.publish_batch(&events(1, 3, |n| format!("s{n}"))).await;
     let got = fetch(&app, "q", 2, 0).await;
     assert_eq!(seqs(&got), vec![1, 2]);
-    for (body, field) in [
-        (json!({"seqs": [2, 2]}), "seqs"),
-        (json!({"seq": 1, "seqs": [2]}), "seq"),
-        (json!({}), "seq"),
-        (json!({"seqs": []}), "seqs"),
-    ] {
-        let p = app
-            .post("/consumers/q/ack", Some(&body))
-            .await
-            .assert_problem(422);
-        assert_eq!(error_fields(&p), vec![field], "{body}");
-    }
-    let r = app
-        .post("/consumers/q/ack", Some(&json!({"seq": 99})))
-        .await;
-    r.assert_problem_type(422, "past-head", "ack past the head");
+    ack_bodies_are_refused(&app, "q").await;
     let r = app
         .post("/consumers/q/nack", Some(&json!({"seq": 3})))
         .await;
