@@ -627,7 +627,7 @@ impl Writer {
     /// `checked.before` ([`StoreHandle::append`]), only those sealed since
     /// are asked (their key blocks were just written: no disk read);
     /// otherwise all of them: the key filter first (one cache line; "no"
-    /// for all but about one in a thousand new keys), then the key tables,
+    /// for all but about one in five hundred new keys), then the key tables,
     /// newest first (retries are usually recent), one block each, every
     /// match confirmed by the stored event itself.
     ///
