@@ -720,6 +720,39 @@ async fn the_first_check_reads_at_the_monitor_read_rate() {
     server.terminate(Duration::from_secs(15)).await;
 }
 
+/// A stopping server does not wait for the backup thread's paced check of
+/// the newest backup after a start: at 50 million events that check reads
+/// 18 GB at `--monitor-read-rate` (minutes), and a server asked to stop
+/// waited for all of it, past the time an orchestrator allows before it
+/// kills the process. Here the check would take about a minute; the
+/// server must be gone well before.
+#[tokio::test]
+async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    fill(&app, 300).await;
+    let segs = sealed_segments(app.data_dir());
+    crate::common::monitor::wait_backup_holding(&app, segs.last().unwrap()).await;
+    let dir = app.stop().await;
+    let backed_up: u64 = segs
+        .iter()
+        .map(|s| std::fs::metadata(s).unwrap().len())
+        .sum();
+    let rate_arg = (backed_up / 60).max(1).to_string();
+    let mut args = ARGS.to_vec();
+    args.extend(["--monitor-read-rate", &rate_arg]);
+    let mut server = spawn_process(dir.path(), &args).await;
+    assert_eq!(server.api.get("/health/ready").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = std::time::Instant::now();
+    let status = server.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "exits cleanly: {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "stopped {:?} after SIGTERM; the check of {backed_up} bytes at {rate_arg} bytes/s takes a minute",
+        asked.elapsed()
+    );
+}
+
 /// The sealed segments' key filter fills up as the store grows and is
 /// rebuilt larger on a thread of its own while publishing goes on (with no
 /// headroom here, many times over a few thousand events). Every key stays

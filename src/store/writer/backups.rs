@@ -4,6 +4,7 @@
 //! [`BackupCatalog`](crate::store::catalog::BackupCatalog), prunes old backups
 //! and raises an alert when a backup fails.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -37,6 +38,9 @@ pub(super) enum Trigger {
 pub(super) struct BackupWorker {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Set by [`finish`](Self::finish): the thread gives up what it is
+    /// doing at its next file.
+    stop: Arc<AtomicBool>,
 }
 
 impl BackupWorker {
@@ -50,9 +54,11 @@ impl BackupWorker {
         read_rate: u64,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hashed = backup::HashedCopies::paced(read_rate).stopping_on(stop.clone());
         let thread = std::thread::Builder::new()
             .name("msgbus-backup".into())
-            .spawn(move || run(shared, keep, copies, read_rate, rx))
+            .spawn(move || run(shared, keep, copies, hashed, rx))
             .map_err(
                 |e| tracing::error!(error = %e, "cannot start the backup thread; backups are off"),
             )
@@ -60,6 +66,7 @@ impl BackupWorker {
         BackupWorker {
             tx: thread.as_ref().map(|_| tx),
             thread,
+            stop,
         }
     }
 
@@ -77,8 +84,11 @@ impl BackupWorker {
         }
     }
 
-    /// Lets a running backup finish, then stops the thread.
+    /// Stops the thread: a backup or check in progress gives up at its
+    /// next file (a backup not finished is removed at the next start, and
+    /// the next start checks the newest backup again).
     pub(super) fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -101,7 +111,7 @@ fn run(
     shared: Arc<Shared>,
     keep: usize,
     wanted: backup::Copies,
-    read_rate: u64,
+    mut hashed: backup::HashedCopies,
     rx: mpsc::Receiver<Job>,
 ) {
     backup::remove_incomplete(&shared.data_dir);
@@ -126,7 +136,6 @@ fn run(
     // publishers (fsync 10 ms instead of 1) and readers for a minute after
     // every start. Its copies' hashes are kept, so the first backup shares
     // them without reading them again.
-    let mut hashed = backup::HashedCopies::paced(read_rate);
     if let (Some(dir), Some(newest)) = (dirs.last(), known.last_mut()) {
         if newest.manifest.name == dir.file_name().unwrap_or_default().to_string_lossy() {
             match backup::verify_recording(dir, &mut hashed) {
@@ -134,6 +143,8 @@ fn run(
                     newest.manifest = m;
                     newest.verified_at = Some(crate::clock::now_rfc3339());
                 }
+                // Not checked, not failed: the next start checks it.
+                Err(BackupError::Stopped) => return,
                 Err(e) => {
                     newest.verified = false;
                     newest.error = Some(e.to_string());
@@ -168,7 +179,8 @@ fn run(
         };
         let source = source(&shared);
         let mut result = backup::take(&source, copies, &mut hashed);
-        if result.is_err() && shared.file_state().manifest != source.manifest {
+        let failed = matches!(&result, Err(e) if !matches!(e, BackupError::Stopped));
+        if failed && shared.file_state().manifest != source.manifest {
             // Retention or a seal changed the segments while they were being
             // copied; copy the new state once more before calling it a failure.
             result = backup::take(&self::source(&shared), copies, &mut hashed);
@@ -183,6 +195,9 @@ fn run(
                 shared.backups.remove(&removed);
                 shared.alerts.resolve(&["backup_failed"], None);
                 last_error = None;
+            }
+            Err(BackupError::Stopped) => {
+                tracing::info!("backup given up: msgbus is stopping");
             }
             // The same failure again (the store is still damaged) is not news.
             Err(e) if last_error.as_ref() == Some(&e.to_string()) => {
