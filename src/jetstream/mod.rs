@@ -26,7 +26,8 @@
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
 //!   followed by a KV watch so every instance shares them; queue
 //!   consumers are JetStream durable pull consumers, their dead letters
-//!   and redriven events in a third bucket ([`queues`]); `"ordering":
+//!   and redriven events in a third bucket, the server's MAX_DELIVERIES
+//!   advisories kept in a stream of their own ([`queues`]); `"ordering":
 //!   "subject"` answers 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error

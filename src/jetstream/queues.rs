@@ -26,10 +26,23 @@
 //!   when only another instance did.
 //! - Dead letters: when an event had `max_deliver` deliveries without an
 //!   ack, the server drops it from the consumer's pending set and
-//!   publishes a MAX_DELIVERIES advisory; every instance hears it and
-//!   records the dead letter in the `<stream>_QUEUES` KV bucket (one key
-//!   per queue, a compare-and-set, so it is recorded once), and the one
-//!   whose write recorded it raises the alert.
+//!   publishes a MAX_DELIVERIES advisory. A core NATS message is lost when
+//!   nobody listens, and the server publishes it whether or not a msgbus
+//!   instance is running (its last lease can run out while every instance
+//!   is down), so the advisories are captured by a stream of their own
+//!   (`<stream>_DEAD`, [`advisory_stream`]), which keeps them for every
+//!   instance to read. Every instance replays it from its start and then
+//!   follows it, and records each dead letter in the `<stream>_QUEUES` KV
+//!   bucket (one key per queue) by a compare-and-set that also raises the
+//!   ledger's `advised` mark to the advisory's seq in that stream: an
+//!   advisory at or below the mark was applied already, by this or another
+//!   instance, so each is applied exactly once however many instances
+//!   replay it, and a dead letter redriven since is not listed again. The
+//!   instance whose write recorded it raises the alert. Why not the
+//!   consumer's state: JetStream's ack floor passes acknowledged and
+//!   exhausted events alike, and no API lists which were which; and
+//!   recording a dead letter when the last delivery is handed out would
+//!   list one the worker then acks.
 //! - Redrive: JetStream cannot deliver a message again to a consumer that
 //!   gave up on it, so a redriven dead letter moves to the ledger's `redo`
 //!   entries, and fetches serve those first (the event by a direct get),
@@ -69,7 +82,36 @@ struct Ledger {
     /// does events the filter does not match. Never written otherwise.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     settled: BTreeSet<u64>,
+    /// The seq in the advisory stream ([`advisory_stream`]) of the last
+    /// MAX_DELIVERIES advisory applied to this ledger: later replays skip
+    /// it and every one before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    advised: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The stream that keeps the MAX_DELIVERIES advisories of `stream`'s
+/// consumers, so dead letters are recorded even when no instance was
+/// listening as they happened.
+pub fn advisory_stream(stream: &str) -> String {
+    consumers::bucket_named(stream, "DEAD")
+}
+
+/// The advisories the stream of [`advisory_stream`] captures.
+fn advisory_subjects(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
+}
+
+/// How long the advisory stream keeps an advisory: an instance started
+/// within this time of a dead letter still records it.
+pub const ADVISORY_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Most bytes of advisories kept (about 180,000 of them), oldest dropped
+/// first.
+const ADVISORY_MAX_BYTES: i64 = 64 << 20;
 
 /// A redriven event: its deliveries since the redrive and its lease.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -214,6 +256,9 @@ struct Local {
     /// The consumer the info is of (its creation time: a consumer deleted
     /// and created again starts afresh).
     created_at: String,
+    /// The ledger's `advised` mark as last read or written: advisories at
+    /// or below it are skipped without reading the ledger.
+    advised: u64,
 }
 
 /// The work queues of one stream, as one msgbus instance serves them.
@@ -289,6 +334,22 @@ struct Advisory {
     stream_seq: u64,
     #[serde(default)]
     deliveries: u64,
+    /// When the server published it (RFC 3339).
+    #[serde(default)]
+    timestamp: String,
+}
+
+/// Whether an advisory published at `at` is of the consumer created at
+/// `created_at`, not of an earlier one of the same name (deleted since):
+/// a replay must not give the new consumer the old one's dead letters.
+fn advised_after_creation(at: &str, created_at: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(at),
+        chrono::DateTime::parse_from_rfc3339(created_at),
+    ) {
+        (Ok(at), Ok(created)) => at >= created,
+        _ => true,
+    }
 }
 
 impl JsQueues {
@@ -305,6 +366,27 @@ impl JsQueues {
         head: watch::Receiver<u64>,
     ) -> Result<Arc<JsQueues>, super::StartError> {
         let ledger = consumers::open_bucket(&js, stream, "QUEUES", "queues", replicas).await?;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: advisory_stream(stream),
+            description: Some(format!(
+                "msgbus: the MAX_DELIVERIES advisories of {stream}'s queue consumers"
+            )),
+            subjects: vec![advisory_subjects(stream)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: ADVISORY_KEEP,
+            max_bytes: ADVISORY_MAX_BYTES,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| super::StartError::Stream {
+            stream: stream.to_string(),
+            detail: format!(
+                "cannot create the dead letters' advisory stream {}: {e}",
+                advisory_stream(stream)
+            ),
+        })?;
         Ok(Arc::new(JsQueues {
             client,
             js,
@@ -672,8 +754,10 @@ impl JsQueues {
             let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
             match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
                 Ok(Some(_)) => {
-                    lock(&self.local).entry(name.to_string()).or_default().dead =
-                        ledger.dead.len() as u64;
+                    let mut local = lock(&self.local);
+                    let l = local.entry(name.to_string()).or_default();
+                    l.dead = ledger.dead.len() as u64;
+                    l.advised = l.advised.max(ledger.advised);
                     return Ok(Some(out));
                 }
                 Ok(None) => continue,
@@ -919,6 +1003,7 @@ impl JsQueues {
             dead,
             redo: redo.iter().map(|s| (*s, Redo::default())).collect(),
             settled,
+            advised: 0,
         };
         let value = serde_json::to_vec(&ledger).map_err(|e| unavailable("encode", e))?;
         compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None)
@@ -1168,13 +1253,31 @@ impl JsQueues {
         }
     }
 
-    /// Records the dead letter of an advisory in the ledger; true when
-    /// this write recorded it (another instance may have first).
-    async fn record_dead(&self, name: &str, seq: u64, attempts: u64) -> Result<bool, LeaseError> {
+    /// Records the dead letter of the advisory at `advised` (its seq in the
+    /// advisory stream) in the ledger, unless the ledger applied it
+    /// already; true when this write recorded it (another instance may
+    /// have first).
+    async fn record_dead(
+        &self,
+        name: &str,
+        advised: u64,
+        seq: u64,
+        attempts: u64,
+    ) -> Result<bool, LeaseError> {
+        let known = lock(&self.local).get(name).map_or(0, |l| l.advised);
+        if advised <= known {
+            return Ok(false);
+        }
+        let mut mark = 0;
         let done = self
             .change_ledger(name, |l| {
-                if l.dead.contains_key(&seq) {
+                mark = l.advised;
+                if l.advised >= advised {
                     return Ok(None);
+                }
+                l.advised = advised;
+                if l.dead.contains_key(&seq) {
+                    return Ok(Some(false));
                 }
                 l.dead.insert(
                     seq,
@@ -1184,40 +1287,72 @@ impl JsQueues {
                         reason: format!("delivered {attempts} times without an ack"),
                     },
                 );
-                Ok(Some(()))
+                Ok(Some(true))
             })
             .await?;
-        Ok(done.is_some())
+        if done.is_none() {
+            let mut local = lock(&self.local);
+            let l = local.entry(name.to_string()).or_default();
+            l.advised = l.advised.max(mark);
+        }
+        Ok(done.unwrap_or(false))
     }
 
-    /// Follows the MAX_DELIVERIES advisories of the stream's consumers and
-    /// records their dead letters; returns when the subscription ends (the
-    /// caller starts it again).
+    /// Replays the advisory stream ([`advisory_stream`]) from its start,
+    /// then follows it, recording the dead letters of the stream's queue
+    /// consumers; returns when the subscription ends (the caller starts it
+    /// again, replaying: what was applied is skipped by the ledgers'
+    /// marks).
     pub(super) async fn follow_dead(self: &Arc<Self>) {
         use futures_util::StreamExt;
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-            self.stream
-        );
-        let Ok(mut sub) = self.client.subscribe(subject).await else {
-            return;
+        let advisories = match self.js.get_stream(advisory_stream(&self.stream)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the dead letters' advisory stream");
+                return;
+            }
         };
-        while let Some(m) = sub.next().await {
+        let consumer = advisories
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
+                return;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { return };
+            let Ok(advised) = m.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
             let Ok(a) = serde_json::from_slice::<Advisory>(&m.payload) else {
                 continue;
             };
             if a.stream != self.stream {
                 continue;
             }
-            let Some(c) = self
-                .consumers
-                .list()
-                .into_iter()
-                .find(|c| c.queue.is_some() && js_name(&c.name) == a.consumer)
-            else {
+            let Some(c) = self.consumers.list().into_iter().find(|c| {
+                c.queue.is_some()
+                    && js_name(&c.name) == a.consumer
+                    && advised_after_creation(&a.timestamp, &c.created_at)
+            }) else {
                 continue;
             };
-            match self.record_dead(&c.name, a.stream_seq, a.deliveries).await {
+            match self
+                .record_dead(&c.name, advised, a.stream_seq, a.deliveries)
+                .await
+            {
                 Ok(true) => {
                     let mut d = lock(&self.new_dead);
                     if d.len() < MAX_NEW_DEAD {
@@ -1227,7 +1362,8 @@ impl JsQueues {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(consumer = %c.name, seq = a.stream_seq, error = %e,
-                        "cannot record a dead letter");
+                        "cannot record a dead letter; the advisory is applied when it is replayed");
+                    return;
                 }
             }
         }
