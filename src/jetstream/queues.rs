@@ -79,7 +79,9 @@ struct Ledger {
     /// redriven when the queue was migrated from a file store
     /// ([`JsQueues::import`]): its JetStream consumer starts at the floor
     /// and would deliver them again, so a fetch acks them unseen, as it
-    /// does events the filter does not match. Never written otherwise.
+    /// does events the filter does not match. Never added to otherwise;
+    /// the seqs the consumer's ack floor has passed are pruned by the next
+    /// fetch ([`JsQueues::claim_redo`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     settled: BTreeSet<u64>,
     /// The seq in the advisory stream ([`advisory_stream`]) of the last
@@ -112,6 +114,19 @@ pub const ADVISORY_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most bytes of advisories kept (about 180,000 of them), oldest dropped
 /// first.
 const ADVISORY_MAX_BYTES: i64 = 64 << 20;
+
+/// What [`JsQueues::import`] did with a migrated queue's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// Written: the queue had none.
+    Written,
+    /// The queue's ledger holds what would be written (an earlier run
+    /// wrote it, and nothing changed it since).
+    AlreadyThere,
+    /// The queue has a ledger that differs (written by the NATS backend
+    /// since an earlier run, or by another writer): kept as it is.
+    Kept,
+}
 
 /// A redriven event: its deliveries since the redrive and its lease.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -818,9 +833,18 @@ impl JsQueues {
         let mut died = Vec::new();
         let mut next = None;
         let mut settled = BTreeSet::new();
+        // Settled seqs the ack floor has passed are done for JetStream too:
+        // pruned here, in the write a claim makes anyway (or one of its own).
+        let floor = self
+            .cached(c, Duration::MAX)
+            .map_or(0, |i| i.ack_floor.stream_seq);
         let claimed = self
             .change_ledger(&c.name, |l| {
                 died.clear();
+                let pruned = l.settled.first().is_some_and(|s| *s <= floor);
+                if pruned {
+                    l.settled = l.settled.split_off(&(floor + 1));
+                }
                 settled.clone_from(&l.settled);
                 let now = now_ms();
                 next = l
@@ -836,7 +860,7 @@ impl JsQueues {
                     .map(|(s, _)| *s)
                     .collect();
                 if free.is_empty() {
-                    return Ok(None);
+                    return Ok(pruned.then(Vec::new));
                 }
                 let mut out = Vec::new();
                 for s in free {
@@ -868,7 +892,7 @@ impl JsQueues {
                     r.lease = format!("r{}.{}", r.attempts, uuid::Uuid::new_v4().simple());
                     out.push((s, r.attempts, r.lease.clone()));
                 }
-                if out.is_empty() && died.is_empty() {
+                if out.is_empty() && died.is_empty() && !pruned {
                     return Ok(None);
                 }
                 Ok(Some(out))
@@ -988,16 +1012,23 @@ impl JsQueues {
     /// and the seqs above the floor already settled (acknowledged, dead or
     /// redriven), which fetches then skip. Written once, into a queue that
     /// has no ledger yet: one that has one was migrated already or has run
-    /// on NATS since, and keeps what it has. Answers whether it wrote.
+    /// on NATS since, and keeps what it has.
     pub async fn import(
         &self,
         name: &str,
         dead: BTreeMap<u64, DeadLetter>,
         redo: &BTreeSet<u64>,
         settled: BTreeSet<u64>,
-    ) -> Result<bool, LeaseError> {
-        if self.ledger_of(name).await?.1.is_some() {
-            return Ok(false);
+    ) -> Result<Imported, LeaseError> {
+        if let (have, Some(_)) = self.ledger_of(name).await? {
+            let same = have.dead.keys().eq(dead.keys())
+                && have.redo.keys().eq(redo.iter())
+                && have.settled == settled;
+            return Ok(if same {
+                Imported::AlreadyThere
+            } else {
+                Imported::Kept
+            });
         }
         let ledger = Ledger {
             dead,
@@ -1006,10 +1037,12 @@ impl JsQueues {
             advised: 0,
         };
         let value = serde_json::to_vec(&ledger).map_err(|e| unavailable("encode", e))?;
-        compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None)
-            .await
-            .map(|rev| rev.is_some())
-            .map_err(|e| unavailable("write the queue's ledger", e))
+        match compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None).await {
+            Ok(Some(_)) => Ok(Imported::Written),
+            // Another writer made the ledger first.
+            Ok(None) => Ok(Imported::Kept),
+            Err(e) => Err(unavailable("write the queue's ledger", e)),
+        }
     }
 
     /// Acknowledges `seqs` (each checked first: all or none where this
