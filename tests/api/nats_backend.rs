@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::common::files::DataDir;
 use crate::common::nats::{nats_server_binary, version_of, NatsServer, CLUSTER_MIN_VERSION};
 use crate::common::server::{
-    serve_config, spawn_nats, spawn_on, unique_stream, Backend, NatsTarget,
+    serve_config, spawn_nats, spawn_on, spawn_on_own_nats, unique_stream, Backend, NatsTarget,
 };
 use crate::common::sse::SseReader;
 
@@ -627,16 +627,12 @@ async fn stats_count_events_per_source_in_chunks_shared_by_instances() {
 /// filtered by type prefix and source, and cut by `--max-page-bytes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_catch_up_reads_equal_reads_one_by_one() {
-    let Some(bin) = nats_server_binary(crate::common::nats::BATCH_GET_MIN_VERSION).await else {
-        eprintln!("SKIPPED: no nats-server 2.11+ could be installed");
+    let Some((_server, app)) =
+        spawn_on_own_nats(crate::common::nats::BATCH_GET_MIN_VERSION, &[]).await
+    else {
         return;
     };
-    let server = NatsServer::start(&bin, &[]).await;
-    let target = NatsTarget {
-        url: server.url(),
-        stream: unique_stream(),
-    };
-    let app = spawn_nats(&target, &[]).await;
+    let target = app.nats.clone().expect("a NATS-backed server");
     const EVENTS: usize = 1200;
     for b in 0..EVENTS / 100 {
         let items: Vec<_> = (b * 100..(b + 1) * 100)

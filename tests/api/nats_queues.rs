@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::queues::{create_queue, events};
 use crate::common::http::Api;
-use crate::common::nats::{js_request, nats_server_binary, NatsServer};
-use crate::common::server::{spawn_nats, spawn_on, unique_stream, Backend, NatsTarget};
+use crate::common::nats::js_request;
+use crate::common::server::{spawn_nats, spawn_on, spawn_on_own_nats, Backend};
 
 /// One delivery a worker got: the seq, its attempt, when the fetch that
 /// brought it answered and when the worker's ack was answered.
@@ -256,16 +256,10 @@ async fn dead_seqs(api: &Api, name: &str) -> Vec<u64> {
 /// takes a running instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_made_while_no_instance_runs_is_listed_once_after_a_start() {
-    let Some(bin) = nats_server_binary((2, 10, 0)).await else {
-        eprintln!("SKIPPED: no nats-server 2.10+ could be installed");
+    let Some((server, app)) = spawn_on_own_nats((2, 10, 0), &[]).await else {
         return;
     };
-    let server = NatsServer::start(&bin, &[]).await;
-    let target = NatsTarget {
-        url: server.url(),
-        stream: unique_stream(),
-    };
-    let app = spawn_nats(&target, &[]).await;
+    let target = app.nats.clone().expect("a NATS-backed server");
     create_queue(&app, "jobs", json!({"lease": 1, "max_deliver": 1})).await;
     app.publish_batch(&events(1, 2, |n| format!("s{n}"))).await;
     let r = app
