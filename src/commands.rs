@@ -428,7 +428,14 @@ pub async fn migrate(args: MigrateArgs) -> u8 {
     let stream = &args.nats_stream;
     match result {
         Ok(done) if done.events_complete() => {
-            if done.first == 0 {
+            if done.first == 0 && done.last > 0 {
+                eprintln!(
+                    "the store holds no event (retention removed seqs up to {}): no event to \
+                     migrate; stream {stream}'s next seq is {}, as the store's would be",
+                    done.last,
+                    done.stream_last + 1
+                );
+            } else if done.first == 0 {
                 eprintln!("the store holds no event: no event to migrate");
             } else {
                 eprintln!(
@@ -450,8 +457,8 @@ pub async fn migrate(args: MigrateArgs) -> u8 {
             );
             eprintln!(
                 "consumers: {} in the store; {} created in this run; {} queue ledger(s) written \
-                 in this run, with {} dead letter(s)",
-                c.consumers, c.consumers_created, c.ledgers, c.dead_letters
+                 in this run, with {} dead letter(s); {} kept as the target had them",
+                c.consumers, c.consumers_created, c.ledgers, c.dead_letters, c.ledgers_kept
             );
             for note in &c.notes {
                 eprintln!("note: {note}");

@@ -330,6 +330,9 @@ struct Source {
     floor: u64,
     acked: u64,
     dead: u64,
+    /// When `order.created`'s versions 1 and 2, consumer `reader` and
+    /// queue `jobs` were registered or created.
+    times: Vec<String>,
 }
 
 async fn source_store() -> Source {
@@ -421,6 +424,7 @@ async fn source_store() -> Source {
     }
     let v1 = schema_doc(&app, "order.created", 1).await;
     let v2 = schema_doc(&app, "order.created", 2).await;
+    let times = created_times(&app).await;
     Source {
         dir: app.stop().await,
         v1,
@@ -431,7 +435,46 @@ async fn source_store() -> Source {
         acked: orders[3],
         dead: orders[4],
         orders,
+        times,
     }
+}
+
+/// When `order.created`'s versions 1 and 2, consumer `reader` and queue
+/// `jobs` were registered or created, as the API shows them.
+async fn created_times(api: &Api) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in [
+        "/schemas/order.created/versions/1",
+        "/schemas/order.created/versions/2",
+        "/consumers/reader",
+        "/consumers/jobs",
+    ] {
+        let v = api.get_json(path).await;
+        out.push(
+            v["created_at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: {v}"))
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// The settled seqs of queue `name`'s ledger in `<stream>_QUEUES`, read
+/// from the KV bucket's stream with a direct get.
+async fn settled_seqs(nats: &NatsServer, stream: &str, name: &str) -> Vec<u64> {
+    let key: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    let ledger = common::nats::js_request(
+        nats.addr(),
+        &format!("$JS.API.DIRECT.GET.KV_{stream}_QUEUES"),
+        &json!({"last_by_subj": format!("$KV.{stream}_QUEUES.{key}")}),
+    )
+    .await
+    .expect("the queue's ledger");
+    ledger["settled"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_u64().unwrap()).collect())
+        .unwrap_or_default()
 }
 
 /// Every seq queue `name` leases now (nothing acked).
@@ -496,9 +539,10 @@ async fn carried(bin: &Path) {
         "{out}"
     );
     assert!(
-        out.contains("0 created in this run; 0 queue ledger(s) written"),
+        out.contains("0 created in this run; 0 queue ledger(s) written in this run, with 0 dead letter(s); 0 kept as the target had them"),
         "{out}"
     );
+    assert!(!out.contains("note:"), "{out}");
 
     let target = NatsTarget {
         url: url.clone(),
@@ -541,6 +585,44 @@ async fn carried(bin: &Path) {
         .filter(|s| *s > src.floor && *s != src.acked && *s != src.dead)
         .collect();
     assert_eq!(lease_all(&bus, "jobs").await, want);
+    // The times came along.
+    assert_eq!(created_times(&bus).await, src.times);
+    // Once the ack floor passes the settled seqs, they leave the ledger.
+    assert_eq!(
+        settled_seqs(&nats, "MSGBUS", "jobs").await,
+        vec![src.acked, src.dead]
+    );
+    let r = bus
+        .post("/consumers/jobs/ack", Some(&json!({"seqs": want})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = bus
+            .post("/consumers/jobs/fetch", Some(&json!({"max": 1, "wait": 0})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let settled = settled_seqs(&nats, "MSGBUS", "jobs").await;
+        if settled.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the settled seqs stayed: {settled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The ledger on the target now differs from the store's: a run again
+    // keeps it, and says so.
+    let (code, out) = migrate(src.dir.path(), &url, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            r#"note: consumer "jobs": its queue ledger on the target differs from the store's"#
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 kept as the target had them"), "{out}");
     // Validation did not stop: version 2 refuses what version 1 allowed.
     let mut bad = order(99);
     bad["data"]["note"] = json!(5);
@@ -596,5 +678,59 @@ async fn carried(bin: &Path) {
     let reader = bus.get_json("/consumers/reader").await;
     assert_eq!(reader["filter"], json!({"type": "user.signup"}), "{reader}");
     assert_eq!(bus.get_json("/consumers/jobs").await["mode"], "queue");
+    bus.stop().await;
+}
+
+/// A store whose every event retention removed still has a next seq: the
+/// stream is moved to it, so the first event published through the NATS
+/// backend takes the seq the file store would have given it, not 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_emptied_by_retention_moves_the_stream_to_its_next_seq() {
+    let Some(bin) = nats_binary((2, 9, 0)).await else {
+        return;
+    };
+    let app = spawn_app_with(&["--segment-bytes", "4KiB", "--retention-max-age", "1s"]).await;
+    let mut last = 0;
+    // Each event fills a segment, so the next commit seals it.
+    for n in 0..5 {
+        let e = event(n, "t.gone", "/gone", 5000);
+        last = app.publish_ok(&e).await["seq"].as_u64().unwrap();
+    }
+    // A duplicate seals the last one and writes nothing to the next: once
+    // retention removes the sealed ones, the store is empty.
+    let again = event(4, "t.gone", "/gone", 5000);
+    assert_eq!(app.publish(&again).await.status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = app.get_json("/stats").await;
+        if stats["events"]["total"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never emptied the store: {}",
+            stats["events"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir = app.stop().await;
+    let nats = NatsServer::start(&bin, &[]).await;
+    let (code, out) = migrate(dir.path(), &nats.url(), &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "the store holds no event (retention removed seqs up to {last}): no event to migrate; \
+             stream MSGBUS's next seq is {}",
+            last + 1
+        )),
+        "{out}"
+    );
+    let target = NatsTarget {
+        url: nats.url(),
+        stream: "MSGBUS".into(),
+    };
+    let bus = spawn_nats(&target, &[]).await;
+    let r = bus.publish_ok(&event(1000, "t.new", "/new", 0)).await;
+    assert_eq!(r["seq"], last + 1, "{r}");
     bus.stop().await;
 }

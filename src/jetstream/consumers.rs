@@ -366,6 +366,29 @@ impl Consumers {
         ))
     }
 
+    /// Gives consumer `name` the creation and update times of `from` (the
+    /// same consumer in the store `msgbus migrate` moves, just created
+    /// here by the run).
+    pub async fn carry_times(&self, name: &str, from: &Consumer) -> Result<(), ConsumerError> {
+        for _ in 0..CAS_TRIES {
+            let Some((mut c, rev)) = self.fetch(name).await? else {
+                return Err(ConsumerError::NotFound(name.to_string()));
+            };
+            if c.created_at == from.created_at && c.updated_at == from.updated_at {
+                return Ok(());
+            }
+            c.created_at.clone_from(&from.created_at);
+            c.updated_at.clone_from(&from.updated_at);
+            if self.commit(&c, Some(rev)).await? {
+                return Ok(());
+            }
+        }
+        Err(unavailable(
+            "carry times",
+            "other instances kept changing the consumer; retry",
+        ))
+    }
+
     /// Deletes `name`.
     pub async fn delete(&self, name: String) -> Result<Consumer, ConsumerError> {
         let Some((c, _)) = self.fetch(&name).await? else {

@@ -5,7 +5,9 @@
 //!
 //! - Every event keeps its seq: the stream's sequence is the file seq. An
 //!   empty stream is first moved to the store's oldest seq (a purge up to
-//!   it, which JetStream allows past the end), and every publish carries
+//!   it, which JetStream allows past the end; for a store retention
+//!   emptied, the seq its next event would take, so no seq is used
+//!   twice), and every publish carries
 //!   `Nats-Expected-Last-Sequence: seq - 1`, so JetStream refuses it if
 //!   anything else was stored meanwhile: a live publisher cannot interleave
 //!   and shift seqs. (nats-server 2.9 checks that header against a counter
@@ -36,12 +38,17 @@
 //!     cursor, a queue consumer with its definition, its JetStream
 //!     consumer starting after its ack floor, and its dead letters,
 //!     redriven events and the seqs settled above its floor in its ledger
-//!     ([`super::queues::JsQueues::import`]). A consumer of the same name
+//!     ([`super::queues::JsQueues::import`]; a ledger already there that
+//!     differs, changed by the NATS backend since an earlier run, is kept
+//!     and the run says so). A consumer of the same name
 //!     with another filter, mode or queue settings is refused; one with
 //!     the same is left as it is (it may have moved on since).
 //!
-//!   Not carried: registration and creation times (the target's are the
-//!   run's), a cursor behind the store's oldest retained event (the
+//!   Registration, stop and creation times are carried too (the NATS
+//!   records hold the same fields): each version's, once the target holds
+//!   the same document under the same number, and a consumer's when this
+//!   run created it. Not carried: a cursor behind the store's oldest
+//!   retained event (the
 //!   consumer starts at the oldest, and the run says so), and queues with
 //!   `"ordering": "subject"`, which the NATS backend does not have
 //!   (refused). A run stopped by `--limit` carries neither schemas nor
@@ -125,6 +132,9 @@ pub struct Carried {
     pub ledgers: usize,
     /// Dead letters among them.
     pub dead_letters: usize,
+    /// Queue ledgers the target already had, different from the store's,
+    /// kept as they are (each also a note).
+    pub ledgers_kept: usize,
     /// What was left out or changed on the way, one line each.
     pub notes: Vec<String>,
     /// Schemas and consumers refused, one reason each (the target keeps
@@ -174,6 +184,7 @@ pub async fn migrate(
         .map_err(|e| Failure::CannotRun(e.to_string()))?;
     let mut carried = Carried::default();
     carry_schemas(store, &target, &mut carried).await;
+    carry_schema_times(store, &target, &mut carried).await;
     carry_consumers(store, &target, &mut carried).await;
     target.close().await;
     done.carried = Some(carried);
@@ -199,9 +210,13 @@ async fn events(
         last,
         ..Done::default()
     };
-    if first == 0 {
+    if last == 0 {
         return Ok(done);
     }
+    // The seq the stream's next message must take: the store's oldest, or,
+    // when retention removed every event, the seq the store would give
+    // its next one (so seqs stay unique across the switch).
+    let next = if first == 0 { last + 1 } else { first };
 
     // The stream as the backend creates and checks it.
     let backend = super::JetStream::open(settings.clone())
@@ -233,21 +248,22 @@ async fn events(
 
     // Where to go on.
     if messages == 0 {
-        if stream_last >= first {
+        if stream_last >= next {
             return Err(Failure::CannotRun(format!(
                 "stream {stream_name} is empty but has already used seqs up to {stream_last}, \
-                 past the store's oldest seq {first}: the events could not keep their seqs. \
-                 Migrate into a new stream (--nats-stream)"
+                 past the store's {} seq {next}: the events could not keep their seqs. \
+                 Migrate into a new stream (--nats-stream)",
+                if first == 0 { "next" } else { "oldest" }
             )));
         }
-        if stream_last + 1 < first {
-            // JetStream moves an empty stream's next seq to `first`.
-            stream.purge().sequence(first).await.map_err(|e| {
+        if stream_last + 1 < next {
+            // JetStream moves an empty stream's next seq to `next`.
+            stream.purge().sequence(next).await.map_err(|e| {
                 Failure::CannotRun(format!(
-                    "cannot move stream {stream_name} to the store's oldest seq {first}: {e}"
+                    "cannot move stream {stream_name} to the store's seq {next}: {e}"
                 ))
             })?;
-            stream_last = first - 1;
+            stream_last = next - 1;
         }
     } else {
         let tail = stream.get_raw_message(stream_last).await.map_err(|e| {
@@ -277,7 +293,7 @@ async fn events(
         }
     }
     done.stream_last = stream_last;
-    if stream_last >= last {
+    if first == 0 || stream_last >= last {
         return Ok(done);
     }
 
@@ -466,6 +482,25 @@ async fn carry_schemas(from: &dyn Store, to: &dyn Store, out: &mut Carried) {
     }
 }
 
+/// Gives the target's schema versions the store's registration times
+/// (and stop times), for every type not refused.
+async fn carry_schema_times(from: &dyn Store, to: &super::JetStream, out: &mut Carried) {
+    for (ty, want) in &from.schema_catalog().types {
+        let refused = out
+            .refused
+            .iter()
+            .any(|r| r.starts_with(&format!("schema of type {ty:?}")));
+        if refused {
+            continue;
+        }
+        if let Err(e) = to.shared.schemas.carry_times(want).await {
+            out.notes.push(format!(
+                "schema of type {ty:?}: its registration times were not carried: {e}"
+            ));
+        }
+    }
+}
+
 /// Whether `have` (on the target) is `want`'s definition: filter (with
 /// scope), mode and queue settings.
 fn same_definition(want: &Consumer, have: &Consumer) -> bool {
@@ -512,7 +547,14 @@ async fn carry_consumers(from: &dyn Store, to: &super::JetStream, out: &mut Carr
                     )
                     .await
                 {
-                    Ok(_) => out.consumers_created += 1,
+                    Ok(_) => {
+                        out.consumers_created += 1;
+                        if let Err(e) = to.shared.consumers.carry_times(name, &c).await {
+                            out.notes.push(format!(
+                                "consumer {name:?}: its creation time was not carried: {e}"
+                            ));
+                        }
+                    }
                     Err(e) => {
                         out.refused.push(format!("consumer {name:?}: {e}"));
                         continue;
@@ -538,11 +580,17 @@ async fn import_ledger(to: &super::JetStream, name: &str, l: QueueLedger, out: &
     }
     let dead = l.dead.len();
     match to.queues().import(name, l.dead, &l.redo, settled).await {
-        Ok(true) => {
+        Ok(super::queues::Imported::Written) => {
             out.ledgers += 1;
             out.dead_letters += dead;
         }
-        Ok(false) => {}
+        Ok(super::queues::Imported::AlreadyThere) => {}
+        Ok(super::queues::Imported::Kept) => {
+            out.ledgers_kept += 1;
+            out.notes.push(format!(
+                "consumer {name:?}: its queue ledger on the target differs from the store's                  (the NATS backend has changed it since an earlier run: dead letters, redrives                  or acks); it is kept as it is and the store's ledger is not written"
+            ));
+        }
         Err(e) => out.refused.push(format!(
             "consumer {name:?}: cannot write its queue ledger: {e}"
         )),

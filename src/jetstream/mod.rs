@@ -20,13 +20,15 @@
 //!   and streams;
 //! - health, `/stats` and retention come from the stream's info; the
 //!   per-type counts from a subject-filtered stream info every few
-//!   seconds (types are subjects), none per source (sources are not);
+//!   seconds (types are subjects), the per-source counts from chunks of
+//!   the stream counted once and shared in a KV bucket ([`sources`]);
 //!
 //! - durable (cursor) consumers live in a KV bucket beside the stream
 //!   ([`consumers`]), payload schemas in another ([`schemas`]), each
 //!   followed by a KV watch so every instance shares them; queue
 //!   consumers are JetStream durable pull consumers, their dead letters
-//!   and redriven events in a third bucket ([`queues`]); `"ordering":
+//!   and redriven events in a third bucket, the server's MAX_DELIVERIES
+//!   advisories kept in a stream of their own ([`queues`]); `"ordering":
 //!   "subject"` answers 501 ([`StoreError::Unsupported`]).
 //!
 //! This module knows the store only by its interface, snapshot and error
@@ -36,6 +38,7 @@ pub mod consumers;
 pub mod migrate;
 pub mod queues;
 pub mod schemas;
+mod sources;
 pub mod subject;
 
 use std::borrow::Cow;
@@ -261,6 +264,10 @@ struct Shared {
     state: Mutex<StreamState>,
     /// Events per type, refreshed by [`count_types`].
     type_counts: Mutex<Arc<TypeCounts>>,
+    /// Events per source, refreshed by [`count_sources`].
+    sources: sources::SourceCounts,
+    /// The per-source counts of complete chunks, shared by every instance.
+    sources_kv: async_nats::jetstream::kv::Store,
     counters: Counters,
     settings: Settings,
 }
@@ -462,6 +469,14 @@ impl JetStream {
         let schemas =
             schemas::Schemas::open(&js, &settings.stream, cfg.num_replicas, info.max_payload)
                 .await?;
+        let sources_kv = consumers::open_bucket(
+            &js,
+            &settings.stream,
+            "SOURCES",
+            "per-source counts",
+            cfg.num_replicas,
+        )
+        .await?;
         let (head, _) = watch::channel(state.last_seq);
         let queues = queues::JsQueues::open(
             client.clone(),
@@ -488,6 +503,8 @@ impl JetStream {
             schemas: schemas.clone(),
             state: Mutex::new(state),
             type_counts: Mutex::default(),
+            sources: sources::SourceCounts::default(),
+            sources_kv,
             counters: Counters::default(),
             settings,
         });
@@ -495,6 +512,7 @@ impl JetStream {
         lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(count_types(Arc::downgrade(&shared))));
+        lock(&tasks.0).push(tokio::spawn(count_sources(Arc::downgrade(&shared))));
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
@@ -756,6 +774,25 @@ async fn count_types(shared: std::sync::Weak<Shared>) {
             Err(_) => {
                 tracing::debug!("the messages per subject did not come within {API_TIMEOUT:?}")
             }
+        }
+    }
+}
+
+/// Refreshes the per-source counts every [`TYPE_COUNTS_EVERY`], off the
+/// request path (`/stats` reads the last ones; `sources.rs` says how).
+async fn count_sources(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(TYPE_COUNTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let st = lock(&s.state).clone();
+        if let Err(e) = s
+            .sources
+            .refresh(&s, &s.sources_kv, st.first_seq, st.last_seq, st.messages)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot count the events per source");
         }
     }
 }
@@ -1382,6 +1419,7 @@ impl Store for JetStream {
         let status = self.shared.status();
         let st = lock(&self.shared.state).clone();
         let types = lock(&self.shared.type_counts).clone();
+        let sources = lock(&self.shared.sources.counted).clone();
         let c = &self.shared.counters;
         StatsSnapshot {
             events: EventCounts {
@@ -1391,6 +1429,8 @@ impl Store for JetStream {
                 bytes: st.bytes,
                 by_type: busiest(&types.types, max_series, types.uncounted),
                 distinct_types: types.subjects,
+                by_source: busiest(&sources.sources, max_series, sources.uncounted),
+                distinct_sources: sources.sources.len() as u64,
                 ..EventCounts::default()
             },
             writer: WriterCounters {

@@ -26,10 +26,23 @@
 //!   when only another instance did.
 //! - Dead letters: when an event had `max_deliver` deliveries without an
 //!   ack, the server drops it from the consumer's pending set and
-//!   publishes a MAX_DELIVERIES advisory; every instance hears it and
-//!   records the dead letter in the `<stream>_QUEUES` KV bucket (one key
-//!   per queue, a compare-and-set, so it is recorded once), and the one
-//!   whose write recorded it raises the alert.
+//!   publishes a MAX_DELIVERIES advisory. A core NATS message is lost when
+//!   nobody listens, and the server publishes it whether or not a msgbus
+//!   instance is running (its last lease can run out while every instance
+//!   is down), so the advisories are captured by a stream of their own
+//!   (`<stream>_DEAD`, [`advisory_stream`]), which keeps them for every
+//!   instance to read. Every instance replays it from its start and then
+//!   follows it, and records each dead letter in the `<stream>_QUEUES` KV
+//!   bucket (one key per queue) by a compare-and-set that also raises the
+//!   ledger's `advised` mark to the advisory's seq in that stream: an
+//!   advisory at or below the mark was applied already, by this or another
+//!   instance, so each is applied exactly once however many instances
+//!   replay it, and a dead letter redriven since is not listed again. The
+//!   instance whose write recorded it raises the alert. Why not the
+//!   consumer's state: JetStream's ack floor passes acknowledged and
+//!   exhausted events alike, and no API lists which were which; and
+//!   recording a dead letter when the last delivery is handed out would
+//!   list one the worker then acks.
 //! - Redrive: JetStream cannot deliver a message again to a consumer that
 //!   gave up on it, so a redriven dead letter moves to the ledger's `redo`
 //!   entries, and fetches serve those first (the event by a direct get),
@@ -66,9 +79,53 @@ struct Ledger {
     /// redriven when the queue was migrated from a file store
     /// ([`JsQueues::import`]): its JetStream consumer starts at the floor
     /// and would deliver them again, so a fetch acks them unseen, as it
-    /// does events the filter does not match. Never written otherwise.
+    /// does events the filter does not match. Never added to otherwise;
+    /// the seqs the consumer's ack floor has passed are pruned by the next
+    /// fetch ([`JsQueues::claim_redo`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     settled: BTreeSet<u64>,
+    /// The seq in the advisory stream ([`advisory_stream`]) of the last
+    /// MAX_DELIVERIES advisory applied to this ledger: later replays skip
+    /// it and every one before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    advised: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The stream that keeps the MAX_DELIVERIES advisories of `stream`'s
+/// consumers, so dead letters are recorded even when no instance was
+/// listening as they happened.
+pub fn advisory_stream(stream: &str) -> String {
+    consumers::bucket_named(stream, "DEAD")
+}
+
+/// The advisories the stream of [`advisory_stream`] captures.
+fn advisory_subjects(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
+}
+
+/// How long the advisory stream keeps an advisory: an instance started
+/// within this time of a dead letter still records it.
+pub const ADVISORY_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Most bytes of advisories kept (about 180,000 of them), oldest dropped
+/// first.
+const ADVISORY_MAX_BYTES: i64 = 64 << 20;
+
+/// What [`JsQueues::import`] did with a migrated queue's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// Written: the queue had none.
+    Written,
+    /// The queue's ledger holds what would be written (an earlier run
+    /// wrote it, and nothing changed it since).
+    AlreadyThere,
+    /// The queue has a ledger that differs (written by the NATS backend
+    /// since an earlier run, or by another writer): kept as it is.
+    Kept,
 }
 
 /// A redriven event: its deliveries since the redrive and its lease.
@@ -214,6 +271,9 @@ struct Local {
     /// The consumer the info is of (its creation time: a consumer deleted
     /// and created again starts afresh).
     created_at: String,
+    /// The ledger's `advised` mark as last read or written: advisories at
+    /// or below it are skipped without reading the ledger.
+    advised: u64,
 }
 
 /// The work queues of one stream, as one msgbus instance serves them.
@@ -289,6 +349,22 @@ struct Advisory {
     stream_seq: u64,
     #[serde(default)]
     deliveries: u64,
+    /// When the server published it (RFC 3339).
+    #[serde(default)]
+    timestamp: String,
+}
+
+/// Whether an advisory published at `at` is of the consumer created at
+/// `created_at`, not of an earlier one of the same name (deleted since):
+/// a replay must not give the new consumer the old one's dead letters.
+fn advised_after_creation(at: &str, created_at: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(at),
+        chrono::DateTime::parse_from_rfc3339(created_at),
+    ) {
+        (Ok(at), Ok(created)) => at >= created,
+        _ => true,
+    }
 }
 
 impl JsQueues {
@@ -305,6 +381,27 @@ impl JsQueues {
         head: watch::Receiver<u64>,
     ) -> Result<Arc<JsQueues>, super::StartError> {
         let ledger = consumers::open_bucket(&js, stream, "QUEUES", "queues", replicas).await?;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: advisory_stream(stream),
+            description: Some(format!(
+                "msgbus: the MAX_DELIVERIES advisories of {stream}'s queue consumers"
+            )),
+            subjects: vec![advisory_subjects(stream)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: ADVISORY_KEEP,
+            max_bytes: ADVISORY_MAX_BYTES,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| super::StartError::Stream {
+            stream: stream.to_string(),
+            detail: format!(
+                "cannot create the dead letters' advisory stream {}: {e}",
+                advisory_stream(stream)
+            ),
+        })?;
         Ok(Arc::new(JsQueues {
             client,
             js,
@@ -672,8 +769,10 @@ impl JsQueues {
             let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
             match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
                 Ok(Some(_)) => {
-                    lock(&self.local).entry(name.to_string()).or_default().dead =
-                        ledger.dead.len() as u64;
+                    let mut local = lock(&self.local);
+                    let l = local.entry(name.to_string()).or_default();
+                    l.dead = ledger.dead.len() as u64;
+                    l.advised = l.advised.max(ledger.advised);
                     return Ok(Some(out));
                 }
                 Ok(None) => continue,
@@ -734,9 +833,18 @@ impl JsQueues {
         let mut died = Vec::new();
         let mut next = None;
         let mut settled = BTreeSet::new();
+        // Settled seqs the ack floor has passed are done for JetStream too:
+        // pruned here, in the write a claim makes anyway (or one of its own).
+        let floor = self
+            .cached(c, Duration::MAX)
+            .map_or(0, |i| i.ack_floor.stream_seq);
         let claimed = self
             .change_ledger(&c.name, |l| {
                 died.clear();
+                let pruned = l.settled.first().is_some_and(|s| *s <= floor);
+                if pruned {
+                    l.settled = l.settled.split_off(&(floor + 1));
+                }
                 settled.clone_from(&l.settled);
                 let now = now_ms();
                 next = l
@@ -752,7 +860,7 @@ impl JsQueues {
                     .map(|(s, _)| *s)
                     .collect();
                 if free.is_empty() {
-                    return Ok(None);
+                    return Ok(pruned.then(Vec::new));
                 }
                 let mut out = Vec::new();
                 for s in free {
@@ -784,7 +892,7 @@ impl JsQueues {
                     r.lease = format!("r{}.{}", r.attempts, uuid::Uuid::new_v4().simple());
                     out.push((s, r.attempts, r.lease.clone()));
                 }
-                if out.is_empty() && died.is_empty() {
+                if out.is_empty() && died.is_empty() && !pruned {
                     return Ok(None);
                 }
                 Ok(Some(out))
@@ -904,27 +1012,37 @@ impl JsQueues {
     /// and the seqs above the floor already settled (acknowledged, dead or
     /// redriven), which fetches then skip. Written once, into a queue that
     /// has no ledger yet: one that has one was migrated already or has run
-    /// on NATS since, and keeps what it has. Answers whether it wrote.
+    /// on NATS since, and keeps what it has.
     pub async fn import(
         &self,
         name: &str,
         dead: BTreeMap<u64, DeadLetter>,
         redo: &BTreeSet<u64>,
         settled: BTreeSet<u64>,
-    ) -> Result<bool, LeaseError> {
-        if self.ledger_of(name).await?.1.is_some() {
-            return Ok(false);
+    ) -> Result<Imported, LeaseError> {
+        if let (have, Some(_)) = self.ledger_of(name).await? {
+            let same = have.dead.keys().eq(dead.keys())
+                && have.redo.keys().eq(redo.iter())
+                && have.settled == settled;
+            return Ok(if same {
+                Imported::AlreadyThere
+            } else {
+                Imported::Kept
+            });
         }
         let ledger = Ledger {
             dead,
             redo: redo.iter().map(|s| (*s, Redo::default())).collect(),
             settled,
+            advised: 0,
         };
         let value = serde_json::to_vec(&ledger).map_err(|e| unavailable("encode", e))?;
-        compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None)
-            .await
-            .map(|rev| rev.is_some())
-            .map_err(|e| unavailable("write the queue's ledger", e))
+        match compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None).await {
+            Ok(Some(_)) => Ok(Imported::Written),
+            // Another writer made the ledger first.
+            Ok(None) => Ok(Imported::Kept),
+            Err(e) => Err(unavailable("write the queue's ledger", e)),
+        }
     }
 
     /// Acknowledges `seqs` (each checked first: all or none where this
@@ -1168,13 +1286,31 @@ impl JsQueues {
         }
     }
 
-    /// Records the dead letter of an advisory in the ledger; true when
-    /// this write recorded it (another instance may have first).
-    async fn record_dead(&self, name: &str, seq: u64, attempts: u64) -> Result<bool, LeaseError> {
+    /// Records the dead letter of the advisory at `advised` (its seq in the
+    /// advisory stream) in the ledger, unless the ledger applied it
+    /// already; true when this write recorded it (another instance may
+    /// have first).
+    async fn record_dead(
+        &self,
+        name: &str,
+        advised: u64,
+        seq: u64,
+        attempts: u64,
+    ) -> Result<bool, LeaseError> {
+        let known = lock(&self.local).get(name).map_or(0, |l| l.advised);
+        if advised <= known {
+            return Ok(false);
+        }
+        let mut mark = 0;
         let done = self
             .change_ledger(name, |l| {
-                if l.dead.contains_key(&seq) {
+                mark = l.advised;
+                if l.advised >= advised {
                     return Ok(None);
+                }
+                l.advised = advised;
+                if l.dead.contains_key(&seq) {
+                    return Ok(Some(false));
                 }
                 l.dead.insert(
                     seq,
@@ -1184,40 +1320,72 @@ impl JsQueues {
                         reason: format!("delivered {attempts} times without an ack"),
                     },
                 );
-                Ok(Some(()))
+                Ok(Some(true))
             })
             .await?;
-        Ok(done.is_some())
+        if done.is_none() {
+            let mut local = lock(&self.local);
+            let l = local.entry(name.to_string()).or_default();
+            l.advised = l.advised.max(mark);
+        }
+        Ok(done.unwrap_or(false))
     }
 
-    /// Follows the MAX_DELIVERIES advisories of the stream's consumers and
-    /// records their dead letters; returns when the subscription ends (the
-    /// caller starts it again).
+    /// Replays the advisory stream ([`advisory_stream`]) from its start,
+    /// then follows it, recording the dead letters of the stream's queue
+    /// consumers; returns when the subscription ends (the caller starts it
+    /// again, replaying: what was applied is skipped by the ledgers'
+    /// marks).
     pub(super) async fn follow_dead(self: &Arc<Self>) {
         use futures_util::StreamExt;
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-            self.stream
-        );
-        let Ok(mut sub) = self.client.subscribe(subject).await else {
-            return;
+        let advisories = match self.js.get_stream(advisory_stream(&self.stream)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the dead letters' advisory stream");
+                return;
+            }
         };
-        while let Some(m) = sub.next().await {
+        let consumer = advisories
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
+                return;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { return };
+            let Ok(advised) = m.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
             let Ok(a) = serde_json::from_slice::<Advisory>(&m.payload) else {
                 continue;
             };
             if a.stream != self.stream {
                 continue;
             }
-            let Some(c) = self
-                .consumers
-                .list()
-                .into_iter()
-                .find(|c| c.queue.is_some() && js_name(&c.name) == a.consumer)
-            else {
+            let Some(c) = self.consumers.list().into_iter().find(|c| {
+                c.queue.is_some()
+                    && js_name(&c.name) == a.consumer
+                    && advised_after_creation(&a.timestamp, &c.created_at)
+            }) else {
                 continue;
             };
-            match self.record_dead(&c.name, a.stream_seq, a.deliveries).await {
+            match self
+                .record_dead(&c.name, advised, a.stream_seq, a.deliveries)
+                .await
+            {
                 Ok(true) => {
                     let mut d = lock(&self.new_dead);
                     if d.len() < MAX_NEW_DEAD {
@@ -1227,7 +1395,8 @@ impl JsQueues {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(consumer = %c.name, seq = a.stream_seq, error = %e,
-                        "cannot record a dead letter");
+                        "cannot record a dead letter; the advisory is applied when it is replayed");
+                    return;
                 }
             }
         }

@@ -300,6 +300,47 @@ impl Schemas {
         ))
     }
 
+    /// Gives the versions of `ty` the target holds the registration times
+    /// `from` (the same type in the store `msgbus migrate` moves) has
+    /// under the same numbers and documents, and its stop time where both
+    /// are stopped; answers whether it changed anything.
+    pub async fn carry_times(&self, from: &SchemaType) -> Result<bool, SchemaError> {
+        for attempt in 0..CAS_TRIES {
+            backoff(attempt).await;
+            let Some((mut t, rev)) = self.fetch(&from.ty).await? else {
+                return Ok(false);
+            };
+            let mut changed = false;
+            for v in &mut t.versions {
+                let same = from
+                    .versions
+                    .iter()
+                    .find(|w| w.version == v.version && w.schema == v.schema);
+                if let Some(w) = same.filter(|w| w.created_at != v.created_at) {
+                    v.created_at.clone_from(&w.created_at);
+                    changed = true;
+                }
+            }
+            if t.deleted_at.is_some()
+                && from.deleted_at.is_some()
+                && t.deleted_at != from.deleted_at
+            {
+                t.deleted_at.clone_from(&from.deleted_at);
+                changed = true;
+            }
+            if !changed {
+                return Ok(false);
+            }
+            if self.commit(&t, Some(rev)).await? {
+                return Ok(true);
+            }
+        }
+        Err(unavailable(
+            "carry times",
+            "other instances kept changing this type's schemas; retry",
+        ))
+    }
+
     /// Stops validating `ty` (its versions stay).
     pub async fn delete(&self, ty: String) -> Result<SchemaType, SchemaError> {
         for attempt in 0..CAS_TRIES {

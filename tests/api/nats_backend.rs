@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::common::files::DataDir;
 use crate::common::nats::{nats_server_binary, version_of, NatsServer, CLUSTER_MIN_VERSION};
 use crate::common::server::{
-    serve_config, spawn_nats, spawn_on, unique_stream, Backend, NatsTarget,
+    serve_config, spawn_nats, spawn_on, spawn_on_own_nats, unique_stream, Backend, NatsTarget,
 };
 use crate::common::sse::SseReader;
 
@@ -483,8 +483,8 @@ async fn a_type_whose_versions_outgrow_a_nats_message_is_refused_413() {
 
 /// `/stats` counts events per type on NATS (types are subjects, counted
 /// by the stream), capped at `--max-label-series` with `other` summing the
-/// rest as on the file backend; no per-source counts (sources are not
-/// subjects).
+/// rest as on the file backend; per-source counts too (see
+/// `stats_count_events_per_source_in_chunks_shared_by_instances`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_events_per_type_from_the_stream() {
     let Some(a) = spawn_on(Backend::Nats, &[]).await else {
@@ -512,7 +512,6 @@ async fn stats_count_events_per_type_from_the_stream() {
         if sa["events"]["by_type"] == all && sb["events"]["by_type"] == capped {
             assert_eq!(sa["events"]["total"], 6, "{sa}");
             assert_eq!(sa["store"]["distinct"]["types"], 3, "{sa}");
-            assert_eq!(sa["events"]["by_source"], json!({}), "{sa}");
             break;
         }
         assert!(
@@ -525,22 +524,115 @@ async fn stats_count_events_per_type_from_the_stream() {
     }
 }
 
+/// `/stats` counts events per source on NATS: complete chunks of 1,000
+/// seqs counted once and shared through the `<stream>_SOURCES` bucket, the
+/// newest chunk by each instance, the oldest again from the first seq that
+/// retention left. 2,500 events on a stream keeping 2,000: seqs 1-600 from
+/// `/early`, the next alternating `/x` and `/y`; the first 500 are gone, so
+/// exactly 100 of `/early` count; 250 more move the first seq past every
+/// `/early` one, 250 more from `/late` to the end of chunk 2 and 250 more
+/// past the start of chunk 1 (its counts leave the sum, chunk 2's stay). A second
+/// instance started then takes the complete chunk 2 from the bucket without
+/// reading it: the test changes its stored counts first, and the second
+/// instance shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_events_per_source_in_chunks_shared_by_instances() {
+    let Some(a) = spawn_on(Backend::Nats, &["--retention-max-events", "2000"]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed server");
+    let source = |n: u64| match n {
+        1..=600 => "/early",
+        2751.. => "/late",
+        n if n % 2 == 0 => "/x",
+        _ => "/y",
+    };
+    let publish = |first: u64, count: u64| {
+        (first..first + count)
+            .map(|n| json!({"type": "t.s", "source": source(n), "id": format!("e{n}")}))
+            .collect::<Vec<_>>()
+    };
+    for first in (1..=2500u64).step_by(500) {
+        a.publish_batch(&publish(first, 500)).await;
+    }
+    for (round, (first, want)) in [
+        (501, json!({"/early": 100, "/x": 950, "/y": 950})),
+        (751, json!({"/x": 1000, "/y": 1000})),
+        (1001, json!({"/late": 250, "/x": 875, "/y": 875})),
+        (1251, json!({"/late": 500, "/x": 750, "/y": 750})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if round > 0 {
+            // Round 2 leaves chunks 1 and 2 (seqs 1,001-3,000) whole; in
+            // round 3 the first seq passes into chunk 1, whose counts leave
+            // the sum while chunk 2's stay.
+            a.publish_batch(&publish(2251 + 250 * round as u64, 250))
+                .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sa = a.get_json("/stats").await;
+            let now = (&sa["events"]["first_seq"], &sa["events"]["last_seq"]);
+            let last = 2500 + 250 * round as u64;
+            if sa["events"]["by_source"] == want && now == (&json!(first), &json!(last)) {
+                assert_eq!(sa["events"]["total"], 2000, "{sa}");
+                assert_eq!(
+                    sa["store"]["distinct"]["sources"],
+                    want.as_object().unwrap().len(),
+                    "{sa}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "per-source counts within 30 s (round {round}, want {want}): {}",
+                sa["events"]
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let nats = target.url.trim_start_matches("nats://");
+    let stored = crate::common::nats::js_request(
+        nats.parse().expect("the NATS address"),
+        &format!("$KV.{}_SOURCES.c.2", target.stream),
+        &json!({"/x": 500, "/y": 499, "/z": 1}),
+    )
+    .await;
+    assert!(
+        stored.as_ref().is_some_and(|ack| ack["seq"].is_u64()),
+        "{stored:?}"
+    );
+    let b = spawn_nats(&target, &["--max-label-series", "2"]).await;
+    let capped = json!({"/x": 875, "/y": 874, "other": 251});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sb = b.get_json("/stats").await;
+        if sb["events"]["by_source"] == capped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's per-source counts within 30 s: {}",
+            sb["events"]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// On nats-server 2.11+ a catch-up read is batched direct gets (many
 /// messages per round trip); its pages must be exactly what reading the
 /// same events one by one (`GET /events/{seq}`) gives: unfiltered,
 /// filtered by type prefix and source, and cut by `--max-page-bytes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_catch_up_reads_equal_reads_one_by_one() {
-    let Some(bin) = nats_server_binary(crate::common::nats::BATCH_GET_MIN_VERSION).await else {
-        eprintln!("SKIPPED: no nats-server 2.11+ could be installed");
+    let Some((_server, app)) =
+        spawn_on_own_nats(crate::common::nats::BATCH_GET_MIN_VERSION, &[]).await
+    else {
         return;
     };
-    let server = NatsServer::start(&bin, &[]).await;
-    let target = NatsTarget {
-        url: server.url(),
-        stream: unique_stream(),
-    };
-    let app = spawn_nats(&target, &[]).await;
+    let target = app.nats.clone().expect("a NATS-backed server");
     const EVENTS: usize = 1200;
     for b in 0..EVENTS / 100 {
         let items: Vec<_> = (b * 100..(b + 1) * 100)

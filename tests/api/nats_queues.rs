@@ -1,7 +1,8 @@
 //! Work queues on the NATS backend: one queue served by two msgbus
 //! instances (leases shared through JetStream, acks through either), and
 //! `"ordering": "subject"`, which has no JetStream equivalent, answering
-//! 501. The backend-neutral queue tests run on both backends in
+//! 501; a dead letter made while no instance ran, recorded once at the
+//! next start. The backend-neutral queue tests run on both backends in
 //! `queues.rs`.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,8 @@ use serde_json::json;
 
 use super::queues::{create_queue, events};
 use crate::common::http::Api;
-use crate::common::server::{spawn_nats, spawn_on, Backend};
+use crate::common::nats::js_request;
+use crate::common::server::{spawn_nats, spawn_on, spawn_on_own_nats, Backend};
 
 /// One delivery a worker got: the seq, its attempt, when the fetch that
 /// brought it answered and when the worker's ack was answered.
@@ -231,4 +233,112 @@ async fn subject_ordering_answers_501_on_nats() {
         "nothing created"
     );
     app.stop().await;
+}
+
+/// The seqs `GET /consumers/{name}/dead` lists.
+async fn dead_seqs(api: &Api, name: &str) -> Vec<u64> {
+    let dead = api.get_json(&format!("/consumers/{name}/dead")).await;
+    dead["dead"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{dead}"))
+        .iter()
+        .map(|d| d["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// An event's last lease runs out while no msgbus instance runs, so no
+/// instance hears nats-server's MAX_DELIVERIES advisory as it is sent.
+/// The next instance to start still lists the dead letter (the advisory
+/// was kept by the advisory stream), exactly once although two instances
+/// replay it, and it can be redriven; after the redrive, a start that
+/// replays the advisory again does not list it again. Needs nats-server
+/// 2.10+: 2.9 only notices an exhausted event while a fetch waits, which
+/// takes a running instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_made_while_no_instance_runs_is_listed_once_after_a_start() {
+    let Some((server, app)) = spawn_on_own_nats((2, 10, 0), &[]).await else {
+        return;
+    };
+    let target = app.nats.clone().expect("a NATS-backed server");
+    create_queue(&app, "jobs", json!({"lease": 1, "max_deliver": 1})).await;
+    app.publish_batch(&events(1, 2, |n| format!("s{n}"))).await;
+    let r = app
+        .post("/consumers/jobs/fetch", Some(&json!({"max": 2, "wait": 5})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json()["events"].clone();
+    assert_eq!(got.as_array().unwrap().len(), 2, "{got}");
+    let r = app
+        .post("/consumers/jobs/ack", Some(&json!({"seq": 2})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(app.stop().await);
+
+    // Seq 1's only lease runs out with no instance running: the server
+    // drops it and sends the advisory, which the advisory stream keeps.
+    let advisories = format!("$JS.API.STREAM.INFO.{}_DEAD", target.stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = js_request(server.addr(), &advisories, &json!({})).await;
+        let kept = info
+            .as_ref()
+            .and_then(|i| i["state"]["messages"].as_u64())
+            .unwrap_or(0);
+        if kept == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no advisory was kept while no instance ran: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let a = spawn_nats(&target, &[]).await;
+    let b = spawn_nats(&target, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dead_seqs(&a, "jobs").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead letter was never listed after the start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both instances have replayed the advisory by now (each lists it).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dead_seqs(&b, "jobs").await.is_empty() {
+        assert!(Instant::now() < deadline, "B never listed the dead letter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dead = a.get_json("/consumers/jobs/dead").await;
+    assert_eq!(dead["dead"].as_array().unwrap().len(), 1, "once: {dead}");
+    assert_eq!(dead["dead"][0]["seq"], 1, "{dead}");
+    assert_eq!(dead["dead"][0]["attempts"], 1, "{dead}");
+
+    let r = b
+        .post("/consumers/jobs/dead/redrive", Some(&json!({"seqs": [1]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = a
+        .post("/consumers/jobs/fetch", Some(&json!({"max": 2, "wait": 5})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json()["events"].clone();
+    assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(got[0]["seq"], 1, "the redriven event: {got}");
+    assert_eq!(got[0]["attempt"], 1, "{got}");
+    let r = a
+        .post("/consumers/jobs/ack", Some(&json!({"seq": 1})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A third instance replays the advisory from the start: the ledger
+    // says it was applied, so the redriven and acked event stays off the
+    // list.
+    let c = spawn_nats(&target, &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for api in [&a, &b, &c] {
+        assert_eq!(dead_seqs(api, "jobs").await, Vec::<u64>::new());
+    }
+    drop(server);
 }

@@ -266,6 +266,30 @@ pub async fn spawn_on(backend: Backend, args: &[&str]) -> Option<TestApp> {
     }
 }
 
+/// A nats-server of at least version `min` of the test's own (for what the
+/// shared one, Debian's 2.9, cannot do) and a server on a new stream of
+/// it; `None` after printing SKIPPED when no such nats-server can be
+/// installed. The nats-server stops when dropped.
+pub async fn spawn_on_own_nats(
+    min: super::nats::Version,
+    args: &[&str],
+) -> Option<(super::nats::NatsServer, TestApp)> {
+    let Some(bin) = super::nats::nats_server_binary(min).await else {
+        eprintln!(
+            "SKIPPED: no nats-server {}+ could be installed",
+            super::nats::show(min)
+        );
+        return None;
+    };
+    let server = super::nats::NatsServer::start(&bin, &[]).await;
+    let target = NatsTarget {
+        url: server.url(),
+        stream: unique_stream(),
+    };
+    let app = spawn_nats(&target, args).await;
+    Some((server, app))
+}
+
 /// A server on a fresh data directory serving `target`'s stream (created
 /// if missing), with extra flags.
 pub async fn spawn_nats(target: &NatsTarget, args: &[&str]) -> TestApp {
