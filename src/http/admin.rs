@@ -87,10 +87,6 @@ pub async fn take_backup(State(state): State<AppState>) -> Result<Response, Prob
     let store = file_store(&state, "POST /admin/backups (a backup of the file store)")?;
     match store.backup().await? {
         Ok(info) => Ok((StatusCode::CREATED, Json(BackupInfo::from(info))).into_response()),
-        // The server began to stop while the backup was taken.
-        Err(crate::store::backup::BackupError::Stopped) => {
-            Err(crate::store::StoreError::Stopped.into())
-        }
         Err(reason) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "backup-failed",

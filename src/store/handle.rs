@@ -401,7 +401,9 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Stopped)
     }
 
-    /// Takes a verified backup now and waits for it.
+    /// Takes a verified backup now and waits for it. A backup the
+    /// shutdown stopped is [`StoreError::Stopped`], as for any request the
+    /// shutdown catches; the inner error is a backup that failed.
     pub async fn backup(
         &self,
     ) -> Result<std::result::Result<super::backup::BackupInfo, super::backup::BackupError>> {
@@ -410,7 +412,10 @@ impl StoreHandle {
             .send(Command::Backup { reply: Some(reply) })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)
+        match rx.await.map_err(|_| StoreError::Stopped)? {
+            Err(super::backup::BackupError::Stopped) => Err(StoreError::Stopped),
+            answer => Ok(answer),
+        }
     }
 
     /// How often an idle store should be asked for a retention pass
