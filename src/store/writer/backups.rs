@@ -85,8 +85,9 @@ impl BackupWorker {
     }
 
     /// Stops the thread: a backup or check in progress gives up at its
-    /// next file (a backup not finished is removed at the next start, and
-    /// the next start checks the newest backup again).
+    /// next file (an unfinished backup's directory is removed at once, as
+    /// for any failed backup, and the next start checks the newest backup
+    /// again).
     pub(super) fn finish(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.tx = None;
