@@ -371,7 +371,7 @@ impl Writer {
             Err(gone) => return Ok(gone),
         };
         let data_dir = self.shared.data_dir.clone();
-        if segindex::load(&data_dir, &sealed).is_ok() {
+        if segindex::check(&data_dir, &sealed).is_ok() {
             return Ok(Repaired::AlreadyIntact);
         }
         let path = layout::segment_path(&data_dir, file);
