@@ -509,10 +509,15 @@ impl JetStream {
             settings,
         });
         let tasks = Arc::new(Tasks::default());
-        lock(&tasks.0).push(tokio::spawn(poll_info(Arc::downgrade(&shared))));
-        lock(&tasks.0).push(tokio::spawn(follow(Arc::downgrade(&shared))));
-        lock(&tasks.0).push(tokio::spawn(count_types(Arc::downgrade(&shared))));
-        lock(&tasks.0).push(tokio::spawn(count_sources(Arc::downgrade(&shared))));
+        let weak = || Arc::downgrade(&shared);
+        lock(&tasks.0).push(tokio::spawn(every(INFO_EVERY, weak(), poll_info)));
+        lock(&tasks.0).push(tokio::spawn(follow(weak())));
+        lock(&tasks.0).push(tokio::spawn(every(TYPE_COUNTS_EVERY, weak(), count_types)));
+        lock(&tasks.0).push(tokio::spawn(every(
+            TYPE_COUNTS_EVERY,
+            weak(),
+            count_sources,
+        )));
         lock(&tasks.0).push(tokio::spawn(async move {
             loop {
                 consumers.watch().await;
@@ -565,51 +570,62 @@ fn bump(head: &watch::Sender<u64>, seq: u64) {
     });
 }
 
-/// Fetches stream info every [`INFO_EVERY`]: first and last seq, counts,
-/// and whether the stream can serve (connected, a leader).
-async fn poll_info(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(INFO_EVERY);
+/// Runs `work` every `period` (a late tick delays the next) for as long
+/// as the backend lives: the task holds it weakly, so dropping the backend
+/// ends it.
+async fn every<F, Fut>(period: Duration, shared: std::sync::Weak<Shared>, mut work: F)
+where
+    F: FnMut(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        let got = tokio::time::timeout(API_TIMEOUT, s.stream.get_info()).await;
-        let connected = s.client.connection_state() == async_nats::connection::State::Connected;
-        let mut st = lock(&s.state);
-        match got {
-            Ok(Ok(info)) => {
-                st.first_seq = info.state.first_sequence.max(1);
-                st.last_seq = info.state.last_sequence;
-                st.messages = info.state.messages;
-                st.bytes = info.state.bytes;
-                let no_leader = info
-                    .cluster
-                    .as_ref()
-                    .is_some_and(|c| c.leader.as_deref().is_none_or(str::is_empty))
-                    && info.config.num_replicas > 1;
-                st.unavailable = if !connected {
-                    Some("not connected to any NATS server".into())
-                } else if no_leader {
-                    Some(format!("stream {} has no leader", s.prefix))
-                } else {
-                    None
-                };
-                bump(&s.head, info.state.last_sequence);
-            }
-            Ok(Err(e)) => {
-                st.unavailable = Some(if connected {
-                    format!("cannot read stream {}: {e}", s.prefix)
-                } else {
-                    "not connected to any NATS server".into()
-                })
-            }
-            Err(_) => {
-                st.unavailable = Some(if connected {
-                    format!("stream {} did not answer within {API_TIMEOUT:?}", s.prefix)
-                } else {
-                    "not connected to any NATS server".into()
-                })
-            }
+        work(s).await;
+    }
+}
+
+/// Fetches stream info ([`every`] [`INFO_EVERY`]): first and last seq,
+/// counts, and whether the stream can serve (connected, a leader).
+async fn poll_info(s: Arc<Shared>) {
+    let got = tokio::time::timeout(API_TIMEOUT, s.stream.get_info()).await;
+    let connected = s.client.connection_state() == async_nats::connection::State::Connected;
+    let mut st = lock(&s.state);
+    match got {
+        Ok(Ok(info)) => {
+            st.first_seq = info.state.first_sequence.max(1);
+            st.last_seq = info.state.last_sequence;
+            st.messages = info.state.messages;
+            st.bytes = info.state.bytes;
+            let no_leader = info
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.leader.as_deref().is_none_or(str::is_empty))
+                && info.config.num_replicas > 1;
+            st.unavailable = if !connected {
+                Some("not connected to any NATS server".into())
+            } else if no_leader {
+                Some(format!("stream {} has no leader", s.prefix))
+            } else {
+                None
+            };
+            bump(&s.head, info.state.last_sequence);
+        }
+        Ok(Err(e)) => {
+            st.unavailable = Some(if connected {
+                format!("cannot read stream {}: {e}", s.prefix)
+            } else {
+                "not connected to any NATS server".into()
+            })
+        }
+        Err(_) => {
+            st.unavailable = Some(if connected {
+                format!("stream {} did not answer within {API_TIMEOUT:?}", s.prefix)
+            } else {
+                "not connected to any NATS server".into()
+            })
         }
     }
 }
@@ -760,40 +776,28 @@ async fn read_type_counts(s: &Shared) -> Result<TypeCounts, StoreError> {
     }
 }
 
-/// Refreshes the per-type counts every [`TYPE_COUNTS_EVERY`], off the
-/// request path (`/stats` reads the last ones).
-async fn count_types(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(TYPE_COUNTS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(s) = shared.upgrade() else { return };
-        match tokio::time::timeout(API_TIMEOUT, read_type_counts(&s)).await {
-            Ok(Ok(counts)) => *lock(&s.type_counts) = Arc::new(counts),
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the messages per subject"),
-            Err(_) => {
-                tracing::debug!("the messages per subject did not come within {API_TIMEOUT:?}")
-            }
+/// Refreshes the per-type counts ([`every`] [`TYPE_COUNTS_EVERY`]), off
+/// the request path (`/stats` reads the last ones).
+async fn count_types(s: Arc<Shared>) {
+    match tokio::time::timeout(API_TIMEOUT, read_type_counts(&s)).await {
+        Ok(Ok(counts)) => *lock(&s.type_counts) = Arc::new(counts),
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the messages per subject"),
+        Err(_) => {
+            tracing::debug!("the messages per subject did not come within {API_TIMEOUT:?}")
         }
     }
 }
 
-/// Refreshes the per-source counts every [`TYPE_COUNTS_EVERY`], off the
-/// request path (`/stats` reads the last ones; `sources.rs` says how).
-async fn count_sources(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(TYPE_COUNTS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(s) = shared.upgrade() else { return };
-        let st = lock(&s.state).clone();
-        if let Err(e) = s
-            .sources
-            .refresh(&s, &s.sources_kv, st.first_seq, st.last_seq, st.messages)
-            .await
-        {
-            tracing::debug!(error = %e, "cannot count the events per source");
-        }
+/// Refreshes the per-source counts ([`every`] [`TYPE_COUNTS_EVERY`]), off
+/// the request path (`/stats` reads the last ones; `sources.rs` says how).
+async fn count_sources(s: Arc<Shared>) {
+    let st = lock(&s.state).clone();
+    if let Err(e) = s
+        .sources
+        .refresh(&s, &s.sources_kv, st.first_seq, st.last_seq, st.messages)
+        .await
+    {
+        tracing::debug!(error = %e, "cannot count the events per source");
     }
 }
 

@@ -1345,20 +1345,18 @@ impl JsQueues {
                 return;
             }
         };
-        let consumer = advisories
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
-                    return;
-                }
-            },
+        let messages = async {
+            let consumer = advisories
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let mut messages = match messages.await {
+            Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot follow the dead letters' advisories");
                 return;
