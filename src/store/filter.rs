@@ -35,7 +35,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::segindex::{Name, Record};
+use std::borrow::Cow;
+
+use super::segindex::{Name, Record, TableKind};
 
 /// What a reader selects: the filters of `GET /events`, of a stream and of
 /// a durable consumer (stored with it in `consumers.json`, hence serde).
@@ -262,47 +264,57 @@ impl Ids {
 }
 
 impl PartPlan {
-    /// The plan of `m` for the segment starting at `first_seq` with these
-    /// type and source tables; `subjects` reads its subject table, only
-    /// when the filter names a subject and something else can match.
-    pub fn new<E>(
+    /// The plan of `m` for the segment starting at `first_seq`, whose
+    /// whole tables `table` gives (from memory, or read from the index
+    /// file): each is asked for only when the filter needs it, the
+    /// subjects only when something else can match.
+    pub fn new<'a, E>(
         m: &Matcher,
         first_seq: u64,
-        types: &[Name],
-        sources: &[Name],
-        subjects: impl FnOnce() -> Result<Vec<Name>, E>,
+        table: impl Fn(TableKind) -> Result<Cow<'a, [Name]>, E>,
     ) -> Result<PartPlan, E> {
         let f = m.filter();
-        let cost = types.len() + sources.len();
+        // Names looked at, counted against the read's budget.
+        let cost = std::cell::Cell::new(0);
+        let read = |kind| {
+            let t = table(kind)?;
+            cost.set(cost.get() + t.len());
+            Ok(t)
+        };
         let none = || PartPlan {
             first_seq,
             ty: Ids::Any,
             source: Ids::Any,
             subject: None,
             nothing: true,
-            cost,
+            cost: cost.get(),
         };
         let allows_type = |t: &str| m.allows_type(t);
         let ty = match &f.ty {
             Some(t) if !m.allows_type(t) => None,
-            Some(t) => Ids::of(types, Some(t), None),
-            None if m.type_prefixes().is_some() => Ids::of(types, None, Some(&allows_type)),
+            Some(t) => Ids::of(&read(TableKind::Types)?, Some(t), None),
+            None if m.type_prefixes().is_some() => {
+                Ids::of(&read(TableKind::Types)?, None, Some(&allows_type))
+            }
             None => Some(Ids::Any),
+        };
+        let Some(ty) = ty else {
+            return Ok(none());
         };
         let allows_source = |s: &str| f.scope.allows_source(s);
         let source = match &f.source {
             Some(s) if !f.scope.allows_source(s) => None,
-            Some(s) => Ids::of(sources, Some(s), None),
+            Some(s) => Ids::of(&read(TableKind::Sources)?, Some(s), None),
             None if !f.scope.source_prefixes.is_empty() => {
-                Ids::of(sources, None, Some(&allows_source))
+                Ids::of(&read(TableKind::Sources)?, None, Some(&allows_source))
             }
             None => Some(Ids::Any),
         };
-        let (Some(ty), Some(source)) = (ty, source) else {
+        let Some(source) = source else {
             return Ok(none());
         };
         let subject = match &f.subject {
-            Some(s) => match subjects()?.iter().position(|n| n.name == *s) {
+            Some(s) => match read(TableKind::Subjects)?.iter().position(|n| n.name == *s) {
                 Some(i) => Some(i as u32),
                 None => return Ok(none()),
             },
@@ -314,7 +326,7 @@ impl PartPlan {
             source,
             subject,
             nothing: false,
-            cost,
+            cost: cost.get(),
         })
     }
 

@@ -26,7 +26,8 @@ pub use super::files::{SegmentFiles, DEFAULT_SEGMENT_FD_CACHE};
 use super::filter::Filter;
 use super::filter::{Matcher, PartPlan, TypeSet};
 use super::sealed::{PartError, SealedPart};
-use super::segindex::{Record, Summary};
+use super::segindex::{HeadTable, Record, Summary};
+use super::snapshot::OTHER_SERIES;
 use crate::sse::SseFrame;
 
 /// Marker for "no subject".
@@ -399,9 +400,7 @@ pub fn sealed_names(
     files: &SegmentFiles,
     seq: u64,
 ) -> Result<(String, String), PartError> {
-    let r = part.record(files, seq)?;
-    let (ty, source) = part.names(&r);
-    Ok((ty.to_string(), source.to_string()))
+    part.names(files, seq)
 }
 
 /// One chunk of a read inside the sealed part `part`: events after `after`
@@ -431,13 +430,9 @@ pub fn scan_part(
     let plan = match m.part_plan(part.first_seq()) {
         Some(plan) => plan,
         None => {
-            let plan = Arc::new(PartPlan::new(
-                m,
-                part.first_seq(),
-                &part.summary.types,
-                &part.summary.sources,
-                || part.subjects(files),
-            )?);
+            let plan = Arc::new(PartPlan::new(m, part.first_seq(), |kind| {
+                part.table(files, kind)
+            })?);
             page.compiled = plan.cost;
             m.keep_part_plan(plan.clone());
             plan
@@ -480,8 +475,8 @@ pub struct Index {
     sealed: VecDeque<Arc<SealedPart>>,
     /// Event counts of the sealed parts by type and by source, and the sum
     /// of their distinct subjects, kept as parts come and go.
-    sealed_types: HashMap<Box<str>, u64>,
-    sealed_sources: HashMap<Box<str>, u64>,
+    sealed_types: SealedCounts,
+    sealed_sources: SealedCounts,
     sealed_subjects: u64,
     /// Seq of `entries[0]`: the first event after the sealed parts.
     entries_first: u64,
@@ -524,8 +519,8 @@ impl Index {
         Index {
             first_seq,
             sealed: VecDeque::new(),
-            sealed_types: HashMap::new(),
-            sealed_sources: HashMap::new(),
+            sealed_types: SealedCounts::default(),
+            sealed_sources: SealedCounts::default(),
             sealed_subjects: 0,
             entries_first: first_seq,
             entries: ChunkedDeque::default(),
@@ -618,21 +613,8 @@ impl Index {
 
     /// Adds (or, with `add` false, removes) a part's counts.
     fn count_part(&mut self, part: &SealedPart, add: bool) {
-        for (names, counts) in [
-            (&part.summary.types, &mut self.sealed_types),
-            (&part.summary.sources, &mut self.sealed_sources),
-        ] {
-            for n in names {
-                if add {
-                    *counts.entry(Box::from(n.name.as_str())).or_default() += n.count;
-                } else if let Some(c) = counts.get_mut(n.name.as_str()) {
-                    *c = c.saturating_sub(n.count);
-                    if *c == 0 {
-                        counts.remove(n.name.as_str());
-                    }
-                }
-            }
-        }
+        self.sealed_types.count(&part.summary.types, add);
+        self.sealed_sources.count(&part.summary.sources, add);
         let subjects = u64::from(part.summary.subject_count);
         if add {
             self.sealed_subjects += subjects;
@@ -1144,10 +1126,14 @@ impl Index {
     /// Distinct types and sources the retained events use, and their
     /// subjects: exact for the events in memory, and for sealed segments
     /// the sum of each segment's distinct subjects (a subject used in
-    /// several segments counts once per segment: their tables stay on disk).
+    /// several segments counts once per segment: their tables stay on
+    /// disk), and likewise for the types and sources a segment's table
+    /// head does not list.
     pub fn distinct(&self) -> (usize, usize, usize) {
-        let merged = |counts: &HashMap<Box<str>, u64>, interner: &Interner| {
+        let merged = |sealed: &SealedCounts, interner: &Interner| {
+            let counts = &sealed.by_name;
             counts.len()
+                + sealed.unlisted_names as usize
                 + interner
                     .live_ids()
                     .filter(|&id| !counts.contains_key(interner.name(id)))
@@ -1174,17 +1160,19 @@ impl Index {
                 + self.source_counts.capacity()
                 + self.subject_counts.capacity())
                 * 8
-            + map(&self.sealed_types)
-            + map(&self.sealed_sources)
+            + map(&self.sealed_types.by_name)
+            + map(&self.sealed_sources.by_name)
             + self.sealed.iter().map(|p| p.heap_bytes()).sum::<usize>()
     }
 
-    /// Event counts per type, for `/stats`.
+    /// Event counts per type, for `/stats` (events of types that sealed
+    /// segments' table heads do not list are counted under
+    /// [`OTHER_SERIES`]).
     pub fn type_counts(&self) -> impl Iterator<Item = (&str, u64)> {
         merge_counts(&self.sealed_types, &self.type_counts, &self.types)
     }
 
-    /// Event counts per source, for `/stats`.
+    /// Event counts per source, for `/stats` (as [`Index::type_counts`]).
     pub fn source_counts(&self) -> impl Iterator<Item = (&str, u64)> {
         merge_counts(&self.sealed_sources, &self.source_counts, &self.sources)
     }
@@ -1195,17 +1183,56 @@ impl Index {
     }
 }
 
-/// The sealed parts' counts by name plus the counts of the events in memory.
+/// What the sealed parts' heads of one table (types or sources) add up
+/// to: counts by the names they list, and the events and distinct names
+/// of the names they do not (a segment whose events use a new name each
+/// keeps only its busiest names in memory, see
+/// [`HeadTable`]).
+#[derive(Debug, Default)]
+struct SealedCounts {
+    by_name: HashMap<Box<str>, u64>,
+    unlisted_events: u64,
+    unlisted_names: u64,
+}
+
+impl SealedCounts {
+    /// Adds (or, with `add` false, removes) the counts of a part's head.
+    fn count(&mut self, head: &HeadTable, add: bool) {
+        let unlisted = u64::from(head.distinct) - head.names.len() as u64;
+        if add {
+            self.unlisted_events += head.rest;
+            self.unlisted_names += unlisted;
+        } else {
+            self.unlisted_events = self.unlisted_events.saturating_sub(head.rest);
+            self.unlisted_names = self.unlisted_names.saturating_sub(unlisted);
+        }
+        for n in &head.names {
+            if add {
+                *self.by_name.entry(Box::from(n.name.as_str())).or_default() += n.count;
+            } else if let Some(c) = self.by_name.get_mut(n.name.as_str()) {
+                *c = c.saturating_sub(n.count);
+                if *c == 0 {
+                    self.by_name.remove(n.name.as_str());
+                }
+            }
+        }
+    }
+}
+
+/// The sealed parts' counts by name plus the counts of the events in
+/// memory, and the sealed events under names no head lists as
+/// [`OTHER_SERIES`].
 fn merge_counts<'a>(
-    sealed: &'a HashMap<Box<str>, u64>,
+    sealed: &'a SealedCounts,
     counts: &'a [u64],
     interner: &'a Interner,
 ) -> impl Iterator<Item = (&'a str, u64)> {
-    let mut merged: HashMap<&str, u64> = sealed.iter().map(|(k, v)| (&**k, *v)).collect();
+    let mut merged: HashMap<&str, u64> = sealed.by_name.iter().map(|(k, v)| (&**k, *v)).collect();
     for (id, &c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
         *merged.entry(interner.name(id as u32)).or_default() += c;
     }
-    merged.into_iter()
+    let other = (sealed.unlisted_events > 0).then_some((OTHER_SERIES, sealed.unlisted_events));
+    merged.into_iter().chain(other)
 }
 
 /// Counts one event less for `id`; true when none is left.

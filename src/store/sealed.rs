@@ -1,11 +1,12 @@
 //! A sealed segment as readers see it: the summary of its index file in
-//! memory (its type and source tables with counts, where the sections
-//! are), and its records read from the index file when a read reaches them.
+//! memory (the heads of its type and source tables with counts, where the
+//! sections are), and its records and whole tables read from the index
+//! file when a read reaches them.
 //!
 //! This is what keeps memory flat however many events a store holds: the
 //! in-memory index has one entry per event of the active segment only, and
-//! a [`SealedPart`] per sealed segment, whose size is its distinct type and
-//! source names. A read over sealed segments costs a positional read of
+//! a [`SealedPart`] per sealed segment, whose size is bounded by its
+//! table heads ([`segindex::HeadTable`]) whatever names its events use. A read over sealed segments costs a positional read of
 //! the index file's blocks it needs (each block's CRC32C checked), and a
 //! segment whose tables show no match is skipped without reading anything
 //! (see [`PartPlan`](super::filter::PartPlan)).
@@ -20,6 +21,7 @@
 //! manifest recorded) and serves reads from that until the integrity
 //! monitor has rebuilt the file and the part is replaced.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::files::SegmentFiles;
-use super::segindex::{self, IndexError, Key, Name, Record, SegmentIndex, Summary};
+use super::segindex::{self, IndexError, Key, Name, Record, SegmentIndex, Summary, TableKind};
 use super::segment;
 use super::{Original, Outcome};
 
@@ -201,26 +203,46 @@ impl SealedPart {
             .ok_or_else(|| self.damaged(IndexError::Truncated("records")))
     }
 
-    /// The segment's subject table (read from the index file: subjects are
-    /// often one per event, so they are not kept in memory).
-    pub fn subjects(&self, files: &SegmentFiles) -> Result<Vec<Name>, PartError> {
-        if let Some(idx) = self.fallback_built() {
-            return Ok(idx.subjects.clone());
+    /// The segment's whole table `kind`: a type or source table from
+    /// memory when its head is all of it, otherwise read from the index
+    /// file (subjects are often one per event, and a type or source table
+    /// beyond its head is as large, so they are not kept in memory).
+    pub fn table(
+        &self,
+        files: &SegmentFiles,
+        kind: TableKind,
+    ) -> Result<Cow<'_, [Name]>, PartError> {
+        let head = match kind {
+            TableKind::Types => Some(&self.summary.types),
+            TableKind::Sources => Some(&self.summary.sources),
+            TableKind::Subjects => None,
+        };
+        if let Some(whole) = head.and_then(|h| h.whole()) {
+            return Ok(Cow::Borrowed(whole));
         }
-        let s = &self.summary;
+        let of = |idx: &SegmentIndex| match kind {
+            TableKind::Types => idx.types.clone(),
+            TableKind::Sources => idx.sources.clone(),
+            TableKind::Subjects => idx.subjects.clone(),
+        };
+        if let Some(idx) = self.fallback_built() {
+            return Ok(Cow::Owned(of(&idx)));
+        }
         let read = || {
-            let file = self.open(files)?;
-            let bytes = self.read(
-                &file,
-                s.subjects_offset,
-                (s.keys_offset - s.subjects_offset) as usize,
-            )?;
-            s.decode_subjects(&bytes)
+            let Some((at, len)) = self.summary.table_range(kind) else {
+                // A version 2 file's type and source tables are whole in
+                // its header, and were answered from memory above.
+                let why = "its header lists only part of a table it has no section for";
+                return Err(self.damaged(IndexError::Invalid(why.into())));
+            };
+            let bytes = self.read(&*self.open(files)?, at, len)?;
+            self.summary
+                .decode_table(kind, &bytes)
                 .map_err(|source| self.damaged(source))
         };
         match read() {
-            Ok(subjects) => Ok(subjects),
-            Err(e) => self.fallback(files, e).map(|idx| idx.subjects.clone()),
+            Ok(table) => Ok(Cow::Owned(table)),
+            Err(e) => self.fallback(files, e).map(|idx| Cow::Owned(of(&idx))),
         }
     }
 
@@ -366,6 +388,18 @@ impl SealedPart {
         id: &str,
     ) -> Result<Option<(String, String)>, PartError> {
         let r = self.record(files, seq)?;
+        let keys = self.event_keys(files, seq, &r)?;
+        Ok((keys.source == source && keys.id == id).then_some((keys.ty, keys.time)))
+    }
+
+    /// The keys of the event of `seq` (whose record is `r`), read from the
+    /// segment and checked against the record's CRC32C.
+    fn event_keys(
+        &self,
+        files: &SegmentFiles,
+        seq: u64,
+        r: &Record,
+    ) -> Result<segment::EventKeys, PartError> {
         let seg_err = |e: std::io::Error| PartError::Read {
             path: self.segment_path.clone(),
             source: e,
@@ -382,17 +416,28 @@ impl SealedPart {
         if crc32c::crc32c(&bytes) != r.crc {
             return Err(bad(format!("the event of seq {seq} fails its CRC32C")));
         }
-        let keys: segment::EventKeys = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("the event of seq {seq} does not parse: {e}")))?;
-        Ok((keys.source == source && keys.id == id).then_some((keys.ty, keys.time)))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("the event of seq {seq} does not parse: {e}")))
     }
 
-    /// The type and source of a record of this segment.
-    pub fn names(&self, r: &Record) -> (&str, &str) {
-        (
-            &self.summary.types[r.ty as usize].name,
-            &self.summary.sources[r.source as usize].name,
-        )
+    /// The type and source of the event `seq`: from the tables in memory
+    /// when they are whole, else from the event itself (one small read,
+    /// not a table that may be as large as the segment's events).
+    pub fn names(&self, files: &SegmentFiles, seq: u64) -> Result<(String, String), PartError> {
+        let r = self.record(files, seq)?;
+        let name = |t: Option<&[Name]>, id: u32| {
+            t.and_then(|t| t.get(id as usize)).map(|n| n.name.clone())
+        };
+        match (
+            name(self.summary.types.whole(), r.ty),
+            name(self.summary.sources.whole(), r.source),
+        ) {
+            (Some(ty), Some(source)) => Ok((ty, source)),
+            _ => {
+                let keys = self.event_keys(files, seq, &r)?;
+                Ok((keys.ty, keys.source))
+            }
+        }
     }
 
     fn read(&self, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, PartError> {
@@ -414,10 +459,9 @@ impl SealedPart {
 
     /// Bytes this part holds in memory, approximately.
     pub fn heap_bytes(&self) -> usize {
-        let table = |t: &[Name]| t.iter().map(|n| n.name.len() + 40).sum::<usize>();
         std::mem::size_of::<Self>()
-            + table(&self.summary.types)
-            + table(&self.summary.sources)
+            + self.summary.types.heap_bytes()
+            + self.summary.sources.heap_bytes()
             + self.summary.header.file.len()
             + self.path.as_os_str().len()
     }

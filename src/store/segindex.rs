@@ -18,9 +18,11 @@
 //!         segment file name (u32 length + bytes), first_seq u64,
 //!         last_seq u64, record count u64, segment bytes u64,
 //!         the segment's SHA-256 (32 bytes) as the manifest records it,
-//!         two string tables (types, sources), each:
-//!             n u32, then per name: length u32, bytes, count u64 (records using it)
-//!         distinct subjects u32, subjects section offset u64,
+//!         two table heads (types, sources), each:
+//!             distinct names u32, a string table of the names it lists,
+//!             records using names it does not list u64
+//!         distinct subjects u32, types section offset u64,
+//!         sources section offset u64, subjects section offset u64,
 //!         keys section offset u64, file length u64,
 //!         key blocks u32, then each key block's first key_order u64
 //!         (its fence)
@@ -30,7 +32,9 @@
 //! record is 28 bytes:
 //!         event offset u64, event length u32, CRC32C u32,
 //!         type id u32, source id u32, subject id u32 (u32::MAX: none)
-//! subjects section: the subject string table (as above), CRC32C u32
+//! types, sources and subjects sections, each: a string table
+//!         (n u32, then per name: length u32, bytes, count u64 of records
+//!         using it; a record's id is the name's position), CRC32C u32
 //! keys section: one key per record, sorted by [`key_order`] then seq,
 //!         in blocks of 512 (the last may be shorter), each key
 //!         key_order u64, seq u64, each block followed by its CRC32C u32
@@ -41,8 +45,13 @@
 //! segment later replaced by different bytes, does not match the manifest
 //! and is rebuilt. The string tables carry counts, so per-segment type and
 //! source totals (and skipping segments a filter cannot match) need no scan
-//! of the records; subjects, often one per event, stay on disk until a
-//! subject filter asks for them. The key table is sorted by a hash that is
+//! of the records. A table head carries the whole type or source table
+//! when it is small ([`HEAD_NAMES`] names, [`HEAD_NAME_BYTES`] bytes: what
+//! real producers use), and only its busiest names otherwise: a publisher
+//! that sends a new source with every event must not make each sealed
+//! segment's summary, held in memory and read at start-up, grow with its
+//! events. Tables beyond their head, and subjects (often one per event),
+//! stay on disk until a filter asks for them. The key table is sorted by a hash that is
 //! stable across builds ([`key_order`], FNV-1a); with the block fences in
 //! memory, finding a hash costs one read of one block, and the event itself
 //! confirms the match (the file keeps no ids).
@@ -58,9 +67,17 @@ use super::fsutil;
 use super::layout;
 use super::manifest::SealedSegment;
 
-/// Current format version (1 had one checksum over the whole file, so
-/// reading any part meant reading all of it; such files are rebuilt).
-pub const VERSION: u32 = 2;
+/// Current format version. Version 1 had one checksum over the whole file,
+/// so reading any part meant reading all of it; such files are rebuilt.
+/// Version 2 (still read, never written) kept the whole type and source
+/// tables in the header.
+pub const VERSION: u32 = 3;
+/// The version whose header holds the whole type and source tables.
+const VERSION_WHOLE_TABLES: u32 = 2;
+/// Most names a table head lists (see [`HeadTable`]).
+pub const HEAD_NAMES: usize = 256;
+/// Most bytes of names a table head lists.
+pub const HEAD_NAME_BYTES: usize = 16 * 1024;
 /// The first bytes of every index file.
 const MAGIC: &[u8; 8] = b"MBSEGIX\n";
 /// `subject` of a record without one.
@@ -101,6 +118,99 @@ impl Header {
             bytes: s.bytes,
             sha256: s.sha256.clone(),
         }
+    }
+}
+
+/// One of a segment's string tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// CloudEvents `type`.
+    Types,
+    /// CloudEvents `source`.
+    Sources,
+    /// CloudEvents `subject`.
+    Subjects,
+}
+
+/// A type or source table as an index file's header carries it, which is
+/// what a sealed segment keeps in memory: the whole table (ids are
+/// positions) when it is within [`HEAD_NAMES`] and [`HEAD_NAME_BYTES`],
+/// otherwise its busiest names and the count of records using the others.
+/// The whole table is in its own section either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadTable {
+    /// Distinct names in the whole table (record ids are below it).
+    pub distinct: u32,
+    /// The whole table by id, or its busiest names, most used first.
+    pub names: Vec<Name>,
+    /// Records using a name `names` does not list (0 when it is whole).
+    pub rest: u64,
+}
+
+impl HeadTable {
+    /// The whole table, when the head is all of it.
+    pub fn whole(&self) -> Option<&[Name]> {
+        (self.names.len() == self.distinct as usize).then_some(&self.names[..])
+    }
+
+    /// The head of `table`: all of it within the limits, else the busiest
+    /// names (ties by name) until either limit.
+    pub fn of(table: &[Name]) -> HeadTable {
+        let bytes: usize = table.iter().map(|n| n.name.len()).sum();
+        if table.len() <= HEAD_NAMES && bytes <= HEAD_NAME_BYTES {
+            return HeadTable {
+                distinct: table.len() as u32,
+                names: table.to_vec(),
+                rest: 0,
+            };
+        }
+        let mut busiest: Vec<&Name> = table.iter().collect();
+        busiest.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        let (mut names, mut used) = (Vec::new(), 0);
+        for n in busiest {
+            if names.len() == HEAD_NAMES || used + n.name.len() > HEAD_NAME_BYTES {
+                break;
+            }
+            used += n.name.len();
+            names.push(n.clone());
+        }
+        let listed: u64 = names.iter().map(|n| n.count).sum();
+        let total: u64 = table.iter().map(|n| n.count).sum();
+        HeadTable {
+            distinct: table.len() as u32,
+            names,
+            rest: total - listed,
+        }
+    }
+
+    /// Bytes it holds in memory, approximately.
+    pub fn heap_bytes(&self) -> usize {
+        self.names.iter().map(|n| n.name.len() + 40).sum()
+    }
+
+    /// Checks it against the whole table it was made from: the same
+    /// names in the same order when whole; else names of the table with
+    /// their counts, and `rest` the records of the others.
+    fn agrees_with(&self, table: &[Name]) -> Result<(), IndexError> {
+        let bad = || IndexError::Invalid("a table head differs from its table".into());
+        if table.len() != self.distinct as usize {
+            return Err(bad());
+        }
+        if self.whole().is_some() {
+            return match self.names == table {
+                true => Ok(()),
+                false => Err(bad()),
+            };
+        }
+        let counts: HashMap<&str, u64> = table.iter().map(|n| (n.name.as_str(), n.count)).collect();
+        if self
+            .names
+            .iter()
+            .any(|n| counts.get(n.name.as_str()) != Some(&n.count))
+        {
+            return Err(bad());
+        }
+        Ok(())
     }
 }
 
@@ -231,12 +341,12 @@ pub fn key_order(source: &str, id: &str) -> u64 {
 
 /// Interns names of one table, counting their uses.
 #[derive(Debug, Default, Clone)]
-struct Table {
+struct Interned {
     ids: HashMap<Box<str>, u32>,
     names: Vec<Name>,
 }
 
-impl Table {
+impl Interned {
     fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
             self.names[id as usize].count += 1;
@@ -257,9 +367,9 @@ impl Table {
 /// beyond its record and key.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
-    types: Table,
-    sources: Table,
-    subjects: Table,
+    types: Interned,
+    sources: Interned,
+    subjects: Interned,
     records: Vec<Record>,
     keys: Vec<Key>,
 }
@@ -376,23 +486,27 @@ pub fn encode(index: &SegmentIndex) -> Vec<u8> {
 }
 
 /// What start-up and readers keep of an index file: its header section
-/// (the segment, its type and source tables) and where the other sections
-/// start. Read without the records, subjects and keys, so loading a store
-/// costs the distinct names of its segments, not their events.
+/// (the segment, the heads of its type and source tables) and where the
+/// other sections start. Read without the records, tables and keys, so
+/// loading a store costs a bounded number of names per segment, not its
+/// events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     /// The segment it belongs to.
     pub header: Header,
-    /// Event types, by id, with their counts.
-    pub types: Vec<Name>,
-    /// Event sources, by id, with their counts.
-    pub sources: Vec<Name>,
+    /// The file's format version ([`VERSION`], or 2).
+    pub version: u32,
+    /// Event types with their counts: all, or the busiest.
+    pub types: HeadTable,
+    /// Event sources with their counts: all, or the busiest.
+    pub sources: HeadTable,
     /// Distinct subjects (their table is in the subjects section).
     pub subject_count: u32,
     /// Where the first block of records starts.
     pub records_offset: u64,
-    /// Where the subjects section starts.
-    pub subjects_offset: u64,
+    /// Where the types, sources and subjects sections start (a version 2
+    /// file has only the subjects section: all three are its offset).
+    pub tables_offset: [u64; 3],
     /// Where the keys section starts.
     pub keys_offset: u64,
     /// The file's length.
@@ -421,7 +535,7 @@ impl Summary {
         let first = (from - self.header.first_seq) / BLOCK_RECORDS as u64;
         let last = (to - self.header.first_seq) / BLOCK_RECORDS as u64;
         let start = self.records_offset + first * BLOCK_BYTES;
-        let end = (self.records_offset + (last + 1) * BLOCK_BYTES).min(self.subjects_offset);
+        let end = (self.records_offset + (last + 1) * BLOCK_BYTES).min(self.tables_offset[0]);
         (
             start,
             (end - start) as usize,
@@ -467,7 +581,7 @@ impl Summary {
         {
             return Err("its event lies outside the segment");
         }
-        if r.ty as usize >= self.types.len() || r.source as usize >= self.sources.len() {
+        if r.ty >= self.types.distinct || r.source >= self.sources.distinct {
             return Err("a name id beyond its table");
         }
         if r.subject != NO_SUBJECT && r.subject >= self.subject_count {
@@ -476,23 +590,62 @@ impl Summary {
         Ok(())
     }
 
-    /// Decodes the subjects section (`bytes` is exactly it).
-    pub fn decode_subjects(&self, bytes: &[u8]) -> Result<Vec<Name>, IndexError> {
-        let body = section_body(bytes, "subjects")?;
+    /// The file range `(offset, length)` of the section holding the whole
+    /// table `kind`; `None` for the type and source tables of a version 2
+    /// file (whole in its header).
+    pub fn table_range(&self, kind: TableKind) -> Option<(u64, usize)> {
+        let [types, sources, subjects] = self.tables_offset;
+        let (from, to) = match kind {
+            TableKind::Types => (types, sources),
+            TableKind::Sources => (sources, subjects),
+            TableKind::Subjects => (subjects, self.keys_offset),
+        };
+        (self.version != VERSION_WHOLE_TABLES || kind == TableKind::Subjects)
+            .then_some((from, (to - from) as usize))
+    }
+
+    /// The whole table `kind`, its section read with `read(offset,
+    /// length)` and decoded; a version 2 file's type and source tables
+    /// come from its header (where they are whole).
+    pub fn read_table<E: From<IndexError>>(
+        &self,
+        kind: TableKind,
+        read: impl FnOnce(u64, usize) -> Result<Vec<u8>, E>,
+    ) -> Result<Vec<Name>, E> {
+        match self.table_range(kind) {
+            Some((at, len)) => Ok(self.decode_table(kind, &read(at, len)?)?),
+            None if kind == TableKind::Types => Ok(self.types.names.clone()),
+            None => Ok(self.sources.names.clone()),
+        }
+    }
+
+    /// Decodes the section of table `kind` (`bytes` is exactly its
+    /// [`Summary::table_range`]).
+    pub fn decode_table(&self, kind: TableKind, bytes: &[u8]) -> Result<Vec<Name>, IndexError> {
+        let what = match kind {
+            TableKind::Types => "types",
+            TableKind::Sources => "sources",
+            TableKind::Subjects => "subjects",
+        };
+        let body = section_body(bytes, what)?;
         let mut r = Reader {
             bytes: body,
             pos: 0,
         };
-        let subjects = r.table("subjects")?;
-        if subjects.len() != self.subject_count as usize {
+        let table = r.table(what)?;
+        let want = match kind {
+            TableKind::Types => self.types.distinct,
+            TableKind::Sources => self.sources.distinct,
+            TableKind::Subjects => self.subject_count,
+        };
+        if table.len() != want as usize {
             return Err(IndexError::Invalid(format!(
-                "{} subjects, the header says {}",
-                subjects.len(),
-                self.subject_count
+                "{} {what}, the header says {want}",
+                table.len(),
             )));
         }
         r.finish()?;
-        Ok(subjects)
+        Ok(table)
     }
 
     /// The file range `(offset, length)` of the key blocks that may hold
@@ -597,13 +750,20 @@ fn encode_parts(
     // and then never matches.
     let _ = hex::decode_to_slice(&header.sha256, &mut sha);
     head.extend_from_slice(&sha);
-    put_table(&mut head, types);
-    put_table(&mut head, sources);
+    for table in [types, sources] {
+        let h = HeadTable::of(table);
+        put_u32(&mut head, h.distinct);
+        put_table(&mut head, &h.names);
+        put_u64(&mut head, h.rest);
+    }
     put_u32(&mut head, subjects.len() as u32);
 
-    let mut subject_section = Vec::new();
-    put_table(&mut subject_section, subjects);
-    seal_section(&mut subject_section);
+    let table_sections = [types, sources, subjects].map(|table| {
+        let mut section = Vec::new();
+        put_table(&mut section, table);
+        seal_section(&mut section);
+        section
+    });
     let mut key_section = Vec::with_capacity(keys.len() * KEY_BYTES + keys.len() / 100 + 4);
     let mut fences = Vec::with_capacity(keys.len().div_ceil(BLOCK_KEYS));
     for block in keys.chunks(BLOCK_KEYS) {
@@ -617,10 +777,15 @@ fn encode_parts(
         put_u32(&mut key_section, crc);
     }
 
-    let header_len = head.len() + 3 * 8 + 4 + fences.len() * 8;
+    let header_len = head.len() + 5 * 8 + 4 + fences.len() * 8;
     let records_offset = (PREAMBLE + header_len + 4) as u64;
-    let subjects_offset = records_offset + records_len(records.len() as u64);
-    let keys_offset = subjects_offset + subject_section.len() as u64;
+    let mut tables_offset = [0u64; 3];
+    let mut at = records_offset + records_len(records.len() as u64);
+    for (offset, section) in tables_offset.iter_mut().zip(&table_sections) {
+        *offset = at;
+        at += section.len() as u64;
+    }
+    let keys_offset = at;
     let file_len = keys_offset + key_section.len() as u64;
 
     let mut out = Vec::with_capacity(file_len as usize);
@@ -628,7 +793,9 @@ fn encode_parts(
     put_u32(&mut out, VERSION);
     put_u32(&mut out, header_len as u32);
     out.extend_from_slice(&head);
-    put_u64(&mut out, subjects_offset);
+    for offset in tables_offset {
+        put_u64(&mut out, offset);
+    }
     put_u64(&mut out, keys_offset);
     put_u64(&mut out, file_len);
     put_u32(&mut out, fences.len() as u32);
@@ -649,7 +816,9 @@ fn encode_parts(
         let crc = crc32c::crc32c(&out[start..]);
         put_u32(&mut out, crc);
     }
-    out.extend_from_slice(&subject_section);
+    for section in &table_sections {
+        out.extend_from_slice(section);
+    }
     out.extend_from_slice(&key_section);
     debug_assert_eq!(out.len() as u64, file_len);
     out
@@ -692,7 +861,7 @@ fn summary_len(preamble: &[u8]) -> Result<usize, IndexError> {
         return Err(IndexError::Magic);
     }
     let version = u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WHOLE_TABLES {
         return Err(IndexError::Version(version));
     }
     let header_len = u32::from_le_bytes(preamble[12..16].try_into().expect("4 bytes"));
@@ -722,10 +891,14 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
             "{count} records for seq {first_seq}..={last_seq}"
         )));
     }
-    let types = r.table("types")?;
-    let sources = r.table("sources")?;
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let types = r.head(version, "types")?;
+    let sources = r.head(version, "sources")?;
     let subject_count = r.u32("header")?;
-    let subjects_offset = r.u64("header")?;
+    let tables_offset = match version {
+        VERSION_WHOLE_TABLES => [r.u64("header")?; 3],
+        _ => [r.u64("header")?, r.u64("header")?, r.u64("header")?],
+    };
     let keys_offset = r.u64("header")?;
     let file_len = r.u64("header")?;
     let n_fences = r.u32("header")? as usize;
@@ -734,8 +907,13 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
         .map(|_| r.u64("header"))
         .collect::<Result<Vec<u64>, _>>()?;
     r.finish()?;
-    for (what, table) in [("type", &types), ("source", &sources)] {
-        if table.iter().map(|t| t.count).sum::<u64>() != count {
+    for (what, head) in [("type", &types), ("source", &sources)] {
+        let listed = head.names.iter().map(|t| t.count).sum::<u64>();
+        if listed.checked_add(head.rest) != Some(count)
+            || (head.whole().is_some() && head.rest != 0)
+            || u64::from(head.distinct) > count
+            || head.names.len() > head.distinct as usize
+        {
             return Err(IndexError::Invalid(format!(
                 "the {what} table's counts do not add up to {count} records"
             )));
@@ -743,8 +921,16 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
     }
     let records_offset = n as u64;
     let keys_len = count * KEY_BYTES as u64 + count.div_ceil(BLOCK_KEYS as u64) * 4;
-    if records_offset.checked_add(records_len(count)) != Some(subjects_offset)
-        || keys_offset < subjects_offset + 8
+    // Each table section holds at least its length and CRC32C.
+    let sections_fit = match version {
+        VERSION_WHOLE_TABLES => true,
+        _ => tables_offset
+            .windows(2)
+            .all(|w| w[1] >= w[0].saturating_add(8)),
+    };
+    if records_offset.checked_add(records_len(count)) != Some(tables_offset[0])
+        || !sections_fit
+        || keys_offset < tables_offset[2].saturating_add(8)
         || keys_offset.checked_add(keys_len) != Some(file_len)
         || n_fences as u64 != count.div_ceil(BLOCK_KEYS as u64)
     {
@@ -760,11 +946,12 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
             bytes: seg_bytes,
             sha256,
         },
+        version,
         types,
         sources,
         subject_count,
         records_offset,
-        subjects_offset,
+        tables_offset,
         keys_offset,
         file_len,
         key_fences,
@@ -786,19 +973,25 @@ pub fn decode(bytes: &[u8]) -> Result<SegmentIndex, IndexError> {
     }
     let section = |from: u64, to: u64| &bytes[from as usize..to as usize];
     let records = s.decode_blocks(
-        section(s.records_offset, s.subjects_offset),
+        section(s.records_offset, s.tables_offset[0]),
         s.header.first_seq,
     )?;
-    let subjects = s.decode_subjects(section(s.subjects_offset, s.keys_offset))?;
+    let [types, sources, subjects] = [TableKind::Types, TableKind::Sources, TableKind::Subjects]
+        .map(|kind| {
+            s.read_table(kind, |at, len| {
+                Ok::<_, IndexError>(section(at, at + len as u64).to_vec())
+            })
+        });
+    let (types, sources, subjects) = (types?, sources?, subjects?);
     let keys = s.decode_keys(section(s.keys_offset, s.file_len), 0)?;
     let mut agree = Agreement::new(&s);
     agree.records(&records)?;
     agree.keys(&keys)?;
-    agree.finish(&subjects)?;
+    agree.finish([&types, &sources, &subjects])?;
     Ok(SegmentIndex {
         header: s.header,
-        types: s.types,
-        sources: s.sources,
+        types,
+        sources,
         subjects,
         records,
         keys,
@@ -828,8 +1021,8 @@ impl<'a> Agreement<'a> {
             records: 0,
             end: 0,
             uses: [
-                vec![0; s.types.len()],
-                vec![0; s.sources.len()],
+                vec![0; s.types.distinct as usize],
+                vec![0; s.sources.distinct as usize],
                 vec![0; s.subject_count as usize],
             ],
             keys: 0,
@@ -882,14 +1075,16 @@ impl<'a> Agreement<'a> {
         Ok(())
     }
 
-    fn finish(self, subjects: &[Name]) -> Result<(), IndexError> {
+    /// The last checks, given the whole tables (types, sources, subjects).
+    fn finish(self, tables: [&[Name]; 3]) -> Result<(), IndexError> {
         if self.records != self.s.count() {
             return Err(IndexError::Truncated("records"));
         }
         if self.keys != self.s.count() {
             return Err(IndexError::Truncated("keys"));
         }
-        let tables = [&self.s.types[..], &self.s.sources[..], subjects];
+        self.s.types.agrees_with(tables[0])?;
+        self.s.sources.agrees_with(tables[1])?;
         for (table, used) in tables.into_iter().zip(&self.uses) {
             if table.iter().zip(used).any(|(n, &u)| n.count != u) {
                 return Err(IndexError::Invalid(
@@ -936,17 +1131,16 @@ fn check_in_steps(data_dir: &Path, s: &SealedSegment, blocks: u64) -> Result<u64
     };
     let mut agree = Agreement::new(&summary);
     let (mut at, mut seq) = (summary.records_offset, summary.header.first_seq);
-    while at < summary.subjects_offset {
-        let len = (BLOCK_BYTES * blocks).min(summary.subjects_offset - at);
+    while at < summary.tables_offset[0] {
+        let len = (BLOCK_BYTES * blocks).min(summary.tables_offset[0] - at);
         let records = summary.decode_blocks(&read(at, len)?, seq)?;
         agree.records(&records)?;
         seq += records.len() as u64;
         at += len;
     }
-    let subjects = summary.decode_subjects(&read(
-        summary.subjects_offset,
-        summary.keys_offset - summary.subjects_offset,
-    )?)?;
+    let [types, sources, subjects] = [TableKind::Types, TableKind::Sources, TableKind::Subjects]
+        .map(|kind| summary.read_table(kind, |at, len| read(at, len as u64)));
+    let (types, sources, subjects) = (types?, sources?, subjects?);
     let key_block = (BLOCK_KEYS * KEY_BYTES + 4) as u64;
     let (mut at, mut first_key) = (summary.keys_offset, 0usize);
     while at < summary.file_len {
@@ -956,7 +1150,7 @@ fn check_in_steps(data_dir: &Path, s: &SealedSegment, blocks: u64) -> Result<u64
         first_key += keys.len();
         at += len;
     }
-    agree.finish(&subjects)?;
+    agree.finish([&types, &sources, &subjects])?;
     Ok(summary.file_len)
 }
 
@@ -1083,6 +1277,26 @@ impl<'a> Reader<'a> {
             table.push(Name { name, count });
         }
         Ok(table)
+    }
+
+    /// A type or source table head: for a version 2 file the whole table.
+    fn head(&mut self, version: u32, what: &'static str) -> Result<HeadTable, IndexError> {
+        if version == VERSION_WHOLE_TABLES {
+            let names = self.table(what)?;
+            return Ok(HeadTable {
+                distinct: names.len() as u32,
+                names,
+                rest: 0,
+            });
+        }
+        let distinct = self.u32(what)?;
+        let names = self.table(what)?;
+        let rest = self.u64(what)?;
+        Ok(HeadTable {
+            distinct,
+            names,
+            rest,
+        })
     }
 
     /// Fails unless every byte was read.
@@ -1353,7 +1567,7 @@ mod tests {
         let n = summary_len(&bytes[..PREAMBLE]).unwrap();
         let summary = decode_summary(&bytes[..n]).unwrap();
         assert_eq!(summary.header, header);
-        assert_eq!(summary.types, whole.types);
+        assert_eq!(summary.types.whole(), Some(&whole.types[..]));
         assert_eq!(summary.subject_count as usize, whole.subjects.len());
         assert_eq!(summary.file_len, bytes.len() as u64);
         for (from, to) in [
@@ -1375,8 +1589,15 @@ mod tests {
                 "{from}..={to}"
             );
         }
-        let subjects = &bytes[summary.subjects_offset as usize..summary.keys_offset as usize];
-        assert_eq!(summary.decode_subjects(subjects).unwrap(), whole.subjects);
+        for (kind, table) in [
+            (TableKind::Types, &whole.types),
+            (TableKind::Sources, &whole.sources),
+            (TableKind::Subjects, &whole.subjects),
+        ] {
+            let (at, len) = summary.table_range(kind).unwrap();
+            let section = &bytes[at as usize..at as usize + len];
+            assert_eq!(&summary.decode_table(kind, section).unwrap(), table);
+        }
         let keys = &bytes[summary.keys_offset as usize..];
         assert_eq!(summary.decode_keys(keys, 0).unwrap(), whole.keys);
         // Finding a key reads only the blocks its fences allow.
@@ -1411,6 +1632,189 @@ mod tests {
             .decode_blocks(&bad[o as usize..o as usize + l], f)
             .is_ok());
         assert!(decode(&bad).is_err());
+    }
+
+    /// Records 10.. where record `i` has source `/s/{i}` (a new one each)
+    /// except every third, which has `/busy/{i % 2}`, and type `t.{i % 3}`.
+    fn a_source_per_event(n: u64) -> (Builder, Header) {
+        let mut b = Builder::default();
+        for i in 0..n {
+            let source = match i % 3 {
+                0 => format!("/busy/{}", i % 2),
+                _ => format!("/s/{i}"),
+            };
+            b.push(NewRecord {
+                seq: 10 + i,
+                offset: i * 100,
+                len: 90,
+                crc: 0,
+                ty: &format!("t.{}", i % 3),
+                source: &source,
+                subject: None,
+                id: "x",
+            });
+        }
+        let header = Header {
+            file: "00000000000000000010.jsonl".into(),
+            first_seq: 10,
+            last_seq: 9 + n,
+            bytes: n * 100,
+            sha256: "ab".repeat(32),
+        };
+        (b, header)
+    }
+
+    /// A publisher sending a new source with every event: the header (what
+    /// start-up reads and a sealed segment keeps in memory) lists only the
+    /// busiest [`HEAD_NAMES`] sources, the rest are counted, and the whole
+    /// table is in its own section, checked like every other part.
+    #[test]
+    fn a_table_beyond_its_head_stays_out_of_the_header() {
+        let (b, header) = a_source_per_event(3000);
+        let bytes = b.encode(&header);
+        let whole = decode(&bytes).unwrap();
+        assert_eq!(whole.sources.len(), 2002);
+        assert_eq!(encode(&whole), bytes);
+        let summary_bytes = summary_len(&bytes[..PREAMBLE]).unwrap();
+        assert!(
+            summary_bytes < 8 * 1024,
+            "a header of {summary_bytes} bytes for 2,002 sources"
+        );
+        let summary = decode_summary(&bytes[..summary_bytes]).unwrap();
+        let heads = &summary.sources;
+        assert!(heads.whole().is_none());
+        assert_eq!(heads.distinct, 2002);
+        assert_eq!(heads.names.len(), HEAD_NAMES);
+        assert_eq!(
+            (&heads.names[0].name[..], heads.names[0].count),
+            ("/busy/0", 500)
+        );
+        assert_eq!(
+            (&heads.names[1].name[..], heads.names[1].count),
+            ("/busy/1", 500)
+        );
+        assert_eq!(
+            heads.rest,
+            3000 - heads.names.iter().map(|n| n.count).sum::<u64>()
+        );
+        assert_eq!(summary.types.whole(), Some(&whole.types[..]));
+        let (at, len) = summary.table_range(TableKind::Sources).unwrap();
+        let section = &bytes[at as usize..at as usize + len];
+        assert_eq!(
+            summary.decode_table(TableKind::Sources, section).unwrap(),
+            whole.sources
+        );
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(decode(&bad).is_err(), "flipped byte {i} not detected");
+        }
+        // A head naming a source its table does not have, under a fresh
+        // checksum: refused by a whole decode and by the monitor's check.
+        let mut forged = bytes.clone();
+        let at = forged[..summary_bytes]
+            .windows(7)
+            .position(|w| w == b"/busy/0")
+            .unwrap();
+        forged[at + 6] = b'x';
+        let crc = crc32c::crc32c(&forged[..summary_bytes - 4]);
+        forged[summary_bytes - 4..summary_bytes].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_summary(&forged).is_ok(), "the header alone is sound");
+        assert!(matches!(decode(&forged), Err(IndexError::Invalid(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let s = sealed(&header);
+        let path = layout::segment_index_path(dir.path(), &s.file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &forged).unwrap();
+        assert!(check(dir.path(), &s).is_err());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(check(dir.path(), &s).is_ok());
+        // Long names: the head stops at its byte limit.
+        let long: Vec<Name> = (0..100)
+            .map(|i| Name {
+                name: format!("{i:03}{}", "n".repeat(1000)),
+                count: 1,
+            })
+            .collect();
+        let head = HeadTable::of(&long);
+        assert!(head.whole().is_none());
+        assert_eq!(head.names.len(), HEAD_NAME_BYTES / 1003);
+        assert_eq!(head.rest, 100 - head.names.len() as u64);
+    }
+
+    /// Encodes `index` as format version 2 wrote it: the whole type and
+    /// source tables in the header, one section for the subjects.
+    fn encode_v2(index: &SegmentIndex) -> Vec<u8> {
+        let v3 = encode(index);
+        let s = decode_summary(&v3).unwrap();
+        let mut head = Vec::new();
+        put_str(&mut head, &index.header.file);
+        put_u64(&mut head, index.header.first_seq);
+        put_u64(&mut head, index.header.last_seq);
+        put_u64(&mut head, index.records.len() as u64);
+        put_u64(&mut head, index.header.bytes);
+        head.extend_from_slice(&hex::decode(&index.header.sha256).unwrap());
+        put_table(&mut head, &index.types);
+        put_table(&mut head, &index.sources);
+        put_u32(&mut head, index.subjects.len() as u32);
+        let header_len = head.len() + 3 * 8 + 4 + s.key_fences.len() * 8;
+        let records_offset = (PREAMBLE + header_len + 4) as u64;
+        let records = &v3[s.records_offset as usize..s.tables_offset[0] as usize];
+        let subjects = &v3[s.tables_offset[2] as usize..s.keys_offset as usize];
+        let keys = &v3[s.keys_offset as usize..];
+        let subjects_offset = records_offset + records.len() as u64;
+        let keys_offset = subjects_offset + subjects.len() as u64;
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        put_u32(&mut out, VERSION_WHOLE_TABLES);
+        put_u32(&mut out, header_len as u32);
+        out.extend_from_slice(&head);
+        put_u64(&mut out, subjects_offset);
+        put_u64(&mut out, keys_offset);
+        put_u64(&mut out, keys_offset + keys.len() as u64);
+        put_u32(&mut out, s.key_fences.len() as u32);
+        for f in &s.key_fences {
+            put_u64(&mut out, *f);
+        }
+        seal_section(&mut out);
+        out.extend_from_slice(records);
+        out.extend_from_slice(subjects);
+        out.extend_from_slice(keys);
+        out
+    }
+
+    /// Index files written before the table heads (version 2) are read as
+    /// they are, not rebuilt: a store of any size starts without reading
+    /// its segments after an upgrade.
+    #[test]
+    fn a_version_2_file_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, header) = built_n(600);
+        let index = decode(&b.encode(&header)).unwrap();
+        let v2 = encode_v2(&index);
+        assert_eq!(decode(&v2).unwrap(), index);
+        let summary = decode_summary(&v2).unwrap();
+        assert_eq!(summary.version, 2);
+        assert_eq!(summary.sources.whole(), Some(&index.sources[..]));
+        assert_eq!(summary.table_range(TableKind::Types), None);
+        let (at, len) = summary.table_range(TableKind::Subjects).unwrap();
+        assert_eq!(
+            summary
+                .decode_table(TableKind::Subjects, &v2[at as usize..at as usize + len])
+                .unwrap(),
+            index.subjects
+        );
+        let s = sealed(&header);
+        let path = layout::segment_index_path(dir.path(), &s.file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &v2).unwrap();
+        assert_eq!(check(dir.path(), &s).unwrap(), v2.len() as u64);
+        assert_eq!(load_summary(dir.path(), &s).unwrap(), summary);
+        for i in (0..v2.len()).step_by(5) {
+            let mut bad = v2.clone();
+            bad[i] ^= 0x20;
+            assert!(decode(&bad).is_err(), "flipped byte {i} not detected");
+        }
     }
 
     #[test]

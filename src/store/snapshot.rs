@@ -231,7 +231,12 @@ fn busiest<'a>(counts: impl Iterator<Item = (&'a str, u64)>, n: usize) -> BTreeM
         rest = all[n..].iter().map(|(_, c)| c).sum();
         all.truncate(n);
     }
-    let mut out: BTreeMap<String, u64> = all.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // Summed, not collected: the counts may name OTHER_SERIES already
+    // (events under names the sealed segments keep only on disk).
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for (k, v) in all {
+        *out.entry(k.to_string()).or_default() += v;
+    }
     if rest > 0 {
         *out.entry(OTHER_SERIES.to_string()).or_default() += rest;
     }

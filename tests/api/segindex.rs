@@ -808,3 +808,88 @@ async fn the_key_filter_is_rebuilt_larger_in_the_background_and_keeps_every_key(
     assert_eq!(app.read_all().await.len(), 5000, "nothing was stored twice");
     app.stop().await;
 }
+
+/// A publisher that sends a new type and source with every event (a
+/// misconfigured client, or a hostile one): each sealed segment keeps only
+/// the busiest names of its tables in memory and the rest on disk, so the
+/// memory for names stays flat, while filters on a name only the disk
+/// lists, `/stats` totals and duplicates stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_source_with_every_event_does_not_grow_memory() {
+    let args = ["--segment-bytes", "2MiB"];
+    let app = start_app(DataDir::temp(), &args).await;
+    const N: u64 = 40_000;
+    let source = |k: u64| format!("/hostile/{k}/{}", "s".repeat(24));
+    for batch in 0..N / 1000 {
+        let evs: Vec<Value> = (1..=1000)
+            .map(|i| {
+                let k = batch * 1000 + i;
+                json!({"type": format!("t.{k}"), "source": source(k), "id": format!("e{k}")})
+            })
+            .collect();
+        app.publish_batch(&evs).await;
+    }
+    // Then ordinary events, until the active segment holds only those.
+    const FILLER: u64 = 20_000;
+    for batch in 0..FILLER / 1000 {
+        let evs: Vec<Value> = (1..=1000)
+            .map(
+                |i| json!({"type": "t.filler", "source": "/filler", "id": format!("f{batch}-{i}")}),
+            )
+            .collect();
+        app.publish_batch(&evs).await;
+    }
+    let duplicate_of =
+        |k: u64| json!({"type": "t.again", "source": source(k), "id": format!("e{k}")});
+    let mut app = app;
+    for round in ["running", "after a restart"] {
+        let stats = app.get_json("/stats").await;
+        let sealed = stats["store"]["indexed_segments"].as_u64().unwrap();
+        let interned = stats["store"]["interned_bytes"].as_u64().unwrap();
+        let in_memory = stats["store"]["memory_entries"].as_u64().unwrap();
+        crate::common::note(format!(
+            "{round}: {sealed} sealed segments, {in_memory} events in memory, interned bytes {interned}"
+        ));
+        assert!(
+            in_memory < FILLER,
+            "{round}: every event with a new source is in a sealed segment"
+        );
+        // A sealed segment (about 13,000 events here) keeps at most 256
+        // names of each table; whole tables would take over 100 bytes for
+        // each of the 40,000 sealed events' two names.
+        assert!(
+            interned < N * 40,
+            "{round}: {interned} interned bytes for {N} events with new names"
+        );
+        assert_eq!(stats["store"]["distinct"]["sources"], N + 1, "{round}");
+        let by_source = stats["events"]["by_source"].as_object().unwrap();
+        assert_eq!(
+            by_source.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            N + FILLER,
+            "{round}: {by_source:?}"
+        );
+        assert_eq!(by_source["/filler"], FILLER, "{round}");
+        for k in [2u64, 7, 3_001, 12_345, N] {
+            let seqs = read_filtered(&app, &format!("source={}", source(k)), N + FILLER).await;
+            assert_eq!(seqs, vec![k], "{round}: source of event {k}");
+            let seqs = read_filtered(&app, &format!("type=t.{k}"), N + FILLER).await;
+            assert_eq!(seqs, vec![k], "{round}: type of event {k}");
+            let dup = app.publish(&duplicate_of(k)).await;
+            assert_eq!(dup.status, 200, "{round}: e{k}: {}", dup.text());
+            let body = dup.json();
+            assert_eq!(body["seq"], k, "{round}: e{k}");
+            assert_eq!(
+                body["type"],
+                format!("t.{k}"),
+                "{round}: the original's type"
+            );
+        }
+        app = app.restart(&args).await;
+    }
+    assert_eq!(
+        app.read_all().await.len() as u64,
+        N + FILLER,
+        "nothing stored twice"
+    );
+    app.stop().await;
+}
