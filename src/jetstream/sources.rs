@@ -23,6 +23,10 @@
 //!   [`KV_PER_REFRESH`] chunk keys; what is not counted yet (a large stream
 //!   just after a start) is summed under `other`, so the counts always add
 //!   up to the stream's total.
+//! - The running sum names at most [`MAX_SUMMED_SOURCES`] sources: beyond
+//!   that its least used are folded into one count, also shown under
+//!   `other`, so a publisher sending a new source with every event does
+//!   not grow an instance's memory with the stream.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +46,9 @@ const READ_PER_REFRESH: u64 = 50 * CHUNK;
 /// Most chunk keys one refresh reads from the bucket.
 const KV_PER_REFRESH: u64 = 5000;
 
+/// Most sources the running sum names (see [`Summed`]).
+const MAX_SUMMED_SOURCES: usize = 10_000;
+
 /// Events per source, as last counted.
 #[derive(Debug, Default)]
 pub(super) struct Counted {
@@ -58,7 +65,7 @@ struct State {
     /// The complete chunks `[lo, hi)` summed in `sum`.
     lo: u64,
     hi: u64,
-    sum: BTreeMap<String, u64>,
+    sum: Summed,
     /// The oldest chunk's part from the stream's first seq: `(first seq,
     /// counts)`.
     oldest: Option<(u64, BTreeMap<String, u64>)>,
@@ -106,14 +113,47 @@ fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     }
 }
 
-fn subtract(from: &mut BTreeMap<String, u64>, what: &BTreeMap<String, u64>) {
-    for (s, n) in what {
-        if let Some(have) = from.get_mut(s) {
-            *have = have.saturating_sub(*n);
-            if *have == 0 {
-                from.remove(s);
+/// The counts of complete chunks, naming at most [`MAX_SUMMED_SOURCES`]
+/// sources: past that, the least used half are folded into `folded`. The
+/// events it holds stay exact (named plus folded); a folded source that
+/// comes back is counted from then on.
+#[derive(Debug, Default)]
+struct Summed {
+    by_source: BTreeMap<String, u64>,
+    folded: u64,
+}
+
+impl Summed {
+    fn add(&mut self, chunk: &BTreeMap<String, u64>) {
+        add(&mut self.by_source, chunk);
+        if self.by_source.len() > MAX_SUMMED_SOURCES {
+            let mut all: Vec<(String, u64)> =
+                std::mem::take(&mut self.by_source).into_iter().collect();
+            all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            self.folded += all
+                .drain(MAX_SUMMED_SOURCES / 2..)
+                .map(|(_, n)| n)
+                .sum::<u64>();
+            self.by_source = all.into_iter().collect();
+        }
+    }
+
+    /// Takes a chunk's counts out: from its sources' named counts, and
+    /// what they lack (folded since) from `folded`.
+    fn subtract(&mut self, chunk: &BTreeMap<String, u64>) {
+        for (s, &n) in chunk {
+            let named = self.by_source.get(s).copied().unwrap_or(0);
+            if named > n {
+                self.by_source.insert(s.clone(), named - n);
+            } else {
+                self.by_source.remove(s);
+                self.folded = self.folded.saturating_sub(n - named);
             }
         }
+    }
+
+    fn clear(&mut self) {
+        *self = Summed::default();
     }
 }
 
@@ -191,7 +231,7 @@ impl SourceCounts {
                 gets -= 1;
                 match stored(bucket, st.lo).await {
                     Some(c) => {
-                        subtract(&mut st.sum, &c);
+                        st.sum.subtract(&c);
                         st.lo += 1;
                     }
                     None => restart = true,
@@ -243,10 +283,12 @@ impl SourceCounts {
                     }
                 }
             };
-            add(&mut st.sum, &counts);
+            st.sum.add(&counts);
             st.hi += 1;
         }
-        let mut total = st.sum.clone();
+        // Folded sources are not named: their events count as uncounted
+        // below, which `/stats` shows under `other`.
+        let mut total = st.sum.by_source.clone();
 
         // The oldest chunk's part retention left, counted again when the
         // first seq moves.
@@ -309,11 +351,43 @@ mod tests {
 
     #[test]
     fn a_chunk_leaving_the_sum_takes_only_its_own_counts() {
-        let mut sum = BTreeMap::from([("/a".to_string(), 5), ("/b".to_string(), 2)]);
-        subtract(
-            &mut sum,
-            &BTreeMap::from([("/b".to_string(), 2), ("/c".to_string(), 1)]),
-        );
-        assert_eq!(sum, BTreeMap::from([("/a".to_string(), 5)]));
+        let mut sum = Summed::default();
+        sum.add(&BTreeMap::from([
+            ("/a".to_string(), 5),
+            ("/b".to_string(), 2),
+        ]));
+        sum.subtract(&BTreeMap::from([
+            ("/b".to_string(), 2),
+            ("/c".to_string(), 1),
+        ]));
+        assert_eq!(sum.by_source, BTreeMap::from([("/a".to_string(), 5)]));
+        assert_eq!(sum.folded, 0);
+    }
+
+    /// A new source with every event: the sum names at most
+    /// [`MAX_SUMMED_SOURCES`], keeps the busy source exact, and its named
+    /// and folded events add up to the chunks it holds as they come and go.
+    #[test]
+    fn a_source_per_event_keeps_the_sum_small_and_exact_in_total() {
+        let chunk = |k: u64| -> BTreeMap<String, u64> {
+            let mut c: BTreeMap<String, u64> =
+                (0..900).map(|i| (format!("/new/{k}/{i}"), 1)).collect();
+            c.insert("/busy".into(), 100);
+            c
+        };
+        let held = |s: &Summed| s.by_source.values().sum::<u64>() + s.folded;
+        let mut sum = Summed::default();
+        for k in 0..40 {
+            sum.add(&chunk(k));
+            assert!(sum.by_source.len() <= MAX_SUMMED_SOURCES, "chunk {k}");
+            assert_eq!(held(&sum), (k + 1) * CHUNK);
+        }
+        assert_eq!(sum.by_source["/busy"], 4000);
+        assert!(sum.folded > 0);
+        for k in 0..25 {
+            sum.subtract(&chunk(k));
+            assert_eq!(held(&sum), (39 - k) * CHUNK, "chunk {k} left");
+        }
+        assert_eq!(sum.by_source["/busy"], 1500);
     }
 }
