@@ -128,8 +128,11 @@ pub const REHASH_SHARED_AFTER: Duration = Duration::from_secs(600);
 /// modification time), is linked without re-reading it; the integrity
 /// monitor scrubs the newest backup's files meanwhile, one per tick, and a
 /// backup failing that scrub empties this record. Kept by the backup thread
-/// for the life of the process (after a start it holds the newest backup's
-/// copies, checked then: [`verify_recording`]). Its hashing is paced.
+/// for the life of the process, and saved in `backup-hashes.json` for the
+/// next one ([`HashedCopies::save`], [`HashedCopies::load`]): after a
+/// start it holds the newest backup's copies, checked then
+/// ([`verify_recording`]) unless the run before hashed them recently. Its
+/// hashing is paced.
 #[derive(Debug, Default)]
 pub struct HashedCopies {
     checked: HashMap<(u64, u64), Checked>,
@@ -243,6 +246,101 @@ impl HashedCopies {
         self.checked
             .retain(|_, c| c.at.elapsed() < REHASH_SHARED_AFTER * 2);
     }
+
+    /// Saves the copies hashed within [`REHASH_SHARED_AFTER`] to
+    /// `data_dir`'s `backup-hashes.json`, with the wall-clock time of each
+    /// hash. A restart then does not read the newest backup again (18 GB
+    /// at 50 million events: five minutes of the disk, paced) when the
+    /// run before hashed its copies within that time, as a run that took
+    /// backups until it stopped did. Best effort: without the file the
+    /// next start checks every copy.
+    pub fn save(&self, data_dir: &Path) {
+        let now = std::time::SystemTime::now();
+        let copies: Vec<SavedCopy> = self
+            .checked
+            .values()
+            .filter(|c| c.at.elapsed() < REHASH_SHARED_AFTER)
+            .filter_map(|c| {
+                let at = now.checked_sub(c.at.elapsed())?;
+                Some(SavedCopy {
+                    inode: c.file.inode,
+                    len: c.file.len,
+                    mtime: c.file.mtime,
+                    sha256: c.sha256.clone(),
+                    hashed_at_ms: at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64,
+                })
+            })
+            .collect();
+        let path = layout::backup_hashes_path(data_dir);
+        let bytes = serde_json::to_vec(&SavedHashes { copies }).unwrap_or_default();
+        if let Err(e) = fsutil::write_atomic(&path, &bytes) {
+            tracing::debug!(error = %e, path = %path.display(), "cannot save the backup copies hashed recently; the next start checks them again");
+        }
+    }
+
+    /// Takes in the copies [`HashedCopies::save`] saved in `data_dir` that
+    /// were hashed less than [`REHASH_SHARED_AFTER`] ago by the wall clock
+    /// (a time in the future, from a clock set back, is not trusted). A
+    /// copy counts only while it is the same file with the same length and
+    /// modification time, as within a run.
+    pub fn load(&mut self, data_dir: &Path) {
+        let Ok(bytes) = fs::read(layout::backup_hashes_path(data_dir)) else {
+            return;
+        };
+        let Ok(saved) = serde_json::from_slice::<SavedHashes>(&bytes) else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for c in saved.copies {
+            let Some(age) = now_ms
+                .checked_sub(c.hashed_at_ms)
+                .map(Duration::from_millis)
+            else {
+                continue;
+            };
+            let Some(at) = Instant::now().checked_sub(age) else {
+                continue;
+            };
+            if age >= REHASH_SHARED_AFTER {
+                continue;
+            }
+            let file = FileId {
+                inode: c.inode,
+                len: c.len,
+                mtime: c.mtime,
+            };
+            self.checked.insert(
+                c.inode,
+                Checked {
+                    at,
+                    sha256: c.sha256,
+                    file,
+                },
+            );
+        }
+    }
+}
+
+/// `backup-hashes.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedHashes {
+    copies: Vec<SavedCopy>,
+}
+
+/// One copy in `backup-hashes.json`: which file it was and what it hashed
+/// to when.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedCopy {
+    /// Device and inode.
+    inode: (u64, u64),
+    len: u64,
+    /// Seconds and nanoseconds.
+    mtime: (i64, i64),
+    sha256: String,
+    /// Milliseconds since the Unix epoch.
+    hashed_at_ms: u64,
 }
 
 /// Why a backup could not be taken, read or verified.
@@ -672,7 +770,8 @@ pub fn verify(dir: &Path) -> Result<BackupManifest, BackupError> {
 
 /// [`verify`], at `hashed`'s pace, recording each good copy there (the
 /// server's check of its newest backup at start, whose copies the next
-/// backup then shares without reading them again).
+/// backup then shares without reading them again); copies `hashed` holds
+/// as hashed recently (by the run before) are not read again.
 pub fn verify_recording(
     dir: &Path,
     hashed: &mut HashedCopies,
@@ -681,6 +780,9 @@ pub fn verify_recording(
     for f in &bm.files {
         hashed.go_on()?;
         let path = dir.join(&f.path);
+        if hashed.is_fresh(&path, &f.sha256) {
+            continue;
+        }
         let sha = f.check(path.clone(), hashed.sha256(&path)?)?;
         hashed.record(&path, &sha);
     }

@@ -10,6 +10,7 @@
 //!   consumers.json            consumer cursors: the snapshot
 //!   consumers.log             consumer cursors: changes since the snapshot
 //!   keys.filter               the sealed segments' key filter, saved (keyfilter.rs)
+//!   backup-hashes.json        backup copies hashed recently, saved (backup.rs)
 //!   schemas.json              payload schemas per event type, every version (schemas.rs)
 //!   segments/<seq>.jsonl      the log, one file per segment
 //!   segments/<seq>.jsonl.idx  the index of a sealed segment (segindex.rs)
@@ -39,6 +40,8 @@ pub const SCHEMAS: &str = "schemas.json";
 pub const LOCK: &str = "LOCK";
 /// The saved key filter of the sealed segments.
 pub const KEY_FILTER: &str = "keys.filter";
+/// Backup copies hashed recently, saved for the next run.
+pub const BACKUP_HASHES: &str = "backup-hashes.json";
 /// A backup's own manifest, inside each backup directory.
 pub const BACKUP_MANIFEST: &str = "backup.json";
 /// Prefix of a backup directory being assembled.
@@ -128,6 +131,11 @@ pub fn schemas_path(data_dir: &Path) -> PathBuf {
 /// `<data dir>/keys.filter`.
 pub fn key_filter_path(data_dir: &Path) -> PathBuf {
     data_dir.join(KEY_FILTER)
+}
+
+/// `<data dir>/backup-hashes.json`.
+pub fn backup_hashes_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(BACKUP_HASHES)
 }
 
 /// `<data dir>/LOCK`.

@@ -753,6 +753,63 @@ async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
     );
 }
 
+/// A restart soon after a backup does not read that backup again: the run
+/// before saved which backup copies it hashed and when
+/// (`backup-hashes.json`), and the start's check of the newest backup
+/// passes over copies hashed within the last ten minutes. Here that check,
+/// paced, would read for a minute, and a backup asked for right after the
+/// start waits behind it; it must come within seconds. With the saved
+/// hashes deleted, the check reads again and the backup waits.
+#[tokio::test]
+async fn a_restart_soon_after_a_backup_does_not_read_it_again() {
+    let app = start_app(DataDir::temp(), ARGS).await;
+    fill(&app, 300).await;
+    let segs = sealed_segments(app.data_dir());
+    crate::common::monitor::wait_backup_holding(&app, segs.last().unwrap()).await;
+    let dir = app.stop().await;
+    let saved = dir.path().join("backup-hashes.json");
+    assert!(saved.is_file(), "the hashed copies are saved");
+    let backed_up: u64 = segs
+        .iter()
+        .map(|s| std::fs::metadata(s).unwrap().len())
+        .sum();
+    let rate_arg = (backed_up / 60).max(1).to_string();
+    let mut args = ARGS.to_vec();
+    args.extend(["--monitor-read-rate", &rate_arg]);
+    let backup_after_start = |saved_too: bool| {
+        let (dir, args) = (dir.path().to_path_buf(), args.clone());
+        async move {
+            if !saved_too {
+                std::fs::remove_file(dir.join("backup-hashes.json")).unwrap();
+            }
+            let mut server = spawn_process(&dir, &args).await;
+            assert_eq!(server.api.get("/health/ready").await.status, 200);
+            let asked = std::time::Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                server.api.post("/admin/backups", None),
+            )
+            .await;
+            let took = asked.elapsed();
+            if let Ok(r) = &r {
+                assert_eq!(r.status, 201, "{}", r.text());
+            }
+            server.terminate(Duration::from_secs(30)).await;
+            (r.is_ok(), took)
+        }
+    };
+    let (done, took) = backup_after_start(true).await;
+    assert!(
+        done,
+        "a backup right after a restart took {took:?}: the start read the newest backup ({backed_up} bytes at {rate_arg} bytes/s) again"
+    );
+    let (done, took) = backup_after_start(false).await;
+    assert!(
+        !done,
+        "without the saved hashes the start checks the newest backup, and a backup waits ({took:?})"
+    );
+}
+
 /// The sealed segments' key filter fills up as the store grows and is
 /// rebuilt larger on a thread of its own while publishing goes on (with no
 /// headroom here, many times over a few thousand events). Every key stays

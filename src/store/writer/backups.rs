@@ -136,7 +136,9 @@ fn run(
     // it is 18 GB, and read at the disk's full speed it took the disk from
     // publishers (fsync 10 ms instead of 1) and readers for a minute after
     // every start. Its copies' hashes are kept, so the first backup shares
-    // them without reading them again.
+    // them without reading them again; copies the run before hashed within
+    // the last minutes are not read now either.
+    hashed.load(&shared.data_dir);
     if let (Some(dir), Some(newest)) = (dirs.last(), known.last_mut()) {
         if newest.manifest.name == dir.file_name().unwrap_or_default().to_string_lossy() {
             match backup::verify_recording(dir, &mut hashed) {
@@ -145,13 +147,17 @@ fn run(
                     newest.verified_at = Some(crate::clock::now_rfc3339());
                 }
                 // Not checked, not failed: the next start checks it.
-                Err(BackupError::Stopped) => return,
+                Err(BackupError::Stopped) => {
+                    hashed.save(&shared.data_dir);
+                    return;
+                }
                 Err(e) => {
                     newest.verified = false;
                     newest.error = Some(e.to_string());
                 }
             }
             shared.backups.set(known);
+            hashed.save(&shared.data_dir);
         }
     }
 
@@ -219,6 +225,7 @@ fn run(
                 let _ = r.send(result.clone());
             }
         }
+        hashed.save(&shared.data_dir);
     }
 }
 
