@@ -410,6 +410,19 @@ pub fn record_of(r: &super::segment::ScannedRecord) -> NewRecord<'_> {
 }
 
 impl Builder {
+    /// An empty builder with room for `records` records and keys. The
+    /// writer sizes each segment's from the one before: grown by doubling
+    /// instead, its two vectors held up to twice the memory they needed
+    /// (about 8 MB at 170,000 events a segment) and were copied at each
+    /// doubling on the writer's thread.
+    pub fn with_capacity(records: usize) -> Builder {
+        Builder {
+            records: Vec::with_capacity(records),
+            keys: Vec::with_capacity(records),
+            ..Builder::default()
+        }
+    }
+
     /// Adds the next record.
     pub fn push(&mut self, r: NewRecord<'_>) {
         let source = self.sources.intern(r.source);

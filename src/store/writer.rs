@@ -796,6 +796,7 @@ impl Writer {
         let data_dir = self.shared.data_dir.clone();
         let seg_dir = super::layout::segments_dir(&data_dir);
         let new_first = self.next_seq;
+        let sealed_count = self.active.count;
         // Created first: the step that needs new descriptors.
         let (file, path) = match recovery::create_segment_file(&seg_dir, new_first) {
             Ok(created) => created,
@@ -961,7 +962,11 @@ impl Writer {
                 copy
             },
             crc: 0,
-            seg_index: Default::default(),
+            // Room for as many events as the segment just sealed, and a
+            // sixteenth more.
+            seg_index: super::segindex::Builder::with_capacity(
+                (sealed_count + sealed_count / 16) as usize,
+            ),
         };
         self.publish_file_state();
         self.shared
