@@ -11,7 +11,9 @@
 //! 3. a **duplicate of seq 1** (the same body again): it must answer 200
 //!    with seq 1, otherwise the run fails;
 //! 4. `GET /events/{seq}` at pseudo-random seqs over the whole store
-//!    (`large_get_connections` connections, warm-up + measured period);
+//!    (`large_get_connections` connections, warm-up + measured period),
+//!    and right after it the same reads' disk work without msgbus (the
+//!    baseline: [`disk_floor`]);
 //!
 //! and at the largest size only:
 //!
@@ -73,6 +75,26 @@ pub struct LargeStep {
     pub duplicate_ok: bool,
     /// `GET /events/{seq}` at random seqs.
     pub random_get: LoadResult,
+    /// The disk work of those reads without msgbus, right after them
+    /// ([`disk_floor`]); none while no segment is sealed.
+    pub disk_floor: Option<DiskFloor>,
+}
+
+/// What the store's files cost to read at random without msgbus: each
+/// "read" is what a `GET /events/{seq}` of a sealed event makes the disk
+/// do (an 8 KiB positional read at a random offset of an index file, then
+/// a 4 KiB one of a segment, files picked in proportion to their size),
+/// by as many threads as the `GET` run's connections, for as long. The
+/// page cache is left as the `GET` run left it, so hits count as they did
+/// for msgbus.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskFloor {
+    /// Threads.
+    pub threads: usize,
+    /// Reads (index + segment pairs) in the measured period.
+    pub reads: u64,
+    /// Latency of one pair.
+    pub latency: loadgen::Latency,
 }
 
 /// The largest size's extra figures.
@@ -193,6 +215,87 @@ fn check_disk(cfg: &BenchConfig, sizes: &[u64]) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Measures [`DiskFloor`] on the store in `dir` with `threads` threads for
+/// `period`; `None` when it has no sealed segment yet.
+fn disk_floor(dir: &Path, threads: usize, period: Duration) -> Result<Option<DiskFloor>> {
+    use std::os::unix::fs::FileExt;
+    let seg_dir = dir.join("segments");
+    let mut segments = Vec::new();
+    let mut indexes = Vec::new();
+    for e in std::fs::read_dir(&seg_dir)? {
+        let path = e?.path();
+        let len = std::fs::metadata(&path)?.len();
+        let name = path.to_string_lossy();
+        if name.ends_with(".jsonl.idx") && len > 8192 {
+            indexes.push((std::fs::File::open(&path)?, len));
+        } else if name.ends_with(".jsonl") && len > 4096 {
+            segments.push((std::fs::File::open(&path)?, len));
+        }
+    }
+    if segments.is_empty() || indexes.is_empty() {
+        return Ok(None);
+    }
+    /// A random `len`-byte read of one of `files`, picked in proportion to
+    /// its size, at a random offset.
+    fn read_one(
+        files: &[(std::fs::File, u64)],
+        total: u64,
+        r: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        let mut at = r % total;
+        for (f, len) in files {
+            if at < *len {
+                let offset = at.min(len - buf.len() as u64);
+                return f.read_exact_at(buf, offset);
+            }
+            at -= len;
+        }
+        Ok(())
+    }
+    let seg_total: u64 = segments.iter().map(|(_, l)| l).sum();
+    let idx_total: u64 = indexes.iter().map(|(_, l)| l).sum();
+    let deadline = Instant::now() + period;
+    let results: Vec<std::io::Result<(hdrhistogram::Histogram<u64>, u64)>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|t| {
+                    let (segments, indexes) = (&segments, &indexes);
+                    scope.spawn(move || {
+                        let mut hist = loadgen::histogram();
+                        let (mut index_buf, mut seg_buf) = (vec![0u8; 8192], vec![0u8; 4096]);
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            let r = loadgen::splitmix64(((t as u64) << 40) ^ n);
+                            let started = Instant::now();
+                            read_one(indexes, idx_total, r, &mut index_buf)?;
+                            read_one(segments, seg_total, loadgen::splitmix64(r), &mut seg_buf)?;
+                            let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
+                            n += 1;
+                        }
+                        Ok((hist, n))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a disk-floor thread panicked"))
+                .collect()
+        });
+    let mut hist = loadgen::histogram();
+    let mut reads = 0;
+    for r in results {
+        let (h, n) = r?;
+        hist.add(&h).map_err(|e| e.to_string())?;
+        reads += n;
+    }
+    Ok(Some(DiskFloor {
+        threads: threads.max(1),
+        reads,
+        latency: loadgen::Latency::of(&hist),
+    }))
 }
 
 fn say(cfg: &BenchConfig, msg: &str) {
@@ -470,6 +573,10 @@ pub async fn run_large(cfg: &BenchConfig, launcher: &Launcher) -> Result<LargeDo
             )
             .into());
         }
+        let disk_floor = {
+            let (dir, threads, period) = (dir.clone(), lc.get_connections, cfg.duration);
+            tokio::task::spawn_blocking(move || disk_floor(&dir, threads, period)).await??
+        };
         steps.push(LargeStep {
             events: stored,
             store_bytes: st["store"]["bytes"].as_u64().unwrap_or(0),
@@ -482,6 +589,7 @@ pub async fn run_large(cfg: &BenchConfig, launcher: &Launcher) -> Result<LargeDo
             key_filter_bytes: st["writer"]["key_filter_bytes"].as_u64(),
             duplicate_ok: true,
             random_get,
+            disk_floor,
         });
         if !is_top {
             continue;

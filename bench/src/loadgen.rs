@@ -190,7 +190,8 @@ impl Work {
 
 /// A well-mixed 64-bit hash (SplitMix64's finaliser): spreads the random
 /// reads over the whole store without a random-number crate.
-fn splitmix64(x: u64) -> u64 {
+/// SplitMix64: the load generator's pseudo-random sequence.
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -696,6 +696,23 @@ fn render_large(s: &mut String, l: &LargeDoc) {
             .map(|st| num(st.random_get.requests_per_s))
             .unwrap_or_default()
     );
+    for st in &l.steps {
+        let Some(floor) = &st.disk_floor else {
+            continue;
+        };
+        let (get, disk) = (&st.random_get.latency, &floor.latency);
+        let _ = writeln!(
+            s,
+            "  {} events: GET p50/p99 {:.2}/{:.2} ms; the same reads without msgbus (8 KiB of an index file + 4 KiB of a segment, {} threads) {:.3}/{:.3} ms; p99 ratio {:.2}",
+            count(st.events),
+            get.p50_ms,
+            get.p99_ms,
+            floor.threads,
+            disk.p50_ms,
+            disk.p99_ms,
+            get.p99_ms / disk.p99_ms.max(1e-9)
+        );
+    }
     let _ = writeln!(
         s,
         "  filtered read (type of the one event at seq {}): {:.2} s, {} pages, {} found",

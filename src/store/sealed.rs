@@ -6,8 +6,9 @@
 //! This is what keeps memory flat however many events a store holds: the
 //! in-memory index has one entry per event of the active segment only, and
 //! a [`SealedPart`] per sealed segment, whose size is bounded by its
-//! table heads ([`segindex::HeadTable`]) whatever names its events use. A read over sealed segments costs a positional read of
-//! the index file's blocks it needs (each block's CRC32C checked), and a
+//! table heads ([`segindex::HeadTable`]) whatever names its events use. A
+//! read over sealed segments costs a positional read of the index file's
+//! blocks it needs (each block's CRC32C checked), and a
 //! segment whose tables show no match is skipped without reading anything
 //! (see [`PartPlan`](super::filter::PartPlan)).
 //!
