@@ -114,7 +114,19 @@ pub enum Copies {
 
 /// How long a backup copy that was hashed stays trusted for sharing before
 /// it is hashed again (see [`HashedCopies`]).
-pub const REHASH_SHARED_AFTER: Duration = Duration::from_secs(600);
+///
+/// Every backup (one per seal) shares the copies of all older segments, so
+/// each copy is hashed again once per this period whatever else happens:
+/// the whole newest backup, paced. With 10 minutes that was 18 GB every 10
+/// minutes at 50 million events (30 MB/s, half the 64 MiB/s pace, all the
+/// time, beside publishers and readers), and past about 100 million events
+/// more than the pace allows, so backups would fall behind. An hour makes it
+/// a sixth. Damage to a copy in between is the integrity monitor's to find
+/// (it scrubs one file of the newest backup per tick, all of them in about
+/// 25 minutes at 50 million events with the default interval); a backup
+/// failing that scrub makes the next backup hash every copy again, and the
+/// timer's backups keep two separate copies of each segment.
+pub const REHASH_SHARED_AFTER: Duration = Duration::from_secs(3600);
 
 /// Backup copies of sealed segments (by device and inode) whose SHA-256 was
 /// checked recently, and when.

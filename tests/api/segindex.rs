@@ -756,7 +756,7 @@ async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
 /// A restart soon after a backup does not read that backup again: the run
 /// before saved which backup copies it hashed and when
 /// (`backup-hashes.json`), and the start's check of the newest backup
-/// passes over copies hashed within the last ten minutes. Here that check,
+/// passes over copies hashed within the last hour. Here that check,
 /// paced, would read for a minute, and a backup asked for right after the
 /// start waits behind it; it must come within seconds. With the saved
 /// hashes deleted, the check reads again and the backup waits.
