@@ -720,14 +720,10 @@ async fn the_first_check_reads_at_the_monitor_read_rate() {
     server.terminate(Duration::from_secs(15)).await;
 }
 
-/// A stopping server does not wait for the backup thread's paced check of
-/// the newest backup after a start: at 50 million events that check reads
-/// 18 GB at `--monitor-read-rate` (minutes), and a server asked to stop
-/// waited for all of it, past the time an orchestrator allows before it
-/// kills the process. Here the check would take about a minute; the
-/// server must be gone well before.
-#[tokio::test]
-async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
+/// A stopped store of 300 events whose newest backup holds every sealed
+/// segment; the bytes of those segments, and the `--monitor-read-rate`
+/// that makes the backup thread's check of that backup take a minute.
+async fn backed_up_store() -> (DataDir, u64, String) {
     let app = start_app(DataDir::temp(), ARGS).await;
     fill(&app, 300).await;
     let segs = sealed_segments(app.data_dir());
@@ -737,7 +733,18 @@ async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
         .iter()
         .map(|s| std::fs::metadata(s).unwrap().len())
         .sum();
-    let rate_arg = (backed_up / 60).max(1).to_string();
+    (dir, backed_up, (backed_up / 60).max(1).to_string())
+}
+
+/// A stopping server does not wait for the backup thread's paced check of
+/// the newest backup after a start: at 50 million events that check reads
+/// 18 GB at `--monitor-read-rate` (minutes), and a server asked to stop
+/// waited for all of it, past the time an orchestrator allows before it
+/// kills the process. Here the check would take about a minute; the
+/// server must be gone well before.
+#[tokio::test]
+async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
+    let (dir, backed_up, rate_arg) = backed_up_store().await;
     let mut args = ARGS.to_vec();
     args.extend(["--monitor-read-rate", &rate_arg]);
     let mut server = spawn_process(dir.path(), &args).await;
@@ -762,18 +769,9 @@ async fn a_stop_does_not_wait_for_the_check_of_the_newest_backup() {
 /// hashes deleted, the check reads again and the backup waits.
 #[tokio::test]
 async fn a_restart_soon_after_a_backup_does_not_read_it_again() {
-    let app = start_app(DataDir::temp(), ARGS).await;
-    fill(&app, 300).await;
-    let segs = sealed_segments(app.data_dir());
-    crate::common::monitor::wait_backup_holding(&app, segs.last().unwrap()).await;
-    let dir = app.stop().await;
+    let (dir, backed_up, rate_arg) = backed_up_store().await;
     let saved = dir.path().join("backup-hashes.json");
     assert!(saved.is_file(), "the hashed copies are saved");
-    let backed_up: u64 = segs
-        .iter()
-        .map(|s| std::fs::metadata(s).unwrap().len())
-        .sum();
-    let rate_arg = (backed_up / 60).max(1).to_string();
     let mut args = ARGS.to_vec();
     args.extend(["--monitor-read-rate", &rate_arg]);
     let backup_after_start = |saved_too: bool| {
