@@ -306,18 +306,13 @@ impl HashedCopies {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         for c in saved.copies {
-            let Some(age) = now_ms
+            let age = now_ms
                 .checked_sub(c.hashed_at_ms)
                 .map(Duration::from_millis)
-            else {
+                .filter(|age| *age < REHASH_SHARED_AFTER);
+            let Some(at) = age.and_then(|age| Instant::now().checked_sub(age)) else {
                 continue;
             };
-            let Some(at) = Instant::now().checked_sub(age) else {
-                continue;
-            };
-            if age >= REHASH_SHARED_AFTER {
-                continue;
-            }
             let file = FileId {
                 inode: c.inode,
                 len: c.len,

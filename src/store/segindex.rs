@@ -864,6 +864,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The format version a file's preamble (at least [`PREAMBLE`] bytes)
+/// names.
+fn file_version(preamble: &[u8]) -> u32 {
+    u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"))
+}
+
 /// The length of the file's start that holds its summary (preamble,
 /// header section, CRC), from its first [`PREAMBLE`] bytes.
 fn summary_len(preamble: &[u8]) -> Result<usize, IndexError> {
@@ -873,7 +879,7 @@ fn summary_len(preamble: &[u8]) -> Result<usize, IndexError> {
     if &preamble[..MAGIC.len()] != MAGIC {
         return Err(IndexError::Magic);
     }
-    let version = u32::from_le_bytes(preamble[8..12].try_into().expect("4 bytes"));
+    let version = file_version(preamble);
     if version != VERSION && version != VERSION_WHOLE_TABLES {
         return Err(IndexError::Version(version));
     }
@@ -904,7 +910,7 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Summary, IndexError> {
             "{count} records for seq {first_seq}..={last_seq}"
         )));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = file_version(bytes);
     let types = r.head(version, "types")?;
     let sources = r.head(version, "sources")?;
     let subject_count = r.u32("header")?;
