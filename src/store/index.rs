@@ -26,7 +26,7 @@ pub use super::files::{SegmentFiles, DEFAULT_SEGMENT_FD_CACHE};
 use super::filter::Filter;
 use super::filter::{Matcher, PartPlan, TypeSet};
 use super::sealed::{PartError, SealedPart};
-use super::segindex::{HeadTable, Record, Summary};
+use super::segindex::{self, HeadTable, Record, Summary};
 use super::snapshot::OTHER_SERIES;
 use crate::sse::SseFrame;
 
@@ -210,6 +210,11 @@ impl Interner {
     /// Number of distinct strings in use.
     pub fn len(&self) -> usize {
         self.spans.len() - self.free.len()
+    }
+
+    /// One more than the largest id given out.
+    fn id_bound(&self) -> usize {
+        self.spans.len()
     }
 
     /// True when no string is in use.
@@ -566,6 +571,81 @@ impl Index {
     /// Events with an entry in memory (those after the sealed parts).
     pub fn entries_len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The records and name tables of the index file of the events
+    /// `first..=last`, from their entries (none if any of them has no
+    /// entry in memory). What the writer encodes a segment's index file
+    /// from when it seals it: the entries already hold every record's
+    /// place and names, so the writer does not keep a second copy of
+    /// them while the segment is active. A table's ids are given in the
+    /// order of their first record, as [`segindex::Builder`] gives them,
+    /// so the file is the one a rebuild from the segment writes.
+    ///
+    /// [`segindex::Builder`]: super::segindex::Builder
+    pub fn segment_records(&self, first: u64, last: u64) -> Option<segindex::SegmentRecords<'_>> {
+        let start = first.checked_sub(self.entries_first)? as usize;
+        let count = (last + 1).checked_sub(first)? as usize;
+        if start + count > self.entries.len() {
+            return None;
+        }
+        /// One table of the file: a local id for each interner id met.
+        struct Table<'a> {
+            interner: &'a Interner,
+            local: Vec<u32>,
+            names: Vec<segindex::NameRef<'a>>,
+        }
+        impl Table<'_> {
+            fn id(&mut self, global: u32) -> u32 {
+                let slot = &mut self.local[global as usize];
+                if *slot == u32::MAX {
+                    *slot = self.names.len() as u32;
+                    self.names.push(segindex::NameRef {
+                        name: self.interner.name(global),
+                        count: 0,
+                    });
+                }
+                self.names[*slot as usize].count += 1;
+                *slot
+            }
+        }
+        fn table(interner: &Interner) -> Table<'_> {
+            Table {
+                interner,
+                local: vec![u32::MAX; interner.id_bound()],
+                names: Vec::new(),
+            }
+        }
+        let (mut types, mut sources, mut subjects) = (
+            table(&self.types),
+            table(&self.sources),
+            table(&self.subjects),
+        );
+        let mut records = Vec::with_capacity(count);
+        for i in start..start + count {
+            let e = &self.entries[i];
+            // The order of the fields is the order a Builder interns them.
+            let source = sources.id(e.source);
+            let ty = types.id(e.ty);
+            let subject = match e.subject {
+                NO_SUBJECT => segindex::NO_SUBJECT,
+                s => subjects.id(s),
+            };
+            records.push(segindex::Record {
+                offset: e.offset,
+                len: e.len,
+                crc: e.crc,
+                ty,
+                source,
+                subject,
+            });
+        }
+        Some(segindex::SegmentRecords {
+            types: types.names,
+            sources: sources.names,
+            subjects: subjects.names,
+            records,
+        })
     }
 
     /// Sealed segments read through their index files.
@@ -1467,6 +1547,61 @@ mod tests {
             "found {} events",
             seqs.len()
         );
+    }
+
+    /// The index file the writer encodes at seal from the entries is
+    /// byte for byte the one a rebuild from the segment writes, though the
+    /// index's ids count from names of earlier events, in another order,
+    /// that the segment does not use.
+    #[test]
+    fn segment_records_encode_what_a_builder_of_the_same_events_does() {
+        use crate::store::segindex::{Builder, Header, Key, NewRecord};
+        let names = |seq: u64| {
+            (
+                format!("t.{}", (seq * 7) % 5),
+                format!("/s/{}", seq % 3),
+                (!seq.is_multiple_of(4)).then(|| format!("sub-{}", seq % 9)),
+                format!("id-{seq}"),
+            )
+        };
+        let mut idx = super::Index::new(1, 1 << 20);
+        // An earlier segment, whose names the index interned first.
+        for seq in 1..=40u64 {
+            let ty = format!("old.{}", seq % 6);
+            idx.push(super::NewEntry {
+                subject: Some("old-subject"),
+                ..from(seq, &ty, "/old")
+            });
+        }
+        let mut builder = Builder::default();
+        let mut keys = Vec::new();
+        for seq in 41..=200u64 {
+            let (ty, source, subject, id) = names(seq);
+            let record = NewRecord {
+                seq,
+                offset: seq * 100 + 20,
+                len: 70 + (seq % 11) as u32,
+                crc: (seq * 31) as u32,
+                ty: &ty,
+                source: &source,
+                subject: subject.as_deref(),
+                id: &id,
+            };
+            idx.push(super::NewEntry::of(&record, 1, None));
+            builder.push(record);
+            keys.push(Key::of(&source, &id, seq));
+        }
+        keys.reverse();
+        let header = Header {
+            file: "00000000000000000041.jsonl".into(),
+            first_seq: 41,
+            last_seq: 200,
+            bytes: 201 * 100,
+            sha256: "cd".repeat(32),
+        };
+        let records = idx.segment_records(41, 200).expect("all in memory");
+        assert_eq!(records.encode(&header, &mut keys), builder.encode(&header));
+        assert!(idx.segment_records(41, 201).is_none(), "201 is not stored");
     }
 
     fn entry(seq: u64, ty: &str) -> super::NewEntry<'_> {

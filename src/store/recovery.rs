@@ -90,9 +90,11 @@ pub struct ActiveSegment {
     pub copy: ActiveCopy,
     /// CRC32C of the durable bytes, which the integrity monitor compares the file with.
     pub crc: u32,
-    /// Its records as its index file will hold them, written when it is
-    /// sealed (see [`segindex`]).
-    pub seg_index: segindex::Builder,
+    /// Its events' idempotency keys, for its index file's key table and
+    /// the key filter when it is sealed (see [`segindex`]). The file's
+    /// records and name tables come from the index's entries then
+    /// ([`Index::segment_records`]).
+    pub keys: Vec<segindex::Key>,
 }
 
 /// Everything the writer needs to take over an opened store.
@@ -591,7 +593,7 @@ fn index_active_segment(
     // One record's attributes at a time: holding them all (a few hundred
     // bytes of strings each) for a full 64 MiB segment was ~60 MB of peak
     // memory at start-up.
-    let mut seg_index = segindex::Builder::default();
+    let mut key_table = Vec::with_capacity(key_capacity(manifest, frames.len()));
     for (seq, &(offset, framed)) in (first_seq..).zip(&frames) {
         let line = &bytes[offset as usize..][..framed.line_len as usize];
         let keys = segment::decode_keys(framed.event_of(line)).map_err(|p| {
@@ -609,7 +611,7 @@ fn index_active_segment(
             keys,
         };
         add_record(index, dedup, pos, &r);
-        seg_index.push(segindex::record_of(&r));
+        key_table.push(segindex::Key::of(&r.keys.source, &r.keys.id, seq));
     }
     let mut hasher = Sha256::new();
     hasher.update(&bytes);
@@ -622,9 +624,18 @@ fn index_active_segment(
         index_pos: pos,
         crc: crc32c::crc32c(&bytes),
         copy: ActiveCopy::new(data_dir, bytes),
-        seg_index,
+        keys: key_table,
     };
     Ok((active, hasher))
+}
+
+/// Room for the keys of an active segment that holds `held` events: as
+/// many as the last sealed segment held and a sixteenth more (so the
+/// vector is not doubled, and copied, on the writer's thread before the
+/// segment fills), or `held` if more.
+pub fn key_capacity(manifest: &Manifest, held: usize) -> usize {
+    let last = manifest.sealed.last().map_or(0, |s| s.count as usize);
+    held.max(last + last / 16)
 }
 
 /// Step 7: what is durable now is the floor the next start checks against.

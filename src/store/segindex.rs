@@ -1,9 +1,10 @@
 //! Per-segment index files (`segments/<segment>.idx`): everything start-up
 //! needs from a sealed segment, so that it does not read the segment.
 //!
-//! The writer builds one incrementally while the segment is active
-//! ([`Builder`], fed at each commit with what it already has in hand) and
-//! writes it atomically when it seals the segment; start-up loads it instead
+//! The writer keeps the active segment's idempotency keys as it commits,
+//! and at seal encodes the file from them and the segment's entries in the
+//! store's index ([`SegmentRecords`]), then writes it atomically; start-up
+//! loads it instead
 //! of reading, hashing and scanning the segment, and rebuilds it from the
 //! segment when it is missing or damaged. An index file is derived data:
 //! losing one loses nothing, it costs one read of its segment.
@@ -155,27 +156,35 @@ impl HeadTable {
 
     /// The head of `table`: all of it within the limits, else the busiest
     /// names (ties by name) until either limit.
-    pub fn of(table: &[Name]) -> HeadTable {
-        let bytes: usize = table.iter().map(|n| n.name.len()).sum();
+    pub fn of<T: TableRow>(table: &[T]) -> HeadTable {
+        let owned = |n: &T| Name {
+            name: n.name().to_string(),
+            count: n.count(),
+        };
+        let bytes: usize = table.iter().map(|n| n.name().len()).sum();
         if table.len() <= HEAD_NAMES && bytes <= HEAD_NAME_BYTES {
             return HeadTable {
                 distinct: table.len() as u32,
-                names: table.to_vec(),
+                names: table.iter().map(owned).collect(),
                 rest: 0,
             };
         }
-        let mut busiest: Vec<&Name> = table.iter().collect();
-        busiest.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        let mut busiest: Vec<&T> = table.iter().collect();
+        busiest.sort_unstable_by(|a, b| {
+            b.count()
+                .cmp(&a.count())
+                .then_with(|| a.name().cmp(b.name()))
+        });
         let (mut names, mut used) = (Vec::new(), 0);
         for n in busiest {
-            if names.len() == HEAD_NAMES || used + n.name.len() > HEAD_NAME_BYTES {
+            if names.len() == HEAD_NAMES || used + n.name().len() > HEAD_NAME_BYTES {
                 break;
             }
-            used += n.name.len();
-            names.push(n.clone());
+            used += n.name().len();
+            names.push(owned(n));
         }
         let listed: u64 = names.iter().map(|n| n.count).sum();
-        let total: u64 = table.iter().map(|n| n.count).sum();
+        let total: u64 = table.iter().map(|n| n.count()).sum();
         HeadTable {
             distinct: table.len() as u32,
             names,
@@ -221,6 +230,45 @@ pub struct Name {
     pub name: String,
     /// Records of the segment that carry it.
     pub count: u64,
+}
+
+/// A row of a name table as the encoder takes it: an owned [`Name`], or
+/// a [`NameRef`] borrowed from the store's index at seal.
+pub trait TableRow {
+    /// The type, source or subject.
+    fn name(&self) -> &str;
+    /// Records of the segment that carry it.
+    fn count(&self) -> u64;
+}
+
+impl TableRow for Name {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// A [`Name`] whose text belongs to someone else (the store's interner,
+/// while the writer encodes a segment's index file at seal: a segment with
+/// a new subject per event would otherwise allocate a string per event on
+/// the writer's thread, about half the time it takes to gather them).
+#[derive(Debug, Clone, Copy)]
+pub struct NameRef<'a> {
+    /// The type, source or subject.
+    pub name: &'a str,
+    /// Records of the segment that carry it.
+    pub count: u64,
+}
+
+impl TableRow for NameRef<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn count(&self) -> u64 {
+        self.count
+    }
 }
 
 /// Where one record's event sits and what it is.
@@ -362,9 +410,10 @@ impl Interned {
     }
 }
 
-/// Builds the index of the active segment as its records are committed.
-/// Runs on the writer at every commit, so it allocates nothing per event
-/// beyond its record and key.
+/// Builds the index file of a sealed segment from its records, read from
+/// the segment: at start-up, and when the integrity monitor finds the file
+/// missing or damaged. (The writer does not use it for the active segment:
+/// see [`SegmentRecords`].)
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     types: Interned,
@@ -410,19 +459,6 @@ pub fn record_of(r: &super::segment::ScannedRecord) -> NewRecord<'_> {
 }
 
 impl Builder {
-    /// An empty builder with room for `records` records and keys. The
-    /// writer sizes each segment's from the one before: grown by doubling
-    /// instead, its two vectors held up to twice the memory they needed
-    /// (about 8 MB at 170,000 events a segment) and were copied at each
-    /// doubling on the writer's thread.
-    pub fn with_capacity(records: usize) -> Builder {
-        Builder {
-            records: Vec::with_capacity(records),
-            keys: Vec::with_capacity(records),
-            ..Builder::default()
-        }
-    }
-
     /// Adds the next record.
     pub fn push(&mut self, r: NewRecord<'_>) {
         let source = self.sources.intern(r.source);
@@ -435,10 +471,7 @@ impl Builder {
             subject: r.subject.map_or(NO_SUBJECT, |s| self.subjects.intern(s)),
         };
         self.records.push(record);
-        self.keys.push(Key {
-            order: key_order(r.source, r.id),
-            seq: r.seq,
-        });
+        self.keys.push(Key::of(r.source, r.id, r.seq));
     }
 
     /// The keys sorted as the file holds them.
@@ -446,12 +479,6 @@ impl Builder {
         let mut keys = self.keys.clone();
         keys.sort_unstable();
         keys
-    }
-
-    /// The [`key_order`] of every record added so far (what the sealed
-    /// segments' key filter takes at seal).
-    pub fn key_orders(&self) -> impl Iterator<Item = u64> + '_ {
-        self.keys.iter().map(|k| k.order)
     }
 
     /// Records added so far.
@@ -484,6 +511,50 @@ impl Builder {
             [&self.types.names, &self.sources.names, &self.subjects.names],
             &self.records,
             &self.sorted_keys(),
+        )
+    }
+}
+
+impl Key {
+    /// The key of the event `(source, id)` stored at `seq`.
+    pub fn of(source: &str, id: &str, seq: u64) -> Key {
+        Key {
+            order: key_order(source, id),
+            seq,
+        }
+    }
+}
+
+/// An index file's records and name tables, without its keys: what the
+/// store's in-memory index gives for the active segment when it is sealed
+/// ([`Index::segment_records`](super::index::Index::segment_records)).
+/// The writer keeps only the active segment's keys until then, so each
+/// event held in memory is not held a second time for its index file
+/// (a [`Builder`] for a full 64 MiB segment held 32 bytes of record per
+/// event and a second copy of every distinct name).
+#[derive(Debug, Default)]
+pub struct SegmentRecords<'a> {
+    /// Event types, by id, in the order of their first record.
+    pub types: Vec<NameRef<'a>>,
+    /// Event sources, the same way.
+    pub sources: Vec<NameRef<'a>>,
+    /// Subjects, the same way.
+    pub subjects: Vec<NameRef<'a>>,
+    /// The records, in seq order.
+    pub records: Vec<Record>,
+}
+
+impl SegmentRecords<'_> {
+    /// The encoded index file of the segment described by `header`, these
+    /// records and `keys` (sorted here, in place). Byte for byte what a
+    /// [`Builder`] fed the same events encodes.
+    pub fn encode(&self, header: &Header, keys: &mut [Key]) -> Vec<u8> {
+        keys.sort_unstable();
+        encode_parts(
+            header,
+            [&self.types, &self.sources, &self.subjects],
+            &self.records,
+            keys,
         )
     }
 }
@@ -745,9 +816,9 @@ fn section_body<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a [u8], Ind
     Ok(body)
 }
 
-fn encode_parts(
+fn encode_parts<T: TableRow>(
     header: &Header,
-    tables: [&Vec<Name>; 3],
+    tables: [&[T]; 3],
     records: &[Record],
     keys: &[Key],
 ) -> Vec<u8> {
@@ -843,11 +914,11 @@ fn seal_section(section: &mut Vec<u8>) {
     put_u32(section, crc);
 }
 
-fn put_table(out: &mut Vec<u8>, table: &[Name]) {
+fn put_table<T: TableRow>(out: &mut Vec<u8>, table: &[T]) {
     put_u32(out, table.len() as u32);
     for n in table {
-        put_str(out, &n.name);
-        put_u64(out, n.count);
+        put_str(out, n.name());
+        put_u64(out, n.count());
     }
 }
 

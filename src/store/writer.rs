@@ -481,7 +481,11 @@ impl Writer {
             idx.set_segment_bytes(self.active.index_pos, self.active.len);
         }
         for a in accepted.iter() {
-            self.active.seg_index.push(a.record(base));
+            self.active.keys.push(super::segindex::Key::of(
+                &a.event.source,
+                &a.event.id,
+                a.seq,
+            ));
             self.dedup
                 .insert_hashed(a.key, &a.event.source, &a.event.id, &a.event.time, a.seq);
         }
@@ -796,7 +800,6 @@ impl Writer {
         let data_dir = self.shared.data_dir.clone();
         let seg_dir = super::layout::segments_dir(&data_dir);
         let new_first = self.next_seq;
-        let sealed_count = self.active.count;
         // Created first: the step that needs new descriptors.
         let (file, path) = match recovery::create_segment_file(&seg_dir, new_first) {
             Ok(created) => created,
@@ -839,18 +842,27 @@ impl Writer {
         // sealed, the next start loads it instead of reading the segment.
         // (One written by a seal that stops before the manifest is replaced
         // belongs to no sealed segment; recovery removes it.)
-        let idx_bytes = self
-            .active
-            .seg_index
-            .encode(&super::segindex::Header::of(&sealed));
+        // Encoded under the index's read lock: readers go on meanwhile,
+        // and only this thread ever takes the write lock.
+        let idx_bytes = {
+            let idx = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+            idx.segment_records(sealed.first_seq, sealed.last_seq)
+                .map(|r| r.encode(&super::segindex::Header::of(&sealed), &mut self.active.keys))
+        };
         let idx_path = super::layout::segment_index_path(&data_dir, &sealed.file);
-        let written = super::segindex::store(&data_dir, &sealed.file, &idx_bytes);
+        let written = match &idx_bytes {
+            Some(bytes) => super::segindex::store(&data_dir, &sealed.file, bytes),
+            // Cannot happen: the active segment's events all have entries.
+            None => Err(std::io::Error::other(
+                "the in-memory index does not hold every event of the segment",
+            )),
+        };
         took.lap(|t| &mut t.index);
         // Readers of the sealed segment go through its index file from now
         // on, and its entries leave memory (if the file could not be
         // written, they stay until the next start).
-        let part = match &written {
-            Ok(()) => match super::segindex::decode_summary(&idx_bytes) {
+        let part = match (&written, &idx_bytes) {
+            (Ok(()), Some(idx_bytes)) => match super::segindex::decode_summary(idx_bytes) {
                 Ok(summary) => Some(Arc::new(super::sealed::SealedPart::new(
                     summary,
                     self.active.index_pos,
@@ -862,8 +874,9 @@ impl Writer {
                     None
                 }
             },
-            Err(_) => None,
+            _ => None,
         };
+        drop(idx_bytes);
         if let Err(e) = written {
             let err = StoreError::file("write", &idx_path, e);
             if matches!(err, StoreError::TooManyOpenFiles { .. }) {
@@ -910,7 +923,7 @@ impl Writer {
             // A few thousand at a time, so publishers asking the filter
             // meanwhile wait at most that long; until `before` moves below,
             // they leave this segment to the writer.
-            let orders: Vec<u64> = self.active.seg_index.key_orders().collect();
+            let orders: Vec<u64> = self.active.keys.iter().map(|k| k.order).collect();
             for chunk in orders.chunks(4096) {
                 let mut keys = self.shared.sealed_keys_mut();
                 chunk.iter().for_each(|&o| keys.filter.insert(o));
@@ -964,9 +977,7 @@ impl Writer {
             crc: 0,
             // Room for as many events as the segment just sealed, and a
             // sixteenth more.
-            seg_index: super::segindex::Builder::with_capacity(
-                (sealed_count + sealed_count / 16) as usize,
-            ),
+            keys: Vec::with_capacity(recovery::key_capacity(&self.manifest, 0)),
         };
         self.publish_file_state();
         self.shared
