@@ -624,7 +624,7 @@ impl Index {
         let mut records = Vec::with_capacity(count);
         for i in start..start + count {
             let e = &self.entries[i];
-            // The order of the fields is the order a Builder interns them.
+            // Each table gives its ids in seq order of first use.
             let source = sources.id(e.source);
             let ty = types.id(e.ty);
             let subject = match e.subject {
