@@ -733,13 +733,14 @@ fn render_large(s: &mut String, l: &LargeDoc) {
     );
     let _ = writeln!(
         s,
-        "  single events @{} conns: empty {} req/s (p99 {:.2} ms), large {} req/s (p99 {:.2} ms), ratio {:.3}; per pair {}",
+        "  single events @{} conns, {} pairs of short runs: ratio of the totals {:.3}; the median pair: empty {} req/s (p99 {:.2} ms), large {} req/s (p99 {:.2} ms); per pair {}",
         t.large.connections,
+        t.runs_ratio.len(),
+        t.ratio_to_empty,
         num(t.empty.requests_per_s),
         t.empty.latency.p99_ms,
         num(t.large.requests_per_s),
         t.large.latency.p99_ms,
-        t.ratio_to_empty,
         per_run(&t.runs_ratio, t.median_run, |x| format!("{x:.3}"))
     );
     let _ = writeln!(

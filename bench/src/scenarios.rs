@@ -125,17 +125,29 @@ pub struct LargeConfig {
     pub publish: Duration,
     /// Connections of the random `GET /events/{seq}`.
     pub get_connections: usize,
+    /// Pairs of short runs (empty store, large store) of single events at
+    /// the largest connection count; see [`crate::large`], step 7.
+    pub slice_pairs: usize,
+    /// Warm-up of each short run.
+    #[serde(with = "secs")]
+    pub slice_warmup: Duration,
+    /// Measured length of each short run.
+    #[serde(with = "secs")]
+    pub slice: Duration,
 }
 
 impl LargeConfig {
     /// The real run: 1M, 10M, 50M events; the rare event at seq 500,000;
-    /// 60 s of publishing.
+    /// 60 s of publishing; 16 pairs of 3-second runs (1 s warm-up each).
     pub fn full() -> Self {
         LargeConfig {
             sizes: vec![1_000_000, 10_000_000, 50_000_000],
             rare_at: 500_000,
             publish: Duration::from_secs(60),
             get_connections: 4,
+            slice_pairs: 16,
+            slice_warmup: Duration::from_secs(1),
+            slice: Duration::from_secs(3),
         }
     }
 
@@ -146,6 +158,9 @@ impl LargeConfig {
             rare_at: 1500,
             publish: Duration::from_millis(500),
             get_connections: 2,
+            slice_pairs: 2,
+            slice_warmup: Duration::from_millis(100),
+            slice: Duration::from_millis(300),
         }
     }
 }

@@ -457,7 +457,20 @@ async fn the_large_group_grows_one_store_and_measures_each_size() {
     assert!(t.memory_after_publish.is_some());
     assert!(t.empty.requests > 0 && t.large.requests > 0);
     assert_eq!(t.empty.errors + t.large.errors, 0);
-    assert_eq!(t.runs_ratio.len(), 1);
+    assert_eq!(t.runs_ratio.len(), LargeConfig::tiny().slice_pairs);
+    // The ratio of the totals is an average of the pairs' ratios (weighted
+    // by the empty store's rate), so it lies between the smallest and the
+    // largest of them.
+    let (lo, hi) = t
+        .runs_ratio
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    assert!(
+        t.ratio_to_empty >= lo - 1e-9 && t.ratio_to_empty <= hi + 1e-9,
+        "{} not within {:?}",
+        t.ratio_to_empty,
+        t.runs_ratio
+    );
     assert_eq!(t.verify_verdict, "Healthy");
     assert!(t.verify_bytes > 5000 * 250 && t.verify_mb_per_s > 0.0);
     // Its targets are evaluated (and only those).
