@@ -114,14 +114,17 @@ pub async fn run_check(
     };
     // The first check after a start and a full check read every sealed
     // segment and index file (gigabytes in a large store: about a minute of
-    // a core at 50 million events): in the low-priority bulk lane, so the
-    // server answers at full speed meanwhile, and (but for a full check)
-    // paced to `read_rate`, so they do not take the disk either. They take
-    // no lock the writer or the workers wait on for longer than a copy. The
-    // periodic check is small and stays at normal priority, so damage is
-    // found as fast under load as without.
+    // a core at 50 million events). The first check, paced to `read_rate`
+    // so it does not take the disk, runs under SCHED_IDLE (`bulk::run_idle`):
+    // any other thread preempts it at once, so publishing runs as if it
+    // were not there. A full check (an operator's `POST /admin/verify`,
+    // unpaced) runs in the low-priority bulk lane, which still lets it
+    // finish under load. They take no lock the writer or the workers wait
+    // on for longer than a copy. The periodic check is small and stays at
+    // normal priority, so damage is found as fast under load as without.
     let (findings, scrub) = match scope {
-        Scope::Start | Scope::Full => crate::bulk::run(check).await,
+        Scope::Start => crate::bulk::run_idle("msgbus-startcheck", check).await,
+        Scope::Full => crate::bulk::run(check).await,
         Scope::Tick { .. } => tokio::task::spawn_blocking(check).await.unwrap_or_default(),
     };
     if scrub.newly_damaged {

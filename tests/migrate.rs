@@ -477,6 +477,37 @@ async fn settled_seqs(nats: &NatsServer, stream: &str, name: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// When validation of type `ty` was stopped, as the stopped store's
+/// `schemas.json` says.
+fn stopped_at_in_store(dir: &Path, ty: &str) -> Option<String> {
+    fn find<'a>(v: &'a Value, ty: &str) -> Option<&'a Value> {
+        match v {
+            Value::Object(m) if m.get("type").and_then(Value::as_str) == Some(ty) => Some(v),
+            Value::Object(m) => m.values().find_map(|v| find(v, ty)),
+            Value::Array(a) => a.iter().find_map(|v| find(v, ty)),
+            _ => None,
+        }
+    }
+    let bytes = std::fs::read(dir.join("schemas.json")).expect("schemas.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("schemas.json is JSON");
+    let t = find(&doc, ty).unwrap_or_else(|| panic!("no {ty:?} in {doc}"));
+    t["deleted_at"].as_str().map(str::to_owned)
+}
+
+/// The same on the target: type `ty`'s entry in `<stream>_SCHEMAS`, read
+/// with a direct get.
+async fn stopped_at_on_target(nats: &NatsServer, stream: &str, ty: &str) -> Option<String> {
+    let key: String = ty.bytes().map(|b| format!("{b:02x}")).collect();
+    let entry = common::nats::js_request(
+        nats.addr(),
+        &format!("$JS.API.DIRECT.GET.KV_{stream}_SCHEMAS"),
+        &json!({"last_by_subj": format!("$KV.{stream}_SCHEMAS.{key}")}),
+    )
+    .await
+    .expect("the type's schema entry");
+    entry["deleted_at"].as_str().map(str::to_owned)
+}
+
 /// Every seq queue `name` leases now (nothing acked).
 async fn lease_all(api: &Api, name: &str) -> Vec<u64> {
     let mut out = Vec::new();
@@ -585,8 +616,17 @@ async fn carried(bin: &Path) {
         .filter(|s| *s > src.floor && *s != src.acked && *s != src.dead)
         .collect();
     assert_eq!(lease_all(&bus, "jobs").await, want);
-    // The times came along.
+    // The times came along, the stop time of `user.signup`'s validation
+    // too (the API does not show it; the KV entry holds it as
+    // `schemas.json` does, to the microsecond, so the target's own stop
+    // in this run would differ).
     assert_eq!(created_times(&bus).await, src.times);
+    let stopped = stopped_at_in_store(src.dir.path(), "user.signup");
+    assert!(stopped.is_some(), "the source store has no stop time");
+    assert_eq!(
+        stopped_at_on_target(&nats, "MSGBUS", "user.signup").await,
+        stopped
+    );
     // Once the ack floor passes the settled seqs, they leave the ledger.
     assert_eq!(
         settled_seqs(&nats, "MSGBUS", "jobs").await,
