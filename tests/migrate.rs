@@ -460,18 +460,23 @@ async fn created_times(api: &Api) -> Vec<String> {
     out
 }
 
-/// The settled seqs of queue `name`'s ledger in `<stream>_QUEUES`, read
-/// from the KV bucket's stream with a direct get.
-async fn settled_seqs(nats: &NatsServer, stream: &str, name: &str) -> Vec<u64> {
+/// The value of `name`'s key (hex-encoded, as msgbus keys its entries) in
+/// the KV bucket `<stream>_<bucket>`, read from the bucket's stream with a
+/// direct get.
+async fn kv_entry(nats: &NatsServer, stream: &str, bucket: &str, name: &str) -> Value {
     let key: String = name.bytes().map(|b| format!("{b:02x}")).collect();
-    let ledger = common::nats::js_request(
+    common::nats::js_request(
         nats.addr(),
-        &format!("$JS.API.DIRECT.GET.KV_{stream}_QUEUES"),
-        &json!({"last_by_subj": format!("$KV.{stream}_QUEUES.{key}")}),
+        &format!("$JS.API.DIRECT.GET.KV_{stream}_{bucket}"),
+        &json!({"last_by_subj": format!("$KV.{stream}_{bucket}.{key}")}),
     )
     .await
-    .expect("the queue's ledger");
-    ledger["settled"]
+    .unwrap_or_else(|| panic!("no entry {name:?} in {stream}_{bucket}"))
+}
+
+/// The settled seqs of queue `name`'s ledger in `<stream>_QUEUES`.
+async fn settled_seqs(nats: &NatsServer, stream: &str, name: &str) -> Vec<u64> {
+    kv_entry(nats, stream, "QUEUES", name).await["settled"]
         .as_array()
         .map(|a| a.iter().map(|s| s.as_u64().unwrap()).collect())
         .unwrap_or_default()
@@ -494,18 +499,11 @@ fn stopped_at_in_store(dir: &Path, ty: &str) -> Option<String> {
     t["deleted_at"].as_str().map(str::to_owned)
 }
 
-/// The same on the target: type `ty`'s entry in `<stream>_SCHEMAS`, read
-/// with a direct get.
+/// The same on the target: type `ty`'s entry in `<stream>_SCHEMAS`.
 async fn stopped_at_on_target(nats: &NatsServer, stream: &str, ty: &str) -> Option<String> {
-    let key: String = ty.bytes().map(|b| format!("{b:02x}")).collect();
-    let entry = common::nats::js_request(
-        nats.addr(),
-        &format!("$JS.API.DIRECT.GET.KV_{stream}_SCHEMAS"),
-        &json!({"last_by_subj": format!("$KV.{stream}_SCHEMAS.{key}")}),
-    )
-    .await
-    .expect("the type's schema entry");
-    entry["deleted_at"].as_str().map(str::to_owned)
+    kv_entry(nats, stream, "SCHEMAS", ty).await["deleted_at"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Every seq queue `name` leases now (nothing acked).
