@@ -13,6 +13,18 @@
 //! Needs a nats-server >= 2.10.11 (older ones lost acknowledged messages
 //! when a leader died); the harness installs PyPI's when Debian's is older,
 //! and the test is SKIPPED only when none can be installed.
+//!
+//! Then an `"ordering": "subject"` queue drained through both instances:
+//! every change to its ledger races the other instance's on an R3 KV
+//! bucket, and none may fail (a clustered nats-server refuses a lost
+//! compare-and-set with an error code of its own, which msgbus must take
+//! for a race, not a failure).
+//!
+//! Also here, because it needs real `msgbus` processes too: an
+//! `"ordering": "subject"` queue served by two instances, one of them
+//! killed with SIGKILL while eight workers drain it and started again;
+//! every event is acknowledged, and each subject's first acknowledgements
+//! come in seq order.
 
 mod common;
 
@@ -26,7 +38,7 @@ use tokio::time::Instant;
 
 use common::events::{check_served, checkable_event};
 use common::http::Api;
-use common::nats::{nats_server_binary, show, NatsCluster, CLUSTER_MIN_VERSION};
+use common::nats::{nats_server_binary, show, NatsCluster, NatsServer, CLUSTER_MIN_VERSION};
 use common::process::{run_msgbus, spawn_process, TestProcess};
 use common::sse::SseReader;
 
@@ -419,6 +431,263 @@ async fn run(bin: std::path::PathBuf) {
         seen.len()
     ));
 
+    // An ordered queue drained through both instances: every change to its
+    // ledger races the other instance's on an R3 bucket, and none may fail.
+    let r = a
+        .api
+        .client
+        .put(a.api.url("/consumers/ord"))
+        .json(&serde_json::json!({"mode": "queue", "type": "job.run", "ordering": "subject"}))
+        .send()
+        .await
+        .expect("create the queue");
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.api.get("/consumers/ord").await.status != 200 {
+        assert!(Instant::now() < deadline, "B never saw the queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seqs = publish_jobs(&a.api, 1, 240).await;
+    let apis = Arc::new(Mutex::new([a.api.clone(), b.api.clone()]));
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    for w in ordered_workers(&apis, &acked, false) {
+        w.await.expect("a worker of the ordered queue failed");
+    }
+    let acks = check_subject_order(&acked, &seqs);
+    common::note(format!(
+        "ordered queue on R3: {acks} acks for {} events through two instances, none failed, each subject in seq order",
+        seqs.len()
+    ));
+
     a.stop().await;
     b.stop().await;
+}
+
+/// One request with a time bound: `None` when the instance did not answer
+/// (killed, or starting again).
+async fn try_post(api: &Api, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let r = api
+        .client
+        .post(api.url(path))
+        .timeout(ATTEMPT_TIMEOUT)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// The subject of event `n` of the ordered queue test: eight subjects.
+fn crash_subject(n: u64) -> String {
+    format!("s{}", (n * 5 + n / 7) % 8)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_queue_keeps_subject_order_through_a_kill_9_of_an_instance() {
+    if !serve_has_nats_backend().await {
+        eprintln!("SKIPPED: this msgbus has no NATS backend (serve --nats-url)");
+        return;
+    }
+    let Some(bin) = nats_server_binary((2, 9, 0)).await else {
+        eprintln!("SKIPPED: no nats-server could be found or installed");
+        return;
+    };
+    tokio::time::timeout(TEST_BOUND, ordered_queue_through_a_kill(bin))
+        .await
+        .unwrap_or_else(|_| panic!("the ordered queue test did not finish within {TEST_BOUND:?}"));
+}
+
+async fn ordered_queue_through_a_kill(bin: std::path::PathBuf) {
+    let nats = NatsServer::start(&bin, &[]).await;
+    let url = nats.url();
+    let start = |dir: std::path::PathBuf, url: String| async move {
+        spawn_process(
+            &dir,
+            &[
+                "--backend",
+                "nats",
+                "--nats-url",
+                &url,
+                "--nats-stream",
+                STREAM,
+            ],
+        )
+        .await
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = start(dirs[0].path().to_path_buf(), url.clone()).await;
+    let b = start(dirs[1].path().to_path_buf(), url.clone()).await;
+    let r = a
+        .api
+        .client
+        .put(a.api.url("/consumers/ord"))
+        .json(&serde_json::json!({
+            "mode": "queue", "type": "job.run", "ordering": "subject", "lease": 2, "max_deliver": 100,
+        }))
+        .send()
+        .await
+        .expect("create the queue");
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let total = 600u64;
+    let seqs = publish_jobs(&a.api, 1, total).await;
+    // The instances the workers use; A's entry changes when it starts
+    // again (on another port).
+    let apis = Arc::new(Mutex::new([a.api.clone(), b.api.clone()]));
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let workers = ordered_workers(&apis, &acked, true);
+    // A third of the way, A dies, and comes back two seconds later.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (acked.lock().unwrap().len() as u64) < total / 3 {
+        assert!(Instant::now() < deadline, "the workers made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.sigkill();
+    common::note(format!(
+        "SIGKILL to instance A after {} acks",
+        acked.lock().unwrap().len()
+    ));
+    let mut a = a;
+    let _ = a.wait_exit(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a2 = start(dirs[0].path().to_path_buf(), url.clone()).await;
+    apis.lock().unwrap()[0] = a2.api.clone();
+    for w in workers {
+        w.await.expect("a worker panicked");
+    }
+    let acks = check_subject_order(&acked, &seqs);
+    common::note(format!(
+        "{acks} acks for {total} events, each subject's first acks in seq order"
+    ));
+    a2.stop().await;
+    b.stop().await;
+}
+
+/// Publishes jobs `first..first + count` (type `job.run`, subject
+/// [`crash_subject`] of their number) through `api`, 100 at a time;
+/// answers their seqs.
+async fn publish_jobs(api: &Api, first: u64, count: u64) -> Vec<u64> {
+    let numbers: Vec<u64> = (first..first + count).collect();
+    let mut seqs = Vec::new();
+    for chunk in numbers.chunks(100) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": format!("o-{n}"), "type": "job.run", "source": "/jobs",
+                    "subject": crash_subject(*n), "data": {"n": n},
+                })
+            })
+            .collect();
+        seqs.extend(api.publish_batch(&batch).await);
+    }
+    seqs
+}
+
+/// Eight workers draining ordered queue `ord`, half fetching through each
+/// of `apis` (read at each request: an entry may be replaced), each ack
+/// pushed to `acked` as answered. `tolerant`: a request no instance
+/// answers, or one answered 5xx or 429, is tried again (through the other
+/// instance); otherwise any answer but 200 fails the test.
+fn ordered_workers(
+    apis: &Arc<Mutex<[Api; 2]>>,
+    acked: &Arc<Mutex<Vec<(String, u64)>>>,
+    tolerant: bool,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut workers = Vec::new();
+    for w in 0..8usize {
+        let apis = apis.clone();
+        let acked = acked.clone();
+        workers.push(tokio::spawn(async move {
+            let give_up = Instant::now() + Duration::from_secs(120);
+            let mut idle = 0;
+            let mut side = w % 2;
+            while idle < 8 {
+                assert!(
+                    Instant::now() < give_up,
+                    "worker {w} still busy after 120 s"
+                );
+                let api = apis.lock().unwrap()[side].clone();
+                let body = serde_json::json!({"max": 4, "wait": 1});
+                let answer = try_post(&api, "/consumers/ord/fetch", &body).await;
+                let got = match answer {
+                    Some((200, got)) => got,
+                    Some((status, got)) if tolerant && (status >= 500 || status == 429) => {
+                        let _ = got;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    None if tolerant => {
+                        side = 1 - side;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    other => panic!("fetch through instance {side}: {other:?}"),
+                };
+                let got = got["events"].as_array().cloned().unwrap_or_default();
+                if got.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                for e in got {
+                    let seq = e["seq"].as_u64().unwrap();
+                    let subject = e["event"]["subject"].as_str().unwrap().to_string();
+                    // Acked through the other instance, or whichever
+                    // answers.
+                    let mut via = if tolerant { side } else { 1 - side };
+                    loop {
+                        let api = apis.lock().unwrap()[via].clone();
+                        let body = serde_json::json!({"seq": seq});
+                        match try_post(&api, "/consumers/ord/ack", &body).await {
+                            Some((200, _)) => {
+                                acked.lock().unwrap().push((subject, seq));
+                                break;
+                            }
+                            // Its lease ran out while the instance was
+                            // down, and another worker acked it.
+                            Some((409, _)) if tolerant => break,
+                            Some((s, _)) if tolerant && s >= 500 => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            None if tolerant => {
+                                via = 1 - via;
+                                side = via;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            other => panic!("ack of {seq} through instance {via}: {other:?}"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    workers
+}
+
+/// Checks that the events at `seqs` were each acked at least once and
+/// that each subject's first acks came in seq order; answers the acks.
+fn check_subject_order(acked: &Arc<Mutex<Vec<(String, u64)>>>, seqs: &[u64]) -> usize {
+    let acked = acked.lock().unwrap().clone();
+    let mut first: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut by_subject: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (i, (subject, seq)) in acked.iter().enumerate() {
+        if first.insert(*seq, i).is_none() {
+            by_subject.entry(subject.clone()).or_default().push(*seq);
+        }
+    }
+    assert_eq!(
+        first.keys().copied().collect::<Vec<_>>(),
+        seqs,
+        "every event acknowledged"
+    );
+    for (subject, seqs) in &by_subject {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            seqs, &sorted,
+            "subject {subject}: first acks out of seq order"
+        );
+    }
+    acked.len()
 }

@@ -422,6 +422,14 @@ async fn source_store() -> Source {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A queue ordered by subject, nothing fetched yet.
+    let r = app
+        .put(
+            "/consumers/serial",
+            &json!({"mode": "queue", "type": "order.created", "ordering": "subject"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     let v1 = schema_doc(&app, "order.created", 1).await;
     let v2 = schema_doc(&app, "order.created", 2).await;
     let times = created_times(&app).await;
@@ -555,7 +563,7 @@ async fn carried(bin: &Path) {
         "{out}"
     );
     assert!(
-        out.contains("consumers: 2 in the store; 2 created in this run; 1 queue ledger(s) written in this run, with 1 dead letter(s)"),
+        out.contains("consumers: 3 in the store; 3 created in this run; 1 queue ledger(s) written in this run, with 1 dead letter(s)"),
         "{out}"
     );
     assert!(out.contains("the migration is complete"), "{out}");
@@ -614,6 +622,11 @@ async fn carried(bin: &Path) {
         .filter(|s| *s > src.floor && *s != src.acked && *s != src.dead)
         .collect();
     assert_eq!(lease_all(&bus, "jobs").await, want);
+    // The ordered queue keeps its ordering and leases every order (they
+    // have no subject, so none waits behind another).
+    let serial = bus.get_json("/consumers/serial").await;
+    assert_eq!(serial["queue"]["ordering"], "subject", "{serial}");
+    assert_eq!(lease_all(&bus, "serial").await, src.orders);
     // The times came along, the stop time of `user.signup`'s validation
     // too (the API does not show it; the KV entry holds it as
     // `schemas.json` does, to the microsecond, so the target's own stop

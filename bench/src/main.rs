@@ -387,6 +387,7 @@ async fn nats_group(
         r1_urls: single.url(),
         r3_urls: cluster.urls(),
         nats_version: version,
+        queue_events: if cfg.mode == "full" { 20_000 } else { 2_000 },
     };
     let r = msgbus_bench::nats::run(&ncfg, launcher).await;
     drop(cluster);

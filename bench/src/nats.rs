@@ -3,7 +3,9 @@
 //! connections) through one and through two msgbus instances, in front of
 //! an R1 stream (one nats-server) and an R3 stream (three nats-servers in a
 //! cluster), all on loopback, and the file backend in the same run; each
-//! figure's ratio to the file backend's.
+//! figure's ratio to the file backend's. Then, through the same instances,
+//! a work queue drained unordered and ordered by subject
+//! ([`crate::queues::drain`]).
 //!
 //! The nats-servers are started by the caller (`src/main.rs`, with the
 //! tests' harness `tests/common/nats.rs`), which passes their URLs. Two
@@ -19,6 +21,7 @@ use serde::Serialize;
 
 use crate::client::Result;
 use crate::loadgen::{self, ClosedLoop, LoadResult, Work};
+use crate::queues::QueueRun;
 use crate::servers::{Launcher, Server};
 
 /// Connections for single events.
@@ -43,6 +46,8 @@ pub struct NatsConfig {
     pub r3_urls: String,
     /// The nats-server version used.
     pub nats_version: String,
+    /// Events each queue drain takes (0: no queue figures).
+    pub queue_events: u64,
 }
 
 /// One workload through one or two instances of one backend.
@@ -75,6 +80,20 @@ pub struct Row {
     pub single: Figure,
     /// Batches of [`BATCH_SIZE`].
     pub batch: Figure,
+    /// Work queues drained through the same instances, when measured.
+    pub queues: Option<QueueFigures>,
+}
+
+/// One work queue drained twice over the same events: `bench.job` events
+/// published through the first instance, then [`crate::queues::WORKERS`]
+/// workers spread over the instances, each fetching up to
+/// [`crate::queues::BATCH`] and acking them in one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueFigures {
+    /// `"ordering": "none"`.
+    pub unordered: QueueRun,
+    /// `"ordering": "subject"` (97 subjects).
+    pub ordered: QueueRun,
 }
 
 /// The whole comparison.
@@ -172,11 +191,25 @@ async fn row(backend: &str, servers: &[Server], tag: &str, cfg: &NatsConfig) -> 
         cfg,
     )
     .await?;
+    let queues = if cfg.queue_events > 0 {
+        let n = cfg.queue_events;
+        eprintln!(
+            "[bench] nats group: {backend} through {} instance(s): a queue of {n} events, unordered then ordered",
+            addrs.len()
+        );
+        let first = crate::queues::prefill(addrs[0], tag, n).await?;
+        let unordered = crate::queues::drain(&addrs, "bench-q", first, n, false).await?;
+        let ordered = crate::queues::drain(&addrs, "bench-o", first, n, true).await?;
+        Some(QueueFigures { unordered, ordered })
+    } else {
+        None
+    };
     Ok(Row {
         backend: backend.to_string(),
         instances: addrs.len(),
         single,
         batch,
+        queues,
     })
 }
 
@@ -299,6 +332,43 @@ pub fn render(r: &NatsReport) -> String {
             f(&row.single),
             f(&row.batch)
         ));
+    }
+    if r.rows.iter().any(|row| row.queues.is_some()) {
+        s.push_str(&format!(
+            "\nWork queues: {} workers spread over the instances, each fetching up to {} \
+             events and acking them in one request\n\n",
+            crate::queues::WORKERS,
+            crate::queues::BATCH
+        ));
+        s.push_str(
+            "| backend | msgbus instances | events | unordered events/s | ordered by subject events/s | ordered ÷ unordered |\n",
+        );
+        s.push_str("|---|---|---|---|---|---|\n");
+        for row in &r.rows {
+            let Some(q) = &row.queues else { continue };
+            let errors = |x: &QueueRun| {
+                if x.errors > 0 {
+                    format!(" ({} errors)", x.errors)
+                } else {
+                    String::new()
+                }
+            };
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.0}{} | {:.0}{} | {:.2} |\n",
+                row.backend,
+                row.instances,
+                q.unordered.events,
+                q.unordered.events_per_s,
+                errors(&q.unordered),
+                q.ordered.events_per_s,
+                errors(&q.ordered),
+                if q.unordered.events_per_s > 0.0 {
+                    q.ordered.events_per_s / q.unordered.events_per_s
+                } else {
+                    0.0
+                }
+            ));
+        }
     }
     s
 }

@@ -47,6 +47,10 @@ pub struct QueueRun {
     pub acks: u64,
     /// Requests answered with an error.
     pub errors: u64,
+    /// The first few distinct errors (status and body), to say what they
+    /// were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_samples: Vec<String>,
 }
 
 /// The group's result.
@@ -125,14 +129,23 @@ async fn run_msgbus(cfg: &BenchConfig, launcher: &Launcher, events: u64) -> Resu
     let dir = cfg.work_dir.join("queues-msgbus");
     std::fs::create_dir_all(&dir)?;
     let server = launcher.msgbus(&dir).await?;
-    let addr = server.addr;
+    let first = prefill(server.addr, "bench", events).await?;
+    let run = drain(&[server.addr], "bench", first, events, false).await;
+    server.stop().await?;
+    run
+}
+
+/// Publishes `events` jobs of type `bench.job` (subjects `s0` to `s96`,
+/// ids tagged `tag`) through `addr`; answers the seq of the first.
+pub async fn prefill(addr: SocketAddr, tag: &str, events: u64) -> Result<u64> {
     let mut conn = Conn::connect(addr).await?;
-    for first in (0..events).step_by(1000) {
-        let n = (events - first).min(1000);
-        let items: Vec<String> = (first..first + n)
+    let mut first = None;
+    for from in (0..events).step_by(1000) {
+        let n = (events - from).min(1000);
+        let items: Vec<String> = (from..from + n)
             .map(|i| {
                 format!(
-                    r#"{{"type":"bench.job","source":"/bench/queue","id":"job-{i}","subject":"s{}","data":{{"n":{i},"pad":"{}"}}}}"#,
+                    r#"{{"type":"bench.job","source":"/bench/queue","id":"{tag}-job-{i}","subject":"s{}","data":{{"n":{i},"pad":"{}"}}}}"#,
                     i % 97,
                     "x".repeat(200)
                 )
@@ -142,37 +155,96 @@ async fn run_msgbus(cfg: &BenchConfig, launcher: &Launcher, events: u64) -> Resu
         if r.status != StatusCode::CREATED {
             return Err(format!("prefill: {} {:?}", r.status, r.body).into());
         }
+        if first.is_none() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+            first = v["results"][0]["seq"].as_u64();
+        }
     }
+    first.ok_or_else(|| "prefill: no seq in the answer".into())
+}
+
+/// Creates queue consumer `name` of the `bench.job` events from seq
+/// `first` on (ordered by subject when `ordered`) through `addrs[0]`, and
+/// drains `events` of them with [`WORKERS`] workers spread over `addrs`,
+/// each fetching up to [`BATCH`] and acking them in one request.
+pub async fn drain(
+    addrs: &[SocketAddr],
+    name: &str,
+    first: u64,
+    events: u64,
+    ordered: bool,
+) -> Result<QueueRun> {
+    let mut conn = Conn::connect(addrs[0]).await?;
+    let spec = serde_json::json!({
+        "mode": "queue",
+        "lease": 30,
+        "type": "bench.job",
+        "start": first,
+        "ordering": if ordered { "subject" } else { "none" },
+    });
     let r = conn
         .send(
             Method::PUT,
-            "/consumers/bench",
+            &format!("/consumers/{name}"),
             Some("application/json"),
-            Bytes::from_static(br#"{"mode":"queue","lease":30}"#),
+            Bytes::from(spec.to_string()),
         )
         .await?;
     if r.status != StatusCode::CREATED {
         return Err(format!("create the queue: {} {:?}", r.status, r.body).into());
     }
+    // Every instance must know the queue before its workers fetch.
+    for addr in &addrs[1..] {
+        let mut c = Conn::connect(*addr).await?;
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = c
+                .send(
+                    Method::GET,
+                    &format!("/consumers/{name}"),
+                    None,
+                    Bytes::new(),
+                )
+                .await?;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            if Instant::now() > give_up {
+                return Err(format!("{addr} never saw queue {name}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let acked = Arc::new(AtomicU64::new(0));
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    // When the last ack was answered: workers then still in a long-poll
+    // fetch are not part of the figure.
+    let done_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let fetch_path: Arc<str> = Arc::from(format!("/consumers/{name}/fetch"));
+    let ack_path: Arc<str> = Arc::from(format!("/consumers/{name}/ack"));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..WORKERS {
+    for w in 0..WORKERS {
         let acked = acked.clone();
         let counts = counts.clone();
+        let done_at = done_at.clone();
+        let samples = samples.clone();
+        let addr = addrs[w % addrs.len()];
+        let (fetch_path, ack_path) = (fetch_path.clone(), ack_path.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr).await?;
             while acked.load(Ordering::Relaxed) < events {
                 let r = post(
                     &mut conn,
-                    "/consumers/bench/fetch",
+                    &fetch_path,
                     format!(r#"{{"max":{BATCH},"wait":1}}"#),
                 )
                 .await?;
                 counts[0].fetch_add(1, Ordering::Relaxed);
                 if r.status != StatusCode::OK {
                     counts[2].fetch_add(1, Ordering::Relaxed);
+                    sample(&samples, "fetch", &r);
                     continue;
                 }
                 let v: serde_json::Value = serde_json::from_slice(&r.body)?;
@@ -185,15 +257,20 @@ async fn run_msgbus(cfg: &BenchConfig, launcher: &Launcher, events: u64) -> Resu
                 }
                 let r = post(
                     &mut conn,
-                    "/consumers/bench/ack",
+                    &ack_path,
                     serde_json::json!({ "seqs": seqs }).to_string(),
                 )
                 .await?;
                 counts[1].fetch_add(1, Ordering::Relaxed);
                 if r.status == StatusCode::OK {
-                    acked.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                    let n = seqs.len() as u64;
+                    if acked.fetch_add(n, Ordering::Relaxed) + n >= events {
+                        let mut d = done_at.lock().unwrap_or_else(|e| e.into_inner());
+                        d.get_or_insert_with(Instant::now);
+                    }
                 } else {
                     counts[2].fetch_add(1, Ordering::Relaxed);
+                    sample(&samples, "ack", &r);
                 }
             }
             Ok::<(), crate::client::Error>(())
@@ -202,9 +279,13 @@ async fn run_msgbus(cfg: &BenchConfig, launcher: &Launcher, events: u64) -> Resu
     for t in tasks {
         t.await??;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    server.stop().await?;
+    let end = done_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(Instant::now);
+    let seconds = end.duration_since(started).as_secs_f64();
     let n = acked.load(Ordering::Relaxed);
+    let error_samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(QueueRun {
         events: n,
         seconds,
@@ -212,7 +293,21 @@ async fn run_msgbus(cfg: &BenchConfig, launcher: &Launcher, events: u64) -> Resu
         fetches: counts[0].load(Ordering::Relaxed),
         acks: counts[1].load(Ordering::Relaxed),
         errors: counts[2].load(Ordering::Relaxed),
+        error_samples,
     })
+}
+
+/// Keeps the first few distinct error answers of a drain.
+fn sample(samples: &std::sync::Mutex<Vec<String>>, what: &str, r: &crate::client::Response) {
+    let text = format!(
+        "{what}: {} {}",
+        r.status.as_u16(),
+        String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+    );
+    let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+    if s.len() < 5 && !s.contains(&text) {
+        s.push(text);
+    }
 }
 
 /// `redis-server`, installing Debian's package once when it is missing.
@@ -478,6 +573,7 @@ async fn run_redis(bin: &Path, work_dir: &Path, events: u64) -> Result<QueueRun>
             fetches: counts[0].load(Ordering::Relaxed),
             acks: counts[1].load(Ordering::Relaxed),
             errors: 0,
+            error_samples: Vec::new(),
         })
     }
     .await;

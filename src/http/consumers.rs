@@ -507,7 +507,6 @@ fn location(name: &str) -> HeaderValue {
         (status = 409, description = "Creating it would pass --max-consumers, or `mode` differs from the existing consumer's", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`start` is before the oldest retained event", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or field (a filter longer than its attribute's limit: type and type_prefix 256 characters, source and subject 1024), or `start` past the next event", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "`\"ordering\": \"subject\"` with `--backend nats` (no JetStream equivalent)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full, read-only, shutting down, timed out or too many request bodies in flight", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 507, description = "Free disk space below --min-free-bytes; nothing was written", body = Problem, content_type = "application/problem+json"),

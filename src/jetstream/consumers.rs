@@ -101,14 +101,36 @@ pub(super) async fn compare_and_set(
         Some(r) => match kv.update(&key, value, r).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) if is_wrong_last_sequence(&e) => Ok(None),
             Err(e) => Err(e.into()),
         },
         None => match kv.create(&key, value).await {
             Ok(rev) => Ok(Some(rev)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) if is_wrong_last_sequence(&e) => Ok(None),
             Err(e) => Err(e.into()),
         },
     }
+}
+
+/// Whether `e` is JetStream refusing a write because the key moved on
+/// since the revision it names. nats-server answers error code 10071, or,
+/// in a cluster, 10164 ("wrong last sequence" without the number), which
+/// async-nats 0.51 does not map to `WrongLastRevision`: without this, a
+/// compare-and-set that lost a race on an R3 bucket failed instead of
+/// trying again.
+fn is_wrong_last_sequence(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(js) = err.downcast_ref::<async_nats::jetstream::Error>() {
+            let code = js.error_code();
+            return code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Every entry of a KV bucket now (its keys, then each key's entry), for a
@@ -283,14 +305,6 @@ impl Consumers {
         first_seq: u64,
         head: u64,
     ) -> Result<(Consumer, bool), ConsumerError> {
-        if queue.is_some_and(|q| q.ordered_by_subject) {
-            return Err(ConsumerError::Store(StoreError::Unsupported(
-                "\"ordering\": \"subject\" (one event per subject in flight) has no JetStream \
-                 equivalent and is not available with --backend nats; use \"ordering\": \"none\", \
-                 or --backend file"
-                    .into(),
-            )));
-        }
         for _ in 0..CAS_TRIES {
             let existing = self.fetch(&name).await?;
             let count = read(&self.cache).len();

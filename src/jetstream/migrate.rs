@@ -49,9 +49,7 @@
 //!   the same document under the same number, and a consumer's when this
 //!   run created it. Not carried: a cursor behind the store's oldest
 //!   retained event (the
-//!   consumer starts at the oldest, and the run says so), and queues with
-//!   `"ordering": "subject"`, which the NATS backend does not have
-//!   (refused). A run stopped by `--limit` carries neither schemas nor
+//!   consumer starts at the oldest, and the run says so). A run stopped by `--limit` carries neither schemas nor
 //!   consumers: a cursor or ack floor must not point past the stream.
 //!
 //! This module sees the source only through the [`Store`] interface;

@@ -28,8 +28,9 @@
 //!   followed by a KV watch so every instance shares them; queue
 //!   consumers are JetStream durable pull consumers, their dead letters
 //!   and redriven events in a third bucket, the server's MAX_DELIVERIES
-//!   advisories kept in a stream of their own ([`queues`]); `"ordering":
-//!   "subject"` answers 501 ([`StoreError::Unsupported`]).
+//!   advisories kept in a stream of their own ([`queues`]), where an
+//!   ordered queue's window of events leased one per subject is kept
+//!   too.
 //!
 //! This module knows the store only by its interface, snapshot and error
 //! types (`tests/architecture.rs` checks it).
@@ -555,6 +556,26 @@ impl JetStream {
     /// The work queues of the stream, as this instance serves them.
     pub fn queues(&self) -> Arc<queues::JsQueues> {
         self.shared.queues.clone()
+    }
+}
+
+impl Shared {
+    /// The head, or the stream's last seq when `seq` is past the head:
+    /// events published through another instance reach this instance's
+    /// head within a second, and a client may name one here before that
+    /// (read through the other instance, acked through this one).
+    async fn head_for(&self, seq: u64) -> u64 {
+        let head = *self.head.borrow();
+        if seq <= head {
+            return head;
+        }
+        match tokio::time::timeout(API_TIMEOUT, self.stream.get_info()).await {
+            Ok(Ok(info)) => {
+                bump(&self.head, info.state.last_sequence);
+                head.max(info.state.last_sequence)
+            }
+            _ => head,
+        }
     }
 }
 
@@ -1340,8 +1361,12 @@ impl Store for JetStream {
         queue: Option<QueueSpec>,
     ) -> BoxFuture<'_, Result<(Consumer, bool), ConsumerError>> {
         let s = &self.shared;
-        let (first, head) = (s.first_seq(), *s.head.borrow());
+        let first = s.first_seq();
         Box::pin(async move {
+            let head = match start {
+                Some(ConsumerStart::Seq(seq)) => s.head_for(seq.saturating_sub(1)).await,
+                _ => *s.head.borrow(),
+            };
             let (c, created) = s
                 .consumers
                 .put(name, filter, start, max_consumers, queue, first, head)
@@ -1376,8 +1401,10 @@ impl Store for JetStream {
     }
 
     fn ack(&self, name: String, seq: u64) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {
-        let head = *self.shared.head.borrow();
-        Box::pin(self.shared.consumers.ack(name, seq, head))
+        Box::pin(async move {
+            let head = self.shared.head_for(seq).await;
+            self.shared.consumers.ack(name, seq, head).await
+        })
     }
 
     fn delete_consumer(&self, name: String) -> BoxFuture<'_, Result<Consumer, ConsumerError>> {

@@ -50,6 +50,30 @@
 //!   and acknowledged by compare-and-set, so two instances never lease it
 //!   at once either. Its lease id starts with `r`. After `max_deliver`
 //!   more deliveries without an ack it is a dead letter again.
+//! - `"ordering": "subject"` (one event per CloudEvents `subject` in
+//!   flight, each subject in seq order): JetStream has no such delivery,
+//!   so an ordered queue's JetStream consumer only hands events over, in
+//!   stream order, to the queue's ledger, whose `window` then leases them
+//!   as it leases redriven events (by compare-and-set, lease ids starting
+//!   with `s`), passing over an event while an earlier one of its subject
+//!   is still there (leased, delayed by a nack, or passed over itself). A
+//!   fetch pulls only while it holds the ledger's `puller` mark (taken and
+//!   given back by compare-and-set, lapsing after `PULL_HOLD`), so
+//!   events enter the window in stream order however many instances
+//!   fetch: two unsynchronised pulls could record a later event of a
+//!   subject, and lease it, before an earlier one pulled elsewhere. A
+//!   pulled event is recorded in the window and in `settled` first and
+//!   acked to JetStream after, so neither a crash in between (JetStream
+//!   delivers it again: `settled` says it is in already) nor a lost ack
+//!   loses or doubles it. A fetch that dies between its pull and that
+//!   write leaves its mark to lapse; the fetch that takes a lapsed mark
+//!   first lists the events JetStream delivered and had no ack for that
+//!   are not recorded (`JsQueues::unrecorded`), and the ledger keeps
+//!   them as `holes`: no window event after the first hole is leased
+//!   until each is recorded (JetStream delivers it again after its
+//!   AckWait) or below the ack floor. The window holds at most
+//!   `--queue-max-leases` events, and at most [`WINDOW_MAX`] (the ledger
+//!   is one KV value).
 //!
 //! This module knows the store only by its interface types (the
 //! architecture test checks it); the adapter to msgbus's queue interface
@@ -79,9 +103,10 @@ struct Ledger {
     /// redriven when the queue was migrated from a file store
     /// ([`JsQueues::import`]): its JetStream consumer starts at the floor
     /// and would deliver them again, so a fetch acks them unseen, as it
-    /// does events the filter does not match. Never added to otherwise;
-    /// the seqs the consumer's ack floor has passed are pruned by the next
-    /// fetch ([`JsQueues::claim_redo`]).
+    /// does events the filter does not match. Also every event an ordered
+    /// queue's window took in, so JetStream delivering it again (its ack
+    /// was lost) is acked unseen too. The seqs the consumer's ack floor
+    /// has passed are pruned by the next fetch ([`JsQueues::claim`]).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     settled: BTreeSet<u64>,
     /// The seq in the advisory stream ([`advisory_stream`]) of the last
@@ -89,6 +114,39 @@ struct Ledger {
     /// it and every one before it.
     #[serde(default, skip_serializing_if = "is_zero")]
     advised: u64,
+    /// An ordered queue's events handed over by its JetStream consumer and
+    /// not done yet (acknowledged or dead), leased from here in seq order
+    /// per subject; each is in `settled` too until JetStream's ack floor
+    /// passes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    window: BTreeMap<u64, Redo>,
+    /// The fetch pulling for an ordered queue now, if any: no other pulls
+    /// until it gives the mark back or the mark lapses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    puller: Option<Puller>,
+    /// Seqs a fetch that lost its `puller` mark (its instance died, or its
+    /// pull was cut short) may have pulled without recording: JetStream
+    /// delivers them again after their AckWait. Until each is recorded
+    /// (in `settled`) or below JetStream's ack floor, no window event
+    /// after the first of them is leased: it could be an earlier event of
+    /// its subject.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    holes: BTreeSet<u64>,
+    /// When the holes are given up on (Unix ms): two leases and ten
+    /// seconds after they were found, long after JetStream's redelivery.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    holes_until_ms: i64,
+}
+
+/// Who pulls for an ordered queue, until when. A mark given back after a
+/// pull that may have left messages unrecorded is kept, lapsed (`until_ms`
+/// 0), so the next fetch to take it looks for them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Puller {
+    /// The fetch's own id.
+    id: String,
+    /// Unix ms after which another fetch may take the mark.
+    until_ms: i64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -128,17 +186,159 @@ pub enum Imported {
     Kept,
 }
 
-/// A redriven event: its deliveries since the redrive and its lease.
+/// An event leased from the ledger (a redriven one, or one in an ordered
+/// queue's window): its deliveries from there and its lease.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Redo {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero32")]
     attempts: u32,
-    /// Leased until then (Unix ms); waiting when in the past.
-    #[serde(default)]
+    /// Leased (or delayed by a nack) until then (Unix ms); free when in
+    /// the past.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     until_ms: i64,
     /// The current lease id (empty: not leased).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     lease: String,
+    /// In a window: the [`subject_key`] of its CloudEvents `subject`
+    /// (none: it has none, and is not ordered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
+/// What a window keeps of an event's `subject`: 16 hex digits of its
+/// SHA-256, so a window entry stays a few dozen bytes however long the
+/// subject. Two subjects sharing a key are ordered together (never
+/// leased at once), which costs parallelism, never order.
+fn subject_key(subject: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(subject.as_bytes())[..8])
+}
+
+/// Why a ledger entry became a dead letter after `attempts` deliveries.
+fn dead_reason(map: Held, attempts: u32) -> String {
+    match map {
+        Held::Redo => format!("redriven, then delivered {attempts} times without an ack"),
+        Held::Window => format!("delivered {attempts} times without an ack"),
+    }
+}
+
+/// Which of a ledger's maps holds an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Redo,
+    Window,
+}
+
+impl Held {
+    fn map(self, l: &mut Ledger) -> &mut BTreeMap<u64, Redo> {
+        match self {
+            Held::Redo => &mut l.redo,
+            Held::Window => &mut l.window,
+        }
+    }
+
+    /// The first character of its lease ids.
+    fn lease_prefix(self) -> char {
+        match self {
+            Held::Redo => 'r',
+            Held::Window => 's',
+        }
+    }
+}
+
+/// What one look at the ledger leased and learned.
+#[derive(Debug, Default)]
+struct Leases {
+    /// Leased: (seq, attempt, lease id, where from).
+    leased: Vec<(u64, u32, String, Held)>,
+    /// Made dead letters.
+    died: Vec<u64>,
+}
+
+impl Ledger {
+    /// Leases up to `room` free entries of `held` (in an ordered window,
+    /// only the first entry of each subject, and only when free), and
+    /// makes dead letters of free ones out of deliveries.
+    fn lease_free(
+        &mut self,
+        held: Held,
+        q: &crate::store::QueueSpec,
+        ordered: bool,
+        now: i64,
+        room: usize,
+        out: &mut Leases,
+    ) {
+        let mut blocked = std::collections::HashSet::new();
+        let mut take = Vec::new();
+        let mut dying = Vec::new();
+        // Nothing after a hole: it may be an earlier event of a subject.
+        let limit = match held {
+            Held::Window => self.holes.first().copied().unwrap_or(u64::MAX),
+            Held::Redo => u64::MAX,
+        };
+        for (&seq, r) in held.map(self).range(..=limit) {
+            let key = r.key.as_deref().filter(|_| ordered);
+            if key.is_some_and(|k| blocked.contains(k)) {
+                continue;
+            }
+            let free = r.until_ms <= now;
+            if free && r.attempts >= q.max_deliver {
+                // Its subject's next event may go once it is dead.
+                dying.push((seq, r.attempts));
+                continue;
+            }
+            if let Some(k) = key {
+                blocked.insert(k.to_string());
+            }
+            if free && out.leased.len() + take.len() < room {
+                take.push(seq);
+            }
+        }
+        for (seq, attempts) in dying {
+            held.map(self).remove(&seq);
+            self.dead.insert(
+                seq,
+                DeadLetter {
+                    attempts,
+                    at: now_rfc3339(),
+                    reason: dead_reason(held, attempts),
+                },
+            );
+            out.died.push(seq);
+        }
+        for seq in take {
+            let Some(r) = held.map(self).get_mut(&seq) else {
+                continue;
+            };
+            r.attempts += 1;
+            r.until_ms = now + q.lease_ms as i64;
+            r.lease = format!(
+                "{}{}.{}",
+                held.lease_prefix(),
+                r.attempts,
+                uuid::Uuid::new_v4().simple()
+            );
+            out.leased.push((seq, r.attempts, r.lease.clone(), held));
+        }
+    }
+
+    /// When the next lease or nack delay of an entry ends (Unix ms).
+    fn next_free(&self, now: i64) -> Option<i64> {
+        self.redo
+            .values()
+            .chain(self.window.values())
+            .filter(|r| r.until_ms > now)
+            .map(|r| r.until_ms)
+            .min()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -157,6 +357,34 @@ const MAX_REMEMBERED: usize = 100_000;
 
 /// Most dead letters waiting for their alert.
 const MAX_NEW_DEAD: usize = 10_000;
+
+/// Tries of one ledger change: an ordered queue's workers, through every
+/// instance, change its one ledger entry on each fetch, ack, nack and
+/// extend.
+const LEDGER_TRIES: usize = 4 * CAS_TRIES;
+
+/// Most events an ordered queue's window holds (each a few dozen bytes of
+/// its ledger, which every fetch, ack, nack and extend reads and writes).
+pub const WINDOW_MAX: usize = 1_000;
+
+/// Events a pull for an ordered queue asks for beyond those its fetch
+/// wants: when the next events share a subject, the ones after them are
+/// what the fetch can lease, and what other fetches lease without
+/// pulling.
+const PULL_AHEAD: usize = 64;
+
+/// How long one pull for an ordered queue waits for new events.
+const PULL_SLICE: Duration = Duration::from_secs(1);
+
+/// How long a `puller` mark lasts: a pull, the wait for its last message
+/// and the ledger write after it. A fetch that dies holding it delays
+/// the queue's other fetches by this at most.
+const PULL_HOLD: Duration = Duration::from_secs(8);
+
+/// How often a fetch of an ordered queue that another fetch pulls for
+/// looks at the window again (sooner when a fetch of this instance
+/// changed it).
+const WINDOW_POLL: Duration = Duration::from_millis(100);
 
 /// Why a queue request was refused or failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -196,6 +424,48 @@ impl From<StoreError> for LeaseError {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LeaseError {
     StoreError::Unavailable(format!("queue: {what}: {e}")).into()
+}
+
+/// What [`JsQueues::claim`] leased and saw.
+#[derive(Debug, Default)]
+struct Claim {
+    /// Leased now, with their events.
+    got: Vec<Leased>,
+    /// When the next lease or nack delay of a ledger entry ends (Unix ms).
+    next: Option<i64>,
+    /// The ledger's settled seqs: a pull acks them unseen.
+    settled: BTreeSet<u64>,
+    /// The `puller` mark taken: the fetch may pull up to this many events.
+    pull: Option<usize>,
+    /// The window holds all it may.
+    full: bool,
+    /// The `puller` mark taken had lapsed: the fetch that held it may have
+    /// left messages pulled and not recorded.
+    takeover: bool,
+}
+
+/// Events a pull brought into an ordered queue's window: (seq,
+/// [`subject_key`], the event), and the fetch that pulled them.
+struct Enter<'a> {
+    puller: &'a str,
+    events: Vec<(u64, Option<String>, Bytes)>,
+    /// The pull ended as JetStream meant it to (a status, or the whole
+    /// batch): nothing more of it can be on the way. Otherwise the mark is
+    /// given back lapsed.
+    clean: bool,
+    /// Seqs the fetch that held a lapsed mark may have left unrecorded.
+    holes: Vec<u64>,
+}
+
+/// One pull request's messages.
+#[derive(Debug, Default)]
+struct Pulled {
+    messages: Vec<async_nats::Message>,
+    /// The JetStream consumer does not exist.
+    missing: bool,
+    /// It ended with a status or the whole batch, not by a timeout or a
+    /// shutdown: no message of it can still be on the way.
+    complete: bool,
 }
 
 /// One event leased to a worker.
@@ -274,6 +544,9 @@ struct Local {
     /// The ledger's `advised` mark as last read or written: advisories at
     /// or below it are skipped without reading the ledger.
     advised: u64,
+    /// An ordered queue's window as last read or written: events leased,
+    /// events waiting, and its lowest seq.
+    window: (u64, u64, Option<u64>),
 }
 
 /// The work queues of one stream, as one msgbus instance serves them.
@@ -294,6 +567,9 @@ pub struct JsQueues {
     /// Dead letters this instance recorded, for the alert: (consumer,
     /// seq).
     new_dead: Mutex<Vec<(String, u64)>>,
+    /// Woken when this instance changed an ordered queue's window, for its
+    /// fetches waiting on another's pull.
+    window_changed: tokio::sync::Notify,
 }
 
 /// The JetStream consumer name of queue consumer `name`: msgbus names hold
@@ -414,6 +690,7 @@ impl JsQueues {
             head,
             local: Mutex::default(),
             new_dead: Mutex::default(),
+            window_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -476,6 +753,19 @@ impl JsQueues {
         if restart {
             self.remove_js(&name).await?;
             lock(&self.local).remove(&c.name);
+            // A window and the seqs settled belong to where the queue was.
+            self.change_ledger(&c.name, |l| {
+                let any = !l.window.is_empty() || !l.settled.is_empty() || l.puller.is_some();
+                l.window.clear();
+                l.settled.clear();
+                l.puller = None;
+                Ok(any.then_some(()))
+            })
+            .await
+            .map_err(|e| match e {
+                LeaseError::Consumer(c) => c,
+                other => ConsumerError::Store(StoreError::Unavailable(other.to_string())),
+            })?;
         }
         let created = self
             .api(
@@ -610,7 +900,9 @@ impl JsQueues {
             .map(|(_, i)| i.clone())
     }
 
-    /// Leases up to `max` events of `c`, waiting up to `wait` for one.
+    /// Leases up to `max` events of `c`, waiting up to `wait` for one:
+    /// redriven events first, then JetStream's (or, for an ordered queue,
+    /// its window's).
     pub async fn fetch(
         &self,
         c: &Consumer,
@@ -618,18 +910,22 @@ impl JsQueues {
         wait: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Vec<Leased>, LeaseError> {
-        use futures_util::StreamExt;
-        let name = js_name(&c.name);
+        if c.queue.is_some_and(|q| q.ordered_by_subject) {
+            return self.fetch_ordered(c, max, wait, shutdown).await;
+        }
         let lease_ms = c.queue.map_or(0, |q| q.lease_ms);
         let matcher = Matcher::new(c.filter.clone());
         let deadline = tokio::time::Instant::now() + wait;
-        let (mut got, mut next_redo, settled) = self.claim_redo(c, max).await?;
+        let first = self.claim(c, max, None, None).await?;
+        let (mut got, mut next_redo, settled) = (first.got, first.next, first.settled);
         if got.len() >= max {
             return Ok(got);
         }
         let mut recreated = false;
+        // Whether the last pull waited: after one that brought something,
+        // one more without waiting takes the rest there is.
+        let mut waited = false;
         loop {
-            // Redriven events came first: the rest without waiting.
             let now = tokio::time::Instant::now();
             let mut remaining = deadline.saturating_duration_since(now);
             if let Some(ms) = next_redo {
@@ -637,62 +933,26 @@ impl JsQueues {
                 let wait_ms = (ms - now_ms()).max(0) as u64 + 20;
                 remaining = remaining.min(Duration::from_millis(wait_ms));
             }
-            let no_wait = remaining < Duration::from_millis(100) || !got.is_empty();
-            let want = max - got.len();
-            let inbox = self.client.new_inbox();
-            let mut sub = self
-                .client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| unavailable("subscribe", e))?;
-            let req = if no_wait {
-                serde_json::json!({"batch": want, "no_wait": true})
+            // A long-poll waits for one event only: a pull for `max` would
+            // hold the fetch until `max` came.
+            let waits = got.is_empty() && !waited && remaining >= Duration::from_millis(100);
+            let (batch, expires) = if waits {
+                (1, Some(remaining))
             } else {
-                serde_json::json!({"batch": want, "expires": remaining.as_nanos() as u64})
+                (max - got.len(), None)
             };
-            self.client
-                .publish_with_reply(
-                    format!("$JS.API.CONSUMER.MSG.NEXT.{}.{name}", self.stream),
-                    inbox,
-                    Bytes::from(serde_json::to_vec(&req).unwrap_or_default()),
-                )
-                .await
-                .map_err(|e| unavailable("pull request", e))?;
-            let until = if no_wait {
-                now + API_TIMEOUT
-            } else {
-                now + remaining + Duration::from_secs(1)
-            };
-            let mut missing = false;
-            loop {
-                let m = tokio::select! {
-                    m = sub.next() => m,
-                    () = tokio::time::sleep_until(until) => None,
-                    _ = shutdown.changed() => None,
-                };
-                let Some(m) = m else { break };
-                if let Some(status) = m.status {
-                    // 404 no messages, 408 request expired, 409 limits;
-                    // 503 no responders: the consumer does not exist.
-                    if status == async_nats::StatusCode::NO_RESPONDERS {
-                        missing = true;
-                    }
-                    break;
-                }
+            let pulled = self.pull(c, batch, expires, &mut shutdown).await?;
+            for m in pulled.messages {
                 let Some((dc, seq, cseq)) = m.reply.as_deref().and_then(ack_info) else {
                     continue;
                 };
-                let reply = m.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
                 let matches = super::head_of(&m.payload)
                     .is_some_and(|h| matcher.matches_event(&h.ty, &h.source, h.subject.as_deref()));
                 if !matches || settled.contains(&seq) {
                     // Not for this queue (its source, subject or scope, or
                     // not an event), or settled before a migration: done
                     // for it.
-                    let _ = self
-                        .client
-                        .publish(reply, Bytes::from_static(b"+ACK"))
-                        .await;
+                    self.ack_unseen(&m).await;
                     continue;
                 }
                 {
@@ -711,27 +971,25 @@ impl JsQueues {
                     lease_ms,
                     event: m.payload,
                 });
-                if got.len() >= max {
-                    break;
-                }
             }
-            drop(sub);
-            if missing && !recreated {
+            if pulled.missing && !recreated {
                 recreated = true;
                 self.ensure(c, false).await?;
                 continue;
             }
             if got.len() < max && next_redo.is_some_and(|ms| ms <= now_ms()) {
-                let (more, next, _) = self.claim_redo(c, max - got.len()).await?;
-                got.extend(more);
-                next_redo = next;
+                let more = self.claim(c, max - got.len(), None, None).await?;
+                got.extend(more.got);
+                next_redo = more.next;
             }
-            if !got.is_empty()
-                || tokio::time::Instant::now() + Duration::from_millis(100) >= deadline
-                || *shutdown.borrow()
-            {
+            let out_of_time = tokio::time::Instant::now() + Duration::from_millis(100) >= deadline;
+            if got.len() >= max || out_of_time || *shutdown.borrow() {
                 break;
             }
+            if !got.is_empty() && (!waits || waited) {
+                break;
+            }
+            waited = waits && !got.is_empty();
         }
         if got.is_empty() {
             if let Ok(info) = self.info_within(c, Duration::ZERO).await {
@@ -742,6 +1000,290 @@ impl JsQueues {
         }
         got.sort_by_key(|l| l.seq);
         Ok(got)
+    }
+
+    /// Acks a pulled message no worker sees, without waiting for the
+    /// server's answer.
+    async fn ack_unseen(&self, m: &async_nats::Message) {
+        if let Some(reply) = &m.reply {
+            let _ = self
+                .client
+                .publish(reply.clone(), Bytes::from_static(b"+ACK"))
+                .await;
+        }
+    }
+
+    /// One pull request to `c`'s JetStream consumer: up to `batch`
+    /// messages, waiting up to `expires` for them (`None`: those there
+    /// now only).
+    async fn pull(
+        &self,
+        c: &Consumer,
+        batch: usize,
+        expires: Option<Duration>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Pulled, LeaseError> {
+        use futures_util::StreamExt;
+        let mut out = Pulled::default();
+        if batch == 0 {
+            return Ok(out);
+        }
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let req = match expires {
+            None => serde_json::json!({"batch": batch, "no_wait": true}),
+            Some(d) => serde_json::json!({"batch": batch, "expires": d.as_nanos() as u64}),
+        };
+        self.client
+            .publish_with_reply(
+                format!(
+                    "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                    self.stream,
+                    js_name(&c.name)
+                ),
+                inbox,
+                Bytes::from(serde_json::to_vec(&req).unwrap_or_default()),
+            )
+            .await
+            .map_err(|e| unavailable("pull request", e))?;
+        let until = tokio::time::Instant::now()
+            + expires.map_or(API_TIMEOUT, |d| d + Duration::from_secs(1));
+        while out.messages.len() < batch {
+            let m = tokio::select! {
+                m = sub.next() => m,
+                () = tokio::time::sleep_until(until) => None,
+                _ = shutdown.changed() => None,
+            };
+            let Some(m) = m else { break };
+            if let Some(status) = m.status {
+                // 404 no messages, 408 request expired, 409 limits;
+                // 503 no responders: the consumer does not exist.
+                out.missing = status == async_nats::StatusCode::NO_RESPONDERS;
+                out.complete = true;
+                break;
+            }
+            out.messages.push(m);
+        }
+        out.complete |= out.messages.len() >= batch;
+        Ok(out)
+    }
+
+    /// [`Self::fetch`] of an ordered queue: leases from its window, pulling
+    /// events into it while holding the ledger's `puller` mark.
+    async fn fetch_ordered(
+        &self,
+        c: &Consumer,
+        max: usize,
+        wait: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<Leased>, LeaseError> {
+        let matcher = Matcher::new(c.filter.clone());
+        let deadline = tokio::time::Instant::now() + wait;
+        // The ack floor prunes `settled`, which grows with every event
+        // pulled: keep it fresh.
+        if self.cached(c, INFO_FRESH).is_none() {
+            self.info(c).await?;
+        }
+        let me = uuid::Uuid::new_v4().simple().to_string();
+        let mut got = Vec::new();
+        let mut recreated = false;
+        loop {
+            let changed = self.window_changed.notified();
+            let claim = self.claim(c, max - got.len(), Some(&me), None).await?;
+            let mut full = claim.full;
+            got.extend(claim.got);
+            let mut next = claim.next;
+            if let (Some(room), true) = (claim.pull, got.len() < max) {
+                let holes = if claim.takeover {
+                    match self.unrecorded(c, &claim.settled).await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // Still to be looked for by the next fetch.
+                            self.give_back_pull(c, &me, false).await;
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                let want = max - got.len();
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let waits = got.is_empty() && remaining >= Duration::from_millis(100);
+                let (batch, expires) = if waits {
+                    (1, Some(remaining.min(PULL_SLICE)))
+                } else {
+                    (room.min(want + PULL_AHEAD), None)
+                };
+                let pulled = match self.pull(c, batch, expires, &mut shutdown).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Nothing pulled; holes found are still to be
+                        // recorded, by the next fetch.
+                        self.give_back_pull(c, &me, !claim.takeover).await;
+                        return Err(e);
+                    }
+                };
+                let mut entered = Vec::new();
+                let mut acks = Vec::new();
+                for m in pulled.messages {
+                    let Some((_, seq, _)) = m.reply.as_deref().and_then(ack_info) else {
+                        continue;
+                    };
+                    let head = super::head_of(&m.payload);
+                    let matches = head.as_ref().is_some_and(|h| {
+                        matcher.matches_event(&h.ty, &h.source, h.subject.as_deref())
+                    });
+                    if !matches || claim.settled.contains(&seq) {
+                        // Not for this queue, or in the window already (or
+                        // settled before a migration).
+                        self.ack_unseen(&m).await;
+                        continue;
+                    }
+                    let key = head.and_then(|h| h.subject.map(|s| subject_key(&s)));
+                    acks.push(m.reply.clone());
+                    entered.push((seq, key, m.payload));
+                }
+                let brought = entered.len();
+                let enter = Enter {
+                    puller: &me,
+                    events: entered,
+                    clean: pulled.complete,
+                    holes,
+                };
+                let into = self.claim(c, max - got.len(), None, Some(enter)).await;
+                let into = match into {
+                    Ok(into) => into,
+                    Err(e) => {
+                        // Not in the window: JetStream delivers them again
+                        // after their AckWait. The mark is left to lapse,
+                        // so the next fetch to take it waits for them.
+                        if brought == 0 {
+                            self.give_back_pull(c, &me, !claim.takeover).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                // In the window (and in `settled`) now: JetStream is done
+                // with them.
+                let confirms = acks
+                    .into_iter()
+                    .flatten()
+                    .map(|reply| self.confirm(reply.to_string(), "+ACK"));
+                let _ = futures_util::future::join_all(confirms).await;
+                self.window_changed.notify_waiters();
+                full = into.full;
+                next = into.next;
+                got.extend(into.got);
+                if pulled.missing && !recreated {
+                    recreated = true;
+                    self.ensure(c, false).await?;
+                    continue;
+                }
+                // Pull again at once while pulls bring events and the
+                // fetch wants more: once after a long-poll's first event
+                // (for the rest there is), and while those brought all
+                // wait behind their subjects.
+                if got.len() < max && brought > 0 && !full && (waits || got.is_empty()) {
+                    continue;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now + Duration::from_millis(100) >= deadline || *shutdown.borrow()
+            {
+                if got.is_empty() && full {
+                    return Err(LeaseError::TooManyLeases(self.window_cap()));
+                }
+                break;
+            }
+            // Another fetch pulls, or every event there waits: look again
+            // when this instance changes the window, a lease or delay ends,
+            // or after a while (another instance may change it).
+            let mut nap = WINDOW_POLL.min(deadline - now);
+            if let Some(ms) = next {
+                nap = nap.min(Duration::from_millis((ms - now_ms()).max(0) as u64 + 5));
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(nap) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        got.sort_by_key(|l| l.seq);
+        Ok(got)
+    }
+
+    /// The seqs JetStream delivered to `c`'s consumer and has not had
+    /// acknowledged, which are not recorded in the window either (not in
+    /// `settled`): what a fetch that lost its `puller` mark may have
+    /// pulled and not recorded. Asked for by the fetch that took the
+    /// lapsed mark, before it pulls.
+    async fn unrecorded(
+        &self,
+        c: &Consumer,
+        settled: &BTreeSet<u64>,
+    ) -> Result<Vec<u64>, LeaseError> {
+        /// Most seqs looked at: the unacknowledged ones are at most
+        /// `--queue-max-leases`, the rest are in the window.
+        const MOST: u64 = 1_000_000;
+        let info = self.info(c).await?;
+        if info.num_ack_pending == 0 {
+            return Ok(Vec::new());
+        }
+        let from = info.ack_floor.stream_seq + 1;
+        let to = info.delivered.stream_seq.min(from.saturating_add(MOST));
+        Ok((from..=to).filter(|s| !settled.contains(s)).collect())
+    }
+
+    /// Gives the `puller` mark back after a failed pull (best effort: it
+    /// lapses anyway); not `clean`: lapsed, so the next fetch to take it
+    /// looks for events a pull left unrecorded.
+    async fn give_back_pull(&self, c: &Consumer, me: &str, clean: bool) {
+        let _ = self
+            .change_ledger(&c.name, |l| {
+                if l.puller.as_ref().is_some_and(|p| p.id == me) {
+                    l.puller = (!clean).then(|| Puller {
+                        id: me.to_string(),
+                        until_ms: 0,
+                    });
+                    return Ok(Some(()));
+                }
+                Ok(None)
+            })
+            .await;
+    }
+
+    /// The stored event `seq` (`None`: gone, by retention).
+    async fn read_event(&self, seq: u64) -> Option<Bytes> {
+        match self.events.direct_get(seq).await {
+            Ok(m) => Some(m.payload),
+            Err(_) => self
+                .events
+                .get_raw_message(seq)
+                .await
+                .ok()
+                .map(|m| m.payload),
+        }
+    }
+
+    /// Drops `seq`, gone from the stream, from the ledger's leased
+    /// entries: nothing to deliver.
+    async fn forget(&self, c: &Consumer, seq: u64) {
+        let _ = self
+            .change_ledger(&c.name, |l| {
+                let a = l.redo.remove(&seq).is_some();
+                let b = l.window.remove(&seq).is_some();
+                Ok((a || b).then_some(()))
+            })
+            .await;
+    }
+
+    /// The most events `c`'s window holds.
+    fn window_cap(&self) -> usize {
+        self.max_leases.min(WINDOW_MAX)
     }
 
     /// The dead letters of `c` and the ledger's revision.
@@ -761,21 +1303,30 @@ impl JsQueues {
         name: &str,
         mut change: impl FnMut(&mut Ledger) -> Result<Option<T>, LeaseError>,
     ) -> Result<Option<T>, LeaseError> {
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..LEDGER_TRIES {
             let (mut ledger, rev) = self.ledger_of(name).await?;
             let Some(out) = change(&mut ledger)? else {
+                self.note_window(name, &ledger);
                 return Ok(None);
             };
             let value = Bytes::from(serde_json::to_vec(&ledger).unwrap_or_default());
             match compare_and_set(&self.ledger, consumers::key(name), value, rev).await {
                 Ok(Some(_)) => {
+                    self.note_window(name, &ledger);
                     let mut local = lock(&self.local);
                     let l = local.entry(name.to_string()).or_default();
                     l.dead = ledger.dead.len() as u64;
                     l.advised = l.advised.max(ledger.advised);
                     return Ok(Some(out));
                 }
-                Ok(None) => continue,
+                Ok(None) => {
+                    // Another writer came first: try again after a random
+                    // pause that grows with the tries, so writers that
+                    // collided do not collide again in step.
+                    let ceiling = 1u64 << attempt.min(6);
+                    let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (ceiling * 1000);
+                    tokio::time::sleep(Duration::from_micros(jitter)).await;
+                }
                 Err(e) => return Err(unavailable("write the queue's ledger", e)),
             }
         }
@@ -816,130 +1367,172 @@ impl JsQueues {
         Ok(done.unwrap_or_default())
     }
 
-    /// Leases up to `max` redriven events of `c` whose lease is free (and
-    /// makes dead letters again of those out of deliveries); also answers
-    /// when the next redriven lease or nack delay ends (Unix ms), if any,
-    /// and the ledger's settled seqs (read in the same look at it).
-    async fn claim_redo(
+    /// One look at `c`'s ledger, by compare-and-set: records the events
+    /// a pull brings into the window (`enter`, giving the `puller` mark
+    /// back), makes dead letters of entries out of deliveries, and leases
+    /// up to `max` free entries (redriven ones first, then the window's
+    /// by subject order); with `pull`, takes the `puller` mark for that
+    /// fetch when it wants more and the window has room.
+    async fn claim(
         &self,
         c: &Consumer,
         max: usize,
-    ) -> Result<(Vec<Leased>, Option<i64>, BTreeSet<u64>), LeaseError> {
+        pull: Option<&str>,
+        enter: Option<Enter<'_>>,
+    ) -> Result<Claim, LeaseError> {
         let q = c.queue.unwrap_or(crate::store::QueueSpec {
             lease_ms: 30_000,
             max_deliver: 5,
             ordered_by_subject: false,
         });
-        let mut died = Vec::new();
-        let mut next = None;
-        let mut settled = BTreeSet::new();
+        let cap = self.window_cap();
+        let mut out = Claim::default();
+        let mut leases = Leases::default();
         // Settled seqs the ack floor has passed are done for JetStream too:
         // pruned here, in the write a claim makes anyway (or one of its own).
         let floor = self
             .cached(c, Duration::MAX)
             .map_or(0, |i| i.ack_floor.stream_seq);
-        let claimed = self
+        let written = self
             .change_ledger(&c.name, |l| {
-                died.clear();
-                let pruned = l.settled.first().is_some_and(|s| *s <= floor);
-                if pruned {
-                    l.settled = l.settled.split_off(&(floor + 1));
-                }
-                settled.clone_from(&l.settled);
+                leases = Leases::default();
                 let now = now_ms();
-                next = l
-                    .redo
-                    .values()
-                    .filter(|r| r.until_ms > now)
-                    .map(|r| r.until_ms)
-                    .min();
-                let free: Vec<u64> = l
-                    .redo
-                    .iter()
-                    .filter(|(_, r)| r.until_ms <= now)
-                    .map(|(s, _)| *s)
-                    .collect();
-                if free.is_empty() {
-                    return Ok(pruned.then(Vec::new));
+                let mut changed = false;
+                if l.settled.first().is_some_and(|s| *s <= floor) {
+                    l.settled = l.settled.split_off(&(floor + 1));
+                    changed = true;
                 }
-                let mut out = Vec::new();
-                for s in free {
-                    let Some(r) = l.redo.get_mut(&s) else {
-                        continue;
-                    };
-                    if r.attempts >= q.max_deliver {
-                        let attempts = r.attempts;
-                        l.redo.remove(&s);
-                        l.dead.insert(
-                            s,
-                            DeadLetter {
-                                attempts,
-                                at: now_rfc3339(),
-                                reason: format!(
-                                    "redriven, then delivered {attempts} times without an ack"
-                                ),
+                if let Some(enter) = &enter {
+                    if l.puller.as_ref().is_some_and(|p| p.id == enter.puller) {
+                        l.puller = if enter.clean {
+                            None
+                        } else {
+                            Some(Puller {
+                                id: enter.puller.to_string(),
+                                until_ms: 0,
+                            })
+                        };
+                    }
+                    for h in &enter.holes {
+                        if *h > floor && !l.settled.contains(h) {
+                            l.holes.insert(*h);
+                            l.holes_until_ms = now + 2 * q.lease_ms as i64 + 10_000;
+                        }
+                    }
+                    for (seq, key, _) in &enter.events {
+                        if l.settled.contains(seq)
+                            || l.window.contains_key(seq)
+                            || l.redo.contains_key(seq)
+                            || l.dead.contains_key(seq)
+                        {
+                            continue;
+                        }
+                        l.window.insert(
+                            *seq,
+                            Redo {
+                                key: key.clone(),
+                                ..Redo::default()
                             },
                         );
-                        died.push(s);
-                        continue;
+                        l.settled.insert(*seq);
                     }
-                    if out.len() >= max {
-                        continue;
+                    changed = true;
+                }
+                if !l.holes.is_empty() {
+                    let before = l.holes.len();
+                    let settled = &l.settled;
+                    l.holes.retain(|h| *h > floor && !settled.contains(h));
+                    if l.holes_until_ms <= now && !l.holes.is_empty() {
+                        tracing::warn!(consumer = %c.name, holes = l.holes.len(),
+                            "events a lost pull left were not delivered again in time; the ordered queue goes on without them");
+                        l.holes.clear();
                     }
-                    r.attempts += 1;
-                    r.until_ms = now + q.lease_ms as i64;
-                    next = Some(next.map_or(r.until_ms, |n: i64| n.min(r.until_ms)));
-                    r.lease = format!("r{}.{}", r.attempts, uuid::Uuid::new_v4().simple());
-                    out.push((s, r.attempts, r.lease.clone()));
+                    changed |= l.holes.len() != before;
                 }
-                if out.is_empty() && died.is_empty() && !pruned {
-                    return Ok(None);
+                l.lease_free(Held::Redo, &q, false, now, max, &mut leases);
+                l.lease_free(
+                    Held::Window,
+                    &q,
+                    q.ordered_by_subject,
+                    now,
+                    max,
+                    &mut leases,
+                );
+                let room = cap.saturating_sub(l.window.len());
+                out.pull = None;
+                out.takeover = false;
+                if let Some(me) = pull {
+                    let free = l
+                        .puller
+                        .as_ref()
+                        .is_none_or(|p| p.until_ms <= now || p.id == me);
+                    if free && room > 0 && leases.leased.len() < max {
+                        out.takeover = l.puller.as_ref().is_some_and(|p| p.until_ms <= now);
+                        l.puller = Some(Puller {
+                            id: me.to_string(),
+                            until_ms: now + PULL_HOLD.as_millis() as i64,
+                        });
+                        out.pull = Some(room);
+                        changed = true;
+                    }
                 }
-                Ok(Some(out))
+                out.full = room == 0;
+                out.next = l.next_free(now);
+                out.settled.clone_from(&l.settled);
+                changed |= !leases.leased.is_empty() || !leases.died.is_empty();
+                Ok(changed.then_some(()))
             })
-            .await?
-            .unwrap_or_default();
-        if !died.is_empty() {
+            .await?;
+        if written.is_none() {
+            leases = Leases::default();
+        }
+        if !leases.died.is_empty() {
             let mut d = lock(&self.new_dead);
-            for s in &died {
+            for s in &leases.died {
                 if d.len() < MAX_NEW_DEAD {
                     d.push((c.name.clone(), *s));
                 }
             }
         }
-        let mut got = Vec::new();
-        for (seq, attempt, lease) in claimed {
-            let event = match self.events.direct_get(seq).await {
-                Ok(m) => Some(m.payload),
-                Err(_) => self
-                    .events
-                    .get_raw_message(seq)
-                    .await
-                    .ok()
-                    .map(|m| m.payload),
+        let matcher = Matcher::new(c.filter.clone());
+        for (seq, attempt, lease, held) in leases.leased {
+            let pulled = enter.as_ref().and_then(|e| {
+                e.events
+                    .iter()
+                    .find(|(s, _, _)| *s == seq)
+                    .map(|(_, _, p)| p.clone())
+            });
+            let event = match pulled {
+                Some(p) => Some(p),
+                None => self.read_event(seq).await,
             };
-            match event {
-                Some(event) => got.push(Leased {
+            // The queue's filter changed since the event entered its
+            // window: not for it any more.
+            let excluded = held == Held::Window
+                && event.as_ref().is_some_and(|e| {
+                    !super::head_of(e).is_some_and(|h| {
+                        matcher.matches_event(&h.ty, &h.source, h.subject.as_deref())
+                    })
+                });
+            match event.filter(|_| !excluded) {
+                Some(event) => out.got.push(Leased {
                     seq,
                     attempt,
                     lease,
                     lease_ms: q.lease_ms,
                     event,
                 }),
-                None => {
-                    // Gone (retention): nothing to deliver.
-                    let _ = self
-                        .change_ledger(&c.name, |l| Ok(l.redo.remove(&seq).map(|_| ())))
-                        .await;
-                }
+                // Gone (retention), or excluded: nothing to deliver.
+                None => self.forget(c, seq).await,
             }
         }
-        Ok((got, next, settled))
+        Ok(out)
     }
 
-    /// A nack (`delay`) or extend (`None`) of a redriven event: answers
-    /// `None` when `seq` is not one.
-    async fn redo_lease(
+    /// A nack (`delay`) or extend (`None`) of an event leased from the
+    /// ledger (redriven, or in an ordered queue's window): answers `None`
+    /// when `seq` is neither.
+    async fn ledger_lease(
         &self,
         c: &Consumer,
         seq: u64,
@@ -952,7 +1545,14 @@ impl JsQueues {
             .change_ledger(&c.name, |l| {
                 died = false;
                 let now = now_ms();
-                let Some(r) = l.redo.get_mut(&seq) else {
+                let held = if l.redo.contains_key(&seq) {
+                    Held::Redo
+                } else if l.window.contains_key(&seq) {
+                    Held::Window
+                } else {
+                    return Ok(None);
+                };
+                let Some(r) = held.map(l).get_mut(&seq) else {
                     return Ok(None);
                 };
                 if r.until_ms <= now || r.lease.is_empty() {
@@ -970,15 +1570,13 @@ impl JsQueues {
                     None => r.until_ms = now + q.0 as i64,
                     Some(_) if r.attempts >= q.1 => {
                         let attempts = r.attempts;
-                        l.redo.remove(&seq);
+                        held.map(l).remove(&seq);
                         l.dead.insert(
                             seq,
                             DeadLetter {
                                 attempts,
                                 at: now_rfc3339(),
-                                reason: format!(
-                                    "redriven, then delivered {attempts} times without an ack"
-                                ),
+                                reason: dead_reason(held, attempts),
                             },
                         );
                         died = true;
@@ -1034,7 +1632,7 @@ impl JsQueues {
             dead,
             redo: redo.iter().map(|s| (*s, Redo::default())).collect(),
             settled,
-            advised: 0,
+            ..Ledger::default()
         };
         let value = serde_json::to_vec(&ledger).map_err(|e| unavailable("encode", e))?;
         match compare_and_set(&self.ledger, consumers::key(name), Bytes::from(value), None).await {
@@ -1048,34 +1646,46 @@ impl JsQueues {
     /// Acknowledges `seqs` (each checked first: all or none where this
     /// instance can tell); answers the ack floor.
     pub async fn ack(&self, c: &Consumer, seqs: &[u64]) -> Result<u64, LeaseError> {
-        let head = *self.head.borrow();
         let mut seen = BTreeSet::new();
         for &s in seqs {
             if !seen.insert(s) {
                 return Err(LeaseError::Duplicate(s));
             }
-            if s > head {
-                return Err(ConsumerError::PastHead { seq: s, head }.into());
-            }
         }
         let top = seqs.iter().copied().max().unwrap_or(0);
+        let mut head = *self.head.borrow();
+        if top > head {
+            // Fetched through another instance, whose events this
+            // instance's head follows a second late at most: ask.
+            if let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, self.events.get_info()).await {
+                head = head.max(info.state.last_sequence);
+            }
+        }
+        if let Some(&s) = seqs.iter().find(|s| **s > head) {
+            return Err(ConsumerError::PastHead { seq: s, head }.into());
+        }
         let mut info = self.info_within(c, INFO_FRESH).await?;
         if top > info.delivered.stream_seq {
             info = self.info(c).await?;
         }
         let ledger = self.ledger_of(&c.name).await?.0;
+        self.note_window(&c.name, &ledger);
+        // Leased from the ledger: redriven, or in an ordered queue's window.
         let redo: Vec<u64> = seqs
             .iter()
             .copied()
-            .filter(|s| ledger.redo.contains_key(s))
+            .filter(|s| ledger.redo.contains_key(s) || ledger.window.contains_key(s))
             .collect();
-        let dead = ledger.dead;
         for &s in seqs {
-            if dead.contains_key(&s) {
+            if ledger.dead.contains_key(&s) {
                 return Err(ConsumerError::Dead(s).into());
             }
             if redo.contains(&s) {
                 continue;
+            }
+            if ledger.settled.contains(&s) && c.queue.is_some_and(|q| q.ordered_by_subject) {
+                // Was in the window, and is not now.
+                return Err(ConsumerError::AlreadyAcked(s).into());
             }
             let acked_here = lock(&self.local)
                 .get(&c.name)
@@ -1092,10 +1702,13 @@ impl JsQueues {
                 let mut any = false;
                 for s in &redo {
                     any |= l.redo.remove(s).is_some();
+                    any |= l.window.remove(s).is_some();
                 }
                 Ok(any.then_some(()))
             })
             .await?;
+            // Its subject's next event may go now.
+            self.window_changed.notify_waiters();
         }
         let acks = seqs.iter().filter(|s| !redo.contains(s)).map(|&s| {
             let (dc, cseq) = self.known(c, s).unwrap_or((1, 0));
@@ -1114,10 +1727,33 @@ impl JsQueues {
             }
             l.acked_total += seqs.len() as u64;
         }
-        Ok(self
+        let js_floor = self
             .info(c)
             .await
-            .map_or(info.ack_floor.stream_seq, |i| i.ack_floor.stream_seq))
+            .map_or(info.ack_floor.stream_seq, |i| i.ack_floor.stream_seq);
+        Ok(self.floor_below_window(&c.name, js_floor))
+    }
+
+    /// The ack floor: JetStream's, held below the lowest event of an
+    /// ordered queue's window (JetStream's passes events once they are in
+    /// the window).
+    fn floor_below_window(&self, name: &str, js_floor: u64) -> u64 {
+        let first = lock(&self.local).get(name).and_then(|l| l.window.2);
+        first.map_or(js_floor, |f| js_floor.min(f.saturating_sub(1)))
+    }
+
+    /// Remembers the window of `name` as `l` has it, for the numbers.
+    fn note_window(&self, name: &str, l: &Ledger) {
+        let now = now_ms();
+        let leased = l
+            .window
+            .values()
+            .filter(|r| r.until_ms > now && !r.lease.is_empty())
+            .count() as u64;
+        let waiting = l.window.len() as u64 - leased;
+        let first = l.window.keys().next().copied();
+        let mut local = lock(&self.local);
+        local.entry(name.to_string()).or_default().window = (leased, waiting, first);
     }
 
     /// The latest delivery of `seq` this instance handed out.
@@ -1193,7 +1829,11 @@ impl JsQueues {
         lease: Option<&str>,
         delay: Duration,
     ) -> Result<(), LeaseError> {
-        if self.redo_lease(c, seq, lease, Some(delay)).await?.is_some() {
+        if self
+            .ledger_lease(c, seq, lease, Some(delay))
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let (dc, cseq) = self.leased(c, seq, lease).await?;
@@ -1228,7 +1868,7 @@ impl JsQueues {
         seq: u64,
         lease: Option<&str>,
     ) -> Result<u64, LeaseError> {
-        if self.redo_lease(c, seq, lease, None).await?.is_some() {
+        if self.ledger_lease(c, seq, lease, None).await?.is_some() {
             return Ok(c.queue.map_or(0, |q| q.lease_ms));
         }
         let (dc, cseq) = self.leased(c, seq, lease).await?;
@@ -1266,7 +1906,10 @@ impl JsQueues {
                 let c = c.clone();
                 rt.spawn(async move {
                     let _ = tokio::time::timeout(API_TIMEOUT, me.info(&c)).await;
-                    let dead = me.ledger_of(&c.name).await.map(|(l, _)| l.dead.len());
+                    let dead = me.ledger_of(&c.name).await.map(|(l, _)| {
+                        me.note_window(&c.name, &l);
+                        l.dead.len()
+                    });
                     let mut local = lock(&me.local);
                     let l = local.entry(c.name.clone()).or_default();
                     l.refreshing = false;
@@ -1276,11 +1919,14 @@ impl JsQueues {
                 });
             }
         }
+        let (w_leased, w_waiting, _) = lock(&self.local)
+            .get(&c.name)
+            .map_or((0, 0, None), |l| l.window);
         Numbers {
-            pending: info.num_pending,
-            leased: info.num_ack_pending,
+            pending: info.num_pending + w_waiting,
+            leased: info.num_ack_pending + w_leased,
             redelivered: info.num_redelivered,
-            ack_floor: info.ack_floor.stream_seq,
+            ack_floor: self.floor_below_window(&c.name, info.ack_floor.stream_seq),
             acknowledged,
             dead,
         }
@@ -1429,6 +2075,103 @@ mod tests {
         assert_eq!(ack_info("inbox.1"), None);
         assert_eq!(parse_lease("3.12"), Some((3, 12)));
         assert_eq!(parse_lease("3"), None);
+    }
+
+    fn spec(max_deliver: u32) -> crate::store::QueueSpec {
+        crate::store::QueueSpec {
+            lease_ms: 1_000,
+            max_deliver,
+            ordered_by_subject: true,
+        }
+    }
+
+    fn window(entries: &[(u64, Option<&str>)]) -> Ledger {
+        let mut l = Ledger::default();
+        for (seq, subject) in entries {
+            l.window.insert(
+                *seq,
+                Redo {
+                    key: subject.map(subject_key),
+                    ..Redo::default()
+                },
+            );
+        }
+        l
+    }
+
+    fn lease(l: &mut Ledger, now: i64, room: usize) -> Leases {
+        let mut out = Leases::default();
+        l.lease_free(Held::Window, &spec(2), true, now, room, &mut out);
+        out
+    }
+
+    fn seqs(out: &Leases) -> Vec<u64> {
+        out.leased.iter().map(|l| l.0).collect()
+    }
+
+    #[test]
+    fn a_window_leases_the_first_free_event_of_each_subject() {
+        let mut l = window(&[(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, None)]);
+        let out = lease(&mut l, 0, 10);
+        assert_eq!(seqs(&out), vec![1, 3, 4], "2 waits behind 1");
+        assert!(out.leased.iter().all(|x| x.2.starts_with("s1.")));
+        assert!(
+            seqs(&lease(&mut l, 10, 10)).is_empty(),
+            "all leased or waiting"
+        );
+        // 1 acknowledged: 2 goes.
+        l.window.remove(&1);
+        assert_eq!(seqs(&lease(&mut l, 10, 10)), vec![2]);
+        // Without ordering, a subject does not hold anything back.
+        let mut l = window(&[(1, Some("a")), (2, Some("a"))]);
+        let mut out = Leases::default();
+        l.lease_free(Held::Window, &spec(2), false, 0, 10, &mut out);
+        assert_eq!(seqs(&out), vec![1, 2]);
+    }
+
+    #[test]
+    fn an_expired_or_delayed_event_holds_its_subject_and_a_dead_one_frees_it() {
+        let mut l = window(&[(1, Some("a")), (2, Some("a"))]);
+        assert_eq!(seqs(&lease(&mut l, 0, 10)), vec![1]);
+        // Its lease ran out (lease 1,000 ms): 1 again, attempt 2, not 2.
+        let out = lease(&mut l, 1_000, 10);
+        assert_eq!(
+            out.leased,
+            vec![(1, 2, out.leased[0].2.clone(), Held::Window)]
+        );
+        // A nack's delay keeps it, and 2, waiting.
+        let r = l.window.get_mut(&1).unwrap();
+        r.until_ms = 5_000;
+        r.lease.clear();
+        assert!(seqs(&lease(&mut l, 4_000, 10)).is_empty());
+        // Free again after its last delivery (max_deliver 2): a dead
+        // letter, and 2 goes in the same look.
+        let out = lease(&mut l, 5_000, 10);
+        assert_eq!(out.died, vec![1]);
+        assert!(l.dead.contains_key(&1) && !l.window.contains_key(&1));
+        assert_eq!(seqs(&out), vec![2]);
+    }
+
+    #[test]
+    fn nothing_after_a_hole_is_leased_and_room_is_respected() {
+        let mut l = window(&[(1, Some("a")), (3, Some("b")), (4, Some("c"))]);
+        l.holes.insert(2);
+        assert_eq!(
+            seqs(&lease(&mut l, 0, 10)),
+            vec![1],
+            "2 may be an earlier b"
+        );
+        l.holes.clear();
+        assert_eq!(seqs(&lease(&mut l, 0, 1)), vec![3], "room for one");
+        assert_eq!(seqs(&lease(&mut l, 0, 10)), vec![4]);
+    }
+
+    #[test]
+    fn subject_keys_are_short_and_stable() {
+        let long = "x".repeat(10_000);
+        assert_eq!(subject_key(&long).len(), 16);
+        assert_eq!(subject_key("order-7"), subject_key("order-7"));
+        assert_ne!(subject_key("order-7"), subject_key("order-8"));
     }
 
     #[test]

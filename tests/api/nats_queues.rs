@@ -1,8 +1,7 @@
 //! Work queues on the NATS backend: one queue served by two msgbus
 //! instances (leases shared through JetStream, acks through either), and
-//! `"ordering": "subject"`, which has no JetStream equivalent, answering
-//! 501; a dead letter made while no instance ran, recorded once at the
-//! next start. The backend-neutral queue tests run on both backends in
+//! an `"ordering": "subject"` queue served by two; a dead letter made
+//! while no instance ran, recorded once at the next start. The backend-neutral queue tests run on both backends in
 //! `queues.rs`.
 
 use std::collections::BTreeMap;
@@ -11,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::queues::{create_queue, events};
+use super::queues::{
+    assert_acked_once_in_subject_order, create_queue, events, fetch, ordered_subject, seqs,
+    work_in_subject_order,
+};
 use crate::common::http::Api;
 use crate::common::nats::js_request;
 use crate::common::server::{spawn_nats, spawn_on, spawn_on_own_nats, Backend};
@@ -211,27 +213,100 @@ async fn two_instances_share_one_queue_and_never_lease_an_event_twice_at_once() 
     assert_eq!(b.delete("/consumers/work").await.status, 204);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_keep_one_event_per_subject_in_flight_in_seq_order() {
+    let Some(a) = spawn_on(Backend::Nats, &[]).await else {
+        return;
+    };
+    let target = a.nats.clone().expect("a NATS-backed app");
+    let b = spawn_nats(&target, &[]).await;
+    create_queue(&a, "ord", json!({"ordering": "subject"})).await;
+    wait_for_consumer(&b, "ord").await;
+    let total = 240;
+    for chunk in 0..4 {
+        a.publish_batch(&events(chunk * 60 + 1, 60, ordered_subject))
+            .await;
+    }
+    // Eight workers, four fetching through each instance and acking
+    // through the other: the window and its puller mark are shared.
+    let acked = work_in_subject_order(&[a.api.clone(), b.api.clone()], "ord", 8).await;
+    assert_acked_once_in_subject_order(acked, total);
+    for api in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = api.get_json("/consumers/ord").await;
+            if c["queue"]["ack_floor"] == total && c["queue"]["leased"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{c}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A fetch that pulled an ordered queue's events and died before recording
+/// them must not let a later event of their subject go first. The test
+/// plays that fetch itself, through the NATS protocol: a pull of seq 1
+/// from the queue's JetStream consumer, never acked, and the `puller`
+/// mark it held left lapsed in the queue's ledger.
 #[tokio::test]
-async fn subject_ordering_answers_501_on_nats() {
+async fn an_ordered_queue_waits_for_the_events_a_lost_pull_left() {
     let Some(app) = spawn_on(Backend::Nats, &[]).await else {
         return;
     };
-    let r = app
-        .put(
-            "/consumers/ord",
-            &json!({"mode": "queue", "ordering": "subject"}),
-        )
-        .await;
-    let p = r.assert_problem(501);
+    let target = app.nats.clone().expect("a NATS-backed app");
+    let addr: std::net::SocketAddr = target
+        .url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("nats://host:port");
+    create_queue(&app, "ord", json!({"ordering": "subject", "lease": 2})).await;
+    let subject = |n: u64| (if n == 5 { "b" } else { "a" }).to_string();
+    app.publish_batch(&events(1, 5, subject)).await;
+    let lost = js_request(
+        addr,
+        &format!("$JS.API.CONSUMER.MSG.NEXT.{}.msgbus_q_ord", target.stream),
+        &json!({"batch": 1, "no_wait": true}),
+    )
+    .await
+    .expect("a pulled event");
+    assert_eq!(lost["data"]["n"], 1, "{lost}");
+    let key: String = "ord".bytes().map(|b| format!("{b:02x}")).collect();
+    let ack = js_request(
+        addr,
+        &format!("$KV.{}_QUEUES.{key}", target.stream),
+        &json!({"puller": {"id": "a fetch that died", "until_ms": 0}}),
+    )
+    .await
+    .expect("the ledger written");
+    assert!(ack["seq"].as_u64().is_some(), "{ack}");
+    // Seq 1 may be anywhere: nothing after it goes, not even 5 (another
+    // subject), until JetStream delivers it again (its AckWait is the
+    // 2-second lease).
+    let started = Instant::now();
+    assert_eq!(seqs(&fetch(&app, "ord", 10, 0).await), Vec::<u64>::new());
+    let got = fetch(&app, "ord", 10, 8).await;
+    assert_eq!(seqs(&got), vec![1, 5], "1 first, 2 behind it");
     assert!(
-        p["detail"].as_str().unwrap_or("").contains("ordering"),
-        "{p}"
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
     );
-    assert_eq!(
-        app.get("/consumers/ord").await.status,
-        404,
-        "nothing created"
-    );
+    assert_eq!(got[0]["attempt"], 1, "its first delivery to a worker");
+    for (seq, next) in [(1, vec![2]), (2, vec![3]), (3, vec![4])] {
+        let r = app
+            .post("/consumers/ord/ack", Some(&json!({"seq": seq})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(seqs(&fetch(&app, "ord", 10, 2).await), next);
+    }
+    let r = app
+        .post("/consumers/ord/ack", Some(&json!({"seqs": [4, 5]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ack_floor"], 5);
     app.stop().await;
 }
 

@@ -18,6 +18,8 @@ on_both!(
     a_redriven_dead_letter_is_leased_to_one_worker_from_attempt_1_and_acked_once,
     the_lease_cap_answers_429_until_an_ack_frees_a_lease("--queue-max-leases", "3"),
     a_queue_updated_in_place_keeps_its_acks_and_leases_by_its_new_definition,
+    ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order,
+    ordering_by_subject_holds_a_subject_through_expiry_nack_and_dead_letter,
 );
 
 /// `count` events numbered from `first`, with subject `subject(n)`.
@@ -47,7 +49,7 @@ pub async fn create_queue(api: &Api, name: &str, spec: Value) -> Value {
 }
 
 /// `POST /consumers/{name}/fetch`; answers the leased events.
-async fn fetch(api: &Api, name: &str, max: u64, wait: u64) -> Vec<Value> {
+pub async fn fetch(api: &Api, name: &str, max: u64, wait: u64) -> Vec<Value> {
     let r = api
         .post(
             &format!("/consumers/{name}/fetch"),
@@ -58,7 +60,7 @@ async fn fetch(api: &Api, name: &str, max: u64, wait: u64) -> Vec<Value> {
     r.json()["events"].as_array().unwrap().clone()
 }
 
-fn seqs(events: &[Value]) -> Vec<u64> {
+pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
@@ -350,27 +352,42 @@ async fn queue_requests_are_checked_and_bounded() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order() {
-    let app = spawn_app().await;
+async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order(app: TestApp) {
     create_queue(&app, "ord", json!({"ordering": "subject"})).await;
-    let subjects = 6;
     let total = 240;
-    let subject = move |n: u64| format!("order-{}", (n * 7 + n / 5) % subjects);
-    app.publish_batch(&events(1, total, subject)).await;
+    app.publish_batch(&events(1, total, ordered_subject)).await;
+    let acked = work_in_subject_order(std::slice::from_ref(&app.api), "ord", 8).await;
+    assert_acked_once_in_subject_order(acked, total);
+    let c = app.get_json("/consumers/ord").await;
+    assert_eq!(c["queue"]["ack_floor"], total, "{c}");
+    app.stop().await;
+}
+
+/// The subject of event `n` in the ordering tests: six subjects, mixed.
+pub fn ordered_subject(n: u64) -> String {
+    format!("order-{}", (n * 7 + n / 5) % 6)
+}
+
+/// `workers` workers, spread over `apis` (fetching through one, acking
+/// through the next), take the events of ordered queue `name` until none
+/// come for 3 fetches, checking that no two events of one subject are
+/// ever held at once; answers the acks, in the order they were sent.
+pub async fn work_in_subject_order(apis: &[Api], name: &str, workers: usize) -> Vec<(String, u64)> {
     // Seqs held by a worker (leased, ack not sent yet), by subject.
     let held: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     // Acks sent, in the order sent, with their subject; kept when 200.
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let mut workers = Vec::new();
-    for w in 0..8u64 {
-        let api = app.api.clone();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let fetch_api = apis[w % apis.len()].clone();
+        let ack_api = apis[(w + 1) % apis.len()].clone();
+        let name = name.to_string();
         let held = held.clone();
         let acked = acked.clone();
-        workers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut idle = 0;
             while idle < 3 {
-                let got = fetch(&api, "ord", 4, 1).await;
+                let got = fetch(&fetch_api, &name, 4, 1).await;
                 if got.is_empty() {
                     idle += 1;
                     continue;
@@ -383,7 +400,7 @@ async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order(
                         panic!("{seq} and {other} of subject {s} leased at once");
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(w % 3 * 5)).await;
+                tokio::time::sleep(Duration::from_millis(w as u64 % 3 * 5)).await;
                 for e in &got {
                     let s = e["event"]["subject"].as_str().unwrap().to_string();
                     let seq = e["seq"].as_u64().unwrap();
@@ -391,24 +408,33 @@ async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order(
                     // Recorded when sent: the next event of the subject is
                     // leased only once this ack is written, so after this.
                     acked.lock().unwrap().push((s, seq));
-                    let r = api
-                        .post("/consumers/ord/ack", Some(&json!({"seq": seq})))
+                    let r = ack_api
+                        .post(
+                            &format!("/consumers/{name}/ack"),
+                            Some(&json!({"seq": seq})),
+                        )
                         .await;
                     assert_eq!(r.status, 200, "{}", r.text());
                 }
             }
         }));
     }
-    for w in workers {
-        w.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+/// Checks that events 1..=`total` were acked once each, each subject's
+/// in seq order.
+pub fn assert_acked_once_in_subject_order(acked: Vec<(String, u64)>, total: u64) {
     assert_eq!(acked.len() as u64, total, "every event acked once");
     let mut by_subject: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (s, seq) in acked {
         by_subject.entry(s).or_default().push(seq);
     }
-    let want: std::collections::BTreeSet<String> = (1..=total).map(subject).collect();
+    let want: std::collections::BTreeSet<String> = (1..=total).map(ordered_subject).collect();
     assert_eq!(
         by_subject
             .keys()
@@ -421,8 +447,71 @@ async fn ordering_by_subject_leases_one_event_per_subject_and_acks_in_seq_order(
         sorted.sort_unstable();
         assert_eq!(seqs, sorted, "subject {s} acked out of order");
     }
-    let c = app.get_json("/consumers/ord").await;
-    assert_eq!(c["queue"]["ack_floor"], total, "{c}");
+}
+
+/// What keeps a subject's next event waiting: the earlier one leased,
+/// given back by an expired lease or a delayed nack, until it is acked or
+/// dead.
+async fn ordering_by_subject_holds_a_subject_through_expiry_nack_and_dead_letter(app: TestApp) {
+    create_queue(
+        &app,
+        "ord",
+        json!({"ordering": "subject", "lease": 1, "max_deliver": 2}),
+    )
+    .await;
+    let subject = |n: u64| (if n == 3 { "b" } else { "a" }).to_string();
+    app.publish_batch(&events(1, 4, subject)).await;
+    let got = fetch(&app, "ord", 10, 0).await;
+    assert_eq!(seqs(&got), vec![1, 3], "2 and 4 wait behind 1");
+    let r = app
+        .post("/consumers/ord/ack", Some(&json!({"seq": 3})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(fetch(&app, "ord", 10, 0).await.is_empty(), "a is busy");
+    // Its lease runs out: 1 again, not 2.
+    let again = fetch(&app, "ord", 10, 5).await;
+    assert_eq!(seqs(&again), vec![1]);
+    assert_eq!(again[0]["attempt"], 2);
+    // Its last delivery given back: a dead letter, and 2 may go.
+    let r = app
+        .post(
+            "/consumers/ord/nack",
+            Some(&json!({"seq": 1, "lease": again[0]["lease"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let two = fetch(&app, "ord", 10, 5).await;
+    assert_eq!(seqs(&two), vec![2], "4 waits behind 2");
+    assert_eq!(two[0]["attempt"], 1);
+    let dead = app.get_json("/consumers/ord/dead").await;
+    assert_eq!(dead["dead"][0]["seq"], 1, "{dead}");
+    // A delayed nack keeps 4 waiting behind 2.
+    let r = app
+        .post(
+            "/consumers/ord/nack",
+            Some(&json!({"seq": 2, "lease": two[0]["lease"], "delay": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(fetch(&app, "ord", 10, 0).await.is_empty(), "2 is delayed");
+    let later = fetch(&app, "ord", 10, 5).await;
+    assert_eq!(seqs(&later), vec![2]);
+    assert_eq!(later[0]["attempt"], 2);
+    let r = app
+        .post("/consumers/ord/ack", Some(&json!({"seq": 2})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let four = fetch(&app, "ord", 10, 5).await;
+    assert_eq!(seqs(&four), vec![4]);
+    let r = app
+        .post("/consumers/ord/ack", Some(&json!({"seq": 4})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ack_floor"], 4);
+    let r = app
+        .post("/consumers/ord/ack", Some(&json!({"seq": 2})))
+        .await;
+    r.assert_problem_type(409, "already-acknowledged", "a second ack");
     app.stop().await;
 }
 
