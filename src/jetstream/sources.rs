@@ -23,6 +23,15 @@
 //!   [`KV_PER_REFRESH`] chunk keys; what is not counted yet (a large stream
 //!   just after a start) is summed under `other`, so the counts always add
 //!   up to the stream's total.
+//! - Chunk keys do not outlive their chunks for long: once an instance
+//!   has seen the stream's oldest whole chunk move past a chunk at least
+//!   [`PURGE_AFTER`] ago (retention took it; every instance subtracts it
+//!   at its next refresh, seconds later), it purges the chunk's key from
+//!   the bucket ([`purge_old_chunks`], a few hundred a refresh, from the
+//!   bucket's `purged` mark on), so the bucket holds about the chunks the
+//!   stream holds, not every chunk ever stored. An instance that still
+//!   needed a purged key (stalled that long) starts its sum again from the
+//!   keys of the chunks held, as it does when a key is missing.
 //! - The running sum names at most [`MAX_SUMMED_SOURCES`] sources: beyond
 //!   that its least used are folded into one count, also shown under
 //!   `other`, so a publisher sending a new source with every event does
@@ -49,6 +58,17 @@ const KV_PER_REFRESH: u64 = 5000;
 /// Most sources the running sum names (see [`Summed`]).
 const MAX_SUMMED_SOURCES: usize = 10_000;
 
+/// How long after an instance saw retention take a chunk it purges the
+/// chunk's key: every instance refreshes (and subtracts the chunk) every
+/// few seconds.
+pub(super) const PURGE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Most chunk keys one refresh purges (one JetStream request each).
+const PURGE_PER_REFRESH: u64 = 500;
+
+/// The key that holds the chunk below which every chunk key was purged.
+const PURGED_KEY: &str = "purged";
+
 /// Events per source, as last counted.
 #[derive(Debug, Default)]
 pub(super) struct Counted {
@@ -71,6 +91,9 @@ struct State {
     oldest: Option<(u64, BTreeMap<String, u64>)>,
     /// The newest chunk, as far as this instance has read it.
     tail: Tail,
+    /// When this instance saw the oldest whole chunk rise, and to what:
+    /// chunk keys below a value seen [`PURGE_AFTER`] ago are purged.
+    rises: std::collections::VecDeque<(std::time::Instant, u64)>,
 }
 
 /// The newest chunk's counts, as far as this instance has read it.
@@ -186,6 +209,40 @@ async fn count_range(
         after = page.next_after;
     }
     Ok(read)
+}
+
+/// Purges the keys of chunks below `below`, at most [`PURGE_PER_REFRESH`]
+/// a call, from the bucket's `purged` mark on, then raises the mark by
+/// compare-and-set. Instances refreshing at once may purge the same keys
+/// (harmless); one that loses the mark's race leaves it to the winner.
+/// Purged by subject from the bucket's stream, so no delete marker stays
+/// behind per key. Best effort: a failure waits for the next refresh.
+async fn purge_old_chunks(bucket: &kv::Store, below: u64) {
+    let (mark, revision) = match bucket.entry(PURGED_KEY).await {
+        Ok(Some(e)) if e.operation == kv::Operation::Put => (
+            std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0),
+            Some(e.revision),
+        ),
+        Ok(Some(e)) => (0, Some(e.revision)),
+        Ok(None) => (0, None),
+        Err(_) => return,
+    };
+    if mark >= below {
+        return;
+    }
+    let upto = below.min(mark + PURGE_PER_REFRESH);
+    for k in mark..upto {
+        let subject = format!("{}{}", bucket.prefix, chunk_key(k));
+        if bucket.stream.purge().filter(subject).await.is_err() {
+            return;
+        }
+    }
+    let value = Bytes::from(upto.to_string());
+    let _ =
+        super::consumers::compare_and_set(bucket, PURGED_KEY.to_string(), value, revision).await;
 }
 
 /// Chunk `k`'s counts from the bucket, if an instance has stored them.
@@ -331,6 +388,29 @@ impl SourceCounts {
             sources: total.into_iter().collect(),
             uncounted: messages.saturating_sub(counted),
         });
+
+        // Keys of chunks retention took long enough ago.
+        let now = std::time::Instant::now();
+        if st.rises.back().is_none_or(|(_, lo)| *lo < whole_lo) {
+            st.rises.push_back((now, whole_lo));
+        }
+        let mut old_enough = None;
+        while let Some(&rise) = st.rises.front() {
+            if now.duration_since(rise.0) < PURGE_AFTER {
+                break;
+            }
+            old_enough = Some(rise);
+            st.rises.pop_front();
+        }
+        if let Some(rise) = old_enough {
+            // The newest rise old enough stays: the next refresh purges on
+            // toward it.
+            st.rises.push_front(rise);
+        }
+        drop(st);
+        if let Some(lo) = old_enough.map(|r| r.1).filter(|lo| *lo > 0) {
+            purge_old_chunks(bucket, lo).await;
+        }
         Ok(())
     }
 }

@@ -534,7 +534,8 @@ async fn stats_count_events_per_type_from_the_stream() {
 /// past the start of chunk 1 (its counts leave the sum, chunk 2's stay). A second
 /// instance started then takes the complete chunk 2 from the bucket without
 /// reading it: the test changes its stored counts first, and the second
-/// instance shows them.
+/// instance shows them. The keys of the chunks retention took are purged
+/// from the bucket some seconds later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_events_per_source_in_chunks_shared_by_instances() {
     let Some(a) = spawn_on(Backend::Nats, &["--retention-max-events", "2000"]).await else {
@@ -619,6 +620,44 @@ async fn stats_count_events_per_source_in_chunks_shared_by_instances() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Chunk 0 left the stream in round 1 and chunk 1 stopped being whole in
+    // round 3: 15 s after an instance saw that, their keys are purged from
+    // the bucket; chunk 2's, still whole in the stream, stays, and the
+    // counts do not change.
+    let bucket = format!("{}_SOURCES", target.stream);
+    let key_of = |k: u64| {
+        let bucket = bucket.clone();
+        async move {
+            crate::common::nats::js_request(
+                nats.parse().expect("the NATS address"),
+                &format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"),
+                &json!({"last_by_subj": format!("$KV.{bucket}.c.{k}")}),
+            )
+            .await
+            .expect("an answer")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (c0, c1, c2) = (key_of(0).await, key_of(1).await, key_of(2).await);
+        assert!(c2["message"].is_object(), "chunk 2's key stays: {c2}");
+        if c0["error"]["code"] == 404 && c1["error"]["code"] == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chunk keys 0 and 1 not purged within 60 s: {c0} {c1}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sa = a.get_json("/stats").await;
+    assert_eq!(
+        sa["events"]["by_source"],
+        json!({"/late": 500, "/x": 750, "/y": 750}),
+        "{sa}"
+    );
+    let sb = b.get_json("/stats").await;
+    assert_eq!(sb["events"]["by_source"], capped, "{sb}");
 }
 
 /// On nats-server 2.11+ a catch-up read is batched direct gets (many
