@@ -593,6 +593,12 @@ pub fn js_name(name: &str) -> String {
     out
 }
 
+/// Whether the queue whose filter is `matcher` takes the stored event whose
+/// attributes are `h`.
+fn takes(matcher: &Matcher, h: &super::Head<'_>) -> bool {
+    matcher.matches_event(&h.ty, &h.source, h.subject.as_deref())
+}
+
 /// `(delivered, stream seq, consumer seq)` of an ack subject
 /// (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>`,
 /// or the 11+ token form with domain and account).
@@ -946,8 +952,7 @@ impl JsQueues {
                 let Some((dc, seq, cseq)) = m.reply.as_deref().and_then(ack_info) else {
                     continue;
                 };
-                let matches = super::head_of(&m.payload)
-                    .is_some_and(|h| matcher.matches_event(&h.ty, &h.source, h.subject.as_deref()));
+                let matches = super::head_of(&m.payload).is_some_and(|h| takes(&matcher, &h));
                 if !matches || settled.contains(&seq) {
                     // Not for this queue (its source, subject or scope, or
                     // not an event), or settled before a migration: done
@@ -1134,9 +1139,7 @@ impl JsQueues {
                         continue;
                     };
                     let head = super::head_of(&m.payload);
-                    let matches = head.as_ref().is_some_and(|h| {
-                        matcher.matches_event(&h.ty, &h.source, h.subject.as_deref())
-                    });
+                    let matches = head.as_ref().is_some_and(|h| takes(&matcher, h));
                     if !matches || claim.settled.contains(&seq) {
                         // Not for this queue, or in the window already (or
                         // settled before a migration).
@@ -1509,11 +1512,9 @@ impl JsQueues {
             // The queue's filter changed since the event entered its
             // window: not for it any more.
             let excluded = held == Held::Window
-                && event.as_ref().is_some_and(|e| {
-                    !super::head_of(e).is_some_and(|h| {
-                        matcher.matches_event(&h.ty, &h.source, h.subject.as_deref())
-                    })
-                });
+                && event
+                    .as_ref()
+                    .is_some_and(|e| !super::head_of(e).is_some_and(|h| takes(&matcher, &h)));
             match event.filter(|_| !excluded) {
                 Some(event) => out.got.push(Leased {
                     seq,
