@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::queues::{
-    assert_acked_once_in_subject_order, create_queue, events, fetch, ordered_subject, seqs,
-    work_in_subject_order,
+    assert_acked_once_in_subject_order, create_queue, events, fetch, ordered_subject, post_ok,
+    seqs, work_in_subject_order,
 };
 use crate::common::http::Api;
 use crate::common::nats::js_request;
@@ -296,17 +296,11 @@ async fn an_ordered_queue_waits_for_the_events_a_lost_pull_left() {
     );
     assert_eq!(got[0]["attempt"], 1, "its first delivery to a worker");
     for (seq, next) in [(1, vec![2]), (2, vec![3]), (3, vec![4])] {
-        let r = app
-            .post("/consumers/ord/ack", Some(&json!({"seq": seq})))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        post_ok(&app, "/consumers/ord/ack", json!({ "seq": seq })).await;
         assert_eq!(seqs(&fetch(&app, "ord", 10, 2).await), next);
     }
-    let r = app
-        .post("/consumers/ord/ack", Some(&json!({"seqs": [4, 5]})))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["ack_floor"], 5);
+    let acked = post_ok(&app, "/consumers/ord/ack", json!({"seqs": [4, 5]})).await;
+    assert_eq!(acked["ack_floor"], 5);
     app.stop().await;
 }
 

@@ -60,6 +60,13 @@ pub async fn fetch(api: &Api, name: &str, max: u64, wait: u64) -> Vec<Value> {
     r.json()["events"].as_array().unwrap().clone()
 }
 
+/// `POST path` with `body`, which must answer 200; answers its JSON.
+pub async fn post_ok(api: &Api, path: &str, body: Value) -> Value {
+    let r = api.post(path, Some(&body)).await;
+    assert_eq!(r.status, 200, "POST {path} {body}: {}", r.text());
+    r.json()
+}
+
 pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
@@ -463,51 +470,40 @@ async fn ordering_by_subject_holds_a_subject_through_expiry_nack_and_dead_letter
     app.publish_batch(&events(1, 4, subject)).await;
     let got = fetch(&app, "ord", 10, 0).await;
     assert_eq!(seqs(&got), vec![1, 3], "2 and 4 wait behind 1");
-    let r = app
-        .post("/consumers/ord/ack", Some(&json!({"seq": 3})))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    post_ok(&app, "/consumers/ord/ack", json!({"seq": 3})).await;
     assert!(fetch(&app, "ord", 10, 0).await.is_empty(), "a is busy");
     // Its lease runs out: 1 again, not 2.
     let again = fetch(&app, "ord", 10, 5).await;
     assert_eq!(seqs(&again), vec![1]);
     assert_eq!(again[0]["attempt"], 2);
     // Its last delivery given back: a dead letter, and 2 may go.
-    let r = app
-        .post(
-            "/consumers/ord/nack",
-            Some(&json!({"seq": 1, "lease": again[0]["lease"]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    post_ok(
+        &app,
+        "/consumers/ord/nack",
+        json!({"seq": 1, "lease": again[0]["lease"]}),
+    )
+    .await;
     let two = fetch(&app, "ord", 10, 5).await;
     assert_eq!(seqs(&two), vec![2], "4 waits behind 2");
     assert_eq!(two[0]["attempt"], 1);
     let dead = app.get_json("/consumers/ord/dead").await;
     assert_eq!(dead["dead"][0]["seq"], 1, "{dead}");
     // A delayed nack keeps 4 waiting behind 2.
-    let r = app
-        .post(
-            "/consumers/ord/nack",
-            Some(&json!({"seq": 2, "lease": two[0]["lease"], "delay": 1})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    post_ok(
+        &app,
+        "/consumers/ord/nack",
+        json!({"seq": 2, "lease": two[0]["lease"], "delay": 1}),
+    )
+    .await;
     assert!(fetch(&app, "ord", 10, 0).await.is_empty(), "2 is delayed");
     let later = fetch(&app, "ord", 10, 5).await;
     assert_eq!(seqs(&later), vec![2]);
     assert_eq!(later[0]["attempt"], 2);
-    let r = app
-        .post("/consumers/ord/ack", Some(&json!({"seq": 2})))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    post_ok(&app, "/consumers/ord/ack", json!({"seq": 2})).await;
     let four = fetch(&app, "ord", 10, 5).await;
     assert_eq!(seqs(&four), vec![4]);
-    let r = app
-        .post("/consumers/ord/ack", Some(&json!({"seq": 4})))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["ack_floor"], 4);
+    let acked = post_ok(&app, "/consumers/ord/ack", json!({"seq": 4})).await;
+    assert_eq!(acked["ack_floor"], 4);
     let r = app
         .post("/consumers/ord/ack", Some(&json!({"seq": 2})))
         .await;
