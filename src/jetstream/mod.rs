@@ -565,17 +565,22 @@ impl Shared {
     /// head within a second, and a client may name one here before that
     /// (read through the other instance, acked through this one).
     async fn head_for(&self, seq: u64) -> u64 {
-        let head = *self.head.borrow();
-        if seq <= head {
-            return head;
-        }
-        match tokio::time::timeout(API_TIMEOUT, self.stream.get_info()).await {
-            Ok(Ok(info)) => {
-                bump(&self.head, info.state.last_sequence);
-                head.max(info.state.last_sequence)
-            }
-            _ => head,
-        }
+        let known = *self.head.borrow();
+        let head = head_at_least(&self.stream, known, seq).await;
+        bump(&self.head, head);
+        head
+    }
+}
+
+/// `head`, or `stream`'s last seq when `seq` is past `head` (an instance's
+/// head follows events published through other instances a moment late).
+async fn head_at_least(stream: &jetstream::stream::Stream, head: u64, seq: u64) -> u64 {
+    if seq <= head {
+        return head;
+    }
+    match tokio::time::timeout(API_TIMEOUT, stream.get_info()).await {
+        Ok(Ok(info)) => head.max(info.state.last_sequence),
+        _ => head,
     }
 }
 

@@ -1654,14 +1654,9 @@ impl JsQueues {
             }
         }
         let top = seqs.iter().copied().max().unwrap_or(0);
-        let mut head = *self.head.borrow();
-        if top > head {
-            // Fetched through another instance, whose events this
-            // instance's head follows a second late at most: ask.
-            if let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, self.events.get_info()).await {
-                head = head.max(info.state.last_sequence);
-            }
-        }
+        // Fetched through another instance, maybe: ask the stream.
+        let known = *self.head.borrow();
+        let head = super::head_at_least(&self.events, known, top).await;
         if let Some(&s) = seqs.iter().find(|s| **s > head) {
             return Err(ConsumerError::PastHead { seq: s, head }.into());
         }
